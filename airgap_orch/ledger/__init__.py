@@ -1,0 +1,5 @@
+"""The ledger: the only code that speaks SQL. One DuckDB file, one writer process."""
+
+from .store import Ledger, Transaction
+
+__all__ = ["Ledger", "Transaction"]

@@ -1,0 +1,124 @@
+-- Every query the ledger runs, by name. Parameters are named ($name). Relations called
+-- `incoming`, `acks`, `updates` and `entries` are Arrow tables registered for one statement.
+
+-- name: meta_get
+SELECT value FROM ledger_meta WHERE key = $key;
+
+-- name: meta_put
+INSERT OR REPLACE INTO ledger_meta VALUES ($key, $value);
+
+-- name: history_head
+SELECT seq, entry_hash FROM history ORDER BY seq DESC LIMIT 1;
+
+-- name: history_append
+INSERT INTO history SELECT * FROM entries;
+
+-- name: history_for_job
+SELECT * FROM history WHERE job_id = $job_id ORDER BY seq;
+
+-- name: history_page
+SELECT * FROM history WHERE seq > $after_seq ORDER BY seq LIMIT $limit;
+
+-- name: jobs_insert
+INSERT INTO jobs SELECT * FROM incoming;
+
+-- name: idempotency_reserve
+INSERT INTO idempotency_keys SELECT site_id, tenant, idempotency_key, job_id FROM incoming
+ON CONFLICT DO NOTHING
+RETURNING idempotency_key;
+
+-- name: idempotency_lookup
+SELECT k.idempotency_key, k.job_id FROM idempotency_keys k
+WHERE k.site_id = $site_id AND k.tenant = $tenant AND list_contains($keys, k.idempotency_key);
+
+-- name: claim
+UPDATE jobs SET
+    state = 'leased', lease_id = uuid()::VARCHAR, worker_id = $worker_id, attempts = attempts + 1,
+    lease_seconds = $lease_seconds, leased_at = $now, lease_expires_at = $lease_expires_at,
+    started_at = NULL, progress = NULL, progress_message = NULL, updated_at = $now
+WHERE job_id IN (
+    SELECT job_id FROM jobs
+    WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
+      AND ($queue IS NULL OR queue = $queue)
+      AND ($job_type IS NULL OR job_type = $job_type)
+    ORDER BY priority DESC, run_at, job_id
+    LIMIT $limit)
+RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue,
+          priority, payload, payload_digest, correlation_id, timeout_seconds;
+
+-- name: ack
+UPDATE jobs SET
+    state = CASE WHEN jobs.cancel_requested THEN 'canceled' ELSE 'succeeded' END,
+    artifacts = acks.artifacts, progress = CASE WHEN jobs.cancel_requested THEN progress ELSE 1.0 END,
+    finished_at = $now, updated_at = $now
+FROM acks
+WHERE jobs.job_id = acks.job_id AND jobs.lease_id = acks.lease_id
+  AND list_contains($from_states, jobs.state) AND jobs.lease_expires_at > $now
+RETURNING jobs.job_id, jobs.state, jobs.attempts, jobs.lease_id, jobs.worker_id, jobs.tenant, jobs.project,
+          jobs.job_type, jobs.correlation_id, jobs.payload_digest, jobs.artifacts, jobs.started_at;
+
+-- name: jobs_by_ids
+SELECT * FROM jobs WHERE list_contains($job_ids, job_id);
+
+-- name: job_any
+SELECT * FROM all_jobs WHERE job_id = $job_id;
+
+-- name: jobs_update
+-- Write back rows whose new values were decided in Python (orchestrator/jobs.py).
+UPDATE jobs SET
+    state = updates.state, run_at = updates.run_at, lease_id = updates.lease_id,
+    worker_id = updates.worker_id, lease_expires_at = updates.lease_expires_at,
+    started_at = updates.started_at, progress = updates.progress,
+    progress_message = updates.progress_message, last_error = updates.last_error,
+    cancel_requested = updates.cancel_requested, finished_at = updates.finished_at,
+    updated_at = updates.updated_at
+FROM updates
+WHERE jobs.job_id = updates.job_id;
+
+-- name: expired_leases
+SELECT * FROM jobs
+WHERE list_contains($from_states, state)
+  AND (lease_expires_at <= $now
+       OR (timeout_seconds IS NOT NULL AND leased_at + to_seconds(timeout_seconds) <= $now))
+ORDER BY lease_expires_at
+LIMIT $limit;
+
+-- name: archive_copy
+INSERT INTO jobs_finished SELECT * FROM jobs WHERE list_contains($final_states, state);
+
+-- name: archive_delete
+DELETE FROM jobs WHERE list_contains($final_states, state);
+
+-- name: jobs_list
+SELECT * FROM all_jobs
+WHERE ($state IS NULL OR state = $state)
+  AND ($tenant IS NULL OR tenant = $tenant)
+  AND ($job_type IS NULL OR job_type = $job_type)
+ORDER BY created_at, job_id
+LIMIT $limit;
+
+-- name: state_counts
+SELECT state, count(*) AS jobs FROM all_jobs GROUP BY state ORDER BY state;
+
+-- name: count_history
+SELECT count(*) FROM history;
+
+-- name: verify_states
+-- Jobs whose state or attempt differs from what their last history entry says, or that lack history.
+WITH last AS (
+    SELECT job_id, arg_max(to_state, seq) AS to_state, arg_max(attempt, seq) AS attempt
+    FROM history GROUP BY job_id
+)
+SELECT coalesce(j.job_id, last.job_id) AS job_id, j.state, last.to_state, j.attempts, last.attempt
+FROM all_jobs j FULL OUTER JOIN last ON j.job_id = last.job_id
+WHERE j.job_id IS NULL OR last.job_id IS NULL OR j.state <> last.to_state OR j.attempts <> last.attempt
+ORDER BY 1
+LIMIT 20;
+
+-- name: verify_payload_digests
+SELECT job_id FROM all_jobs WHERE 'sha256:' || sha256(payload) <> payload_digest ORDER BY job_id LIMIT 20;
+
+-- name: verify_history_scan
+SELECT seq, event_id, job_id, event_type, from_state, to_state, attempt, lease_id, worker_id, actor, reason,
+       tenant, project, job_type, correlation_id, payload_digest, artifacts, occurred_at, prev_hash, entry_hash
+FROM history ORDER BY seq;

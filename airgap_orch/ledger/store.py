@@ -1,0 +1,200 @@
+"""Opening the ledger file (one writer, bounded wait for the lock), migrations, transactions.
+
+Within a process every transaction goes through one lock, so threads share one connection safely.
+Across processes DuckDB's file lock admits one read-write opener; we wait for it up to
+`lock_timeout` seconds and then raise LedgerBusy naming the holder's PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from .. import clock
+from ..errors import InvalidInput, LedgerBusy, NotFound
+from . import sql
+
+DEFAULT_LOCK_TIMEOUT = 5.0
+GENESIS_HASH = "0" * 64
+_HOLDER_PID = re.compile(r"PID (\d+)")
+
+
+class Ledger:
+    """An open ledger file. Use `Ledger.open()`; close it (or use it as a context manager)."""
+
+    def __init__(self, path: Path, connection: duckdb.DuckDBPyConnection):
+        self.path = path
+        self._con = connection
+        self._lock = threading.RLock()
+        self.site_id = ""
+        self.head_seq = 0
+        self.head_hash = GENESIS_HASH
+        self.unarchived = 0  # finished rows still in the hot table
+        self.last_sweep = 0.0  # monotonic time of the last expired-lease sweep
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        create: bool = False,
+        site_id: str | None = None,
+    ) -> Ledger:
+        ledger_path = Path(path)
+        if not create and not ledger_path.exists():
+            raise NotFound(f"no ledger at {ledger_path}; create one with `airgap-orch ledger init`")
+        if create and ledger_path.exists():
+            raise InvalidInput(f"a ledger already exists at {ledger_path}; pick another path or use it as is")
+        if create:
+            ledger_path.parent.mkdir(parents=True, exist_ok=True)
+        connection = _connect_waiting(ledger_path, lock_timeout)
+        ledger = cls(ledger_path, connection)
+        try:
+            ledger._migrate(site_id if create else None)
+            ledger._load_state()
+        except BaseException:
+            connection.close()
+            raise
+        return ledger
+
+    def _migrate(self, new_site_id: str | None) -> None:
+        con = self._con
+        con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                    "name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
+        applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+        if not applied and new_site_id is None:
+            raise InvalidInput(f"{self.path} is not an airgap-orch ledger (no schema); "
+                               "point --ledger at a ledger or create one with `ledger init`")
+        for version, name, text in sql.migrations():
+            if version in applied:
+                continue
+            con.execute("BEGIN")
+            try:
+                con.execute(text)
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, clock.now()])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        if new_site_id is not None:
+            with self.transaction() as tx:
+                tx.execute("meta_put", key="site_id", value=new_site_id)
+                tx.execute("meta_put", key="created_at", value=clock.iso(clock.now()))
+
+    def _load_state(self) -> None:
+        row = self._con.execute(sql.queries()["meta_get"], {"key": "site_id"}).fetchone()
+        if row is None:
+            raise InvalidInput(f"{self.path} has no site identity; it was not created by `ledger init`")
+        self.site_id = row[0]
+        head = self._con.execute(sql.queries()["history_head"]).fetchone()
+        if head is not None:
+            self.head_seq, self.head_hash = int(head[0]), head[1]
+        self.unarchived = -1  # unknown after open: archive on the next claim
+
+    @property
+    def schema_version(self) -> int:
+        row = self._con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    # -- use -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._lock:
+            tx = Transaction(self)
+            self._con.execute("BEGIN")
+            try:
+                yield tx
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self.head_seq, self.head_hash = tx.head_seq, tx.head_hash
+            self.unarchived = tx.unarchived
+
+    def read(self) -> Transaction:
+        """A handle for read-only queries outside an explicit transaction (callers hold no lock)."""
+        return Transaction(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Transaction:
+    """Named-query access inside one transaction; carries the history chain head until commit."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+        self.con = ledger._con
+        self.site_id = ledger.site_id
+        self.head_seq = ledger.head_seq
+        self.head_hash = ledger.head_hash
+        self.unarchived = ledger.unarchived
+
+    def execute(self, name: str, **params: Any) -> duckdb.DuckDBPyConnection:
+        with self.ledger._lock:
+            return self.con.execute(sql.queries()[name], params or None)
+
+    def rows(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        with self.ledger._lock:
+            cursor = self.con.execute(sql.queries()[name], params or None)
+            columns = [d[0] for d in cursor.description]
+            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+    def execute_with(self, name: str, relation: str, table: pa.Table, **params: Any):
+        """Run a named query that reads the Arrow `table` under the name `relation`."""
+        with self.ledger._lock:
+            self.con.register(relation, table)
+            try:
+                return self.con.execute(sql.queries()[name], params or None)
+            finally:
+                self.con.unregister(relation)
+
+    def rows_with(self, name: str, relation: str, table: pa.Table, **params: Any) -> list[dict[str, Any]]:
+        with self.ledger._lock:
+            cursor = self.execute_with(name, relation, table, **params)
+            columns = [d[0] for d in cursor.description]
+            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _connect_waiting(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + max(0.0, lock_timeout)
+    delay = 0.01
+    while True:
+        try:
+            return duckdb.connect(str(path), config={"threads": 2})
+        except duckdb.IOException as exc:
+            message = str(exc)
+            if "lock" not in message.lower():
+                raise InvalidInput(f"cannot open ledger {path}: {message.splitlines()[0]}") from None
+            if time.monotonic() >= deadline:
+                found = _HOLDER_PID.search(message)
+                pid = int(found.group(1)) if found else None
+                holder = f"process {pid}" if pid else "another process"
+                raise LedgerBusy(
+                    f"ledger {path} is held by {holder} (waited {lock_timeout:g}s); retry, raise "
+                    "--lock-timeout, or send the command to the server that owns it",
+                    holder_pid=pid,
+                ) from None
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.2)
+        except duckdb.Error as exc:
+            raise InvalidInput(f"cannot open ledger {path}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,76 @@
+"""Ledger operations: init, info, verify, events."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from .. import clock, ids
+from ..errors import InvalidInput, VerificationFailed
+from ..ledger import Ledger
+from ..orchestrator import events, history
+
+_SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def init(path: Path, *, site_id: str | None, lock_timeout: float) -> dict[str, Any]:
+    if site_id is not None and not _SITE_ID.match(site_id):
+        raise InvalidInput(f"site id {site_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    with Ledger.open(path, lock_timeout=lock_timeout, create=True, site_id=site_id or f"site-{ids.uuid7()[:13]}"
+                     ) as ledger:
+        return {"ledger": str(path), "site_id": ledger.site_id, "schema_version": ledger.schema_version}
+
+
+def info(ledger: Ledger) -> dict[str, Any]:
+    read = ledger.read()
+    counts = {row["state"]: row["jobs"] for row in read.rows("state_counts")}
+    return {
+        "ledger": str(ledger.path),
+        "site_id": ledger.site_id,
+        "schema_version": ledger.schema_version,
+        "created_at": read.execute("meta_get", key="created_at").fetchone()[0],
+        "jobs": counts,
+        "history_entries": ledger.head_seq,
+        "history_head": ledger.head_hash,
+    }
+
+
+def verify(ledger: Ledger) -> dict[str, Any]:
+    """Schema version, history chain, and state tables against history. Raises VerificationFailed."""
+    from ..ledger import sql
+
+    read = ledger.read()
+    if ledger.schema_version != sql.latest_version():
+        raise VerificationFailed(f"schema version {ledger.schema_version} != expected {sql.latest_version()}")
+    with ledger._lock:
+        cursor = read.con.execute(sql.queries()["verify_history_scan"])
+        entries = history.verify_chain(_batched(cursor))
+    if entries != ledger.head_seq:
+        raise VerificationFailed(f"history has {entries} entries but its head says {ledger.head_seq}")
+    mismatched = read.rows("verify_states")
+    if mismatched:
+        first = mismatched[0]
+        raise VerificationFailed(
+            f"job {first['job_id']}: state {first['state']!r}/attempt {first['attempts']} does not match its "
+            f"history ({first['to_state']!r}/attempt {first['attempt']}); {len(mismatched)} job(s) differ")
+    bad_payloads = read.rows("verify_payload_digests")
+    if bad_payloads:
+        raise VerificationFailed(f"job {bad_payloads[0]['job_id']}: payload does not match its digest")
+    jobs = sum(row["jobs"] for row in read.rows("state_counts"))
+    return {"ok": True, "schema_version": ledger.schema_version, "history_entries": entries, "jobs": jobs,
+            "checked_at": clock.iso(clock.now())}
+
+
+def _batched(cursor, size: int = 10_000):
+    while True:
+        rows = cursor.fetchmany(size)
+        if not rows:
+            return
+        yield from rows
+
+
+def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000) -> dict[str, Any]:
+    entries = ledger.read().rows("history_page", after_seq=after_seq, limit=limit)
+    last_seq = entries[-1]["seq"] if entries else after_seq
+    return {"events": [events.envelope(entry) for entry in entries], "last_seq": last_seq}

@@ -1,0 +1,458 @@
+"""Job lifecycle over one ledger transaction: enqueue, claim, heartbeat, ack, fail, cancel, recover,
+release, replay. Every state change is decided by states.next_state() and recorded in history.
+
+Batch functions take many items and return one outcome per item: a result dict, or the OrchError
+that refused that item. A refused item changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from .. import clock, ids
+from ..errors import NotFound, OrchError, StaleLease
+from ..ledger import Transaction
+from . import backoff, history
+from .states import (
+    FINAL_STATES,
+    HELD_STATES,
+    QUEUED,
+    REPLAYABLE_STATES,
+    next_state,
+    sources,
+)
+from .states import EVENT_TYPES as _EVENT_TYPES
+
+ARCHIVE_AFTER = 2_000  # finished rows allowed in the hot table before they move to jobs_finished
+SWEEP_EVERY_SECONDS = 1.0
+SWEEP_LIMIT = 1_000
+
+_JOB_SCHEMA = pa.schema([
+    ("job_id", pa.string()), ("site_id", pa.string()), ("tenant", pa.string()), ("project", pa.string()),
+    ("job_type", pa.string()), ("queue", pa.string()), ("priority", pa.int32()), ("payload", pa.string()),
+    ("payload_digest", pa.string()), ("idempotency_key", pa.string()), ("state", pa.string()),
+    ("run_at", pa.timestamp("us")), ("attempts", pa.int32()), ("max_attempts", pa.int32()),
+    ("timeout_seconds", pa.int32()), ("correlation_id", pa.string()), ("lease_id", pa.string()),
+    ("worker_id", pa.string()), ("lease_seconds", pa.float64()), ("leased_at", pa.timestamp("us")),
+    ("lease_expires_at", pa.timestamp("us")), ("started_at", pa.timestamp("us")),
+    ("progress", pa.float64()), ("progress_message", pa.string()), ("artifacts", pa.string()),
+    ("last_error", pa.string()), ("cancel_requested", pa.bool_()), ("replay_of", pa.string()),
+    ("created_at", pa.timestamp("us")), ("updated_at", pa.timestamp("us")),
+    ("finished_at", pa.timestamp("us")),
+])
+_UPDATE_SCHEMA = pa.schema([
+    ("job_id", pa.string()), ("state", pa.string()), ("run_at", pa.timestamp("us")),
+    ("lease_id", pa.string()), ("worker_id", pa.string()), ("lease_expires_at", pa.timestamp("us")),
+    ("started_at", pa.timestamp("us")), ("progress", pa.float64()), ("progress_message", pa.string()),
+    ("last_error", pa.string()), ("cancel_requested", pa.bool_()), ("finished_at", pa.timestamp("us")),
+    ("updated_at", pa.timestamp("us")),
+])
+
+
+def _entry(job: dict[str, Any], event: str, from_state: str | None, to_state: str, *, actor: str,
+           reason: str | None = None, at: datetime) -> dict[str, Any]:
+    return {
+        "job_id": job["job_id"], "event_type": _EVENT_TYPES[event], "from_state": from_state,
+        "to_state": to_state, "attempt": job["attempts"], "lease_id": job.get("lease_id"),
+        "worker_id": job.get("worker_id"), "actor": actor, "reason": reason, "tenant": job["tenant"],
+        "project": job["project"], "job_type": job["job_type"], "correlation_id": job.get("correlation_id"),
+        "payload_digest": job["payload_digest"], "artifacts": job.get("artifacts"), "occurred_at": at,
+    }
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.table({name: [row.get(name) for row in rows] for name in schema.names}, schema=schema)
+
+
+def _write_back(tx: Transaction, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        tx.execute_with("jobs_update", "updates", _table(rows, _UPDATE_SCHEMA))
+
+
+def _load(tx: Transaction, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    return {row["job_id"]: row for row in tx.rows("jobs_by_ids", job_ids=job_ids)}
+
+
+def _check_lease(job: dict[str, Any] | None, job_id: str, lease_id: str, now: datetime,
+                 tx: Transaction) -> dict[str, Any]:
+    """The active row for (job_id, lease_id) or the error that refuses it."""
+    if job is None:
+        finished = tx.rows("job_any", job_id=job_id)
+        if not finished:
+            raise NotFound(f"no job {job_id}")
+        raise StaleLease(f"job {job_id} is already {finished[0]['state']}; lease {lease_id} can no longer "
+                         "change it")
+    if job["state"] not in HELD_STATES or job["lease_id"] != lease_id:
+        raise StaleLease(f"lease {lease_id} is not the current lease of job {job_id} (state {job['state']}); "
+                         "drop this job, another worker owns it now")
+    if job["lease_expires_at"] <= now:
+        raise StaleLease(f"lease {lease_id} on job {job_id} expired at {clock.iso(job['lease_expires_at'])}; "
+                         "drop this job, it will be retried")
+    return job
+
+
+# -- enqueue ---------------------------------------------------------------------------------------
+
+def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
+            replay_of: list[str | None] | None = None) -> list[tuple[str, bool]]:
+    """Insert validated job records (validation.job_spec). Returns [(job_id, created)] in order.
+
+    A record whose idempotency key already exists in (site, tenant) resolves to the existing job."""
+    now = clock.now()
+    resolved: list[str | None] = [None] * len(records)
+    fresh: list[int] = []
+    first_by_key: dict[tuple[str, str], int] = {}
+    for index, record in enumerate(records):
+        key = record["idempotency_key"]
+        if key is None:
+            fresh.append(index)
+            continue
+        earlier = first_by_key.setdefault((record["tenant"], key), index)
+        if earlier == index:
+            fresh.append(index)
+    job_ids = {index: ids.uuid7() for index in fresh}
+
+    keyed = [i for i in fresh if records[i]["idempotency_key"] is not None]
+    if keyed:
+        reserve = pa.table({
+            "site_id": [tx.site_id] * len(keyed),
+            "tenant": [records[i]["tenant"] for i in keyed],
+            "idempotency_key": [records[i]["idempotency_key"] for i in keyed],
+            "job_id": [job_ids[i] for i in keyed],
+        })
+        won = {row[0] for row in tx.execute_with("idempotency_reserve", "incoming", reserve).fetchall()}
+        lost = [i for i in keyed if records[i]["idempotency_key"] not in won]
+        for tenant in {records[i]["tenant"] for i in lost}:
+            keys = [records[i]["idempotency_key"] for i in lost if records[i]["tenant"] == tenant]
+            existing = dict(tx.execute("idempotency_lookup", site_id=tx.site_id, tenant=tenant,
+                                       keys=keys).fetchall())
+            for i in lost:
+                if records[i]["tenant"] == tenant:
+                    resolved[i] = existing[records[i]["idempotency_key"]]
+        lost_set = set(lost)
+        fresh = [i for i in fresh if i not in lost_set]
+
+    rows = []
+    for index in fresh:
+        record = records[index]
+        rows.append({
+            **record, "job_id": job_ids[index], "site_id": tx.site_id, "state": QUEUED,
+            "run_at": record["run_at"] or now, "attempts": 0, "cancel_requested": False,
+            "replay_of": replay_of[index] if replay_of else None, "created_at": now, "updated_at": now,
+        })
+        resolved[index] = job_ids[index]
+    if rows:
+        tx.execute_with("jobs_insert", "incoming", _table(rows, _JOB_SCHEMA))
+        history.append(tx, (_entry(row, "create", None, QUEUED, actor=actor, at=now,
+                                   reason=f"replay_of:{row['replay_of']}" if row["replay_of"] else None)
+                            for row in rows))
+    # Later duplicates inside this batch resolve to the first record with their key.
+    for index, record in enumerate(records):
+        if resolved[index] is None:
+            resolved[index] = resolved[first_by_key[(record["tenant"], record["idempotency_key"])]]
+    created = {job_ids[i] for i in fresh}
+    seen: set[str] = set()
+    out = []
+    for job_id in resolved:
+        assert job_id is not None
+        out.append((job_id, job_id in created and job_id not in seen))
+        seen.add(job_id)
+    return out
+
+
+# -- claim -----------------------------------------------------------------------------------------
+
+def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, queue: str | None = None,
+          job_type: str | None = None) -> list[dict[str, Any]]:
+    """Lease up to `limit` ready jobs in one statement; each gets a fresh lease id."""
+    maintain(tx)
+    now = clock.now()
+    expires = now + timedelta(seconds=lease_seconds)
+    cursor = tx.execute("claim", worker_id=worker_id, lease_seconds=lease_seconds, now=now,
+                        lease_expires_at=expires, site_id=tx.site_id, queue=queue, job_type=job_type,
+                        limit=limit)
+    columns = [d[0] for d in cursor.description]
+    leased = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    leased.sort(key=lambda job: job["job_id"])
+    to_state = next_state(QUEUED, "claim")
+    history.append(tx, (_entry({**job, "worker_id": worker_id}, "claim", QUEUED, to_state,
+                               actor=f"worker:{worker_id}", at=now) for job in leased))
+    return [{
+        "job_id": job["job_id"], "lease_id": job["lease_id"], "lease_expires_at": clock.iso(expires),
+        "attempt": job["attempts"], "max_attempts": job["max_attempts"], "tenant": job["tenant"],
+        "project": job["project"], "type": job["job_type"], "queue": job["queue"],
+        "priority": job["priority"], "payload": json.loads(job["payload"]),
+        "payload_digest": job["payload_digest"], "correlation_id": job["correlation_id"],
+        "timeout_seconds": job["timeout_seconds"],
+        "retry_hint": {"heartbeat_every_seconds": round(lease_seconds / 3, 3),
+                       "backoff_seconds_if_failed": backoff.hint(job["attempts"])},
+    } for job in leased]
+
+
+def maintain(tx: Transaction, *, force: bool = False) -> int:
+    """Bounded housekeeping on the claim path: recover expired leases (at most once a second)
+    and move finished rows out of the hot table once enough have gathered."""
+    import time
+
+    recovered = 0
+    if force or time.monotonic() - tx.ledger.last_sweep >= SWEEP_EVERY_SECONDS:
+        tx.ledger.last_sweep = time.monotonic()
+        recovered = recover(tx, limit=SWEEP_LIMIT)
+    if force or tx.unarchived < 0 or tx.unarchived >= ARCHIVE_AFTER:
+        tx.execute("archive_copy", final_states=list(FINAL_STATES))
+        tx.execute("archive_delete", final_states=list(FINAL_STATES))
+        tx.unarchived = 0
+    return recovered
+
+
+# -- worker reports --------------------------------------------------------------------------------
+
+def heartbeat(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
+    """items: {job_id, lease_id, progress?, message?}. Extends each lease; first one starts the job."""
+    now = clock.now()
+    jobs = _load(tx, [item["job_id"] for item in items])
+    outcomes: list[dict[str, Any] | OrchError] = []
+    updates, entries = [], []
+    for item in items:
+        try:
+            job = _check_lease(jobs.get(item["job_id"]), item["job_id"], item["lease_id"], now, tx)
+        except OrchError as error:
+            outcomes.append(error)
+            continue
+        row = dict(job)
+        if job["state"] == "leased":
+            row["state"] = next_state("leased", "start")
+            row["started_at"] = now
+            entries.append(_entry(row, "start", "leased", row["state"], actor=f"worker:{job['worker_id']}",
+                                  at=now))
+        row["lease_expires_at"] = now + timedelta(seconds=job["lease_seconds"])
+        if item.get("progress") is not None:
+            row["progress"] = item["progress"]
+        if item.get("message") is not None:
+            row["progress_message"] = item["message"]
+        row["updated_at"] = now
+        updates.append(row)
+        outcomes.append({"job_id": job["job_id"], "state": row["state"],
+                         "lease_expires_at": clock.iso(row["lease_expires_at"]),
+                         "cancel_requested": bool(job["cancel_requested"])})
+    _write_back(tx, updates)
+    history.append(tx, entries)
+    return outcomes
+
+
+def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
+    """items: {job_id, lease_id, artifacts?}. Completes each job held by that current lease
+    (canceled instead of succeeded when cancellation had been requested)."""
+    now = clock.now()
+    acks = pa.table({
+        "job_id": [item["job_id"] for item in items],
+        "lease_id": [item["lease_id"] for item in items],
+        "artifacts": [json.dumps(item.get("artifacts") or [], separators=(",", ":")) for item in items],
+    })
+    cursor = tx.execute_with("ack", "acks", acks, now=now, from_states=sources("ack"))
+    columns = [d[0] for d in cursor.description]
+    done = {row[0]: dict(zip(columns, row, strict=True)) for row in cursor.fetchall()}
+    outcomes: list[dict[str, Any] | OrchError] = []
+    entries = []
+    missing = [item for item in items if item["job_id"] not in done]
+    current = _load(tx, [item["job_id"] for item in missing]) if missing else {}
+    for item in items:
+        job = done.get(item["job_id"])
+        if job is None:
+            try:
+                _check_lease(current.get(item["job_id"]), item["job_id"], item["lease_id"], now, tx)
+                raise StaleLease(f"lease {item['lease_id']} could not complete job {item['job_id']}")
+            except OrchError as error:
+                outcomes.append(error)
+            continue
+        event = "cancel" if job["state"] == "canceled" else "ack"
+        from_state = "running" if job["started_at"] is not None else "leased"  # started_at marks 'start'
+        entries.append(_entry(job, event, from_state, job["state"], actor=f"worker:{job['worker_id']}", at=now,
+                              reason="canceled_by_request" if event == "cancel" else None))
+        outcomes.append({"job_id": job["job_id"], "state": job["state"], "attempt": job["attempts"]})
+    tx.unarchived = max(tx.unarchived, 0) + len(entries)
+    history.append(tx, entries)
+    return outcomes
+
+
+def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
+    """items: {job_id, lease_id, error, retry_after?, no_retry?}. Retries with backoff while attempts
+    remain, else dead-letters; no_retry fails the job for good."""
+    now = clock.now()
+    jobs = _load(tx, [item["job_id"] for item in items])
+    outcomes: list[dict[str, Any] | OrchError] = []
+    updates, entries = [], []
+    for item in items:
+        try:
+            job = _check_lease(jobs.get(item["job_id"]), item["job_id"], item["lease_id"], now, tx)
+        except OrchError as error:
+            outcomes.append(error)
+            continue
+        if job["cancel_requested"]:
+            event, reason = "cancel", "canceled_by_request"
+        elif item.get("no_retry"):
+            event, reason = "fail", "no_retry"
+        elif job["attempts"] >= job["max_attempts"]:
+            event, reason = "exhaust", "attempts_exhausted"
+        else:
+            event, reason = "retry", "worker_error"
+        row = _settle(job, event, now, error=item["error"], retry_after=item.get("retry_after"))
+        updates.append(row)
+        entries.append(_entry(row, event, job["state"], row["state"], actor=f"worker:{job['worker_id']}",
+                              reason=f"{reason}: {item['error']}"[:512], at=now))
+        outcomes.append({"job_id": row["job_id"], "state": row["state"], "attempt": row["attempts"],
+                         "run_at": clock.iso(row["run_at"]) if row["state"] == QUEUED else None})
+    _write_back(tx, updates)
+    history.append(tx, entries)
+    return outcomes
+
+
+def _settle(job: dict[str, Any], event: str, now: datetime, *, error: str | None = None,
+            retry_after: float | None = None) -> dict[str, Any]:
+    """The row after `event` ends the current lease (retry, fail, exhaust, time_out, cancel, release)."""
+    row = dict(job)
+    row["state"] = next_state(job["state"], event)
+    row["updated_at"] = now
+    if error is not None:
+        row["last_error"] = error
+    if row["state"] == QUEUED:
+        delay = 0.0 if event == "release" else backoff.retry_delay(job["attempts"], retry_after)
+        row["run_at"] = now + timedelta(seconds=delay)
+        row.update(lease_id=None, worker_id=None, lease_expires_at=None, started_at=None)
+    else:
+        row["finished_at"] = now
+    return row
+
+
+def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> int:
+    """Expired leases and exceeded timeouts: retry, dead-letter, time out or (if requested) cancel."""
+    now = clock.now()
+    expired = tx.rows("expired_leases", from_states=list(HELD_STATES), now=now, limit=limit)
+    updates, entries = [], []
+    for job in expired:
+        timed_out = job["timeout_seconds"] is not None and (
+            job["leased_at"] + timedelta(seconds=job["timeout_seconds"]) <= now)
+        if job["cancel_requested"]:
+            event, reason = "cancel", "canceled_by_request"
+        elif job["attempts"] >= job["max_attempts"]:
+            event, reason = ("time_out", "timeout") if timed_out else ("exhaust", "lease_expired")
+        else:
+            event, reason = "retry", "timeout" if timed_out else "lease_expired"
+        row = _settle(job, event, now, error=reason)
+        updates.append(row)
+        entries.append(_entry(job | {"state": row["state"]}, event, job["state"], row["state"],
+                              actor="orchestrator", reason=reason, at=now))
+        if row["state"] in FINAL_STATES:
+            tx.unarchived = max(tx.unarchived, 0) + 1
+    _write_back(tx, updates)
+    history.append(tx, entries)
+    return len(updates)
+
+
+def release(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
+    """Give leased jobs back without using up the attempt (graceful worker shutdown)."""
+    now = clock.now()
+    jobs = _load(tx, [item["job_id"] for item in items])
+    outcomes: list[dict[str, Any] | OrchError] = []
+    updates, entries = [], []
+    for item in items:
+        try:
+            job = _check_lease(jobs.get(item["job_id"]), item["job_id"], item["lease_id"], now, tx)
+        except OrchError as error:
+            outcomes.append(error)
+            continue
+        row = _settle(job, "release", now)
+        row["attempts"] = job["attempts"]
+        updates.append(row)
+        entries.append(_entry(job | {"state": row["state"]}, "release", job["state"], row["state"],
+                              actor=f"worker:{job['worker_id']}", reason="worker_shutdown", at=now))
+        outcomes.append({"job_id": job["job_id"], "state": row["state"]})
+    _write_back(tx, updates)
+    history.append(tx, entries)
+    return outcomes
+
+
+# -- operator actions ------------------------------------------------------------------------------
+
+def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str) -> dict[str, Any]:
+    """Cancel a queued job now; for a leased/running job, request cancellation from its worker."""
+    now = clock.now()
+    job = _load(tx, [job_id]).get(job_id)
+    if job is None:
+        finished = tx.rows("job_any", job_id=job_id)
+        if not finished:
+            raise NotFound(f"no job {job_id}")
+        next_state(finished[0]["state"], "cancel")  # raises IllegalTransition for a finished job
+    assert job is not None
+    if job["state"] == QUEUED:
+        row = dict(job, state=next_state(QUEUED, "cancel"), finished_at=now, updated_at=now)
+        entry = _entry(row, "cancel", QUEUED, row["state"], actor=actor, reason=reason, at=now)
+        tx.unarchived = max(tx.unarchived, 0) + 1
+    else:
+        row = dict(job, state=next_state(job["state"], "request_cancel"), cancel_requested=True, updated_at=now)
+        entry = _entry(row, "request_cancel", job["state"], row["state"], actor=actor, reason=reason, at=now)
+    _write_back(tx, [row])
+    history.append(tx, [entry])
+    return {"job_id": job_id, "state": row["state"], "cancel_requested": bool(row["cancel_requested"])}
+
+
+def replay(tx: Transaction, job_ids: list[str], *, actor: str,
+           priority: int | None = None) -> list[dict[str, Any]]:
+    """Clone each dead-lettered/failed/timed-out job into a new queued job with replay_of set."""
+    now = clock.now()
+    originals = []
+    for job_id in job_ids:
+        found = tx.rows("job_any", job_id=job_id)
+        if not found:
+            raise NotFound(f"no job {job_id}")
+        job = found[0]
+        next_state(job["state"], "replay")  # only dead_letter, failed, timed_out may be replayed
+        if job["state"] not in REPLAYABLE_STATES:  # pragma: no cover - next_state already refused
+            continue
+        originals.append(job)
+    records = [{
+        "tenant": job["tenant"], "project": job["project"], "job_type": job["job_type"], "queue": job["queue"],
+        "priority": job["priority"] if priority is None else priority, "payload": job["payload"],
+        "payload_digest": job["payload_digest"], "idempotency_key": None, "run_at": None,
+        "max_attempts": job["max_attempts"], "timeout_seconds": job["timeout_seconds"],
+        "correlation_id": job["correlation_id"],
+    } for job in originals]
+    created = enqueue(tx, records, actor=actor, replay_of=[job["job_id"] for job in originals])
+    history.append(tx, (_entry(job, "replay", job["state"], job["state"], actor=actor,
+                               reason=f"replayed_as:{new_id}", at=now)
+                        for job, (new_id, _) in zip(originals, created, strict=True)))
+    return [{"job_id": new_id, "replay_of": job["job_id"]}
+            for job, (new_id, _) in zip(originals, created, strict=True)]
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+def show(tx: Transaction, job_id: str) -> dict[str, Any]:
+    found = tx.rows("job_any", job_id=job_id)
+    if not found:
+        raise NotFound(f"no job {job_id}; list jobs with `airgap-orch jobs list`")
+    job = render(found[0])
+    job["history"] = [render_history(entry) for entry in tx.rows("history_for_job", job_id=job_id)]
+    return job
+
+
+def render(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, datetime):
+            value = clock.iso(value)
+        out[key] = value
+    out["payload"] = json.loads(row["payload"])
+    out["artifacts"] = json.loads(row["artifacts"]) if row.get("artifacts") else []
+    out["type"] = out.pop("job_type")
+    return out
+
+
+def render_history(entry: dict[str, Any]) -> dict[str, Any]:
+    out = {key: clock.iso(value) if isinstance(value, datetime) else value for key, value in entry.items()}
+    out["artifacts"] = json.loads(entry["artifacts"]) if entry.get("artifacts") else []
+    return out

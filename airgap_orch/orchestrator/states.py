@@ -1,0 +1,77 @@
+"""The one transition table. Every state change anywhere goes through `next_state()`.
+
+| from              | event          | to           | when                                            |
+|-------------------|----------------|--------------|-------------------------------------------------|
+| (new)             | create         | queued       | enqueue, replay                                 |
+| queued            | claim          | leased       | a worker takes the job under a new lease        |
+| leased            | start          | running      | first heartbeat                                 |
+| leased, running   | ack            | succeeded    | the current lease completes the job             |
+| leased, running   | retry          | queued       | fail / lease expiry / timeout, attempts left    |
+| leased, running   | fail           | failed       | fail --no-retry                                 |
+| leased, running   | exhaust        | dead_letter  | fail or lease expiry with no attempts left      |
+| leased, running   | time_out       | timed_out    | timeout exceeded on the last attempt            |
+| leased, running   | request_cancel | (unchanged)  | cancel_requested set; seen on next heartbeat    |
+| queued, leased, running | cancel   | canceled     | queued job canceled, or the worker confirmed    |
+| leased, running   | release        | queued       | graceful worker shutdown; attempt not consumed  |
+| dead_letter, failed, timed_out | replay | (unchanged) | a new queued job is created with replay_of  |
+"""
+
+from __future__ import annotations
+
+from ..errors import IllegalTransition
+
+QUEUED, LEASED, RUNNING = "queued", "leased", "running"
+SUCCEEDED, FAILED, DEAD_LETTER, TIMED_OUT, CANCELED = (
+    "succeeded", "failed", "dead_letter", "timed_out", "canceled"
+)
+ACTIVE_STATES = (QUEUED, LEASED, RUNNING)
+HELD_STATES = (LEASED, RUNNING)
+FINAL_STATES = (SUCCEEDED, FAILED, DEAD_LETTER, TIMED_OUT, CANCELED)
+REPLAYABLE_STATES = (DEAD_LETTER, FAILED, TIMED_OUT)
+ALL_STATES = ACTIVE_STATES + FINAL_STATES
+_SAME = None  # marker: the event leaves the state unchanged
+
+TRANSITIONS: dict[str, dict[str | None, str | None]] = {
+    "create": {None: QUEUED},
+    "claim": {QUEUED: LEASED},
+    "start": {LEASED: RUNNING},
+    "ack": {LEASED: SUCCEEDED, RUNNING: SUCCEEDED},
+    "retry": {LEASED: QUEUED, RUNNING: QUEUED},
+    "fail": {LEASED: FAILED, RUNNING: FAILED},
+    "exhaust": {LEASED: DEAD_LETTER, RUNNING: DEAD_LETTER},
+    "time_out": {LEASED: TIMED_OUT, RUNNING: TIMED_OUT},
+    "request_cancel": {LEASED: _SAME, RUNNING: _SAME},
+    "cancel": {QUEUED: CANCELED, LEASED: CANCELED, RUNNING: CANCELED},
+    "release": {LEASED: QUEUED, RUNNING: QUEUED},
+    "replay": {DEAD_LETTER: _SAME, FAILED: _SAME, TIMED_OUT: _SAME},
+}
+
+# History/event type recorded for each transition event.
+EVENT_TYPES: dict[str, str] = {
+    "create": "job.created",
+    "claim": "job.leased",
+    "start": "job.started",
+    "ack": "job.succeeded",
+    "retry": "job.retry_scheduled",
+    "fail": "job.failed",
+    "exhaust": "job.dead_lettered",
+    "time_out": "job.timed_out",
+    "request_cancel": "job.cancel_requested",
+    "cancel": "job.canceled",
+    "release": "job.released",
+    "replay": "job.replayed",
+}
+
+
+def next_state(state: str | None, event: str) -> str:
+    """The state after `event` in `state`, or IllegalTransition."""
+    edges = TRANSITIONS[event]
+    if state not in edges:
+        raise IllegalTransition(f"cannot {event.replace('_', ' ')} a job that is {state}")
+    target = edges[state]
+    return state if target is _SAME else target  # type: ignore[return-value]
+
+
+def sources(event: str) -> list[str]:
+    """States from which `event` is legal (for SQL filters that must agree with the table)."""
+    return [state for state in TRANSITIONS[event] if state is not None]

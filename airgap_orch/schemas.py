@@ -1,0 +1,51 @@
+"""Access to the JSON Schemas in `schemas/`: the one contract for shapes that cross a boundary.
+
+In a wheel the files ship as `airgap_orch/_schemas/`; in a source checkout they are read from
+`schemas/` at the repository root. Validators are compiled once per schema.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+
+from .errors import InvalidInput
+
+
+def schema_dir() -> Path:
+    packaged = resources.files("airgap_orch") / "_schemas"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@functools.cache
+def load(name: str) -> dict[str, Any]:
+    """Load `schemas/<name>.schema.json`."""
+    return json.loads((schema_dir() / f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+def _resolve_sibling(uri: str) -> dict[str, Any]:
+    return load(uri.rsplit("/", 1)[-1].removesuffix(".schema.json"))
+
+
+@functools.cache
+def validator(name: str):
+    return fastjsonschema.compile(
+        load(name), handlers={"https": _resolve_sibling, "http": _resolve_sibling}, use_default=False
+    )
+
+
+def validate(name: str, document: Any, what: str) -> None:
+    """Raise InvalidInput with a one-line message when `document` does not match schema `name`."""
+    try:
+        validator(name)(document)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        where = exc.name.replace("data", what, 1) if exc.name else what
+        detail = exc.message.split(" must ", 1)[-1]
+        raise InvalidInput(f"{where} must {detail}") from None

@@ -1,0 +1,155 @@
+"""Input validation in one place: shapes come from schemas/, limits are defined here.
+
+Every function raises InvalidInput with a one-line message that says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+from . import clock, schemas
+from .errors import InvalidInput
+
+# Documented limits (README "Limits").
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_BATCH_JOBS = 100_000
+MAX_CLAIM_LIMIT = 1_000
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 1.0, 86_400.0
+DEFAULT_LEASE_SECONDS = 30.0
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+MAX_ERROR_CHARS = 4_096
+MAX_REASON_CHARS = 256
+MAX_MESSAGE_CHARS = 1_024
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_QUEUE = "default"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidInput(f"{what} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                           "pass a JSON document or @file") from None
+
+
+def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
+    """Validate one job spec (schemas/job-spec.schema.json) and return the normalized record."""
+    schemas.validate("job-spec", spec, what)
+    payload = spec.get("payload", {})
+    try:
+        payload_text = canonical_json(payload)
+    except ValueError:
+        raise InvalidInput(f"{what}.payload contains NaN or Infinity; JSON has no such numbers") from None
+    if len(payload_text.encode()) > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(f"{what}.payload is {len(payload_text.encode())} bytes; the limit is "
+                           f"{MAX_PAYLOAD_BYTES} bytes: store large inputs as files and pass their URI")
+    run_at = spec.get("run_at")
+    return {
+        "tenant": spec["tenant"],
+        "project": spec["project"],
+        "job_type": spec["type"],
+        "queue": spec.get("queue", DEFAULT_QUEUE),
+        "priority": spec.get("priority", 0),
+        "payload": payload_text,
+        "payload_digest": digest(payload_text),
+        "idempotency_key": spec.get("idempotency_key"),
+        "run_at": timestamp(run_at, f"{what}.run_at") if run_at is not None else None,
+        "max_attempts": spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS),
+        "timeout_seconds": spec.get("timeout_seconds"),
+        "correlation_id": spec.get("correlation_id"),
+    }
+
+
+def timestamp(text: str, what: str) -> datetime:
+    try:
+        return clock.parse_iso(text)
+    except (ValueError, AttributeError):
+        raise InvalidInput(f"{what} {text!r} is not an ISO 8601 time; use e.g. 2026-01-31T12:00:00Z") from None
+
+
+def artifacts(items: Any, what: str = "artifacts") -> list[dict[str, str]]:
+    if not isinstance(items, list):
+        raise InvalidInput(f"{what} must be a list of {{uri, digest, mime}} objects")
+    for index, item in enumerate(items):
+        schemas.validate("artifact", item, f"{what}[{index}]")
+    return items
+
+
+def artifact_from_text(text: str) -> dict[str, str]:
+    """Parse the CLI form URI,DIGEST,MIME (the URI itself may contain commas)."""
+    parts = text.rsplit(",", 2)
+    if len(parts) != 3:
+        raise InvalidInput(f"artifact {text!r} must be URI,DIGEST,MIME e.g. "
+                           "file:///out/report.json,sha256:<64 hex>,application/json")
+    item = {"uri": parts[0], "digest": parts[1], "mime": parts[2]}
+    schemas.validate("artifact", item, f"artifact {text!r}:")
+    return item
+
+
+def number_in(value: float, low: float, high: float, what: str) -> float:
+    if value is None or not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise InvalidInput(f"{what} must be a number between {low:g} and {high:g}")
+    if not low <= value <= high:
+        raise InvalidInput(f"{what} is {value:g}; it must be between {low:g} and {high:g}")
+    return value
+
+
+def lease_seconds(value: float | None) -> float:
+    if value is None:
+        return DEFAULT_LEASE_SECONDS
+    return float(number_in(value, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS, "lease seconds"))
+
+
+def claim_limit(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput("claim limit must be a whole number")
+    return int(number_in(value, 1, MAX_CLAIM_LIMIT, "claim limit"))
+
+
+def progress(value: float | None) -> float | None:
+    return None if value is None else float(number_in(value, 0.0, 1.0, "progress"))
+
+
+def retry_after(value: float | None) -> float | None:
+    return None if value is None else float(number_in(value, 0.0, MAX_RETRY_AFTER_SECONDS, "retry-after"))
+
+
+def text(value: str | None, limit: int, what: str, required: bool = False) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise InvalidInput(f"{what} is required; say why in at most {limit} characters")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text")
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def state(value: str | None) -> str | None:
+    from .orchestrator.states import ALL_STATES
+
+    if value is not None and value not in ALL_STATES:
+        raise InvalidInput(f"unknown state {value!r}; use one of {', '.join(ALL_STATES)}")
+    return value
+
+
+def job_id(value: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidInput(f"job id {value!r} is not a UUID; copy it from `jobs list`") from None
