@@ -1,0 +1,1 @@
+"""The command line: click groups by noun. Thin: parse, call an operation, render."""

@@ -1,0 +1,166 @@
+"""`airgap-orch jobs ...`: producers, workers and operators on single jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import validation
+from ..errors import InvalidInput
+from ..operations import jobs as ops
+from .context import command, settings
+
+MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
+
+
+@click.group("jobs")
+def group() -> None:
+    """Enqueue, lease, report on and inspect jobs."""
+
+
+def _read_file(path: str, what: str) -> str:
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} file {path}: {exc.strerror}") from None
+    if size > MAX_INPUT_FILE_BYTES:
+        raise InvalidInput(f"{what} file {path} is {size} bytes; the limit is {MAX_INPUT_FILE_BYTES}")
+    return file.read_text(encoding="utf-8")
+
+
+def _payload(value: str | None) -> Any:
+    if value is None:
+        return {}
+    text = _read_file(value[1:], "payload") if value.startswith("@") else value
+    return validation.parse_json(text, "--payload")
+
+
+def _batch(path: str) -> list[Any]:
+    specs = []
+    for number, line in enumerate(_read_file(path, "batch").splitlines(), 1):
+        if line.strip():
+            specs.append(validation.parse_json(line, f"{path} line {number}"))
+    if not specs:
+        raise InvalidInput(f"batch file {path} has no job specs; write one JSON object per line")
+    return specs
+
+
+@command(group, "enqueue")
+@click.option("--tenant")
+@click.option("--project")
+@click.option("--type", "job_type")
+@click.option("--queue")
+@click.option("--priority", type=int)
+@click.option("--payload", help="JSON, or @FILE to read it from a file.")
+@click.option("--idempotency-key")
+@click.option("--run-at", help="ISO 8601 time before which the job is not claimed.")
+@click.option("--max-attempts", type=int)
+@click.option("--timeout-seconds", type=int)
+@click.option("--correlation-id")
+@click.option("--batch", "batch_file", type=click.Path(dir_okay=False),
+              help="JSON Lines file of job specs, enqueued in one transaction.")
+def enqueue(batch_file: str | None, **fields: Any) -> dict:
+    """Add a job (or a batch of jobs). The same idempotency key returns the existing job."""
+    if batch_file is not None:
+        if any(value is not None for value in fields.values()):
+            raise click.UsageError("--batch takes every field from the file; drop the other options")
+        specs = _batch(batch_file)
+        with settings().open_ledger() as ledger:
+            return ops.enqueue_batch(ledger, specs)
+    spec = {key: value for key, value in fields.items() if value is not None and key != "job_type"}
+    if fields["job_type"] is not None:
+        spec["type"] = fields["job_type"]
+    spec["payload"] = _payload(fields["payload"])
+    missing = [flag for flag, key in (("--tenant", "tenant"), ("--project", "project"), ("--type", "type"))
+               if key not in spec]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or use --batch FILE)")
+    with settings().open_ledger() as ledger:
+        return ops.enqueue(ledger, spec)
+
+
+@command(group, "claim")
+@click.option("--worker", "worker_id", required=True)
+@click.option("--queue")
+@click.option("--type", "job_type")
+@click.option("--limit", type=int, default=1, show_default=True)
+@click.option("--lease-seconds", type=float, default=validation.DEFAULT_LEASE_SECONDS, show_default=True)
+def claim(worker_id: str, queue: str | None, job_type: str | None, limit: int, lease_seconds: float) -> dict:
+    """Lease up to LIMIT ready jobs."""
+    with settings().open_ledger() as ledger:
+        return ops.claim(ledger, worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
+                         job_type=job_type)
+
+
+@command(group, "heartbeat")
+@click.argument("job_id")
+@click.option("--lease", "lease_id", required=True)
+@click.option("--progress", type=float, help="0..1")
+@click.option("--message")
+def heartbeat(job_id: str, lease_id: str, progress: float | None, message: str | None) -> dict:
+    """Extend a lease and report progress; answers whether cancellation was requested."""
+    with settings().open_ledger() as ledger:
+        return ops.heartbeat(ledger, job_id, lease_id, progress=progress, message=message)
+
+
+@command(group, "ack")
+@click.argument("job_id")
+@click.option("--lease", "lease_id", required=True)
+@click.option("--artifact", "artifacts", multiple=True, help="URI,DIGEST,MIME (repeatable).")
+def ack(job_id: str, lease_id: str, artifacts: tuple[str, ...]) -> dict:
+    """Complete a job under its current lease."""
+    parsed = [validation.artifact_from_text(text) for text in artifacts]
+    with settings().open_ledger() as ledger:
+        return ops.ack(ledger, job_id, lease_id, artifacts=parsed)
+
+
+@command(group, "fail")
+@click.argument("job_id")
+@click.option("--lease", "lease_id", required=True)
+@click.option("--error", required=True)
+@click.option("--retry-after", type=float, help="Seconds before the retry (overrides backoff).")
+@click.option("--no-retry", is_flag=True, help="Fail for good instead of retrying.")
+def fail(job_id: str, lease_id: str, error: str, retry_after: float | None, no_retry: bool) -> dict:
+    """Report a failed attempt: retried with backoff, dead-lettered when attempts run out."""
+    with settings().open_ledger() as ledger:
+        return ops.fail(ledger, job_id, lease_id, error=error, retry_after=retry_after, no_retry=no_retry)
+
+
+@command(group, "cancel")
+@click.argument("job_id")
+@click.option("--reason", required=True)
+def cancel(job_id: str, reason: str) -> dict:
+    """Cancel a queued job, or ask the worker of a running one to stop."""
+    with settings().open_ledger() as ledger:
+        return ops.cancel(ledger, job_id, reason=reason)
+
+
+@command(group, "list")
+@click.option("--state")
+@click.option("--tenant")
+@click.option("--type", "job_type")
+@click.option("--limit", type=int, default=1000, show_default=True)
+def list_(state: str | None, tenant: str | None, job_type: str | None, limit: int) -> dict:
+    """Jobs, oldest first."""
+    with settings().open_ledger() as ledger:
+        return ops.list_jobs(ledger, state=state, tenant=tenant, job_type=job_type, limit=limit)
+
+
+@command(group, "show")
+@click.argument("job_id")
+def show(job_id: str) -> dict:
+    """One job with its full history."""
+    with settings().open_ledger() as ledger:
+        return ops.show(ledger, job_id)
+
+
+@command(group, "recover")
+def recover() -> dict:
+    """Recover expired leases and timed-out jobs now (claims also do this, at most once a second)."""
+    with settings().open_ledger() as ledger:
+        return ops.recover(ledger)
+
+

@@ -1,0 +1,43 @@
+"""`airgap-orch ledger init | info | verify | events`."""
+
+from __future__ import annotations
+
+import click
+
+from ..operations import ledger as ops
+from .context import command, settings
+
+
+@click.group("ledger")
+def group() -> None:
+    """Create and inspect the ledger file."""
+
+
+@command(group, "init")
+@click.option("--site-id", help="This site's identity (default: a generated one).")
+def init(site_id: str | None) -> dict:
+    """Create a new ledger with a site identity."""
+    return ops.init(settings().ledger_path, site_id=site_id, lock_timeout=settings().lock_timeout)
+
+
+@command(group, "info")
+def info() -> dict:
+    """Site id, schema version, job counts by state, history head."""
+    with settings().open_ledger() as ledger:
+        return ops.info(ledger)
+
+
+@command(group, "verify")
+def verify() -> dict:
+    """Check schema version, the history hash chain, and state tables against history (exit 4 if not)."""
+    with settings().open_ledger() as ledger:
+        return ops.verify(ledger)
+
+
+@command(group, "events")
+@click.option("--after-seq", type=click.IntRange(min=0), default=0, help="Only events after this history seq.")
+@click.option("--limit", type=click.IntRange(min=1, max=100_000), default=1000, show_default=True)
+def events(after_seq: int, limit: int) -> dict:
+    """Transitions as orch.event.v1 envelopes, oldest first."""
+    with settings().open_ledger() as ledger:
+        return ops.event_log(ledger, after_seq=after_seq, limit=limit)

@@ -1,0 +1,42 @@
+"""Human rendering of operation results (the --json form is the result dict itself)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_JOB_COLUMNS = ("job_id", "state", "tenant", "type", "attempts", "run_at")
+
+
+def human(result: dict[str, Any]) -> str:
+    if "jobs" in result and isinstance(result["jobs"], list):
+        return _table(result["jobs"], _JOB_COLUMNS) or "no jobs"
+    if "leases" in result:
+        if not result["leases"]:
+            return "no jobs ready"
+        return _table(result["leases"], ("job_id", "lease_id", "attempt", "type", "lease_expires_at"))
+    if "events" in result:
+        return "\n".join(json.dumps(event) for event in result["events"])
+    lines = []
+    for key, value in result.items():
+        if key == "history" and isinstance(value, list):
+            lines.append("history:")
+            for entry in value:
+                lines.append(f"  {entry['seq']:>6}  {entry['occurred_at']}  {entry['event_type']:<22} "
+                             f"{entry['from_state'] or '-':>9} -> {entry['to_state']:<11} "
+                             f"attempt {entry['attempt']}  {entry['actor']}  {entry['reason'] or ''}".rstrip())
+            continue
+        if isinstance(value, dict | list):
+            value = json.dumps(value)
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    if not rows:
+        return ""
+    cells = [[str(row.get(column, "")) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(cell[i]) for cell in cells)) for i, column in enumerate(columns)]
+    header = "  ".join(column.upper().ljust(widths[i]) for i, column in enumerate(columns))
+    body = ["  ".join(cell[i].ljust(widths[i]) for i in range(len(columns))).rstrip() for cell in cells]
+    return "\n".join([header, *body])

@@ -1,0 +1,72 @@
+"""Shared fixtures: a real ledger file per test, a settable clock, and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airgap_orch import clock
+from airgap_orch.ledger import Ledger
+from airgap_orch.operations import ledger as ledger_ops
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.duckdb"
+    ledger_ops.init(path, site_id="site-test", lock_timeout=1)
+    return path
+
+
+@pytest.fixture
+def ledger(ledger_path: Path) -> Iterator[Ledger]:
+    opened = Ledger.open(ledger_path, lock_timeout=1)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def manual_clock() -> Iterator[clock.ManualClock]:
+    fake = clock.ManualClock()
+    clock.set_clock(fake)
+    yield fake
+    clock.set_clock(None)
+
+
+class CliResult:
+    def __init__(self, completed: subprocess.CompletedProcess[str]):
+        self.code = completed.returncode
+        self.stdout = completed.stdout
+        self.stderr = completed.stderr
+
+    @property
+    def json(self):
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, stdout={self.stdout[-500:]!r}, stderr={self.stderr[-500:]!r})"
+
+
+def run_cli(ledger_path: Path | None, *args: str, timeout: float = 60, env: dict | None = None,
+            input: str | None = None) -> CliResult:
+    command = [sys.executable, "-m", "airgap_orch"]
+    if ledger_path is not None:
+        command += ["--ledger", str(ledger_path)]
+    completed = subprocess.run(command + list(args), capture_output=True, text=True, timeout=timeout,
+                               env={**os.environ, **(env or {})}, input=input)
+    return CliResult(completed)
+
+
+@pytest.fixture
+def cli(ledger_path: Path):
+    """Run the real CLI against this test's ledger: cli("jobs", "list", "--json")."""
+
+    def run(*args: str, **kwargs) -> CliResult:
+        return run_cli(ledger_path, *args, **kwargs)
+
+    return run
