@@ -14,10 +14,10 @@ SELECT seq, entry_hash FROM history ORDER BY seq DESC LIMIT 1;
 INSERT INTO history SELECT * FROM entries;
 
 -- name: history_for_job
-SELECT * FROM history WHERE job_id = $job_id ORDER BY seq;
+SELECT seq, entry, entry_hash FROM history WHERE job_id = $job_id ORDER BY seq;
 
 -- name: history_page
-SELECT * FROM history WHERE seq > $after_seq ORDER BY seq LIMIT $limit;
+SELECT seq, entry, entry_hash FROM history WHERE seq > $after_seq ORDER BY seq LIMIT $limit;
 
 -- name: jobs_insert
 INSERT INTO jobs SELECT * FROM incoming;
@@ -36,12 +36,12 @@ UPDATE jobs SET
     state = 'leased', lease_id = uuid()::VARCHAR, worker_id = $worker_id, attempts = attempts + 1,
     lease_seconds = $lease_seconds, leased_at = $now, lease_expires_at = $lease_expires_at,
     started_at = NULL, progress = NULL, progress_message = NULL, updated_at = $now
-WHERE job_id IN (
-    SELECT job_id FROM jobs
+WHERE rowid IN (
+    SELECT rowid FROM jobs
     WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
       AND ($queue IS NULL OR queue = $queue)
       AND ($job_type IS NULL OR job_type = $job_type)
-    ORDER BY priority DESC, run_at, job_id
+    ORDER BY priority DESC, run_at
     LIMIT $limit)
 RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue,
           priority, payload, payload_digest, correlation_id, timeout_seconds;
@@ -106,7 +106,8 @@ SELECT count(*) FROM history;
 -- name: verify_states
 -- Jobs whose state or attempt differs from what their last history entry says, or that lack history.
 WITH last AS (
-    SELECT job_id, arg_max(to_state, seq) AS to_state, arg_max(attempt, seq) AS attempt
+    SELECT job_id, arg_max(entry ->> 'to_state', seq) AS to_state,
+           arg_max((entry ->> 'attempt')::INTEGER, seq) AS attempt
     FROM history GROUP BY job_id
 )
 SELECT coalesce(j.job_id, last.job_id) AS job_id, j.state, last.to_state, j.attempts, last.attempt
@@ -119,6 +120,4 @@ LIMIT 20;
 SELECT job_id FROM all_jobs WHERE 'sha256:' || sha256(payload) <> payload_digest ORDER BY job_id LIMIT 20;
 
 -- name: verify_history_scan
-SELECT seq, event_id, job_id, event_type, from_state, to_state, attempt, lease_id, worker_id, actor, reason,
-       tenant, project, job_type, correlation_id, payload_digest, artifacts, occurred_at, prev_hash, entry_hash
-FROM history ORDER BY seq;
+SELECT seq, job_id, entry, entry_hash FROM history ORDER BY seq;

@@ -73,4 +73,5 @@ def _batched(cursor, size: int = 10_000):
 def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000) -> dict[str, Any]:
     entries = ledger.read().rows("history_page", after_seq=after_seq, limit=limit)
     last_seq = entries[-1]["seq"] if entries else after_seq
-    return {"events": [events.envelope(entry) for entry in entries], "last_seq": last_seq}
+    return {"events": [events.envelope(history.parse(row["seq"], row["entry"], row["entry_hash"]))
+                       for row in entries], "last_seq": last_seq}

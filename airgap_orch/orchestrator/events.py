@@ -5,25 +5,18 @@ Envelopes are derived on the way out of the process; the hot path only writes hi
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from typing import Any
-
-from .. import clock
 
 SCHEMA_VERSION = "orch.event.v1"
 
 
 def envelope(entry: dict[str, Any]) -> dict[str, Any]:
-    occurred = entry["occurred_at"]
-    artifacts = entry.get("artifacts")
-    if isinstance(artifacts, str):
-        artifacts = json.loads(artifacts) if artifacts else []
+    """Envelope for one parsed history entry (history.parse)."""
     return {
         "schemaVersion": SCHEMA_VERSION,
         "eventId": entry["event_id"],
         "eventType": entry["event_type"],
-        "occurredAt": clock.iso(occurred) if isinstance(occurred, datetime) else occurred,
+        "occurredAt": entry["occurred_at"],
         "correlationId": entry.get("correlation_id"),
         "tenantId": entry["tenant"],
         "projectId": entry["project"],
@@ -38,6 +31,6 @@ def envelope(entry: dict[str, Any]) -> dict[str, Any]:
             "status": entry["to_state"],
             "reason": entry.get("reason"),
             "payloadDigest": entry["payload_digest"],
-            "artifacts": artifacts or [],
+            "artifacts": entry["artifacts"],
         },
     }

@@ -1,92 +1,100 @@
 """The hash-chained, append-only history: one entry per state change.
 
-entry_hash = sha256(prev_hash || 0x1e || canonical(entry)), where canonical() joins the fields in
-CHAINED_FIELDS with 0x1f (None as 0x00). The first entry's prev_hash is 64 zeros. event_id is
-derived from entry_hash, so it is stable and needs no randomness.
+Each entry is stored as canonical JSON (keys in ENTRY_FIELDS order, compact separators): exactly the
+text that is hashed, so verification needs no re-encoding:
+
+    entry_hash = sha256(prev_entry_hash || entry)      (the first entry's prev is 64 zeros)
+
+event_id is derived from entry_hash, so it is stable and needs no randomness.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 
+from .. import clock
 from ..errors import VerificationFailed
 from ..ledger import Transaction
 
-CHAINED_FIELDS = (
+GENESIS = "0" * 64
+ENTRY_FIELDS = (
     "seq", "job_id", "event_type", "from_state", "to_state", "attempt", "lease_id", "worker_id", "actor",
     "reason", "tenant", "project", "job_type", "correlation_id", "payload_digest", "artifacts", "occurred_at",
 )
-_SCHEMA = pa.schema([
-    ("seq", pa.int64()), ("event_id", pa.string()), ("job_id", pa.string()), ("event_type", pa.string()),
-    ("from_state", pa.string()), ("to_state", pa.string()), ("attempt", pa.int32()),
-    ("lease_id", pa.string()), ("worker_id", pa.string()), ("actor", pa.string()), ("reason", pa.string()),
-    ("tenant", pa.string()), ("project", pa.string()), ("job_type", pa.string()),
-    ("correlation_id", pa.string()), ("payload_digest", pa.string()), ("artifacts", pa.string()),
-    ("occurred_at", pa.timestamp("us")), ("prev_hash", pa.string()), ("entry_hash", pa.string()),
-])
+_SCHEMA = pa.schema([("seq", pa.int64()), ("job_id", pa.string()), ("entry", pa.string()),
+                     ("entry_hash", pa.string())])
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return "\x00"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
+def chain(prev_hash: str, entry_text: str) -> str:
+    return hashlib.sha256(f"{prev_hash}{entry_text}".encode()).hexdigest()
 
 
-def entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
-    canonical = "\x1f".join([_text(entry[name]) for name in CHAINED_FIELDS])
-    return hashlib.sha256(f"{prev_hash}\x1e{canonical}".encode()).hexdigest()
+def event_id(entry_hash: str) -> str:
+    """A UUID-shaped id (version 8, RFC 9562 custom) taken from the entry hash."""
+    h = entry_hash
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{'89ab'[int(h[16], 16) % 4]}{h[17:20]}-{h[20:32]}"
 
 
-def event_id_from_hash(digest: str) -> str:
-    # UUID layout with version 8 (custom, RFC 9562) so it validates as a UUID.
-    return f"{digest[:8]}-{digest[8:12]}-8{digest[13:16]}-{'89ab'[int(digest[16], 16) % 4]}{digest[17:20]}-{digest[20:32]}"
-
-
-def append(tx: Transaction, entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Chain and insert entries (dicts with CHAINED_FIELDS except seq). Returns them completed."""
+def append(tx: Transaction, entries: Iterable[dict[str, Any]]) -> int:
+    """Chain and insert entries (dicts with ENTRY_FIELDS except seq; occurred_at a datetime)."""
     seq, prev = tx.head_seq, tx.head_hash
-    done = []
+    seqs, job_ids, texts, hashes = [], [], [], []
     for entry in entries:
         seq += 1
-        entry["seq"] = seq
-        entry["prev_hash"] = prev
-        prev = entry["entry_hash"] = entry_hash(prev, entry)
-        entry["event_id"] = event_id_from_hash(prev)
-        done.append(entry)
-    if not done:
-        return done
-    columns = {name: [entry[name] for entry in done] for name in _SCHEMA.names}
-    tx.execute_with("history_append", "entries", pa.table(columns, schema=_SCHEMA))
-    tx.head_seq, tx.head_hash = seq, prev
-    return done
+        text = _encode({
+            "seq": seq, "job_id": entry["job_id"], "event_type": entry["event_type"],
+            "from_state": entry["from_state"], "to_state": entry["to_state"], "attempt": entry["attempt"],
+            "lease_id": entry["lease_id"], "worker_id": entry["worker_id"], "actor": entry["actor"],
+            "reason": entry["reason"], "tenant": entry["tenant"], "project": entry["project"],
+            "job_type": entry["job_type"], "correlation_id": entry["correlation_id"],
+            "payload_digest": entry["payload_digest"], "artifacts": entry["artifacts"],
+            "occurred_at": clock.iso(entry["occurred_at"]),
+        })
+        prev = chain(prev, text)
+        seqs.append(seq)
+        job_ids.append(entry["job_id"])
+        texts.append(text)
+        hashes.append(prev)
+    if seqs:
+        table = pa.table([seqs, job_ids, texts, hashes], schema=_SCHEMA)
+        tx.execute_with("history_append", "entries", table)
+        tx.head_seq, tx.head_hash = seq, prev
+    return len(seqs)
 
 
-def verify_chain(rows: Iterable[tuple]) -> int:
-    """Recompute the chain over history rows in seq order (verify_history_scan column order).
+def parse(seq: int, entry_text: str, entry_hash: str) -> dict[str, Any]:
+    """A stored entry as a dict, with its event_id and hash."""
+    entry = json.loads(entry_text)
+    entry["event_id"] = event_id(entry_hash)
+    entry["entry_hash"] = entry_hash
+    return entry
+
+
+def verify_chain(rows: Iterable[tuple[int, str, str, str]]) -> int:
+    """Recompute the chain over (seq, job_id, entry, entry_hash) rows in seq order.
 
     Returns the number of entries; raises VerificationFailed naming the first bad entry."""
-    prev = "0" * 64
+    prev = GENESIS
     count = 0
-    names = ("seq", "event_id", "job_id", "event_type", "from_state", "to_state", "attempt", "lease_id",
-             "worker_id", "actor", "reason", "tenant", "project", "job_type", "correlation_id",
-             "payload_digest", "artifacts", "occurred_at", "prev_hash", "entry_hash")
-    for row in rows:
-        entry = dict(zip(names, row, strict=True))
+    for seq, job_id, text, stored_hash in rows:
         count += 1
-        if entry["seq"] != count:
-            raise VerificationFailed(f"history entry {entry['seq']}: expected seq {count}; entries are missing")
-        if entry["prev_hash"] != prev:
-            raise VerificationFailed(f"history entry {count}: prev_hash does not match entry {count - 1}")
-        expected = entry_hash(prev, entry)
-        if entry["entry_hash"] != expected:
-            raise VerificationFailed(f"history entry {count} (job {entry['job_id']}): content does not "
-                                     "match its hash; the entry was altered")
+        if seq != count:
+            raise VerificationFailed(f"history entry {count}: found seq {seq}; entries are missing or reordered")
+        expected = chain(prev, text)
+        if stored_hash != expected:
+            raise VerificationFailed(f"history entry {seq} (job {job_id}): hash does not match its content "
+                                     "or its predecessor; the history was altered")
+        try:
+            inner = json.loads(text)
+        except json.JSONDecodeError:
+            raise VerificationFailed(f"history entry {seq}: not valid JSON") from None
+        if inner.get("seq") != seq or inner.get("job_id") != job_id:
+            raise VerificationFailed(f"history entry {seq}: its columns disagree with its content")
         prev = expected
     return count

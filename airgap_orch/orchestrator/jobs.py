@@ -17,6 +17,7 @@ from .. import clock, ids
 from ..errors import NotFound, OrchError, StaleLease
 from ..ledger import Transaction
 from . import backoff, history
+from .states import EVENT_TYPES as _EVENT_TYPES
 from .states import (
     FINAL_STATES,
     HELD_STATES,
@@ -25,7 +26,6 @@ from .states import (
     next_state,
     sources,
 )
-from .states import EVENT_TYPES as _EVENT_TYPES
 
 ARCHIVE_AFTER = 2_000  # finished rows allowed in the hot table before they move to jobs_finished
 SWEEP_EVERY_SECONDS = 1.0
@@ -60,8 +60,15 @@ def _entry(job: dict[str, Any], event: str, from_state: str | None, to_state: st
         "to_state": to_state, "attempt": job["attempts"], "lease_id": job.get("lease_id"),
         "worker_id": job.get("worker_id"), "actor": actor, "reason": reason, "tenant": job["tenant"],
         "project": job["project"], "job_type": job["job_type"], "correlation_id": job.get("correlation_id"),
-        "payload_digest": job["payload_digest"], "artifacts": job.get("artifacts"), "occurred_at": at,
+        "payload_digest": job["payload_digest"], "artifacts": _artifact_list(job.get("artifacts")),
+        "occurred_at": at,
     }
+
+
+def _artifact_list(value: str | list | None) -> list:
+    if isinstance(value, str):
+        return json.loads(value)
+    return value or []
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -436,7 +443,8 @@ def show(tx: Transaction, job_id: str) -> dict[str, Any]:
     if not found:
         raise NotFound(f"no job {job_id}; list jobs with `airgap-orch jobs list`")
     job = render(found[0])
-    job["history"] = [render_history(entry) for entry in tx.rows("history_for_job", job_id=job_id)]
+    job["history"] = [history.parse(row["seq"], row["entry"], row["entry_hash"])
+                      for row in tx.rows("history_for_job", job_id=job_id)]
     return job
 
 
@@ -449,10 +457,4 @@ def render(row: dict[str, Any]) -> dict[str, Any]:
     out["payload"] = json.loads(row["payload"])
     out["artifacts"] = json.loads(row["artifacts"]) if row.get("artifacts") else []
     out["type"] = out.pop("job_type")
-    return out
-
-
-def render_history(entry: dict[str, Any]) -> dict[str, Any]:
-    out = {key: clock.iso(value) if isinstance(value, datetime) else value for key, value in entry.items()}
-    out["artifacts"] = json.loads(entry["artifacts"]) if entry.get("artifacts") else []
     return out

@@ -57,26 +57,11 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (site_id, tenant, idempotency_key)
 );
 
--- Append-only. entry_hash = sha256(prev_hash || canonical entry); see orchestrator/history.py.
+-- Append-only. `entry` is the canonical JSON of one transition, exactly the text that was hashed:
+-- entry_hash = sha256(prev entry_hash || entry); see orchestrator/history.py.
 CREATE TABLE history (
-    seq             BIGINT NOT NULL,
-    event_id        VARCHAR NOT NULL,
-    job_id          VARCHAR NOT NULL,
-    event_type      VARCHAR NOT NULL,
-    from_state      VARCHAR,
-    to_state        VARCHAR NOT NULL,
-    attempt         INTEGER NOT NULL,
-    lease_id        VARCHAR,
-    worker_id       VARCHAR,
-    actor           VARCHAR NOT NULL,
-    reason          VARCHAR,
-    tenant          VARCHAR NOT NULL,
-    project         VARCHAR NOT NULL,
-    job_type        VARCHAR NOT NULL,
-    correlation_id  VARCHAR,
-    payload_digest  VARCHAR NOT NULL,
-    artifacts       VARCHAR,
-    occurred_at     TIMESTAMP NOT NULL,
-    prev_hash       VARCHAR NOT NULL,
-    entry_hash      VARCHAR NOT NULL
+    seq         BIGINT NOT NULL,
+    job_id      VARCHAR NOT NULL,
+    entry       VARCHAR NOT NULL,
+    entry_hash  VARCHAR NOT NULL
 );
