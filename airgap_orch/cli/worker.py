@@ -1,8 +1,50 @@
-"""`airgap-orch worker run` (in-process worker runner) — being built."""
+"""`airgap-orch worker run`: the in-process worker runner (logic in airgap_orch/worker/)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
 
 import click
+
+from .. import validation
+from ..worker import FinishedJob, Runner, RunnerConfig, load_handlers
+from .context import command, settings
 
 
 @click.group("worker")
 def group() -> None:
     """Run job handlers in this process."""
+
+
+def _print_finished(finished: FinishedJob) -> None:
+    note = f"  {finished.error}" if finished.error and finished.outcome != "succeeded" else ""
+    click.echo(f"{finished.outcome:<11} {finished.job_id}  {finished.type:<18} {finished.tenant:<12} "
+               f"attempt {finished.attempt}  {finished.seconds:.2f}s{note}")
+
+
+@command(group, "run")
+@click.option("--handler", "handlers", multiple=True, required=True, metavar="JOBTYPE=module:function",
+              help="A handler for one job type (repeatable).")
+@click.option("--worker-id", help="This worker's id (default: HOST-PID).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Handlers running at once.")
+@click.option("--lease-seconds", type=float, default=validation.DEFAULT_LEASE_SECONDS, show_default=True,
+              help="Lease length; heartbeats renew it every third of it.")
+@click.option("--queue", help="Only claim jobs from this queue.")
+@click.option("--max-jobs", type=click.IntRange(min=1), help="Stop after this many finished jobs.")
+@click.option("--exit-when-idle", is_flag=True,
+              help="Exit once no job of a handled type is queued, leased or running.")
+@click.option("--grace-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="On SIGTERM/SIGINT, wait this long for running handlers before releasing their jobs.")
+def run(handlers: tuple[str, ...], worker_id: str | None, concurrency: int, lease_seconds: float,
+        queue: str | None, max_jobs: int | None, exit_when_idle: bool, grace_seconds: float) -> dict:
+    """Claim jobs and run their handlers until stopped (SIGTERM/SIGINT), idle, or --max-jobs are done."""
+    config = RunnerConfig(handlers=load_handlers(handlers),
+                          worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
+                          concurrency=concurrency, lease_seconds=lease_seconds, queue=queue, max_jobs=max_jobs,
+                          exit_when_idle=exit_when_idle, grace_seconds=grace_seconds)
+    chatty = sys.stdout.isatty() and not settings().json
+    with settings().open_ledger() as ledger:
+        return Runner(ledger, config, on_finished=_print_finished if chatty else None).run()

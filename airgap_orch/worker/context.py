@@ -1,0 +1,91 @@
+"""What a handler sees: the job context, and the exceptions a handler raises to say how it ended.
+
+    def handler(ctx: JobContext) -> list[dict] | None:   # artifacts {uri, digest, mime}, or None
+        for step in range(10):
+            ctx.check_cancelled()          # raises JobCanceled once the job should stop
+            ...
+            ctx.progress((step + 1) / 10, f"step {step + 1}")
+
+How a handler ends decides what the runner reports under the job's lease:
+- returns            -> ack with the returned artifacts
+- RetryableError     -> fail; retried (after `retry_after` seconds if given) while attempts remain
+- PermanentError     -> fail with no retry (state `failed`)
+- any other error    -> fail; retried with the orchestrator's backoff while attempts remain
+- JobCanceled        -> the runner reports the job as canceled when cancellation was requested
+
+Python threads cannot be killed: cancellation is cooperative. `ctx.cancelled` is set when an operator
+cancels the job, when its lease is lost, or when the worker shuts down; a handler should call
+`ctx.check_cancelled()` (or test `ctx.cancelled.is_set()`) between units of work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class HandlerError(Exception):
+    """Base of the exceptions a handler raises on purpose."""
+
+
+class RetryableError(HandlerError):
+    """A transient failure: try the job again (after `retry_after` seconds, if given)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(HandlerError):
+    """A failure that retrying cannot fix (bad input): the job ends `failed`."""
+
+
+class JobCanceled(HandlerError):
+    """Raised by `ctx.check_cancelled()`: stop working on this job now."""
+
+
+# Why a context's `cancelled` event was set.
+CANCEL_REQUESTED = "cancel_requested"  # an operator canceled the job
+LEASE_LOST = "lease_lost"  # the lease expired or was superseded: another worker may own the job
+SHUTDOWN = "shutdown"  # the worker is stopping and released the job
+
+
+class JobContext:
+    """One attempt of one job, as handed to a handler. Thread-safe."""
+
+    def __init__(self, lease: dict[str, Any], worker_id: str,
+                 report_progress: Callable[[float, str | None], None]):
+        self.job_id: str = lease["job_id"]
+        self.lease_id: str = lease["lease_id"]
+        self.attempt: int = lease["attempt"]
+        self.max_attempts: int = lease["max_attempts"]
+        self.payload: Any = lease["payload"]
+        self.tenant: str = lease["tenant"]
+        self.project: str = lease["project"]
+        self.type: str = lease["type"]
+        self.queue: str = lease["queue"]
+        self.correlation_id: str | None = lease.get("correlation_id")
+        self.worker_id = worker_id
+        self.cancelled = threading.Event()
+        self.cancel_reason: str | None = None
+        self._report_progress = report_progress
+        self._lock = threading.Lock()
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Record progress (0..1, plus an optional message); sent with the next heartbeat, rate-limited."""
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress must be a number between 0 and 1, not {fraction!r}")
+        self._report_progress(float(fraction), message)
+
+    def check_cancelled(self) -> None:
+        """Raise JobCanceled if this job should stop (canceled, lease lost, or worker shutting down)."""
+        if self.cancelled.is_set():
+            raise JobCanceled(f"job {self.job_id} stopped: {self.cancel_reason}")
+
+    def cancel(self, reason: str) -> None:
+        """Signal the handler to stop (the first reason wins). Used by the runner."""
+        with self._lock:
+            if self.cancel_reason is None:
+                self.cancel_reason = reason
+        self.cancelled.set()
