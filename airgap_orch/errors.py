@@ -9,7 +9,8 @@
     ├── VerificationFailed      hash, signature, schema or chain check failed
     ├── PolicyRefused           rollback, staleness, expiry
     ├── LedgerBusy              another process holds the ledger (safe to retry)
-    └── NotAuthorized           refused token or scope
+    └── NotAuthorized           refused token (401)
+        └── Forbidden           missing scope or tenant (403)
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ class LedgerBusy(OrchError):
 
 
 class NotAuthorized(OrchError):
-    pass
+    """No valid credentials (HTTP 401)."""
+
+
+class Forbidden(NotAuthorized):
+    """Valid credentials that do not allow this (HTTP 403): a missing scope or tenant."""
 
 
 # One table: error family -> CLI exit code (DESIGN.md "Exit codes"). Most specific first.
@@ -73,3 +78,38 @@ def exit_code_for(error: OrchError) -> int:
         if isinstance(error, family):
             return code
     return 1
+
+
+# One table: error family -> (HTTP status, stable problem type slug). Most specific first.
+HTTP_PROBLEMS: tuple[tuple[type[OrchError], int, str], ...] = (
+    (NotFound, 404, "not-found"),
+    (InvalidInput, 400, "invalid-input"),
+    (StaleLease, 409, "stale-lease"),
+    (IllegalTransition, 409, "illegal-transition"),
+    (Conflict, 409, "conflict"),
+    (VerificationFailed, 422, "verification-failed"),
+    (PolicyRefused, 403, "policy-refused"),
+    (LedgerBusy, 503, "ledger-busy"),
+    (Forbidden, 403, "forbidden"),
+    (NotAuthorized, 401, "not-authorized"),
+)
+PROBLEM_BASE = "https://airgap-orch.dev/problems/"
+
+
+def http_problem(error: OrchError) -> tuple[int, str]:
+    """(status, problem type URI) for an error."""
+    for family, status, slug in HTTP_PROBLEMS:
+        if isinstance(error, family):
+            return status, PROBLEM_BASE + slug
+    return 500, PROBLEM_BASE + "internal"
+
+
+def from_problem(problem_type: str, message: str) -> OrchError:
+    """The error a problem+json answer stands for (the client side of http_problem)."""
+    slug = problem_type.removeprefix(PROBLEM_BASE)
+    for family, _status, known in HTTP_PROBLEMS:
+        if known == slug:
+            return family(message)
+    if slug in ("payload-too-large", "malformed-json", "unknown-route", "method-not-allowed"):
+        return InvalidInput(message)
+    return OrchError(message)

@@ -153,3 +153,9 @@ def job_id(value: str) -> str:
         return str(uuid.UUID(value))
     except (ValueError, AttributeError, TypeError):
         raise InvalidInput(f"job id {value!r} is not a UUID; copy it from `jobs list`") from None
+
+
+def lease_id(value: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        raise InvalidInput("lease id must be the lease_id text the claim returned")
+    return value

@@ -25,9 +25,34 @@ class Settings:
     ledger_path: Path
     lock_timeout: float
     json: bool = False
+    server_url: str | None = None
+    token: str | None = None
 
     def open_ledger(self) -> Ledger:
         return Ledger.open(self.ledger_path, lock_timeout=self.lock_timeout)
+
+    def server(self) -> str | None:
+        """The server to send commands to: --server, else a live server that owns --ledger."""
+        if self.server_url:
+            return self.server_url
+        from ..server import discovery
+
+        record = discovery.live_server(self.ledger_path)
+        return record["url"] if record else None
+
+
+def invoke(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run operation `name` where it lives: on the server that owns the ledger, else on the ledger."""
+    current = settings()
+    url = current.server()
+    if url is not None:
+        from ..sdk.client import OrchClient
+
+        return OrchClient(url, current.token).call(name, params)
+    from ..operations import dispatch
+
+    with current.open_ledger() as ledger:
+        return dispatch.run(ledger, name, params)
 
 
 def settings() -> Settings:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..operations import jobs as ops
-from .context import command, settings
+from .context import command, invoke
 
 
 @click.group("deadletter")
@@ -18,13 +17,11 @@ def group() -> None:
 @click.option("--type", "job_type")
 def list_(tenant: str | None, job_type: str | None) -> dict:
     """Dead-lettered jobs."""
-    with settings().open_ledger() as ledger:
-        return ops.deadletter_list(ledger, tenant=tenant, job_type=job_type)
+    return invoke("deadletter.list", {"tenant": tenant, "type": job_type})
 
 
 @command(group, "replay")
 @click.argument("job_ids", nargs=-1, required=True)
 def replay(job_ids: tuple[str, ...]) -> dict:
     """Clone dead-lettered (or failed, timed-out) jobs into new queued jobs with replay_of set."""
-    with settings().open_ledger() as ledger:
-        return ops.replay(ledger, list(job_ids))
+    return invoke("deadletter.replay", {"job_ids": list(job_ids)})

@@ -9,8 +9,7 @@ import click
 
 from .. import validation
 from ..errors import InvalidInput
-from ..operations import jobs as ops
-from .context import command, settings
+from .context import command, invoke
 
 MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
 
@@ -67,9 +66,7 @@ def enqueue(batch_file: str | None, **fields: Any) -> dict:
     if batch_file is not None:
         if any(value is not None for value in fields.values()):
             raise click.UsageError("--batch takes every field from the file; drop the other options")
-        specs = _batch(batch_file)
-        with settings().open_ledger() as ledger:
-            return ops.enqueue_batch(ledger, specs)
+        return invoke("jobs.enqueue_batch", {"jobs": _batch(batch_file)})
     spec = {key: value for key, value in fields.items() if value is not None and key != "job_type"}
     if fields["job_type"] is not None:
         spec["type"] = fields["job_type"]
@@ -78,8 +75,7 @@ def enqueue(batch_file: str | None, **fields: Any) -> dict:
                if key not in spec]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or use --batch FILE)")
-    with settings().open_ledger() as ledger:
-        return ops.enqueue(ledger, spec)
+    return invoke("jobs.enqueue", {"spec": spec})
 
 
 @command(group, "claim")
@@ -90,9 +86,8 @@ def enqueue(batch_file: str | None, **fields: Any) -> dict:
 @click.option("--lease-seconds", type=float, default=validation.DEFAULT_LEASE_SECONDS, show_default=True)
 def claim(worker_id: str, queue: str | None, job_type: str | None, limit: int, lease_seconds: float) -> dict:
     """Lease up to LIMIT ready jobs."""
-    with settings().open_ledger() as ledger:
-        return ops.claim(ledger, worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
-                         job_type=job_type)
+    return invoke("jobs.claim", {"worker_id": worker_id, "limit": limit, "lease_seconds": lease_seconds,
+                                 "queue": queue, "type": job_type})
 
 
 @command(group, "heartbeat")
@@ -102,8 +97,8 @@ def claim(worker_id: str, queue: str | None, job_type: str | None, limit: int, l
 @click.option("--message")
 def heartbeat(job_id: str, lease_id: str, progress: float | None, message: str | None) -> dict:
     """Extend a lease and report progress; answers whether cancellation was requested."""
-    with settings().open_ledger() as ledger:
-        return ops.heartbeat(ledger, job_id, lease_id, progress=progress, message=message)
+    return invoke("jobs.heartbeat", {"job_id": job_id, "lease_id": lease_id, "progress": progress,
+                                     "message": message})
 
 
 @command(group, "ack")
@@ -113,8 +108,7 @@ def heartbeat(job_id: str, lease_id: str, progress: float | None, message: str |
 def ack(job_id: str, lease_id: str, artifacts: tuple[str, ...]) -> dict:
     """Complete a job under its current lease."""
     parsed = [validation.artifact_from_text(text) for text in artifacts]
-    with settings().open_ledger() as ledger:
-        return ops.ack(ledger, job_id, lease_id, artifacts=parsed)
+    return invoke("jobs.ack", {"job_id": job_id, "lease_id": lease_id, "artifacts": parsed})
 
 
 @command(group, "fail")
@@ -125,8 +119,8 @@ def ack(job_id: str, lease_id: str, artifacts: tuple[str, ...]) -> dict:
 @click.option("--no-retry", is_flag=True, help="Fail for good instead of retrying.")
 def fail(job_id: str, lease_id: str, error: str, retry_after: float | None, no_retry: bool) -> dict:
     """Report a failed attempt: retried with backoff, dead-lettered when attempts run out."""
-    with settings().open_ledger() as ledger:
-        return ops.fail(ledger, job_id, lease_id, error=error, retry_after=retry_after, no_retry=no_retry)
+    return invoke("jobs.fail", {"job_id": job_id, "lease_id": lease_id, "error": error,
+                                "retry_after": retry_after, "no_retry": no_retry})
 
 
 @command(group, "cancel")
@@ -134,8 +128,7 @@ def fail(job_id: str, lease_id: str, error: str, retry_after: float | None, no_r
 @click.option("--reason", required=True)
 def cancel(job_id: str, reason: str) -> dict:
     """Cancel a queued job, or ask the worker of a running one to stop."""
-    with settings().open_ledger() as ledger:
-        return ops.cancel(ledger, job_id, reason=reason)
+    return invoke("jobs.cancel", {"job_id": job_id, "reason": reason})
 
 
 @command(group, "list")
@@ -145,22 +138,19 @@ def cancel(job_id: str, reason: str) -> dict:
 @click.option("--limit", type=int, default=1000, show_default=True)
 def list_(state: str | None, tenant: str | None, job_type: str | None, limit: int) -> dict:
     """Jobs, oldest first."""
-    with settings().open_ledger() as ledger:
-        return ops.list_jobs(ledger, state=state, tenant=tenant, job_type=job_type, limit=limit)
+    return invoke("jobs.list", {"state": state, "tenant": tenant, "type": job_type, "limit": limit})
 
 
 @command(group, "show")
 @click.argument("job_id")
 def show(job_id: str) -> dict:
     """One job with its full history."""
-    with settings().open_ledger() as ledger:
-        return ops.show(ledger, job_id)
+    return invoke("jobs.show", {"job_id": job_id})
 
 
 @command(group, "recover")
 def recover() -> dict:
     """Recover expired leases and timed-out jobs now (claims also do this, at most once a second)."""
-    with settings().open_ledger() as ledger:
-        return ops.recover(ledger)
+    return invoke("jobs.recover", {})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..operations import ledger as ops
-from .context import command, settings
+from .context import command, invoke, settings
 
 
 @click.group("ledger")
@@ -23,15 +23,13 @@ def init(site_id: str | None) -> dict:
 @command(group, "info")
 def info() -> dict:
     """Site id, schema version, job counts by state, history head."""
-    with settings().open_ledger() as ledger:
-        return ops.info(ledger)
+    return invoke("ledger.info", {})
 
 
 @command(group, "verify")
 def verify() -> dict:
     """Check schema version, the history hash chain, and state tables against history (exit 4 if not)."""
-    with settings().open_ledger() as ledger:
-        return ops.verify(ledger)
+    return invoke("ledger.verify", {})
 
 
 @command(group, "events")
@@ -39,5 +37,4 @@ def verify() -> dict:
 @click.option("--limit", type=click.IntRange(min=1, max=100_000), default=1000, show_default=True)
 def events(after_seq: int, limit: int) -> dict:
     """Transitions as orch.event.v1 envelopes, oldest first."""
-    with settings().open_ledger() as ledger:
-        return ops.event_log(ledger, after_seq=after_seq, limit=limit)
+    return invoke("ledger.events", {"after_seq": after_seq, "limit": limit})

@@ -25,7 +25,7 @@ INSERT INTO jobs SELECT * FROM incoming;
 -- name: idempotency_reserve
 INSERT INTO idempotency_keys SELECT site_id, tenant, idempotency_key, job_id FROM incoming
 ON CONFLICT DO NOTHING
-RETURNING idempotency_key;
+RETURNING tenant, idempotency_key;
 
 -- name: idempotency_lookup
 SELECT k.idempotency_key, k.job_id FROM idempotency_keys k
@@ -41,6 +41,7 @@ WHERE rowid IN (
     WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
       AND ($queue IS NULL OR queue = $queue)
       AND ($job_type IS NULL OR job_type = $job_type)
+      AND ($tenants IS NULL OR list_contains($tenants, tenant))
     ORDER BY priority DESC, run_at
     LIMIT $limit)
 RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue,
@@ -54,6 +55,7 @@ UPDATE jobs SET
 FROM acks
 WHERE jobs.job_id = acks.job_id AND jobs.lease_id = acks.lease_id
   AND list_contains($from_states, jobs.state) AND jobs.lease_expires_at > $now
+  AND (acks.tenants IS NULL OR list_contains(acks.tenants, jobs.tenant))
 RETURNING jobs.job_id, jobs.state, jobs.attempts, jobs.lease_id, jobs.worker_id, jobs.tenant, jobs.project,
           jobs.job_type, jobs.correlation_id, jobs.payload_digest, jobs.artifacts, jobs.started_at;
 
@@ -66,7 +68,7 @@ SELECT * FROM all_jobs WHERE job_id = $job_id;
 -- name: jobs_update
 -- Write back rows whose new values were decided in Python (orchestrator/jobs.py).
 UPDATE jobs SET
-    state = updates.state, run_at = updates.run_at, lease_id = updates.lease_id,
+    state = updates.state, run_at = updates.run_at, attempts = updates.attempts, lease_id = updates.lease_id,
     worker_id = updates.worker_id, lease_expires_at = updates.lease_expires_at,
     started_at = updates.started_at, progress = updates.progress,
     progress_message = updates.progress_message, last_error = updates.last_error,
@@ -94,6 +96,7 @@ SELECT * FROM all_jobs
 WHERE ($state IS NULL OR state = $state)
   AND ($tenant IS NULL OR tenant = $tenant)
   AND ($job_type IS NULL OR job_type = $job_type)
+  AND ($tenants IS NULL OR list_contains($tenants, tenant))
 ORDER BY created_at, job_id
 LIMIT $limit;
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from .. import validation
-from ..errors import OrchError
+from ..errors import Forbidden, OrchError, exit_code_for
 from ..ledger import Ledger
 from ..orchestrator import jobs as core
 from ..orchestrator.states import DEAD_LETTER
@@ -18,19 +19,31 @@ def _single(outcomes: list[dict[str, Any] | OrchError]) -> dict[str, Any]:
     return outcome
 
 
-def enqueue(ledger: Ledger, spec: Any, *, actor: str = "cli") -> dict[str, Any]:
+def _allowed(record: dict[str, Any], tenants: Collection[str] | None) -> None:
+    if tenants is not None and record["tenant"] not in tenants:
+        raise Forbidden(f"this caller may not enqueue for tenant {record['tenant']!r}")
+
+
+def enqueue(ledger: Ledger, spec: Any, *, actor: str = "cli", tenants: Collection[str] | None = None
+            ) -> dict[str, Any]:
     record = validation.job_spec(spec)
+    _allowed(record, tenants)
     with ledger.transaction() as tx:
         ((job_id, created),) = core.enqueue(tx, [record], actor=actor)
     return {"job_id": job_id, "created": created, "tenant": record["tenant"], "type": record["job_type"]}
 
 
-def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli") -> dict[str, Any]:
+def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli",
+                  tenants: Collection[str] | None = None) -> dict[str, Any]:
     """All specs in one transaction; one invalid spec refuses the whole batch."""
+    if not isinstance(specs, list) or not specs:
+        raise validation.InvalidInput("a batch must be a non-empty list of job specs")
     if len(specs) > validation.MAX_BATCH_JOBS:
         raise validation.InvalidInput(f"batch has {len(specs)} jobs; the limit is {validation.MAX_BATCH_JOBS}: "
                                       "split the file")
     records = [validation.job_spec(spec, f"job {number}") for number, spec in enumerate(specs, 1)]
+    for record in records:
+        _allowed(record, tenants)
     with ledger.transaction() as tx:
         results = core.enqueue(tx, records, actor=actor)
     created = sum(1 for _, was_created in results if was_created)
@@ -38,80 +51,132 @@ def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli") -> di
 
 
 def claim(ledger: Ledger, *, worker_id: str, limit: int = 1, lease_seconds: float | None = None,
-          queue: str | None = None, job_type: str | None = None) -> dict[str, Any]:
+          queue: str | None = None, job_type: str | None = None, actor: str = "cli",
+          tenants: Collection[str] | None = None) -> dict[str, Any]:
     validation.text(worker_id, 128, "worker id", required=True)
     limit = validation.claim_limit(limit)
     seconds = validation.lease_seconds(lease_seconds)
     with ledger.transaction() as tx:
         leases = core.claim(tx, worker_id=worker_id, limit=limit, lease_seconds=seconds, queue=queue,
-                            job_type=job_type)
+                            job_type=job_type, tenants=tenants)
     return {"leases": leases}
 
 
-def heartbeat(ledger: Ledger, job_id: str, lease_id: str, *, progress: float | None = None,
-              message: str | None = None) -> dict[str, Any]:
-    item = {"job_id": validation.job_id(job_id), "lease_id": lease_id,
+def heartbeat_item(job_id: str, lease_id: str, *, progress: float | None = None, message: str | None = None,
+                   tenants: Collection[str] | None = None) -> dict[str, Any]:
+    return {"job_id": validation.job_id(job_id), "lease_id": validation.lease_id(lease_id), "tenants": tenants,
             "progress": validation.progress(progress),
             "message": validation.text(message, validation.MAX_MESSAGE_CHARS, "message")}
-    with ledger.transaction() as tx:
-        return _single(core.heartbeat(tx, [item]))
 
 
-def ack(ledger: Ledger, job_id: str, lease_id: str, *, artifacts: list[dict[str, str]] | None = None
-        ) -> dict[str, Any]:
-    item = {"job_id": validation.job_id(job_id), "lease_id": lease_id,
+def ack_item(job_id: str, lease_id: str, *, artifacts: list[dict[str, str]] | None = None,
+             tenants: Collection[str] | None = None) -> dict[str, Any]:
+    return {"job_id": validation.job_id(job_id), "lease_id": validation.lease_id(lease_id), "tenants": tenants,
             "artifacts": validation.artifacts(artifacts or [])}
-    with ledger.transaction() as tx:
-        return _single(core.ack(tx, [item]))
 
 
-def fail(ledger: Ledger, job_id: str, lease_id: str, *, error: str, retry_after: float | None = None,
-         no_retry: bool = False) -> dict[str, Any]:
-    item = {"job_id": validation.job_id(job_id), "lease_id": lease_id,
+def fail_item(job_id: str, lease_id: str, *, error: str, retry_after: float | None = None,
+              no_retry: bool = False, tenants: Collection[str] | None = None) -> dict[str, Any]:
+    return {"job_id": validation.job_id(job_id), "lease_id": validation.lease_id(lease_id), "tenants": tenants,
             "error": validation.text(error, validation.MAX_ERROR_CHARS, "error", required=True),
-            "retry_after": validation.retry_after(retry_after), "no_retry": no_retry}
+            "retry_after": validation.retry_after(retry_after), "no_retry": bool(no_retry)}
+
+
+def release_item(job_id: str, lease_id: str, *, tenants: Collection[str] | None = None) -> dict[str, Any]:
+    return {"job_id": validation.job_id(job_id), "lease_id": validation.lease_id(lease_id), "tenants": tenants}
+
+
+# The worker reports: item builders validate; the batch core functions apply many items in one
+# transaction (the server's group commit) and answer one outcome per item.
+BATCHED = {"heartbeat": (heartbeat_item, core.heartbeat), "ack": (ack_item, core.ack),
+           "fail": (fail_item, core.fail), "release": (release_item, core.release)}
+
+
+def _report(kind: str, ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
+    fields.pop("actor", None)
+    build, apply = BATCHED[kind]
+    item = build(job_id, lease_id, **fields)
     with ledger.transaction() as tx:
-        return _single(core.fail(tx, [item]))
+        return _single(apply(tx, [item]))
 
 
-def release(ledger: Ledger, job_id: str, lease_id: str) -> dict[str, Any]:
+def heartbeat(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
+    """Extend a lease (progress?, message?); the first heartbeat starts the job."""
+    return _report("heartbeat", ledger, job_id, lease_id, **fields)
+
+
+def ack(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
+    """Complete a job under its current lease (artifacts?)."""
+    return _report("ack", ledger, job_id, lease_id, **fields)
+
+
+def fail(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
+    """Report a failed attempt (error, retry_after?, no_retry?)."""
+    return _report("fail", ledger, job_id, lease_id, **fields)
+
+
+def release(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
+    """Give a lease back without using up the attempt."""
+    return _report("release", ledger, job_id, lease_id, **fields)
+
+
+def ack_many(ledger: Ledger, acks: list[dict[str, Any]], *, actor: str = "cli",
+             tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """Many acks in one transaction; one result per ack ({job_id, state} or {job_id, error})."""
+    if not isinstance(acks, list) or not acks or len(acks) > validation.MAX_CLAIM_LIMIT:
+        raise validation.InvalidInput(f"acks must be a list of 1 to {validation.MAX_CLAIM_LIMIT} items")
+    items = [ack_item(a.get("job_id"), a.get("lease_id"), artifacts=a.get("artifacts"), tenants=tenants)
+             for a in acks]
     with ledger.transaction() as tx:
-        return _single(core.release(tx, [{"job_id": validation.job_id(job_id), "lease_id": lease_id}]))
+        return {"results": [outcome_dict(item, outcome) for item, outcome in zip(items, core.ack(tx, items),
+                                                                                 strict=True)]}
 
 
-def cancel(ledger: Ledger, job_id: str, *, reason: str, actor: str = "cli") -> dict[str, Any]:
+def outcome_dict(item: dict[str, Any], outcome: dict[str, Any] | OrchError) -> dict[str, Any]:
+    if isinstance(outcome, OrchError):
+        return {"job_id": item["job_id"], "error": {"type": type(outcome).__name__, "message": str(outcome),
+                                                   "exit_code": exit_code_for(outcome)}}
+    return outcome
+
+
+def cancel(ledger: Ledger, job_id: str, *, reason: str, actor: str = "cli",
+           tenants: Collection[str] | None = None) -> dict[str, Any]:
     job_id = validation.job_id(job_id)
     reason = validation.text(reason, validation.MAX_REASON_CHARS, "reason", required=True)
     with ledger.transaction() as tx:
-        return core.cancel(tx, job_id, reason=reason, actor=actor)
+        return core.cancel(tx, job_id, reason=reason, actor=actor, tenants=tenants)
 
 
-def recover(ledger: Ledger) -> dict[str, Any]:
+def recover(ledger: Ledger, *, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
     with ledger.transaction() as tx:
         recovered = core.maintain(tx, force=True)
     return {"recovered": recovered}
 
 
 def list_jobs(ledger: Ledger, *, state: str | None = None, tenant: str | None = None,
-              job_type: str | None = None, limit: int = 1000) -> dict[str, Any]:
+              job_type: str | None = None, limit: int = 1000, actor: str = "cli",
+              tenants: Collection[str] | None = None) -> dict[str, Any]:
     state = validation.state(state)
     limit = int(validation.number_in(limit, 1, 100_000, "limit"))
-    rows = ledger.read().rows("jobs_list", state=state, tenant=tenant, job_type=job_type, limit=limit)
+    rows = ledger.read().rows("jobs_list", state=state, tenant=tenant, job_type=job_type, limit=limit,
+                              tenants=sorted(tenants) if tenants is not None else None)
     return {"jobs": [core.render(row) for row in rows]}
 
 
-def show(ledger: Ledger, job_id: str) -> dict[str, Any]:
-    return core.show(ledger.read(), validation.job_id(job_id))
+def show(ledger: Ledger, job_id: str, *, actor: str = "cli", tenants: Collection[str] | None = None
+         ) -> dict[str, Any]:
+    return core.show(ledger.read(), validation.job_id(job_id), tenants)
 
 
-def deadletter_list(ledger: Ledger, *, tenant: str | None = None, job_type: str | None = None
-                    ) -> dict[str, Any]:
-    return list_jobs(ledger, state=DEAD_LETTER, tenant=tenant, job_type=job_type)
+def deadletter_list(ledger: Ledger, *, tenant: str | None = None, job_type: str | None = None,
+                    actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
+    return list_jobs(ledger, state=DEAD_LETTER, tenant=tenant, job_type=job_type, tenants=tenants)
 
 
-def replay(ledger: Ledger, job_ids: list[str], *, actor: str = "cli") -> dict[str, Any]:
+def replay(ledger: Ledger, job_ids: list[str], *, actor: str = "cli", tenants: Collection[str] | None = None
+           ) -> dict[str, Any]:
     if not job_ids:
         raise validation.InvalidInput("name at least one job id to replay; see `deadletter list`")
     checked = [validation.job_id(job_id) for job_id in job_ids]
     with ledger.transaction() as tx:
-        return {"replays": core.replay(tx, checked, actor=actor, priority=100)}
+        return {"replays": core.replay(tx, checked, actor=actor, priority=100, tenants=tenants)}

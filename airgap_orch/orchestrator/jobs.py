@@ -8,6 +8,7 @@ that refused that item. A refused item changes nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,7 +46,7 @@ _JOB_SCHEMA = pa.schema([
     ("finished_at", pa.timestamp("us")),
 ])
 _UPDATE_SCHEMA = pa.schema([
-    ("job_id", pa.string()), ("state", pa.string()), ("run_at", pa.timestamp("us")),
+    ("job_id", pa.string()), ("state", pa.string()), ("run_at", pa.timestamp("us")), ("attempts", pa.int32()),
     ("lease_id", pa.string()), ("worker_id", pa.string()), ("lease_expires_at", pa.timestamp("us")),
     ("started_at", pa.timestamp("us")), ("progress", pa.float64()), ("progress_message", pa.string()),
     ("last_error", pa.string()), ("cancel_requested", pa.bool_()), ("finished_at", pa.timestamp("us")),
@@ -84,15 +85,23 @@ def _load(tx: Transaction, job_ids: list[str]) -> dict[str, dict[str, Any]]:
     return {row["job_id"]: row for row in tx.rows("jobs_by_ids", job_ids=job_ids)}
 
 
-def _check_lease(job: dict[str, Any] | None, job_id: str, lease_id: str, now: datetime,
+def visible(job: dict[str, Any] | None, tenants: Collection[str] | None) -> bool:
+    """Whether a caller limited to `tenants` (None: all) may see `job`; others get NotFound, not Forbidden."""
+    return job is not None and (tenants is None or job["tenant"] in tenants)
+
+
+def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime,
                  tx: Transaction) -> dict[str, Any]:
-    """The active row for (job_id, lease_id) or the error that refuses it."""
+    """The active row for the item's (job_id, lease_id), or the error that refuses it."""
+    job_id, lease_id, tenants = item["job_id"], item["lease_id"], item.get("tenants")
     if job is None:
         finished = tx.rows("job_any", job_id=job_id)
-        if not finished:
+        if not visible(finished[0] if finished else None, tenants):
             raise NotFound(f"no job {job_id}")
         raise StaleLease(f"job {job_id} is already {finished[0]['state']}; lease {lease_id} can no longer "
                          "change it")
+    if not visible(job, tenants):
+        raise NotFound(f"no job {job_id}")
     if job["state"] not in HELD_STATES or job["lease_id"] != lease_id:
         raise StaleLease(f"lease {lease_id} is not the current lease of job {job_id} (state {job['state']}); "
                          "drop this job, another worker owns it now")
@@ -131,8 +140,8 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
             "idempotency_key": [records[i]["idempotency_key"] for i in keyed],
             "job_id": [job_ids[i] for i in keyed],
         })
-        won = {row[0] for row in tx.execute_with("idempotency_reserve", "incoming", reserve).fetchall()}
-        lost = [i for i in keyed if records[i]["idempotency_key"] not in won]
+        won = {(row[0], row[1]) for row in tx.execute_with("idempotency_reserve", "incoming", reserve).fetchall()}
+        lost = [i for i in keyed if (records[i]["tenant"], records[i]["idempotency_key"]) not in won]
         for tenant in {records[i]["tenant"] for i in lost}:
             keys = [records[i]["idempotency_key"] for i in lost if records[i]["tenant"] == tenant]
             existing = dict(tx.execute("idempotency_lookup", site_id=tx.site_id, tenant=tenant,
@@ -174,14 +183,14 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
 # -- claim -----------------------------------------------------------------------------------------
 
 def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, queue: str | None = None,
-          job_type: str | None = None) -> list[dict[str, Any]]:
+          job_type: str | None = None, tenants: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Lease up to `limit` ready jobs in one statement; each gets a fresh lease id."""
     maintain(tx)
     now = clock.now()
     expires = now + timedelta(seconds=lease_seconds)
     cursor = tx.execute("claim", worker_id=worker_id, lease_seconds=lease_seconds, now=now,
                         lease_expires_at=expires, site_id=tx.site_id, queue=queue, job_type=job_type,
-                        limit=limit)
+                        tenants=sorted(tenants) if tenants is not None else None, limit=limit)
     columns = [d[0] for d in cursor.description]
     leased = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     leased.sort(key=lambda job: job["job_id"])
@@ -226,7 +235,7 @@ def heartbeat(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, An
     updates, entries = [], []
     for item in items:
         try:
-            job = _check_lease(jobs.get(item["job_id"]), item["job_id"], item["lease_id"], now, tx)
+            job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
         except OrchError as error:
             outcomes.append(error)
             continue
@@ -259,6 +268,8 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
         "job_id": [item["job_id"] for item in items],
         "lease_id": [item["lease_id"] for item in items],
         "artifacts": [json.dumps(item.get("artifacts") or [], separators=(",", ":")) for item in items],
+        "tenants": pa.array([sorted(item["tenants"]) if item.get("tenants") is not None else None
+                             for item in items], pa.list_(pa.string())),
     })
     cursor = tx.execute_with("ack", "acks", acks, now=now, from_states=sources("ack"))
     columns = [d[0] for d in cursor.description]
@@ -271,7 +282,7 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
         job = done.get(item["job_id"])
         if job is None:
             try:
-                _check_lease(current.get(item["job_id"]), item["job_id"], item["lease_id"], now, tx)
+                _check_lease(current.get(item["job_id"]), item, now, tx)
                 raise StaleLease(f"lease {item['lease_id']} could not complete job {item['job_id']}")
             except OrchError as error:
                 outcomes.append(error)
@@ -295,7 +306,7 @@ def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | 
     updates, entries = [], []
     for item in items:
         try:
-            job = _check_lease(jobs.get(item["job_id"]), item["job_id"], item["lease_id"], now, tx)
+            job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
         except OrchError as error:
             outcomes.append(error)
             continue
@@ -368,15 +379,15 @@ def release(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any]
     updates, entries = [], []
     for item in items:
         try:
-            job = _check_lease(jobs.get(item["job_id"]), item["job_id"], item["lease_id"], now, tx)
+            job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
         except OrchError as error:
             outcomes.append(error)
             continue
         row = _settle(job, "release", now)
-        row["attempts"] = job["attempts"]
+        row["attempts"] = job["attempts"] - 1  # a released lease does not use up the attempt
         updates.append(row)
-        entries.append(_entry(job | {"state": row["state"]}, "release", job["state"], row["state"],
-                              actor=f"worker:{job['worker_id']}", reason="worker_shutdown", at=now))
+        entries.append(_entry(job | {"state": row["state"], "attempts": row["attempts"]}, "release", job["state"],
+                              row["state"], actor=f"worker:{job['worker_id']}", reason="worker_shutdown", at=now))
         outcomes.append({"job_id": job["job_id"], "state": row["state"]})
     _write_back(tx, updates)
     history.append(tx, entries)
@@ -385,16 +396,18 @@ def release(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any]
 
 # -- operator actions ------------------------------------------------------------------------------
 
-def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str) -> dict[str, Any]:
+def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str,
+           tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Cancel a queued job now; for a leased/running job, request cancellation from its worker."""
     now = clock.now()
     job = _load(tx, [job_id]).get(job_id)
     if job is None:
         finished = tx.rows("job_any", job_id=job_id)
-        if not finished:
+        if not visible(finished[0] if finished else None, tenants):
             raise NotFound(f"no job {job_id}")
         next_state(finished[0]["state"], "cancel")  # raises IllegalTransition for a finished job
-    assert job is not None
+    if not visible(job, tenants):
+        raise NotFound(f"no job {job_id}")
     if job["state"] == QUEUED:
         row = dict(job, state=next_state(QUEUED, "cancel"), finished_at=now, updated_at=now)
         entry = _entry(row, "cancel", QUEUED, row["state"], actor=actor, reason=reason, at=now)
@@ -407,14 +420,14 @@ def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str) -> dict[str
     return {"job_id": job_id, "state": row["state"], "cancel_requested": bool(row["cancel_requested"])}
 
 
-def replay(tx: Transaction, job_ids: list[str], *, actor: str,
-           priority: int | None = None) -> list[dict[str, Any]]:
+def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | None = None,
+           tenants: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Clone each dead-lettered/failed/timed-out job into a new queued job with replay_of set."""
     now = clock.now()
     originals = []
     for job_id in job_ids:
         found = tx.rows("job_any", job_id=job_id)
-        if not found:
+        if not visible(found[0] if found else None, tenants):
             raise NotFound(f"no job {job_id}")
         job = found[0]
         next_state(job["state"], "replay")  # only dead_letter, failed, timed_out may be replayed
@@ -438,9 +451,9 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str,
 
 # -- reading ---------------------------------------------------------------------------------------
 
-def show(tx: Transaction, job_id: str) -> dict[str, Any]:
+def show(tx: Transaction, job_id: str, tenants: Collection[str] | None = None) -> dict[str, Any]:
     found = tx.rows("job_any", job_id=job_id)
-    if not found:
+    if not visible(found[0] if found else None, tenants):
         raise NotFound(f"no job {job_id}; list jobs with `airgap-orch jobs list`")
     job = render(found[0])
     job["history"] = [history.parse(row["seq"], row["entry"], row["entry_hash"])

@@ -1,0 +1,67 @@
+"""The HTTP contract of the control plane: one row per operation.
+
+Pure data, imported by the server (to route), by the client used by the CLI and the SDK (to call), and
+by the OpenAPI builder (to document). Each row names the operation in airgap_orch/operations/, the
+scope it needs (auth/scopes.py OPERATION_SCOPES, keyed by `scope_of`) and the schemas of its bodies.
+Path parameters are written {name}; every other parameter travels in the JSON body (POST) or the
+query string (GET).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+API_PREFIX = "/v1"
+MAX_BODY_BYTES = 8 * 1024 * 1024  # documented in README "Limits"; larger bodies get 413
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str  # operation name, e.g. "jobs.claim"
+    method: str
+    path: str
+    scope_of: str  # key in auth.scopes.OPERATION_SCOPES
+    summary: str
+    request_schema: str | None = None  # schemas/<name>.schema.json
+    mutating: bool = False  # accepts Idempotency-Key; goes through the writer
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("jobs.enqueue", "POST", "/v1/jobs", "enqueue", "Enqueue one job", "job-spec", True),
+    Route("jobs.enqueue_batch", "POST", "/v1/jobs/batch", "enqueue", "Enqueue many jobs in one transaction",
+          "enqueue-batch-request", True),
+    Route("jobs.claim", "POST", "/v1/jobs/claim", "claim", "Lease ready jobs (long-poll with wait)",
+          "claim-request", True),
+    Route("jobs.heartbeat", "POST", "/v1/jobs/{job_id}/heartbeat", "heartbeat",
+          "Extend a lease, report progress; answers cancel_requested", "heartbeat-request", True),
+    Route("jobs.ack", "POST", "/v1/jobs/{job_id}/ack", "ack", "Complete a job under its lease", "ack-request", True),
+    Route("jobs.ack_many", "POST", "/v1/acks", "ack", "Complete many jobs, each under its lease",
+          "ack-many-request", True),
+    Route("jobs.fail", "POST", "/v1/jobs/{job_id}/fail", "fail", "Report a failed attempt", "fail-request", True),
+    Route("jobs.release", "POST", "/v1/jobs/{job_id}/release", "fail", "Give a lease back unused",
+          "lease-request", True),
+    Route("jobs.cancel", "POST", "/v1/jobs/{job_id}/cancel", "cancel", "Cancel or request cancellation",
+          "cancel-request", True),
+    Route("jobs.list", "GET", "/v1/jobs", "list", "List jobs"),
+    Route("jobs.show", "GET", "/v1/jobs/{job_id}", "show", "One job with its history"),
+    Route("jobs.recover", "POST", "/v1/jobs/recover", "recover", "Recover expired leases now", None, True),
+    Route("deadletter.list", "GET", "/v1/deadletter", "deadletter_list", "Dead-lettered jobs"),
+    Route("deadletter.replay", "POST", "/v1/deadletter/replay", "replay", "Replay dead-lettered jobs",
+          "replay-request", True),
+    Route("ledger.info", "GET", "/v1/ledger", "ledger_info", "Ledger identity and counts"),
+    Route("ledger.verify", "POST", "/v1/ledger/verify", "ledger_verify", "Verify chain and state tables"),
+    Route("ledger.events", "GET", "/v1/ledger/events", "events", "Transitions as orch.event.v1 envelopes"),
+)
+
+BY_NAME = {route.name: route for route in ROUTES}
+
+
+def path_for(route: Route, params: dict) -> tuple[str, dict]:
+    """Fill the path template from params; returns (path, remaining params)."""
+    rest = dict(params)
+    path = route.path
+    while "{" in path:
+        start, end = path.index("{"), path.index("}")
+        key = path[start + 1:end]
+        path = path[:start] + str(rest.pop(key)) + path[end + 1:]
+    return path, rest

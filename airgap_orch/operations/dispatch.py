@@ -1,0 +1,85 @@
+"""Run an operation by its API name (airgap_orch/api.py) with JSON-shaped params.
+
+Both doors end here: the CLI (on a ledger it opened) and the server's writer (on the ledger it owns).
+`Caller` carries who asks: the actor recorded in history, and the tenants a token is limited to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidInput
+from ..ledger import Ledger
+from . import jobs as job_ops
+from . import ledger
+
+
+@dataclass(frozen=True)
+class Caller:
+    actor: str = "cli"
+    tenants: frozenset[str] | None = None  # None: every tenant (a local operator)
+
+
+def _claim(led: Ledger, *, worker_id: str, limit: int = 1, lease_seconds: float | None = None,
+           queue: str | None = None, type: str | None = None, wait: float | None = None, **kw: Any) -> dict:
+    # `wait` (long-poll) is the server's business; locally a claim answers at once.
+    return job_ops.claim(led, worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
+                      job_type=type, **kw)
+
+
+def _list(led: Ledger, *, state: str | None = None, tenant: str | None = None, type: str | None = None,
+          limit: int = 1000, **kw: Any) -> dict:
+    return job_ops.list_jobs(led, state=state, tenant=tenant, job_type=type, limit=limit, **kw)
+
+
+def _deadletters(led: Ledger, *, tenant: str | None = None, type: str | None = None, **kw: Any) -> dict:
+    return job_ops.deadletter_list(led, tenant=tenant, job_type=type, **kw)
+
+
+def _ledger_only(function: Callable[..., dict]) -> Callable[..., dict]:
+    def run(led: Ledger, *, actor: str, tenants: frozenset[str] | None, **params: Any) -> dict:
+        return function(led, **params)
+
+    return run
+
+
+def _enqueue_batch(led: Ledger, *, jobs: list[Any], **kw: Any) -> dict:
+    return job_ops.enqueue_batch(led, jobs, **kw)
+
+
+OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "jobs.enqueue": lambda led, *, spec, **kw: job_ops.enqueue(led, spec, **kw),
+    "jobs.enqueue_batch": _enqueue_batch,
+    "jobs.claim": _claim,
+    "jobs.heartbeat": job_ops.heartbeat,
+    "jobs.ack": job_ops.ack,
+    "jobs.ack_many": job_ops.ack_many,
+    "jobs.fail": job_ops.fail,
+    "jobs.release": job_ops.release,
+    "jobs.cancel": job_ops.cancel,
+    "jobs.list": _list,
+    "jobs.show": job_ops.show,
+    "jobs.recover": job_ops.recover,
+    "deadletter.list": _deadletters,
+    "deadletter.replay": job_ops.replay,
+    "ledger.info": _ledger_only(ledger.info),
+    "ledger.verify": _ledger_only(ledger.verify),
+    "ledger.events": _ledger_only(ledger.event_log),
+}
+
+
+def run(led: Ledger, name: str, params: dict[str, Any], caller: Caller = Caller()) -> dict[str, Any]:
+    """Run operation `name`; unknown or malformed params are InvalidInput, never a crash."""
+    try:
+        operation = OPERATIONS[name]
+    except KeyError:
+        raise InvalidInput(f"unknown operation {name!r}") from None
+    clean = {key: value for key, value in params.items() if key not in ("actor", "tenants")}
+    try:
+        return operation(led, **clean, actor=caller.actor, tenants=caller.tenants)
+    except TypeError as exc:
+        if "argument" in str(exc):
+            raise InvalidInput(f"{name}: {str(exc).split(')', 1)[-1].strip() or exc}") from None
+        raise

@@ -1,0 +1,124 @@
+"""A small HTTP client for the control plane (stdlib only), shared by the SDK and the CLI's remote mode.
+
+`call(name, params)` sends operation `name` (airgap_orch/api.py) and returns the JSON answer, or raises
+the OrchError the server's problem+json stands for. Connection errors and 5xx answers are retried with
+capped exponential backoff and jitter; mutating calls carry an Idempotency-Key, so a retry of a request
+that was applied returns the original answer instead of applying it twice.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import threading
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from .. import api
+from ..errors import OrchError, from_problem
+
+
+class ServerUnavailable(OrchError):
+    """The server could not be reached (after retries)."""
+
+
+class OrchClient:
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0, retries: int = 5,
+                 backoff_cap: float = 5.0):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"server URL {url!r} must look like http://127.0.0.1:8080")
+        self.url = url.rstrip("/")
+        self._host, self._port, self._https = parts.hostname, parts.port, parts.scheme == "https"
+        self._token = token
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_cap = backoff_cap
+        self._local = threading.local()  # one keep-alive connection per thread
+
+    # -- transport -----------------------------------------------------------------------------
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            connection = kind(self._host, self._port, timeout=self.timeout)
+            self._local.connection = connection
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def request(self, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None,
+                timeout: float | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {"Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                connection = self._connection()
+                if timeout is not None:
+                    connection.timeout = timeout
+                    if connection.sock is not None:
+                        connection.sock.settimeout(timeout)
+                connection.request(method, path, body=data, headers=headers)
+                response = connection.getresponse()
+                raw = response.read()
+                status = response.status
+                if response.getheader("Connection", "").lower() == "close":
+                    self._drop()
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                if attempt > self.retries:
+                    raise ServerUnavailable(f"cannot reach {self.url}: {exc}; is `airgap-orch serve` running?"
+                                            ) from None
+                self._sleep(attempt)
+                continue
+            if status >= 500 and status != 503 and attempt <= self.retries:
+                self._sleep(attempt)
+                continue
+            if status == 503 and attempt <= self.retries:
+                self._sleep(attempt)
+                continue
+            try:
+                answer = json.loads(raw) if raw else {}
+            except json.JSONDecodeError:
+                answer = {"title": raw[:200].decode(errors="replace")}
+            return status, answer
+
+    def _sleep(self, attempt: int) -> None:
+        ceiling = min(self.backoff_cap, 0.1 * 2 ** (attempt - 1))
+        time.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+    # -- operations ----------------------------------------------------------------------------
+    def call(self, name: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
+             ) -> dict[str, Any]:
+        route = api.BY_NAME[name]
+        path, rest = api.path_for(route, {k: v for k, v in (params or {}).items() if v is not None})
+        body = None
+        if route.method == "GET":
+            if rest:
+                path += "?" + urlencode(rest)
+        elif name == "jobs.enqueue":
+            body = rest["spec"]
+        else:
+            body = rest
+        key = str(uuid.uuid4()) if route.mutating else None
+        status, answer = self.request(route.method, path, body, idempotency_key=key, timeout=timeout)
+        if status >= 400:
+            raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or
+                               f"HTTP {status}")
+        return answer
