@@ -29,6 +29,8 @@ def _register() -> None:
 
     for group in (ledger.group, jobs.group, deadletter.group, worker.group):
         cli.add_command(group)
+    from . import keys, tokens
+    cli.commands.update(keys=keys.group, tokens=tokens.group)
     from .demo import demo
 
     cli.add_command(demo)

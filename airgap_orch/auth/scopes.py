@@ -1,0 +1,87 @@
+"""Scopes: what a token may do. The two tables below are the documentation and the code at once.
+
+Scopes do not imply one another: an operator who also lists jobs carries `orch:operate` and `orch:read`.
+A request is allowed when the token carries the operation's scope (`require`) and names the job's tenant
+(`can_see_tenant`); the server answers another tenant's job as not found, never as forbidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from ..errors import InvalidInput, NotAuthorized
+
+if TYPE_CHECKING:
+    from .tokens import Principal
+
+READ = "orch:read"
+OPERATE = "orch:operate"
+QUOTA = "orch:quota"
+BACKFILL = "orch:backfill"
+WORKER = "orch:worker"
+
+# scope -> one line on what it allows. The order is the order of the README table.
+SCOPES = MappingProxyType({
+    READ: "See jobs, dead letters, ledger info and verification, and the event stream.",
+    OPERATE: "Produce and steer jobs: enqueue, cancel, release, recover expired leases, replay dead letters.",
+    QUOTA: "Change quotas and rate limits; each change needs a reason (X-Orch-Reason).",
+    BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
+    WORKER: "Run jobs and nothing else: claim, heartbeat, ack and fail under a lease (least privilege).",
+})
+
+# operation (the function name in airgap_orch/operations/) -> the scope it needs.
+OPERATION_SCOPES = MappingProxyType({
+    "enqueue": OPERATE,
+    "claim": WORKER,
+    "heartbeat": WORKER,
+    "ack": WORKER,
+    "fail": WORKER,
+    "release": OPERATE,
+    "cancel": OPERATE,
+    "list": READ,
+    "show": READ,
+    "recover": OPERATE,
+    "deadletter_list": READ,
+    "replay": OPERATE,
+    "ledger_info": READ,
+    "ledger_verify": READ,
+    "events": READ,
+})
+
+
+class ScopeMissing(NotAuthorized):
+    """The token is valid but lacks the scope an operation needs (HTTP 403; plain NotAuthorized is 401)."""
+
+
+def scope_for(operation: str) -> str:
+    """The scope `operation` needs; ValueError for an operation the table does not name (a server bug)."""
+    try:
+        return OPERATION_SCOPES[operation]
+    except KeyError:
+        raise ValueError(f"no scope is defined for operation {operation!r}") from None
+
+
+def require(principal: Principal, scope: str) -> None:
+    """Raise ScopeMissing unless the principal's token carries `scope`."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+    if scope not in principal.scopes:
+        raise ScopeMissing(f"token lacks scope {scope}")
+
+
+def can_see_tenant(principal: Principal, tenant: str) -> bool:
+    """True when the token names `tenant`; the server answers other tenants' jobs as not found."""
+    return tenant in principal.tenants
+
+
+def checked_scopes(requested: Iterable[str]) -> tuple[str, ...]:
+    """Known scopes, deduplicated, in table order; InvalidInput names an unknown one."""
+    wanted = list(requested)
+    for scope in wanted:
+        if scope not in SCOPES:
+            raise InvalidInput(f"unknown scope {scope!r}; known scopes: {', '.join(SCOPES)}")
+    if not wanted:
+        raise InvalidInput(f"a token needs at least one scope; known scopes: {', '.join(SCOPES)}")
+    return tuple(scope for scope in SCOPES if scope in wanted)
