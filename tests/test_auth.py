@@ -35,7 +35,7 @@ from airgap_orch.auth import (
     require,
     scope_for,
 )
-from airgap_orch.errors import InvalidInput, NotAuthorized, exit_code_for
+from airgap_orch.errors import InvalidInput, NotAuthorized, exit_code_for, http_problem
 
 NOW = datetime(2030, 1, 1, 12, 0, 0)
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -477,6 +477,8 @@ def test_missing_scope_raises_scope_missing_a_not_authorized(signer, verifier):
         require(principal, "orch:operate")
     assert isinstance(caught.value, NotAuthorized)
     assert exit_code_for(caught.value) == 7
+    assert http_problem(caught.value)[0] == 403
+    assert http_problem(NotAuthorized("token expired"))[0] == 401
     with pytest.raises(ValueError):
         require(principal, "orch:typo")
 

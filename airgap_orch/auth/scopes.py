@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidInput, NotAuthorized
+from ..errors import Forbidden, InvalidInput
 
 if TYPE_CHECKING:
     from .tokens import Principal
@@ -51,8 +51,8 @@ OPERATION_SCOPES = MappingProxyType({
 })
 
 
-class ScopeMissing(NotAuthorized):
-    """The token is valid but lacks the scope an operation needs (HTTP 403; plain NotAuthorized is 401)."""
+class ScopeMissing(Forbidden):
+    """The token is valid but lacks the scope an operation needs (a NotAuthorized: exit 7, HTTP 403)."""
 
 
 def scope_for(operation: str) -> str:
