@@ -24,6 +24,7 @@ class Route:
     summary: str
     request_schema: str | None = None  # schemas/<name>.schema.json
     mutating: bool = False  # accepts Idempotency-Key; goes through the writer
+    query: tuple[tuple[str, str], ...] = ()  # GET parameters: (name, JSON type)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -42,15 +43,18 @@ ROUTES: tuple[Route, ...] = (
           "lease-request", True),
     Route("jobs.cancel", "POST", "/v1/jobs/{job_id}/cancel", "cancel", "Cancel or request cancellation",
           "cancel-request", True),
-    Route("jobs.list", "GET", "/v1/jobs", "list", "List jobs"),
+    Route("jobs.list", "GET", "/v1/jobs", "list", "List jobs",
+          query=(("state", "string"), ("tenant", "string"), ("type", "string"), ("limit", "integer"))),
     Route("jobs.show", "GET", "/v1/jobs/{job_id}", "show", "One job with its history"),
     Route("jobs.recover", "POST", "/v1/jobs/recover", "recover", "Recover expired leases now", None, True),
-    Route("deadletter.list", "GET", "/v1/deadletter", "deadletter_list", "Dead-lettered jobs"),
+    Route("deadletter.list", "GET", "/v1/deadletter", "deadletter_list", "Dead-lettered jobs",
+          query=(("tenant", "string"), ("type", "string"))),
     Route("deadletter.replay", "POST", "/v1/deadletter/replay", "replay", "Replay dead-lettered jobs",
           "replay-request", True),
     Route("ledger.info", "GET", "/v1/ledger", "ledger_info", "Ledger identity and counts"),
     Route("ledger.verify", "POST", "/v1/ledger/verify", "ledger_verify", "Verify chain and state tables"),
-    Route("ledger.events", "GET", "/v1/ledger/events", "events", "Transitions as orch.event.v1 envelopes"),
+    Route("ledger.events", "GET", "/v1/ledger/events", "events", "Transitions as orch.event.v1 envelopes",
+          query=(("after_seq", "integer"), ("limit", "integer"))),
 )
 
 BY_NAME = {route.name: route for route in ROUTES}

@@ -124,3 +124,13 @@ SELECT job_id FROM all_jobs WHERE 'sha256:' || sha256(payload) <> payload_digest
 
 -- name: verify_history_scan
 SELECT seq, job_id, entry, entry_hash FROM history ORDER BY seq;
+
+-- name: request_log_lookup
+SELECT request_key, status, response FROM request_log WHERE list_contains($keys, request_key);
+
+-- name: request_log_insert
+INSERT INTO request_log SELECT request_key, operation, status, response, created_at FROM incoming
+ON CONFLICT DO NOTHING;
+
+-- name: request_log_prune
+DELETE FROM request_log WHERE created_at < $before;

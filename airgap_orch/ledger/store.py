@@ -41,6 +41,9 @@ class Ledger:
         self.head_hash = GENESIS_HASH
         self.unarchived = 0  # finished rows still in the hot table
         self.last_sweep = 0.0  # monotonic time of the last expired-lease sweep
+        self._open_tx: Transaction | None = None
+        # Called after each commit with the history entries it appended: [(seq, job_id, entry, hash)].
+        self.commit_listeners: list = []
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -111,8 +114,14 @@ class Ledger:
     # -- use -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
+        """One atomic unit. Nested use in the same thread joins the open transaction: the outermost
+        commits or rolls back everything (the server wraps an operation and its idempotency record)."""
         with self._lock:
+            if self._open_tx is not None:
+                yield self._open_tx
+                return
             tx = Transaction(self)
+            self._open_tx = tx
             self._con.execute("BEGIN")
             try:
                 yield tx
@@ -120,8 +129,13 @@ class Ledger:
             except BaseException:
                 self._con.execute("ROLLBACK")
                 raise
+            finally:
+                self._open_tx = None
             self.head_seq, self.head_hash = tx.head_seq, tx.head_hash
             self.unarchived = tx.unarchived
+            if tx.appended:
+                for listener in self.commit_listeners:
+                    listener(tx.appended)
 
     def read(self) -> Transaction:
         """A handle for read-only queries outside an explicit transaction (callers hold no lock)."""
@@ -148,6 +162,7 @@ class Transaction:
         self.head_seq = ledger.head_seq
         self.head_hash = ledger.head_hash
         self.unarchived = ledger.unarchived
+        self.appended: list[tuple[int, str, str, str]] = []
 
     def execute(self, name: str, **params: Any) -> duckdb.DuckDBPyConnection:
         with self.ledger._lock:

@@ -70,7 +70,10 @@ OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def run(led: Ledger, name: str, params: dict[str, Any], caller: Caller = Caller()) -> dict[str, Any]:
+LOCAL = Caller()
+
+
+def run(led: Ledger, name: str, params: dict[str, Any], caller: Caller = LOCAL) -> dict[str, Any]:
     """Run operation `name`; unknown or malformed params are InvalidInput, never a crash."""
     try:
         operation = OPERATIONS[name]

@@ -50,16 +50,23 @@ def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli",
     return {"job_ids": [job_id for job_id, _ in results], "created": created, "existing": len(results) - created}
 
 
+def claim_args(*, worker_id: str, limit: int = 1, lease_seconds: float | None = None, queue: str | None = None,
+               job_type: str | None = None, tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """Validated keyword arguments for core.claim (the server groups many claims in one transaction)."""
+    validation.text(worker_id, 128, "worker id", required=True)
+    return {"worker_id": worker_id, "limit": validation.claim_limit(limit),
+            "lease_seconds": validation.lease_seconds(lease_seconds), "queue": queue, "job_type": job_type,
+            "tenants": tenants}
+
+
 def claim(ledger: Ledger, *, worker_id: str, limit: int = 1, lease_seconds: float | None = None,
           queue: str | None = None, job_type: str | None = None, actor: str = "cli",
           tenants: Collection[str] | None = None) -> dict[str, Any]:
-    validation.text(worker_id, 128, "worker id", required=True)
-    limit = validation.claim_limit(limit)
-    seconds = validation.lease_seconds(lease_seconds)
+    """Lease up to `limit` ready jobs, each under a fresh lease."""
+    args = claim_args(worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
+                      job_type=job_type, tenants=tenants)
     with ledger.transaction() as tx:
-        leases = core.claim(tx, worker_id=worker_id, limit=limit, lease_seconds=seconds, queue=queue,
-                            job_type=job_type, tenants=tenants)
-    return {"leases": leases}
+        return {"leases": core.claim(tx, **args)}
 
 
 def heartbeat_item(job_id: str, lease_id: str, *, progress: float | None = None, message: str | None = None,

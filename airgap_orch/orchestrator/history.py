@@ -65,6 +65,7 @@ def append(tx: Transaction, entries: Iterable[dict[str, Any]]) -> int:
         table = pa.table([seqs, job_ids, texts, hashes], schema=_SCHEMA)
         tx.execute_with("history_append", "entries", table)
         tx.head_seq, tx.head_hash = seq, prev
+        tx.appended.extend(zip(seqs, job_ids, texts, hashes, strict=True))
     return len(seqs)
 
 

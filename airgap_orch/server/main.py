@@ -1,0 +1,129 @@
+"""Run the control plane: own the ledger, serve HTTP, recover leases, write the discovery file."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from ..errors import InvalidInput, PolicyRefused
+from ..ledger import Ledger
+from ..operations.dispatch import Caller
+from . import discovery
+from .app import Door, create_app
+from .events import EventHub
+from .metrics import Metrics
+from .writer import LedgerWriter
+
+RECOVER_EVERY_SECONDS = 1.0
+
+
+@dataclass
+class ServerConfig:
+    ledger_path: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_keys: list[Path] = field(default_factory=list)
+    no_auth: bool = False
+    group_commit: bool = True
+    lock_timeout: float = 5.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check(config: ServerConfig) -> None:
+    if config.no_auth and not is_loopback(config.host):
+        raise PolicyRefused(f"--no-auth is refused on {config.host}: bind to 127.0.0.1 or give --token-key")
+    if not config.no_auth and not config.token_keys:
+        raise InvalidInput("name the public key(s) that sign tokens with --token-key PUB.pem, or use --no-auth "
+                           "on loopback")
+
+
+class Server:
+    """A started server (use `async with`); `url` is known once started."""
+
+    def __init__(self, config: ServerConfig):
+        check(config)
+        self.config = config
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._recovering: asyncio.Task | None = None
+        verifier = None
+        if not config.no_auth:
+            from ..auth.tokens import TokenVerifier
+
+            verifier = TokenVerifier(config.token_keys)
+        self.ledger = Ledger.open(config.ledger_path, lock_timeout=config.lock_timeout)
+        self.metrics = Metrics()
+        self.writer = LedgerWriter(self.ledger, group_commit=config.group_commit)
+        self.writer.batch_observers.append(self.metrics.group_commit_size.observe)
+        self._verifier = verifier
+
+    async def start(self) -> str:
+        loop = asyncio.get_running_loop()
+        self.hub = EventHub(loop)
+        self.ledger.commit_listeners += [self.hub.publish, self.metrics.count_entries]
+        self.writer.start()
+        door = Door(self.writer, verifier=self._verifier, hub=self.hub, metrics=self.metrics)
+        self._runner = web.AppRunner(create_app(door), handle_signals=False, access_log=None,
+                                     shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+        self.url = f"http://{host}:{port}"
+        discovery.write(self.config.ledger_path, self.url)
+        self._recovering = asyncio.create_task(self._recover_forever())
+        return self.url
+
+    async def _recover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RECOVER_EVERY_SECONDS)
+            try:
+                await asyncio.wrap_future(self.writer.submit("jobs.recover", {}, Caller(actor="orchestrator")))
+            except Exception as exc:  # keep serving; the next sweep tries again
+                print(f"airgap-orch: lease recovery failed: {exc}", file=sys.stderr)
+
+    async def stop(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+        self.ledger.close()
+        discovery.remove(self.config.ledger_path)
+
+
+def serve_forever(config: ServerConfig, *, announce=print, on_started=None) -> None:
+    """Run until SIGTERM or SIGINT; announce(first_line) once listening."""
+
+    async def main() -> None:
+        server = Server(config)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            url = await server.start()
+            announce(f"airgap-orch serving {config.ledger_path} at {url} (pid {os.getpid()})")
+            if on_started is not None:
+                await on_started(server)
+            await stopping.wait()
+        finally:
+            await server.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,90 @@
+"""The OpenAPI 3.1 document served at /.well-known/openapi, built from api.ROUTES and schemas/.
+
+Bodies reference the JSON Schema files (embedded under components/schemas): one contract, no second
+copy of the shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from .. import __version__, api, schemas
+
+_PATH_PARAM = re.compile(r"{([a-z_]+)}")
+
+
+def _component(name: str) -> dict[str, Any]:
+    """A schema file rewritten so its $refs point inside the OpenAPI document."""
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key in ("$schema", "$id"):
+                    continue
+                if key == "$ref" and isinstance(value, str):
+                    if value.startswith("#/definitions/"):
+                        value = f"#/components/schemas/{name}/definitions/" + value.removeprefix("#/definitions/")
+                    elif value.endswith(".schema.json"):
+                        value = "#/components/schemas/" + value.rsplit("/", 1)[-1].removesuffix(".schema.json")
+                out[key] = rewrite(value)
+            return out
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        return node
+
+    return rewrite(schemas.load(name))
+
+
+def _problem_responses() -> dict[str, Any]:
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/problem"}}}
+    return {str(code): {"description": text, "content": problem} for code, text in (
+        (400, "Invalid input or malformed JSON"), (401, "Missing, invalid or expired token"),
+        (403, "Token lacks the scope or tenant"), (404, "Unknown route or job"),
+        (409, "Stale lease or illegal transition"), (413, "Body over the size limit"))}
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    used = {"problem", "artifact", "job-spec"}
+    for route in api.ROUTES:
+        operation: dict[str, Any] = {
+            "operationId": route.name.replace(".", "_"),
+            "summary": route.summary,
+            "security": [{"bearer": []}],
+            "parameters": [{"name": name, "in": "path", "required": True,
+                            "schema": {"type": "string", "format": "uuid"}}
+                           for name in _PATH_PARAM.findall(route.path)],
+            "responses": {"200": {"description": "OK", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, **_problem_responses()},
+        }
+        for name, kind in route.query:
+            schema: dict[str, Any] = {"type": kind}
+            if kind == "integer":
+                schema.update(minimum=0 if name == "after_seq" else 1, maximum=100_000)
+            else:
+                schema.update(minLength=1, maxLength=128)
+            operation["parameters"].append({"name": name, "in": "query", "required": False, "schema": schema})
+        if route.mutating:
+            operation["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False,
+                                            "schema": {"type": "string", "minLength": 1, "maxLength": 128}})
+        if route.request_schema:
+            used.add(route.request_schema)
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{route.request_schema}"}}}}
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    paths["/metrics"] = {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "text/plain exposition",
+                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "airgap-orch control plane", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": {name: _component(name) for name in sorted(used)},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

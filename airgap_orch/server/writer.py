@@ -1,0 +1,256 @@
+"""The one writer path: a thread that owns the ledger and runs every operation the server receives.
+
+Group commit: worker reports (heartbeat, ack, fail, release) and claims that arrive together are applied
+in ONE transaction, so the server pays the ledger's per-statement and per-commit cost once per batch
+instead of once per request. Other operations run one transaction each. A mutating request that carries
+an Idempotency-Key has its answer stored in the same transaction (request_log); a retry gets that answer.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from .. import api, clock
+from ..errors import InvalidInput, OrchError
+from ..ledger import Ledger, Transaction
+from ..operations import dispatch
+from ..operations import jobs as job_ops
+from ..orchestrator import jobs as core
+
+GROUPED = {"jobs.heartbeat": "heartbeat", "jobs.ack": "ack", "jobs.fail": "fail", "jobs.release": "release"}
+GROUPABLE = frozenset(GROUPED) | {"jobs.claim", "jobs.ack_many"}
+REQUEST_LOG_DAYS = 7
+_LOG_SCHEMA = pa.schema([("request_key", pa.string()), ("operation", pa.string()), ("status", pa.int32()),
+                         ("response", pa.string()), ("created_at", pa.timestamp("us"))])
+
+
+@dataclass
+class Request:
+    name: str
+    params: dict[str, Any]
+    caller: dispatch.Caller
+    request_key: str | None = None  # subject + Idempotency-Key, for mutating requests
+    future: Future = field(default_factory=Future)
+
+
+class LedgerWriter:
+    def __init__(self, ledger: Ledger, *, group_commit: bool = True, max_batch: int = 2_000):
+        self.ledger = ledger
+        self.group_commit = group_commit
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self.batch_observers: list[Callable[[int], None]] = []  # metrics: size of each group commit
+        self._last_prune = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, name: str, params: dict[str, Any], caller: dispatch.Caller,
+               request_key: str | None = None) -> Future:
+        request = Request(name, params, caller, request_key)
+        self._queue.put(request)
+        return request.future
+
+    def call(self, name: str, params: dict[str, Any], caller: dispatch.Caller | None = None) -> Any:
+        """Blocking form of submit (for threads that are not the event loop)."""
+        return self.submit(name, params, caller or dispatch.Caller()).result()
+
+    # -- the writer thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            try:
+                self._process(batch)
+            except BaseException as exc:  # never let the writer die with requests waiting
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+            if stop:
+                return
+
+    def _process(self, batch: list[Request]) -> None:
+        pending = self._replayed(batch)
+        grouped = [r for r in pending if self.group_commit and r.name in GROUPABLE]
+        if grouped:
+            self._run_group(grouped)
+        for request in pending:
+            if request in grouped:
+                continue
+            if request.name in GROUPABLE:
+                self._run_group([request])
+            elif api.BY_NAME[request.name].mutating:
+                self._run_single(request)
+            else:
+                _settle(request, lambda r=request: dispatch.run(self.ledger, r.name, r.params, r.caller))
+        self._prune_request_log()
+
+    def _replayed(self, batch: list[Request]) -> list[Request]:
+        """Resolve requests whose Idempotency-Key already has an answer; return the rest."""
+        keys = [r.request_key for r in batch if r.request_key]
+        if not keys:
+            return batch
+        stored = {key: json.loads(response) for key, _status, response in
+                  self.ledger.read().execute("request_log_lookup", keys=keys).fetchall()}
+        pending = []
+        seen: dict[str, Request] = {}
+        for request in batch:
+            if request.request_key in stored:
+                request.future.set_result(stored[request.request_key])
+            elif request.request_key and request.request_key in seen:
+                _chain(seen[request.request_key].future, request.future)  # same key twice in one batch
+            else:
+                if request.request_key:
+                    seen[request.request_key] = request
+                pending.append(request)
+        return pending
+
+    def _run_single(self, request: Request) -> None:
+        def run() -> dict[str, Any]:
+            with self.ledger.transaction() as tx:
+                result = dispatch.run(self.ledger, request.name, request.params, request.caller)
+                _log(tx, [(request, result)])
+            return result
+
+        _settle(request, run)
+
+    def _run_group(self, requests: list[Request]) -> None:
+        for observer in self.batch_observers:
+            observer(len(requests))
+        answers: dict[int, dict[str, Any] | OrchError] = {}
+        try:
+            with self.ledger.transaction() as tx:
+                self._apply_reports(tx, requests, answers)
+                self._apply_claims(tx, requests, answers)
+                _log(tx, [(r, answers[id(r)]) for r in requests if not isinstance(answers.get(id(r)), OrchError)])
+        except BaseException as exc:
+            for request in requests:
+                request.future.set_exception(exc)
+            return
+        for request in requests:
+            answer = answers[id(request)]
+            if isinstance(answer, OrchError):
+                request.future.set_exception(answer)
+            else:
+                request.future.set_result(answer)
+
+    def _apply_reports(self, tx: Transaction, requests: list[Request],
+                       answers: dict[int, dict[str, Any] | OrchError]) -> None:
+        for kind in ("heartbeat", "ack", "fail", "release"):
+            build, apply = job_ops.BATCHED[kind]
+            owners: list[tuple[Request, int | None]] = []
+            items = []
+            for request in requests:
+                if request.name == "jobs.ack_many" and kind == "ack":
+                    try:
+                        entries = _ack_many_items(request)
+                    except OrchError as error:
+                        answers[id(request)] = error
+                        continue
+                    answers[id(request)] = {"results": [None] * len(entries)}
+                    for index, item in enumerate(entries):
+                        owners.append((request, index))
+                        items.append(item)
+                    continue
+                if GROUPED.get(request.name) != kind:
+                    continue
+                try:
+                    params = dict(request.params)
+                    items.append(build(params.pop("job_id"), params.pop("lease_id", None), **params,
+                                       tenants=request.caller.tenants))
+                    owners.append((request, None))
+                except (OrchError, TypeError, KeyError) as error:
+                    answers[id(request)] = error if isinstance(error, OrchError) else InvalidInput(str(error))
+            if not items:
+                continue
+            for (request, index), item, outcome in zip(owners, items, apply(tx, items), strict=True):
+                if index is None:
+                    answers[id(request)] = outcome
+                else:
+                    answers[id(request)]["results"][index] = job_ops.outcome_dict(item, outcome)
+
+    def _apply_claims(self, tx: Transaction, requests: list[Request],
+                      answers: dict[int, dict[str, Any] | OrchError]) -> None:
+        for request in requests:
+            if request.name != "jobs.claim":
+                continue
+            params = dict(request.params)
+            params.pop("wait", None)
+            try:
+                args = job_ops.claim_args(worker_id=params.pop("worker_id", None), job_type=params.pop("type", None),
+                                          tenants=request.caller.tenants, **params)
+            except (OrchError, TypeError) as error:
+                answers[id(request)] = error if isinstance(error, OrchError) else InvalidInput(str(error))
+                continue
+            answers[id(request)] = {"leases": core.claim(tx, **args)}
+
+    def _prune_request_log(self) -> None:
+        if time.monotonic() - self._last_prune < 3600:
+            return
+        self._last_prune = time.monotonic()
+        with self.ledger.transaction() as tx:
+            tx.execute("request_log_prune", before=clock.now() - timedelta(days=REQUEST_LOG_DAYS))
+
+
+def _ack_many_items(request: Request) -> list[dict[str, Any]]:
+    acks = request.params.get("acks")
+    if not isinstance(acks, list) or not acks:
+        raise InvalidInput("acks must be a non-empty list")
+    return [job_ops.ack_item(a.get("job_id"), a.get("lease_id"), artifacts=a.get("artifacts"),
+                             tenants=request.caller.tenants) for a in acks]
+
+
+def _log(tx: Transaction, done: list[tuple[Request, Any]]) -> None:
+    # An empty claim is not recorded: a long-poll repeats it under the same key until work arrives.
+    rows = [(r.request_key, r.name, json.dumps(answer)) for r, answer in done
+            if r.request_key and not (r.name == "jobs.claim" and not answer["leases"])]
+    if not rows:
+        return
+    now = clock.now()
+    table = pa.table([[r[0] for r in rows], [r[1] for r in rows], [200] * len(rows), [r[2] for r in rows],
+                      [now] * len(rows)], schema=_LOG_SCHEMA)
+    tx.execute_with("request_log_insert", "incoming", table)
+
+
+def _settle(request: Request, run: Callable[[], Any]) -> None:
+    try:
+        request.future.set_result(run())
+    except BaseException as exc:
+        request.future.set_exception(exc)
+
+
+def _chain(source: Future, target: Future) -> None:
+    def copy(done: Future) -> None:
+        if done.exception() is not None:
+            target.set_exception(done.exception())
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
