@@ -311,12 +311,14 @@ def test_release_requeues_the_job_at_once(ledger, manual_clock):
     assert claim_one(ledger, worker="w2")["job_id"] == job_id
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: orchestrator/jobs.py release() sets row['attempts'] but "
-                   "jobs_update never writes attempts, so a released attempt is still consumed")
 def test_release_does_not_consume_an_attempt(ledger, manual_clock):
-    job_id = enqueue(ledger, max_attempts=2)
+    job_id = enqueue(ledger, max_attempts=1)
     ops.release(ledger, job_id, claim_one(ledger)["lease_id"])
-    assert claim_one(ledger)["attempt"] == 1
+    assert job(ledger, job_id)["attempts"] == 0
+    assert ledger_ops.verify(ledger)["ok"] is True  # the state table still agrees with history
+    lease = claim_one(ledger)
+    assert lease["attempt"] == 1
+    assert ops.fail(ledger, job_id, lease["lease_id"], error="x")["state"] == "dead_letter"
 
 
 # -- illegal transitions ---------------------------------------------------------------------------
@@ -590,8 +592,6 @@ def test_batch_with_a_repeated_key_creates_one_job(ledger, manual_clock):
     assert len(ops.list_jobs(ledger)["jobs"]) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: orchestrator/jobs.py enqueue() decides which reserved "
-                   "idempotency keys were won by key alone (RETURNING idempotency_key), not (tenant, key)")
 def test_batch_with_one_key_in_two_tenants_keeps_the_existing_job_of_each(ledger, manual_clock):
     spec = {"project": "web", "type": "scan", "idempotency_key": "K"}
     existing = ops.enqueue(ledger, {**spec, "tenant": "globex"})["job_id"]
