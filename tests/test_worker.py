@@ -167,6 +167,19 @@ def test_worker_on_a_terminal_prints_a_line_per_finished_job(ledger_path, tmp_pa
     assert "stopped_by: idle" in lines
 
 
+def test_worker_refuses_a_ledger_owned_by_a_live_server(ledger_path):
+    from airgap_orch.server import discovery
+
+    discovery.write(ledger_path, "http://127.0.0.1:9")  # this test process plays the live server
+    try:
+        worker = _worker(ledger_path, "--handler", f"scan={SAMPLES}:slow_scan", "--exit-when-idle")
+        code, _summary, stderr = _finish(worker)
+    finally:
+        discovery.path_for(ledger_path).unlink()
+    assert code == 6
+    assert f"pid {os.getpid()}" in stderr and "http://127.0.0.1:9" in stderr
+
+
 def test_bad_handler_spec_is_a_one_line_error(ledger_path):
     worker = _worker(ledger_path, "--handler", "scan.image=airgap_orch.worker.samples:no_such_function",
                      "--exit-when-idle")
@@ -241,6 +254,31 @@ def test_cancel_of_a_running_job_stops_the_handler_and_ends_it_canceled(ledger, 
     assert _events(job)[-2:] == ["job.cancel_requested", "job.canceled"]
     assert job["history"][-1]["reason"].startswith("canceled_by_request")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_handler_ignoring_a_cancel_loses_its_lease_and_the_job_ends_canceled(ledger):
+    (job_id,) = ops.enqueue_batch(ledger, [_spec("stubborn")])["job_ids"]
+    started, let_go = threading.Event(), threading.Event()
+
+    def handler(ctx):  # never looks at ctx.cancelled
+        started.set()
+        let_go.wait(20)
+        return None
+
+    runner = _RunnerThread(ledger, {"stubborn": handler}, max_jobs=1)
+    assert started.wait(10)
+    ops.cancel(ledger, job_id, reason="stop it")
+    # Heartbeats continue for one lease period after the cancel is seen, then stop; the lease lapses.
+    deadline = time.monotonic() + 10
+    while ops.show(ledger, job_id)["state"] != "canceled":
+        assert time.monotonic() < deadline, "the stubborn job's lease never lapsed"
+        ops.recover(ledger)
+        time.sleep(0.2)
+    let_go.set()
+    assert runner.join()["outcomes"] == {"lost": 1}
+    job = ops.show(ledger, job_id)
+    assert job["state"] == "canceled" and job["history"][-1]["actor"] == "orchestrator"
+    assert "job.succeeded" not in _events(job)
 
 
 def test_stale_lease_on_heartbeat_stops_the_handler_and_is_never_acked(ledger, manual_clock):

@@ -9,6 +9,8 @@ import sys
 import click
 
 from .. import validation
+from ..errors import InvalidInput, LedgerBusy
+from ..server import discovery
 from ..worker import FinishedJob, Runner, RunnerConfig, load_handlers
 from .context import command, settings
 
@@ -45,6 +47,15 @@ def run(handlers: tuple[str, ...], worker_id: str | None, concurrency: int, leas
                           worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
                           concurrency=concurrency, lease_seconds=lease_seconds, queue=queue, max_jobs=max_jobs,
                           exit_when_idle=exit_when_idle, grace_seconds=grace_seconds)
-    chatty = sys.stdout.isatty() and not settings().json
-    with settings().open_ledger() as ledger:
+    current = settings()
+    if current.server_url:
+        raise InvalidInput("worker run executes handlers on a ledger this process opens; it cannot use "
+                           "--server (talk to a server from a remote worker with airgap_orch.sdk)")
+    server = discovery.live_server(current.ledger_path)
+    if server is not None:
+        raise LedgerBusy(f"ledger {current.ledger_path} is owned by the server at {server['url']} (pid "
+                         f"{server['pid']}); stop it to run an in-process worker, or use a remote worker",
+                         holder_pid=server["pid"])
+    chatty = sys.stdout.isatty() and not current.json
+    with current.open_ledger() as ledger:
         return Runner(ledger, config, on_finished=_print_finished if chatty else None).run()
