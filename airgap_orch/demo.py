@@ -79,11 +79,11 @@ def job_specs(work_dir: Path) -> list[dict[str, Any]]:
 
 def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0) -> dict[str, Any]:
     started = time.monotonic()
+    if ledger_path is not None and ledger_path.exists():
+        raise InvalidInput(f"{ledger_path} already exists; the demo needs a fresh ledger path (or none)")
     work_dir = Path(tempfile.mkdtemp(prefix="airgap-orch-demo-"))
     if ledger_path is None:
         ledger_path = work_dir / "ledger.duckdb"
-    elif ledger_path.exists():
-        raise InvalidInput(f"{ledger_path} already exists; the demo needs a fresh ledger path (or none)")
 
     ledger_ops.init(ledger_path, site_id=SITE_ID, lock_timeout=lock_timeout)
     specs = job_specs(work_dir)
@@ -163,7 +163,8 @@ def _wait_for(marker: Path, worker: subprocess.Popen[bytes]) -> float:
     started = time.monotonic()
     while not marker.exists():
         if worker.poll() is not None:
-            raise DemoFailed(f"worker A exited ({worker.returncode}) before the long scan started")
+            raise DemoFailed(f"worker A exited ({worker.returncode}) before the long scan started; see "
+                             f"{marker.parent / 'worker-A.err'}")
         if time.monotonic() - started > MARKER_TIMEOUT_SECONDS:
             raise DemoFailed(f"the long scan did not start within {MARKER_TIMEOUT_SECONDS:g}s")
         time.sleep(0.02)

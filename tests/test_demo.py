@@ -41,7 +41,7 @@ def test_demo_json_shows_dead_letters_the_recovered_job_and_a_verified_ledger(tm
     assert report["workers"]["B"]["summary"]["stopped_by"] == "idle"
     assert report["verify"]["ok"] is True
     assert report["verify"]["jobs"] == report["jobs_total"]
-    assert report["seconds"] < 45
+    assert report["seconds"] < 60  # ~12 s on an idle 2-core machine
 
 
 def test_demo_refuses_an_existing_ledger_path(ledger_path):

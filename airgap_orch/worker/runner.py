@@ -196,7 +196,12 @@ class Runner:
         started = time.monotonic()
         previous = self._install_signals() if handle_signals else {}
         try:
-            stopped_by = self._loop()
+            try:
+                stopped_by = self._loop()
+            except BaseException:
+                self._hurry.set()  # the loop broke: give the leases back now rather than strand them
+                self._shutdown()
+                raise
             self._shutdown()
         finally:
             for signum, handler in previous.items():
@@ -225,23 +230,20 @@ class Runner:
             slots = config.concurrency - len(self._active)
             if config.max_jobs is not None:
                 slots = min(slots, config.max_jobs - len(self._finished) - len(self._active))
-            claimed, more_ready = self._claim(slots) if slots > 0 else (0, False)
-            if more_ready and len(self._active) < config.concurrency:
-                continue
+            claimed = self._claim(slots) if slots > 0 else 0
             if config.exit_when_idle and not self._active and claimed == 0 and self._site_idle():
                 return "idle"
             self._wake.wait(config.poll_seconds)
 
-    def _claim(self, slots: int) -> tuple[int, bool]:
+    def _claim(self, slots: int) -> int:
         """Claim up to `slots` jobs across the handled types (rotating which type goes first)."""
         types = list(self.config.handlers)
         self._type_offset = (self._type_offset + 1) % len(types)
         types = types[self._type_offset:] + types[:self._type_offset]
-        claimed, more_ready = 0, False
+        claimed = 0
         for job_type in types:
             want = slots - claimed
             if want <= 0:
-                more_ready = True
                 break
             try:
                 leases = ops.claim(self.ledger, worker_id=self.config.worker_id, limit=want,
@@ -253,8 +255,7 @@ class Runner:
             for lease in leases:
                 self._start(lease)
             claimed += len(leases)
-            more_ready = more_ready or len(leases) == want
-        return claimed, more_ready
+        return claimed
 
     def _site_idle(self) -> bool:
         """True when no job of a handled type (in our queue) is queued, leased or running."""
