@@ -39,7 +39,7 @@ ROUTES: tuple[Route, ...] = (
     Route("jobs.ack_many", "POST", "/v1/acks", "ack", "Complete many jobs, each under its lease",
           "ack-many-request", True),
     Route("jobs.fail", "POST", "/v1/jobs/{job_id}/fail", "fail", "Report a failed attempt", "fail-request", True),
-    Route("jobs.release", "POST", "/v1/jobs/{job_id}/release", "fail", "Give a lease back unused",
+    Route("jobs.release", "POST", "/v1/jobs/{job_id}/release", "release", "Give a lease back unused",
           "lease-request", True),
     Route("jobs.cancel", "POST", "/v1/jobs/{job_id}/cancel", "cancel", "Cancel or request cancellation",
           "cancel-request", True),

@@ -483,9 +483,9 @@ def test_missing_scope_raises_scope_missing_a_not_authorized(signer, verifier):
         require(principal, "orch:typo")
 
 
-def test_worker_scope_allows_only_claim_heartbeat_ack_and_fail():
+def test_worker_scope_allows_only_lease_operations():
     allowed = {operation for operation, scope in OPERATION_SCOPES.items() if scope == "orch:worker"}
-    assert allowed == {"claim", "heartbeat", "ack", "fail"}
+    assert allowed == {"claim", "heartbeat", "ack", "fail", "release"}
 
 
 def test_every_operation_has_one_known_scope():

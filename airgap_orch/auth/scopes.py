@@ -25,10 +25,10 @@ WORKER = "orch:worker"
 # scope -> one line on what it allows. The order is the order of the README table.
 SCOPES = MappingProxyType({
     READ: "See jobs, dead letters, ledger info and verification, and the event stream.",
-    OPERATE: "Produce and steer jobs: enqueue, cancel, release, recover expired leases, replay dead letters.",
+    OPERATE: "Produce and steer jobs: enqueue, cancel, recover expired leases, replay dead letters.",
     QUOTA: "Change quotas and rate limits; each change needs a reason (X-Orch-Reason).",
     BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
-    WORKER: "Run jobs and nothing else: claim, heartbeat, ack and fail under a lease (least privilege).",
+    WORKER: "Run jobs and nothing else: claim, heartbeat, ack, fail and release under a lease (least privilege).",
 })
 
 # operation (the function name in airgap_orch/operations/) -> the scope it needs.
@@ -38,7 +38,7 @@ OPERATION_SCOPES = MappingProxyType({
     "heartbeat": WORKER,
     "ack": WORKER,
     "fail": WORKER,
-    "release": OPERATE,
+    "release": WORKER,
     "cancel": OPERATE,
     "list": READ,
     "show": READ,
