@@ -81,9 +81,12 @@ def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0) -> 
     started = time.monotonic()
     if ledger_path is not None and ledger_path.exists():
         raise InvalidInput(f"{ledger_path} already exists; the demo needs a fresh ledger path (or none)")
-    work_dir = Path(tempfile.mkdtemp(prefix="airgap-orch-demo-"))
     if ledger_path is None:
+        work_dir = Path(tempfile.mkdtemp(prefix="airgap-orch-demo-"))
         ledger_path = work_dir / "ledger.duckdb"
+    else:  # handler output, markers and worker logs go beside the ledger
+        ledger_path.parent.mkdir(parents=True, exist_ok=True)
+        work_dir = Path(tempfile.mkdtemp(prefix=f"{ledger_path.name}.demo-", dir=ledger_path.parent))
 
     ledger_ops.init(ledger_path, site_id=SITE_ID, lock_timeout=lock_timeout)
     specs = job_specs(work_dir)

@@ -13,6 +13,7 @@ def test_demo_json_shows_dead_letters_the_recovered_job_and_a_verified_ledger(tm
     assert result.code == 0, result
     report = result.json
     assert report["ledger"] == str(ledger_path) and ledger_path.exists()
+    assert Path(report["work_dir"]).parent == tmp_path
 
     # Everything finished: nothing left queued, leased or running.
     assert set(report["jobs_by_state"]) <= {"succeeded", "dead_letter"}

@@ -351,6 +351,8 @@ def test_sigterm_mid_job_releases_the_job_and_exits_zero(ledger_path, tmp_path):
     assert job["state"] == "queued"
     assert job["history"][-1]["event_type"] == "job.released"
     assert job["history"][-1]["reason"] == "worker_shutdown"
+    with Ledger.open(ledger_path, lock_timeout=5) as ledger:
+        assert ledger_ops.verify(ledger)["ok"] is True
 
 
 def test_sigterm_waits_for_a_handler_that_finishes_within_the_grace_period(ledger_path, tmp_path):
