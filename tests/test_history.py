@@ -199,8 +199,6 @@ def test_altered_payload_fails_the_digest_check(ledger_path, busy, role):
     assert busy[role] in message and "digest" in message
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: operations/ledger.py verify() never compares a job's "
-                   "payload_digest with the digest its hash-chained history recorded")
 def test_payload_rewritten_with_a_matching_digest_fails_against_history(ledger_path, busy):
     text = '{"image":"evil"}'
     digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()

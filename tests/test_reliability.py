@@ -338,10 +338,6 @@ print("created", flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Ledger.open(create=True) makes the file, applies migrations "
-                                       "and writes the site id in separate commits, so a crash in between "
-                                       "leaves a file that every command refuses ('not an airgap-orch "
-                                       "ledger') and `ledger init` refuses too ('already exists')")
 def test_ledger_init_killed_midway_leaves_no_ledger_or_a_usable_one(tmp_path):
     attempts = 8
     rng = random.Random()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import click
@@ -47,7 +49,27 @@ _register()
 
 
 def main() -> None:
-    cli(prog_name="airgap-orch")
+    """Run the CLI; click's own usage errors become one line too (a JSON object with --json), exit 2."""
+    try:
+        cli.main(prog_name="airgap-orch", standalone_mode=False)
+    except click.UsageError as error:
+        where = error.ctx.command_path if error.ctx is not None else "airgap-orch"
+        _usage_exit(f"{' '.join(error.format_message().split())} (see `{where} --help`)", error.exit_code)
+    except click.ClickException as error:
+        _usage_exit(" ".join(error.format_message().split()), error.exit_code)
+    except click.exceptions.Abort:
+        _usage_exit("aborted", 1)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    sys.exit(0)
+
+
+def _usage_exit(message: str, code: int) -> None:
+    if "--json" in sys.argv[1:]:
+        click.echo(json.dumps({"error": {"type": "UsageError", "message": message, "exit_code": code}}), err=True)
+    else:
+        click.echo(f"airgap-orch: error: {message}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ UPDATE jobs SET
 FROM acks
 WHERE jobs.job_id = acks.job_id AND jobs.lease_id = acks.lease_id
   AND list_contains($from_states, jobs.state) AND jobs.lease_expires_at > $now
+  AND (jobs.timeout_seconds IS NULL OR jobs.leased_at + to_seconds(jobs.timeout_seconds) > $now)
   AND (acks.tenants IS NULL OR list_contains(acks.tenants, jobs.tenant))
 RETURNING jobs.job_id, jobs.state, jobs.attempts, jobs.lease_id, jobs.worker_id, jobs.tenant, jobs.project,
           jobs.job_type, jobs.correlation_id, jobs.payload_digest, jobs.artifacts, jobs.started_at;
@@ -110,12 +111,15 @@ SELECT count(*) FROM history;
 -- Jobs whose state or attempt differs from what their last history entry says, or that lack history.
 WITH last AS (
     SELECT job_id, arg_max(entry ->> 'to_state', seq) AS to_state,
-           arg_max((entry ->> 'attempt')::INTEGER, seq) AS attempt
+           arg_max((entry ->> 'attempt')::INTEGER, seq) AS attempt,
+           arg_max(entry ->> 'payload_digest', seq) AS payload_digest
     FROM history GROUP BY job_id
 )
-SELECT coalesce(j.job_id, last.job_id) AS job_id, j.state, last.to_state, j.attempts, last.attempt
+SELECT coalesce(j.job_id, last.job_id) AS job_id, j.state, last.to_state, j.attempts, last.attempt,
+       j.payload_digest AS job_digest, last.payload_digest AS history_digest
 FROM all_jobs j FULL OUTER JOIN last ON j.job_id = last.job_id
 WHERE j.job_id IS NULL OR last.job_id IS NULL OR j.state <> last.to_state OR j.attempts <> last.attempt
+   OR j.payload_digest <> last.payload_digest
 ORDER BY 1
 LIMIT 20;
 

@@ -56,30 +56,32 @@ class Ledger:
         site_id: str | None = None,
     ) -> Ledger:
         ledger_path = Path(path)
-        if not create and not ledger_path.exists():
-            raise NotFound(f"no ledger at {ledger_path}; create one with `airgap-orch ledger init`")
-        if create and ledger_path.exists():
-            raise InvalidInput(f"a ledger already exists at {ledger_path}; pick another path or use it as is")
         if create:
-            ledger_path.parent.mkdir(parents=True, exist_ok=True)
+            _create(ledger_path, site_id or "", lock_timeout)
+        elif not ledger_path.exists():
+            raise NotFound(f"no ledger at {ledger_path}; create one with `airgap-orch ledger init`")
         connection = _connect_waiting(ledger_path, lock_timeout)
         ledger = cls(ledger_path, connection)
         try:
-            ledger._migrate(site_id if create else None)
+            ledger._migrate()
             ledger._load_state()
         except BaseException:
             connection.close()
             raise
         return ledger
 
-    def _migrate(self, new_site_id: str | None) -> None:
+    def _migrate(self, *, new: bool = False) -> None:
+        """Apply pending numbered migrations, each in its own transaction. Refuses (writing nothing) a
+        file that is not a ledger, unless `new`."""
         con = self._con
+        known = con.execute("SELECT count(*) FROM information_schema.tables "
+                            "WHERE table_name = 'schema_migrations'").fetchone()[0]
+        if not known and not new:
+            raise InvalidInput(f"{self.path} is not an airgap-orch ledger (no schema); "
+                               "point --ledger at a ledger or create one with `ledger init`")
         con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                     "name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
         applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
-        if not applied and new_site_id is None:
-            raise InvalidInput(f"{self.path} is not an airgap-orch ledger (no schema); "
-                               "point --ledger at a ledger or create one with `ledger init`")
         for version, name, text in sql.migrations():
             if version in applied:
                 continue
@@ -91,10 +93,6 @@ class Ledger:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        if new_site_id is not None:
-            with self.transaction() as tx:
-                tx.execute("meta_put", key="site_id", value=new_site_id)
-                tx.execute("meta_put", key="created_at", value=clock.iso(clock.now()))
 
     def _load_state(self) -> None:
         row = self._con.execute(sql.queries()["meta_get"], {"key": "site_id"}).fetchone()
@@ -213,3 +211,31 @@ def _connect_waiting(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnecti
             delay = min(delay * 2, 0.2)
         except duckdb.Error as exc:
             raise InvalidInput(f"cannot open ledger {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _create(path: Path, site_id: str, lock_timeout: float) -> None:
+    """Build a new ledger under a temporary name and move it into place only when complete, so a
+    killed `ledger init` leaves either no ledger or a whole one. Never replaces an existing file."""
+    if path.exists():
+        raise InvalidInput(f"a ledger already exists at {path}; pick another path or use it as is")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.init-{os.getpid()}")
+    for leftover in (partial, partial.with_name(partial.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    connection = _connect_waiting(partial, lock_timeout)
+    try:
+        ledger = Ledger(partial, connection)
+        ledger._migrate(new=True)
+        with ledger.transaction() as tx:
+            tx.execute("meta_put", key="site_id", value=site_id)
+            tx.execute("meta_put", key="created_at", value=clock.iso(clock.now()))
+        connection.execute("CHECKPOINT")
+    finally:
+        connection.close()
+    try:
+        os.link(partial, path)  # fails if `path` appeared meanwhile: never overwrite a ledger
+    except FileExistsError:
+        raise InvalidInput(f"a ledger already exists at {path}; pick another path or use it as is") from None
+    finally:
+        partial.unlink(missing_ok=True)
+        partial.with_name(partial.name + ".wal").unlink(missing_ok=True)

@@ -51,6 +51,9 @@ def verify(ledger: Ledger) -> dict[str, Any]:
     mismatched = read.rows("verify_states")
     if mismatched:
         first = mismatched[0]
+        if first["job_digest"] is not None and first["job_digest"] != first["history_digest"]:
+            raise VerificationFailed(f"job {first['job_id']}: payload digest differs from the one its history "
+                                     "recorded; the payload was rewritten")
         raise VerificationFailed(
             f"job {first['job_id']}: state {first['state']!r}/attempt {first['attempts']} does not match its "
             f"history ({first['to_state']!r}/attempt {first['attempt']}); {len(mismatched)} job(s) differ")

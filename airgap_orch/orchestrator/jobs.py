@@ -105,6 +105,9 @@ def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime
     if job["state"] not in HELD_STATES or job["lease_id"] != lease_id:
         raise StaleLease(f"lease {lease_id} is not the current lease of job {job_id} (state {job['state']}); "
                          "drop this job, another worker owns it now")
+    if job["timeout_seconds"] is not None and job["leased_at"] + timedelta(seconds=job["timeout_seconds"]) <= now:
+        raise StaleLease(f"job {job_id} ran past its timeout of {job['timeout_seconds']}s; lease {lease_id} "
+                         "can no longer change it")
     if job["lease_expires_at"] <= now:
         raise StaleLease(f"lease {lease_id} on job {job_id} expired at {clock.iso(job['lease_expires_at'])}; "
                          "drop this job, it will be retried")
