@@ -642,3 +642,15 @@ def test_claims_archive_once_more_than_archive_after_jobs_finished(ledger, manua
     assert len(ops.list_jobs(ledger, state="succeeded", limit=100_000)["jobs"]) == count
     assert ops.show(ledger, job_ids[-1])["state"] == "succeeded"
     assert ledger_ops.verify(ledger)["history_entries"] == 3 * count
+
+
+def test_the_same_ack_twice_in_one_batch_completes_the_job_once(ledger):
+    job_id = ops.enqueue(ledger, {"tenant": "t", "project": "p", "type": "scan"})["job_id"]
+    (lease,) = ops.claim(ledger, worker_id="w")["leases"]
+    item = {"job_id": job_id, "lease_id": lease["lease_id"]}
+    with ledger.transaction() as tx:
+        first, second = core.ack(tx, [dict(item), dict(item)])
+    assert first["state"] == "succeeded"
+    assert isinstance(second, StaleLease)
+    events = [entry["event_type"] for entry in ops.show(ledger, job_id)["history"]]
+    assert events.count("job.succeeded") == 1

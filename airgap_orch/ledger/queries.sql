@@ -56,7 +56,7 @@ FROM acks
 WHERE jobs.job_id = acks.job_id AND jobs.lease_id = acks.lease_id
   AND list_contains($from_states, jobs.state) AND jobs.lease_expires_at > $now
   AND (jobs.timeout_seconds IS NULL OR jobs.leased_at + to_seconds(jobs.timeout_seconds) > $now)
-  AND (acks.tenants IS NULL OR list_contains(acks.tenants, jobs.tenant))
+  AND ($tenants IS NULL OR list_contains($tenants, jobs.tenant))
 RETURNING jobs.job_id, jobs.state, jobs.attempts, jobs.lease_id, jobs.worker_id, jobs.tenant, jobs.project,
           jobs.job_type, jobs.correlation_id, jobs.payload_digest, jobs.artifacts, jobs.started_at;
 

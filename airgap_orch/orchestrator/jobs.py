@@ -267,22 +267,27 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
     """items: {job_id, lease_id, artifacts?}. Completes each job held by that current lease
     (canceled instead of succeeded when cancellation had been requested)."""
     now = clock.now()
-    acks = pa.table({
-        "job_id": [item["job_id"] for item in items],
-        "lease_id": [item["lease_id"] for item in items],
-        "artifacts": [json.dumps(item.get("artifacts") or [], separators=(",", ":")) for item in items],
-        "tenants": pa.array([sorted(item["tenants"]) if item.get("tenants") is not None else None
-                             for item in items], pa.list_(pa.string())),
-    })
-    cursor = tx.execute_with("ack", "acks", acks, now=now, from_states=sources("ack"))
-    columns = [d[0] for d in cursor.description]
-    done = {row[0]: dict(zip(columns, row, strict=True)) for row in cursor.fetchall()}
+    done: dict[str, dict[str, Any]] = {}
+    groups: dict[frozenset[str] | None, list[dict[str, Any]]] = {}
+    for item in items:  # one statement per distinct tenant set (usually one)
+        tenants = item.get("tenants")
+        groups.setdefault(frozenset(tenants) if tenants is not None else None, []).append(item)
+    for tenants, group in groups.items():
+        acks = pa.table({
+            "job_id": [item["job_id"] for item in group],
+            "lease_id": [item["lease_id"] for item in group],
+            "artifacts": [json.dumps(item.get("artifacts") or [], separators=(",", ":")) for item in group],
+        })
+        cursor = tx.execute_with("ack", "acks", acks, now=now, from_states=sources("ack"),
+                                 tenants=sorted(tenants) if tenants is not None else None)
+        columns = [d[0] for d in cursor.description]
+        done.update((row[0], dict(zip(columns, row, strict=True))) for row in cursor.fetchall())
     outcomes: list[dict[str, Any] | OrchError] = []
     entries = []
     missing = [item for item in items if item["job_id"] not in done]
     current = _load(tx, [item["job_id"] for item in missing]) if missing else {}
     for item in items:
-        job = done.get(item["job_id"])
+        job = done.pop(item["job_id"], None)  # pop: a second ack of the same job in this batch is stale
         if job is None:
             try:
                 _check_lease(current.get(item["job_id"]), item, now, tx)
