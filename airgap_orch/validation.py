@@ -15,6 +15,7 @@ from . import clock, schemas
 from .errors import InvalidInput
 
 # Documented limits (README "Limits").
+DEFAULT_LOCK_TIMEOUT_SECONDS = 5.0
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_BATCH_JOBS = 100_000
 MAX_CLAIM_LIMIT = 1_000

@@ -9,13 +9,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import OrchError, exit_code_for
-from ..ledger import Ledger
-from ..ledger.store import DEFAULT_LOCK_TIMEOUT
+from ..validation import DEFAULT_LOCK_TIMEOUT_SECONDS
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
 
 DEFAULT_LEDGER = "airgap-orch.duckdb"
 
@@ -29,6 +31,8 @@ class Settings:
     token: str | None = None
 
     def open_ledger(self) -> Ledger:
+        from ..ledger import Ledger  # imported here: a command sent to a server needs no DuckDB
+
         return Ledger.open(self.ledger_path, lock_timeout=self.lock_timeout)
 
     def server(self) -> str | None:
@@ -111,4 +115,4 @@ def ledger_path_default() -> str:
     return os.environ.get("AIRGAP_ORCH_LEDGER", DEFAULT_LEDGER)
 
 
-DEFAULT_LOCK = DEFAULT_LOCK_TIMEOUT
+DEFAULT_LOCK = DEFAULT_LOCK_TIMEOUT_SECONDS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..operations import ledger as ops
 from .context import command, invoke, settings
 
 
@@ -17,6 +16,8 @@ def group() -> None:
 @click.option("--site-id", help="This site's identity (default: a generated one).")
 def init(site_id: str | None) -> dict:
     """Create a new ledger with a site identity."""
+    from ..operations import ledger as ops
+
     return ops.init(settings().ledger_path, site_id=site_id, lock_timeout=settings().lock_timeout)
 
 

@@ -20,10 +20,18 @@ from .context import fail, json_option, settings
 @click.option("--no-auth", is_flag=True, help="Accept requests without a token (only on loopback).")
 @click.option("--group-commit/--no-group-commit", default=True, show_default=True,
               help="Coalesce concurrent worker requests into one transaction.")
+@click.option("--handler", "handlers", multiple=True, metavar="JOBTYPE=module:function",
+              help="Run this handler in embedded SDK workers (repeatable).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Embedded SDK workers to run with --handler (default 1); each runs up to 4 handlers at once.")
 @json_option
-def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, group_commit: bool) -> None:
+def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, group_commit: bool,
+          handlers: tuple[str, ...], workers: int | None) -> None:
     """Own the ledger and serve the operations over HTTP until SIGTERM."""
     from ..server.main import ServerConfig, serve_forever
+
+    if workers is not None and not handlers:
+        raise click.UsageError("--workers runs embedded workers: name their handlers with --handler")
 
     current = settings()
     config = ServerConfig(ledger_path=current.ledger_path, host=host, port=port, token_keys=list(token_keys),
@@ -33,7 +41,13 @@ def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, gro
         print(line, flush=True)
 
     try:
-        serve_forever(config, announce=announce)
+        if handlers:
+            from ..server.embedded import serve_embedded
+            from ..worker import load_handlers
+
+            serve_embedded(config, load_handlers(handlers), workers or 1, announce=announce)
+        else:
+            serve_forever(config, announce=announce)
     except OrchError as error:
         fail(error)
     sys.exit(0)

@@ -11,7 +11,6 @@ import click
 from .. import validation
 from ..errors import InvalidInput, LedgerBusy
 from ..server import discovery
-from ..worker import FinishedJob, Runner, RunnerConfig, load_handlers
 from .context import command, settings
 
 
@@ -20,7 +19,7 @@ def group() -> None:
     """Run job handlers in this process."""
 
 
-def _print_finished(finished: FinishedJob) -> None:
+def _print_finished(finished) -> None:
     note = f"  {finished.error}" if finished.error and finished.outcome != "succeeded" else ""
     click.echo(f"{finished.outcome:<11} {finished.job_id}  {finished.type:<18} {finished.tenant:<12} "
                f"attempt {finished.attempt}  {finished.seconds:.2f}s{note}")
@@ -43,6 +42,8 @@ def _print_finished(finished: FinishedJob) -> None:
 def run(handlers: tuple[str, ...], worker_id: str | None, concurrency: int, lease_seconds: float,
         queue: str | None, max_jobs: int | None, exit_when_idle: bool, grace_seconds: float) -> dict:
     """Claim jobs and run their handlers until stopped (SIGTERM/SIGINT), idle, or --max-jobs are done."""
+    from ..worker import Runner, RunnerConfig, load_handlers  # here: keeps other commands free of DuckDB
+
     config = RunnerConfig(handlers=load_handlers(handlers),
                           worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
                           concurrency=concurrency, lease_seconds=lease_seconds, queue=queue, max_jobs=max_jobs,

@@ -22,9 +22,10 @@ import pyarrow as pa
 
 from .. import clock
 from ..errors import InvalidInput, LedgerBusy, NotFound
+from ..validation import DEFAULT_LOCK_TIMEOUT_SECONDS
 from . import sql
 
-DEFAULT_LOCK_TIMEOUT = 5.0
+DEFAULT_LOCK_TIMEOUT = DEFAULT_LOCK_TIMEOUT_SECONDS
 GENESIS_HASH = "0" * 64
 _HOLDER_PID = re.compile(r"PID (\d+)")
 
