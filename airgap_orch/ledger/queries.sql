@@ -138,3 +138,17 @@ ON CONFLICT DO NOTHING;
 
 -- name: request_log_prune
 DELETE FROM request_log WHERE created_at < $before;
+
+-- name: audit_head
+SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1;
+
+-- name: audit_append
+INSERT INTO audit_log VALUES ($seq, $action, $entry, $entry_hash);
+
+-- name: audit_page
+SELECT seq, action, entry, entry_hash FROM audit_log
+WHERE seq > $after_seq AND ($since IS NULL OR (entry ->> 'at') >= $since)
+ORDER BY seq LIMIT $limit;
+
+-- name: audit_scan
+SELECT seq, action, entry, entry_hash FROM audit_log ORDER BY seq;

@@ -9,7 +9,7 @@ from typing import Any
 from .. import clock, ids
 from ..errors import InvalidInput, VerificationFailed
 from ..ledger import Ledger
-from ..orchestrator import events, history
+from ..orchestrator import audit, events, history
 
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -46,6 +46,8 @@ def verify(ledger: Ledger) -> dict[str, Any]:
     with ledger._lock:
         cursor = read.con.execute(sql.queries()["verify_history_scan"])
         entries = history.verify_chain(_batched(cursor))
+    with ledger._lock:
+        audit_entries = audit.verify_chain(_batched(read.con.execute(sql.queries()["audit_scan"])))
     if entries != ledger.head_seq:
         raise VerificationFailed(f"history has {entries} entries but its head says {ledger.head_seq}")
     mismatched = read.rows("verify_states")
@@ -61,7 +63,8 @@ def verify(ledger: Ledger) -> dict[str, Any]:
     if bad_payloads:
         raise VerificationFailed(f"job {bad_payloads[0]['job_id']}: payload does not match its digest")
     jobs = sum(row["jobs"] for row in read.rows("state_counts"))
-    return {"ok": True, "schema_version": ledger.schema_version, "history_entries": entries, "jobs": jobs,
+    return {"ok": True, "schema_version": ledger.schema_version, "history_entries": entries,
+            "audit_entries": audit_entries, "jobs": jobs,
             "checked_at": clock.iso(clock.now())}
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 from .. import clock, ids
 from ..errors import NotFound, OrchError, StaleLease
 from ..ledger import Transaction
-from . import backoff, history
+from . import audit, backoff, history
 from .states import EVENT_TYPES as _EVENT_TYPES
 from .states import (
     FINAL_STATES,
@@ -425,11 +425,13 @@ def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str,
         entry = _entry(row, "request_cancel", job["state"], row["state"], actor=actor, reason=reason, at=now)
     _write_back(tx, [row])
     history.append(tx, [entry])
+    audit.append(tx, "job.cancel", actor=actor, reason=reason, target=job_id,
+                 details={"state": row["state"], "tenant": job["tenant"]})
     return {"job_id": job_id, "state": row["state"], "cancel_requested": bool(row["cancel_requested"])}
 
 
 def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | None = None,
-           tenants: Collection[str] | None = None) -> list[dict[str, Any]]:
+           tenants: Collection[str] | None = None, reason: str | None = None) -> list[dict[str, Any]]:
     """Clone each dead-lettered/failed/timed-out job into a new queued job with replay_of set."""
     now = clock.now()
     originals = []
@@ -453,8 +455,11 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | N
     history.append(tx, (_entry(job, "replay", job["state"], job["state"], actor=actor,
                                reason=f"replayed_as:{new_id}", at=now)
                         for job, (new_id, _) in zip(originals, created, strict=True)))
-    return [{"job_id": new_id, "replay_of": job["job_id"]}
-            for job, (new_id, _) in zip(originals, created, strict=True)]
+    replays = [{"job_id": new_id, "replay_of": job["job_id"]}
+               for job, (new_id, _) in zip(originals, created, strict=True)]
+    audit.append(tx, "job.replay", actor=actor, reason=reason, target=",".join(job_ids) if len(job_ids) <= 20
+                 else f"{len(job_ids)} jobs", details={"replays": replays[:100], "count": len(replays)})
+    return replays
 
 
 # -- reading ---------------------------------------------------------------------------------------
