@@ -3,7 +3,11 @@
 `call(name, params)` sends operation `name` (airgap_orch/api.py) and returns the JSON answer, or raises
 the OrchError the server's problem+json stands for. Connection errors and 5xx answers are retried with
 capped exponential backoff and jitter; mutating calls carry an Idempotency-Key, so a retry of a request
-that was applied returns the original answer instead of applying it twice.
+that was applied returns the original answer instead of applying it twice. A caller that retries a
+call itself (after ServerUnavailable) passes the same `idempotency_key` again for the same effect.
+
+One keep-alive connection per thread. `close()` (from any thread) aborts requests in flight, such as a
+long-polling claim, and refuses new ones with ServerUnavailable.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import socket
 import threading
-import time
 import uuid
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -33,11 +37,14 @@ class OrchClient:
             raise ValueError(f"server URL {url!r} must look like http://127.0.0.1:8080")
         self.url = url.rstrip("/")
         self._host, self._port, self._https = parts.hostname, parts.port, parts.scheme == "https"
-        self._token = token
+        self.token = token
         self.timeout = timeout
         self.retries = retries
         self.backoff_cap = backoff_cap
         self._local = threading.local()  # one keep-alive connection per thread
+        self._open: set[http.client.HTTPConnection] = set()  # every thread's connection, for close()
+        self._open_lock = threading.Lock()
+        self._closed = threading.Event()
 
     # -- transport -----------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
@@ -46,6 +53,8 @@ class OrchClient:
             kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             connection = kind(self._host, self._port, timeout=self.timeout)
             self._local.connection = connection
+            with self._open_lock:
+                self._open.add(connection)
         return connection
 
     def _drop(self) -> None:
@@ -53,12 +62,31 @@ class OrchClient:
         if connection is not None:
             connection.close()
             self._local.connection = None
+            with self._open_lock:
+                self._open.discard(connection)
+
+    def close(self) -> None:
+        """Abort requests in flight in every thread and refuse new ones (ServerUnavailable)."""
+        self._closed.set()
+        with self._open_lock:
+            connections = list(self._open)
+        for connection in connections:
+            sock = connection.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading the answer
+                except OSError:
+                    pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     def request(self, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None,
                 timeout: float | None = None) -> tuple[int, dict[str, Any]]:
         headers = {"Accept": "application/json"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -68,12 +96,16 @@ class OrchClient:
         attempt = 0
         while True:
             attempt += 1
+            if self._closed.is_set():
+                self._drop()
+                raise ServerUnavailable(f"client for {self.url} was closed")
             try:
                 connection = self._connection()
-                if timeout is not None:
-                    connection.timeout = timeout
+                wanted = self.timeout if timeout is None else timeout
+                if connection.timeout != wanted:  # a long-poll's longer timeout must not stick
+                    connection.timeout = wanted
                     if connection.sock is not None:
-                        connection.sock.settimeout(timeout)
+                        connection.sock.settimeout(wanted)
                 connection.request(method, path, body=data, headers=headers)
                 response = connection.getresponse()
                 raw = response.read()
@@ -82,6 +114,8 @@ class OrchClient:
                     self._drop()
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
+                if self._closed.is_set():
+                    raise ServerUnavailable(f"client for {self.url} was closed") from None
                 if attempt > self.retries:
                     raise ServerUnavailable(f"cannot reach {self.url}: {exc}; is `airgap-orch serve` running?"
                                             ) from None
@@ -101,11 +135,12 @@ class OrchClient:
 
     def _sleep(self, attempt: int) -> None:
         ceiling = min(self.backoff_cap, 0.1 * 2 ** (attempt - 1))
-        time.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
+        self._closed.wait(ceiling / 2 + random.uniform(0, ceiling / 2))
 
     # -- operations ----------------------------------------------------------------------------
-    def call(self, name: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
-             ) -> dict[str, Any]:
+    def call(self, name: str, params: dict[str, Any] | None = None, *, timeout: float | None = None,
+             idempotency_key: str | None = None) -> dict[str, Any]:
+        """Run operation `name`; mutating calls carry `idempotency_key` (default: a fresh one)."""
         route = api.BY_NAME[name]
         path, rest = api.path_for(route, {k: v for k, v in (params or {}).items() if v is not None})
         body = None
@@ -116,7 +151,7 @@ class OrchClient:
             body = rest["spec"]
         else:
             body = rest
-        key = str(uuid.uuid4()) if route.mutating else None
+        key = (idempotency_key or str(uuid.uuid4())) if route.mutating else None
         status, answer = self.request(route.method, path, body, idempotency_key=key, timeout=timeout)
         if status >= 400:
             raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or

@@ -1,0 +1,738 @@
+"""The Python worker SDK: run job handlers in this process against a server, over HTTP.
+
+    worker = Worker("http://127.0.0.1:8080", token)
+
+    @worker.handler("advisory.ingest")
+    def ingest(ctx):                       # the in-process runner's contract, unchanged
+        ctx.progress(0.5, "halfway")       # sent with the next heartbeat
+        ctx.check_cancelled()              # raises JobCanceled once the job should stop
+        return [{"uri": ..., "digest": "sha256:...", "mime": "application/json"}]
+
+    worker.run()                           # blocks until stop(), SIGTERM or SIGINT
+
+Handlers get the same JobContext and raise the same RetryableError, PermanentError and JobCanceled as
+under `airgap-orch worker run` (airgap_orch/worker/context.py), so one handler runs under both.
+
+Threads (all daemons, so a handler that never returns cannot keep the process alive):
+- the claimer claims up to the number of free handler slots in one request, long-polling (`claim_wait`)
+  when there is no work; with several job types it rotates between them;
+- `concurrency` handler threads run handlers;
+- the heartbeat scheduler extends every held lease each lease/3 seconds and sends progress (at most every
+  `progress_interval` seconds) through a few sender threads, so that beats of many jobs arrive together
+  (the server commits concurrent worker requests in one transaction). A job's first heartbeat, which
+  moves it to running, waits FIRST_BEAT_SECONDS: a short job costs a share of one claim and of one batched
+  ack and nothing else. A heartbeat that answers cancel_requested sets ctx.cancelled; one refused as stale
+  (the lease expired or was superseded) means the job was taken away: the handler is told (ctx.cancelled,
+  reason lease_lost) and the job is never reported. A handler that ignores a cancel request for a lease
+  period stops being heartbeated, so its lease lapses and the server ends the job canceled;
+- the reporter sends outcomes. Successes are acked together through jobs.ack_many, flushed `ack_flush_seconds`
+  after the first one or when `ack_batch_size` have gathered (while one batch is in flight the next one
+  gathers); failures go one request each (jobs.fail), through the sender threads.
+
+A handler slot frees as soon as the handler returns; its report follows asynchronously (at most
+`max_unreported` reports wait before claiming pauses).
+
+Faults: the client retries connection errors and 5xx with backoff and jitter; past its retries the worker
+keeps trying (claims and reports forever, with capped backoff), so it survives a server restart. Every
+report keeps its Idempotency-Key across these retries: an ack that was applied before a crash is answered
+with its original result, never applied twice and never mistaken for a stale lease.
+
+Stopping (`stop()`, SIGTERM, SIGINT; run() installs the signal handlers when it runs in the main thread):
+stop claiming (a long-poll in flight is aborted), give back leases whose handler has not started, wait up to
+`grace_seconds` for running handlers and their reports, then release the remaining leases (jobs.release: the
+job goes back to queued without using up the attempt) and tell their handlers (ctx.cancelled, reason
+shutdown). A second signal skips the rest of the grace period.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import logging
+import os
+import queue as queue_module
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import validation
+from ..errors import Conflict, InvalidInput, LedgerBusy, NotAuthorized, NotFound, OrchError
+from .client import OrchClient, ServerUnavailable
+
+
+def _handler_api():
+    """airgap_orch/worker/context.py, the handler contract, without loading DuckDB.
+
+    `import airgap_orch.worker.context` would run airgap_orch/worker/__init__.py, which imports the
+    in-process runner and with it the ledger (DuckDB, pyarrow). context.py itself needs only the standard
+    library, so load it under its own module name: a later `import airgap_orch.worker` finds it in
+    sys.modules and reuses it, and the exception classes stay one and the same for both runners.
+    """
+    name = "airgap_orch.worker.context"
+    module = sys.modules.get(name)
+    if module is None:
+        path = Path(__file__).resolve().parent.parent / "worker" / "context.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return module
+
+
+_context = _handler_api()
+JobContext = _context.JobContext
+HandlerError = _context.HandlerError
+RetryableError = _context.RetryableError
+PermanentError = _context.PermanentError
+JobCanceled = _context.JobCanceled
+CANCEL_REQUESTED, LEASE_LOST, SHUTDOWN = _context.CANCEL_REQUESTED, _context.LEASE_LOST, _context.SHUTDOWN
+
+log = logging.getLogger("airgap_orch.sdk")
+
+Handler = Callable[[Any], "list[dict[str, str]] | None"]
+
+FIRST_BEAT_SECONDS = 0.2  # the first heartbeat of a job waits this long (short jobs never send one)
+MAX_ACK_BATCH = 1000  # schemas/ack-many-request.schema.json maxItems
+RETRY_CAP_SECONDS = 5.0  # longest pause between the worker's own retries (after the client's retries)
+CANCELED_MESSAGE = "canceled on request; handler stopped"
+
+# Outcomes of one attempt as the worker saw it (JobResult.outcome); the first five are job states.
+SUCCEEDED, FAILED, DEAD_LETTER, CANCELED, RETRY = "succeeded", "failed", "dead_letter", "canceled", "queued"
+LOST = "lost"  # the lease was taken away; nothing was reported
+RELEASED = "released"  # the worker stopped and gave the job back
+ERROR = "error"  # the report could not be delivered (logged); the lease lapses and the job is retried
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One attempt this worker finished with (passed to `on_finished`)."""
+
+    job_id: str
+    type: str
+    tenant: str
+    attempt: int
+    outcome: str
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: str  # "ack", "fail", "stopped" (the handler raised JobCanceled)
+    artifacts: list[Any] | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    no_retry: bool = False
+
+
+class _Held:
+    """One leased job, from claim until its report is answered. Fields change under Worker._lock."""
+
+    def __init__(self, lease: dict[str, Any], handler: Handler, ctx: Any):
+        self.lease = lease
+        self.handler = handler
+        self.ctx = ctx
+        self.phase = "waiting"  # waiting (for a thread) -> running -> reporting -> done
+        self.lost = False  # a heartbeat or report was refused as stale: another worker may own the job
+        self.beating = False  # a heartbeat for this job is in flight
+        self.released = False  # given back on shutdown
+        self.claimed_at = time.monotonic()
+        self.started = 0.0
+        self.next_beat = 0.0
+        self.last_beat = 0.0
+        self.pending: tuple[float, str | None] | None = None  # progress not sent yet
+        self.cancel_seen_at: float | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.lease["job_id"]
+
+    @property
+    def lease_id(self) -> str:
+        return self.lease["lease_id"]
+
+
+class Worker:
+    """Runs handlers for jobs claimed from a server until stopped. See the module docstring."""
+
+    def __init__(self, url: str, token: str | None = None, *, worker_id: str | None = None, concurrency: int = 4,
+                 lease_seconds: float = validation.DEFAULT_LEASE_SECONDS, queue: str | None = None,
+                 claim_wait: float = 10.0, grace_seconds: float = 10.0, batch_acks: bool = True,
+                 ack_batch_size: int = 100, ack_flush_seconds: float = 0.005, progress_interval: float = 0.25,
+                 max_unreported: int | None = None, on_finished: Callable[[JobResult], None] | None = None):
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        validation.text(self.worker_id, 128, "worker id", required=True)
+        self.concurrency = int(validation.number_in(concurrency, 1, 256, "concurrency"))
+        self.lease_seconds = validation.lease_seconds(lease_seconds)
+        self.queue = queue
+        self.claim_wait = float(validation.number_in(claim_wait, 0, 60, "claim wait"))
+        self.grace_seconds = float(validation.number_in(grace_seconds, 0, 86_400, "grace seconds"))
+        self.batch_acks = batch_acks
+        self.ack_batch_size = int(validation.number_in(ack_batch_size, 1, MAX_ACK_BATCH, "ack batch size"))
+        self.ack_flush_seconds = float(validation.number_in(ack_flush_seconds, 0, 10, "ack flush seconds"))
+        self.progress_interval = progress_interval
+        self.max_unreported = max_unreported or max(2 * self.concurrency, self.ack_batch_size)
+        self.on_finished = on_finished
+        self.url = url
+        # One client per role: a long-poll or a slow report never holds up a heartbeat, and close() on
+        # the claim client aborts only the long-poll.
+        self._claim_client = OrchClient(url, token)
+        self._report_client = OrchClient(url, token)
+        self._beat_client = OrchClient(url, token, retries=1, timeout=max(2.0, min(10.0, self.lease_seconds / 3)))
+        self._handlers: dict[str, Handler] = {}
+        self._lock = threading.Lock()
+        self._held: dict[str, _Held] = {}
+        self._busy = 0  # leases claimed whose handler has not returned
+        self._unreported = 0  # finished handlers whose report is not answered yet
+        self._work: queue_module.SimpleQueue[_Held | None] = queue_module.SimpleQueue()
+        self._sends: queue_module.SimpleQueue[Callable[[], None] | None] = queue_module.SimpleQueue()
+        self._senders = min(self.concurrency, 8)
+        self._reports: queue_module.SimpleQueue[tuple[_Held, _Outcome] | None] = queue_module.SimpleQueue()
+        self._changed = threading.Condition(self._lock)  # a slot freed or a report was answered
+        self._beat_wake = threading.Event()
+        self._stop_requested = threading.Event()
+        self._stopping = threading.Event()  # claiming has stopped (set by run() once it acts on a stop)
+        self._hurry = threading.Event()
+        self._beats_done = threading.Event()
+        self._report_deadline: float | None = None  # reports give up after this (set while stopping)
+        self._stop_reason = ""
+        self._fatal: OrchError | None = None
+        self._claim_in_flight: tuple[str, dict[str, Any]] | None = None  # (Idempotency-Key, params)
+        self._started = False
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    # -- configuration ---------------------------------------------------------------------------
+    def handler(self, job_type: str) -> Callable[[Handler], Handler]:
+        """Decorator: run the function for jobs of `job_type`."""
+
+        def register(function: Handler) -> Handler:
+            self.add_handler(job_type, function)
+            return function
+
+        return register
+
+    def add_handler(self, job_type: str, function: Handler) -> None:
+        validation.text(job_type, 128, "job type", required=True)
+        if not callable(function):
+            raise InvalidInput(f"handler for {job_type} is not callable")
+        if job_type in self._handlers:
+            raise InvalidInput(f"job type {job_type} already has a handler")
+        self._handlers[job_type] = function
+
+    def set_token(self, token: str | None) -> None:
+        """Use `token` from the next request on (a token about to expire, replaced by a fresh one)."""
+        for client in (self._claim_client, self._report_client, self._beat_client):
+            client.token = token
+
+    # -- running ---------------------------------------------------------------------------------
+    def stop(self, reason: str = "stop") -> None:
+        """Ask run() to stop gracefully; safe from any thread or a signal handler. A second call hurries."""
+        if self._stop_requested.is_set():
+            self._hurry.set()
+            return
+        self._stop_reason = reason
+        self._stop_requested.set()
+
+    def run(self) -> dict[str, Any]:
+        """Claim and run jobs until stopped; returns a summary. Raises the error that made it stop, if any
+        (a refused token, a malformed claim)."""
+        if not self._handlers:
+            raise InvalidInput("register at least one handler: @worker.handler('job.type')")
+        if self._started:
+            raise InvalidInput("a Worker runs once; make a new one")
+        self._started = True
+        started = time.monotonic()
+        previous = self._install_signals()
+        threads = [threading.Thread(target=self._handle_loop, name=f"{self.worker_id}:handler-{n}", daemon=True)
+                   for n in range(self.concurrency)]
+        claimer = threading.Thread(target=self._claim_loop, name=f"{self.worker_id}:claimer", daemon=True)
+        threads += [threading.Thread(target=self._send_loop, name=f"{self.worker_id}:sender-{n}", daemon=True)
+                    for n in range(self._senders)]
+        beater = threading.Thread(target=self._beat_loop, name=f"{self.worker_id}:heartbeats", daemon=True)
+        reporter = threading.Thread(target=self._report_loop, name=f"{self.worker_id}:reporter", daemon=True)
+        try:
+            for thread in [*threads, beater, reporter, claimer]:
+                thread.start()
+            log.info("worker %s claiming %s from %s", self.worker_id, ", ".join(self._handlers), self.url)
+            while not self._stop_requested.wait(0.5):
+                pass
+            self._shutdown(claimer, reporter)
+        finally:
+            self._beats_done.set()
+            self._beat_wake.set()
+            for _ in range(self.concurrency):
+                self._work.put(None)
+            for _ in range(self._senders):
+                self._sends.put(None)
+            for client in (self._claim_client, self._report_client, self._beat_client):
+                client.close()  # a Worker runs once; let the server drop these connections now
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        summary = self._summary(time.monotonic() - started)
+        log.info("worker %s stopped (%s): %s", self.worker_id, summary["stopped_by"], summary["outcomes"])
+        if self._fatal is not None:
+            raise self._fatal
+        return summary
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, lambda number, _frame: self.stop(f"signal:{signal.Signals(number).name}"))
+        return previous
+
+    # -- claiming ----------------------------------------------------------------------------------
+    def _free_slots(self) -> int:
+        if self._unreported >= self.max_unreported:
+            return 0
+        return self.concurrency - self._busy
+
+    def _claim_loop(self) -> None:
+        types = list(self._handlers)
+        turn, empty_in_a_row, failures = 0, 0, 0
+        pending: tuple[str, dict[str, Any]] | None = None  # a claim to repeat under the same key
+        while not self._stopping.is_set():
+            if pending is None:
+                with self._changed:
+                    free = self._free_slots()
+                    if free <= 0:
+                        self._changed.wait(0.5)
+                        continue
+                job_type = types[turn % len(types)]
+                turn += 1
+                # Several types: try each at once; long-poll (briefly, so the others are not starved)
+                # only after a full round found nothing.
+                if len(types) == 1:
+                    wait = self.claim_wait
+                else:
+                    wait = min(self.claim_wait, 1.0) if empty_in_a_row >= len(types) else 0.0
+                params = {"worker_id": self.worker_id, "limit": free, "lease_seconds": self.lease_seconds,
+                          "queue": self.queue, "type": job_type, "wait": wait}
+                pending = (str(uuid.uuid4()), params)
+            key, params = pending
+            self._claim_in_flight = pending
+            try:
+                answer = self._claim_client.call("jobs.claim", params, idempotency_key=key,
+                                                 timeout=max(self._claim_client.timeout, params["wait"] + 10))
+            except (ServerUnavailable, LedgerBusy) as error:
+                if self._stopping.is_set():
+                    return
+                failures += 1
+                log.warning("claim failed (%s); retrying", error)
+                self._stopping.wait(_backoff(failures))
+                continue  # the same key: a claim the server applied before it went away is answered again
+            except (NotAuthorized, InvalidInput) as error:  # retrying cannot help; stop the worker
+                self._claim_in_flight = None
+                self._fatal = error
+                log.error("claim refused: %s; stopping", error)
+                self.stop("error")
+                return
+            except OrchError as error:
+                failures += 1
+                log.warning("claim failed: %s", error)
+                pending = self._claim_in_flight = None
+                self._stopping.wait(_backoff(failures))
+                continue
+            pending, failures = None, 0
+            self._claim_in_flight = None
+            leases = answer.get("leases", [])
+            empty_in_a_row = 0 if leases else empty_in_a_row + 1
+            for lease in leases:
+                self._take(lease)
+
+    def _take(self, lease: dict[str, Any]) -> None:
+        held: _Held
+
+        def note(fraction: float, message: str | None) -> None:
+            with self._lock:
+                held.pending = (fraction, message[:validation.MAX_MESSAGE_CHARS] if message else None)
+            self._beat_wake.set()
+
+        held = _Held(lease, self._handlers[lease["type"]], JobContext(lease, self.worker_id, note))
+        with self._lock:
+            self.stats["claimed"] += 1
+            self._held[held.job_id] = held
+            self._busy += 1
+        if self._stopping.is_set():  # claimed as the worker stopped: give it back at once
+            self._release([held], "claimed while stopping")
+            return
+        self._work.put(held)
+
+    # -- handling ----------------------------------------------------------------------------------
+    def _handle_loop(self) -> None:
+        while True:
+            held = self._work.get()
+            if held is None:
+                return
+            now = time.monotonic()
+            with self._lock:
+                if held.phase != "waiting" or held.released:
+                    continue
+                held.phase = "running"
+                held.started = held.last_beat = now
+                held.next_beat = now + min(FIRST_BEAT_SECONDS, self.lease_seconds / 3)
+            self._beat_wake.set()  # the heartbeater may be asleep until a later job's beat
+            outcome = self._call(held)
+            with self._changed:
+                self._busy -= 1
+                if held.released or held.lost:
+                    held.phase = "done"
+                    self._held.pop(held.job_id, None)
+                    result = RELEASED if held.released else LOST
+                else:
+                    held.phase = "reporting"
+                    # Beat again only to keep the lease while the report waits; no first beat for it.
+                    held.next_beat = held.last_beat + self.lease_seconds / 3
+                    self._unreported += 1
+                    result = None
+                self._changed.notify_all()
+            if result is None:
+                self._reports.put((held, outcome))
+            else:
+                self._finish(held, result, outcome.error)
+
+    def _call(self, held: _Held) -> _Outcome:
+        ctx = held.ctx
+        if ctx.cancelled.is_set():
+            return _Outcome("stopped", error=f"job {held.job_id} stopped before it started: {ctx.cancel_reason}")
+        try:
+            result = held.handler(ctx)
+        except JobCanceled as exc:
+            return _Outcome("stopped", error=str(exc))
+        except RetryableError as exc:
+            return _Outcome("fail", error=_describe(exc), retry_after=exc.retry_after)
+        except PermanentError as exc:
+            return _Outcome("fail", error=_describe(exc), no_retry=True)
+        except (Exception, SystemExit) as exc:  # a handler bug is that attempt's failure, not the worker's
+            log.debug("handler for job %s raised", held.job_id, exc_info=True)
+            return _Outcome("fail", error=_describe(exc))
+        if result is None:
+            return _Outcome("ack", artifacts=[])
+        if not isinstance(result, list):
+            return _Outcome("fail", error=f"handler returned {type(result).__name__}; it must return a list "
+                                          "of artifacts or None", no_retry=True)
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            return _Outcome("fail", error=_clip(f"handler returned artifacts that are not JSON: {exc}"),
+                            no_retry=True)
+        return _Outcome("ack", artifacts=result)
+
+    # -- heartbeats --------------------------------------------------------------------------------
+    def _beat_loop(self) -> None:
+        interval = self.lease_seconds / 3
+        while not self._beats_done.is_set():
+            now = time.monotonic()
+            wake_at = now + interval
+            due: list[tuple[_Held, tuple[float, str | None] | None]] = []
+            with self._lock:
+                for held in self._held.values():
+                    if held.lost or held.released or held.beating or held.phase not in ("running", "reporting"):
+                        continue
+                    if held.cancel_seen_at is not None and now - held.cancel_seen_at > self.lease_seconds:
+                        continue  # the handler ignores its cancel request: let the lease lapse
+                    at = held.next_beat
+                    if held.pending is not None and held.phase == "running":
+                        at = min(at, max(held.last_beat + self.progress_interval,
+                                         held.started + FIRST_BEAT_SECONDS))
+                    if at <= now:
+                        due.append((held, held.pending if held.phase == "running" else None))
+                        held.pending = None
+                        held.beating = True
+                    else:
+                        wake_at = min(wake_at, at)
+            for held, pending in due:
+                self._sends.put(lambda held=held, pending=pending: self._beat(held, pending, interval))
+            self._beat_wake.wait(max(0.0, wake_at - time.monotonic()))
+            self._beat_wake.clear()
+
+    def _beat(self, held: _Held, pending: tuple[float, str | None] | None, interval: float) -> None:
+        try:
+            self._send_beat(held, pending, interval)
+        finally:
+            with self._lock:
+                held.beating = False
+            self._beat_wake.set()
+
+    def _send_beat(self, held: _Held, pending: tuple[float, str | None] | None, interval: float) -> None:
+        if held.phase == "done" or held.released or self._beats_done.is_set():
+            return  # settled while this beat waited for a sender
+        progress, message = pending if pending is not None else (None, None)
+        sent = time.monotonic()
+        try:
+            answer = self._beat_client.call("jobs.heartbeat", {"job_id": held.job_id, "lease_id": held.lease_id,
+                                                               "progress": progress, "message": message})
+        except (Conflict, NotFound) as refused:
+            with self._lock:
+                held.next_beat = time.monotonic() + interval
+                if held.phase != "running" or held.released:
+                    return  # already reporting (the report's answer decides) or given back
+                held.lost = True
+            log.warning("job %s: %s", held.job_id, refused)
+            held.ctx.cancel(LEASE_LOST)
+            return
+        except OrchError as error:  # the server is away or refused this once: try again soon
+            log.warning("heartbeat for job %s failed: %s", held.job_id, error)
+            with self._lock:
+                held.next_beat = time.monotonic() + min(interval, 1.0)
+                if held.pending is None:
+                    held.pending = pending
+            return
+        with self._lock:
+            held.last_beat = sent
+            held.next_beat = sent + interval
+        if answer.get("cancel_requested") and not held.ctx.cancelled.is_set():
+            held.cancel_seen_at = time.monotonic()
+            held.ctx.cancel(CANCEL_REQUESTED)
+
+    def _send_loop(self) -> None:
+        while True:
+            send = self._sends.get()
+            if send is None:
+                return
+            try:
+                send()
+            except Exception:  # never lose a sender thread
+                log.exception("sending a worker request failed")
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def _report_loop(self) -> None:
+        while True:
+            item = self._reports.get()
+            if item is None:
+                return
+            acks: list[tuple[_Held, _Outcome]] = []
+            others: list[tuple[_Held, _Outcome]] = []
+            last = False
+            deadline = time.monotonic() + self.ack_flush_seconds
+            while True:
+                (acks if item[1].kind == "ack" and self.batch_acks else others).append(item)
+                if len(acks) >= self.ack_batch_size or others:
+                    break
+                try:
+                    item = self._reports.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue_module.Empty:
+                    break
+                if item is None:
+                    last = True
+                    break
+            if acks:
+                try:
+                    self._send_acks(acks)
+                except Exception as error:  # never lose the reporter; the leases lapse and the jobs are retried
+                    log.exception("acking %d jobs failed", len(acks))
+                    for held, _outcome in acks:
+                        self._settle(held, ERROR, str(error))
+            for held, outcome in others:
+                self._sends.put(lambda held=held, outcome=outcome: self._send_one(held, outcome))
+            if last:
+                return
+
+    def _send_acks(self, acks: list[tuple[_Held, _Outcome]]) -> None:
+        body = [{"job_id": held.job_id, "lease_id": held.lease_id, "artifacts": outcome.artifacts or []}
+                for held, outcome in acks]
+        try:
+            answer = self._deliver("jobs.ack_many", {"acks": body})
+        except InvalidInput:  # one handler returned malformed artifacts: ack one by one to single it out
+            for held, outcome in acks:
+                self._send_one(held, outcome)
+            return
+        except OrchError as error:
+            for held, _outcome in acks:
+                self._settle(held, ERROR, str(error))
+            return
+        results = {result.get("job_id"): result for result in answer.get("results", [])}
+        for held, _outcome in acks:
+            result = results.get(held.job_id) or {}
+            if "state" in result:
+                self._settle(held, result["state"], None)
+            else:
+                error = result.get("error") or {}
+                lost = error.get("type") in ("StaleLease", "NotFound", "IllegalTransition")
+                self._settle(held, LOST if lost else ERROR, error.get("message", "no answer for this job"))
+
+    def _send_one(self, held: _Held, outcome: _Outcome) -> None:
+        try:
+            self._report_one(held, outcome)
+        except Exception as error:  # settle it anyway, so shutdown does not wait for it
+            log.exception("reporting job %s failed", held.job_id)
+            self._settle(held, ERROR, str(error))
+
+    def _report_one(self, held: _Held, outcome: _Outcome) -> None:
+        ctx = held.ctx
+        job = {"job_id": held.job_id, "lease_id": held.lease_id}
+        if outcome.kind == "stopped" and ctx.cancel_reason == CANCEL_REQUESTED:
+            # A fail on a job whose cancellation was requested ends it canceled (orchestrator/jobs.py).
+            name, params = "jobs.fail", {**job, "error": CANCELED_MESSAGE, "no_retry": True}
+        elif outcome.kind == "ack":
+            name, params = "jobs.ack", {**job, "artifacts": outcome.artifacts or []}
+        else:
+            name, params = "jobs.fail", {**job, "error": _clip(outcome.error or "handler failed"),
+                                         "retry_after": _retry_after(outcome.retry_after),
+                                         "no_retry": outcome.no_retry or None}
+        try:
+            try:
+                answer = self._deliver(name, params)
+            except InvalidInput as bad:
+                if name != "jobs.ack" or isinstance(bad, NotFound):
+                    raise
+                # The handler returned malformed artifacts: retrying will not help.
+                answer = self._deliver("jobs.fail", {**job, "error": _clip(f"invalid artifacts: {bad}"),
+                                                     "no_retry": True})
+        except (Conflict, NotFound) as refused:
+            self._settle(held, LOST, str(refused))
+            return
+        except OrchError as error:
+            log.error("could not report job %s: %s", held.job_id, error)
+            self._settle(held, ERROR, str(error))
+            return
+        self._settle(held, answer["state"], outcome.error)
+
+    def _deliver(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Call until the server answers (ServerUnavailable: again, under the same Idempotency-Key), or
+        until the stop deadline has passed."""
+        key = str(uuid.uuid4())
+        failures = 0
+        while True:
+            try:
+                return self._report_client.call(name, params, idempotency_key=key)
+            except (ServerUnavailable, LedgerBusy) as error:
+                failures += 1
+                deadline = self._report_deadline
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                log.warning("%s failed (%s); retrying", name, error)
+                pause = _backoff(failures)
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+                self._hurry.wait(pause)
+
+    def _settle(self, held: _Held, outcome: str, error: str | None) -> None:
+        with self._changed:
+            if held.phase == "done":
+                return
+            held.phase = "done"
+            if outcome == LOST:
+                held.lost = True
+            self._held.pop(held.job_id, None)
+            self._unreported -= 1
+            self._changed.notify_all()
+        self._finish(held, outcome, error)
+
+    def _finish(self, held: _Held, outcome: str, error: str | None) -> None:
+        with self._lock:
+            self.stats[outcome] += 1
+        if self.on_finished is not None:
+            lease = held.lease
+            result = JobResult(job_id=held.job_id, type=lease["type"], tenant=lease["tenant"],
+                               attempt=lease["attempt"], outcome=outcome,
+                               seconds=round(time.monotonic() - held.claimed_at, 3), error=error)
+            try:
+                self.on_finished(result)
+            except Exception:  # a broken callback must not stop reporting
+                log.exception("on_finished callback failed")
+
+    # -- stopping ----------------------------------------------------------------------------------
+    def _shutdown(self, claimer: threading.Thread, reporter: threading.Thread) -> None:
+        deadline = time.monotonic() + self.grace_seconds
+        self._stopping.set()
+        self._claim_client.close()  # aborts a long-poll in flight
+        claimer.join(5.0)
+        self._recover_aborted_claim()
+        with self._lock:
+            waiting = [held for held in self._held.values() if held.phase == "waiting" and not held.released]
+        self._release(waiting, "not started")
+        with self._changed:
+            while (self._busy or self._unreported) and not self._hurry.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(min(remaining, 0.1))
+            running = [held for held in self._held.values() if held.phase in ("waiting", "running")
+                       and not held.released and not held.lost]
+        # Reports still waiting (the server is away) get a little longer than the grace period.
+        self._report_deadline = max(deadline, time.monotonic()) + (0.0 if self._hurry.is_set() else 2.0)
+        self._release(running, "still running at the end of the grace period")
+        with self._changed:
+            while self._unreported and time.monotonic() < self._report_deadline + 1.0:
+                self._changed.wait(0.1)
+        self._reports.put(None)
+        reporter.join(max(0.0, self._report_deadline - time.monotonic()) + 5.0)
+
+    def _recover_aborted_claim(self) -> None:
+        """A claim aborted at stop may have been granted just before: ask again under its Idempotency-Key
+        (the server answers a granted claim from its request log) and give back whatever it leased."""
+        aborted = self._claim_in_flight
+        if aborted is None:
+            return
+        key, params = aborted
+        try:
+            leases = self._report_client.call("jobs.claim", {**params, "wait": 0}, idempotency_key=key)["leases"]
+        except OrchError as error:
+            log.warning("could not check the claim aborted at stop: %s", error)
+            return
+        for lease in leases:
+            self._take(lease)  # while stopping, _take releases at once
+
+    def _release(self, jobs: list[_Held], why: str) -> None:
+        for held in jobs:
+            with self._lock:
+                if held.released or held.lost or held.phase in ("reporting", "done"):
+                    continue
+                held.released = True
+                if held.phase == "waiting":  # no handler thread will take it: settle here
+                    held.phase = "done"
+                    self._busy -= 1
+                    self._held.pop(held.job_id, None)
+                    self.stats[RELEASED] += 1
+            held.ctx.cancel(SHUTDOWN)
+            try:
+                self._report_client.call("jobs.release", {"job_id": held.job_id, "lease_id": held.lease_id})
+                log.info("released job %s (%s)", held.job_id, why)
+            except OrchError as error:
+                log.warning("could not release job %s: %s", held.job_id, error)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        with self._lock:
+            counts = dict(self.stats)
+        claimed = counts.pop("claimed", 0)
+        return {"worker_id": self.worker_id, "stopped_by": self._stop_reason, "claimed": claimed,
+                "outcomes": dict(sorted(counts.items())), "seconds": round(seconds, 3)}
+
+
+def _backoff(failures: int) -> float:
+    ceiling = min(RETRY_CAP_SECONDS, 0.2 * 2 ** min(failures - 1, 10))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return _clip(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= validation.MAX_ERROR_CHARS else text[:validation.MAX_ERROR_CHARS - 1] + "…"
+
+
+def _retry_after(value: float | None) -> float | None:
+    if value is None:
+        return None
+    return min(max(0.0, float(value)), validation.MAX_RETRY_AFTER_SECONDS)
