@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from conftest import run_cli
 
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as ops
@@ -167,7 +168,7 @@ def test_worker_on_a_terminal_prints_a_line_per_finished_job(ledger_path, tmp_pa
     assert "stopped_by: idle" in lines
 
 
-def test_worker_refuses_a_ledger_owned_by_a_live_server(ledger_path):
+def test_exit_when_idle_is_refused_on_a_ledger_owned_by_a_live_server(ledger_path):
     from airgap_orch.server import discovery
 
     discovery.write(ledger_path, "http://127.0.0.1:9")  # this test process plays the live server
@@ -176,8 +177,36 @@ def test_worker_refuses_a_ledger_owned_by_a_live_server(ledger_path):
         code, _summary, stderr = _finish(worker)
     finally:
         discovery.path_for(ledger_path).unlink()
-    assert code == 6
-    assert f"pid {os.getpid()}" in stderr and "http://127.0.0.1:9" in stderr
+    assert code == 1
+    assert "http://127.0.0.1:9" in stderr and "SIGTERM" in stderr
+
+
+def test_worker_run_works_through_the_server_that_owns_the_ledger(ledger_path, tmp_path):
+    server = subprocess.Popen([sys.executable, "-m", "airgap_orch", "--ledger", str(ledger_path), "serve",
+                               "--port", "0", "--no-auth"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert "serving" in server.stdout.readline()
+        ids = [run_cli(ledger_path, "--json", "jobs", "enqueue", "--tenant", "t", "--project", "p", "--type",
+                       "advisory.ingest", "--payload",
+                       json.dumps({"advisory_id": f"A-{n}", "out_dir": str(tmp_path)})).json["job_id"]
+               for n in range(3)]
+        worker = subprocess.Popen([sys.executable, "-m", "airgap_orch", "--ledger", str(ledger_path), "--json",
+                                   "worker", "run", "--handler", f"advisory.ingest={SAMPLES}:ingest_advisory"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        states: list[str] = []
+        while time.monotonic() < deadline:
+            states = [run_cli(ledger_path, "--json", "jobs", "show", job_id).json["state"] for job_id in ids]
+            if all(state == "succeeded" for state in states):
+                break
+            time.sleep(0.5)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, worker.stderr.read()
+        assert states == ["succeeded"] * 3
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def test_bad_handler_spec_is_a_one_line_error(ledger_path):

@@ -1,4 +1,5 @@
-"""`airgap-orch worker run`: the in-process worker runner (logic in airgap_orch/worker/)."""
+"""`airgap-orch worker run`: run handlers on the ledger in this process (airgap_orch/worker/), or, when a
+server owns the ledger or --server names one, as an SDK worker against that server (airgap_orch/sdk/)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import sys
 import click
 
 from .. import validation
-from ..errors import InvalidInput, LedgerBusy
-from ..server import discovery
+from ..errors import InvalidInput
 from .context import command, settings
 
 
@@ -49,14 +49,18 @@ def run(handlers: tuple[str, ...], worker_id: str | None, concurrency: int, leas
                           concurrency=concurrency, lease_seconds=lease_seconds, queue=queue, max_jobs=max_jobs,
                           exit_when_idle=exit_when_idle, grace_seconds=grace_seconds)
     current = settings()
-    if current.server_url:
-        raise InvalidInput("worker run executes handlers on a ledger this process opens; it cannot use "
-                           "--server (talk to a server from a remote worker with airgap_orch.sdk)")
-    server = discovery.live_server(current.ledger_path)
-    if server is not None:
-        raise LedgerBusy(f"ledger {current.ledger_path} is owned by the server at {server['url']} (pid "
-                         f"{server['pid']}); stop it to run an in-process worker, or use a remote worker",
-                         holder_pid=server["pid"])
+    url = current.server()
+    if url is not None:  # a server owns the ledger (or --server names one): work through it
+        if max_jobs is not None or exit_when_idle:
+            raise InvalidInput(f"--max-jobs and --exit-when-idle apply to a ledger this process opens; the "
+                               f"server at {url} owns this one: stop the worker with SIGTERM instead")
+        from ..sdk import Worker
+
+        worker = Worker(url, current.token, worker_id=config.worker_id, concurrency=concurrency,
+                        lease_seconds=lease_seconds, queue=queue, grace_seconds=grace_seconds)
+        for job_type, function in config.handlers.items():
+            worker.add_handler(job_type, function)
+        return worker.run()
     chatty = sys.stdout.isatty() and not current.json
     with current.open_ledger() as ledger:
         return Runner(ledger, config, on_finished=_print_finished if chatty else None).run()
