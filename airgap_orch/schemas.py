@@ -6,6 +6,7 @@ In a wheel the files ship as `airgap_orch/_schemas/`; in a source checkout they 
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from importlib import resources
@@ -36,8 +37,9 @@ def _resolve_sibling(uri: str) -> dict[str, Any]:
 
 @functools.cache
 def validator(name: str):
+    # compile() rewrites $refs in place: give it a copy so load() stays the file's text (the OpenAPI doc uses it)
     return fastjsonschema.compile(
-        load(name), handlers={"https": _resolve_sibling, "http": _resolve_sibling}, use_default=False
+        copy.deepcopy(load(name)), handlers={"https": _resolve_sibling, "http": _resolve_sibling}, use_default=False
     )
 
 

@@ -269,8 +269,8 @@ class Server:
         assert response.status == 200, response
         return response.json
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        response = self.request("GET", "/metrics")
+    def metrics(self, token: str | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = self.request("GET", "/metrics", token=token)
         assert response.status == 200, response
         return parse_metrics(response.body.decode())
 

@@ -123,10 +123,6 @@ def test_openapi_document_is_3_1_and_request_bodies_are_the_schema_files(served)
         Draft7Validator.check_schema(_pointer(document, f"#/components/schemas/{name}"))
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: schemas.validator() hands the cached schemas.load() dict to "
-                   "fastjsonschema.compile, which rewrites its $refs in place to absolute URIs; a document built "
-                   "after the first validated body (openapi.document() is built on first GET) carries "
-                   "unresolvable refs like https://airgap-orch.dev/schemas/job-spec.schema.json#/definitions/name")
 def test_openapi_document_built_after_traffic_still_resolves_its_refs(tmp_path):
     with serving(init_ledger(tmp_path / "late.duckdb"), "--no-auth") as server:
         assert server.request("POST", "/v1/jobs", SPEC).status == 200
@@ -136,11 +132,6 @@ def test_openapi_document_built_after_traffic_still_resolves_its_refs(tmp_path):
     assert document["components"]["schemas"]["job-spec"] == _as_component("job-spec")
 
 
-LIMIT_BUG = ("server bug: GET /v1/ledger/events passes `limit` unchecked to DuckDB (operations/ledger.py event_log); "
-             "a negative or 64-bit-overflowing limit raises duckdb ConversionException/BinderException -> 500")
-
-
-@pytest.mark.xfail(strict=True, reason=LIMIT_BUG + "; schemathesis (seed 20260101) finds limit=-64780735")
 def test_schemathesis_finds_no_server_error(served):
     server, root = served["server"], served["root"]
     (root / "contract_hooks.py").write_text(HOOKS, encoding="utf-8")
@@ -164,7 +155,6 @@ def test_schemathesis_finds_no_server_error(served):
     assert completed.returncode == 0, output[-6000:]
 
 
-@pytest.mark.xfail(strict=True, reason=LIMIT_BUG)
 @pytest.mark.parametrize("limit", [-1, 10**20], ids=["negative", "past_int64"])
 def test_event_log_limit_out_of_range_is_400_not_500(served, limit):
     response = served["server"].request("GET", "/v1/ledger/events", token=served["token"], query={"limit": limit})

@@ -147,9 +147,9 @@ def test_resume_from_an_unparseable_last_event_id_is_400(served):
 
 def test_metrics_are_prometheus_text_and_move_with_work(served):
     api, server = Api(served), served["server"]
-    response = server.request("GET", "/metrics")
+    response = server.request("GET", "/metrics", token=api.token)
     assert response.status == 200 and response.content_type == "text/plain", response.headers
-    before = server.metrics()
+    before = server.metrics(api.token)
     for family in ("airgap_orch_claims_total", "airgap_orch_acks_total", "airgap_orch_lease_expirations_total",
                    "airgap_orch_claim_latency_ms_count", "airgap_orch_group_commit_requests_count"):
         assert (family, ()) in before, family
@@ -163,7 +163,7 @@ def test_metrics_are_prometheus_text_and_move_with_work(served):
     assert {lease["job_id"] for lease in leases} | {short["job_id"]} == set(jobs)
     deadline = time.monotonic() + 30
     while True:  # the server sweeps expired leases about once a second
-        after = server.metrics()
+        after = server.metrics(api.token)
         if metric(after, "airgap_orch_lease_expirations_total") > metric(before, "airgap_orch_lease_expirations_total"):
             break
         assert time.monotonic() < deadline, "no lease expiration was counted"

@@ -102,6 +102,16 @@ def test_retried_ack_with_the_same_idempotency_key_gets_the_original_answer(serv
     assert Counter(history_of(server, job_id))["job.succeeded"] == 1
 
 
+def test_an_idempotency_key_reused_for_a_different_request_is_refused(server):
+    key = {"Idempotency-Key": f"reuse-{uuid.uuid4()}"}
+    first = call(server, "POST", "/v1/jobs", {"tenant": "acme", "project": "faults", "type": "reuse-a"}, headers=key)
+    other = server.request("POST", "/v1/jobs", {"tenant": "acme", "project": "faults", "type": "reuse-b"},
+                           headers=key)
+    assert_problem(other, 409, exit_code=3)
+    assert call(server, "GET", "/v1/jobs", query={"type": "reuse-b"})["jobs"] == []
+    assert call(server, "GET", f"/v1/jobs/{first['job_id']}")["type"] == "reuse-a"
+
+
 def test_same_idempotency_key_sent_concurrently_is_applied_once(server):
     (lease,) = enqueue_and_claim(server, "idem-race", 1)
     job_id, body = lease["job_id"], {"lease_id": lease["lease_id"]}

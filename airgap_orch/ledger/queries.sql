@@ -17,7 +17,9 @@ INSERT INTO history SELECT * FROM entries;
 SELECT seq, entry, entry_hash FROM history WHERE job_id = $job_id ORDER BY seq;
 
 -- name: history_page
-SELECT seq, entry, entry_hash FROM history WHERE seq > $after_seq ORDER BY seq LIMIT $limit;
+SELECT seq, entry, entry_hash FROM history
+WHERE seq > $after_seq AND ($tenants IS NULL OR list_contains($tenants, entry ->> 'tenant'))
+ORDER BY seq LIMIT $limit;
 
 -- name: jobs_insert
 INSERT INTO jobs SELECT * FROM incoming;
@@ -102,7 +104,9 @@ ORDER BY created_at, job_id
 LIMIT $limit;
 
 -- name: state_counts
-SELECT state, count(*) AS jobs FROM all_jobs GROUP BY state ORDER BY state;
+SELECT state, count(*) AS jobs FROM all_jobs
+WHERE ($tenants IS NULL OR list_contains($tenants, tenant))
+GROUP BY state ORDER BY state;
 
 -- name: count_history
 SELECT count(*) FROM history;
@@ -152,3 +156,71 @@ ORDER BY seq LIMIT $limit;
 
 -- name: audit_scan
 SELECT seq, action, entry, entry_hash FROM audit_log ORDER BY seq;
+
+-- name: audit_count
+SELECT count(*) FROM audit_log;
+
+-- name: deadletters_matching
+-- Dead letters of one tenant and type that died at or after $since and have no replay yet.
+SELECT j.job_id FROM all_jobs j
+WHERE j.state = 'dead_letter' AND j.tenant = $tenant AND j.job_type = $job_type AND j.finished_at >= $since
+  AND ($tenants IS NULL OR list_contains($tenants, j.tenant))
+  AND NOT EXISTS (SELECT 1 FROM all_jobs r WHERE r.replay_of = j.job_id)
+ORDER BY j.finished_at, j.job_id
+LIMIT $limit;
+
+-- name: backfill_window_jobs
+-- Jobs of one tenant and type whose payload names a window (candidates to cover a backfill's windows).
+SELECT job_id, payload ->> '$.window.start' AS window_start, payload ->> '$.window.end' AS window_end
+FROM all_jobs
+WHERE tenant = $tenant AND job_type = $job_type AND json_exists(payload, '$.window')
+ORDER BY job_id;
+
+-- name: backfill_insert
+INSERT INTO backfills SELECT * FROM incoming;
+
+-- name: backfill_windows_insert
+INSERT INTO backfill_windows SELECT * FROM incoming;
+
+-- name: backfill_get
+SELECT * FROM backfills WHERE backfill_id = $backfill_id;
+
+-- name: backfill_list
+SELECT * FROM backfills
+WHERE ($tenant IS NULL OR tenant = $tenant)
+  AND ($job_type IS NULL OR job_type = $job_type)
+  AND ($state IS NULL OR state = $state)
+  AND ($tenants IS NULL OR list_contains($tenants, tenant))
+ORDER BY created_at DESC, backfill_id DESC
+LIMIT $limit;
+
+-- name: backfill_progress
+-- State counts of the jobs the listed backfills created (suppressed windows are not theirs).
+SELECT w.backfill_id, j.state, count(*) AS jobs
+FROM backfill_windows w JOIN all_jobs j ON j.job_id = w.job_id
+WHERE list_contains($backfill_ids, w.backfill_id) AND w.created
+GROUP BY w.backfill_id, j.state
+ORDER BY w.backfill_id, j.state;
+
+-- name: backfill_watermark
+-- The end of the latest window such that it and every window before it succeeded (directly, or through
+-- a replay of its job).
+WITH windows AS (
+    SELECT w.window_start, w.window_end,
+           coalesce(j.state = 'succeeded', false)
+           OR EXISTS (SELECT 1 FROM all_jobs r WHERE r.replay_of = w.job_id AND r.state = 'succeeded') AS done
+    FROM backfill_windows w LEFT JOIN all_jobs j ON j.job_id = w.job_id
+    WHERE w.backfill_id = $backfill_id
+)
+SELECT max(window_end) AS watermark FROM windows
+WHERE window_start < coalesce((SELECT min(window_start) FROM windows WHERE NOT done), 'infinity'::TIMESTAMP);
+
+-- name: backfill_active_jobs
+-- The still-active jobs a backfill created (to cancel them).
+SELECT j.* FROM jobs j JOIN backfill_windows w ON w.job_id = j.job_id
+WHERE w.backfill_id = $backfill_id AND w.created AND list_contains($states, j.state)
+ORDER BY j.job_id;
+
+-- name: backfill_cancel
+UPDATE backfills SET state = 'canceled', canceled_at = $now, canceled_by = $actor, cancel_reason = $reason
+WHERE backfill_id = $backfill_id AND state = 'active';

@@ -12,8 +12,11 @@ from typing import Any
 
 from ..errors import InvalidInput
 from ..ledger import Ledger
+from . import audit as audit_ops
+from . import backfills as backfill_ops
 from . import jobs as job_ops
 from . import ledger
+from . import replays as replay_ops
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ def _enqueue_batch(led: Ledger, *, jobs: list[Any], **kw: Any) -> dict:
     return job_ops.enqueue_batch(led, jobs, **kw)
 
 
+def _backfill_create(led: Ledger, *, reason: Any = None, ticket: Any = None, progress: Any = None,
+                     actor: str, tenants: frozenset[str] | None, **request: Any) -> dict:
+    return backfill_ops.create(led, request, reason=reason, ticket=ticket, progress=progress, actor=actor,
+                               tenants=tenants)
+
+
+def _backfill_list(led: Ledger, *, type: str | None = None, **kw: Any) -> dict:
+    return backfill_ops.list_backfills(led, job_type=type, **kw)
+
+
 OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "jobs.enqueue": lambda led, *, spec, **kw: job_ops.enqueue(led, spec, **kw),
     "jobs.enqueue_batch": _enqueue_batch,
@@ -64,9 +77,17 @@ OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "jobs.recover": job_ops.recover,
     "deadletter.list": _deadletters,
     "deadletter.replay": job_ops.replay,
-    "ledger.info": _ledger_only(ledger.info),
+    "ledger.info": lambda led, *, actor, tenants, **kw: ledger.info(led, tenants=tenants, **kw),
     "ledger.verify": _ledger_only(ledger.verify),
-    "ledger.events": _ledger_only(ledger.event_log),
+    "ledger.events": lambda led, *, actor, tenants, **kw: ledger.event_log(led, tenants=tenants, **kw),
+    "audit.list": audit_ops.list_entries,
+    "audit.verify": audit_ops.verify,
+    "jobs.replay": replay_ops.replay_job,
+    "deadletter.replay_bulk": replay_ops.replay_bulk,
+    "backfills.create": _backfill_create,
+    "backfills.list": _backfill_list,
+    "backfills.show": lambda led, *, backfill_id, **kw: backfill_ops.show(led, backfill_id, **kw),
+    "backfills.cancel": lambda led, *, backfill_id, **kw: backfill_ops.cancel(led, backfill_id, **kw),
 }
 
 

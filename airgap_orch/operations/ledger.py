@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from .. import clock, ids
+from .. import clock, ids, validation
 from ..errors import InvalidInput, VerificationFailed
 from ..ledger import Ledger
 from ..orchestrator import audit, events, history
@@ -22,9 +23,14 @@ def init(path: Path, *, site_id: str | None, lock_timeout: float) -> dict[str, A
         return {"ledger": str(path), "site_id": ledger.site_id, "schema_version": ledger.schema_version}
 
 
-def info(ledger: Ledger) -> dict[str, Any]:
+def _tenant_list(tenants: Collection[str] | None) -> list[str] | None:
+    return sorted(tenants) if tenants is not None else None
+
+
+def info(ledger: Ledger, *, tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """Identity, schema, history head, and job counts by state (of the caller's tenants only)."""
     read = ledger.read()
-    counts = {row["state"]: row["jobs"] for row in read.rows("state_counts")}
+    counts = {row["state"]: row["jobs"] for row in read.rows("state_counts", tenants=_tenant_list(tenants))}
     return {
         "ledger": str(ledger.path),
         "site_id": ledger.site_id,
@@ -62,7 +68,7 @@ def verify(ledger: Ledger) -> dict[str, Any]:
     bad_payloads = read.rows("verify_payload_digests")
     if bad_payloads:
         raise VerificationFailed(f"job {bad_payloads[0]['job_id']}: payload does not match its digest")
-    jobs = sum(row["jobs"] for row in read.rows("state_counts"))
+    jobs = sum(row["jobs"] for row in read.rows("state_counts", tenants=None))
     return {"ok": True, "schema_version": ledger.schema_version, "history_entries": entries,
             "audit_entries": audit_entries, "jobs": jobs,
             "checked_at": clock.iso(clock.now())}
@@ -76,8 +82,12 @@ def _batched(cursor, size: int = 10_000):
         yield from rows
 
 
-def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000) -> dict[str, Any]:
-    entries = ledger.read().rows("history_page", after_seq=after_seq, limit=limit)
+def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000,
+              tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """History entries after `after_seq` as orch.event.v1 envelopes (of the caller's tenants only)."""
+    after_seq = int(validation.number_in(after_seq, 0, 2**62, "after_seq"))
+    limit = int(validation.number_in(limit, 1, 100_000, "limit"))
+    entries = ledger.read().rows("history_page", after_seq=after_seq, limit=limit, tenants=_tenant_list(tenants))
     last_seq = entries[-1]["seq"] if entries else after_seq
     return {"events": [events.envelope(history.parse(row["seq"], row["entry"], row["entry_hash"]))
                        for row in entries], "last_seq": last_seq}

@@ -69,6 +69,22 @@ async def problems(request: web.Request, handler):
         return problem(500, "internal", "internal error; the server log has the details")
 
 
+OVERRIDE_HEADERS = (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket"))
+
+
+def override_headers(request: web.Request, route: api.Route) -> dict[str, str]:
+    """reason/ticket of an operational override from X-Orch-Reason/X-Orch-Ticket (DESIGN invariant 8); a
+    header the route needs but the request lacks is InvalidInput (400) before anything runs."""
+    found = {}
+    for field, header in OVERRIDE_HEADERS:
+        value = request.headers.get(header, "").strip()
+        if value:
+            found[field] = value
+        elif route.needs_reason if field == "reason" else route.needs_ticket:
+            raise InvalidInput(f"{route.name} needs the {header} header (the {field} for the audit log)")
+    return found
+
+
 class Door:
     """Handlers bound to one server's writer, auth and event hub."""
 
@@ -97,6 +113,8 @@ class Door:
         try:
             caller = self.caller(request, route.scope_of)
             params = await self._params(request, route)
+            if route.needs_reason or route.needs_ticket:
+                params.update(override_headers(request, route))
             key = request.headers.get("Idempotency-Key")
             request_key = None
             if key is not None and route.mutating:
@@ -167,7 +185,8 @@ class Door:
         return web.json_response({"ok": True})
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        info = await asyncio.wrap_future(self.writer.submit("ledger.info", {}, Caller(actor="metrics")))
+        caller = self.caller(request, "ledger_info")  # job counts are ledger data: orch:read
+        info = await asyncio.wrap_future(self.writer.submit("ledger.info", {}, caller))
         return web.Response(text=self.metrics.render(info["jobs"]), content_type="text/plain", charset="utf-8")
 
     async def event_stream(self, request: web.Request) -> web.StreamResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import signal
 import sys
@@ -22,6 +23,23 @@ from .metrics import Metrics
 from .writer import LedgerWriter
 
 RECOVER_EVERY_SECONDS = 1.0
+
+
+class _NoRequestText(logging.Filter):
+    """aiohttp logs the raw text of a request it cannot parse, Authorization header (a token) included.
+    Keep the fact, drop the text: secrets never reach the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or "Error handling request" in str(record.msg):
+            record.msg = "refused a malformed HTTP request (%s)"
+            record.args = (record.exc_info[0].__name__ if record.exc_info else "unparseable",)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+for _name in ("aiohttp.server", "aiohttp.access", "aiohttp.web", "aiohttp.internal"):
+    logging.getLogger(_name).addFilter(_NoRequestText())
 
 
 @dataclass

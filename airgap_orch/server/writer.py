@@ -8,6 +8,7 @@ an Idempotency-Key has its answer stored in the same transaction (request_log); 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from .. import api, clock
-from ..errors import InvalidInput, OrchError
+from ..errors import Conflict, InvalidInput, OrchError
 from ..ledger import Ledger, Transaction
 from ..operations import dispatch
 from ..operations import jobs as job_ops
@@ -41,6 +42,12 @@ class Request:
     caller: dispatch.Caller
     request_key: str | None = None  # subject + Idempotency-Key, for mutating requests
     future: Future = field(default_factory=Future)
+
+    @property
+    def fingerprint(self) -> str:
+        """What the request asked for: a key reused for a different request is refused, not replayed."""
+        text = json.dumps([self.name, self.params], sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class LedgerWriter:
@@ -123,7 +130,12 @@ class LedgerWriter:
         seen: dict[str, Request] = {}
         for request in batch:
             if request.request_key in stored:
-                request.future.set_result(stored[request.request_key])
+                record = stored[request.request_key]
+                if record["fingerprint"] != request.fingerprint:
+                    request.future.set_exception(Conflict(
+                        "this Idempotency-Key was already used for a different request; use a new key per request"))
+                else:
+                    request.future.set_result(record["answer"])
             elif request.request_key and request.request_key in seen:
                 _chain(seen[request.request_key].future, request.future)  # same key twice in one batch
             else:
@@ -229,7 +241,7 @@ def _ack_many_items(request: Request) -> list[dict[str, Any]]:
 
 def _log(tx: Transaction, done: list[tuple[Request, Any]]) -> None:
     # An empty claim is not recorded: a long-poll repeats it under the same key until work arrives.
-    rows = [(r.request_key, r.name, json.dumps(answer)) for r, answer in done
+    rows = [(r.request_key, r.name, json.dumps({"fingerprint": r.fingerprint, "answer": answer})) for r, answer in done
             if r.request_key and not (r.name == "jobs.claim" and not answer["leases"])]
     if not rows:
         return

@@ -1,0 +1,76 @@
+"""Replay operations: one job (`jobs replay`) and dead letters in bulk (`deadletter replay --tenant ...`).
+
+A replay clones the payload into a new queued job with replay_of set and high priority; core.replay
+records it in history and in the audit log (with the reason, when given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from .. import validation
+from ..errors import InvalidInput, NotFound
+from ..ledger import Ledger
+from ..orchestrator import jobs as core
+from ..orchestrator.states import next_state
+
+REPLAY_PRIORITY = 100  # replays jump ahead of ordinary work (job priorities run -1000..1000)
+MAX_BULK_REPLAY = 10_000
+
+
+def replay_job(ledger: Ledger, job_id: Any, *, reason: Any = None, actor: str = "cli",
+               tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """Replay one dead-lettered, failed or timed-out job."""
+    checked = validation.job_id(job_id)
+    checked_reason = validation.text(reason, validation.MAX_REASON_CHARS, "reason")
+    with ledger.transaction() as tx:
+        (replay,) = core.replay(tx, [checked], actor=actor, priority=REPLAY_PRIORITY, tenants=tenants,
+                                reason=checked_reason)
+    return {**replay, "priority": REPLAY_PRIORITY, "state": "queued"}
+
+
+def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str | None = None,
+                type: str | None = None, since: str | None = None, dry_run: bool = False, reason: Any = None,
+                actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """Replay the listed jobs, or the dead letters of `tenant` and `type` that died at or after `since`
+    and have no replay yet, all in one transaction. With dry_run, name them and change nothing."""
+    checked_reason = validation.text(reason, validation.MAX_REASON_CHARS, "reason")
+    if not isinstance(dry_run, bool):
+        raise InvalidInput("dry_run must be true or false")
+    filters = {"--tenant": tenant, "--type": type, "--since": since}
+    if job_ids is not None:
+        if any(value is not None for value in filters.values()):
+            raise InvalidInput("name job ids or --tenant/--type/--since, not both")
+        if not isinstance(job_ids, list) or not job_ids or len(job_ids) > MAX_BULK_REPLAY:
+            raise InvalidInput(f"job ids must be a list of 1 to {MAX_BULK_REPLAY} ids")
+        chosen = [validation.job_id(job_id) for job_id in job_ids]
+        if dry_run:
+            read = ledger.read()
+            for job_id in chosen:  # the checks core.replay makes, without writing
+                found = read.rows("job_any", job_id=job_id)
+                if not core.visible(found[0] if found else None, tenants):
+                    raise NotFound(f"no job {job_id}")
+                next_state(found[0]["state"], "replay")
+    else:
+        missing = [flag for flag, value in filters.items() if value is None]
+        if missing:
+            raise InvalidInput(f"bulk replay needs {', '.join(missing)} (or name job ids)")
+        for flag in ("--tenant", "--type"):
+            validation.text(filters[flag], 128, flag, required=True)
+        moment = validation.timestamp(since, "--since")
+        found = ledger.read().rows("deadletters_matching", tenant=tenant, job_type=type, since=moment,
+                                   tenants=sorted(tenants) if tenants is not None else None,
+                                   limit=MAX_BULK_REPLAY + 1)
+        if len(found) > MAX_BULK_REPLAY:
+            raise InvalidInput(f"more than {MAX_BULK_REPLAY} dead letters match; replay them in parts with a "
+                               "later --since")
+        chosen = [row["job_id"] for row in found]
+        if not chosen:
+            return {"dry_run": dry_run, "count": 0, "job_ids": [], "replays": []}
+    if dry_run:
+        return {"dry_run": True, "count": len(chosen), "job_ids": chosen, "replays": []}
+    with ledger.transaction() as tx:
+        replays = core.replay(tx, chosen, actor=actor, priority=REPLAY_PRIORITY, tenants=tenants,
+                              reason=checked_reason)
+    return {"dry_run": False, "count": len(replays), "job_ids": chosen, "replays": replays}
