@@ -25,6 +25,10 @@ class Route:
     request_schema: str | None = None  # schemas/<name>.schema.json
     mutating: bool = False  # accepts Idempotency-Key; goes through the writer
     query: tuple[tuple[str, str], ...] = ()  # GET parameters: (name, JSON type)
+    # Operational overrides (DESIGN invariant 8): the server takes `reason` from the X-Orch-Reason header
+    # and `ticket` from X-Orch-Ticket, and answers 400 when a needed one is missing.
+    needs_reason: bool = False
+    needs_ticket: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
@@ -55,6 +59,24 @@ ROUTES: tuple[Route, ...] = (
     Route("ledger.verify", "POST", "/v1/ledger/verify", "ledger_verify", "Verify chain and state tables"),
     Route("ledger.events", "GET", "/v1/ledger/events", "events", "Transitions as orch.event.v1 envelopes",
           query=(("after_seq", "integer"), ("limit", "integer"))),
+    Route("audit.list", "GET", "/v1/audit", "audit_list", "Audit log entries, oldest first",
+          query=(("since", "string"), ("after_seq", "integer"), ("limit", "integer"))),
+    Route("audit.verify", "POST", "/v1/audit/verify", "audit_verify", "Verify the audit log's hash chain"),
+    Route("jobs.replay", "POST", "/v1/jobs/{job_id}/replay", "replay",
+          "Replay a dead-lettered, failed or timed-out job as a new high-priority job", "job-replay-request", True),
+    Route("deadletter.replay_bulk", "POST", "/v1/deadletter/replay-bulk", "replay",
+          "Replay a tenant's dead letters of one type since a time (dry_run to preview)",
+          "deadletter-replay-bulk-request", True),
+    Route("backfills.create", "POST", "/v1/backfills", "backfill_create",
+          "Create a backfill: one job per window (needs X-Orch-Reason and X-Orch-Ticket)",
+          "backfill-create-request", True, needs_reason=True, needs_ticket=True),
+    Route("backfills.list", "GET", "/v1/backfills", "backfill_list", "Backfills with their progress",
+          query=(("tenant", "string"), ("type", "string"), ("state", "string"), ("limit", "integer"))),
+    Route("backfills.show", "GET", "/v1/backfills/{backfill_id}", "backfill_show",
+          "One backfill with its progress and watermark"),
+    Route("backfills.cancel", "POST", "/v1/backfills/{backfill_id}/cancel", "backfill_cancel",
+          "Cancel a backfill's queued jobs, request cancellation of its running ones (needs X-Orch-Reason)",
+          None, True, needs_reason=True),
 )
 
 BY_NAME = {route.name: route for route in ROUTES}

@@ -48,6 +48,12 @@ OPERATION_SCOPES = MappingProxyType({
     "ledger_info": READ,
     "ledger_verify": READ,
     "events": READ,
+    "audit_list": READ,
+    "audit_verify": READ,
+    "backfill_create": BACKFILL,
+    "backfill_list": READ,
+    "backfill_show": READ,
+    "backfill_cancel": BACKFILL,
 })
 
 

@@ -154,3 +154,9 @@ def recover() -> dict:
     return invoke("jobs.recover", {})
 
 
+@command(group, "replay")
+@click.argument("job_id")
+@click.option("--reason", help="Why (recorded in the audit log; at most 256 characters).")
+def replay(job_id: str, reason: str | None) -> dict:
+    """Clone a dead-lettered, failed or timed-out job into a new high-priority job with replay_of set."""
+    return invoke("jobs.replay", {"job_id": job_id, "reason": reason})

@@ -38,6 +38,8 @@ def _register() -> None:
         cli.add_command(group)
     from . import keys, tokens
     cli.commands.update(keys=keys.group, tokens=tokens.group)
+    from . import audit, backfill
+    cli.commands.update(audit=audit.group, backfill=backfill.group)
     from .demo import demo
     from .serve import serve
 

@@ -1,0 +1,161 @@
+"""`airgap-orch backfill create | list | show | cancel`: one job per time window, driven and watched."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import InvalidInput
+from .context import command, invoke, settings
+from .jobs import _payload
+
+
+@click.group("backfill")
+def group() -> None:
+    """Re-run a time range: one job per window, with progress and a watermark."""
+
+
+def invoke_override(name: str, params: dict[str, Any], *, progress: Any = None) -> dict[str, Any]:
+    """invoke() for an operational override: a server takes reason/ticket from X-Orch-Reason/X-Orch-Ticket
+    (api.Route.needs_reason/needs_ticket); locally they are plain params, and `progress` reports record
+    building."""
+    current = settings()
+    url = current.server()
+    if url is None:
+        return invoke(name, {**params, "progress": progress} if progress is not None else params)
+    return _remote(url, current.token, name, params)
+
+
+def _remote(url: str, token: str | None, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One request with the override headers (OrchClient sends none of its own choosing)."""
+    import http.client
+    import json
+    import uuid
+    from urllib.parse import urlsplit
+
+    from .. import api
+    from ..errors import from_problem
+
+    route = api.BY_NAME[name]
+    rest = {key: value for key, value in params.items() if value is not None}
+    headers = {"Accept": "application/json", "Content-Type": "application/json",
+               "Idempotency-Key": str(uuid.uuid4())}
+    for field, header in (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket")):
+        if field in rest:
+            headers[header] = str(rest.pop(field))
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    path, body = api.path_for(route, rest)
+    parts = urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    try:
+        connection.request(route.method, path, body=json.dumps(body).encode() if body else None, headers=headers)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise InvalidInput(f"cannot reach {url}: {exc}; is `airgap-orch serve` running?") from None
+    finally:
+        connection.close()
+    try:
+        answer = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        answer = {"title": raw[:200].decode(errors="replace")}
+    if status >= 400:
+        raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or f"HTTP {status}")
+    return answer
+
+
+class _Bar:
+    """A progress bar on stderr while records are built, only on a terminal and without --json."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="building window jobs", file=sys.stderr,
+                                         show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@command(group, "create")
+@click.option("--tenant", required=True)
+@click.option("--project", required=True)
+@click.option("--type", "job_type", required=True)
+@click.option("--from", "start", required=True, help="ISO 8601 date or time (UTC if no offset).")
+@click.option("--to", "end", required=True, help="ISO 8601 date or time, after --from.")
+@click.option("--step", required=True, help="Window length: a whole number and s, m, h or d (15m, 1h, 1d).")
+@click.option("--reason", help="Why (required, at most 256 characters).")
+@click.option("--ticket", help="Change ticket (required, at most 128 characters).")
+@click.option("--payload", help="JSON object (or @FILE) each window's payload starts from.")
+@click.option("--queue")
+@click.option("--priority", type=int)
+@click.option("--max-attempts", type=int)
+@click.option("--timeout-seconds", type=int)
+def create(tenant: str, project: str, job_type: str, start: str, end: str, step: str, reason: str | None,
+           ticket: str | None, payload: str | None, queue: str | None, priority: int | None,
+           max_attempts: int | None, timeout_seconds: int | None) -> dict:
+    """Create one job per window [start, end), all in one transaction; windows already covered by a job of
+    the same tenant and type are suppressed."""
+    request: dict[str, Any] = {"tenant": tenant, "project": project, "type": job_type, "from": start, "to": end,
+                               "step": step, "payload": _payload(payload)}
+    for key, value in (("queue", queue), ("priority", priority), ("max_attempts", max_attempts),
+                       ("timeout_seconds", timeout_seconds)):
+        if value is not None:
+            request[key] = value
+    bar = _Bar() if sys.stderr.isatty() and not settings().json else None
+    try:
+        return invoke_override("backfills.create", {**request, "reason": reason, "ticket": ticket}, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@command(group, "list")
+@click.option("--tenant")
+@click.option("--type", "job_type")
+@click.option("--state", type=click.Choice(["active", "canceled"]))
+@click.option("--limit", type=int, default=100, show_default=True)
+def list_(tenant: str | None, job_type: str | None, state: str | None, limit: int) -> dict | None:
+    """Backfills, newest first, with their progress."""
+    result = invoke("backfills.list", {"tenant": tenant, "type": job_type, "state": state, "limit": limit})
+    if settings().json:
+        return result
+    if not result["backfills"]:
+        click.echo("no backfills")
+        return None
+    columns = ("backfill_id", "state", "tenant", "type", "from", "to", "step", "windows", "done")
+    rows = [[str(item["progress"]["done"] if column == "done" else item[column]) for column in columns]
+            for item in result["backfills"]]
+    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(columns)]
+    click.echo("  ".join(column.upper().ljust(widths[i]) for i, column in enumerate(columns)).rstrip())
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return None
+
+
+@command(group, "show")
+@click.argument("backfill_id")
+def show(backfill_id: str) -> dict:
+    """One backfill: its windows, progress by job state and watermark."""
+    return invoke("backfills.show", {"backfill_id": backfill_id})
+
+
+@command(group, "cancel")
+@click.argument("backfill_id")
+@click.option("--reason", help="Why (required, at most 256 characters).")
+@click.option("--ticket", help="Change ticket (at most 128 characters).")
+def cancel(backfill_id: str, reason: str | None, ticket: str | None) -> dict:
+    """Cancel the backfill's queued jobs and ask the workers of its running ones to stop."""
+    return invoke_override("backfills.cancel", {"backfill_id": backfill_id, "reason": reason, "ticket": ticket})
