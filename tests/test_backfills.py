@@ -330,3 +330,37 @@ def test_create_shows_a_progress_bar_on_a_terminal_and_nothing_otherwise(ledger_
                             "--from", "2024-01-03", "--to", "2024-01-04", "--step", "1m", *AUDITED],
                            capture_output=True, text=True, timeout=60)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet
+
+
+def test_http_backfills_need_the_backfill_scope_and_stay_within_the_tokens_tenants(ledger_path, tmp_path):
+    from server_fixtures import Keys, assert_problem, serving
+
+    keys = Keys(tmp_path / "keys")
+    tokens = keys.issue_many({
+        "reader": {"tenants": ["acme"], "scopes": ["orch:read"]},
+        "alice": {"tenants": ["acme"], "scopes": ["orch:backfill", "orch:read"]},
+        "globex": {"tenants": ["globex"], "scopes": ["orch:backfill", "orch:read"]},
+    })
+    headers = {"X-Orch-Reason": "outage", "X-Orch-Ticket": "OPS-7"}
+    with serving(ledger_path, "--token-key", str(keys.public_key)) as server:
+        assert_problem(server.request("POST", "/v1/backfills", REQUEST, headers=headers, token=tokens["reader"]),
+                       403, "forbidden", 7)
+        assert_problem(server.request("POST", "/v1/backfills", REQUEST, headers=headers, token=tokens["globex"]),
+                       403, "forbidden", 7)
+        assert server.request("GET", "/v1/audit", token=tokens["reader"]).json["entries"] == []
+        created = server.request("POST", "/v1/backfills", REQUEST, headers=headers, token=tokens["alice"])
+        assert created.status == 200, created
+        backfill = created.json["backfill_id"]
+        assert created.json["created_by"] == "token:alice"
+        assert server.request("GET", f"/v1/backfills/{backfill}", token=tokens["reader"]).status == 200
+        assert_problem(server.request("GET", f"/v1/backfills/{backfill}", token=tokens["globex"]), 404, "not-found")
+        assert server.request("GET", "/v1/backfills", token=tokens["globex"]).json["backfills"] == []
+        assert_problem(server.request("POST", f"/v1/backfills/{backfill}/cancel", headers=headers,
+                                      token=tokens["reader"]), 403, "forbidden", 7)
+        assert_problem(server.request("POST", f"/v1/backfills/{backfill}/cancel", headers=headers,
+                                      token=tokens["globex"]), 404, "not-found", 1)
+        (entry,) = server.request("GET", "/v1/audit", token=tokens["reader"]).json["entries"]
+        assert server.request("GET", "/v1/audit", token=tokens["globex"]).json["entries"] == [], \
+            "a token sees the audit entries of its own tenants only"
+    assert (entry["action"], entry["actor"], entry["reason"], entry["ticket"]) == (
+        "backfill.create", "token:alice", "outage", "OPS-7")

@@ -224,3 +224,10 @@ ORDER BY j.job_id;
 -- name: backfill_cancel
 UPDATE backfills SET state = 'canceled', canceled_at = $now, canceled_by = $actor, cancel_reason = $reason
 WHERE backfill_id = $backfill_id AND state = 'active';
+
+-- name: audit_page_for_tenants
+-- audit_page for a caller limited to some tenants: only entries that name one of them in details.tenant.
+SELECT seq, action, entry, entry_hash FROM audit_log
+WHERE seq > $after_seq AND ($since IS NULL OR (entry ->> 'at') >= $since)
+  AND list_contains($tenants, entry ->> '$.details.tenant')
+ORDER BY seq LIMIT $limit;

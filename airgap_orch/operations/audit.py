@@ -21,11 +21,16 @@ def _whole(value: Any, low: int, high: int, what: str) -> int:
 
 def list_entries(ledger: Ledger, *, since: str | None = None, limit: int = 1000, after_seq: int = 0,
                  actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """Audit entries in order (oldest first), from `since` (ISO 8601) and after `after_seq`, at most `limit`."""
+    """Audit entries in order (oldest first), from `since` (ISO 8601) and after `after_seq`, at most `limit`;
+    a caller limited to some tenants sees the entries whose details name one of them."""
     limit = _whole(limit, 1, MAX_LIST, "limit")
     after_seq = _whole(after_seq, 0, 2**62, "after_seq")
     since_text = clock.iso(validation.timestamp(since, "--since")) if since is not None else None
-    rows = ledger.read().rows("audit_page", after_seq=after_seq, since=since_text, limit=limit)
+    if tenants is None:
+        rows = ledger.read().rows("audit_page", after_seq=after_seq, since=since_text, limit=limit)
+    else:  # a token sees the actions on its tenants only (entries that name no tenant stay hidden)
+        rows = ledger.read().rows("audit_page_for_tenants", after_seq=after_seq, since=since_text, limit=limit,
+                                  tenants=sorted(tenants))
     entries = [audit.parse(row["seq"], row["entry"], row["entry_hash"]) for row in rows]
     return {"entries": entries, "last_seq": entries[-1]["seq"] if entries else after_seq}
 
