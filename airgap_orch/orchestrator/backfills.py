@@ -27,7 +27,7 @@ from ..errors import Conflict, InvalidInput, NotFound
 from ..ledger import Transaction
 from . import audit, history
 from . import jobs as core
-from .states import HELD_STATES, QUEUED, next_state
+from .states import FINAL_STATES, HELD_STATES, QUEUED, next_state
 
 RECORD_VERSION = 1
 MAX_WINDOWS = 100_000  # documented in README "Backfills, replays and the audit log"
@@ -215,8 +215,6 @@ def watermark(tx: Transaction, backfill_id: str) -> datetime | None:
 
 
 def render(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
-    from .states import FINAL_STATES
-
     done = sum(jobs for state, jobs in counts.items() if state in FINAL_STATES)
     return {
         "backfill_id": row["backfill_id"], "record_version": row["record_version"], "state": row["state"],
