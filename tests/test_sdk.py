@@ -43,14 +43,16 @@ class ServerProcess:
 
     def __init__(self, ledger: Path, *args: str, port: int = 0):
         self.ledger = ledger
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "airgap_orch", "--ledger", str(ledger), "serve", "--port", str(port), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env())
+        self.log = ledger.with_name(f"server-{uuid.uuid4().hex[:8]}.log")  # stderr: read, never a full pipe
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "airgap_orch", "--ledger", str(ledger), "serve", "--port", str(port), *args],
+                stdout=subprocess.PIPE, stderr=log, text=True, env=_clean_env())
         line = self.process.stdout.readline()  # type: ignore[union-attr]
         match = SERVING.match(line.strip())
         if match is None:
             self.process.kill()
-            raise AssertionError(f"server did not start: {line!r} {self.process.stderr.read()!r}")  # type: ignore
+            raise AssertionError(f"server did not start: {line!r} {self.stderr()}")
         self.url = match["url"]
         self.port = int(self.url.rsplit(":", 1)[1])
 
@@ -62,6 +64,9 @@ class ServerProcess:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(10)
+
+    def stderr(self) -> str:
+        return self.log.read_text()[-4000:]
 
 
 def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -420,7 +425,7 @@ def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_not
         time.sleep(3.5)  # longer than the client's own retries (at most 3.1 s): the workers must retry
         restarted = ServerProcess(ledger, "--no-auth", port=server.port)
         wait_for(lambda: len(acknowledged) >= killed_at + 40 or failures, 30, "enqueues to be answered again")
-        assert not failures
+        assert not failures, (failures, server.stderr(), restarted.stderr())
         producing.clear()
         producer.join(30)
         wait_for(lambda: all_done(client, acknowledged), 60, "every acknowledged job to succeed", every=0.5)

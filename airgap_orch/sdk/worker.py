@@ -38,10 +38,11 @@ report keeps its Idempotency-Key across these retries: an ack that was applied b
 with its original result, never applied twice and never mistaken for a stale lease.
 
 Stopping (`stop()`, SIGTERM, SIGINT; run() installs the signal handlers when it runs in the main thread):
-stop claiming (a long-poll in flight is aborted), give back leases whose handler has not started, wait up to
-`grace_seconds` for running handlers and their reports, then release the remaining leases (jobs.release: the
-job goes back to queued without using up the attempt) and tell their handlers (ctx.cancelled, reason
-shutdown). A second signal skips the rest of the grace period.
+stop claiming, give back leases whose handler has not started, wait up to `grace_seconds` for running
+handlers, their reports and a long-poll in flight (jobs it brings are given back at once; aborting it
+could strand jobs the server grants after the connection is gone), then release the remaining leases
+(jobs.release: the job goes back to queued without using up the attempt) and tell their handlers
+(ctx.cancelled, reason shutdown). A second signal skips the rest of the grace period.
 """
 
 from __future__ import annotations
@@ -211,7 +212,6 @@ class Worker:
         self._report_deadline: float | None = None  # reports give up after this (set while stopping)
         self._stop_reason = ""
         self._fatal: OrchError | None = None
-        self._claim_in_flight: tuple[str, dict[str, Any]] | None = None  # (Idempotency-Key, params)
         self._started = False
         self.stats: collections.Counter[str] = collections.Counter()
 
@@ -326,7 +326,6 @@ class Worker:
                           "queue": self.queue, "type": job_type, "wait": wait}
                 pending = (str(uuid.uuid4()), params)
             key, params = pending
-            self._claim_in_flight = pending
             try:
                 answer = self._claim_client.call("jobs.claim", params, idempotency_key=key,
                                                  timeout=max(self._claim_client.timeout, params["wait"] + 10))
@@ -338,7 +337,6 @@ class Worker:
                 self._stopping.wait(_backoff(failures))
                 continue  # the same key: a claim the server applied before it went away is answered again
             except (NotAuthorized, InvalidInput) as error:  # retrying cannot help; stop the worker
-                self._claim_in_flight = None
                 self._fatal = error
                 log.error("claim refused: %s; stopping", error)
                 self.stop("error")
@@ -346,11 +344,10 @@ class Worker:
             except OrchError as error:
                 failures += 1
                 log.warning("claim failed: %s", error)
-                pending = self._claim_in_flight = None
+                pending = None
                 self._stopping.wait(_backoff(failures))
                 continue
             pending, failures = None, 0
-            self._claim_in_flight = None
             leases = answer.get("leases", [])
             empty_in_a_row = 0 if leases else empty_in_a_row + 1
             for lease in leases:
@@ -651,19 +648,25 @@ class Worker:
     # -- stopping ----------------------------------------------------------------------------------
     def _shutdown(self, claimer: threading.Thread, reporter: threading.Thread) -> None:
         deadline = time.monotonic() + self.grace_seconds
+        # The claimer starts no new claim. One in flight (a long-poll) may finish: the server goes on polling
+        # for a request whose connection is gone, so aborting it could strand jobs granted to nobody.
         self._stopping.set()
-        self._claim_client.close()  # aborts a long-poll in flight
-        claimer.join(5.0)
-        self._recover_aborted_claim()
-        with self._lock:
+        with self._changed:
+            self._changed.notify_all()
             waiting = [held for held in self._held.values() if held.phase == "waiting" and not held.released]
         self._release(waiting, "not started")
         with self._changed:
-            while (self._busy or self._unreported) and not self._hurry.is_set():
+            while (self._busy or self._unreported or claimer.is_alive()) and not self._hurry.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._changed.wait(min(remaining, 0.1))
+        if claimer.is_alive():
+            # Out of time: abort the long-poll. Jobs the server grants it from now on go back to the queue
+            # when their lease lapses.
+            self._claim_client.close()
+            claimer.join(2.0)
+        with self._lock:
             running = [held for held in self._held.values() if held.phase in ("waiting", "running")
                        and not held.released and not held.lost]
         # Reports still waiting (the server is away) get a little longer than the grace period.
@@ -674,21 +677,6 @@ class Worker:
                 self._changed.wait(0.1)
         self._reports.put(None)
         reporter.join(max(0.0, self._report_deadline - time.monotonic()) + 5.0)
-
-    def _recover_aborted_claim(self) -> None:
-        """A claim aborted at stop may have been granted just before: ask again under its Idempotency-Key
-        (the server answers a granted claim from its request log) and give back whatever it leased."""
-        aborted = self._claim_in_flight
-        if aborted is None:
-            return
-        key, params = aborted
-        try:
-            leases = self._report_client.call("jobs.claim", {**params, "wait": 0}, idempotency_key=key)["leases"]
-        except OrchError as error:
-            log.warning("could not check the claim aborted at stop: %s", error)
-            return
-        for lease in leases:
-            self._take(lease)  # while stopping, _take releases at once
 
     def _release(self, jobs: list[_Held], why: str) -> None:
         for held in jobs:

@@ -38,7 +38,8 @@ TOKEN_LIFETIME = timedelta(minutes=15)
 TOKEN_RENEW_EVERY = TOKEN_LIFETIME.total_seconds() / 3
 TOKEN_SUBJECT = "embedded-worker"
 MAX_TENANTS = 64  # schemas/token-claims.schema.json tenants.maxItems
-AUTH_CLAIM_WAIT = 1.0  # a long-poll keeps the token it started with: keep it short when tokens change
+# Short long-polls over loopback: a new token (a new tenant) and a stop take effect within a second.
+CLAIM_WAIT = 1.0
 _CREATED = '"event_type":"job.created"'
 _TENANT = re.compile(r'"tenant":"([^"\\]+)"')
 
@@ -119,7 +120,7 @@ class EmbeddedWorkers:
                 self.minter.see(job["tenant"] for job in listed["jobs"])
             token = self.minter.mint()
             self.minter.changed.clear()
-            options.setdefault("claim_wait", AUTH_CLAIM_WAIT)
+        options.setdefault("claim_wait", CLAIM_WAIT)
         for number in range(1, self.count + 1):
             worker = Worker(server.url, token, worker_id=f"embedded-{number}-{os.getpid()}", **options)
             for job_type, function in self.handlers.items():
