@@ -1,36 +1,49 @@
-"""The demo scenario: two tenants, a few dozen jobs, a dead letter, and a worker killed mid-job.
+"""The demo scenario, through the control plane: a server subprocess owns the ledger, SDK workers run the jobs.
 
-1. Create a fresh ledger and enqueue jobs for two tenants: advisories, VEX documents, image scans and
-   one export per tenant whose target never answers (max_attempts 3), plus one long scan.
-2. Start worker A as a subprocess with a short lease. When the long scan writes its start marker,
-   kill worker A with SIGKILL: it holds that job's lease and can never report it.
-3. Start worker B with --exit-when-idle. Its claims sweep the expired leases; it re-runs the long scan
-   (attempt 2) and everything else, and the exports end in the dead-letter queue after 3 attempts.
-4. Read the ledger back: jobs by tenant and state, the dead letters, the killed job's history, and
-   `ledger verify`.
+1. Create a fresh ledger and start `airgap-orch serve --port 0 --no-auth` on it (loopback only); its first
+   stdout line gives the URL. From here on this process talks to the ledger only through that server.
+2. Enqueue jobs for two tenants over HTTP (OrchClient): advisories, VEX documents, image scans and one
+   export per tenant whose target never answers (max_attempts 3), plus one long, low-priority scan.
+3. Start worker A (`airgap-orch worker run`, which finds the server through its discovery file and runs as
+   an SDK worker) with a short lease. When the long scan writes its start marker, kill worker A with
+   SIGKILL: it holds that job's lease and can never report it.
+4. Start worker B. The server's once-a-second sweep recovers the expired lease; worker B re-runs the long
+   scan (attempt 2) and everything else, and the exports end in the dead-letter queue after 3 attempts.
+5. Watch through the server (ledger.info, jobs.show) until every job is final; read the report through it
+   (jobs.list, deadletter.list, jobs.show); stop worker B and then the server with SIGTERM (the server
+   removes its discovery file and closes the ledger); run `ledger verify` on the ledger it left.
 
-Only one process may open the ledger, so this process closes it before each worker starts.
-Returns a JSON-ready dict; it never prints (cli/demo.py renders it).
+Every subprocess runs in its own session; whatever happens, run_demo() kills their process groups before it
+returns or raises, and SIGTERM/SIGHUP to this process are turned into DemoInterrupted so that happens too.
+Returns a JSON-ready dict; it never prints (cli/demo.py renders it, `on_step` narrates if given).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import airgap_orch
 
 from .errors import InvalidInput, OrchError
 from .ledger import Ledger
-from .operations import jobs as job_ops
 from .operations import ledger as ledger_ops
+from .orchestrator.states import FINAL_STATES
+from .sdk.client import OrchClient
+from .server import discovery
 
 SITE_ID = "demo-site"
 TENANTS = ("acme-corp", "globex")
@@ -40,14 +53,22 @@ HANDLERS = {
     "scan.image": "airgap_orch.worker.samples:slow_scan",
     "export.mirror": "airgap_orch.worker.samples:flaky_export",
 }
-LEASE_SECONDS = 2.0
+LEASE_SECONDS = 3.0  # heartbeats every second; a lost lease is recovered 3-4 s after the kill
 LONG_SCAN_SECONDS = 3.0
+SERVER_START_TIMEOUT_SECONDS = 30.0
 MARKER_TIMEOUT_SECONDS = 30.0
-WORKER_TIMEOUT_SECONDS = 90.0
+FINISH_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 20.0
+POLL_SECONDS = 0.1
+_FIRST_LINE = re.compile(r" at (?P<url>https?://\S+) \(pid (?P<pid>\d+)\)")
 
 
 class DemoFailed(OrchError):
-    """The scenario did not play out (a worker died early or never reached the long scan)."""
+    """The scenario did not play out (a process died early, or a step took too long)."""
+
+
+class DemoInterrupted(DemoFailed):
+    """This process got SIGTERM or SIGHUP; the server and workers it started were killed."""
 
 
 def job_specs(work_dir: Path) -> list[dict[str, Any]]:
@@ -77,54 +98,183 @@ def job_specs(work_dir: Path) -> list[dict[str, Any]]:
     return specs
 
 
-def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0) -> dict[str, Any]:
+class _Children:
+    """The subprocesses the demo started. Each leads its own session (and process group); kill_all() ends
+    every group whose leader this process has not reaped yet, so a recycled pid is never signalled.
+
+    SIGTERM and SIGHUP raise DemoInterrupted in the main thread (once), except inside `starting()`, where
+    they are held until the new child is on the list.
+    """
+
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+        self._holding = False
+        self._held: int | None = None
+        self._fired = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Children:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self.kill_all()
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._fired:
+            return
+        if self._holding:
+            self._held = signum
+            return
+        self._interrupt(signum)
+
+    def _interrupt(self, signum: int) -> None:
+        self._fired = True
+        raise DemoInterrupted(f"the demo got {signal.Signals(signum).name}; killed the server and workers it "
+                              f"started (logs in {self.work_dir})")
+
+    @contextmanager
+    def _starting(self) -> Iterator[None]:
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._held is not None and not self._fired:
+            self._interrupt(self._held)
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """`python -m airgap_orch ARGS` with stdout and stderr in work_dir/NAME.out and NAME.err."""
+        env = {key: value for key, value in os.environ.items()
+               if key not in ("AIRGAP_ORCH_SERVER", "AIRGAP_ORCH_TOKEN")}  # the demo's own server, no token
+        # Make the package importable in the child even when it runs from a source checkout.
+        package_root = str(Path(airgap_orch.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        with self._starting():
+            with open(self.work_dir / f"{name}.out", "wb") as out, open(self.work_dir / f"{name}.err", "wb") as err:
+                child = subprocess.Popen([sys.executable, "-m", "airgap_orch", *args], stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self.started.append(child)
+        return child
+
+    @staticmethod
+    def kill(child: subprocess.Popen[bytes], signum: int = signal.SIGKILL) -> None:
+        """Send `signum` to the child's process group, unless it was already reaped."""
+        if child.returncode is None:
+            try:
+                os.killpg(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill_all(self) -> None:
+        for child in self.started:
+            self.kill(child)
+        for child in self.started:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # not expected after SIGKILL; never hang the caller
+                pass
+
+    def stop(self, child: subprocess.Popen[bytes], name: str) -> int:
+        """SIGTERM, then wait for a clean exit; DemoFailed (the group is killed later) if it takes too long."""
+        self.kill(child, signal.SIGTERM)
+        try:
+            return child.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise DemoFailed(f"{name} did not stop within {STOP_TIMEOUT_SECONDS:g}s of SIGTERM; see "
+                             f"{self.work_dir / (name + '.err')}") from None
+
+    def check_alive(self, child: subprocess.Popen[bytes], name: str, doing: str) -> None:
+        if child.poll() is not None:
+            raise DemoFailed(f"{name} exited ({child.returncode}) {doing}; see {self.work_dir / (name + '.err')}")
+
+
+def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0,
+             on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     started = time.monotonic()
+    step = on_step or (lambda _line: None)
     if ledger_path is not None and ledger_path.exists():
         raise InvalidInput(f"{ledger_path} already exists; the demo needs a fresh ledger path (or none)")
     if ledger_path is None:
         work_dir = Path(tempfile.mkdtemp(prefix="airgap-orch-demo-"))
         ledger_path = work_dir / "ledger.duckdb"
-    else:  # handler output, markers and worker logs go beside the ledger
+    else:  # handler output, markers and process logs go beside the ledger
         ledger_path.parent.mkdir(parents=True, exist_ok=True)
         work_dir = Path(tempfile.mkdtemp(prefix=f"{ledger_path.name}.demo-", dir=ledger_path.parent))
 
     ledger_ops.init(ledger_path, site_id=SITE_ID, lock_timeout=lock_timeout)
+    step(f"created the ledger {ledger_path} (site {SITE_ID}); logs and handler output in {work_dir}")
     specs = job_specs(work_dir)
-    with Ledger.open(ledger_path, lock_timeout=lock_timeout) as ledger:
-        job_ids = job_ops.enqueue_batch(ledger, specs, actor="demo")["job_ids"]
-    long_scan_id = job_ids[-1]
     marker = Path(specs[-1]["payload"]["marker"])
+    with _Children(work_dir) as children:
+        server = children.start("server", ["--ledger", str(ledger_path), "--lock-timeout", str(lock_timeout),
+                                           "serve", "--host", "127.0.0.1", "--port", "0", "--no-auth"])
+        url = _server_url(server, work_dir / "server.out", children)
+        step(f"server pid {server.pid} owns {ledger_path} and listens at {url}")
+        client = OrchClient(url, timeout=30.0)
+        try:
+            job_ids = client.call("jobs.enqueue_batch", {"jobs": specs[:-1]})["job_ids"]
+            long_scan_id = client.call("jobs.enqueue", {"spec": specs[-1]})["job_id"]
+            job_ids.append(long_scan_id)
+            step(f"enqueued {len(job_ids)} jobs for {len(TENANTS)} tenants over HTTP")
 
-    worker_a = _start_worker(ledger_path, work_dir, "worker-A", lock_timeout)
-    try:
-        waited = _wait_for(marker, worker_a)
-    finally:
-        worker_a.kill()  # SIGKILL: no cleanup, no release, the lease is simply abandoned
-        worker_a.wait()
-    killed_at = time.monotonic()
+            def worker(worker_id: str) -> subprocess.Popen[bytes]:
+                command = ["--ledger", str(ledger_path), "--json", "worker", "run", "--worker-id", worker_id,
+                           "--lease-seconds", str(LEASE_SECONDS), "--concurrency", "4"]
+                for job_type, target in HANDLERS.items():
+                    command += ["--handler", f"{job_type}={target}"]
+                return children.start(worker_id, command)
 
-    worker_b = _start_worker(ledger_path, work_dir, "worker-B", lock_timeout, "--exit-when-idle")
-    try:
-        worker_b.wait(timeout=WORKER_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        worker_b.kill()
-        worker_b.wait()
-        raise DemoFailed(f"worker B did not finish within {WORKER_TIMEOUT_SECONDS:g}s; see {work_dir}") from None
-    worker_b_output = (work_dir / "worker-B.out").read_text(encoding="utf-8").strip()
-    if worker_b.returncode != 0:
-        raise DemoFailed(f"worker B exited {worker_b.returncode}; see {work_dir / 'worker-B.err'}")
-    recovery_seconds = time.monotonic() - killed_at
+            worker_a = worker("worker-A")
+            step(f"worker-A pid {worker_a.pid} started (an SDK worker against the server, lease "
+                 f"{LEASE_SECONDS:g}s)")
+            waited = _wait_for_marker(marker, worker_a, server, children)
+            marker_record = json.loads(marker.read_text(encoding="utf-8"))
+            children.kill(worker_a)  # SIGKILL: no cleanup, no release, the lease is simply abandoned
+            worker_a.wait()
+            killed_at = time.monotonic()
+            step(f"worker-A was killed with SIGKILL {waited:.1f}s in, while it ran the long scan {long_scan_id}")
+
+            worker_b = worker("worker-B")
+            step(f"worker-B pid {worker_b.pid} started")
+            recovered_after, finished_after = _watch(client, len(job_ids), long_scan_id, worker_b, server,
+                                                     children, killed_at, step)
+            jobs = client.call("jobs.list", {"limit": 10_000})["jobs"]
+            dead = client.call("deadletter.list")["jobs"]
+            recovered = client.call("jobs.show", {"job_id": long_scan_id})
+        finally:
+            client.close()
+
+        worker_b_code = children.stop(worker_b, "worker-B")
+        worker_b_output = (work_dir / "worker-B.out").read_text(encoding="utf-8").strip()
+        if worker_b_code != 0:
+            raise DemoFailed(f"worker-B exited {worker_b_code} after SIGTERM; see {work_dir / 'worker-B.err'}")
+        step(f"worker-B stopped on SIGTERM (exit {worker_b_code})")
+        server_code = children.stop(server, "server")
+        discovery_file = discovery.path_for(ledger_path)
+        if server_code != 0:
+            raise DemoFailed(f"the server exited {server_code} after SIGTERM; see {work_dir / 'server.err'}")
+        if discovery_file.exists():
+            raise DemoFailed(f"the server stopped but left its discovery file {discovery_file}")
+        step(f"server stopped on SIGTERM (exit {server_code}); it removed {discovery_file.name}")
 
     with Ledger.open(ledger_path, lock_timeout=lock_timeout) as ledger:
-        jobs = job_ops.list_jobs(ledger, limit=10_000)["jobs"]
-        dead = job_ops.deadletter_list(ledger)["jobs"]
-        recovered = job_ops.show(ledger, long_scan_id)
         verify = ledger_ops.verify(ledger)
+    step(f"ledger verify: ok, {verify['history_entries']} history entries")
 
     return {
         "ledger": str(ledger_path),
         "site_id": SITE_ID,
         "work_dir": str(work_dir),
+        "server": {"url": url, "pid": server.pid, "stopped_with": "SIGTERM", "exit_code": server_code,
+                   "discovery_file": str(discovery_file), "discovery_file_removed": not discovery_file.exists()},
         "jobs_total": len(jobs),
         "jobs_by_state": dict(sorted(Counter(job["state"] for job in jobs).items())),
         "jobs_by_tenant": {tenant: dict(sorted(Counter(job["state"] for job in jobs if job["tenant"] == tenant)
@@ -136,9 +286,11 @@ def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0) -> 
         "recovered_job": _recovered(recovered),
         "workers": {
             "A": {"worker_id": "worker-A", "pid": worker_a.pid, "killed_with": "SIGKILL",
-                  "killed_after_seconds": round(waited, 3)},
-            "B": {"worker_id": "worker-B", "pid": worker_b.pid, "exit_code": worker_b.returncode,
-                  "recovery_seconds": round(recovery_seconds, 3),
+                  "exit_code": worker_a.returncode, "killed_after_seconds": round(waited, 3),
+                  "long_scan_marker": marker_record},
+            "B": {"worker_id": "worker-B", "pid": worker_b.pid, "stopped_with": "SIGTERM", "exit_code": worker_b_code,
+                  "lease_recovered_after_seconds": recovered_after,
+                  "recovery_seconds": round(finished_after, 3),
                   "summary": json.loads(worker_b_output) if worker_b_output else None},
         },
         "verify": verify,
@@ -146,32 +298,67 @@ def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0) -> 
     }
 
 
-def _start_worker(ledger_path: Path, work_dir: Path, worker_id: str, lock_timeout: float,
-                  *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "airgap_orch", "--ledger", str(ledger_path),
-               "--lock-timeout", str(lock_timeout), "--json", "worker", "run", "--worker-id", worker_id,
-               "--lease-seconds", str(LEASE_SECONDS), "--concurrency", "4", *extra]
-    for job_type, target in HANDLERS.items():
-        command += ["--handler", f"{job_type}={target}"]
-    # Make the package importable in the child even when it runs from a source checkout.
-    package_root = str(Path(airgap_orch.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    with open(work_dir / f"{worker_id}.out", "wb") as out, open(work_dir / f"{worker_id}.err", "wb") as err:
-        return subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+def _server_url(server: subprocess.Popen[bytes], out: Path, children: _Children) -> str:
+    """The URL from the server's first stdout line (`... at http://127.0.0.1:PORT (pid N)`)."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+    while True:
+        text = out.read_text(encoding="utf-8", errors="replace")
+        if "\n" in text:
+            break
+        children.check_alive(server, "server", "before it printed its URL")
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"the server printed no URL within {SERVER_START_TIMEOUT_SECONDS:g}s")
+        time.sleep(0.02)
+    first = text.splitlines()[0]
+    match = _FIRST_LINE.search(first)
+    if match is None or int(match["pid"]) != server.pid:
+        raise DemoFailed(f"unexpected first line from the server: {first!r}")
+    if urlsplit(match["url"]).hostname != "127.0.0.1":
+        raise DemoFailed(f"the server listens at {match['url']}, not on loopback")
+    return match["url"]
 
 
-def _wait_for(marker: Path, worker: subprocess.Popen[bytes]) -> float:
-    """Seconds until `marker` exists; DemoFailed if the worker exits first or it takes too long."""
+def _wait_for_marker(marker: Path, worker: subprocess.Popen[bytes], server: subprocess.Popen[bytes],
+                     children: _Children) -> float:
+    """Seconds until `marker` exists; DemoFailed if a process exits first or it takes too long."""
     started = time.monotonic()
     while not marker.exists():
-        if worker.poll() is not None:
-            raise DemoFailed(f"worker A exited ({worker.returncode}) before the long scan started; see "
-                             f"{marker.parent / 'worker-A.err'}")
+        children.check_alive(worker, "worker-A", "before the long scan started")
+        children.check_alive(server, "server", "before the long scan started")
         if time.monotonic() - started > MARKER_TIMEOUT_SECONDS:
             raise DemoFailed(f"the long scan did not start within {MARKER_TIMEOUT_SECONDS:g}s")
         time.sleep(0.02)
+    for _ in range(50):  # written with one write_text(): wait until it is complete
+        try:
+            json.loads(marker.read_text(encoding="utf-8"))
+            break
+        except ValueError:
+            time.sleep(0.01)
     return time.monotonic() - started
+
+
+def _watch(client: OrchClient, total: int, long_scan_id: str, worker: subprocess.Popen[bytes],
+           server: subprocess.Popen[bytes], children: _Children, killed_at: float,
+           step: Callable[[str], None]) -> tuple[float | None, float]:
+    """Poll the server until all `total` jobs are final. Returns the seconds from the kill until the server
+    recovered the long scan's lease (None if it was not seen requeued) and until everything was final."""
+    recovered_after: float | None = None
+    while True:
+        children.check_alive(server, "server", "while the jobs ran")
+        children.check_alive(worker, "worker-B", "while the jobs ran")
+        counts = client.call("ledger.info")["jobs"]
+        now = time.monotonic()
+        if recovered_after is None:
+            history = client.call("jobs.show", {"job_id": long_scan_id})["history"]
+            if any(entry["reason"] == "lease_expired" for entry in history):
+                recovered_after = round(now - killed_at, 3)
+                step(f"the server recovered the long scan's expired lease {recovered_after:.1f}s after the kill")
+        if sum(counts.values()) >= total and all(state in FINAL_STATES for state, n in counts.items() if n):
+            step("all jobs final: " + ", ".join(f"{state} {count}" for state, count in sorted(counts.items())))
+            return recovered_after, now - killed_at
+        if now - killed_at > FINISH_TIMEOUT_SECONDS:
+            raise DemoFailed(f"jobs still not final {FINISH_TIMEOUT_SECONDS:g}s after the kill: {counts}")
+        time.sleep(POLL_SECONDS)
 
 
 def _recovered(job: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,12 @@
-"""`airgap-orch demo`: the scenario in airgap_orch/demo.py, rendered for humans or as one JSON object."""
+"""`airgap-orch demo`: the scenario in airgap_orch/demo.py, rendered for humans or as one JSON object.
+
+For humans, the steps are narrated on stderr as they happen and the summary goes to stdout.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +22,24 @@ from .context import fail, json_option, settings
               help="Where to create the demo ledger (must not exist; default: a new temp dir).")
 @json_option
 def demo(ledger_path: Path | None) -> None:
-    """Run the demo: two tenants, retries into the dead-letter queue, a worker killed mid-job and recovered."""
+    """Run the demo: a server subprocess, SDK workers over loopback, retries into the dead-letter queue, and a
+    worker killed mid-job whose job is recovered."""
     from ..demo import run_demo
 
     root = click.get_current_context().find_root()
     if ledger_path is None and root.get_parameter_source("ledger_path") == ParameterSource.COMMANDLINE:
         ledger_path = settings().ledger_path  # `airgap-orch --ledger PATH demo` means the same
-    if not settings().json:
-        click.echo("running the demo (about 15 s): two workers, one of them killed with SIGKILL mid-job ...")
+    started = time.monotonic()
+    header = ["running the demo (about 15 s): a server, two SDK workers, one of them killed with SIGKILL mid-job"]
+
+    def narrate(line: str) -> None:  # the header waits for the first step: a refused path prints one line
+        while header:
+            click.echo(header.pop(), err=True)
+        click.echo(f"  {time.monotonic() - started:5.1f}s  {line}", err=True)
+
     try:
-        result = run_demo(ledger_path, lock_timeout=max(settings().lock_timeout, 10.0))
+        result = run_demo(ledger_path, lock_timeout=max(settings().lock_timeout, 10.0),
+                          on_step=None if settings().json else narrate)
     except OrchError as error:
         fail(error)
     if settings().json:
@@ -39,11 +51,17 @@ def demo(ledger_path: Path | None) -> None:
 def render(result: dict[str, Any]) -> str:
     recovered = result["recovered_job"]
     worker_a, worker_b = result["workers"]["A"], result["workers"]["B"]
+    server = result["server"]
+    seconds = worker_b["lease_recovered_after_seconds"]
+    recovered_after = "" if seconds is None else f" {seconds:.1f}s after the kill"
     lines = [
-        f"ledger {result['ledger']} (site {result['site_id']}); handler output in {result['work_dir']}",
+        f"ledger {result['ledger']} (site {result['site_id']}); handler output and logs in {result['work_dir']}",
+        f"server {server['url']} (pid {server['pid']}) owned the ledger; the demo enqueued and watched over HTTP, "
+        f"the workers ran as SDK workers against it, and it stopped on SIGTERM (exit {server['exit_code']}).",
         f"{result['jobs_total']} jobs for {len(result['jobs_by_tenant'])} tenants. Worker A (pid {worker_a['pid']}) "
         f"was killed with SIGKILL {worker_a['killed_after_seconds']:.1f}s in, during job {recovered['job_id']}; "
-        f"worker B recovered and finished the rest in {worker_b['recovery_seconds']:.1f}s.",
+        f"the server recovered its lease{recovered_after} and worker B (pid {worker_b['pid']}) finished the rest "
+        f"{worker_b['recovery_seconds']:.1f}s after the kill, then stopped on SIGTERM.",
         "",
         "jobs by tenant and state:",
     ]
