@@ -1,0 +1,681 @@
+#!/usr/bin/env python3
+"""airgap-orch benchmark: in-process, against real DuckDB ledger files in a temporary directory.
+
+    python scripts/bench.py                  # full run, readable table with targets
+    python scripts/bench.py --json           # one JSON object (see RESULT KEYS below)
+    python scripts/bench.py --quick          # short run: smaller N, 200k instead of 1M ledger
+    python scripts/bench.py --runs 5         # repeat each measurement 5 times, report medians
+    python scripts/bench.py --sections claim_ack_batch100,peer_huey
+    python scripts/bench.py --profile claim_ack_batch100   # where the time goes, per batch
+
+Sections live in SECTIONS (name -> function); a later issue adds a benchmark by writing one function
+that returns {metric: [one sample per run]} and registering it with @section. Every measured block runs
+inside `bench.timed()`, so --profile measures exactly what the figures measure and nothing of the setup.
+
+What is measured (issue 2, "Performance"):
+- bulk enqueue: operations.jobs.enqueue_batch (schema validation + one transaction) in batches of 10k
+  small job specs, each with an idempotency key (and once without keys).
+- claim+ack with batch 1, 10, 100: `core.claim` in one transaction, then `core.ack` of those leases in a
+  second one; history entries are written by the core, as in production.
+- claim rate at 10k vs 1M queued jobs: batch-100 claim+ack of 5k jobs in each ledger; the bulk load of
+  the large ledger is reported separately.
+- peer: Huey with SqliteHuey storage; enqueue N tasks, then dequeue + execute them in this thread.
+  Our figure for the same work: enqueue the same N, then batch-100 claim + ack until drained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime as dt
+import io
+import itertools
+import json
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from airgap_orch.errors import OrchError
+from airgap_orch.ledger import Ledger
+from airgap_orch.operations import jobs as jobs_ops
+from airgap_orch.orchestrator import jobs as core
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER_ID = "bench-worker-1"
+LEASE_SECONDS = 30.0
+JOB_TYPES = ("advisory.feed", "vex.ingest", "scan.scheduled", "export.bundle")
+
+# (metric key, label, target as (comparison, value) or None)
+TARGETS: dict[str, tuple[str, float]] = {
+    "bulk_enqueue_jobs_per_s": (">=", 100_000),
+    "claim_ack_batch100_jobs_per_s": (">=", 10_000),
+    "ours_vs_huey_ratio": (">=", 2.0),
+    "claim_rate_1m_over_10k": (">=", 0.5),
+}
+
+
+REQUIRED_KEYS = (
+    "bulk_enqueue_jobs_per_s", "claim_ack_batch1_jobs_per_s", "claim_ack_batch10_jobs_per_s",
+    "claim_ack_batch100_jobs_per_s", "peer_huey_sqlite_jobs_per_s", "ours_vs_huey_ratio",
+    "claim_rate_10k_jobs_per_s", "claim_rate_1m_jobs_per_s", "claim_rate_1m_over_10k",
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    enqueue_total: int  # jobs per bulk-enqueue run
+    enqueue_batch: int  # jobs per enqueue_batch call
+    claim_jobs: int  # queued jobs drained by claim+ack batch 10 and 100
+    claim_jobs_batch1: int  # batch 1 is capped: ~2-3 ms per statement makes it slow
+    rate_small: int  # queued jobs in the "10k" ledger
+    rate_large: int  # queued jobs in the "1M" ledger
+    rate_measure: int  # jobs claimed+acked per run in each of those ledgers
+    load_batch: int  # enqueue_batch size for filling ledgers (validation.MAX_BATCH_JOBS)
+    peer_jobs: int  # N for the Huey comparison
+
+
+FULL = Sizes(enqueue_total=100_000, enqueue_batch=10_000, claim_jobs=20_000, claim_jobs_batch1=2_000,
+             rate_small=10_000, rate_large=1_000_000, rate_measure=5_000, load_batch=100_000,
+             peer_jobs=10_000)
+QUICK = Sizes(enqueue_total=20_000, enqueue_batch=10_000, claim_jobs=5_000, claim_jobs_batch1=500,
+              rate_small=10_000, rate_large=200_000, rate_measure=2_000, load_batch=100_000,
+              peer_jobs=5_000)
+
+
+# -- harness ---------------------------------------------------------------------------------------
+
+_FILE_NUMBERS = itertools.count(1)
+
+
+@dataclass
+class Bench:
+    """What a section gets: sizes, run count, fresh ledger files, and the timer every measurement uses."""
+
+    workdir: Path
+    sizes: Sizes
+    runs: int
+    quick: bool
+    profiling: bool = False  # --profile: one run, headline variant only
+    profiler: cProfile.Profile | None = None
+    statements: StatementTimer | None = None
+    notes: list[str] = field(default_factory=list)
+    measured_seconds: float = 0.0  # sum over timed() blocks (profile mode reports per-batch figures)
+    measured_cpu_seconds: float = 0.0  # process CPU time (all threads) inside timed() blocks
+    measured_batches: int = 0
+    measured_jobs: int = 0
+
+    def new_ledger(self, label: str) -> Ledger:
+        return Ledger.open(self.new_path(label, ".duckdb"), create=True, site_id="bench-site", lock_timeout=1)
+
+    def new_path(self, label: str, suffix: str) -> Path:
+        return self.workdir / f"{next(_FILE_NUMBERS):03d}-{label}{suffix}"
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[Timer]:
+        timer = Timer()
+        if self.statements is not None:
+            self.statements.active = True
+        if self.profiler is not None:
+            self.profiler.enable()
+        cpu_started = time.process_time()
+        timer.start = time.perf_counter()
+        try:
+            yield timer
+        finally:
+            timer.seconds = time.perf_counter() - timer.start
+            self.measured_cpu_seconds += time.process_time() - cpu_started
+            if self.profiler is not None:
+                self.profiler.disable()
+            if self.statements is not None:
+                self.statements.active = False
+            self.measured_seconds += timer.seconds
+            self.measured_batches += timer.batches
+            self.measured_jobs += timer.jobs
+
+
+@dataclass
+class Timer:
+    start: float = 0.0
+    seconds: float = 0.0
+    batches: int = 0  # round trips inside the block (enqueue calls, or claim+ack pairs)
+    jobs: int = 0
+
+    def rate(self) -> float:
+        return self.jobs / self.seconds if self.seconds > 0 else 0.0
+
+
+Samples = dict[str, list[float]]
+SECTIONS: dict[str, Callable[[Bench], Samples]] = {}
+SECTION_HELP: dict[str, str] = {}
+
+
+def section(name: str, help_text: str) -> Callable[[Callable[[Bench], Samples]], Callable[[Bench], Samples]]:
+    def register(function: Callable[[Bench], Samples]) -> Callable[[Bench], Samples]:
+        SECTIONS[name] = function
+        SECTION_HELP[name] = help_text
+        return function
+    return register
+
+
+# -- workload --------------------------------------------------------------------------------------
+
+def job_specs(count: int, *, prefix: str, keyed: bool = True, start: int = 0) -> list[dict[str, Any]]:
+    """Small, realistic job specs: 4 tenants, 16 projects, 4 job types, 3 priorities, ~115-byte payload."""
+    specs = []
+    for i in range(start, start + count):
+        spec: dict[str, Any] = {
+            "tenant": f"tenant-{i % 4}",
+            "project": f"project-{i % 16}",
+            "type": JOB_TYPES[i % 4],
+            "priority": i % 3,
+            "payload": {"source": f"https://mirror.internal/feeds/{i % 97}/delta.json",
+                        "since": "2026-11-01T00:00:00Z", "page": i, "format": "csaf"},
+            "max_attempts": 3,
+            "timeout_seconds": 600,
+            "correlation_id": f"{prefix}-corr-{i // 100}",
+        }
+        if keyed:
+            spec["idempotency_key"] = f"{prefix}-{i}"
+        specs.append(spec)
+    return specs
+
+
+def fill(ledger: Ledger, count: int, *, prefix: str, batch: int, start: int = 0) -> None:
+    """Queue `count` jobs through the real enqueue path (specs built per chunk to bound memory)."""
+    done = 0
+    while done < count:
+        size = min(batch, count - done)
+        jobs_ops.enqueue_batch(ledger, job_specs(size, prefix=prefix, start=start + done), actor="bench")
+        done += size
+
+
+def claim_ack(ledger: Ledger, jobs: int, batch: int, timer: Timer) -> None:
+    """Claim up to `batch` jobs in one transaction, ack them in the next, until `jobs` are done."""
+    while timer.jobs < jobs:
+        with ledger.transaction() as tx:
+            leases = core.claim(tx, worker_id=WORKER_ID, limit=min(batch, jobs - timer.jobs),
+                                lease_seconds=LEASE_SECONDS)
+        if not leases:
+            raise RuntimeError(f"claim returned nothing after {timer.jobs} of {jobs} jobs")
+        with ledger.transaction() as tx:
+            outcomes = core.ack(tx, [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]}
+                                     for lease in leases])
+        refused = [outcome for outcome in outcomes if isinstance(outcome, OrchError)]
+        if refused:
+            raise RuntimeError(f"ack refused {len(refused)} of {len(outcomes)}: {refused[0]}")
+        timer.jobs += len(leases)
+        timer.batches += 1
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+@section("bulk_enqueue", "enqueue_batch (validation + one transaction per 10k) into a fresh ledger")
+def bench_bulk_enqueue(bench: Bench) -> Samples:
+    sizes = bench.sizes
+    samples: Samples = {"bulk_enqueue_jobs_per_s": [], "bulk_enqueue_unkeyed_jobs_per_s": []}
+    for run in range(bench.runs):
+        for keyed, metric in ((True, "bulk_enqueue_jobs_per_s"), (False, "bulk_enqueue_unkeyed_jobs_per_s")):
+            if bench.profiling and not keyed:
+                continue  # profile the headline (keyed) path only
+            chunks = [job_specs(sizes.enqueue_batch, prefix=f"enq{run}", keyed=keyed, start=start)
+                      for start in range(0, sizes.enqueue_total, sizes.enqueue_batch)]
+            with bench.new_ledger("enqueue") as ledger:
+                with bench.timed() as timer:
+                    for chunk in chunks:
+                        jobs_ops.enqueue_batch(ledger, chunk, actor="bench")
+                        timer.jobs += len(chunk)
+                        timer.batches += 1
+            samples[metric].append(timer.rate())
+    bench.note(f"bulk enqueue: {sizes.enqueue_total:,} jobs per run in enqueue_batch calls of "
+               f"{sizes.enqueue_batch:,}, validation included; headline with an idempotency key per job")
+    return samples
+
+
+def _claim_ack_section(batch: int) -> Callable[[Bench], Samples]:
+    def run_section(bench: Bench) -> Samples:
+        sizes = bench.sizes
+        jobs = sizes.claim_jobs_batch1 if batch == 1 else sizes.claim_jobs
+        rates = []
+        for _ in range(bench.runs):
+            with bench.new_ledger(f"claim{batch}") as ledger:
+                fill(ledger, sizes.claim_jobs, prefix="claim", batch=sizes.load_batch)
+                with bench.timed() as timer:
+                    claim_ack(ledger, jobs, batch, timer)
+            rates.append(timer.rate())
+        cap = ""
+        if jobs < sizes.claim_jobs:
+            cap = f" (capped at {jobs:,} of the {sizes.claim_jobs:,} queued jobs)"
+        bench.note(f"claim+ack batch {batch}: {jobs:,} jobs per run{cap}; claim and ack are separate "
+                   "transactions; history written by the core")
+        return {f"claim_ack_batch{batch}_jobs_per_s": rates}
+    return run_section
+
+
+for _batch in (1, 10, 100):
+    section(f"claim_ack_batch{_batch}", f"claim {_batch} + ack {_batch} per round trip on "
+            f"{FULL.claim_jobs:,} queued jobs")(_claim_ack_section(_batch))
+
+
+@section("claim_rate", "batch-100 claim+ack in a 10k-job ledger vs a 1M-job ledger (load reported apart)")
+def bench_claim_rate(bench: Bench) -> Samples:
+    sizes = bench.sizes
+    samples: Samples = {"claim_rate_10k_jobs_per_s": [], "claim_rate_1m_jobs_per_s": [],
+                        "load_large_ledger_jobs_per_s": []}
+    with contextlib.ExitStack() as stack:
+        ledgers = {}
+        for metric, label, count in (("claim_rate_10k_jobs_per_s", "rate-small", sizes.rate_small),
+                                     ("claim_rate_1m_jobs_per_s", "rate-large", sizes.rate_large)):
+            ledger = stack.enter_context(bench.new_ledger(label))
+            started = time.perf_counter()
+            fill(ledger, count, prefix=label, batch=sizes.load_batch)
+            if count == sizes.rate_large:
+                samples["load_large_ledger_jobs_per_s"].append(count / (time.perf_counter() - started))
+            # The first claim after open archives finished rows; keep that one-off out of the figure.
+            claim_ack(ledger, 100, 100, Timer())
+            fill(ledger, 100, prefix=f"{label}-warm", batch=100)
+            ledgers[metric] = (ledger, label)
+        for run in range(bench.runs):  # interleaved, so drift in machine load hits both alike
+            for metric, (ledger, label) in ledgers.items():
+                with bench.timed() as timer:
+                    claim_ack(ledger, sizes.rate_measure, 100, timer)
+                samples[metric].append(timer.rate())
+                # Top the ledger back up so every run sees the same queue depth.
+                fill(ledger, sizes.rate_measure, prefix=f"{label}-top{run}", batch=sizes.load_batch)
+    large = f"{sizes.rate_large:,}"
+    bench.note(f"claim rate: batch-100 claim+ack of {sizes.rate_measure:,} jobs per run in ledgers holding "
+               f"{sizes.rate_small:,} and {large} queued jobs (topped up after each run)")
+    if sizes.rate_large != 1_000_000:
+        bench.note(f"--quick: the large ledger holds {large} jobs, not 1M; claim_rate_1m_* keys refer to it")
+    return samples
+
+
+@section("peer_huey", "Huey/SqliteHuey enqueue+dequeue+execute N vs our enqueue + batch-100 claim+ack of N")
+def bench_peer_huey(bench: Bench) -> Samples:
+    from huey import SqliteHuey
+
+    sizes = bench.sizes
+    n = sizes.peer_jobs
+    samples: Samples = {"peer_huey_sqlite_jobs_per_s": [], "peer_huey_enqueue_jobs_per_s": [],
+                        "peer_huey_dequeue_execute_jobs_per_s": [], "ours_same_work_jobs_per_s": [],
+                        "ours_same_work_enqueue_jobs_per_s": [], "ours_same_work_claim_ack_jobs_per_s": []}
+    for run in range(bench.runs):
+        specs = job_specs(n, prefix=f"peer{run}")
+        payloads = [spec["payload"] for spec in specs]
+
+        huey = SqliteHuey(name="bench", filename=str(bench.new_path("huey", ".sqlite")))
+        executed: list[int] = []
+
+        @huey.task()
+        def ingest(payload: dict[str, Any], done: list[int] = executed) -> None:
+            done.append(payload["page"])
+
+        with bench.timed() as enqueue_timer:
+            for payload in payloads:
+                ingest(payload)
+            enqueue_timer.jobs = n
+        with bench.timed() as execute_timer:
+            while (task := huey.dequeue()) is not None:
+                huey.execute(task)
+                execute_timer.jobs += 1
+        huey.storage.close()
+        if len(executed) != n:
+            raise RuntimeError(f"huey executed {len(executed)} of {n} tasks")
+        huey_seconds = enqueue_timer.seconds + execute_timer.seconds
+        samples["peer_huey_sqlite_jobs_per_s"].append(n / huey_seconds)
+        samples["peer_huey_enqueue_jobs_per_s"].append(enqueue_timer.rate())
+        samples["peer_huey_dequeue_execute_jobs_per_s"].append(execute_timer.rate())
+
+        with bench.new_ledger("peer-ours") as ledger:
+            with bench.timed() as enqueue_timer:
+                for start in range(0, n, sizes.enqueue_batch):
+                    jobs_ops.enqueue_batch(ledger, specs[start:start + sizes.enqueue_batch], actor="bench")
+                enqueue_timer.jobs = n
+            with bench.timed() as drain_timer:
+                claim_ack(ledger, n, 100, drain_timer)
+        ours_seconds = enqueue_timer.seconds + drain_timer.seconds
+        samples["ours_same_work_jobs_per_s"].append(n / ours_seconds)
+        samples["ours_same_work_enqueue_jobs_per_s"].append(enqueue_timer.rate())
+        samples["ours_same_work_claim_ack_jobs_per_s"].append(drain_timer.rate())
+    bench.note(f"peer: {n:,} jobs per run; Huey enqueues one task per call (it has no batch enqueue), then "
+               "dequeue()+execute() in this thread; ours: enqueue_batch of "
+               f"{sizes.enqueue_batch:,}, then batch-100 claim+ack; both stores at default durability")
+    return samples
+
+
+def derive(medians: dict[str, float]) -> dict[str, float]:
+    """Ratios from medians (ratio of medians, not median of per-run ratios)."""
+    out = {}
+    ratios = (("claim_rate_1m_over_10k", "claim_rate_1m_jobs_per_s", "claim_rate_10k_jobs_per_s"),
+              ("ours_vs_huey_ratio", "ours_same_work_jobs_per_s", "peer_huey_sqlite_jobs_per_s"))
+    for ratio, top, bottom in ratios:
+        if medians.get(bottom) and top in medians:
+            out[ratio] = medians[top] / medians[bottom]
+    return out
+
+
+# -- machine ---------------------------------------------------------------------------------------
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"nproc": os.cpu_count(), "python": platform.python_version(),
+                            "duckdb": duckdb.__version__, "platform": platform.platform()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    with contextlib.suppress(Exception):
+        import pyarrow
+
+        info["pyarrow"] = pyarrow.__version__
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        info["huey"] = version("huey")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "airgap_orch"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        info["core_commit"] = head + ("+uncommitted" if dirty else "")
+    return info
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# -- profile ---------------------------------------------------------------------------------------
+
+class StatementTimer:
+    """Wall time per named ledger query, and BEGIN/COMMIT, by wrapping the ledger's methods for one run.
+
+    Only used by --profile and only counted inside measured blocks; the real methods run underneath.
+    Times are taken around the call into DuckDB: for `rows*` the fetch is included, for `execute*`
+    fetching from the returned cursor is not (DuckDB has run the statement by then)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._local = threading.local()
+        self._saved: list[tuple[type, str, Any]] = []
+
+    def _add(self, key: str, seconds: float) -> None:
+        if self.active:
+            self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+            self.calls[key] = self.calls.get(key, 0) + 1
+
+    def _wrap(self, owner: type, attribute: str, label: str) -> None:
+        original = owner.__dict__.get(attribute)
+        if original is None:  # the core changed shape; time what still exists
+            return
+        timer = self
+
+        def wrapper(this: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+            if getattr(timer._local, "depth", 0):
+                return original(this, name, *args, **kwargs)
+            timer._local.depth = 1
+            started = time.perf_counter()
+            try:
+                return original(this, name, *args, **kwargs)
+            finally:
+                timer._local.depth = 0
+                timer._add(f"{label}:{name}", time.perf_counter() - started)
+
+        self._saved.append((owner, attribute, original))
+        setattr(owner, attribute, wrapper)
+
+    def install(self) -> None:
+        from airgap_orch.ledger import Transaction
+
+        self._wrap(Transaction, "execute", "sql")
+        self._wrap(Transaction, "execute_with", "sql+arrow")
+        self._wrap(Transaction, "rows", "sql+fetch")
+        self._wrap(Transaction, "rows_with", "sql+arrow+fetch")
+        original = Ledger.__dict__["transaction"]
+        timer = self
+
+        @contextlib.contextmanager
+        def transaction(this: Ledger) -> Iterator[Any]:
+            manager = original(this)
+            started = time.perf_counter()
+            tx = manager.__enter__()
+            timer._add("tx:BEGIN", time.perf_counter() - started)
+            try:
+                yield tx
+            except BaseException:
+                if not manager.__exit__(*sys.exc_info()):
+                    raise
+            else:
+                started = time.perf_counter()
+                manager.__exit__(None, None, None)
+                timer._add("tx:COMMIT", time.perf_counter() - started)
+
+        self._saved.append((Ledger, "transaction", original))
+        Ledger.transaction = transaction  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        for owner, attribute, original in reversed(self._saved):
+            setattr(owner, attribute, original)
+        self._saved.clear()
+
+
+def _function_table(stats: pstats.Stats, sort_index: int, top: int, trips: int) -> list[str]:
+    """pstats rows as ms per round trip. sort_index: 3 = cumulative, 2 = own time."""
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][sort_index])[:top]  # type: ignore[attr-defined]
+    header = "function (cProfile inflates Python-heavy rows)"
+    lines = [f"{header:64} {'calls/trip':>10} {'cum ms/trip':>11} {'own ms/trip':>11}"]
+    for (filename, line, function), (_, calls, own, cumulative, _) in rows:
+        where = f"{'/'.join(Path(filename).parts[-2:])}:{line}({function})" if line else function
+        lines.append(f"{where[:64]:64} {calls / trips:>10.2f} {cumulative * 1000 / trips:>11.3f} "
+                     f"{own * 1000 / trips:>11.3f}")
+    return lines
+
+
+def profile(name: str, sizes: Sizes, workdir: Path, out: io.TextIOBase, dump: Path | None = None) -> None:
+    function = SECTIONS[name]
+    # Pass 1 without cProfile: wall time per round trip and per statement (cProfile inflates Python code).
+    statements = StatementTimer()
+    plain = Bench(workdir=workdir, sizes=sizes, runs=1, quick=False, profiling=True, statements=statements)
+    statements.install()
+    try:
+        function(plain)
+    finally:
+        statements.uninstall()
+    # Pass 2 under cProfile, enabled only inside the measured blocks.
+    profiler = cProfile.Profile()
+    profiled = Bench(workdir=workdir, sizes=sizes, runs=1, quick=False, profiling=True, profiler=profiler)
+    function(profiled)
+    if dump is not None:
+        profiler.dump_stats(str(dump))
+
+    trips = max(plain.measured_batches, 1)
+    rate = plain.measured_jobs / plain.measured_seconds
+    print(f"== profile {name}: {plain.measured_jobs:,} jobs in {plain.measured_batches:,} round trips, "
+          f"{plain.measured_seconds:.3f} s measured ({rate:,.0f} jobs/s), "
+          f"{plain.measured_seconds * 1000 / trips:.3f} ms per round trip; process CPU "
+          f"{plain.measured_cpu_seconds:.3f} s; load average {_loadavg()}", file=out)
+    print("   (a round trip = one enqueue_batch call, or one claim transaction + one ack transaction)", file=out)
+    print("\n-- pass 1, no cProfile: wall time per ledger call --", file=out)
+    print(f"{'statement':44} {'calls':>7} {'total s':>8} {'ms/call':>8} {'ms/trip':>9} {'share':>6}", file=out)
+    accounted = 0.0
+    for key, seconds in sorted(statements.seconds.items(), key=lambda item: -item[1]):
+        accounted += seconds
+        calls = statements.calls[key]
+        print(f"{key:44} {calls:>7,} {seconds:>8.3f} {seconds * 1000 / calls:>8.3f} "
+              f"{seconds * 1000 / trips:>9.3f} {seconds / plain.measured_seconds:>6.1%}", file=out)
+    rest = plain.measured_seconds - accounted
+    print(f"{'python outside ledger calls':44} {'':>7} {rest:>8.3f} {'':>8} {rest * 1000 / trips:>9.3f} "
+          f"{rest / plain.measured_seconds:>6.1%}", file=out)
+
+    ptrips = max(profiled.measured_batches, 1)
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    print(f"\n-- pass 2, cProfile ({profiled.measured_seconds:.3f} s measured, "
+          f"{profiled.measured_seconds * 1000 / ptrips:.3f} ms per round trip with profiler overhead): "
+          "top 25 by cumulative time --", file=out)
+    print("\n".join(_function_table(stats, 3, 25, ptrips)), file=out)
+    print("\n-- pass 2, cProfile: top 15 by own time --", file=out)
+    print("\n".join(_function_table(stats, 2, 15, ptrips)), file=out)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+ROWS = (
+    ("bulk_enqueue_jobs_per_s", "bulk enqueue, keyed (jobs/s)"),
+    ("bulk_enqueue_unkeyed_jobs_per_s", "bulk enqueue, no idempotency key (jobs/s)"),
+    ("claim_ack_batch1_jobs_per_s", "claim+ack batch 1 (jobs/s)"),
+    ("claim_ack_batch10_jobs_per_s", "claim+ack batch 10 (jobs/s)"),
+    ("claim_ack_batch100_jobs_per_s", "claim+ack batch 100 (jobs/s)"),
+    ("claim_rate_10k_jobs_per_s", "claim+ack b100, 10k-job ledger (jobs/s)"),
+    ("claim_rate_1m_jobs_per_s", "claim+ack b100, large ledger (jobs/s)"),
+    ("claim_rate_1m_over_10k", "claim rate large / 10k"),
+    ("load_large_ledger_jobs_per_s", "large ledger bulk load (jobs/s)"),
+    ("peer_huey_sqlite_jobs_per_s", "Huey/SQLite enq+deq+exec (jobs/s)"),
+    ("peer_huey_enqueue_jobs_per_s", "  Huey enqueue only (jobs/s)"),
+    ("peer_huey_dequeue_execute_jobs_per_s", "  Huey dequeue+execute only (jobs/s)"),
+    ("ours_same_work_jobs_per_s", "ours, same N: enq + b100 claim+ack (jobs/s)"),
+    ("ours_same_work_enqueue_jobs_per_s", "  ours enqueue only (jobs/s)"),
+    ("ours_same_work_claim_ack_jobs_per_s", "  ours claim+ack only (jobs/s)"),
+    ("ours_vs_huey_ratio", "ours / Huey"),
+)
+
+
+def _number(value: float) -> str:
+    return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def render_table(result: dict[str, Any]) -> str:
+    lines = [f"airgap-orch benchmark  {result['date']}  ({'quick' if result['quick'] else 'full'} run, "
+             f"medians of {result['runs']}, {result['elapsed_s']:.0f} s)"]
+    m = result["machine"]
+    lines.append(f"machine: {m.get('nproc')} cpu ({m.get('cpu_model', '?')}), "
+                 f"{m.get('memory_gib', '?')} GiB, python {m['python']}, duckdb {m['duckdb']}, "
+                 f"core {m.get('core_commit', '?')}")
+    lines.append("")
+    lines.append(f"{'metric':46} {'median':>12} {'target':>10} {'status':>8}   runs")
+    samples = result["samples"]
+    for key, label in ROWS:
+        if result.get(key) is None:
+            continue
+        target = TARGETS.get(key)
+        target_text, status = "", ""
+        if target:
+            target_text = f"{target[0]} {_number(target[1])}"
+            status = "met" if result[key] >= target[1] else "NOT MET"
+        runs = " / ".join(_number(value) for value in samples.get(key, []))
+        lines.append(f"{label:46} {_number(result[key]):>12} {target_text:>10} {status:>8}   {runs}")
+    lines.append("")
+    lines.append(f"load average before/after: {result['loadavg_before']} / {result['loadavg_after']}; "
+                 f"process CPU s per wall s while measuring: {result['cpu_over_wall']}")
+    lines.extend(f"note: {note}" for note in result["notes"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="repetitions per measurement (median reported)")
+    parser.add_argument("--quick", action="store_true", help="short run: smaller N, 200k-job large ledger")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json-out", type=Path, metavar="FILE", help="also write the JSON object to FILE")
+    parser.add_argument("--sections", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
+    parser.add_argument("--profile", metavar="SECTION", choices=sorted(SECTIONS),
+                        help="run one section once under cProfile and print where the time goes")
+    parser.add_argument("--profile-out", type=Path, metavar="FILE",
+                        help="with --profile: also write the raw cProfile stats (for pstats/snakeviz)")
+    parser.add_argument("--workdir", type=Path, help="directory for ledger files (default: a fresh temp dir)")
+    parser.add_argument("--list", action="store_true", help="list sections and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, text in SECTION_HELP.items():
+            print(f"{name:22} {text}")
+        return 0
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    chosen = list(SECTIONS) if not args.sections else [name.strip() for name in args.sections.split(",")]
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    sizes = QUICK if args.quick else FULL
+
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix="airgap-bench-", dir=args.workdir))
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airgap-bench-")))
+        if args.profile:
+            profile(args.profile, sizes, workdir, sys.stdout, args.profile_out)
+            return 0
+        bench = Bench(workdir=workdir, sizes=sizes, runs=args.runs, quick=args.quick)
+        samples: Samples = {}
+        cpu_over_wall: dict[str, float] = {}
+        load_before = _loadavg()
+        machine_info = machine()  # before the run: the core commit it started on
+        started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        started = time.perf_counter()
+        for name in chosen:
+            section_started = time.perf_counter()
+            wall, cpu = bench.measured_seconds, bench.measured_cpu_seconds
+            samples.update(SECTIONS[name](bench))
+            if bench.measured_seconds > wall:
+                cpu_over_wall[name] = round((bench.measured_cpu_seconds - cpu) / (bench.measured_seconds - wall), 2)
+            if not args.json:
+                print(f"[{name} done in {time.perf_counter() - section_started:.1f} s]", file=sys.stderr)
+    medians = {key: statistics.median(values) for key, values in samples.items() if values}
+    result: dict[str, Any] = {
+        "date": started_at,  # when the run started; elapsed_s says how long it took
+        "quick": args.quick, "runs": args.runs, "sections": chosen,
+        **{key: round(value, 3) for key, value in medians.items()},
+        **{key: round(value, 4) for key, value in derive(medians).items()},
+        "targets": {key: f"{op} {value:g}" for key, (op, value) in TARGETS.items()},
+        "sizes": sizes.__dict__,
+        "machine": machine_info,
+        "samples": {key: [round(value, 3) for value in values] for key, values in samples.items()},
+        "notes": bench.notes,
+        # CPU seconds of this process per wall second while measuring: well below 1 means waiting
+        # (fsync, or other processes on the shared machine); loadavg says how busy the machine was.
+        "cpu_over_wall": cpu_over_wall,
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    for key in REQUIRED_KEYS:  # stable shape for scripts, also when --sections skipped some
+        result.setdefault(key, None)
+    result["targets_met"] = {key: result[key] >= value
+                             for key, (_, value) in TARGETS.items() if result.get(key) is not None}
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(result, indent=None))
+    else:
+        print(render_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
