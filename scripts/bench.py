@@ -21,6 +21,11 @@ What is measured (issue 2, "Performance"):
   the large ledger is reported separately.
 - peer: Huey with SqliteHuey storage; enqueue N tasks, then dequeue + execute them in this thread.
   Our figure for the same work: enqueue the same N, then batch-100 claim + ack until drained.
+- http end to end (issue 3, "Performance"): a real `airgap-orch serve --no-auth` subprocess on loopback
+  and HTTP_WORKER_PROCESSES SDK worker processes (Worker, HTTP_WORKER_CONCURRENCY handler threads each,
+  handler = time.sleep(0.001)); N jobs enqueued through POST /v1/jobs/batch before timing; jobs/s until
+  GET /v1/ledger counts N succeeded; claim p50/p99 estimated from the server's /metrics histogram. Same
+  again with `--no-group-commit`, and the in-process batch-100 claim+ack of the same N, in the same run.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ import json
 import os
 import platform
 import pstats
+import re
+import select
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +74,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "claim_ack_batch100_jobs_per_s": (">=", 10_000),
     "ours_vs_huey_ratio": (">=", 2.0),
     "claim_rate_1m_over_10k": (">=", 0.5),
+    "http_end_to_end_jobs_per_s": (">=", 2_400),
+    "group_commit_speedup": (">=", 3.0),
 }
 
 
@@ -71,6 +83,8 @@ REQUIRED_KEYS = (
     "bulk_enqueue_jobs_per_s", "claim_ack_batch1_jobs_per_s", "claim_ack_batch10_jobs_per_s",
     "claim_ack_batch100_jobs_per_s", "peer_huey_sqlite_jobs_per_s", "ours_vs_huey_ratio",
     "claim_rate_10k_jobs_per_s", "claim_rate_1m_jobs_per_s", "claim_rate_1m_over_10k",
+    "http_end_to_end_jobs_per_s", "http_claim_p50_ms", "http_claim_p99_ms", "http_no_group_commit_jobs_per_s",
+    "group_commit_speedup", "in_process_jobs_per_s",
 )
 
 
@@ -85,14 +99,15 @@ class Sizes:
     rate_measure: int  # jobs claimed+acked per run in each of those ledgers
     load_batch: int  # enqueue_batch size for filling ledgers (validation.MAX_BATCH_JOBS)
     peer_jobs: int  # N for the Huey comparison
+    http_jobs: int  # N for the HTTP end-to-end section (each server configuration, and in-process)
 
 
 FULL = Sizes(enqueue_total=100_000, enqueue_batch=10_000, claim_jobs=20_000, claim_jobs_batch1=2_000,
              rate_small=10_000, rate_large=1_000_000, rate_measure=5_000, load_batch=100_000,
-             peer_jobs=10_000)
+             peer_jobs=10_000, http_jobs=20_000)
 QUICK = Sizes(enqueue_total=20_000, enqueue_batch=10_000, claim_jobs=5_000, claim_jobs_batch1=500,
               rate_small=10_000, rate_large=200_000, rate_measure=2_000, load_batch=100_000,
-              peer_jobs=5_000)
+              peer_jobs=5_000, http_jobs=3_000)
 
 
 # -- harness ---------------------------------------------------------------------------------------
@@ -359,11 +374,227 @@ def bench_peer_huey(bench: Bench) -> Samples:
     return samples
 
 
+# -- http end to end -------------------------------------------------------------------------------
+
+HTTP_JOB_TYPE = "bench.sleep1ms"
+HTTP_WORKER_PROCESSES = 2  # 2 cores: the server, the workers and this process share them
+HTTP_WORKER_CONCURRENCY = 8  # handler threads per worker process (1 ms handlers: mostly waiting on HTTP)
+HTTP_ENQUEUE_CHUNK = 5_000  # jobs per POST /v1/jobs/batch
+HTTP_POLL_SECONDS = 0.05  # GET /v1/ledger interval while waiting for the last success
+STOP_TIMEOUT_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
+CLAIM_HISTOGRAM = "airgap_orch_claim_latency_ms"
+
+# The worker program (python -c): build the Worker, say "ready", start on the first line of stdin.
+WORKER_PROGRAM = """
+import sys, time
+from airgap_orch.sdk import Worker
+url, concurrency, job_type = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+worker = Worker(url, concurrency=concurrency, claim_wait=2.0, grace_seconds=5.0)
+
+@worker.handler(job_type)
+def work(ctx):
+    time.sleep(0.001)
+
+print("ready", flush=True)
+sys.stdin.readline()
+worker.run()
+"""
+
+
+def _stop_processes(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM every process still running, then SIGKILL whichever has not exited after the timeout."""
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait(timeout=5)
+    for process in processes:
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _read_line(process: subprocess.Popen, timeout: float, what: str) -> str:
+    """The next stdout line of `process` (a text pipe), or RuntimeError after `timeout` seconds."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else ""
+    if not line:
+        raise RuntimeError(f"{what} said nothing within {timeout:.0f} s (exit code {process.poll()})")
+    return line.rstrip("\n")
+
+
+def _drain(stream: Any, keep: deque[str]) -> None:
+    """Read a pipe to its end (so the child never blocks writing), keeping the last lines."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in stream:
+            keep.append(line.rstrip("\n"))
+
+
+def _http(url: str, body: Any = None, *, timeout: float = 120.0) -> bytes:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
+                                     headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (loopback only)
+        return response.read()
+
+
+def histogram(metrics_text: str, name: str) -> tuple[list[tuple[float, int]], float, int]:
+    """(cumulative buckets as (upper bound, count), sum, count) of one histogram in Prometheus text."""
+    buckets, total, count = [], 0.0, 0
+    pattern = re.compile(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$')
+    for line in metrics_text.splitlines():
+        if match := pattern.match(line):
+            buckets.append((float(match.group(1)), int(float(match.group(2)))))
+        elif line.startswith(f"{name}_sum "):
+            total = float(line.split()[1])
+        elif line.startswith(f"{name}_count "):
+            count = int(float(line.split()[1]))
+    return sorted(buckets), total, count
+
+
+def quantile(buckets: list[tuple[float, int]], q: float) -> float | None:
+    """Quantile estimated from cumulative buckets: linear inside the bucket that holds it (as Prometheus'
+    histogram_quantile does); in the +Inf bucket, the largest finite bound (an underestimate)."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, cumulative
+    return lower
+
+
+def _http_run(bench: Bench, jobs: int, *, group_commit: bool, label: str) -> dict[str, float]:
+    """One end-to-end run against a fresh server subprocess; every child is stopped on the way out."""
+    path = bench.new_path(label, ".duckdb")
+    Ledger.open(path, create=True, site_id="bench-site", lock_timeout=1).close()
+    logs = path.with_suffix(".log")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    children: list[subprocess.Popen] = []
+    with open(logs, "w", encoding="utf-8") as log_file:
+        try:
+            command = [sys.executable, "-m", "airgap_orch", "--ledger", str(path), "serve", "--port", "0",
+                       "--no-auth"] + ([] if group_commit else ["--no-group-commit"])
+            server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
+                                      text=True, env=env, cwd=bench.workdir)
+            children.append(server)
+            first = _read_line(server, 60, "the server")
+            match = re.search(r"\bat (http://\S+)", first)
+            if match is None:
+                raise RuntimeError(f"no URL in the server's first line: {first!r}")
+            url = match.group(1)
+            threading.Thread(target=_drain, args=(server.stdout, deque(maxlen=50)), daemon=True).start()
+
+            for start in range(0, jobs, HTTP_ENQUEUE_CHUNK):
+                specs = job_specs(min(HTTP_ENQUEUE_CHUNK, jobs - start), prefix=label, start=start)
+                for spec in specs:
+                    spec["type"] = HTTP_JOB_TYPE
+                _http(f"{url}/v1/jobs/batch", {"jobs": specs})
+            queued = json.loads(_http(f"{url}/v1/ledger"))["jobs"].get("queued", 0)
+            if queued != jobs:
+                raise RuntimeError(f"{queued} jobs queued after enqueue, expected {jobs}")
+
+            workers = []
+            for _ in range(HTTP_WORKER_PROCESSES):
+                worker = subprocess.Popen([sys.executable, "-c", WORKER_PROGRAM, url, str(HTTP_WORKER_CONCURRENCY),
+                                           HTTP_JOB_TYPE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=log_file, text=True, env=env, cwd=bench.workdir)
+                children.append(worker)
+                workers.append(worker)
+            for worker in workers:
+                _read_line(worker, 60, "a worker")
+            before = histogram(_http(f"{url}/metrics").decode(), CLAIM_HISTOGRAM)
+
+            deadline = time.monotonic() + max(300.0, jobs / 20)
+            with bench.timed() as timer:
+                for worker in workers:  # all started; the workers import nothing more from here on
+                    assert worker.stdin is not None
+                    worker.stdin.write("go\n")
+                    worker.stdin.flush()
+                while True:
+                    counts = json.loads(_http(f"{url}/v1/ledger"))["jobs"]
+                    if counts.get("succeeded", 0) >= jobs:
+                        break
+                    dead = [w.returncode for w in workers if w.poll() is not None]
+                    if dead or server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{label}: stuck at {counts} (worker exits {dead}, server exit "
+                                           f"{server.poll()}); see {logs}")
+                    time.sleep(HTTP_POLL_SECONDS)
+                timer.jobs = jobs
+            # Read right away: claims long-polling on the now empty queue are still in flight, not counted.
+            metrics_text = _http(f"{url}/metrics").decode()
+        finally:
+            _stop_processes(list(reversed(children)))  # workers first, then the server
+    buckets, total, count = histogram(metrics_text, CLAIM_HISTOGRAM)
+    base = dict(before[0])
+    buckets = [(bound, cumulative - base.get(bound, 0)) for bound, cumulative in buckets]
+    count -= before[2]
+    result = {"jobs_per_s": timer.rate(), "claims": float(count),
+              "claim_mean_ms": (total - before[1]) / count if count else 0.0}
+    for q, key in ((0.5, "claim_p50_ms"), (0.99, "claim_p99_ms")):
+        value = quantile(buckets, q)
+        if value is not None:
+            result[key] = value
+    return result
+
+
+@section("http_end_to_end", "server subprocess + SDK worker processes over loopback, 1 ms jobs; also "
+         "--no-group-commit and in-process claim+ack of the same N")
+def bench_http_end_to_end(bench: Bench) -> Samples:
+    n = bench.sizes.http_jobs
+    samples: Samples = {key: [] for key in (
+        "http_end_to_end_jobs_per_s", "http_claim_p50_ms", "http_claim_p99_ms", "http_claim_mean_ms",
+        "http_claims", "http_no_group_commit_jobs_per_s", "http_no_group_commit_claim_p50_ms",
+        "http_no_group_commit_claim_p99_ms", "in_process_jobs_per_s")}
+    for run in range(bench.runs):  # interleaved, so drift in machine load hits all three alike
+        for group_commit, prefix in ((True, "http"), (False, "http_no_group_commit")):
+            if bench.profiling and not group_commit:
+                continue
+            figures = _http_run(bench, n, group_commit=group_commit, label=f"{prefix.replace('_', '-')}{run}")
+            samples[f"{prefix}_jobs_per_s" if not group_commit else "http_end_to_end_jobs_per_s"].append(
+                figures["jobs_per_s"])
+            for key in ("claim_p50_ms", "claim_p99_ms") + (("claim_mean_ms", "claims") if group_commit else ()):
+                if key in figures:
+                    samples[f"{prefix}_{key}"].append(figures[key])
+        if bench.profiling:
+            continue
+        with bench.new_ledger("http-in-process") as ledger:
+            fill(ledger, n, prefix="inproc", batch=bench.sizes.load_batch)
+            with bench.timed() as timer:
+                claim_ack(ledger, n, 100, timer)
+        samples["in_process_jobs_per_s"].append(timer.rate())
+    bench.note(f"http end to end: {n:,} jobs of 1 ms (time.sleep) per run, enqueued through POST /v1/jobs/batch "
+               f"in chunks of {HTTP_ENQUEUE_CHUNK:,} before timing; {HTTP_WORKER_PROCESSES} SDK worker processes "
+               f"x {HTTP_WORKER_CONCURRENCY} handler threads (2 cores shared with the server); timed from 'go' "
+               f"to GET /v1/ledger showing {n:,} succeeded (polled every {HTTP_POLL_SECONDS * 1000:.0f} ms)")
+    bench.note("http claim p50/p99: estimated from the server's /metrics histogram "
+               f"{CLAIM_HISTOGRAM} (buckets 1, 2.5, 5, 10, 25, 50, 100, ... ms; linear inside a bucket), "
+               "counting claims answered while timing; it includes any long-poll wait")
+    bench.note(f"in_process_jobs_per_s: batch-100 core.claim + core.ack of the same {n:,} jobs in this process")
+    return samples
+
+
 def derive(medians: dict[str, float]) -> dict[str, float]:
     """Ratios from medians (ratio of medians, not median of per-run ratios)."""
     out = {}
     ratios = (("claim_rate_1m_over_10k", "claim_rate_1m_jobs_per_s", "claim_rate_10k_jobs_per_s"),
-              ("ours_vs_huey_ratio", "ours_same_work_jobs_per_s", "peer_huey_sqlite_jobs_per_s"))
+              ("ours_vs_huey_ratio", "ours_same_work_jobs_per_s", "peer_huey_sqlite_jobs_per_s"),
+              ("group_commit_speedup", "http_end_to_end_jobs_per_s", "http_no_group_commit_jobs_per_s"),
+              ("http_over_in_process", "http_end_to_end_jobs_per_s", "in_process_jobs_per_s"))
     for ratio, top, bottom in ratios:
         if medians.get(bottom) and top in medians:
             out[ratio] = medians[top] / medians[bottom]
@@ -561,6 +792,17 @@ ROWS = (
     ("ours_same_work_enqueue_jobs_per_s", "  ours enqueue only (jobs/s)"),
     ("ours_same_work_claim_ack_jobs_per_s", "  ours claim+ack only (jobs/s)"),
     ("ours_vs_huey_ratio", "ours / Huey"),
+    ("http_end_to_end_jobs_per_s", "HTTP end to end, group commit (jobs/s)"),
+    ("http_claim_p50_ms", "  claim latency p50 (ms, /metrics histogram)"),
+    ("http_claim_p99_ms", "  claim latency p99 (ms, /metrics histogram)"),
+    ("http_claim_mean_ms", "  claim latency mean (ms)"),
+    ("http_claims", "  claim requests while timing"),
+    ("http_no_group_commit_jobs_per_s", "HTTP end to end, --no-group-commit (jobs/s)"),
+    ("http_no_group_commit_claim_p50_ms", "  claim latency p50 (ms)"),
+    ("http_no_group_commit_claim_p99_ms", "  claim latency p99 (ms)"),
+    ("group_commit_speedup", "group commit / no group commit"),
+    ("in_process_jobs_per_s", "in-process b100 claim+ack, same N (jobs/s)"),
+    ("http_over_in_process", "HTTP end to end / in-process"),
 )
 
 
