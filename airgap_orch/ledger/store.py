@@ -180,7 +180,8 @@ class Transaction:
             try:
                 return self.con.execute(sql.queries()[name], params or None)
             finally:
-                self.con.unregister(relation)
+                with contextlib.suppress(duckdb.Error):  # in an aborted transaction: keep the real error
+                    self.con.unregister(relation)
 
     def rows_with(self, name: str, relation: str, table: pa.Table, **params: Any) -> list[dict[str, Any]]:
         with self.ledger._lock:
