@@ -391,7 +391,7 @@ class Worker:
                 if held.released or held.lost:
                     held.phase = "done"
                     self._held.pop(held.job_id, None)
-                    result = RELEASED if held.released else LOST
+                    result = "" if held.released else LOST  # a release was counted by _release
                 else:
                     held.phase = "reporting"
                     # Beat again only to keep the lease while the report waits; no first beat for it.
@@ -401,7 +401,7 @@ class Worker:
                 self._changed.notify_all()
             if result is None:
                 self._reports.put((held, outcome))
-            else:
+            elif result:
                 self._finish(held, result, outcome.error)
 
     def _call(self, held: _Held) -> _Outcome:
@@ -688,13 +688,16 @@ class Worker:
                     held.phase = "done"
                     self._busy -= 1
                     self._held.pop(held.job_id, None)
-                    self.stats[RELEASED] += 1
             held.ctx.cancel(SHUTDOWN)
             try:
                 self._report_client.call("jobs.release", {"job_id": held.job_id, "lease_id": held.lease_id})
                 log.info("released job %s (%s)", held.job_id, why)
-            except OrchError as error:
-                log.warning("could not release job %s: %s", held.job_id, error)
+                error = why
+            except OrchError as refused:  # its lease lapses instead, and the job is retried
+                log.warning("could not release job %s: %s", held.job_id, refused)
+                error = f"{why}; release failed: {refused}"
+            # Counted now: a handler that ignores ctx.cancelled may outlive run().
+            self._finish(held, RELEASED, error)
         with self._changed:
             self._changed.notify_all()
 
