@@ -173,6 +173,13 @@ class Transaction:
             columns = [d[0] for d in cursor.description]
             return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
+    def scan(self, name: str, batch: int = 10_000, **params: Any) -> Iterator[tuple]:
+        """Stream the rows of a named query in batches (bounded memory for whole-table checks)."""
+        with self.ledger._lock:
+            cursor = self.con.execute(sql.queries()[name], params or None)
+            while rows := cursor.fetchmany(batch):
+                yield from rows
+
     def execute_with(self, name: str, relation: str, table: pa.Table, **params: Any):
         """Run a named query that reads the Arrow `table` under the name `relation`."""
         with self.ledger._lock:

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import clock, validation
 from ..errors import InvalidInput
-from ..ledger import Ledger, sql
+from ..ledger import Ledger
 from ..orchestrator import audit
 
 MAX_LIST = 100_000
@@ -38,17 +38,7 @@ def list_entries(ledger: Ledger, *, since: str | None = None, limit: int = 1000,
 def verify(ledger: Ledger, *, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Recompute the audit chain; VerificationFailed (exit 4) names the first bad entry."""
     read = ledger.read()
-    with ledger._lock:
-        cursor = read.con.execute(sql.queries()["audit_scan"])
-        entries = audit.verify_chain(_batched(cursor))
+    entries = audit.verify_chain(read.scan("audit_scan"))
     head = read.rows("audit_head")
     return {"ok": True, "audit_entries": entries, "audit_head": head[0]["entry_hash"] if head else None,
             "checked_at": clock.iso(clock.now())}
-
-
-def _batched(cursor, size: int = 10_000):
-    while True:
-        rows = cursor.fetchmany(size)
-        if not rows:
-            return
-        yield from rows

@@ -49,11 +49,8 @@ def verify(ledger: Ledger) -> dict[str, Any]:
     read = ledger.read()
     if ledger.schema_version != sql.latest_version():
         raise VerificationFailed(f"schema version {ledger.schema_version} != expected {sql.latest_version()}")
-    with ledger._lock:
-        cursor = read.con.execute(sql.queries()["verify_history_scan"])
-        entries = history.verify_chain(_batched(cursor))
-    with ledger._lock:
-        audit_entries = audit.verify_chain(_batched(read.con.execute(sql.queries()["audit_scan"])))
+    entries = history.verify_chain(read.scan("verify_history_scan"))
+    audit_entries = audit.verify_chain(read.scan("audit_scan"))
     if entries != ledger.head_seq:
         raise VerificationFailed(f"history has {entries} entries but its head says {ledger.head_seq}")
     mismatched = read.rows("verify_states")
@@ -72,14 +69,6 @@ def verify(ledger: Ledger) -> dict[str, Any]:
     return {"ok": True, "schema_version": ledger.schema_version, "history_entries": entries,
             "audit_entries": audit_entries, "jobs": jobs,
             "checked_at": clock.iso(clock.now())}
-
-
-def _batched(cursor, size: int = 10_000):
-    while True:
-        rows = cursor.fetchmany(size)
-        if not rows:
-            return
-        yield from rows
 
 
 def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000,
