@@ -383,6 +383,7 @@ HTTP_ENQUEUE_CHUNK = 5_000  # jobs per POST /v1/jobs/batch
 HTTP_POLL_SECONDS = 0.05  # GET /v1/ledger interval while waiting for the last success
 STOP_TIMEOUT_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 CLAIM_HISTOGRAM = "airgap_orch_claim_latency_ms"
+COMMIT_HISTOGRAM = "airgap_orch_group_commit_requests"  # requests applied per ledger transaction
 
 # The worker program (python -c): build the Worker, say "ready", start on the first line of stdin.
 WORKER_PROGRAM = """
@@ -517,7 +518,9 @@ def _http_run(bench: Bench, jobs: int, *, group_commit: bool, label: str) -> dic
                 workers.append(worker)
             for worker in workers:
                 _read_line(worker, 60, "a worker")
-            before = histogram(_http(f"{url}/metrics").decode(), CLAIM_HISTOGRAM)
+            before_text = _http(f"{url}/metrics").decode()
+            before = histogram(before_text, CLAIM_HISTOGRAM)
+            commits_before = histogram(before_text, COMMIT_HISTOGRAM)
 
             deadline = time.monotonic() + max(300.0, jobs / 20)
             with bench.timed() as timer:
@@ -545,6 +548,11 @@ def _http_run(bench: Bench, jobs: int, *, group_commit: bool, label: str) -> dic
     count -= before[2]
     result = {"jobs_per_s": timer.rate(), "claims": float(count),
               "claim_mean_ms": (total - before[1]) / count if count else 0.0}
+    _, requests, commits = histogram(metrics_text, COMMIT_HISTOGRAM)
+    requests, commits = requests - commits_before[1], commits - commits_before[2]
+    if commits:
+        result["requests_per_commit"] = requests / commits
+        result["commits_per_s"] = commits / timer.seconds
     for q, key in ((0.5, "claim_p50_ms"), (0.99, "claim_p99_ms")):
         value = quantile(buckets, q)
         if value is not None:
@@ -559,7 +567,8 @@ def bench_http_end_to_end(bench: Bench) -> Samples:
     samples: Samples = {key: [] for key in (
         "http_end_to_end_jobs_per_s", "http_claim_p50_ms", "http_claim_p99_ms", "http_claim_mean_ms",
         "http_claims", "http_no_group_commit_jobs_per_s", "http_no_group_commit_claim_p50_ms",
-        "http_no_group_commit_claim_p99_ms", "in_process_jobs_per_s")}
+        "http_no_group_commit_claim_p99_ms", "http_requests_per_commit", "http_commits_per_s",
+        "http_no_group_commit_requests_per_commit", "http_no_group_commit_commits_per_s", "in_process_jobs_per_s")}
     for run in range(bench.runs):  # interleaved, so drift in machine load hits all three alike
         for group_commit, prefix in ((True, "http"), (False, "http_no_group_commit")):
             if bench.profiling and not group_commit:
@@ -567,7 +576,8 @@ def bench_http_end_to_end(bench: Bench) -> Samples:
             figures = _http_run(bench, n, group_commit=group_commit, label=f"{prefix.replace('_', '-')}{run}")
             samples[f"{prefix}_jobs_per_s" if not group_commit else "http_end_to_end_jobs_per_s"].append(
                 figures["jobs_per_s"])
-            for key in ("claim_p50_ms", "claim_p99_ms") + (("claim_mean_ms", "claims") if group_commit else ()):
+            for key in ("claim_p50_ms", "claim_p99_ms", "requests_per_commit", "commits_per_s") + (
+                    ("claim_mean_ms", "claims") if group_commit else ()):
                 if key in figures:
                     samples[f"{prefix}_{key}"].append(figures[key])
         if bench.profiling:
@@ -797,9 +807,13 @@ ROWS = (
     ("http_claim_p99_ms", "  claim latency p99 (ms, /metrics histogram)"),
     ("http_claim_mean_ms", "  claim latency mean (ms)"),
     ("http_claims", "  claim requests while timing"),
+    ("http_requests_per_commit", "  requests per ledger transaction (mean)"),
+    ("http_commits_per_s", "  ledger transactions per s"),
     ("http_no_group_commit_jobs_per_s", "HTTP end to end, --no-group-commit (jobs/s)"),
     ("http_no_group_commit_claim_p50_ms", "  claim latency p50 (ms)"),
     ("http_no_group_commit_claim_p99_ms", "  claim latency p99 (ms)"),
+    ("http_no_group_commit_requests_per_commit", "  requests per ledger transaction (mean)"),
+    ("http_no_group_commit_commits_per_s", "  ledger transactions per s"),
     ("group_commit_speedup", "group commit / no group commit"),
     ("in_process_jobs_per_s", "in-process b100 claim+ack, same N (jobs/s)"),
     ("http_over_in_process", "HTTP end to end / in-process"),
@@ -863,6 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     sizes = QUICK if args.quick else FULL
+    # SIGTERM unwinds like Ctrl-C, so finally blocks stop child processes (http_end_to_end) and temp dirs go.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
     with contextlib.ExitStack() as stack:
         if args.workdir:
