@@ -174,11 +174,17 @@ class Transaction:
             return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
     def scan(self, name: str, batch: int = 10_000, **params: Any) -> Iterator[tuple]:
-        """Stream the rows of a named query in batches (bounded memory for whole-table checks)."""
-        with self.ledger._lock:
-            cursor = self.con.execute(sql.queries()[name], params or None)
+        """Stream the rows of a named query in batches (bounded memory for whole-table checks).
+
+        Reads through its own DuckDB cursor and holds no lock between batches, so a caller that stops
+        early (a failed check) leaves nothing locked. Sees committed data only."""
+        cursor = self.con.cursor()
+        try:
+            cursor.execute(sql.queries()[name], params or None)
             while rows := cursor.fetchmany(batch):
                 yield from rows
+        finally:
+            cursor.close()
 
     def execute_with(self, name: str, relation: str, table: pa.Table, **params: Any):
         """Run a named query that reads the Arrow `table` under the name `relation`."""

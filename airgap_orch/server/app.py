@@ -122,7 +122,7 @@ class Door:
                     raise InvalidInput(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
                 request_key = f"{caller.actor} {route.name} {key}"
             if route.name == "jobs.claim":
-                result = await self._claim(params, caller, request_key)
+                result = await self._claim(request, params, caller, request_key)
                 self.metrics.claim_latency_ms.observe((time.monotonic() - started) * 1000)
             else:
                 result = await asyncio.wrap_future(self.writer.submit(route.name, params, caller, request_key))
@@ -168,10 +168,14 @@ class Door:
             params.update(body)
         return params
 
-    async def _claim(self, params: dict[str, Any], caller: Caller, request_key: str | None) -> dict[str, Any]:
+    async def _claim(self, request: web.Request, params: dict[str, Any], caller: Caller,
+                     request_key: str | None) -> dict[str, Any]:
         wait = min(float(params.get("wait") or 0), MAX_CLAIM_WAIT)
         deadline = time.monotonic() + wait
         while True:
+            if request.transport is None or request.transport.is_closing():
+                # The client is gone: leasing to it now would strand jobs until their leases expire.
+                raise web.HTTPRequestTimeout()
             result = await asyncio.wrap_future(self.writer.submit("jobs.claim", params, caller, request_key))
             remaining = deadline - time.monotonic()
             if result["leases"] or remaining <= 0:

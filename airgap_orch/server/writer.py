@@ -131,6 +131,8 @@ class LedgerWriter:
         for request in batch:
             if request.request_key in stored:
                 record = stored[request.request_key]
+                if "fingerprint" not in record:  # stored before fingerprints were kept: the answer itself
+                    record = {"fingerprint": request.fingerprint, "answer": record}
                 if record["fingerprint"] != request.fingerprint:
                     request.future.set_exception(Conflict(
                         "this Idempotency-Key was already used for a different request; use a new key per request"))
