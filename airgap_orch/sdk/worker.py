@@ -48,7 +48,6 @@ could strand jobs the server grants after the connection is gone), then release 
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import logging
 import os
@@ -56,45 +55,20 @@ import queue as queue_module
 import random
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .. import validation
 from ..errors import Conflict, InvalidInput, LedgerBusy, NotAuthorized, NotFound, OrchError
+from ..worker import context as context_module
+from ..worker.context import bounded_retry_after, clip_error, describe_error
 from .client import OrchClient, ServerUnavailable
 
-
-def _handler_api():
-    """airgap_orch/worker/context.py, the handler contract, without loading DuckDB.
-
-    `import airgap_orch.worker.context` would run airgap_orch/worker/__init__.py, which imports the
-    in-process runner and with it the ledger (DuckDB, pyarrow). context.py itself needs only the standard
-    library, so load it under its own module name: a later `import airgap_orch.worker` finds it in
-    sys.modules and reuses it, and the exception classes stay one and the same for both runners.
-    """
-    name = "airgap_orch.worker.context"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).resolve().parent.parent / "worker" / "context.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return module
-
-
-_context = _handler_api()
+_context = context_module
 JobContext = _context.JobContext
 HandlerError = _context.HandlerError
 RetryableError = _context.RetryableError
@@ -413,12 +387,12 @@ class Worker:
         except JobCanceled as exc:
             return _Outcome("stopped", error=str(exc))
         except RetryableError as exc:
-            return _Outcome("fail", error=_describe(exc), retry_after=exc.retry_after)
+            return _Outcome("fail", error=describe_error(exc), retry_after=exc.retry_after)
         except PermanentError as exc:
-            return _Outcome("fail", error=_describe(exc), no_retry=True)
+            return _Outcome("fail", error=describe_error(exc), no_retry=True)
         except (Exception, SystemExit) as exc:  # a handler bug is that attempt's failure, not the worker's
             log.debug("handler for job %s raised", held.job_id, exc_info=True)
-            return _Outcome("fail", error=_describe(exc))
+            return _Outcome("fail", error=describe_error(exc))
         if result is None:
             return _Outcome("ack", artifacts=[])
         if not isinstance(result, list):
@@ -427,7 +401,7 @@ class Worker:
         try:
             json.dumps(result)
         except (TypeError, ValueError) as exc:
-            return _Outcome("fail", error=_clip(f"handler returned artifacts that are not JSON: {exc}"),
+            return _Outcome("fail", error=clip_error(f"handler returned artifacts that are not JSON: {exc}"),
                             no_retry=True)
         return _Outcome("ack", artifacts=result)
 
@@ -580,8 +554,8 @@ class Worker:
         elif outcome.kind == "ack":
             name, params = "jobs.ack", {**job, "artifacts": outcome.artifacts or []}
         else:
-            name, params = "jobs.fail", {**job, "error": _clip(outcome.error or "handler failed"),
-                                         "retry_after": _retry_after(outcome.retry_after),
+            name, params = "jobs.fail", {**job, "error": clip_error(outcome.error or "handler failed"),
+                                         "retry_after": bounded_retry_after(outcome.retry_after),
                                          "no_retry": outcome.no_retry or None}
         try:
             try:
@@ -590,7 +564,7 @@ class Worker:
                 if name != "jobs.ack" or isinstance(bad, NotFound):
                     raise
                 # The handler returned malformed artifacts: retrying will not help.
-                answer = self._deliver("jobs.fail", {**job, "error": _clip(f"invalid artifacts: {bad}"),
+                answer = self._deliver("jobs.fail", {**job, "error": clip_error(f"invalid artifacts: {bad}"),
                                                      "no_retry": True})
         except (Conflict, NotFound) as refused:
             self._settle(held, LOST, str(refused))
@@ -712,18 +686,3 @@ class Worker:
 def _backoff(failures: int) -> float:
     ceiling = min(RETRY_CAP_SECONDS, 0.2 * 2 ** min(failures - 1, 10))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return _clip(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= validation.MAX_ERROR_CHARS else text[:validation.MAX_ERROR_CHARS - 1] + "…"
-
-
-def _retry_after(value: float | None) -> float | None:
-    if value is None:
-        return None
-    return min(max(0.0, float(value)), validation.MAX_RETRY_AFTER_SECONDS)

@@ -89,3 +89,25 @@ class JobContext:
             if self.cancel_reason is None:
                 self.cancel_reason = reason
         self.cancelled.set()
+
+
+# -- reporting a handler's outcome (shared by the in-process runner and the SDK worker) --------------
+
+def describe_error(exc: BaseException) -> str:
+    """The error text a failed attempt records: exception type and message, clipped."""
+    text = str(exc)
+    return clip_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def clip_error(text: str) -> str:
+    from ..validation import MAX_ERROR_CHARS
+
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 1] + "…"
+
+
+def bounded_retry_after(value: float | None) -> float | None:
+    from ..validation import MAX_RETRY_AFTER_SECONDS
+
+    if value is None:
+        return None
+    return min(max(0.0, float(value)), MAX_RETRY_AFTER_SECONDS)

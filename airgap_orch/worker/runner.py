@@ -48,6 +48,9 @@ from .context import (
     JobContext,
     PermanentError,
     RetryableError,
+    bounded_retry_after,
+    clip_error,
+    describe_error,
 )
 
 log = logging.getLogger(__name__)
@@ -321,12 +324,12 @@ class Runner:
         except JobCanceled as exc:
             return _Outcome("stopped", error=str(exc))
         except RetryableError as exc:
-            return _Outcome("fail", error=_describe(exc), retry_after=exc.retry_after)
+            return _Outcome("fail", error=describe_error(exc), retry_after=exc.retry_after)
         except PermanentError as exc:
-            return _Outcome("fail", error=_describe(exc), no_retry=True)
+            return _Outcome("fail", error=describe_error(exc), no_retry=True)
         except (Exception, SystemExit) as exc:  # a handler bug is that attempt's failure, not the worker's
             log.debug("handler for job %s raised", job.ctx.job_id, exc_info=True)
-            return _Outcome("fail", error=_describe(exc))
+            return _Outcome("fail", error=describe_error(exc))
         if result is None:
             return _Outcome("ack")
         if not isinstance(result, list):
@@ -361,14 +364,14 @@ class Runner:
             except NotFound:
                 raise
             except InvalidInput as bad:  # the handler returned malformed artifacts: retrying won't help
-                return ops.fail(self.ledger, ctx.job_id, ctx.lease_id, error=_clip(f"invalid artifacts: {bad}"),
+                return ops.fail(self.ledger, ctx.job_id, ctx.lease_id, error=clip_error(f"invalid artifacts: {bad}"),
                                 no_retry=True)
         if outcome.kind in ("stopped", "skip") and ctx.cancel_reason == CANCEL_REQUESTED:
             # fail on a job with cancel_requested ends it canceled (orchestrator/jobs.py).
             return ops.fail(self.ledger, ctx.job_id, ctx.lease_id, error="canceled on request; handler stopped",
                             no_retry=True)
-        return ops.fail(self.ledger, ctx.job_id, ctx.lease_id, error=_clip(outcome.error or "handler failed"),
-                        retry_after=_retry_after(outcome.retry_after), no_retry=outcome.no_retry)
+        return ops.fail(self.ledger, ctx.job_id, ctx.lease_id, error=clip_error(outcome.error or "handler failed"),
+                        retry_after=bounded_retry_after(outcome.retry_after), no_retry=outcome.no_retry)
 
     def _finish(self, job: _ActiveJob, outcome: str, error: str | None) -> FinishedJob:
         lease = job.lease
@@ -476,18 +479,3 @@ class Runner:
             "released": [f.job_id for f in self._finished if f.outcome == RELEASED],
             "seconds": round(seconds, 3),
         }
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return _clip(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= validation.MAX_ERROR_CHARS else text[:validation.MAX_ERROR_CHARS - 1] + "…"
-
-
-def _retry_after(value: float | None) -> float | None:
-    if value is None:
-        return None
-    return min(max(0.0, float(value)), validation.MAX_RETRY_AFTER_SECONDS)
