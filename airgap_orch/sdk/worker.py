@@ -48,7 +48,6 @@ could strand jobs the server grants after the connection is gone), then release 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import queue as queue_module
@@ -65,7 +64,7 @@ from typing import Any
 from .. import validation
 from ..errors import Conflict, InvalidInput, LedgerBusy, NotAuthorized, NotFound, OrchError
 from ..worker import context as context_module
-from ..worker.context import bounded_retry_after, clip_error, describe_error
+from ..worker.context import Outcome, bounded_retry_after, clip_error, run_handler
 from .client import OrchClient, ServerUnavailable
 
 _context = context_module
@@ -105,13 +104,6 @@ class JobResult:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    kind: str  # "ack", "fail", "stopped" (the handler raised JobCanceled)
-    artifacts: list[Any] | None = None
-    error: str | None = None
-    retry_after: float | None = None
-    no_retry: bool = False
 
 
 class _Held:
@@ -176,7 +168,7 @@ class Worker:
         self._work: queue_module.SimpleQueue[_Held | None] = queue_module.SimpleQueue()
         self._sends: queue_module.SimpleQueue[Callable[[], None] | None] = queue_module.SimpleQueue()
         self._senders = min(self.concurrency, 8)
-        self._reports: queue_module.SimpleQueue[tuple[_Held, _Outcome] | None] = queue_module.SimpleQueue()
+        self._reports: queue_module.SimpleQueue[tuple[_Held, Outcome] | None] = queue_module.SimpleQueue()
         self._changed = threading.Condition(self._lock)  # a slot freed or a report was answered
         self._beat_wake = threading.Event()
         self._stop_requested = threading.Event()
@@ -378,32 +370,11 @@ class Worker:
             elif result:
                 self._finish(held, result, outcome.error)
 
-    def _call(self, held: _Held) -> _Outcome:
+    def _call(self, held: _Held) -> Outcome:
         ctx = held.ctx
         if ctx.cancelled.is_set():
-            return _Outcome("stopped", error=f"job {held.job_id} stopped before it started: {ctx.cancel_reason}")
-        try:
-            result = held.handler(ctx)
-        except JobCanceled as exc:
-            return _Outcome("stopped", error=str(exc))
-        except RetryableError as exc:
-            return _Outcome("fail", error=describe_error(exc), retry_after=exc.retry_after)
-        except PermanentError as exc:
-            return _Outcome("fail", error=describe_error(exc), no_retry=True)
-        except (Exception, SystemExit) as exc:  # a handler bug is that attempt's failure, not the worker's
-            log.debug("handler for job %s raised", held.job_id, exc_info=True)
-            return _Outcome("fail", error=describe_error(exc))
-        if result is None:
-            return _Outcome("ack", artifacts=[])
-        if not isinstance(result, list):
-            return _Outcome("fail", error=f"handler returned {type(result).__name__}; it must return a list "
-                                          "of artifacts or None", no_retry=True)
-        try:
-            json.dumps(result)
-        except (TypeError, ValueError) as exc:
-            return _Outcome("fail", error=clip_error(f"handler returned artifacts that are not JSON: {exc}"),
-                            no_retry=True)
-        return _Outcome("ack", artifacts=result)
+            return Outcome("stopped", error=f"job {held.job_id} stopped before it started: {ctx.cancel_reason}")
+        return run_handler(held.handler, ctx)
 
     # -- heartbeats --------------------------------------------------------------------------------
     def _beat_loop(self) -> None:
@@ -488,8 +459,8 @@ class Worker:
             item = self._reports.get()
             if item is None:
                 return
-            acks: list[tuple[_Held, _Outcome]] = []
-            others: list[tuple[_Held, _Outcome]] = []
+            acks: list[tuple[_Held, Outcome]] = []
+            others: list[tuple[_Held, Outcome]] = []
             last = False
             deadline = time.monotonic() + self.ack_flush_seconds
             while True:
@@ -515,7 +486,7 @@ class Worker:
             if last:
                 return
 
-    def _send_acks(self, acks: list[tuple[_Held, _Outcome]]) -> None:
+    def _send_acks(self, acks: list[tuple[_Held, Outcome]]) -> None:
         body = [{"job_id": held.job_id, "lease_id": held.lease_id, "artifacts": outcome.artifacts or []}
                 for held, outcome in acks]
         try:
@@ -538,14 +509,14 @@ class Worker:
                 lost = error.get("type") in ("StaleLease", "NotFound", "IllegalTransition")
                 self._settle(held, LOST if lost else ERROR, error.get("message", "no answer for this job"))
 
-    def _send_one(self, held: _Held, outcome: _Outcome) -> None:
+    def _send_one(self, held: _Held, outcome: Outcome) -> None:
         try:
             self._report_one(held, outcome)
         except Exception as error:  # settle it anyway, so shutdown does not wait for it
             log.exception("reporting job %s failed", held.job_id)
             self._settle(held, ERROR, str(error))
 
-    def _report_one(self, held: _Held, outcome: _Outcome) -> None:
+    def _report_one(self, held: _Held, outcome: Outcome) -> None:
         ctx = held.ctx
         job = {"job_id": held.job_id, "lease_id": held.lease_id}
         if outcome.kind == "stopped" and ctx.cancel_reason == CANCEL_REQUESTED:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -111,3 +112,46 @@ def bounded_retry_after(value: float | None) -> float | None:
     if value is None:
         return None
     return min(max(0.0, float(value)), MAX_RETRY_AFTER_SECONDS)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt of a handler ended, before it is reported.
+
+    kind: "ack" (artifacts), "fail" (error, retry_after, no_retry), "stopped" (the handler raised
+    JobCanceled), or a runner's own marker such as "skip" (canceled before it started)."""
+
+    kind: str
+    artifacts: list[Any] = field(default_factory=list)
+    error: str | None = None
+    retry_after: float | None = None
+    no_retry: bool = False
+
+
+def run_handler(handler: Callable[[JobContext], Any], ctx: JobContext) -> Outcome:
+    """Call a handler and turn its return or exception into an Outcome: the one contract both runners keep."""
+    import json
+    import logging
+
+    try:
+        result = handler(ctx)
+    except JobCanceled as exc:
+        return Outcome("stopped", error=str(exc))
+    except RetryableError as exc:
+        return Outcome("fail", error=describe_error(exc), retry_after=exc.retry_after)
+    except PermanentError as exc:
+        return Outcome("fail", error=describe_error(exc), no_retry=True)
+    except (Exception, SystemExit) as exc:  # a handler bug is that attempt's failure, not the worker's
+        logging.getLogger("airgap_orch.worker").debug("handler for job %s raised", ctx.job_id, exc_info=True)
+        return Outcome("fail", error=describe_error(exc))
+    if result is None:
+        return Outcome("ack")
+    if not isinstance(result, list):
+        return Outcome("fail", error=f"handler returned {type(result).__name__}; it must return a list "
+                                      "of artifacts or None", no_retry=True)
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        return Outcome("fail", error=clip_error(f"handler returned artifacts that are not JSON: {exc}"),
+                       no_retry=True)
+    return Outcome("ack", artifacts=result)

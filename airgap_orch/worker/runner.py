@@ -32,7 +32,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import validation
@@ -44,13 +44,11 @@ from .context import (
     CANCEL_REQUESTED,
     LEASE_LOST,
     SHUTDOWN,
-    JobCanceled,
     JobContext,
-    PermanentError,
-    RetryableError,
+    Outcome,
     bounded_retry_after,
     clip_error,
-    describe_error,
+    run_handler,
 )
 
 log = logging.getLogger(__name__)
@@ -135,13 +133,6 @@ class FinishedJob:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    kind: str  # "ack", "fail", "stopped" (JobCanceled), "skip" (canceled before it started)
-    artifacts: list[Any] = field(default_factory=list)
-    error: str | None = None
-    retry_after: float | None = None
-    no_retry: bool = False
 
 
 class _ActiveJob:
@@ -303,13 +294,13 @@ class Runner:
         job.thread.start()
 
     def _work(self, job: _ActiveJob) -> None:
-        outcome: _Outcome | None = None
+        outcome: Outcome | None = None
         try:
             # The first heartbeat moves the job to running and shows a cancel requested meanwhile.
             if self._heartbeat(job, None):
                 assert job.beater is not None
                 job.beater.start()
-                outcome = _Outcome("skip") if job.ctx.cancelled.is_set() else self._call(job)
+                outcome = Outcome("skip") if job.ctx.cancelled.is_set() else run_handler(job.handler, job.ctx)
         finally:
             job.stop_beating.set()
             job.wake.set()
@@ -318,26 +309,7 @@ class Runner:
         self._done.put(self._report(job, outcome))
         self._wake.set()
 
-    def _call(self, job: _ActiveJob) -> _Outcome:
-        try:
-            result = job.handler(job.ctx)
-        except JobCanceled as exc:
-            return _Outcome("stopped", error=str(exc))
-        except RetryableError as exc:
-            return _Outcome("fail", error=describe_error(exc), retry_after=exc.retry_after)
-        except PermanentError as exc:
-            return _Outcome("fail", error=describe_error(exc), no_retry=True)
-        except (Exception, SystemExit) as exc:  # a handler bug is that attempt's failure, not the worker's
-            log.debug("handler for job %s raised", job.ctx.job_id, exc_info=True)
-            return _Outcome("fail", error=describe_error(exc))
-        if result is None:
-            return _Outcome("ack")
-        if not isinstance(result, list):
-            return _Outcome("fail", error=f"handler returned {type(result).__name__}; it must return a list "
-                                          "of artifacts or None", no_retry=True)
-        return _Outcome("ack", artifacts=result)
-
-    def _report(self, job: _ActiveJob, outcome: _Outcome | None) -> FinishedJob:
+    def _report(self, job: _ActiveJob, outcome: Outcome | None) -> FinishedJob:
         ctx = job.ctx
         error = outcome.error if outcome is not None else None
         with job.lock:
@@ -356,7 +328,7 @@ class Runner:
                 return self._finish(job, ERROR, str(failure))
         return self._finish(job, result["state"], error)
 
-    def _send(self, job: _ActiveJob, outcome: _Outcome) -> dict[str, Any]:
+    def _send(self, job: _ActiveJob, outcome: Outcome) -> dict[str, Any]:
         ctx = job.ctx
         if outcome.kind == "ack":
             try:
