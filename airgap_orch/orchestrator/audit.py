@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import clock
-from ..errors import VerificationFailed
 from ..ledger import Transaction
+from . import history
 from .history import GENESIS, chain
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=False).encode
@@ -38,19 +38,4 @@ def parse(seq: int, text: str, entry_hash: str) -> dict[str, Any]:
 def verify_chain(rows: Iterable[tuple[int, str, str, str]]) -> int:
     """Recompute the chain over (seq, action, entry, entry_hash) rows; VerificationFailed names the first
     bad entry."""
-    prev, count = GENESIS, 0
-    for seq, action, text, stored in rows:
-        count += 1
-        if seq != count:
-            raise VerificationFailed(f"audit entry {count}: found seq {seq}; entries are missing or reordered")
-        if stored != chain(prev, text):
-            raise VerificationFailed(f"audit entry {seq} ({action}): hash does not match its content or its "
-                                     "predecessor; the audit log was altered")
-        try:
-            inner = json.loads(text)
-        except json.JSONDecodeError:
-            raise VerificationFailed(f"audit entry {seq}: not valid JSON") from None
-        if inner.get("seq") != seq or inner.get("action") != action:
-            raise VerificationFailed(f"audit entry {seq}: its columns disagree with its content")
-        prev = stored
-    return count
+    return history.verify_chain(rows, what="audit", key="action", label="{}", whole="audit log")

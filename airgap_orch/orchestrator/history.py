@@ -77,25 +77,26 @@ def parse(seq: int, entry_text: str, entry_hash: str) -> dict[str, Any]:
     return entry
 
 
-def verify_chain(rows: Iterable[tuple[int, str, str, str]]) -> int:
-    """Recompute the chain over (seq, job_id, entry, entry_hash) rows in seq order.
-
-    Returns the number of entries; raises VerificationFailed naming the first bad entry."""
+def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, what: str = "history", key: str = "job_id",
+                 label: str = "job {}", whole: str = "history") -> int:
+    """Recompute a hash chain over (seq, key column, entry, entry_hash) rows in seq order: the history
+    (key job_id) or the audit log (key action). Returns the number of entries; raises
+    VerificationFailed naming the first bad entry."""
     prev = GENESIS
     count = 0
-    for seq, job_id, text, stored_hash in rows:
+    for seq, key_value, text, stored_hash in rows:
         count += 1
         if seq != count:
-            raise VerificationFailed(f"history entry {count}: found seq {seq}; entries are missing or reordered")
+            raise VerificationFailed(f"{what} entry {count}: found seq {seq}; entries are missing or reordered")
         expected = chain(prev, text)
         if stored_hash != expected:
-            raise VerificationFailed(f"history entry {seq} (job {job_id}): hash does not match its content "
-                                     "or its predecessor; the history was altered")
+            raise VerificationFailed(f"{what} entry {seq} ({label.format(key_value)}): hash does not match its "
+                                     f"content or its predecessor; the {whole} was altered")
         try:
             inner = json.loads(text)
         except json.JSONDecodeError:
-            raise VerificationFailed(f"history entry {seq}: not valid JSON") from None
-        if inner.get("seq") != seq or inner.get("job_id") != job_id:
-            raise VerificationFailed(f"history entry {seq}: its columns disagree with its content")
+            raise VerificationFailed(f"{what} entry {seq}: not valid JSON") from None
+        if inner.get("seq") != seq or inner.get(key) != key_value:
+            raise VerificationFailed(f"{what} entry {seq}: its columns disagree with its content")
         prev = expected
     return count
