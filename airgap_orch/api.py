@@ -29,6 +29,7 @@ class Route:
     # and `ticket` from X-Orch-Ticket, and answers 400 when a needed one is missing.
     needs_reason: bool = False
     needs_ticket: bool = False
+    takes_reason: bool = False  # X-Orch-Reason / X-Orch-Ticket accepted, not required (recorded in the audit log)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -77,6 +78,37 @@ ROUTES: tuple[Route, ...] = (
     Route("backfills.cancel", "POST", "/v1/backfills/{backfill_id}/cancel", "backfill_cancel",
           "Cancel a backfill's queued jobs, request cancellation of its running ones (needs X-Orch-Reason)",
           None, True, needs_reason=True),
+    Route("quotas.set", "POST", "/v1/quotas/{tenant}", "limits_set",
+          "Set a tenant's quota: max_active, max_per_hour, burst (needs X-Orch-Reason)", "quota-set-request", True,
+          needs_reason=True, takes_reason=True),
+    Route("quotas.delete", "POST", "/v1/quotas/{tenant}/delete", "limits_set", "Remove a tenant's quota "
+          "(needs X-Orch-Reason)", None, True, needs_reason=True, takes_reason=True),
+    Route("quotas.list", "GET", "/v1/quotas", "limits_read", "Quotas with their use now",
+          query=(("tenant", "string"),)),
+    Route("ratelimits.set", "POST", "/v1/ratelimits", "limits_set",
+          "Set a token bucket on {tenant, type} or on a declared key", "ratelimit-set-request", True,
+          takes_reason=True),
+    Route("ratelimits.delete", "POST", "/v1/ratelimits/delete", "limits_set", "Remove a rate limit",
+          "ratelimit-target", True, takes_reason=True),
+    Route("ratelimits.list", "GET", "/v1/ratelimits", "limits_read", "Rate limits with their tokens now"),
+    Route("concurrency.set", "POST", "/v1/concurrency", "limits_set",
+          "Limit how many jobs carrying a key are leased or running at once", "concurrency-set-request", True,
+          takes_reason=True),
+    Route("concurrency.delete", "POST", "/v1/concurrency/delete", "limits_set", "Remove a concurrency limit",
+          "key-target", True, takes_reason=True),
+    Route("concurrency.list", "GET", "/v1/concurrency", "limits_read", "Concurrency limits with their use now"),
+    Route("breakers.set", "POST", "/v1/breakers", "limits_set",
+          "Set a circuit breaker on a key: failures to open, cool-down before one probe", "breaker-set-request",
+          True, takes_reason=True),
+    Route("breakers.delete", "POST", "/v1/breakers/delete", "limits_set", "Remove a circuit breaker",
+          "key-target", True, takes_reason=True),
+    Route("breakers.list", "GET", "/v1/breakers", "limits_read", "Circuit breakers and their state"),
+    Route("queues.pause", "POST", "/v1/queues/{queue}/pause", "queue_pause",
+          "Pause a queue: its jobs stay queued, none is claimed (needs X-Orch-Reason)", None, True,
+          needs_reason=True, takes_reason=True),
+    Route("queues.resume", "POST", "/v1/queues/{queue}/resume", "queue_pause", "Resume a paused queue", None,
+          True, takes_reason=True),
+    Route("queues.list", "GET", "/v1/queues", "limits_read", "Queues: active job counts and pauses"),
 )
 
 BY_NAME = {route.name: route for route in ROUTES}

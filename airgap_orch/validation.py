@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from datetime import datetime
 from typing import Any
 
@@ -70,6 +71,8 @@ def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
         "max_attempts": spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS),
         "timeout_seconds": spec.get("timeout_seconds"),
         "correlation_id": spec.get("correlation_id"),
+        "limit_keys": spec.get("keys") or None,
+        "depends_on": spec.get("depends_on") or (),
     }
 
 
@@ -159,4 +162,58 @@ def job_id(value: str) -> str:
 def lease_id(value: str) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= 64:
         raise InvalidInput("lease id must be the lease_id text the claim returned")
+    return value
+
+
+# -- flow control ------------------------------------------------------------------------------------------
+MAX_TICKET_CHARS = 128
+MAX_LIMIT_VALUE = 1_000_000  # largest max_active, max_per_hour, burst or concurrency limit
+MAX_RATE_PER_SECOND = 1_000_000.0
+MAX_COOLDOWN_SECONDS = 86_400.0
+_FLOW_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9._:/-]+$")
+
+
+def whole_number(value: Any, what: str, low: int = 1, high: int = MAX_LIMIT_VALUE) -> int:
+    """A whole number in [low, high] (flow-control limits: a rate or burst <= 0 is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{what} must be a whole number from {low} to {high}, not {value!r}")
+    return value
+
+
+def rate(value: Any, what: str = "rate") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or \
+            not 0 < value <= MAX_RATE_PER_SECOND:
+        raise InvalidInput(f"{what} must be a number of jobs per second above 0 and at most "
+                           f"{MAX_RATE_PER_SECOND:g}, not {value!r}")
+    return float(value)
+
+
+def flow_key(value: Any, what: str = "key") -> str:
+    """A flow-control key: 'tenant:T', 'type:JT', 'queue:Q' or a key jobs declare, e.g. 'host:nvd.nist.gov'."""
+    if not isinstance(value, str) or len(value) > 128 or not _FLOW_KEY.match(value):
+        raise InvalidInput(f"{what} {value!r} must look like kind:name (e.g. tenant:acme, type:scan, "
+                           "host:nvd.nist.gov), at most 128 characters")
+    return value
+
+
+def reason_and_ticket(reason: Any, ticket: Any, *, reason_required: bool = True,
+                      ticket_required: bool = False) -> tuple[str | None, str | None]:
+    """An operator's reason (<= 256 characters) and change ticket (<= 128)."""
+    checked = text(reason, MAX_REASON_CHARS, "reason", required=reason_required)
+    if ticket is None or ticket == "":
+        if ticket_required:
+            raise InvalidInput(f"ticket is required; name the change ticket in at most {MAX_TICKET_CHARS} "
+                               "characters (--ticket, or the X-Orch-Ticket header)")
+        return checked, None
+    return checked, text(ticket, MAX_TICKET_CHARS, "ticket")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")  # as schemas/job-spec.schema.json definitions.name
+
+
+def name(value: Any, what: str) -> str:
+    """A tenant, project, type or queue name."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not _NAME.match(value):
+        raise InvalidInput(f"{what} {value!r} must be 1-128 letters, digits or . _ : / - (starting with a letter "
+                           "or digit)")
     return value

@@ -492,7 +492,8 @@ def test_every_operation_has_one_known_scope():
     assert set(OPERATION_SCOPES) == {
         "enqueue", "claim", "heartbeat", "ack", "fail", "release", "cancel", "list", "show", "recover",
         "deadletter_list", "replay", "ledger_info", "ledger_verify", "events", "audit_list", "audit_verify",
-        "backfill_create", "backfill_list", "backfill_show", "backfill_cancel"}
+        "backfill_create", "backfill_list", "backfill_show", "backfill_cancel", "limits_set", "limits_read",
+        "queue_pause"}
     assert set(OPERATION_SCOPES.values()) <= set(SCOPES)
     assert scope_for("list") == "orch:read"
     assert scope_for("enqueue") == "orch:operate"

@@ -14,6 +14,7 @@ from referencing import Registry, Resource
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
+from airgap_orch.operations import limits as limit_ops
 from airgap_orch.orchestrator import events
 from airgap_orch.orchestrator.states import EVENT_TYPES
 
@@ -71,6 +72,18 @@ def every_transition(ledger: Ledger, manual_clock) -> dict[str, str]:
     lease_id = lease(job_id)
     ops.cancel(ledger, job_id, reason="operator asked")
     ops.ack(ledger, job_id, lease_id)
+
+    roles["parent"] = parent = enqueue()
+    roles["child"] = child = enqueue(depends_on=[parent])  # waiting until the parent succeeds
+    ops.ack(ledger, parent, lease(parent))  # job.ready for the child
+    ops.ack(ledger, child, lease(child))
+
+    limit_ops.concurrency_set(ledger, key="type:solo", max=1)
+    first, roles["throttled"] = enqueue(type="solo"), enqueue(type="solo")
+    (leased,) = ops.claim(ledger, worker_id="w-7", limit=2, lease_seconds=30)["leases"]  # the second: throttled
+    ops.ack(ledger, first, leased["lease_id"])
+    ops.ack(ledger, roles["throttled"], lease(roles["throttled"]))
+    limit_ops.concurrency_delete(ledger, key="type:solo")
 
     roles["released"] = job_id = enqueue()
     ops.release(ledger, job_id, lease(job_id))

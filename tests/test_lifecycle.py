@@ -93,7 +93,8 @@ def finish(ledger: Ledger, manual_clock: clock.ManualClock, state: str) -> str:
 def test_every_event_in_the_transition_table_has_a_test_below():
     # A new edge in states.py should come with a new test in this file.
     assert set(TRANSITIONS) == {"create", "claim", "start", "ack", "retry", "fail", "exhaust", "time_out",
-                                "request_cancel", "cancel", "release", "replay"}
+                                "request_cancel", "cancel", "release", "replay", "create_waiting", "unblock",
+                                "throttle"}  # the last three: tests/test_dependencies.py, test_flow_control.py
 
 
 def test_enqueue_creates_a_queued_job_with_one_history_entry(ledger, manual_clock):

@@ -25,8 +25,10 @@ WORKER = "orch:worker"
 # scope -> one line on what it allows. The order is the order of the README table.
 SCOPES = MappingProxyType({
     READ: "See jobs, dead letters, ledger info and verification, and the event stream.",
-    OPERATE: "Produce and steer jobs: enqueue, cancel, recover expired leases, replay dead letters.",
-    QUOTA: "Change quotas and rate limits; each change needs a reason (X-Orch-Reason).",
+    OPERATE: "Produce and steer jobs: enqueue, cancel, recover expired leases, replay dead letters, pause and "
+             "resume queues.",
+    QUOTA: "Change quotas, rate limits, concurrency limits and circuit breakers; a quota change needs a reason "
+           "(X-Orch-Reason).",
     BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
     WORKER: "Run jobs and nothing else: claim, heartbeat, ack, fail and release under a lease (least privilege).",
 })
@@ -54,6 +56,9 @@ OPERATION_SCOPES = MappingProxyType({
     "backfill_list": READ,
     "backfill_show": READ,
     "backfill_cancel": BACKFILL,
+    "limits_set": QUOTA,
+    "limits_read": READ,
+    "queue_pause": OPERATE,
 })
 
 

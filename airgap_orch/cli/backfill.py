@@ -7,65 +7,13 @@ from typing import Any
 
 import click
 
-from ..errors import InvalidInput
-from .context import command, invoke, settings
+from .context import command, invoke, invoke_override, settings
 from .jobs import _payload
 
 
 @click.group("backfill")
 def group() -> None:
     """Re-run a time range: one job per window, with progress and a watermark."""
-
-
-def invoke_override(name: str, params: dict[str, Any], *, progress: Any = None) -> dict[str, Any]:
-    """invoke() for an operational override: a server takes reason/ticket from X-Orch-Reason/X-Orch-Ticket
-    (api.Route.needs_reason/needs_ticket); locally they are plain params, and `progress` reports record
-    building."""
-    current = settings()
-    url = current.server()
-    if url is None:
-        return invoke(name, {**params, "progress": progress} if progress is not None else params)
-    return _remote(url, current.token, name, params)
-
-
-def _remote(url: str, token: str | None, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One request with the override headers (OrchClient sends none of its own choosing)."""
-    import http.client
-    import json
-    import uuid
-    from urllib.parse import urlsplit
-
-    from .. import api
-    from ..errors import from_problem
-
-    route = api.BY_NAME[name]
-    rest = {key: value for key, value in params.items() if value is not None}
-    headers = {"Accept": "application/json", "Content-Type": "application/json",
-               "Idempotency-Key": str(uuid.uuid4())}
-    for field, header in (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket")):
-        if field in rest:
-            headers[header] = str(rest.pop(field))
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    path, body = api.path_for(route, rest)
-    parts = urlsplit(url)
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = kind(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-    try:
-        connection.request(route.method, path, body=json.dumps(body).encode() if body else None, headers=headers)
-        response = connection.getresponse()
-        status, raw = response.status, response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise InvalidInput(f"cannot reach {url}: {exc}; is `airgap-orch serve` running?") from None
-    finally:
-        connection.close()
-    try:
-        answer = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        answer = {"title": raw[:200].decode(errors="replace")}
-    if status >= 400:
-        raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or f"HTTP {status}")
-    return answer
 
 
 class _Bar:

@@ -59,15 +59,20 @@ def _batch(path: str) -> list[Any]:
 @click.option("--max-attempts", type=int)
 @click.option("--timeout-seconds", type=int)
 @click.option("--correlation-id")
+@click.option("--key", "keys", multiple=True,
+              help="A key flow control counts the job under, e.g. host:nvd.nist.gov (repeatable).")
+@click.option("--depends-on", multiple=True,
+              help="A parent job id: this job runs only after every parent succeeded (repeatable).")
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False),
               help="JSON Lines file of job specs, enqueued in one transaction.")
 def enqueue(batch_file: str | None, **fields: Any) -> dict:
     """Add a job (or a batch of jobs). The same idempotency key returns the existing job."""
     if batch_file is not None:
-        if any(value is not None for value in fields.values()):
+        if any(value not in (None, ()) for value in fields.values()):
             raise click.UsageError("--batch takes every field from the file; drop the other options")
         return invoke("jobs.enqueue_batch", {"jobs": _batch(batch_file)})
-    spec = {key: value for key, value in fields.items() if value is not None and key != "job_type"}
+    spec = {key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()
+            if value not in (None, ()) and key != "job_type"}
     if fields["job_type"] is not None:
         spec["type"] = fields["job_type"]
     spec["payload"] = _payload(fields["payload"])

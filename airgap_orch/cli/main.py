@@ -38,8 +38,10 @@ def _register() -> None:
         cli.add_command(group)
     from . import keys, tokens
     cli.commands.update(keys=keys.group, tokens=tokens.group)
-    from . import audit, backfill
+    from . import audit, backfill, limits
     cli.commands.update(audit=audit.group, backfill=backfill.group)
+    for group in limits.GROUPS:
+        cli.add_command(group)
     from .demo import demo
     from .serve import serve
 

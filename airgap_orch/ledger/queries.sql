@@ -44,10 +44,10 @@ WHERE rowid IN (
       AND ($queue IS NULL OR queue = $queue)
       AND ($job_type IS NULL OR job_type = $job_type)
       AND ($tenants IS NULL OR list_contains($tenants, tenant))
-    ORDER BY priority DESC, run_at
+    ORDER BY priority DESC, fair_seq, run_at
     LIMIT $limit)
 RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue,
-          priority, payload, payload_digest, correlation_id, timeout_seconds;
+          priority, payload, payload_digest, correlation_id, timeout_seconds, limit_keys, fair_seq;
 
 -- name: ack
 UPDATE jobs SET
@@ -231,3 +231,131 @@ SELECT seq, action, entry, entry_hash FROM audit_log
 WHERE seq > $after_seq AND ($since IS NULL OR (entry ->> 'at') >= $since)
   AND list_contains($tenants, entry ->> '$.details.tenant')
 ORDER BY seq LIMIT $limit;
+
+-- Flow control (orchestrator/flow.py) -------------------------------------------------------------
+
+-- name: claim_candidates
+-- Ready jobs in claim order, minus those a limit already blocks as a whole; flow.py admits them one by one.
+SELECT rowid AS row_id, job_id, tenant, project, job_type, queue, limit_keys, attempts, payload_digest,
+       correlation_id
+FROM jobs
+WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
+  AND ($queue IS NULL OR queue = $queue)
+  AND ($job_type IS NULL OR job_type = $job_type)
+  AND ($tenants IS NULL OR list_contains($tenants, tenant))
+  AND NOT list_contains($blocked_queues, queue)
+  AND NOT list_contains($blocked_tenants, tenant)
+  AND NOT list_contains($blocked_types, job_type)
+  AND NOT list_contains($blocked_scopes, tenant || '/' || job_type)
+  AND NOT list_has_any(coalesce(limit_keys, []::VARCHAR[]), $blocked_keys)
+ORDER BY priority DESC, fair_seq, run_at
+LIMIT $limit;
+
+-- name: claim_rows
+-- claim for the rows flow.py admitted.
+UPDATE jobs SET
+    state = 'leased', lease_id = uuid()::VARCHAR, worker_id = $worker_id, attempts = attempts + 1,
+    lease_seconds = $lease_seconds, leased_at = $now, lease_expires_at = $lease_expires_at,
+    started_at = NULL, progress = NULL, progress_message = NULL, updated_at = $now
+WHERE list_contains($row_ids, rowid) AND state = 'queued'
+RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue,
+          priority, payload, payload_digest, correlation_id, timeout_seconds, limit_keys, fair_seq;
+
+-- name: active_by_keys
+-- Leased and running jobs by tenant, type and declared keys (concurrency limits, quotas' max_active).
+SELECT tenant, job_type, limit_keys, count(*) AS jobs FROM jobs
+WHERE state IN ('leased', 'running')
+GROUP BY ALL;
+
+-- name: flow_quotas
+SELECT * FROM quotas ORDER BY tenant;
+
+-- name: flow_rate_limits
+SELECT * FROM rate_limits ORDER BY scope;
+
+-- name: flow_concurrency_limits
+SELECT * FROM concurrency_limits ORDER BY limit_key;
+
+-- name: flow_pauses
+SELECT * FROM pauses ORDER BY kind, name;
+
+-- name: flow_breakers
+SELECT * FROM circuit_breakers ORDER BY limit_key;
+
+-- name: flow_bucket_levels
+SELECT bucket, tokens, refilled_at FROM bucket_levels;
+
+-- name: bucket_levels_put
+INSERT OR REPLACE INTO bucket_levels SELECT bucket, tokens, refilled_at FROM incoming;
+
+-- name: bucket_level_delete
+DELETE FROM bucket_levels WHERE bucket = $bucket;
+
+-- name: quota_put
+INSERT OR REPLACE INTO quotas VALUES ($tenant, $record_version, $revision, $max_active, $max_per_hour, $burst,
+                                      $reason, $ticket, $updated_at, $updated_by);
+
+-- name: quota_delete
+DELETE FROM quotas WHERE tenant = $tenant;
+
+-- name: rate_limit_put
+INSERT OR REPLACE INTO rate_limits VALUES ($scope, $record_version, $revision, $tenant, $job_type, $limit_key,
+                                           $rate_per_second, $burst, $reason, $ticket, $updated_at, $updated_by);
+
+-- name: rate_limit_delete
+DELETE FROM rate_limits WHERE scope = $scope;
+
+-- name: concurrency_limit_put
+INSERT OR REPLACE INTO concurrency_limits VALUES ($limit_key, $record_version, $revision, $max_active, $reason,
+                                                  $ticket, $updated_at, $updated_by);
+
+-- name: concurrency_limit_delete
+DELETE FROM concurrency_limits WHERE limit_key = $limit_key;
+
+-- name: pause_put
+INSERT INTO pauses VALUES ($kind, $name, $record_version, $reason, $ticket, $paused_at, $paused_by);
+
+-- name: pause_delete
+DELETE FROM pauses WHERE kind = $kind AND name = $name;
+
+-- name: breaker_put
+INSERT OR REPLACE INTO circuit_breakers VALUES ($limit_key, $record_version, $revision, $failure_threshold,
+    $cooldown_seconds, $reason, $ticket, $state, $consecutive_failures, $opened_at, $probe_job_id, $updated_at,
+    $updated_by);
+
+-- name: breaker_delete
+DELETE FROM circuit_breakers WHERE limit_key = $limit_key;
+
+-- name: fairness_turns
+-- Each tenant's latest turn among hot jobs, and the turn claims have reached (the first queued one).
+SELECT tenant, max(fair_seq) AS last_turn, min(fair_seq) FILTER (WHERE state = 'queued') AS next_turn
+FROM jobs GROUP BY tenant;
+
+-- Dependencies (orchestrator/dependencies.py) ----------------------------------------------------------
+
+-- name: dependencies_insert
+INSERT INTO job_dependencies SELECT job_id, parent_id FROM incoming;
+
+-- name: parents_states
+SELECT job_id, state FROM all_jobs WHERE list_contains($job_ids, job_id);
+
+-- name: children_waiting
+-- Waiting children of the listed parents, with how many of each child's parents have not succeeded.
+SELECT d.job_id,
+       (SELECT count(*) FROM job_dependencies p JOIN all_jobs pj ON pj.job_id = p.parent_id
+        WHERE p.job_id = d.job_id AND pj.state <> 'succeeded') AS unmet
+FROM job_dependencies d JOIN jobs c ON c.job_id = d.job_id
+WHERE list_contains($parent_ids, d.parent_id) AND c.state = 'waiting'
+GROUP BY d.job_id;
+
+-- name: parents_of
+SELECT parent_id FROM job_dependencies WHERE job_id = $job_id ORDER BY parent_id;
+
+-- name: waiting_count
+SELECT count(*) FROM jobs WHERE state = 'waiting';
+
+-- name: queue_counts
+SELECT queue, state, count(*) AS jobs FROM jobs
+WHERE state IN ('waiting', 'queued', 'leased', 'running')
+  AND ($tenants IS NULL OR list_contains($tenants, tenant))
+GROUP BY ALL ORDER BY ALL;

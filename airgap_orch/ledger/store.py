@@ -43,6 +43,9 @@ class Ledger:
         self.unarchived = 0  # finished rows still in the hot table
         self.last_sweep = 0.0  # monotonic time of the last expired-lease sweep
         self._open_tx: Transaction | None = None
+        # State derived from the ledger that orchestrator modules keep between transactions (flow-control
+        # limits, fairness turns), by module name. Cleared on rollback: it is rebuilt from the ledger.
+        self.cache: dict[str, Any] = {}
         # Called after each commit with the history entries it appended: [(seq, job_id, entry, hash)].
         self.commit_listeners: list = []
 
@@ -127,6 +130,7 @@ class Ledger:
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")
+                self.cache.clear()
                 raise
             finally:
                 self._open_tx = None

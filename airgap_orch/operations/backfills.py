@@ -18,17 +18,6 @@ Progress = Callable[[int, int], None]  # (records built, records in all)
 _PROGRESS_EVERY = 500
 
 
-def _reason_and_ticket(reason: Any, ticket: Any, *, ticket_required: bool) -> tuple[str, str | None]:
-    checked = validation.text(reason, validation.MAX_REASON_CHARS, "reason", required=True)
-    assert checked is not None
-    if ticket is None or ticket == "":
-        if ticket_required:
-            raise InvalidInput(f"ticket is required; name the change ticket in at most {core.MAX_TICKET_CHARS} "
-                               "characters (--ticket, or the X-Orch-Ticket header)")
-        return checked, None
-    return checked, validation.text(ticket, core.MAX_TICKET_CHARS, "ticket")
-
-
 def backfill_id(value: Any) -> str:
     try:
         return str(uuid.UUID(value))
@@ -39,8 +28,8 @@ def backfill_id(value: Any) -> str:
 def plan(request: dict[str, Any], *, reason: Any, ticket: Any) -> core.Plan:
     """Validate a create request (schemas/backfill-create-request.schema.json) with its reason and ticket."""
     schemas.validate("backfill-create-request", request, "backfill")
-    checked_reason, checked_ticket = _reason_and_ticket(reason, ticket, ticket_required=True)
-    assert checked_ticket is not None
+    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, ticket_required=True)
+    assert checked_reason is not None and checked_ticket is not None
     start = validation.timestamp(request["from"], "--from")
     end = validation.timestamp(request["to"], "--to")
     step_seconds = core.parse_step(request["step"])
@@ -126,7 +115,8 @@ def cancel(ledger: Ledger, backfill: Any, *, reason: Any = None, ticket: Any = N
            tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Cancel a backfill's queued jobs and request cancellation of its running ones (audited)."""
     checked_id = backfill_id(backfill)
-    checked_reason, checked_ticket = _reason_and_ticket(reason, ticket, ticket_required=False)
+    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket)
+    assert checked_reason is not None
     with ledger.transaction() as tx:
         return core.cancel(tx, checked_id, reason=checked_reason, ticket=checked_ticket, actor=actor,
                            tenants=tenants)

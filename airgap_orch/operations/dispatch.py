@@ -16,6 +16,7 @@ from . import audit as audit_ops
 from . import backfills as backfill_ops
 from . import jobs as job_ops
 from . import ledger
+from . import limits as limit_ops
 from . import replays as replay_ops
 
 
@@ -88,6 +89,21 @@ OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "backfills.list": _backfill_list,
     "backfills.show": lambda led, *, backfill_id, **kw: backfill_ops.show(led, backfill_id, **kw),
     "backfills.cancel": lambda led, *, backfill_id, **kw: backfill_ops.cancel(led, backfill_id, **kw),
+    "quotas.set": limit_ops.quota_set,
+    "quotas.delete": limit_ops.quota_delete,
+    "quotas.list": limit_ops.quota_list,
+    "ratelimits.set": limit_ops.ratelimit_set,
+    "ratelimits.delete": limit_ops.ratelimit_delete,
+    "ratelimits.list": limit_ops.ratelimit_list,
+    "concurrency.set": limit_ops.concurrency_set,
+    "concurrency.delete": limit_ops.concurrency_delete,
+    "concurrency.list": limit_ops.concurrency_list,
+    "breakers.set": limit_ops.breaker_set,
+    "breakers.delete": limit_ops.breaker_delete,
+    "breakers.list": limit_ops.breaker_list,
+    "queues.pause": limit_ops.queue_pause,
+    "queues.resume": limit_ops.queue_resume,
+    "queues.list": limit_ops.queue_list,
 }
 
 

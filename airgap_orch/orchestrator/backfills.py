@@ -31,7 +31,6 @@ from .states import FINAL_STATES, HELD_STATES, QUEUED, next_state
 
 RECORD_VERSION = 1
 MAX_WINDOWS = 100_000  # documented in README "Backfills, replays and the audit log"
-MAX_TICKET_CHARS = 128
 ACTIVE, CANCELED = "active", "canceled"
 _STEP = re.compile(r"([1-9][0-9]{0,8})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}

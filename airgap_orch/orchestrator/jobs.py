@@ -17,13 +17,15 @@ import pyarrow as pa
 from .. import clock, ids
 from ..errors import NotFound, OrchError, StaleLease
 from ..ledger import Transaction
-from . import audit, backoff, history
+from . import audit, backoff, dependencies, fairness, flow, history
 from .states import EVENT_TYPES as _EVENT_TYPES
 from .states import (
     FINAL_STATES,
     HELD_STATES,
     QUEUED,
     REPLAYABLE_STATES,
+    SUCCEEDED,
+    WAITING,
     next_state,
     sources,
 )
@@ -31,6 +33,9 @@ from .states import (
 ARCHIVE_AFTER = 2_000  # finished rows allowed in the hot table before they move to jobs_finished
 SWEEP_EVERY_SECONDS = 1.0
 SWEEP_LIMIT = 1_000
+# With limits set, a claim of N looks at N * CANDIDATES_PER_LEASE + CANDIDATES_EXTRA ready jobs (groups a
+# limit blocks as a whole are left out of that window before it is read).
+CANDIDATES_PER_LEASE, CANDIDATES_EXTRA = 2, 16
 
 _JOB_SCHEMA = pa.schema([
     ("job_id", pa.string()), ("site_id", pa.string()), ("tenant", pa.string()), ("project", pa.string()),
@@ -43,7 +48,7 @@ _JOB_SCHEMA = pa.schema([
     ("progress", pa.float64()), ("progress_message", pa.string()), ("artifacts", pa.string()),
     ("last_error", pa.string()), ("cancel_requested", pa.bool_()), ("replay_of", pa.string()),
     ("created_at", pa.timestamp("us")), ("updated_at", pa.timestamp("us")),
-    ("finished_at", pa.timestamp("us")),
+    ("finished_at", pa.timestamp("us")), ("limit_keys", pa.list_(pa.string())), ("fair_seq", pa.int64()),
 ])
 _UPDATE_SCHEMA = pa.schema([
     ("job_id", pa.string()), ("state", pa.string()), ("run_at", pa.timestamp("us")), ("attempts", pa.int32()),
@@ -82,7 +87,26 @@ def _write_back(tx: Transaction, rows: list[dict[str, Any]]) -> None:
 
 
 def _load(tx: Transaction, job_ids: list[str]) -> dict[str, dict[str, Any]]:
-    return {row["job_id"]: row for row in tx.rows("jobs_by_ids", job_ids=job_ids)}
+    return {row["job_id"]: row for row in tx.rows("jobs_by_ids", job_ids=job_ids)} if job_ids else {}
+
+
+def write(tx: Transaction, rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """Write back changed hot rows and append their history entries."""
+    _write_back(tx, rows)
+    history.append(tx, entries)
+
+
+load_rows, entry = _load, _entry  # for dependencies.py
+
+
+def _ended(tx: Transaction, outcomes: list[tuple[dict[str, Any], str]]) -> None:
+    """After attempts ended [(job row after, flow.SUCCESS/FAILURE/NEUTRAL)]: circuit breakers learn the
+    outcomes; dependents of jobs that reached a final state become ready or are canceled."""
+    if not outcomes:
+        return
+    flow.record_outcomes(tx, outcomes)
+    dependencies.settled(tx, [(row["job_id"], row["state"]) for row, _ in outcomes
+                              if row["state"] in FINAL_STATES])
 
 
 def visible(job: dict[str, Any] | None, tenants: Collection[str] | None) -> bool:
@@ -122,6 +146,9 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
 
     A record whose idempotency key already exists in (site, tenant) resolves to the existing job."""
     now = clock.now()
+    parents = dependencies.parent_states(tx, records)
+    if parents:
+        dependencies.refuse_cycles(tx, records)
     resolved: list[str | None] = [None] * len(records)
     fresh: list[int] = []
     first_by_key: dict[tuple[str, str], int] = {}
@@ -156,17 +183,23 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         fresh = [i for i in fresh if i not in lost_set]
 
     rows = []
-    for index in fresh:
+    turns = fairness.assign(tx, (records[index]["tenant"] for index in fresh))
+    for index, turn in zip(fresh, turns, strict=True):
         record = records[index]
+        waits = any(parents[parent] != SUCCEEDED for parent in record["depends_on"])
         rows.append({
-            **record, "job_id": job_ids[index], "site_id": tx.site_id, "state": QUEUED,
+            **record, "job_id": job_ids[index], "site_id": tx.site_id, "state": WAITING if waits else QUEUED,
             "run_at": record["run_at"] or now, "attempts": 0, "cancel_requested": False,
             "replay_of": replay_of[index] if replay_of else None, "created_at": now, "updated_at": now,
+            "fair_seq": turn,
         })
         resolved[index] = job_ids[index]
     if rows:
         tx.execute_with("jobs_insert", "incoming", _table(rows, _JOB_SCHEMA))
-        history.append(tx, (_entry(row, "create", None, QUEUED, actor=actor, at=now,
+        dependencies.add_edges(tx, [(row["job_id"], parent) for row in rows if row["state"] == WAITING
+                                    for parent in row["depends_on"]])
+        history.append(tx, (_entry(row, "create" if row["state"] == QUEUED else "create_waiting", None,
+                                   row["state"], actor=actor, at=now,
                                    reason=f"replay_of:{row['replay_of']}" if row["replay_of"] else None)
                             for row in rows))
     # Later duplicates inside this batch resolve to the first record with their key.
@@ -187,29 +220,59 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
 
 def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, queue: str | None = None,
           job_type: str | None = None, tenants: Collection[str] | None = None) -> list[dict[str, Any]]:
-    """Lease up to `limit` ready jobs in one statement; each gets a fresh lease id."""
+    """Lease up to `limit` ready jobs, by priority then fair turn among tenants; each gets a fresh lease id.
+
+    With no flow-control limits set this is one statement; otherwise flow.py admits candidates first."""
     maintain(tx)
     now = clock.now()
     expires = now + timedelta(seconds=lease_seconds)
-    cursor = tx.execute("claim", worker_id=worker_id, lease_seconds=lease_seconds, now=now,
-                        lease_expires_at=expires, site_id=tx.site_id, queue=queue, job_type=job_type,
-                        tenants=sorted(tenants) if tenants is not None else None, limit=limit)
+    lease = {"worker_id": worker_id, "lease_seconds": lease_seconds, "now": now, "lease_expires_at": expires}
+    where = {"site_id": tx.site_id, "queue": queue, "job_type": job_type,
+             "tenants": sorted(tenants) if tenants is not None else None}
+    found = flow.limits(tx)
+    walk, throttled = None, []
+    if found.empty:
+        cursor = tx.execute("claim", **lease, **where, limit=limit)
+    else:
+        walk = flow.Walk.start(tx, found, now)
+        chosen = []
+        for job in tx.rows("claim_candidates", **where, **walk.blocked(), now=now,
+                           limit=limit * CANDIDATES_PER_LEASE + CANDIDATES_EXTRA):
+            if len(chosen) == limit:
+                break
+            held = walk.admit(job)
+            if held is None:
+                chosen.append(job["row_id"])
+            elif flow.noted(tx, job["job_id"], held):
+                throttled.append((job, held))
+        cursor = tx.execute("claim_rows", **lease, row_ids=chosen)
     columns = [d[0] for d in cursor.description]
     leased = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     leased.sort(key=lambda job: job["job_id"])
+    if walk is not None:
+        walk.settle({job["job_id"] for job in leased})
+    fairness.claimed(tx, (job["fair_seq"] for job in leased))
     to_state = next_state(QUEUED, "claim")
-    history.append(tx, (_entry({**job, "worker_id": worker_id}, "claim", QUEUED, to_state,
-                               actor=f"worker:{worker_id}", at=now) for job in leased))
+    history.append(tx, [*(_entry({**job, "worker_id": worker_id}, "claim", QUEUED, to_state,
+                                 actor=f"worker:{worker_id}", at=now) for job in leased),
+                        *(_entry(job, "throttle", QUEUED, QUEUED, actor="orchestrator", at=now,
+                                 reason=_throttle_reason(held)) for job, held in throttled)])
     return [{
         "job_id": job["job_id"], "lease_id": job["lease_id"], "lease_expires_at": clock.iso(expires),
         "attempt": job["attempts"], "max_attempts": job["max_attempts"], "tenant": job["tenant"],
         "project": job["project"], "type": job["job_type"], "queue": job["queue"],
         "priority": job["priority"], "payload": json.loads(job["payload"]),
         "payload_digest": job["payload_digest"], "correlation_id": job["correlation_id"],
-        "timeout_seconds": job["timeout_seconds"],
+        "timeout_seconds": job["timeout_seconds"], "keys": job["limit_keys"] or [],
         "retry_hint": {"heartbeat_every_seconds": round(lease_seconds / 3, 3),
                        "backoff_seconds_if_failed": backoff.hint(job["attempts"])},
     } for job in leased]
+
+
+def _throttle_reason(held: flow.Throttle) -> str:
+    until = f"eligible at {clock.iso(held.eligible_at)}" if held.eligible_at is not None else \
+        "eligible once the limit frees up"
+    return f"throttled: {held.reason}; {until}"
 
 
 def maintain(tx: Transaction, *, force: bool = False) -> int:
@@ -302,6 +365,9 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
         outcomes.append({"job_id": job["job_id"], "state": job["state"], "attempt": job["attempts"]})
     tx.unarchived = max(tx.unarchived, 0) + len(entries)
     history.append(tx, entries)
+    if entries and (flow.limits(tx).breakers or dependencies.any_waiting(tx)):
+        finished = _load(tx, [entry["job_id"] for entry in entries])
+        _ended(tx, [(row, flow.SUCCESS if row["state"] == SUCCEEDED else flow.NEUTRAL) for row in finished.values()])
     return outcomes
 
 
@@ -311,7 +377,7 @@ def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | 
     now = clock.now()
     jobs = _load(tx, [item["job_id"] for item in items])
     outcomes: list[dict[str, Any] | OrchError] = []
-    updates, entries = [], []
+    updates, entries, ended = [], [], []
     for item in items:
         try:
             job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
@@ -328,12 +394,14 @@ def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | 
             event, reason = "retry", "worker_error"
         row = _settle(job, event, now, error=item["error"], retry_after=item.get("retry_after"))
         updates.append(row)
+        ended.append((row, flow.NEUTRAL if event == "cancel" else flow.FAILURE))
         entries.append(_entry(row, event, job["state"], row["state"], actor=f"worker:{job['worker_id']}",
                               reason=f"{reason}: {item['error']}"[:512], at=now))
         outcomes.append({"job_id": row["job_id"], "state": row["state"], "attempt": row["attempts"],
                          "run_at": clock.iso(row["run_at"]) if row["state"] == QUEUED else None})
     _write_back(tx, updates)
     history.append(tx, entries)
+    _ended(tx, ended)
     return outcomes
 
 
@@ -358,7 +426,7 @@ def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> int:
     """Expired leases and exceeded timeouts: retry, dead-letter, time out or (if requested) cancel."""
     now = clock.now()
     expired = tx.rows("expired_leases", from_states=list(HELD_STATES), now=now, limit=limit)
-    updates, entries = [], []
+    updates, entries, ended = [], [], []
     for job in expired:
         timed_out = job["timeout_seconds"] is not None and (
             job["leased_at"] + timedelta(seconds=job["timeout_seconds"]) <= now)
@@ -370,12 +438,14 @@ def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> int:
             event, reason = "retry", "timeout" if timed_out else "lease_expired"
         row = _settle(job, event, now, error=reason)
         updates.append(row)
+        ended.append((row, flow.NEUTRAL if event == "cancel" else flow.FAILURE))
         entries.append(_entry(job | {"state": row["state"]}, event, job["state"], row["state"],
                               actor="orchestrator", reason=reason, at=now))
         if row["state"] in FINAL_STATES:
             tx.unarchived = max(tx.unarchived, 0) + 1
     _write_back(tx, updates)
     history.append(tx, entries)
+    _ended(tx, ended)
     return len(updates)
 
 
@@ -399,6 +469,7 @@ def release(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any]
         outcomes.append({"job_id": job["job_id"], "state": row["state"]})
     _write_back(tx, updates)
     history.append(tx, entries)
+    _ended(tx, [(row, flow.NEUTRAL) for row in updates])
     return outcomes
 
 
@@ -416,15 +487,17 @@ def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str,
         next_state(finished[0]["state"], "cancel")  # raises IllegalTransition for a finished job
     if not visible(job, tenants):
         raise NotFound(f"no job {job_id}")
-    if job["state"] == QUEUED:
-        row = dict(job, state=next_state(QUEUED, "cancel"), finished_at=now, updated_at=now)
-        entry = _entry(row, "cancel", QUEUED, row["state"], actor=actor, reason=reason, at=now)
+    if job["state"] in (WAITING, QUEUED):
+        row = dict(job, state=next_state(job["state"], "cancel"), finished_at=now, updated_at=now)
+        entry = _entry(row, "cancel", job["state"], row["state"], actor=actor, reason=reason, at=now)
         tx.unarchived = max(tx.unarchived, 0) + 1
     else:
         row = dict(job, state=next_state(job["state"], "request_cancel"), cancel_requested=True, updated_at=now)
         entry = _entry(row, "request_cancel", job["state"], row["state"], actor=actor, reason=reason, at=now)
     _write_back(tx, [row])
     history.append(tx, [entry])
+    if row["state"] in FINAL_STATES:
+        _ended(tx, [(row, flow.NEUTRAL)])
     audit.append(tx, "job.cancel", actor=actor, reason=reason, target=job_id,
                  details={"state": row["state"], "tenant": job["tenant"]})
     return {"job_id": job_id, "state": row["state"], "cancel_requested": bool(row["cancel_requested"])}
@@ -449,7 +522,7 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | N
         "priority": job["priority"] if priority is None else priority, "payload": job["payload"],
         "payload_digest": job["payload_digest"], "idempotency_key": None, "run_at": None,
         "max_attempts": job["max_attempts"], "timeout_seconds": job["timeout_seconds"],
-        "correlation_id": job["correlation_id"],
+        "correlation_id": job["correlation_id"], "limit_keys": job["limit_keys"], "depends_on": (),
     } for job in originals]
     created = enqueue(tx, records, actor=actor, replay_of=[job["job_id"] for job in originals])
     history.append(tx, (_entry(job, "replay", job["state"], job["state"], actor=actor,
@@ -469,6 +542,8 @@ def show(tx: Transaction, job_id: str, tenants: Collection[str] | None = None) -
     if not visible(found[0] if found else None, tenants):
         raise NotFound(f"no job {job_id}; list jobs with `airgap-orch jobs list`")
     job = render(found[0])
+    job["depends_on"] = [parent for (parent,) in tx.execute("parents_of", job_id=job_id).fetchall()]
+    job["throttled"] = flow.explain(tx, found[0])
     job["history"] = [history.parse(row["seq"], row["entry"], row["entry_hash"])
                       for row in tx.rows("history_for_job", job_id=job_id)]
     return job
@@ -483,4 +558,6 @@ def render(row: dict[str, Any]) -> dict[str, Any]:
     out["payload"] = json.loads(row["payload"])
     out["artifacts"] = json.loads(row["artifacts"]) if row.get("artifacts") else []
     out["type"] = out.pop("job_type")
+    out["keys"] = out.pop("limit_keys", None) or []
+    out.pop("fair_seq", None)
     return out

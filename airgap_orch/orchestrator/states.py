@@ -3,6 +3,9 @@
 | from              | event          | to           | when                                            |
 |-------------------|----------------|--------------|-------------------------------------------------|
 | (new)             | create         | queued       | enqueue, replay                                 |
+| (new)             | create_waiting | waiting      | enqueue with parents that have not all succeeded|
+| waiting           | unblock        | queued       | the last parent succeeded                       |
+| queued            | throttle       | (unchanged)  | ready, but a limit holds it back (flow.py)      |
 | queued            | claim          | leased       | a worker takes the job under a new lease        |
 | leased            | start          | running      | first heartbeat                                 |
 | leased, running   | ack            | succeeded    | the current lease completes the job             |
@@ -11,7 +14,8 @@
 | leased, running   | exhaust        | dead_letter  | fail or lease expiry with no attempts left      |
 | leased, running   | time_out       | timed_out    | timeout exceeded on the last attempt            |
 | leased, running   | request_cancel | (unchanged)  | cancel_requested set; seen on next heartbeat    |
-| queued, leased, running | cancel   | canceled     | queued job canceled, or the worker confirmed    |
+| waiting, queued, leased, running | cancel | canceled | canceled by an operator or a failed parent,  |
+|                   |                |              | or the worker confirmed a requested cancel      |
 | leased, running   | release        | queued       | graceful worker shutdown; attempt not consumed  |
 | dead_letter, failed, timed_out | replay | (unchanged) | a new queued job is created with replay_of  |
 """
@@ -20,11 +24,11 @@ from __future__ import annotations
 
 from ..errors import IllegalTransition
 
-QUEUED, LEASED, RUNNING = "queued", "leased", "running"
+WAITING, QUEUED, LEASED, RUNNING = "waiting", "queued", "leased", "running"
 SUCCEEDED, FAILED, DEAD_LETTER, TIMED_OUT, CANCELED = (
     "succeeded", "failed", "dead_letter", "timed_out", "canceled"
 )
-ACTIVE_STATES = (QUEUED, LEASED, RUNNING)
+ACTIVE_STATES = (WAITING, QUEUED, LEASED, RUNNING)
 HELD_STATES = (LEASED, RUNNING)
 FINAL_STATES = (SUCCEEDED, FAILED, DEAD_LETTER, TIMED_OUT, CANCELED)
 REPLAYABLE_STATES = (DEAD_LETTER, FAILED, TIMED_OUT)
@@ -33,6 +37,9 @@ _SAME = None  # marker: the event leaves the state unchanged
 
 TRANSITIONS: dict[str, dict[str | None, str | None]] = {
     "create": {None: QUEUED},
+    "create_waiting": {None: WAITING},
+    "unblock": {WAITING: QUEUED},
+    "throttle": {QUEUED: _SAME},
     "claim": {QUEUED: LEASED},
     "start": {LEASED: RUNNING},
     "ack": {LEASED: SUCCEEDED, RUNNING: SUCCEEDED},
@@ -41,7 +48,7 @@ TRANSITIONS: dict[str, dict[str | None, str | None]] = {
     "exhaust": {LEASED: DEAD_LETTER, RUNNING: DEAD_LETTER},
     "time_out": {LEASED: TIMED_OUT, RUNNING: TIMED_OUT},
     "request_cancel": {LEASED: _SAME, RUNNING: _SAME},
-    "cancel": {QUEUED: CANCELED, LEASED: CANCELED, RUNNING: CANCELED},
+    "cancel": {WAITING: CANCELED, QUEUED: CANCELED, LEASED: CANCELED, RUNNING: CANCELED},
     "release": {LEASED: QUEUED, RUNNING: QUEUED},
     "replay": {DEAD_LETTER: _SAME, FAILED: _SAME, TIMED_OUT: _SAME},
 }
@@ -49,6 +56,9 @@ TRANSITIONS: dict[str, dict[str | None, str | None]] = {
 # History/event type recorded for each transition event.
 EVENT_TYPES: dict[str, str] = {
     "create": "job.created",
+    "create_waiting": "job.created",
+    "unblock": "job.ready",
+    "throttle": "job.throttled",
     "claim": "job.leased",
     "start": "job.started",
     "ack": "job.succeeded",

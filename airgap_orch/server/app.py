@@ -113,7 +113,7 @@ class Door:
         try:
             caller = self.caller(request, route.scope_of)
             params = await self._params(request, route)
-            if route.needs_reason or route.needs_ticket:
+            if route.needs_reason or route.needs_ticket or route.takes_reason:
                 params.update(override_headers(request, route))
             key = request.headers.get("Idempotency-Key")
             request_key = None

@@ -70,8 +70,8 @@ def document() -> dict[str, Any]:
             operation["parameters"].append({"name": name, "in": "query", "required": False, "schema": schema})
         for needed, header, limit in ((route.needs_reason, "X-Orch-Reason", 256),
                                       (route.needs_ticket, "X-Orch-Ticket", 128)):
-            if needed:  # operational overrides carry a reason (and a ticket where the scope asks for one)
-                operation["parameters"].append({"name": header, "in": "header", "required": True,
+            if needed or route.takes_reason:  # operational overrides carry a reason (and a ticket where asked)
+                operation["parameters"].append({"name": header, "in": "header", "required": needed,
                                                 "schema": {"type": "string", "minLength": 1, "maxLength": limit}})
         if route.mutating:
             operation["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False,

@@ -1,0 +1,93 @@
+"""Dependency chains: a job enqueued with parents waits (state `waiting`) until every parent succeeded; a
+parent that ends any other way (failed, dead-lettered, timed out, canceled) cancels its waiting descendants
+with reason `dependency_failed`.
+
+Parents must exist when the child is enqueued and a job's edges never change afterwards, so a chain cannot
+close into a cycle; the one way to ask for one (re-enqueueing an idempotency key with its own job as a
+parent) is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from .. import clock
+from ..errors import InvalidInput, NotFound
+from ..ledger import Transaction
+from .states import CANCELED, FINAL_STATES, SUCCEEDED, WAITING, next_state
+
+DEPENDENCY_FAILED = "dependency_failed"
+
+
+def parent_states(tx: Transaction, records: list[dict[str, Any]]) -> dict[str, str]:
+    """States of every parent the records name; refuses unknown parents and parents that already ended
+    without success (their child could never run)."""
+    wanted = sorted({parent for record in records for parent in record["depends_on"]})
+    if not wanted:
+        return {}
+    states = dict(tx.execute("parents_states", job_ids=wanted).fetchall())
+    for parent in wanted:
+        if parent not in states:
+            raise NotFound(f"parent job {parent} does not exist; enqueue the parent first and pass its id to "
+                           "--depends-on")
+        if states[parent] in FINAL_STATES and states[parent] != SUCCEEDED:
+            raise InvalidInput(f"parent job {parent} is {states[parent]}; a job depending on it could never run "
+                               "(replay the parent and depend on the replay)")
+    return states
+
+
+def refuse_cycles(tx: Transaction, records: list[dict[str, Any]]) -> None:
+    """Refuse a record whose idempotency key already names a job that the record lists as its parent."""
+    for record in records:
+        if not record["depends_on"] or record["idempotency_key"] is None:
+            continue
+        found = dict(tx.execute("idempotency_lookup", site_id=tx.site_id, tenant=record["tenant"],
+                                keys=[record["idempotency_key"]]).fetchall())
+        job_id = found.get(record["idempotency_key"])
+        if job_id in record["depends_on"]:
+            raise InvalidInput(f"job {job_id} cannot depend on itself (idempotency key "
+                               f"{record['idempotency_key']!r} names it); dependency cycles are refused")
+
+
+def add_edges(tx: Transaction, edges: list[tuple[str, str]]) -> None:
+    """Record (child, parent) edges for new waiting jobs."""
+    if edges:
+        tx.execute_with("dependencies_insert", "incoming", pa.table({
+            "job_id": [child for child, _ in edges], "parent_id": [parent for _, parent in edges]}))
+        tx.ledger.cache["waiting"] = True
+
+
+def any_waiting(tx: Transaction) -> bool:
+    known = tx.ledger.cache.get("waiting")
+    if known is None:
+        known = tx.ledger.cache["waiting"] = bool(tx.execute("waiting_count").fetchall()[0][0])
+    return known
+
+
+def settled(tx: Transaction, ended: list[tuple[str, str]]) -> None:
+    """After jobs ended [(job_id, final state)]: children whose last parent succeeded become queued;
+    waiting descendants of a job that ended otherwise are canceled (dependency_failed)."""
+    if not ended or not any_waiting(tx):
+        return
+    from . import jobs  # jobs imports this module; the row helpers live there
+
+    now = clock.now()
+    succeeded = [job_id for job_id, state in ended if state == SUCCEEDED]
+    if succeeded:
+        ready = [job_id for job_id, unmet in tx.execute("children_waiting", parent_ids=succeeded).fetchall()
+                 if unmet == 0]
+        rows = [dict(job, state=next_state(WAITING, "unblock"), updated_at=now)
+                for job in jobs.load_rows(tx, ready).values()]
+        jobs.write(tx, rows, [jobs.entry(row, "unblock", WAITING, row["state"], actor="orchestrator", at=now,
+                                         reason="parents_succeeded") for row in rows])
+    failed = [job_id for job_id, state in ended if state in FINAL_STATES and state != SUCCEEDED]
+    while failed:
+        children = [job_id for job_id, _ in tx.execute("children_waiting", parent_ids=failed).fetchall()]
+        rows = [dict(job, state=next_state(WAITING, "cancel"), finished_at=now, updated_at=now)
+                for job in jobs.load_rows(tx, children).values()]
+        jobs.write(tx, rows, [jobs.entry(row, "cancel", WAITING, CANCELED, actor="orchestrator", at=now,
+                                         reason=DEPENDENCY_FAILED) for row in rows])
+        tx.unarchived = max(tx.unarchived, 0) + len(rows)
+        failed = [row["job_id"] for row in rows]
