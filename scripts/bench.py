@@ -76,6 +76,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "claim_rate_1m_over_10k": (">=", 0.5),
     "http_end_to_end_jobs_per_s": (">=", 2_400),
     "group_commit_speedup": (">=", 3.0),
+    "flow_limited_over_plain": (">=", 0.75),
 }
 
 
@@ -84,7 +85,8 @@ REQUIRED_KEYS = (
     "claim_ack_batch100_jobs_per_s", "peer_huey_sqlite_jobs_per_s", "ours_vs_huey_ratio",
     "claim_rate_10k_jobs_per_s", "claim_rate_1m_jobs_per_s", "claim_rate_1m_over_10k",
     "http_end_to_end_jobs_per_s", "http_claim_p50_ms", "http_claim_p99_ms", "http_no_group_commit_jobs_per_s",
-    "group_commit_speedup", "in_process_jobs_per_s",
+    "group_commit_speedup", "in_process_jobs_per_s", "flow_plain_jobs_per_s", "flow_limited_jobs_per_s",
+    "flow_limited_over_plain", "flow_10_tenants_jobs_per_s",
 )
 
 
@@ -318,6 +320,53 @@ def bench_claim_rate(bench: Bench) -> Samples:
                f"{sizes.rate_small:,} and {large} queued jobs (topped up after each run)")
     if sizes.rate_large != 1_000_000:
         bench.note(f"--quick: the large ledger holds {large} jobs, not 1M; claim_rate_1m_* keys refer to it")
+    return samples
+
+
+def _set_limits_that_do_not_bind(ledger: Ledger, tenants: list[str]) -> None:
+    """A rate limit, a concurrency limit and a quota that every job falls under, none of them binding."""
+    from airgap_orch.operations import limits as limit_ops
+
+    high = 1_000_000
+    for tenant in tenants:
+        limit_ops.quota_set(ledger, tenant=tenant, max_active=high, max_per_hour=high, burst=high, reason="bench")
+        for job_type in JOB_TYPES:
+            limit_ops.ratelimit_set(ledger, tenant=tenant, type=job_type, rate=high, burst=high)
+    for job_type in JOB_TYPES:
+        limit_ops.concurrency_set(ledger, key=f"type:{job_type}", max=high)
+
+
+def fill_tenants(ledger: Ledger, count: int, tenants: int, *, batch: int) -> None:
+    """Like fill(), with jobs spread round-robin over `tenants` tenants."""
+    done = 0
+    while done < count:
+        specs = job_specs(min(batch, count - done), prefix="fair", start=done)
+        for offset, spec in enumerate(specs):
+            spec["tenant"] = f"tenant-{(done + offset) % tenants}"
+        jobs_ops.enqueue_batch(ledger, specs, actor="bench")
+        done += len(specs)
+
+
+@section("flow_control", "batch-100 claim+ack: no limits vs a rate limit, a concurrency limit and a quota on "
+         "every job (not binding); and 10 tenants sharing a queue")
+def bench_flow_control(bench: Bench) -> Samples:
+    sizes = bench.sizes
+    samples: Samples = {"flow_plain_jobs_per_s": [], "flow_limited_jobs_per_s": [], "flow_10_tenants_jobs_per_s": []}
+    for _ in range(bench.runs):  # the variants alternate inside each run: side by side on a noisy machine
+        for metric in samples:
+            with bench.new_ledger(metric.removesuffix("_jobs_per_s")) as ledger:
+                if metric == "flow_10_tenants_jobs_per_s":
+                    fill_tenants(ledger, sizes.claim_jobs, 10, batch=sizes.load_batch)
+                else:
+                    fill(ledger, sizes.claim_jobs, prefix="flow", batch=sizes.load_batch)
+                if metric == "flow_limited_jobs_per_s":
+                    _set_limits_that_do_not_bind(ledger, [f"tenant-{i}" for i in range(4)])
+                with bench.timed() as timer:
+                    claim_ack(ledger, sizes.claim_jobs, 100, timer)
+            samples[metric].append(timer.rate())
+    bench.note(f"flow control: {sizes.claim_jobs:,} jobs per run and variant; limited = a quota on each of the 4 "
+               "tenants, a rate limit on each tenant and type, a concurrency limit on each type, all far above "
+               "what the run uses; 10 tenants: the same jobs spread over 10 tenants, no limits")
     return samples
 
 
@@ -604,7 +653,8 @@ def derive(medians: dict[str, float]) -> dict[str, float]:
     ratios = (("claim_rate_1m_over_10k", "claim_rate_1m_jobs_per_s", "claim_rate_10k_jobs_per_s"),
               ("ours_vs_huey_ratio", "ours_same_work_jobs_per_s", "peer_huey_sqlite_jobs_per_s"),
               ("group_commit_speedup", "http_end_to_end_jobs_per_s", "http_no_group_commit_jobs_per_s"),
-              ("http_over_in_process", "http_end_to_end_jobs_per_s", "in_process_jobs_per_s"))
+              ("http_over_in_process", "http_end_to_end_jobs_per_s", "in_process_jobs_per_s"),
+              ("flow_limited_over_plain", "flow_limited_jobs_per_s", "flow_plain_jobs_per_s"))
     for ratio, top, bottom in ratios:
         if medians.get(bottom) and top in medians:
             out[ratio] = medians[top] / medians[bottom]
@@ -817,6 +867,10 @@ ROWS = (
     ("group_commit_speedup", "group commit / no group commit"),
     ("in_process_jobs_per_s", "in-process b100 claim+ack, same N (jobs/s)"),
     ("http_over_in_process", "HTTP end to end / in-process"),
+    ("flow_plain_jobs_per_s", "claim+ack b100, no limits (jobs/s)"),
+    ("flow_limited_jobs_per_s", "claim+ack b100, rate+concurrency+quota on every job (jobs/s)"),
+    ("flow_limited_over_plain", "with limits / without"),
+    ("flow_10_tenants_jobs_per_s", "claim+ack b100, 10 tenants sharing a queue (jobs/s)"),
 )
 
 

@@ -68,6 +68,9 @@ SELECT * FROM jobs WHERE list_contains($job_ids, job_id);
 -- name: job_any
 SELECT * FROM all_jobs WHERE job_id = $job_id;
 
+-- name: jobs_any_by_ids
+SELECT * FROM all_jobs WHERE list_contains($job_ids, job_id);
+
 -- name: jobs_update
 -- Write back rows whose new values were decided in Python (orchestrator/jobs.py).
 UPDATE jobs SET
@@ -248,6 +251,7 @@ WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
   AND NOT list_contains($blocked_types, job_type)
   AND NOT list_contains($blocked_scopes, tenant || '/' || job_type)
   AND NOT list_has_any(coalesce(limit_keys, []::VARCHAR[]), $blocked_keys)
+  AND NOT list_contains($chosen, rowid)
 ORDER BY priority DESC, fair_seq, run_at
 LIMIT $limit;
 
@@ -313,10 +317,10 @@ INSERT OR REPLACE INTO concurrency_limits VALUES ($limit_key, $record_version, $
 DELETE FROM concurrency_limits WHERE limit_key = $limit_key;
 
 -- name: pause_put
-INSERT INTO pauses VALUES ($kind, $name, $record_version, $reason, $ticket, $paused_at, $paused_by);
+INSERT INTO pauses VALUES ($kind, $target, $record_version, $reason, $ticket, $paused_at, $paused_by);
 
 -- name: pause_delete
-DELETE FROM pauses WHERE kind = $kind AND name = $name;
+DELETE FROM pauses WHERE kind = $kind AND name = $target;
 
 -- name: breaker_put
 INSERT OR REPLACE INTO circuit_breakers VALUES ($limit_key, $record_version, $revision, $failure_threshold,

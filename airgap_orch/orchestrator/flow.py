@@ -170,13 +170,14 @@ class Walk:
         for tenant, quota in found.quotas.items():
             if quota["max_active"] is not None and self.active[f"tenant:{tenant}"] >= quota["max_active"]:
                 block(f"tenant:{tenant}")
+        levels = {**found.levels, **self.levels}
         for tenant in found.quotas:
             for bucket in buckets_for(found, tenant, "", None):
-                if bucket.level(found.levels, now) < 1.0:
+                if bucket.level(levels, now) < 1.0:
                     block(f"tenant:{tenant}")
         for scope, row in found.rates.items():
             bucket = Bucket(f"rate:{scope}", scope, row["rate_per_second"], float(row["burst"]))
-            if bucket.level(found.levels, now) < 1.0:
+            if bucket.level(levels, now) < 1.0:
                 if row["limit_key"] is not None:
                     block(scope)
                 else:

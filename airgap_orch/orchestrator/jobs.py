@@ -33,9 +33,10 @@ from .states import (
 ARCHIVE_AFTER = 2_000  # finished rows allowed in the hot table before they move to jobs_finished
 SWEEP_EVERY_SECONDS = 1.0
 SWEEP_LIMIT = 1_000
-# With limits set, a claim of N looks at N * CANDIDATES_PER_LEASE + CANDIDATES_EXTRA ready jobs (groups a
-# limit blocks as a whole are left out of that window before it is read).
-CANDIDATES_PER_LEASE, CANDIDATES_EXTRA = 2, 16
+# With limits set, a claim of N reads windows of N * CANDIDATES_PER_LEASE + CANDIDATES_EXTRA ready jobs, leaving
+# out groups a limit blocks as a whole; when a group fills up inside a window, the next round leaves it out too
+# (at most CANDIDATE_ROUNDS windows per claim).
+CANDIDATES_PER_LEASE, CANDIDATES_EXTRA, CANDIDATE_ROUNDS = 2, 16, 4
 
 _JOB_SCHEMA = pa.schema([
     ("job_id", pa.string()), ("site_id", pa.string()), ("tenant", pa.string()), ("project", pa.string()),
@@ -235,16 +236,24 @@ def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, 
         cursor = tx.execute("claim", **lease, **where, limit=limit)
     else:
         walk = flow.Walk.start(tx, found, now)
-        chosen = []
-        for job in tx.rows("claim_candidates", **where, **walk.blocked(), now=now,
-                           limit=limit * CANDIDATES_PER_LEASE + CANDIDATES_EXTRA):
-            if len(chosen) == limit:
+        chosen: list[int] = []
+        window = limit * CANDIDATES_PER_LEASE + CANDIDATES_EXTRA
+        for _ in range(CANDIDATE_ROUNDS):  # another round when a group filled up mid-window
+            candidates = tx.rows("claim_candidates", **where, **walk.blocked(), now=now, chosen=chosen,
+                                 limit=window)
+            held_back = 0
+            for job in candidates:
+                if len(chosen) == limit:
+                    break
+                held = walk.admit(job)
+                if held is None:
+                    chosen.append(job["row_id"])
+                    continue
+                held_back += 1
+                if flow.noted(tx, job["job_id"], held):
+                    throttled.append((job, held))
+            if len(chosen) == limit or len(candidates) < window or not held_back:
                 break
-            held = walk.admit(job)
-            if held is None:
-                chosen.append(job["row_id"])
-            elif flow.noted(tx, job["job_id"], held):
-                throttled.append((job, held))
         cursor = tx.execute("claim_rows", **lease, row_ids=chosen)
     columns = [d[0] for d in cursor.description]
     leased = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
@@ -508,11 +517,11 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | N
     """Clone each dead-lettered/failed/timed-out job into a new queued job with replay_of set."""
     now = clock.now()
     originals = []
+    found = {row["job_id"]: row for row in tx.rows("jobs_any_by_ids", job_ids=list(job_ids))}
     for job_id in job_ids:
-        found = tx.rows("job_any", job_id=job_id)
-        if not visible(found[0] if found else None, tenants):
+        job = found.get(job_id)
+        if job is None or not visible(job, tenants):
             raise NotFound(f"no job {job_id}")
-        job = found[0]
         next_state(job["state"], "replay")  # only dead_letter, failed, timed_out may be replayed
         if job["state"] not in REPLAYABLE_STATES:  # pragma: no cover - next_state already refused
             continue
@@ -531,8 +540,14 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | N
     replays = [{"job_id": new_id, "replay_of": job["job_id"]}
                for job, (new_id, _) in zip(originals, created, strict=True)]
     audit.append(tx, "job.replay", actor=actor, reason=reason, target=",".join(job_ids) if len(job_ids) <= 20
-                 else f"{len(job_ids)} jobs", details={"replays": replays[:100], "count": len(replays)})
+                 else f"{len(job_ids)} jobs", details={"replays": replays[:100], "count": len(replays),
+                                                       "tenant": _only({job["tenant"] for job in originals})})
     return replays
+
+
+def _only(values: set[str]) -> str | None:
+    """The one value, or None when there are several (an audit entry names one tenant or none)."""
+    return next(iter(values)) if len(values) == 1 else None
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -1,0 +1,369 @@
+"""Flow control at claim time on a real ledger: fairness among tenants, concurrency limits, quotas, rate limits
+(token buckets), queue pauses and circuit breakers; throttled jobs reported with their next eligible time;
+every refused change leaves the ledger as it was."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from airgap_orch import clock
+from airgap_orch.errors import Conflict, Forbidden, InvalidInput, NotFound
+from airgap_orch.ledger import Ledger
+from airgap_orch.operations import audit as audit_ops
+from airgap_orch.operations import jobs as ops
+from airgap_orch.operations import ledger as ledger_ops
+from airgap_orch.operations import limits as limit_ops
+
+
+def enqueue_many(ledger: Ledger, count: int, **fields) -> list[str]:
+    spec = {"tenant": "acme", "project": "feeds", "type": "scan", **fields}
+    return ops.enqueue_batch(ledger, [dict(spec) for _ in range(count)])["job_ids"]
+
+
+def claim(ledger: Ledger, limit: int = 100, worker: str = "w-1", **kw) -> list[dict]:
+    return ops.claim(ledger, worker_id=worker, limit=limit, lease_seconds=60, **kw)["leases"]
+
+
+def ack_all(ledger: Ledger, leases: list[dict]) -> None:
+    for lease in leases:
+        ops.ack(ledger, lease["job_id"], lease["lease_id"])
+
+
+def history_types(ledger: Ledger, job_id: str) -> list[str]:
+    return [entry["event_type"] for entry in ops.show(ledger, job_id)["history"]]
+
+
+def state(path_or_ledger) -> dict:
+    """What a refused change must leave alone: history, audit log and every flow-control table."""
+    ledger = path_or_ledger
+    read = ledger.read()
+    info = ledger_ops.info(ledger)
+    tables = ("quotas", "rate_limits", "concurrency_limits", "pauses", "circuit_breakers", "bucket_levels")
+    return {"history": (info["history_entries"], info["history_head"]), "audit": read.rows("audit_scan"),
+            **{table: read.con.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in tables}}
+
+
+# -- fairness ----------------------------------------------------------------------------------------------
+
+def test_a_tenant_with_10_jobs_is_served_within_the_first_batches_behind_one_with_10000(ledger):
+    big = set(enqueue_many(ledger, 10_000, tenant="tenant-a"))
+    small = set(enqueue_many(ledger, 10, tenant="tenant-b"))
+    first, second = claim(ledger, 10), claim(ledger, 10)
+    served = [lease["job_id"] for lease in first + second]
+    assert small <= set(served), "tenant B waited behind tenant A's backlog"
+    assert sum(job_id in big for job_id in served) == 10  # A still gets its share: they alternate
+
+
+def test_a_tenant_arriving_late_does_not_wait_for_the_backlog_claimed_so_far(ledger):
+    enqueue_many(ledger, 2_000, tenant="tenant-a")
+    ack_all(ledger, claim(ledger, 500))
+    late = set(enqueue_many(ledger, 5, tenant="tenant-b"))
+    assert late <= {lease["job_id"] for lease in claim(ledger, 10)}
+
+
+def test_priority_still_comes_before_fair_turns(ledger):
+    enqueue_many(ledger, 50, tenant="tenant-a")
+    urgent = enqueue_many(ledger, 3, tenant="tenant-b", priority=10)
+    assert [lease["job_id"] for lease in claim(ledger, 3)] == sorted(urgent)
+
+
+# -- concurrency limits ------------------------------------------------------------------------------------
+
+def test_concurrency_limit_holds_across_workers_and_frees_up_when_a_job_ends(ledger):
+    enqueue_many(ledger, 10)
+    limit_ops.concurrency_set(ledger, key="type:scan", max=2)
+    first = claim(ledger, 10, worker="w-1")
+    assert len(first) == 2
+    assert claim(ledger, 10, worker="w-2") == []
+    ops.ack(ledger, first[0]["job_id"], first[0]["lease_id"])
+    assert len(claim(ledger, 10, worker="w-3")) == 1
+    assert limit_ops.concurrency_list(ledger)["concurrency_limits"][0]["active"] == 2
+
+
+def test_concurrency_limit_on_a_declared_key_leaves_other_jobs_alone(ledger):
+    nvd = enqueue_many(ledger, 5, keys=["host:nvd.nist.gov"])
+    other = enqueue_many(ledger, 5, keys=["host:osv.dev"])
+    limit_ops.concurrency_set(ledger, key="host:nvd.nist.gov", max=1)
+    leased = {lease["job_id"] for lease in claim(ledger, 10)}
+    assert len(leased & set(nvd)) == 1 and set(other) <= leased
+    held = ops.show(ledger, sorted(set(nvd) - leased)[0])
+    assert held["throttled"] == {"throttled_by": "concurrency limit host:nvd.nist.gov (1 at once)",
+                                 "eligible_at": None}
+    assert held["keys"] == ["host:nvd.nist.gov"]
+
+
+def test_a_limited_group_with_a_big_backlog_does_not_hide_other_tenants_jobs(ledger):
+    enqueue_many(ledger, 3_000, tenant="tenant-a", priority=5)  # ahead of B in claim order
+    limit_ops.quota_set(ledger, tenant="tenant-a", max_active=1, reason="noisy neighbour")
+    b_jobs = set(enqueue_many(ledger, 20, tenant="tenant-b"))
+    leased = claim(ledger, 50)
+    assert sum(lease["tenant"] == "tenant-a" for lease in leased) == 1
+    assert {lease["job_id"] for lease in leased if lease["tenant"] == "tenant-b"} == b_jobs
+
+
+# -- quotas ------------------------------------------------------------------------------------------------
+
+def test_quota_max_active_counts_leased_and_running_jobs_of_the_tenant(ledger):
+    enqueue_many(ledger, 10)
+    enqueue_many(ledger, 2, tenant="globex")
+    limit_ops.quota_set(ledger, tenant="acme", max_active=3, reason="contract tier")
+    leased = claim(ledger, 20)
+    assert sorted(lease["tenant"] for lease in leased) == ["acme"] * 3 + ["globex"] * 2
+    ops.heartbeat(ledger, leased[0]["job_id"], leased[0]["lease_id"])  # running still counts
+    assert claim(ledger, 20) == []
+    quota = limit_ops.quota_list(ledger, tenant="acme")["quotas"][0]
+    assert (quota["max_active"], quota["use"]["active"], quota["reason"]) == (3, 3, "contract tier")
+
+
+def test_quota_per_hour_is_a_bucket_with_a_burst_refilled_by_elapsed_time(ledger, manual_clock):
+    jobs = enqueue_many(ledger, 10)
+    limit_ops.quota_set(ledger, tenant="acme", max_per_hour=3600, burst=2, reason="one a second")
+    leased = {lease["job_id"] for lease in claim(ledger, 10)}
+    assert len(leased) == 2
+    assert claim(ledger, 10) == []
+    held = ops.show(ledger, next(job for job in jobs if job not in leased))["throttled"]
+    assert held == {"throttled_by": "quota max_per_hour of tenant acme",
+                    "eligible_at": clock.iso(manual_clock.current + timedelta(seconds=1))}
+    manual_clock.advance(1.0)
+    assert len(claim(ledger, 10)) == 1
+    manual_clock.advance(60)
+    assert len(claim(ledger, 10)) == 2  # refilled up to the burst, not 60
+
+
+def test_bucket_levels_persist_across_a_reopen(ledger_path, manual_clock):
+    with Ledger.open(ledger_path) as ledger:
+        enqueue_many(ledger, 5)
+        limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.01, burst=2)
+        assert len(claim(ledger, 5)) == 2
+    with Ledger.open(ledger_path) as ledger:
+        assert claim(ledger, 5) == []  # the bucket is still empty after the restart
+        assert limit_ops.ratelimit_list(ledger)["rate_limits"][0]["tokens"] == 0.0
+
+
+# -- rate limits -------------------------------------------------------------------------------------------
+
+def test_rate_limit_on_tenant_and_type_throttles_only_that_pair(ledger, manual_clock):
+    enqueue_many(ledger, 5)
+    other = enqueue_many(ledger, 3, type="export")
+    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=2, burst=1)
+    leased = claim(ledger, 10)
+    assert sorted(lease["type"] for lease in leased) == ["export"] * 3 + ["scan"]
+    assert set(other) <= {lease["job_id"] for lease in leased}
+    manual_clock.advance(0.25)
+    assert claim(ledger, 10) == []
+    manual_clock.advance(0.25)
+    assert [lease["type"] for lease in claim(ledger, 10)] == ["scan"]
+
+
+def test_rate_limit_on_a_declared_key_spans_tenants_and_types(ledger, manual_clock):
+    enqueue_many(ledger, 3, keys=["host:nvd.nist.gov"])
+    enqueue_many(ledger, 3, tenant="globex", type="vex", keys=["host:nvd.nist.gov"])
+    limit_ops.ratelimit_set(ledger, key="host:nvd.nist.gov", rate=1, burst=2)
+    assert len(claim(ledger, 10)) == 2
+    manual_clock.advance(1)
+    assert len(claim(ledger, 10)) == 1
+
+
+def test_a_throttled_job_is_reported_once_in_its_history_with_its_next_eligible_time(ledger, manual_clock):
+    first, second = enqueue_many(ledger, 2)
+    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.5, burst=1)
+    limit_ops.concurrency_set(ledger, key="tenant:acme", max=100)  # any limit puts claims on the admitting path
+    # One bucket left at one token: the first job takes it; the second is seen and held back.
+    assert [lease["job_id"] for lease in claim(ledger, 2)] == [first]
+    manual_clock.advance(1.0)
+    for _ in range(3):
+        assert claim(ledger, 2) == []
+    entries = [entry for entry in ops.show(ledger, second)["history"] if entry["event_type"] == "job.throttled"]
+    assert len(entries) <= 1
+    shown = ops.show(ledger, second)["throttled"]
+    assert shown["throttled_by"] == "rate limit tenant:acme/type:scan"
+    manual_clock.advance(1.0)
+    assert [lease["job_id"] for lease in claim(ledger, 2)] == [second]
+    assert ops.show(ledger, second)["throttled"] is None
+
+
+def test_a_job_skipped_inside_a_claim_gets_a_throttled_event(ledger):
+    jobs = enqueue_many(ledger, 3, keys=["host:a"])
+    limit_ops.concurrency_set(ledger, key="host:a", max=5)
+    limit_ops.ratelimit_set(ledger, key="host:a", rate=0.001, burst=1)
+    (leased,) = claim(ledger, 3)
+    skipped = [job for job in jobs if job != leased["job_id"]]
+    # The bucket empties mid-claim, so the other two are seen in the candidate window and held back.
+    for job_id in skipped:
+        entries = [e for e in ops.show(ledger, job_id)["history"] if e["event_type"] == "job.throttled"]
+        assert len(entries) == 1 and entries[0]["reason"].startswith("throttled: rate limit host:a; eligible at ")
+    claim(ledger, 3)
+    assert all(history_types(ledger, job_id).count("job.throttled") == 1 for job_id in skipped)
+
+
+# -- pauses ------------------------------------------------------------------------------------------------
+
+def test_paused_queue_keeps_its_jobs_queued_until_resumed(ledger):
+    ingest = enqueue_many(ledger, 3, queue="ingest")
+    exports = enqueue_many(ledger, 2, queue="exports")
+    limit_ops.queue_pause(ledger, queue="ingest", reason="upstream maintenance", ticket="OPS-9")
+    assert {lease["job_id"] for lease in claim(ledger, 10)} == set(exports)
+    assert ops.show(ledger, ingest[0])["throttled"]["throttled_by"] == "queue ingest paused"
+    listed = {item["queue"]: item for item in limit_ops.queue_list(ledger)["queues"]}
+    assert listed["ingest"]["jobs"] == {"queued": 3}
+    assert listed["ingest"]["paused"]["reason"] == "upstream maintenance"
+    with pytest.raises(Conflict):
+        limit_ops.queue_pause(ledger, queue="ingest", reason="again")
+    limit_ops.queue_resume(ledger, queue="ingest")
+    assert {lease["job_id"] for lease in claim(ledger, 10)} == set(ingest)
+    actions = [entry["action"] for entry in audit_ops.list_entries(ledger)["entries"]]
+    assert actions[-2:] == ["queue.pause", "queue.resume"]
+
+
+# -- circuit breakers --------------------------------------------------------------------------------------
+
+def test_breaker_opens_after_consecutive_failures_then_lets_one_probe_through(ledger, manual_clock):
+    enqueue_many(ledger, 10, type="flaky")
+    healthy = enqueue_many(ledger, 2, type="steady")
+    limit_ops.breaker_set(ledger, key="type:flaky", failures=2, cooldown=30)
+    for _ in range(2):
+        lease = claim(ledger, 1, job_type="flaky")[0]
+        ops.fail(ledger, lease["job_id"], lease["lease_id"], error="upstream 503", no_retry=True)
+    assert limit_ops.breaker_list(ledger)["breakers"][0]["state"] == "open"
+    assert {lease["job_id"] for lease in claim(ledger, 10)} == set(healthy)
+    manual_clock.advance(31)
+    (probe,) = claim(ledger, 10)  # half-open: exactly one probe
+    assert claim(ledger, 10) == []
+    breaker = limit_ops.breaker_list(ledger)["breakers"][0]
+    assert (breaker["state"], breaker["probe_job_id"]) == ("half_open", probe["job_id"])
+    ops.fail(ledger, probe["job_id"], probe["lease_id"], error="still down", no_retry=True)
+    assert limit_ops.breaker_list(ledger)["breakers"][0]["state"] == "open"
+    manual_clock.advance(31)
+    (probe,) = claim(ledger, 10)
+    ops.ack(ledger, probe["job_id"], probe["lease_id"])
+    breaker = limit_ops.breaker_list(ledger)["breakers"][0]
+    assert (breaker["state"], breaker["consecutive_failures"]) == ("closed", 0)
+    assert len(claim(ledger, 10)) == 6  # the 10 flaky jobs minus 2 failures and 2 probes
+
+
+def test_a_canceled_probe_frees_the_half_open_breaker_for_another(ledger, manual_clock):
+    enqueue_many(ledger, 4, type="flaky")
+    limit_ops.breaker_set(ledger, key="type:flaky", failures=1, cooldown=5)
+    lease = claim(ledger, 1)[0]
+    ops.fail(ledger, lease["job_id"], lease["lease_id"], error="boom", no_retry=True)
+    manual_clock.advance(6)
+    (probe,) = claim(ledger, 5)
+    ops.release(ledger, probe["job_id"], probe["lease_id"])
+    assert len(claim(ledger, 5)) == 1
+
+
+# -- changes: audit, reason, refusals ----------------------------------------------------------------------
+
+def test_quota_changes_are_audited_with_reason_ticket_and_before_after(ledger):
+    limit_ops.quota_set(ledger, tenant="acme", max_active=5, reason="tier 1", ticket="CHG-1")
+    limit_ops.quota_set(ledger, tenant="acme", max_per_hour=100, reason="tier 2", ticket="CHG-2")
+    (quota,) = limit_ops.quota_list(ledger)["quotas"]
+    assert (quota["max_active"], quota["max_per_hour"], quota["revision"], quota["record_version"]) == (5, 100, 2, 1)
+    entries = audit_ops.list_entries(ledger)["entries"]
+    assert [(e["action"], e["reason"], e["ticket"]) for e in entries] == [
+        ("quota.set", "tier 1", "CHG-1"), ("quota.set", "tier 2", "CHG-2")]
+    assert entries[1]["details"]["before"]["max_active"] == 5 and entries[1]["details"]["after"]["max_per_hour"] == 100
+    assert audit_ops.verify(ledger)["ok"] is True
+
+
+@pytest.mark.parametrize(("operation", "kwargs", "error"), [
+    (limit_ops.quota_set, {"tenant": "acme", "max_active": 5}, InvalidInput),  # no reason
+    (limit_ops.quota_set, {"tenant": "acme", "max_active": 5, "reason": "r" * 257}, InvalidInput),
+    (limit_ops.quota_set, {"tenant": "acme", "max_active": 5, "reason": "ok", "ticket": "t" * 129}, InvalidInput),
+    (limit_ops.quota_set, {"tenant": "acme", "reason": "nothing to set"}, InvalidInput),
+    (limit_ops.quota_set, {"tenant": "acme", "max_active": 0, "reason": "zero"}, InvalidInput),
+    (limit_ops.quota_set, {"tenant": "bad tenant", "max_active": 1, "reason": "r"}, InvalidInput),
+    (limit_ops.quota_delete, {"tenant": "acme", "reason": "none there"}, NotFound),
+    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": 0, "burst": 1}, InvalidInput),
+    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": -1, "burst": 1}, InvalidInput),
+    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": 1, "burst": 0}, InvalidInput),
+    (limit_ops.ratelimit_set, {"tenant": "acme", "rate": 1, "burst": 1}, InvalidInput),  # no type
+    (limit_ops.ratelimit_set, {"tenant": "acme", "key": "host:x", "rate": 1, "burst": 1}, InvalidInput),
+    (limit_ops.ratelimit_set, {"key": "no-colon", "rate": 1, "burst": 1}, InvalidInput),
+    (limit_ops.ratelimit_delete, {"key": "host:x"}, NotFound),
+    (limit_ops.concurrency_set, {"key": "host:x", "max": 0}, InvalidInput),
+    (limit_ops.concurrency_delete, {"key": "host:x"}, NotFound),
+    (limit_ops.breaker_set, {"key": "host:x", "failures": 0, "cooldown": 10}, InvalidInput),
+    (limit_ops.breaker_set, {"key": "host:x", "failures": 3, "cooldown": 0}, InvalidInput),
+    (limit_ops.queue_pause, {"queue": "ingest"}, InvalidInput),  # no reason
+    (limit_ops.queue_resume, {"queue": "ingest"}, NotFound),
+])
+def test_every_refused_limit_change_leaves_the_ledger_unchanged(ledger, operation, kwargs, error):
+    enqueue_many(ledger, 1)
+    before = state(ledger)
+    with pytest.raises(error):
+        operation(ledger, **kwargs)
+    assert state(ledger) == before
+
+
+def test_a_token_limited_to_one_tenant_cannot_change_another_tenants_or_global_limits(ledger):
+    mine = frozenset({"acme"})
+    limit_ops.quota_set(ledger, tenant="acme", max_active=2, reason="own", tenants=mine)
+    before = state(ledger)
+    for operation, kwargs in ((limit_ops.quota_set, {"tenant": "globex", "max_active": 2, "reason": "r"}),
+                              (limit_ops.concurrency_set, {"key": "type:scan", "max": 1}),
+                              (limit_ops.ratelimit_set, {"key": "host:x", "rate": 1, "burst": 1}),
+                              (limit_ops.queue_pause, {"queue": "default", "reason": "r"})):
+        with pytest.raises(Forbidden):
+            operation(ledger, **kwargs, tenants=mine)
+    assert state(ledger) == before
+    assert limit_ops.quota_list(ledger, tenants=frozenset({"globex"}))["quotas"] == []
+
+
+def test_cli_quota_without_reason_exits_1_and_changes_nothing(cli, ledger_path):
+    refused = cli("quota", "set", "--tenant", "acme", "--max-active", "5")
+    assert refused.code == 1 and "reason is required" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert cli("--json", "quota", "list").json == {"quotas": []}
+    assert cli("ratelimit", "set", "--tenant", "acme", "--type", "scan", "--rate", "0", "--burst", "1").code == 1
+    assert cli("concurrency", "set", "--key", "host:x").code == 2  # click: --max missing
+    assert cli("--json", "audit", "list").json["entries"] == []
+    done = cli("--json", "quota", "set", "--tenant", "acme", "--max-active", "5", "--reason", "tier", "--ticket", "C-1")
+    assert done.code == 0 and done.json["max_active"] == 5, done
+    listed = cli("quota", "show", "--tenant", "acme")
+    assert listed.code == 0 and "tier" in listed.stdout
+
+
+def test_http_quota_needs_the_reason_header_and_limits_are_enforced_for_server_claims(ledger_path):
+    from server_fixtures import assert_problem, serving
+
+    with serving(ledger_path, "--no-auth") as server:
+        before = server.request("GET", "/v1/audit").json["entries"]
+        assert_problem(server.request("POST", "/v1/quotas/acme", {"max_active": 1}), 400, "invalid-input", 1)
+        assert_problem(server.request("POST", "/v1/ratelimits", {"tenant": "acme", "type": "scan", "rate": 0,
+                                                                 "burst": 1}), 400, "invalid-input", 1)
+        assert server.request("GET", "/v1/audit").json["entries"] == before
+        done = server.request("POST", "/v1/quotas/acme", {"max_active": 1}, headers={"X-Orch-Reason": "tier"})
+        assert done.status == 200 and done.json["reason"] == "tier", done
+        for _ in range(3):
+            server.request("POST", "/v1/jobs", {"tenant": "acme", "project": "p", "type": "scan"})
+        leased = server.request("POST", "/v1/jobs/claim", {"worker_id": "w", "limit": 3}).json["leases"]
+        assert len(leased) == 1
+        assert server.request("GET", "/v1/quotas").json["quotas"][0]["use"]["active"] == 1
+        paused = server.request("POST", "/v1/queues/default/pause", headers={"X-Orch-Reason": "maint"})
+        assert paused.status == 200, paused
+        assert server.request("GET", "/v1/queues").json["queues"][0]["paused"]["reason"] == "maint"
+
+
+def test_limits_are_plain_versioned_rows_in_the_ledger(ledger_path):
+    with Ledger.open(ledger_path) as ledger:
+        limit_ops.quota_set(ledger, tenant="acme", max_active=1, reason="r")
+        limit_ops.ratelimit_set(ledger, key="host:x", rate=1, burst=1)
+        limit_ops.concurrency_set(ledger, key="type:scan", max=1)
+        limit_ops.breaker_set(ledger, key="host:x", failures=1, cooldown=5)
+        limit_ops.queue_pause(ledger, queue="q", reason="r")
+    import duckdb
+
+    with duckdb.connect(str(ledger_path), read_only=True) as con:
+        for table in ("quotas", "rate_limits", "concurrency_limits", "circuit_breakers", "pauses"):
+            assert con.execute(f"SELECT record_version FROM {table}").fetchall() == [(1,)], table
+
+
+def test_claims_without_any_limit_report_no_throttle(ledger):
+    (job_id,) = enqueue_many(ledger, 1)
+    assert ops.show(ledger, job_id)["throttled"] is None
+    assert json.loads(json.dumps(ops.show(ledger, job_id)))["keys"] == []
+    assert uuid.UUID(claim(ledger, 1)[0]["job_id"])
