@@ -289,8 +289,14 @@ SELECT * FROM circuit_breakers ORDER BY limit_key;
 -- name: flow_bucket_levels
 SELECT bucket, tokens, refilled_at FROM bucket_levels;
 
--- name: bucket_levels_put
-INSERT OR REPLACE INTO bucket_levels SELECT bucket, tokens, refilled_at FROM incoming;
+-- name: bucket_levels_update
+-- Levels of existing buckets after a claim ($tokens[i] for $buckets[i]): list parameters, no Arrow join,
+-- cost ~3 ms against ~13 ms for INSERT OR REPLACE.
+UPDATE bucket_levels SET tokens = $tokens[list_position($buckets, bucket)], refilled_at = $refilled_at
+WHERE list_contains($buckets, bucket);
+
+-- name: bucket_levels_insert
+INSERT INTO bucket_levels SELECT unnest($buckets), unnest($tokens), $refilled_at;
 
 -- name: bucket_level_delete
 DELETE FROM bucket_levels WHERE bucket = $bucket;

@@ -23,14 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import pyarrow as pa
-
 from .. import clock
 from ..ledger import Transaction
 
 RECORD_VERSION = 1  # shape of the rows in quotas, rate_limits, concurrency_limits, pauses, circuit_breakers
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-_LEVELS_SCHEMA = pa.schema([("bucket", pa.string()), ("tokens", pa.float64()), ("refilled_at", pa.timestamp("us"))])
 _NOTED_MAX = 100_000  # throttled jobs remembered so each is reported once per reason
 
 
@@ -242,11 +239,12 @@ class Walk:
     def settle(self, leased_ids: set[str]) -> None:
         """Persist the bucket levels taken and the probes started by the jobs actually leased."""
         tx, found = self.tx, self.found
-        if self.levels:
-            tx.execute_with("bucket_levels_put", "incoming", pa.table({
-                "bucket": list(self.levels), "tokens": [tokens for tokens, _ in self.levels.values()],
-                "refilled_at": [at for _, at in self.levels.values()]}, schema=_LEVELS_SCHEMA))
-            found.levels.update(self.levels)
+        for query, buckets in (("bucket_levels_update", [name for name in self.levels if name in found.levels]),
+                               ("bucket_levels_insert", [name for name in self.levels if name not in found.levels])):
+            if buckets:  # every level taken in this walk is as of self.now
+                tx.execute(query, buckets=buckets, tokens=[self.levels[name][0] for name in buckets],
+                           refilled_at=self.now)
+        found.levels.update(self.levels)
         for key, job_id in self.probes.items():
             if job_id in leased_ids:
                 _put_breaker(tx, {**found.breakers[key], "state": HALF_OPEN, "probe_job_id": job_id,
