@@ -38,6 +38,7 @@ def test_a_child_waits_until_its_parent_succeeded(ledger):
     child = enqueue(ledger, depends_on=[parent], type="export")
     assert state_of(ledger, child) == "waiting"
     assert ops.show(ledger, child)["depends_on"] == [parent]
+    assert ops.show(ledger, child)["history"][0]["reason"] == f"depends_on:{parent}"  # edges are in history too
     run(ledger, parent)  # the claim sees only the parent
     assert state_of(ledger, child) == "queued"
     entry = last_entry(ledger, child)

@@ -200,8 +200,7 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         dependencies.add_edges(tx, [(row["job_id"], parent) for row in rows if row["state"] == WAITING
                                     for parent in row["depends_on"]])
         history.append(tx, (_entry(row, "create" if row["state"] == QUEUED else "create_waiting", None,
-                                   row["state"], actor=actor, at=now,
-                                   reason=f"replay_of:{row['replay_of']}" if row["replay_of"] else None)
+                                   row["state"], actor=actor, at=now, reason=_create_reason(row))
                             for row in rows))
     # Later duplicates inside this batch resolve to the first record with their key.
     for index, record in enumerate(records):
@@ -215,6 +214,16 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         out.append((job_id, job_id in created and job_id not in seen))
         seen.add(job_id)
     return out
+
+
+def _create_reason(row: dict[str, Any]) -> str | None:
+    """What a create entry records beyond the row: the replayed job, or the parents a waiting job needs
+    (so dependency edges, like states, can be rebuilt from history)."""
+    if row["replay_of"]:
+        return f"replay_of:{row['replay_of']}"
+    if row["state"] == WAITING:
+        return "depends_on:" + ",".join(row["depends_on"])
+    return None
 
 
 # -- claim -----------------------------------------------------------------------------------------
