@@ -2,8 +2,10 @@
 
 1. Create a fresh ledger and start `airgap-orch serve --port 0 --no-auth` on it (loopback only); its first
    stdout line gives the URL. From here on this process talks to the ledger only through that server.
-2. Enqueue jobs for two tenants over HTTP (OrchClient): advisories, VEX documents, image scans and one
-   export per tenant whose target never answers (max_attempts 3), plus one long, low-priority scan.
+2. Set a concurrency limit (at most SCAN_SLOTS image scans at once, across all workers), then enqueue jobs
+   for two tenants over HTTP (OrchClient): advisories, VEX documents, image scans and one export per tenant
+   whose target never answers (max_attempts 3), plus one long, low-priority scan; and per tenant a report
+   that depends on the export, so it waits and is canceled (dependency_failed) when the export dies.
 3. Start worker A (`airgap-orch worker run`, which finds the server through its discovery file and runs as
    an SDK worker) with a short lease. When the long scan writes its start marker, kill worker A with
    SIGKILL: it holds that job's lease and can never report it.
@@ -60,6 +62,7 @@ MARKER_TIMEOUT_SECONDS = 30.0
 FINISH_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 20.0
 POLL_SECONDS = 0.1
+SCAN_SLOTS = 2  # concurrency limit on type:scan.image
 _FIRST_LINE = re.compile(r" at (?P<url>https?://\S+) \(pid (?P<pid>\d+)\)")
 
 
@@ -220,10 +223,18 @@ def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0,
         step(f"server pid {server.pid} owns {ledger_path} and listens at {url}")
         client = OrchClient(url, timeout=30.0)
         try:
+            client.call("concurrency.set", {"key": "type:scan.image", "max": SCAN_SLOTS})
+            step(f"set a concurrency limit: at most {SCAN_SLOTS} scan.image jobs leased or running at once")
             job_ids = client.call("jobs.enqueue_batch", {"jobs": specs[:-1]})["job_ids"]
             long_scan_id = client.call("jobs.enqueue", {"spec": specs[-1]})["job_id"]
             job_ids.append(long_scan_id)
-            step(f"enqueued {len(job_ids)} jobs for {len(TENANTS)} tenants over HTTP")
+            reports = [client.call("jobs.enqueue", {"spec": {
+                "tenant": spec["tenant"], "project": "mirror", "type": "report.publish",
+                "depends_on": [job_id], "payload": {"export": job_id}}})["job_id"]
+                for spec, job_id in zip(specs, job_ids, strict=False) if spec["type"] == "export.mirror"]
+            job_ids += reports
+            step(f"enqueued {len(job_ids)} jobs for {len(TENANTS)} tenants over HTTP, {len(reports)} of them "
+                 "reports waiting on their tenant's export")
 
             def worker(worker_id: str) -> subprocess.Popen[bytes]:
                 command = ["--ledger", str(ledger_path), "--json", "worker", "run", "--worker-id", worker_id,
@@ -249,6 +260,8 @@ def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0,
             jobs = client.call("jobs.list", {"limit": 10_000})["jobs"]
             dead = client.call("deadletter.list")["jobs"]
             recovered = client.call("jobs.show", {"job_id": long_scan_id})
+            dependents = [client.call("jobs.show", {"job_id": job_id}) for job_id in reports]
+            peak_scans = _peak(client.call("ledger.events", {"limit": 100_000})["events"], "scan.image")
         finally:
             client.close()
 
@@ -284,6 +297,11 @@ def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0,
                          "attempts": job["attempts"], "max_attempts": job["max_attempts"],
                          "last_error": job["last_error"]} for job in dead],
         "recovered_job": _recovered(recovered),
+        "flow_control": {
+            "concurrency_limit": {"key": "type:scan.image", "max": SCAN_SLOTS, "peak_from_history": peak_scans},
+            "dependents": [{"job_id": job["job_id"], "tenant": job["tenant"], "depends_on": job["depends_on"],
+                            "state": job["state"], "reason": job["history"][-1]["reason"]} for job in dependents],
+        },
         "workers": {
             "A": {"worker_id": "worker-A", "pid": worker_a.pid, "killed_with": "SIGKILL",
                   "exit_code": worker_a.returncode, "killed_after_seconds": round(waited, 3),
@@ -359,6 +377,22 @@ def _watch(client: OrchClient, total: int, long_scan_id: str, worker: subprocess
         if now - killed_at > FINISH_TIMEOUT_SECONDS:
             raise DemoFailed(f"jobs still not final {FINISH_TIMEOUT_SECONDS:g}s after the kill: {counts}")
         time.sleep(POLL_SECONDS)
+
+
+def _peak(envelopes: list[dict[str, Any]], job_type: str) -> int:
+    """The most jobs of `job_type` held under a lease at once, replayed from the event stream."""
+    held: set[str] = set()
+    peak = 0
+    for envelope in envelopes:
+        job = envelope["job"]
+        if job["type"] != job_type:
+            continue
+        if job["status"] in ("leased", "running"):
+            held.add(job["id"])
+        else:
+            held.discard(job["id"])
+        peak = max(peak, len(held))
+    return peak
 
 
 def _recovered(job: dict[str, Any]) -> dict[str, Any]:

@@ -66,8 +66,8 @@ def test_demo_json_shows_dead_letters_the_recovered_job_and_a_verified_ledger(tm
     assert server["discovery_file_removed"] is True
     assert not Path(server["discovery_file"]).exists() and Path(server["discovery_file"]).parent == tmp_path
 
-    # Everything finished: nothing left queued, leased or running.
-    assert set(report["jobs_by_state"]) <= {"succeeded", "dead_letter"}
+    # Everything finished: nothing left waiting, queued, leased or running.
+    assert set(report["jobs_by_state"]) <= {"succeeded", "dead_letter", "canceled"}
     assert report["jobs_total"] >= 24
     assert sum(report["jobs_by_state"].values()) == report["jobs_total"]
     assert set(report["jobs_by_tenant"]) == {"acme-corp", "globex"}
@@ -80,6 +80,16 @@ def test_demo_json_shows_dead_letters_the_recovered_job_and_a_verified_ledger(tm
         # The third attempt failed in the handler, or worker A was killed holding it and its lease expired.
         assert "unreachable (attempt 3 of 3)" in job["last_error"] or job["last_error"] == "lease_expired"
     assert {job["tenant"] for job in dead} == {"acme-corp", "globex"}
+
+    # Flow control: the scan limit held across both workers; each report waited on its tenant's export and
+    # was canceled when that export was dead-lettered.
+    flow = report["flow_control"]
+    assert 1 <= flow["concurrency_limit"]["peak_from_history"] <= flow["concurrency_limit"]["max"] == 2
+    assert report["jobs_by_state"]["canceled"] == len(flow["dependents"]) == 2
+    dead_ids = {job["job_id"] for job in dead}
+    for job in flow["dependents"]:
+        assert (job["state"], job["reason"]) == ("canceled", "dependency_failed")
+        assert set(job["depends_on"]) <= dead_ids
 
     # The long scan: its lease expired under the killed worker A, then worker B ran it to success.
     recovered = report["recovered_job"]
@@ -131,6 +141,7 @@ def test_demo_human_output_tells_the_same_story(tmp_path):
     assert "server http://127.0.0.1:" in out and "stopped on SIGTERM (exit 0)" in out
     assert "was killed with SIGKILL" in out
     assert "dead letters (2):" in out
+    assert out.count("canceled (dependency_failed)") == 2
     assert out.count("export.mirror") == 2 and out.count("attempts 3/3") == 2
     assert "attempt 1: leased by worker-A -> requeued (lease_expired)" in out
     assert "attempt 2: leased by worker-B -> succeeded" in out

@@ -71,6 +71,14 @@ def render(result: dict[str, Any]) -> str:
     for job in result["dead_letter"]:
         lines.append(f"  {job['job_id']}  {job['type']:<14} {job['tenant']:<10} attempts "
                      f"{job['attempts']}/{job['max_attempts']}  last error: {job['last_error']}")
+    flow = result["flow_control"]
+    limit = flow["concurrency_limit"]
+    lines += ["", f"flow control: concurrency limit {limit['key']} max {limit['max']}; the most held at once, "
+                  f"replayed from the event stream: {limit['peak_from_history']}. Reports that depended on the "
+                  "exports:"]
+    for job in flow["dependents"]:
+        lines.append(f"  {job['job_id']}  {job['tenant']:<10} waited on {', '.join(job['depends_on'])}: "
+                     f"{job['state']} ({job['reason']})")
     lines += ["", f"killed job {recovered['job_id']} ({recovered['type']}, {recovered['tenant']}): "
                   f"now {recovered['state']}"]
     for attempt in recovered["attempt_story"]:
