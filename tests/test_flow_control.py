@@ -367,3 +367,58 @@ def test_claims_without_any_limit_report_no_throttle(ledger):
     assert ops.show(ledger, job_id)["throttled"] is None
     assert json.loads(json.dumps(ops.show(ledger, job_id)))["keys"] == []
     assert uuid.UUID(claim(ledger, 1)[0]["job_id"])
+
+
+def test_limits_hold_across_concurrent_workers_through_the_server(ledger_path):
+    """Four workers claim and ack at once through one server; the event stream never shows more jobs of the
+    limited type held at once than the limit, nor more of the tenant than its quota."""
+    import threading
+    import time
+
+    from server_fixtures import serving
+
+    with serving(ledger_path, "--no-auth") as server:
+        assert server.request("POST", "/v1/concurrency", {"key": "type:mirror.sync", "max": 3}).status == 200
+        assert server.request("POST", "/v1/quotas/globex", {"max_active": 2},
+                              headers={"X-Orch-Reason": "small tenant"}).status == 200
+        specs = ([{"tenant": "acme", "project": "p", "type": "mirror.sync"}] * 40 +
+                 [{"tenant": "globex", "project": "p", "type": "scan"}] * 20 +
+                 [{"tenant": "acme", "project": "p", "type": "scan"}] * 20)
+        assert server.request("POST", "/v1/jobs/batch", {"jobs": specs}).status == 200
+        errors: list[str] = []
+
+        def work(worker: str) -> None:
+            idle = 0
+            while idle < 20:
+                answer = server.request("POST", "/v1/jobs/claim", {"worker_id": worker, "limit": 4})
+                if answer.status != 200:
+                    errors.append(repr(answer))
+                    return
+                leases = answer.json["leases"]
+                idle = 0 if leases else idle + 1
+                time.sleep(0.02)  # the work
+                for lease in leases:
+                    acked = server.request("POST", f"/v1/jobs/{lease['job_id']}/ack", {"lease_id": lease["lease_id"]})
+                    if acked.status != 200:
+                        errors.append(repr(acked))
+
+        workers = [threading.Thread(target=work, args=(f"w-{n}",)) for n in range(4)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(timeout=240)
+        assert not errors, errors[:3]
+        assert server.ledger_info()["jobs"] == {"succeeded": 80}
+        events = server.request("GET", "/v1/ledger/events", query={"limit": 100_000}).json["events"]
+
+    def peak(match) -> int:
+        held: set[str] = set()
+        most = 0
+        for event in events:
+            if match(event):
+                (held.add if event["job"]["status"] in ("leased", "running") else held.discard)(event["job"]["id"])
+                most = max(most, len(held))
+        return most
+
+    assert 2 <= peak(lambda event: event["job"]["type"] == "mirror.sync") <= 3
+    assert 1 <= peak(lambda event: event["tenantId"] == "globex") <= 2
