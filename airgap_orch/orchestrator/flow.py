@@ -54,6 +54,7 @@ class Limits:
 def limits(tx: Transaction) -> Limits:
     cached = tx.ledger.cache.get("flow")
     if cached is None:
+        generation = tx.ledger.cache.get("flow_generation", 0)
         cached = Limits(
             quotas={row["tenant"]: row for row in tx.rows("flow_quotas")},
             rates={row["scope"]: row for row in tx.rows("flow_rate_limits")},
@@ -62,7 +63,8 @@ def limits(tx: Transaction) -> Limits:
             breakers={row["limit_key"]: row for row in tx.rows("flow_breakers")},
             levels={bucket: (tokens, at) for bucket, tokens, at in tx.execute("flow_bucket_levels").fetchall()},
         )
-        tx.ledger.cache["flow"] = cached
+        if tx.ledger.cache.get("flow_generation", 0) == generation:  # no change landed while this loaded
+            tx.ledger.cache["flow"] = cached
     return cached
 
 
@@ -76,7 +78,9 @@ def active_counts(tx: Transaction) -> collections.Counter[str]:
 
 
 def forget(tx: Transaction) -> None:
-    """Drop the cached limits after a change to them (they reload on the next claim)."""
+    """Drop the cached limits after a change to them (they reload on the next claim). The generation stops a
+    reader that loaded before the change from caching what it read."""
+    tx.ledger.cache["flow_generation"] = tx.ledger.cache.get("flow_generation", 0) + 1
     tx.ledger.cache.pop("flow", None)
 
 
