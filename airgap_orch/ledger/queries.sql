@@ -34,6 +34,7 @@ SELECT k.idempotency_key, k.job_id FROM idempotency_keys k
 WHERE k.site_id = $site_id AND k.tenant = $tenant AND list_contains($keys, k.idempotency_key);
 
 -- name: claim
+-- Lease the first $limit ready jobs, leaving out groups flow control blocks as a whole (orchestrator/flow.py).
 UPDATE jobs SET
     state = 'leased', lease_id = uuid()::VARCHAR, worker_id = $worker_id, attempts = attempts + 1,
     lease_seconds = $lease_seconds, leased_at = $now, lease_expires_at = $lease_expires_at,
@@ -44,6 +45,11 @@ WHERE rowid IN (
       AND ($queue IS NULL OR queue = $queue)
       AND ($job_type IS NULL OR job_type = $job_type)
       AND ($tenants IS NULL OR list_contains($tenants, tenant))
+      AND NOT list_contains($blocked_queues, queue)
+      AND NOT list_contains($blocked_tenants, tenant)
+      AND NOT list_contains($blocked_types, job_type)
+      AND NOT list_contains($blocked_scopes, tenant || '/' || job_type)
+      AND NOT list_has_any(coalesce(limit_keys, []::VARCHAR[]), $blocked_keys)
     ORDER BY priority DESC, fair_seq, run_at
     LIMIT $limit)
 RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue,

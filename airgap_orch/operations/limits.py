@@ -134,8 +134,7 @@ def ratelimit_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = Non
             continue
         item = core.public(row)
         assert item is not None
-        bucket = flow.Bucket(f"rate:{scope}", scope, row["rate_per_second"], float(row["burst"]))
-        item["tokens"] = round(bucket.level(found.levels, now), 3)
+        item["tokens"] = round(flow.rate_bucket(scope, row).level(found.levels, now), 3)
         out.append(item)
     return {"rate_limits": out}
 

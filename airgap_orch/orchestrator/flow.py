@@ -117,8 +117,16 @@ def buckets_for(found: Limits, tenant: str, job_type: str, declared: list[str] |
     for scope in (rate_scope(tenant, job_type, None), *(declared or ())):
         row = found.rates.get(scope)
         if row is not None:
-            out.append(Bucket(f"rate:{scope}", f"rate limit {scope}", row["rate_per_second"], float(row["burst"])))
+            out.append(rate_bucket(scope, row))
     return out
+
+
+def rate_bucket(scope: str, row: dict[str, Any]) -> Bucket:
+    return Bucket(f"rate:{scope}", f"rate limit {scope}", row["rate_per_second"], float(row["burst"]))
+
+
+NOTHING_BLOCKED: dict[str, list[str]] = {f"blocked_{name}": [] for name in ("queues", "tenants", "types", "scopes",
+                                                                             "keys")}
 
 
 @dataclass
@@ -177,13 +185,35 @@ class Walk:
                 if bucket.level(levels, now) < 1.0:
                     block(f"tenant:{tenant}")
         for scope, row in found.rates.items():
-            bucket = Bucket(f"rate:{scope}", scope, row["rate_per_second"], float(row["burst"]))
-            if bucket.level(levels, now) < 1.0:
+            if rate_bucket(scope, row).level(levels, now) < 1.0:
                 if row["limit_key"] is not None:
                     block(scope)
                 else:
                     groups["scopes"].add(f"{row['tenant']}/{row['job_type']}")
         return {f"blocked_{name}": sorted(members) for name, members in groups.items()}
+
+    def has_room(self, limit: int) -> bool:
+        """Whether `limit` more leases fit under every limit, so none can bind inside this claim (paused and
+        fully blocked groups aside: the claim query leaves those out)."""
+        found, now = self.found, self.now
+        levels = {**found.levels, **self.levels}
+        if any(breaker["state"] != CLOSED for breaker in found.breakers.values()):
+            return False
+        if any(self.active[key] + limit > row["max_active"] for key, row in found.concurrency_rows.items()):
+            return False
+        for tenant, quota in found.quotas.items():
+            if quota["max_active"] is not None and self.active[f"tenant:{tenant}"] + limit > quota["max_active"]:
+                return False
+        buckets = [bucket for tenant in found.quotas for bucket in buckets_for(found, tenant, "", None)]
+        buckets += [rate_bucket(scope, row) for scope, row in found.rates.items()]
+        return all(bucket.level(levels, now) >= limit for bucket in buckets)
+
+    def count(self, leased: list[dict[str, Any]]) -> None:
+        """Take slots and tokens for jobs leased without a walk (has_room() held before the claim)."""
+        for job in leased:
+            held = self.admit(job)
+            if held is not None:  # pragma: no cover - has_room() rules this out
+                raise AssertionError(f"job {job['job_id']} was leased past {held.reason}")
 
     # -- one job ----------------------------------------------------------------------------------------
     def admit(self, job: dict[str, Any], *, dry: bool = False) -> Throttle | None:

@@ -232,7 +232,8 @@ def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, 
           job_type: str | None = None, tenants: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Lease up to `limit` ready jobs, by priority then fair turn among tenants; each gets a fresh lease id.
 
-    With no flow-control limits set this is one statement; otherwise flow.py admits candidates first."""
+    One statement when no flow-control limit can bind within this claim; otherwise flow.py admits the
+    candidates one by one first."""
     maintain(tx)
     now = clock.now()
     expires = now + timedelta(seconds=lease_seconds)
@@ -240,32 +241,17 @@ def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, 
     where = {"site_id": tx.site_id, "queue": queue, "job_type": job_type,
              "tenants": sorted(tenants) if tenants is not None else None}
     found = flow.limits(tx)
-    walk, throttled = None, []
-    if found.empty:
-        cursor = tx.execute("claim", **lease, **where, limit=limit)
+    walk = None if found.empty else flow.Walk.start(tx, found, now)
+    throttled: list[tuple[dict[str, Any], flow.Throttle]] = []
+    if walk is None or walk.has_room(limit):
+        # No limit can bind within this claim: one statement, leaving out the groups blocked as a whole.
+        blocked = walk.blocked() if walk is not None else flow.NOTHING_BLOCKED
+        leased = _fetch(tx.execute("claim", **lease, **where, **blocked, limit=limit))
+        if walk is not None:
+            walk.count(leased)
     else:
-        walk = flow.Walk.start(tx, found, now)
-        chosen: list[int] = []
-        window = limit * CANDIDATES_PER_LEASE + CANDIDATES_EXTRA
-        for _ in range(CANDIDATE_ROUNDS):  # another round when a group filled up mid-window
-            candidates = tx.rows("claim_candidates", **where, **walk.blocked(), now=now, chosen=chosen,
-                                 limit=window)
-            held_back = 0
-            for job in candidates:
-                if len(chosen) == limit:
-                    break
-                held = walk.admit(job)
-                if held is None:
-                    chosen.append(job["row_id"])
-                    continue
-                held_back += 1
-                if flow.noted(tx, job["job_id"], held):
-                    throttled.append((job, held))
-            if len(chosen) == limit or len(candidates) < window or not held_back:
-                break
-        cursor = tx.execute("claim_rows", **lease, row_ids=chosen)
-    columns = [d[0] for d in cursor.description]
-    leased = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        chosen = _admit(tx, walk, where, now, limit, throttled)
+        leased = _fetch(tx.execute("claim_rows", **lease, row_ids=chosen))
     leased.sort(key=lambda job: job["job_id"])
     if walk is not None:
         walk.settle({job["job_id"] for job in leased})
@@ -285,6 +271,35 @@ def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, 
         "retry_hint": {"heartbeat_every_seconds": round(lease_seconds / 3, 3),
                        "backoff_seconds_if_failed": backoff.hint(job["attempts"])},
     } for job in leased]
+
+
+def _fetch(cursor: Any) -> list[dict[str, Any]]:
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _admit(tx: Transaction, walk: flow.Walk, where: dict[str, Any], now: datetime, limit: int,
+           throttled: list[tuple[dict[str, Any], flow.Throttle]]) -> list[int]:
+    """Row ids of up to `limit` ready jobs the limits admit, in claim order; jobs held back and not yet
+    reported for that reason are added to `throttled`."""
+    chosen: list[int] = []
+    window = limit * CANDIDATES_PER_LEASE + CANDIDATES_EXTRA
+    for _ in range(CANDIDATE_ROUNDS):  # another round when a group filled up mid-window
+        candidates = tx.rows("claim_candidates", **where, **walk.blocked(), now=now, chosen=chosen, limit=window)
+        held_back = 0
+        for job in candidates:
+            if len(chosen) == limit:
+                break
+            held = walk.admit(job)
+            if held is None:
+                chosen.append(job["row_id"])
+                continue
+            held_back += 1
+            if flow.noted(tx, job["job_id"], held):
+                throttled.append((job, held))
+        if len(chosen) == limit or len(candidates) < window or not held_back:
+            break
+    return chosen
 
 
 def _throttle_reason(held: flow.Throttle) -> str:
