@@ -422,3 +422,14 @@ def test_limits_hold_across_concurrent_workers_through_the_server(ledger_path):
 
     assert 2 <= peak(lambda event: event["job"]["type"] == "mirror.sync") <= 3
     assert 1 <= peak(lambda event: event["tenantId"] == "globex") <= 2
+
+
+def test_claims_that_fit_under_every_limit_still_count_against_them(ledger, manual_clock):
+    enqueue_many(ledger, 20)
+    limit_ops.concurrency_set(ledger, key="type:scan", max=5)
+    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.001, burst=8)
+    assert len(claim(ledger, 3)) == 3  # room for all three: one statement, then counted
+    assert len(claim(ledger, 3)) == 2  # 2 slots left under the concurrency limit
+    assert limit_ops.ratelimit_list(ledger)["rate_limits"][0]["tokens"] == pytest.approx(3.0, abs=0.01)
+    limit_ops.concurrency_delete(ledger, key="type:scan")
+    assert len(claim(ledger, 5)) == 3  # then the bucket's 3 tokens
