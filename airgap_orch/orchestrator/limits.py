@@ -123,7 +123,7 @@ def pause(tx: Transaction, kind: str, name: str, *, reason: str, ticket: str | N
         raise Conflict(f"{kind} {name} is already paused; resume it first to pause it with a new reason")
     row = {"kind": kind, "name": name, "record_version": flow.RECORD_VERSION, "reason": reason, "ticket": ticket,
            "paused_at": clock.now(), "paused_by": actor}
-    tx.execute("pause_put", **row)
+    tx.execute("pause_put", **{("target" if field == "name" else field): value for field, value in row.items()})
     _audit(tx, f"{kind}.pause", actor=actor, reason=reason, ticket=ticket, target=name, details={})
     return public(row)
 
@@ -133,7 +133,7 @@ def resume(tx: Transaction, kind: str, name: str, *, reason: str | None, ticket:
     old = flow.limits(tx).paused.get((kind, name))
     if old is None:
         raise NotFound(f"{kind} {name} is not paused; see `queues list`")
-    tx.execute("pause_delete", kind=kind, name=name)
+    tx.execute("pause_delete", kind=kind, target=name)
     _audit(tx, f"{kind}.resume", actor=actor, reason=reason, ticket=ticket, target=name,
            details={"paused": public(old)})
     return {"kind": kind, "name": name, "paused": False}
