@@ -261,8 +261,10 @@ def cron(value: Any) -> str | None:
         raise InvalidInput(f"schedule {value!r} has {len(fields)} fields; a cron expression has 5: minute hour "
                            "day-of-month month day-of-week, e.g. '0 * * * *' (hourly, UTC)")
     try:
-        CronSim(expression, clock.now())
-    except (CronSimError, ValueError, IndexError) as exc:
+        now = clock.now()
+        next(iter(CronSim(expression, now)))  # the scheduler walks both ways: a tick each way must exist
+        next(iter(CronSim(expression, now, reverse=True)))
+    except (CronSimError, ValueError, IndexError, StopIteration) as exc:
         raise InvalidInput(f"schedule {value!r} is not a valid cron expression ({exc}); e.g. '0 * * * *' "
                            "(hourly) or '*/15 * * * *' (every 15 minutes), UTC") from None
     return expression
