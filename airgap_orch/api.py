@@ -109,6 +109,20 @@ ROUTES: tuple[Route, ...] = (
     Route("queues.resume", "POST", "/v1/queues/{queue}/resume", "queue_pause", "Resume a paused queue", None,
           True, takes_reason=True),
     Route("queues.list", "GET", "/v1/queues", "limits_read", "Queues: active job counts and pauses"),
+    Route("sources.add", "POST", "/v1/sources", "source_add",
+          "Add a source: an upstream feed its jobs ingest from, with an optional cron schedule (UTC)",
+          "source-add-request", True, takes_reason=True),
+    Route("sources.list", "GET", "/v1/sources", "source_list", "Sources with their pause and next tick",
+          query=(("tenant", "string"),)),
+    Route("sources.show", "GET", "/v1/sources/{name}", "source_show", "One source with its pause and next tick"),
+    Route("sources.pause", "POST", "/v1/sources/{name}/pause", "source_pause",
+          "Pause a source: its jobs stay queued and are not claimed, its schedule waits (needs X-Orch-Reason)",
+          None, True, needs_reason=True, takes_reason=True),
+    Route("sources.resume", "POST", "/v1/sources/{name}/resume", "source_pause",
+          "Resume a paused source; ticks missed meanwhile meet its missed-tick policy", None, True,
+          takes_reason=True),
+    Route("schedules.run_due", "POST", "/v1/schedules/run-due", "schedules_run",
+          "Enqueue the due ticks of every schedule now (the server also does this every few seconds)", None, True),
 )
 
 BY_NAME = {route.name: route for route in ROUTES}

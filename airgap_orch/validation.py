@@ -217,3 +217,73 @@ def name(value: Any, what: str) -> str:
         raise InvalidInput(f"{what} {value!r} must be 1-128 letters, digits or . _ : / - (starting with a letter "
                            "or digit)")
     return value
+
+
+# -- sources and schedules ---------------------------------------------------------------------------------
+MAX_SOURCE_NAME_CHARS = 64
+# A system-made backfill's ticket is 'schedule:<name>:<cron>': 9 + 64 + 1 + 54 fits MAX_TICKET_CHARS.
+MAX_CRON_CHARS = 54
+MISSED_POLICIES = ("skip", "backfill")
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # no '/' or ':': it travels in URL paths and keys
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$")
+
+
+def source_name(value: Any, what: str = "source name") -> str:
+    """A source name: 1-64 letters, digits or . _ - (its jobs carry the key 'source:<name>')."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_SOURCE_NAME_CHARS or not _SOURCE_NAME.match(value):
+        raise InvalidInput(f"{what} {value!r} must be 1-{MAX_SOURCE_NAME_CHARS} letters, digits or . _ - (starting "
+                           "with a letter or digit)")
+    return value
+
+
+def host(value: Any) -> str | None:
+    """An upstream host name (optionally :port); its jobs carry the key 'host:<host>'."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 120 or not _HOST.match(value):
+        raise InvalidInput(f"host {value!r} must be a host name such as nvd.nist.gov (optionally :port), at most "
+                           "120 characters")
+    return value
+
+
+def cron(value: Any) -> str | None:
+    """A 5-field cron expression (minute hour day-of-month month day-of-week), evaluated in UTC."""
+    from cronsim import CronSim, CronSimError
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_CRON_CHARS:
+        raise InvalidInput(f"schedule {value!r} must be a cron expression of at most {MAX_CRON_CHARS} characters, "
+                           "e.g. '0 * * * *' (hourly, UTC)")
+    expression = " ".join(value.split())
+    fields = expression.split(" ")
+    if len(fields) != 5:
+        raise InvalidInput(f"schedule {value!r} has {len(fields)} fields; a cron expression has 5: minute hour "
+                           "day-of-month month day-of-week, e.g. '0 * * * *' (hourly, UTC)")
+    try:
+        now = clock.now()
+        next(iter(CronSim(expression, now)))  # the scheduler walks both ways: a tick each way must exist
+        next(iter(CronSim(expression, now, reverse=True)))
+    except (CronSimError, ValueError, IndexError, StopIteration) as exc:
+        raise InvalidInput(f"schedule {value!r} is not a valid cron expression ({exc}); e.g. '0 * * * *' "
+                           "(hourly) or '*/15 * * * *' (every 15 minutes), UTC") from None
+    return expression
+
+
+def missed_policy(value: Any) -> str:
+    if value not in MISSED_POLICIES:
+        raise InvalidInput(f"missed-tick policy {value!r} must be one of {', '.join(MISSED_POLICIES)}")
+    return value
+
+
+def source_payload(value: Any) -> dict[str, Any]:
+    """The JSON object a source's jobs start from; `tick` and `window` are set per tick."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("source payload must be a JSON object; each tick's job gets it with `tick` and `window` "
+                           "members added")
+    for reserved in ("tick", "window"):
+        if reserved in value:
+            raise InvalidInput(f"source payload must not carry `{reserved}`: the schedule sets it for each job")
+    return value

@@ -493,7 +493,7 @@ def test_every_operation_has_one_known_scope():
         "enqueue", "claim", "heartbeat", "ack", "fail", "release", "cancel", "list", "show", "recover",
         "deadletter_list", "replay", "ledger_info", "ledger_verify", "events", "audit_list", "audit_verify",
         "backfill_create", "backfill_list", "backfill_show", "backfill_cancel", "limits_set", "limits_read",
-        "queue_pause"}
+        "queue_pause", "source_add", "source_pause", "source_list", "source_show", "schedules_run"}
     assert set(OPERATION_SCOPES.values()) <= set(SCOPES)
     assert scope_for("list") == "orch:read"
     assert scope_for("enqueue") == "orch:operate"

@@ -24,9 +24,9 @@ WORKER = "orch:worker"
 
 # scope -> one line on what it allows. The order is the order of the README table.
 SCOPES = MappingProxyType({
-    READ: "See jobs, dead letters, ledger info and verification, and the event stream.",
+    READ: "See jobs, dead letters, sources, ledger info and verification, and the event stream.",
     OPERATE: "Produce and steer jobs: enqueue, cancel, recover expired leases, replay dead letters, pause and "
-             "resume queues.",
+             "resume queues and sources, add sources, run due schedules.",
     QUOTA: "Change quotas, rate limits, concurrency limits and circuit breakers; a quota change needs a reason "
            "(X-Orch-Reason).",
     BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
@@ -59,6 +59,11 @@ OPERATION_SCOPES = MappingProxyType({
     "limits_set": QUOTA,
     "limits_read": READ,
     "queue_pause": OPERATE,
+    "source_add": OPERATE,
+    "source_pause": OPERATE,
+    "source_list": READ,
+    "source_show": READ,
+    "schedules_run": OPERATE,
 })
 
 

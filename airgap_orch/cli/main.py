@@ -42,6 +42,9 @@ def _register() -> None:
     cli.commands.update(audit=audit.group, backfill=backfill.group)
     for group in limits.GROUPS:
         cli.add_command(group)
+    from . import sources
+    for group in sources.GROUPS:
+        cli.add_command(group)
     from .demo import demo
     from .serve import serve
 

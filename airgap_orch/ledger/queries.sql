@@ -375,3 +375,26 @@ SELECT queue, state, count(*) AS jobs FROM jobs
 WHERE state IN ('waiting', 'queued', 'leased', 'running')
   AND ($tenants IS NULL OR list_contains($tenants, tenant))
 GROUP BY ALL ORDER BY ALL;
+
+-- Sources and schedules (orchestrator/sources.py) -------------------------------------------------------
+
+-- name: source_insert
+INSERT INTO sources VALUES ($source, $record_version, $revision, $site_id, $tenant, $project, $job_type, $queue,
+                            $host, $schedule, $missed_policy, $payload, $last_tick, $skipped_ticks, $created_at,
+                            $created_by, $updated_at, $updated_by);
+
+-- name: source_get
+SELECT * FROM sources WHERE name = $source;
+
+-- name: source_list
+SELECT * FROM sources
+WHERE ($tenant IS NULL OR tenant = $tenant)
+  AND ($tenants IS NULL OR list_contains($tenants, tenant))
+ORDER BY name;
+
+-- name: sources_scheduled
+-- Sources this site ticks: those with a schedule that it owns.
+SELECT * FROM sources WHERE schedule IS NOT NULL AND site_id = $site_id ORDER BY name;
+
+-- name: source_ticked
+UPDATE sources SET last_tick = $last_tick, skipped_ticks = skipped_ticks + $skipped WHERE name = $source;

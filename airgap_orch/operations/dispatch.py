@@ -18,6 +18,7 @@ from . import jobs as job_ops
 from . import ledger
 from . import limits as limit_ops
 from . import replays as replay_ops
+from . import sources as source_ops
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "queues.pause": limit_ops.queue_pause,
     "queues.resume": limit_ops.queue_resume,
     "queues.list": limit_ops.queue_list,
+    "sources.add": source_ops.add,
+    "sources.list": source_ops.list_sources,
+    "sources.show": source_ops.show,
+    "sources.pause": source_ops.pause,
+    "sources.resume": source_ops.resume,
+    "schedules.run_due": source_ops.run_due,
 }
 
 

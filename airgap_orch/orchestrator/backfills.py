@@ -54,7 +54,8 @@ _WINDOW_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated backfill request; `windows` are consecutive [start, end) pairs covering [start, end)."""
+    """A validated backfill request; `windows` are consecutive [start, end) pairs covering [start, end):
+    steps of `step_seconds`, or the given `spans` (a schedule's missed ticks, orchestrator/sources.py)."""
 
     backfill_id: str
     tenant: str
@@ -69,9 +70,12 @@ class Plan:
     step_seconds: int
     reason: str
     ticket: str
+    spans: tuple[tuple[datetime, datetime], ...] | None = None
 
     @property
     def windows(self) -> list[tuple[datetime, datetime]]:
+        if self.spans is not None:
+            return list(self.spans)
         return windows(self.start, self.end, self.step_seconds)
 
 
@@ -121,13 +125,17 @@ def window_key(job_type: str, start: str, end: str) -> str:
 
 # -- create ----------------------------------------------------------------------------------------
 
-def create(tx: Transaction, plan: Plan, records: list[dict[str, Any]], *, actor: str) -> dict[str, Any]:
+def create(tx: Transaction, plan: Plan, records: list[dict[str, Any]], *, actor: str,
+           suppress_covered: bool = True) -> dict[str, Any]:
     """Enqueue the records (validated job specs, one per window of `plan`, in window order) except those
-    whose window an existing job covers; record the backfill, its windows and an audit entry."""
+    whose window an existing job covers; record the backfill, its windows and an audit entry.
+
+    `suppress_covered=False` skips the covering check (a schedule's backfill: its records carry per-tick
+    idempotency keys, and another source's jobs of the same tenant and type must not suppress its windows)."""
     spans = plan.windows
     if len(records) != len(spans):
         raise InvalidInput(f"backfill has {len(spans)} windows but {len(records)} job records")
-    covering = _covering_jobs(tx, plan.tenant, plan.job_type, spans)
+    covering = _covering_jobs(tx, plan.tenant, plan.job_type, spans) if suppress_covered else {}
     fresh = [index for index in range(len(spans)) if index not in covering]
     enqueued = core.enqueue(tx, [records[index] for index in fresh], actor=actor)
     job_ids: list[str] = [""] * len(spans)

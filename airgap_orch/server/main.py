@@ -16,6 +16,7 @@ from aiohttp import web
 from ..errors import InvalidInput, PolicyRefused
 from ..ledger import Ledger
 from ..operations.dispatch import Caller
+from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS, SCHEDULER
 from . import discovery
 from .app import Door, create_app
 from .events import EventHub
@@ -79,6 +80,7 @@ class Server:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._recovering: asyncio.Task | None = None
+        self._scheduling: asyncio.Task | None = None
         verifier = None
         if not config.no_auth:
             from ..auth.tokens import TokenVerifier
@@ -106,6 +108,7 @@ class Server:
         self.url = f"http://{host}:{port}"
         discovery.write(self.config.ledger_path, self.url)
         self._recovering = asyncio.create_task(self._recover_forever())
+        self._scheduling = asyncio.create_task(self._schedule_forever())
         return self.url
 
     async def _recover_forever(self) -> None:
@@ -116,9 +119,19 @@ class Server:
             except Exception as exc:  # keep serving; the next sweep tries again
                 print(f"airgap-orch: lease recovery failed: {exc}", file=sys.stderr)
 
+    async def _schedule_forever(self) -> None:
+        """Run due source schedules through the writer: the server owns the ledger, so it ticks them."""
+        while True:
+            try:
+                await asyncio.wrap_future(self.writer.submit("schedules.run_due", {}, Caller(actor=SCHEDULER)))
+            except Exception as exc:  # keep serving; the next run tries again
+                print(f"airgap-orch: running due schedules failed: {exc}", file=sys.stderr)
+            await asyncio.sleep(SCHEDULE_EVERY_SECONDS)
+
     async def stop(self) -> None:
-        if self._recovering is not None:
-            self._recovering.cancel()
+        for task in (self._recovering, self._scheduling):
+            if task is not None:
+                task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)

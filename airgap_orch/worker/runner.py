@@ -39,6 +39,8 @@ from .. import validation
 from ..errors import InvalidInput, NotFound, OrchError, StaleLease
 from ..ledger import Ledger
 from ..operations import jobs as ops
+from ..operations import sources as source_ops
+from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS
 from ..orchestrator.states import ACTIVE_STATES
 from .context import (
     CANCEL_REQUESTED,
@@ -173,6 +175,7 @@ class Runner:
         self._finished: list[FinishedJob] = []
         self._claimed = 0
         self._type_offset = 0
+        self._scheduled_at: float | None = None  # monotonic time of the last run of due schedules
 
     # -- public ------------------------------------------------------------------------------------
     def stop(self, reason: str = "stop") -> None:
@@ -221,6 +224,7 @@ class Runner:
                 return self._stop_reason
             if config.max_jobs is not None and len(self._finished) >= config.max_jobs:
                 return "max_jobs"
+            self._run_schedules()
             slots = config.concurrency - len(self._active)
             if config.max_jobs is not None:
                 slots = min(slots, config.max_jobs - len(self._finished) - len(self._active))
@@ -228,6 +232,17 @@ class Runner:
             if config.exit_when_idle and not self._active and claimed == 0 and self._site_idle():
                 return "idle"
             self._wake.wait(config.poll_seconds)
+
+    def _run_schedules(self) -> None:
+        """The runner owns the ledger, so it ticks the source schedules (every SCHEDULE_EVERY_SECONDS)."""
+        now = time.monotonic()
+        if self._scheduled_at is not None and now - self._scheduled_at < SCHEDULE_EVERY_SECONDS:
+            return
+        self._scheduled_at = now
+        try:
+            source_ops.run_due(self.ledger)
+        except OrchError as error:
+            log.warning("running due schedules failed: %s", error)
 
     def _claim(self, slots: int) -> int:
         """Claim up to `slots` jobs across the handled types (rotating which type goes first)."""
