@@ -172,6 +172,10 @@ def test_a_paused_sources_jobs_stay_queued_until_resume(ledger, at_start):
     assert (after["tick"], after["skipped"]) == ("2026-01-01T13:00:00.000000Z", 1)
     actions = [(entry["action"], entry["target"]) for entry in job_ops_audit(ledger)]
     assert actions == [("source.add", "nvd"), ("key.pause", "source:nvd"), ("key.resume", "source:nvd")]
+    from airgap_orch.operations import audit as audit_ops
+
+    seen_by_tenant = audit_ops.list_entries(ledger, tenants=frozenset({"acme"}))["entries"]
+    assert [entry["action"] for entry in seen_by_tenant] == ["source.add", "key.pause", "key.resume"]
 
 
 def test_pausing_twice_is_a_conflict_and_resuming_an_unpaused_source_is_not_found(ledger, at_start):

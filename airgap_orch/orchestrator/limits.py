@@ -117,25 +117,28 @@ def delete_concurrency(tx: Transaction, key: str, *, reason: str | None, ticket:
 
 # -- pauses ------------------------------------------------------------------------------------------------
 
-def pause(tx: Transaction, kind: str, name: str, *, reason: str, ticket: str | None, actor: str) -> dict[str, Any]:
-    """Pause a queue (kind 'queue') or every job that carries a key (kind 'key'); their jobs stay queued."""
+def pause(tx: Transaction, kind: str, name: str, *, reason: str, ticket: str | None, actor: str,
+          tenant: str | None = None) -> dict[str, Any]:
+    """Pause a queue (kind 'queue') or every job that carries a key (kind 'key'); their jobs stay queued.
+    `tenant` names the tenant the pause concerns in the audit entry (a source's), so its tokens see it."""
     if (kind, name) in flow.limits(tx).paused:
         raise Conflict(f"{kind} {name} is already paused; resume it first to pause it with a new reason")
     row = {"kind": kind, "name": name, "record_version": flow.RECORD_VERSION, "reason": reason, "ticket": ticket,
            "paused_at": clock.now(), "paused_by": actor}
     tx.execute("pause_put", **{("target" if field == "name" else field): value for field, value in row.items()})
-    _audit(tx, f"{kind}.pause", actor=actor, reason=reason, ticket=ticket, target=name, details={})
+    _audit(tx, f"{kind}.pause", actor=actor, reason=reason, ticket=ticket, target=name,
+           details={"tenant": tenant} if tenant else {})
     return public(row)
 
 
 def resume(tx: Transaction, kind: str, name: str, *, reason: str | None, ticket: str | None,
-           actor: str) -> dict[str, Any]:
+           actor: str, tenant: str | None = None) -> dict[str, Any]:
     old = flow.limits(tx).paused.get((kind, name))
     if old is None:
         raise NotFound(f"{kind} {name} is not paused; see `queues list`")
     tx.execute("pause_delete", kind=kind, target=name)
     _audit(tx, f"{kind}.resume", actor=actor, reason=reason, ticket=ticket, target=name,
-           details={"paused": public(old)})
+           details={"paused": public(old), **({"tenant": tenant} if tenant else {})})
     return {"kind": kind, "name": name, "paused": False}
 
 

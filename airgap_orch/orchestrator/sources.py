@@ -90,19 +90,19 @@ def pause(tx: Transaction, name: str, *, reason: str, ticket: str | None, actor:
           tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Pause the key 'source:<name>': the source's jobs stay queued, its schedule stops ticking (the ticks
     missed meanwhile meet its policy after `resume`). Audited by limits.pause."""
-    get(tx, name, tenants)
+    row = get(tx, name, tenants)
     if pause_of(tx, name) is not None:
         raise Conflict(f"source {name} is already paused; resume it first to pause it with a new reason")
-    limits.pause(tx, limits.KEY, flow_key(name), reason=reason, ticket=ticket, actor=actor)
+    limits.pause(tx, limits.KEY, flow_key(name), reason=reason, ticket=ticket, actor=actor, tenant=row["tenant"])
     return {"name": name, "paused": limits.public(pause_of(tx, name))}
 
 
 def resume(tx: Transaction, name: str, *, reason: str | None, ticket: str | None, actor: str,
            tenants: Collection[str] | None = None) -> dict[str, Any]:
-    get(tx, name, tenants)
+    row = get(tx, name, tenants)
     if pause_of(tx, name) is None:
         raise NotFound(f"source {name} is not paused; see `airgap-orch sources show {name}`")
-    limits.resume(tx, limits.KEY, flow_key(name), reason=reason, ticket=ticket, actor=actor)
+    limits.resume(tx, limits.KEY, flow_key(name), reason=reason, ticket=ticket, actor=actor, tenant=row["tenant"])
     return {"name": name, "paused": None}
 
 
