@@ -76,6 +76,23 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.table({name: [row.get(name) for row in rows] for name in schema.names}, schema=schema)
 
 
+_RECORD_COLUMNS = ("tenant", "project", "job_type", "queue", "priority", "payload", "payload_digest",
+                   "idempotency_key", "max_attempts", "timeout_seconds", "correlation_id")
+
+
+def _new_jobs_table(records: list[dict[str, Any]], job_ids: list[str], replay_of: list[str | None],
+                    site_id: str, now: datetime) -> pa.Table:
+    """Queued jobs rows for validated records, built column by column (no per-row dict)."""
+    count = len(records)
+    columns: dict[str, list[Any]] = {name: [record[name] for record in records] for name in _RECORD_COLUMNS}
+    columns.update(job_id=job_ids, site_id=[site_id] * count, state=[QUEUED] * count,
+                   run_at=[record["run_at"] or now for record in records], attempts=[0] * count,
+                   cancel_requested=[False] * count, replay_of=replay_of, created_at=[now] * count,
+                   updated_at=[now] * count)
+    return pa.table([pa.array(columns[field.name], field.type) if field.name in columns
+                     else pa.nulls(count, field.type) for field in _JOB_SCHEMA], schema=_JOB_SCHEMA)
+
+
 def _write_back(tx: Transaction, rows: list[dict[str, Any]]) -> None:
     if rows:
         tx.execute_with("jobs_update", "updates", _table(rows, _UPDATE_SCHEMA))
@@ -155,20 +172,18 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         lost_set = set(lost)
         fresh = [i for i in fresh if i not in lost_set]
 
-    rows = []
-    for index in fresh:
-        record = records[index]
-        rows.append({
-            **record, "job_id": job_ids[index], "site_id": tx.site_id, "state": QUEUED,
-            "run_at": record["run_at"] or now, "attempts": 0, "cancel_requested": False,
-            "replay_of": replay_of[index] if replay_of else None, "created_at": now, "updated_at": now,
-        })
-        resolved[index] = job_ids[index]
-    if rows:
-        tx.execute_with("jobs_insert", "incoming", _table(rows, _JOB_SCHEMA))
-        history.append(tx, (_entry(row, "create", None, QUEUED, actor=actor, at=now,
-                                   reason=f"replay_of:{row['replay_of']}" if row["replay_of"] else None)
-                            for row in rows))
+    if fresh:
+        created_records = [records[index] for index in fresh]
+        created_ids = [job_ids[index] for index in fresh]
+        created_replay_of = [replay_of[index] for index in fresh] if replay_of else [None] * len(fresh)
+        tx.execute_with("jobs_insert", "incoming",
+                        _new_jobs_table(created_records, created_ids, created_replay_of, tx.site_id, now))
+        history.append(tx, (_entry({**record, "job_id": job_id, "attempts": 0}, "create", None, QUEUED,
+                                   actor=actor, at=now, reason=f"replay_of:{original}" if original else None)
+                            for record, job_id, original in zip(created_records, created_ids, created_replay_of,
+                                                                strict=True)))
+        for index in fresh:
+            resolved[index] = job_ids[index]
     # Later duplicates inside this batch resolve to the first record with their key.
     for index, record in enumerate(records):
         if resolved[index] is None:
