@@ -288,36 +288,39 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
         tenants = item.get("tenants")
         groups.setdefault(frozenset(tenants) if tenants is not None else None, []).append(item)
     for tenants, group in groups.items():
-        acks = pa.table({
-            "job_id": [item["job_id"] for item in group],
-            "lease_id": [item["lease_id"] for item in group],
-            "artifacts": [json.dumps(item.get("artifacts") or [], separators=(",", ":")) for item in group],
-        })
-        cursor = tx.execute_with("ack", "acks", acks, now=now, from_states=sources("ack"),
-                                 tenants=sorted(tenants) if tenants is not None else None)
+        cursor = tx.execute("ack", now=now, from_states=sources("ack"),
+                            tenants=sorted(tenants) if tenants is not None else None,
+                            lease_ids=[item["lease_id"] for item in group], job_ids=[item["job_id"] for item in group],
+                            artifacts=[_encode_artifacts(item.get("artifacts")) for item in group])
         columns = [d[0] for d in cursor.description]
         done.update((row[0], dict(zip(columns, row, strict=True))) for row in cursor.fetchall())
     outcomes: list[dict[str, Any] | OrchError] = []
     entries = []
-    missing = [item for item in items if item["job_id"] not in done]
-    current = _load(tx, [item["job_id"] for item in missing]) if missing else {}
+    missing = [item["job_id"] for item in items if item["job_id"] not in done]
+    current = _load(tx, missing) if missing else {}
     for item in items:
-        job = done.pop(item["job_id"], None)  # pop: a second ack of the same job in this batch is stale
-        if job is None:
+        job = done.get(item["job_id"])
+        if job is None or job["lease_id"] != item["lease_id"]:
             try:
                 _check_lease(current.get(item["job_id"]), item, now, tx)
                 raise StaleLease(f"lease {item['lease_id']} could not complete job {item['job_id']}")
             except OrchError as error:
                 outcomes.append(error)
             continue
+        del done[item["job_id"]]  # a second ack of the same job in this batch is stale
         event = "cancel" if job["state"] == "canceled" else "ack"
         from_state = "running" if job["started_at"] is not None else "leased"  # started_at marks 'start'
-        entries.append(_entry(job, event, from_state, job["state"], actor=f"worker:{job['worker_id']}", at=now,
+        entries.append(_entry({**job, "artifacts": item.get("artifacts")}, event, from_state, job["state"],
+                              actor=f"worker:{job['worker_id']}", at=now,
                               reason="canceled_by_request" if event == "cancel" else None))
         outcomes.append({"job_id": job["job_id"], "state": job["state"], "attempt": job["attempts"]})
     tx.unarchived = max(tx.unarchived, 0) + len(entries)
     history.append(tx, entries)
     return outcomes
+
+
+def _encode_artifacts(artifacts: list | None) -> str:
+    return json.dumps(artifacts, separators=(",", ":")) if artifacts else "[]"
 
 
 def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
