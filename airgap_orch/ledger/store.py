@@ -29,7 +29,7 @@ DEFAULT_LOCK_TIMEOUT = DEFAULT_LOCK_TIMEOUT_SECONDS
 GENESIS_HASH = "0" * 64
 # WAL size that triggers a checkpoint (DuckDB's default is 16 MiB). Each checkpoint rewrites the tables' open
 # row groups and the idempotency-key index, so fewer, larger ones cost less in total: enqueueing 100k jobs spent
-# ~4.2 s in checkpoints at 16 MiB and ~2.4 s at 64 MiB (final checkpoint included). Commits stay durable: the
+# ~4.2 s in COMMITs at 16 MiB and ~2.4 s in COMMITs plus a final CHECKPOINT at 64 MiB. Commits stay durable: the
 # WAL is synced at every commit whatever this is; it only bounds the WAL replayed after a crash.
 CHECKPOINT_THRESHOLD = "64MiB"
 _HOLDER_PID = re.compile(r"PID (\d+)")
