@@ -30,12 +30,19 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_QUEUE = "default"
 
 
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _canonical(value)
 
 
 def digest(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return _digest(text.encode())
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def parse_json(text: str, what: str) -> Any:
@@ -49,30 +56,31 @@ def parse_json(text: str, what: str) -> Any:
 def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
     """Validate one job spec (schemas/job-spec.schema.json) and return the normalized record."""
     schemas.validate("job-spec", spec, what)
-    payload = spec.get("payload", {})
+    get = spec.get
     try:
-        payload_text = canonical_json(payload)
+        payload_text = _canonical(get("payload", {}))
     except ValueError:
         raise InvalidInput(f"{what}.payload contains NaN or Infinity; JSON has no such numbers") from None
-    if len(payload_text.encode()) > MAX_PAYLOAD_BYTES:
-        raise InvalidInput(f"{what}.payload is {len(payload_text.encode())} bytes; the limit is "
+    payload_bytes = payload_text.encode()
+    if len(payload_bytes) > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(f"{what}.payload is {len(payload_bytes)} bytes; the limit is "
                            f"{MAX_PAYLOAD_BYTES} bytes: store large inputs as files and pass their URI")
-    run_at = spec.get("run_at")
+    run_at = get("run_at")
     return {
         "tenant": spec["tenant"],
         "project": spec["project"],
         "job_type": spec["type"],
-        "queue": spec.get("queue", DEFAULT_QUEUE),
-        "priority": spec.get("priority", 0),
+        "queue": get("queue", DEFAULT_QUEUE),
+        "priority": get("priority", 0),
         "payload": payload_text,
-        "payload_digest": digest(payload_text),
-        "idempotency_key": spec.get("idempotency_key"),
+        "payload_digest": _digest(payload_bytes),
+        "idempotency_key": get("idempotency_key"),
         "run_at": timestamp(run_at, f"{what}.run_at") if run_at is not None else None,
-        "max_attempts": spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS),
-        "timeout_seconds": spec.get("timeout_seconds"),
-        "correlation_id": spec.get("correlation_id"),
-        "limit_keys": spec.get("keys") or None,
-        "depends_on": spec.get("depends_on") or (),
+        "max_attempts": get("max_attempts", DEFAULT_MAX_ATTEMPTS),
+        "timeout_seconds": get("timeout_seconds"),
+        "correlation_id": get("correlation_id"),
+        "limit_keys": get("keys") or None,
+        "depends_on": get("depends_on") or (),
     }
 
 

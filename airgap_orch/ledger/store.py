@@ -27,6 +27,11 @@ from . import sql
 
 DEFAULT_LOCK_TIMEOUT = DEFAULT_LOCK_TIMEOUT_SECONDS
 GENESIS_HASH = "0" * 64
+# WAL size that triggers a checkpoint (DuckDB's default is 16 MiB). Each checkpoint rewrites the tables' open
+# row groups and the idempotency-key index, so fewer, larger ones cost less in total: enqueueing 100k jobs spent
+# ~4.2 s in COMMITs at 16 MiB and ~2.4 s in COMMITs plus a final CHECKPOINT at 64 MiB. Commits stay durable: the
+# WAL is synced at every commit whatever this is; it only bounds the WAL replayed after a crash.
+CHECKPOINT_THRESHOLD = "64MiB"
 _HOLDER_PID = re.compile(r"PID (\d+)")
 
 
@@ -212,7 +217,7 @@ def _connect_waiting(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnecti
     delay = 0.01
     while True:
         try:
-            return duckdb.connect(str(path), config={"threads": 2})
+            return duckdb.connect(str(path), config={"threads": 2, "checkpoint_threshold": CHECKPOINT_THRESHOLD})
         except duckdb.IOException as exc:
             message = str(exc)
             if "lock" not in message.lower():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from json.encoder import encode_basestring  # what _encode() uses for a str
 from typing import Any
 
 import pyarrow as pa
@@ -29,6 +30,9 @@ ENTRY_FIELDS = (
 _SCHEMA = pa.schema([("seq", pa.int64()), ("job_id", pa.string()), ("entry", pa.string()),
                      ("entry_hash", pa.string())])
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# The entry text, field by field: exactly what _encode() of the entry dict in ENTRY_FIELDS order gives, at a
+# fraction of its cost (values repeated across a batch, e.g. tenant or actor, are encoded once per append).
+_ENTRY_TEMPLATE = "{" + ",".join(f'"{field}":%s' for field in ENTRY_FIELDS) + "}"
 
 
 def chain(prev_hash: str, entry_text: str) -> str:
@@ -41,21 +45,46 @@ def event_id(entry_hash: str) -> str:
     return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{'89ab'[int(h[16], 16) % 4]}{h[17:20]}-{h[20:32]}"
 
 
+class _Encoded(dict):
+    """JSON text of scalar values, computed once each (one instance per append call and kind of value:
+    keys compare by ==, so ints and bools must not share one)."""
+
+    def __missing__(self, value: Any) -> str:
+        text = self[value] = _encode(value)
+        return text
+
+
+def _unique(value: Any) -> str:
+    """JSON text of a value that rarely repeats (job_id, lease_id, payload_digest): not worth caching."""
+    if value is None:
+        return "null"
+    return encode_basestring(value) if value.__class__ is str else _encode(value)
+
+
+def _text(seq: int, entry: dict[str, Any], encoded: _Encoded, attempts: _Encoded, occurred_at: str) -> str:
+    unique = _unique
+    artifacts = entry["artifacts"]
+    return _ENTRY_TEMPLATE % (
+        seq, unique(entry["job_id"]), encoded[entry["event_type"]], encoded[entry["from_state"]],
+        encoded[entry["to_state"]], attempts[entry["attempt"]], unique(entry["lease_id"]),
+        encoded[entry["worker_id"]], encoded[entry["actor"]], encoded[entry["reason"]], encoded[entry["tenant"]],
+        encoded[entry["project"]], encoded[entry["job_type"]], encoded[entry["correlation_id"]],
+        unique(entry["payload_digest"]), "[]" if artifacts == [] else _encode(artifacts), occurred_at,
+    )
+
+
 def append(tx: Transaction, entries: Iterable[dict[str, Any]]) -> int:
     """Chain and insert entries (dicts with ENTRY_FIELDS except seq; occurred_at a datetime)."""
     seq, prev = tx.head_seq, tx.head_hash
     seqs, job_ids, texts, hashes = [], [], [], []
+    encoded, attempts = _Encoded(), _Encoded()  # texts and None; attempt numbers
+    moment, occurred_at = None, ""
     for entry in entries:
         seq += 1
-        text = _encode({
-            "seq": seq, "job_id": entry["job_id"], "event_type": entry["event_type"],
-            "from_state": entry["from_state"], "to_state": entry["to_state"], "attempt": entry["attempt"],
-            "lease_id": entry["lease_id"], "worker_id": entry["worker_id"], "actor": entry["actor"],
-            "reason": entry["reason"], "tenant": entry["tenant"], "project": entry["project"],
-            "job_type": entry["job_type"], "correlation_id": entry["correlation_id"],
-            "payload_digest": entry["payload_digest"], "artifacts": entry["artifacts"],
-            "occurred_at": clock.iso(entry["occurred_at"]),
-        })
+        if entry["occurred_at"] is not moment:  # a batch shares one time: render it once
+            moment = entry["occurred_at"]
+            occurred_at = _encode(clock.iso(moment))
+        text = _text(seq, entry, encoded, attempts, occurred_at)
         prev = chain(prev, text)
         seqs.append(seq)
         job_ids.append(entry["job_id"])

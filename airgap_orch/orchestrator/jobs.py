@@ -82,6 +82,23 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.table({name: [row.get(name) for row in rows] for name in schema.names}, schema=schema)
 
 
+_RECORD_COLUMNS = ("tenant", "project", "job_type", "queue", "priority", "payload", "payload_digest",
+                   "idempotency_key", "max_attempts", "timeout_seconds", "correlation_id", "limit_keys")
+
+
+def _new_jobs_table(records: list[dict[str, Any]], job_ids: list[str], replay_of: list[str | None],
+                    states: list[str], turns: list[int], site_id: str, now: datetime) -> pa.Table:
+    """New jobs rows for validated records, built column by column (no per-row dict)."""
+    count = len(records)
+    columns: dict[str, list[Any]] = {name: [record[name] for record in records] for name in _RECORD_COLUMNS}
+    columns.update(job_id=job_ids, site_id=[site_id] * count, state=states, fair_seq=turns,
+                   run_at=[record["run_at"] or now for record in records], attempts=[0] * count,
+                   cancel_requested=[False] * count, replay_of=replay_of, created_at=[now] * count,
+                   updated_at=[now] * count)
+    return pa.table([pa.array(columns[field.name], field.type) if field.name in columns
+                     else pa.nulls(count, field.type) for field in _JOB_SCHEMA], schema=_JOB_SCHEMA)
+
+
 def _write_back(tx: Transaction, rows: list[dict[str, Any]]) -> None:
     if rows:
         tx.execute_with("jobs_update", "updates", _table(rows, _UPDATE_SCHEMA))
@@ -183,25 +200,25 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         lost_set = set(lost)
         fresh = [i for i in fresh if i not in lost_set]
 
-    rows = []
-    turns = fairness.assign(tx, (records[index]["tenant"] for index in fresh))
-    for index, turn in zip(fresh, turns, strict=True):
-        record = records[index]
-        waits = any(parents[parent] != SUCCEEDED for parent in record["depends_on"])
-        rows.append({
-            **record, "job_id": job_ids[index], "site_id": tx.site_id, "state": WAITING if waits else QUEUED,
-            "run_at": record["run_at"] or now, "attempts": 0, "cancel_requested": False,
-            "replay_of": replay_of[index] if replay_of else None, "created_at": now, "updated_at": now,
-            "fair_seq": turn,
-        })
-        resolved[index] = job_ids[index]
-    if rows:
-        tx.execute_with("jobs_insert", "incoming", _table(rows, _JOB_SCHEMA))
-        dependencies.add_edges(tx, [(row["job_id"], parent) for row in rows if row["state"] == WAITING
-                                    for parent in row["depends_on"]])
-        history.append(tx, (_entry(row, "create" if row["state"] == QUEUED else "create_waiting", None,
-                                   row["state"], actor=actor, at=now, reason=_create_reason(row))
-                            for row in rows))
+    if fresh:
+        created_records = [records[index] for index in fresh]
+        created_ids = [job_ids[index] for index in fresh]
+        created_replay_of = [replay_of[index] for index in fresh] if replay_of else [None] * len(fresh)
+        states = [WAITING if any(parents[parent] != SUCCEEDED for parent in record["depends_on"]) else QUEUED
+                  for record in created_records]
+        turns = fairness.assign(tx, (record["tenant"] for record in created_records))
+        tx.execute_with("jobs_insert", "incoming", _new_jobs_table(created_records, created_ids, created_replay_of,
+                                                                   states, turns, tx.site_id, now))
+        dependencies.add_edges(tx, [(job_id, parent) for record, job_id, state in
+                                    zip(created_records, created_ids, states, strict=True) if state == WAITING
+                                    for parent in record["depends_on"]])
+        history.append(tx, (_entry({**record, "job_id": job_id, "attempts": 0},
+                                   "create" if state == QUEUED else "create_waiting", None, state, actor=actor,
+                                   at=now, reason=_create_reason(record, state, original))
+                            for record, job_id, original, state in zip(created_records, created_ids,
+                                                                       created_replay_of, states, strict=True)))
+        for index in fresh:
+            resolved[index] = job_ids[index]
     # Later duplicates inside this batch resolve to the first record with their key.
     for index, record in enumerate(records):
         if resolved[index] is None:
@@ -216,13 +233,13 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
     return out
 
 
-def _create_reason(row: dict[str, Any]) -> str | None:
+def _create_reason(record: dict[str, Any], state: str, replay_of: str | None) -> str | None:
     """What a create entry records beyond the row: the replayed job, or the parents a waiting job needs
     (so dependency edges, like states, can be rebuilt from history)."""
-    if row["replay_of"]:
-        return f"replay_of:{row['replay_of']}"
-    if row["state"] == WAITING:
-        return "depends_on:" + ",".join(row["depends_on"])
+    if replay_of:
+        return f"replay_of:{replay_of}"
+    if state == WAITING:
+        return "depends_on:" + ",".join(record["depends_on"])
     return None
 
 
@@ -369,31 +386,30 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
         tenants = item.get("tenants")
         groups.setdefault(frozenset(tenants) if tenants is not None else None, []).append(item)
     for tenants, group in groups.items():
-        acks = pa.table({
-            "job_id": [item["job_id"] for item in group],
-            "lease_id": [item["lease_id"] for item in group],
-            "artifacts": [json.dumps(item.get("artifacts") or [], separators=(",", ":")) for item in group],
-        })
-        cursor = tx.execute_with("ack", "acks", acks, now=now, from_states=sources("ack"),
-                                 tenants=sorted(tenants) if tenants is not None else None)
+        cursor = tx.execute("ack", now=now, from_states=sources("ack"),
+                            tenants=sorted(tenants) if tenants is not None else None,
+                            lease_ids=[item["lease_id"] for item in group], job_ids=[item["job_id"] for item in group],
+                            artifacts=[_encode_artifacts(item.get("artifacts")) for item in group])
         columns = [d[0] for d in cursor.description]
         done.update((row[0], dict(zip(columns, row, strict=True))) for row in cursor.fetchall())
     outcomes: list[dict[str, Any] | OrchError] = []
     entries = []
-    missing = [item for item in items if item["job_id"] not in done]
-    current = _load(tx, [item["job_id"] for item in missing]) if missing else {}
+    missing = [item["job_id"] for item in items if item["job_id"] not in done]
+    current = _load(tx, missing) if missing else {}
     for item in items:
-        job = done.pop(item["job_id"], None)  # pop: a second ack of the same job in this batch is stale
-        if job is None:
+        job = done.get(item["job_id"])
+        if job is None or job["lease_id"] != item["lease_id"]:
             try:
                 _check_lease(current.get(item["job_id"]), item, now, tx)
                 raise StaleLease(f"lease {item['lease_id']} could not complete job {item['job_id']}")
             except OrchError as error:
                 outcomes.append(error)
             continue
+        del done[item["job_id"]]  # a second ack of the same job in this batch is stale
         event = "cancel" if job["state"] == "canceled" else "ack"
         from_state = "running" if job["started_at"] is not None else "leased"  # started_at marks 'start'
-        entries.append(_entry(job, event, from_state, job["state"], actor=f"worker:{job['worker_id']}", at=now,
+        entries.append(_entry({**job, "artifacts": item.get("artifacts")}, event, from_state, job["state"],
+                              actor=f"worker:{job['worker_id']}", at=now,
                               reason="canceled_by_request" if event == "cancel" else None))
         outcomes.append({"job_id": job["job_id"], "state": job["state"], "attempt": job["attempts"]})
     tx.unarchived = max(tx.unarchived, 0) + len(entries)
@@ -402,6 +418,10 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
         finished = _load(tx, [entry["job_id"] for entry in entries])
         _ended(tx, [(row, flow.SUCCESS if row["state"] == SUCCEEDED else flow.NEUTRAL) for row in finished.values()])
     return outcomes
+
+
+def _encode_artifacts(artifacts: list | None) -> str:
+    return json.dumps(artifacts, separators=(",", ":")) if artifacts else "[]"
 
 
 def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
