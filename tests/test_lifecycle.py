@@ -655,3 +655,26 @@ def test_the_same_ack_twice_in_one_batch_completes_the_job_once(ledger):
     assert isinstance(second, StaleLease)
     events = [entry["event_type"] for entry in ops.show(ledger, job_id)["history"]]
     assert events.count("job.succeeded") == 1
+
+
+def test_stale_and_current_ack_of_one_job_in_one_batch_credit_the_current_lease(ledger, manual_clock):
+    """The server's group commit can put a late ack from an expired lease and the new owner's ack of the
+    same job in one batch: only the current lease completes it, whatever the order."""
+    from airgap_orch.errors import StaleLease
+    from airgap_orch.orchestrator import jobs as core
+
+    job_id = enqueue(ledger)
+    (old,) = ops.claim(ledger, worker_id="w-old", limit=1, lease_seconds=5)["leases"]
+    manual_clock.advance(10)
+    ops.recover(ledger)
+    manual_clock.advance(600)  # past the retry backoff
+    (new,) = ops.claim(ledger, worker_id="w-new", limit=1, lease_seconds=30)["leases"]
+    artifact = {"uri": "file:///out/x.json", "digest": "sha256:" + "a" * 64, "mime": "application/json"}
+    with ledger.transaction() as tx:
+        stale, current = core.ack(tx, [{"job_id": job_id, "lease_id": old["lease_id"]},
+                                       {"job_id": job_id, "lease_id": new["lease_id"], "artifacts": [artifact]}])
+    assert isinstance(stale, StaleLease)
+    assert current == {"job_id": job_id, "state": "succeeded", "attempt": 2}
+    shown = ops.show(ledger, job_id)
+    assert shown["artifacts"] == [artifact]
+    assert shown["history"][-1]["worker_id"] == "w-new"
