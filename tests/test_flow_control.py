@@ -433,3 +433,24 @@ def test_claims_that_fit_under_every_limit_still_count_against_them(ledger, manu
     assert limit_ops.ratelimit_list(ledger)["rate_limits"][0]["tokens"] == pytest.approx(3.0, abs=0.01)
     limit_ops.concurrency_delete(ledger, key="type:scan")
     assert len(claim(ledger, 5)) == 3  # then the bucket's 3 tokens
+
+
+def test_the_next_job_of_a_group_blocked_as_a_whole_gets_one_throttled_event(ledger, manual_clock):
+    ingest = enqueue_many(ledger, 3, queue="ingest")
+    flaky = enqueue_many(ledger, 3, type="flaky")
+    limit_ops.queue_pause(ledger, queue="ingest", reason="maintenance")
+    limit_ops.breaker_set(ledger, key="type:flaky", failures=1, cooldown=60)
+    lease = claim(ledger, 1, job_type="flaky")[0]
+    ops.fail(ledger, lease["job_id"], lease["lease_id"], error="503", no_retry=True)
+    for _ in range(3):
+        assert claim(ledger, 10) == []
+
+    def throttled(job_id: str) -> list[str]:
+        return [e["reason"] for e in ops.show(ledger, job_id)["history"] if e["event_type"] == "job.throttled"]
+
+    assert throttled(ingest[0]) == ["throttled: queue ingest paused; eligible once the limit frees up"]
+    assert throttled(ingest[1]) == throttled(ingest[2]) == []  # one report per group, not per job
+    next_flaky = sorted(set(flaky) - {lease["job_id"]})
+    reopens = clock.iso(manual_clock.current + timedelta(seconds=60))
+    reports = [throttled(job_id) for job_id in next_flaky]
+    assert sorted(reports, key=len) == [[], [f"throttled: circuit breaker type:flaky open; eligible at {reopens}"]]

@@ -263,6 +263,23 @@ WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
 ORDER BY priority DESC, fair_seq, run_at
 LIMIT $limit;
 
+-- name: blocked_candidates
+-- Ready jobs in claim order inside the groups a limit blocks as a whole (to report the next one of each).
+SELECT rowid AS row_id, job_id, tenant, project, job_type, queue, limit_keys, attempts, payload_digest,
+       correlation_id
+FROM jobs
+WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
+  AND ($queue IS NULL OR queue = $queue)
+  AND ($job_type IS NULL OR job_type = $job_type)
+  AND ($tenants IS NULL OR list_contains($tenants, tenant))
+  AND (list_contains($blocked_queues, queue)
+       OR list_contains($blocked_tenants, tenant)
+       OR list_contains($blocked_types, job_type)
+       OR list_contains($blocked_scopes, tenant || '/' || job_type)
+       OR list_has_any(coalesce(limit_keys, []::VARCHAR[]), $blocked_keys))
+ORDER BY priority DESC, fair_seq, run_at
+LIMIT $limit;
+
 -- name: claim_rows
 -- claim for the rows flow.py admitted.
 UPDATE jobs SET

@@ -37,6 +37,7 @@ SWEEP_LIMIT = 1_000
 # out groups a limit blocks as a whole; when a group fills up inside a window, the next round leaves it out too
 # (at most CANDIDATE_ROUNDS windows per claim).
 CANDIDATES_PER_LEASE, CANDIDATES_EXTRA, CANDIDATE_ROUNDS = 2, 16, 4
+BLOCKED_REPORT_WINDOW = 200  # ready jobs read to find the next one of each blocked group
 
 _JOB_SCHEMA = pa.schema([
     ("job_id", pa.string()), ("site_id", pa.string()), ("tenant", pa.string()), ("project", pa.string()),
@@ -260,6 +261,8 @@ def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, 
     found = flow.limits(tx)
     walk = None if found.empty else flow.Walk.start(tx, found, now)
     throttled: list[tuple[dict[str, Any], flow.Throttle]] = []
+    if walk is not None:
+        _report_blocked(tx, walk, where, now, throttled)
     if walk is None or walk.has_room(limit):
         # No limit can bind within this claim: one statement, leaving out the groups blocked as a whole.
         blocked = walk.blocked() if walk is not None else flow.NOTHING_BLOCKED
@@ -317,6 +320,24 @@ def _admit(tx: Transaction, walk: flow.Walk, where: dict[str, Any], now: datetim
         if len(chosen) == limit or len(candidates) < window or not held_back:
             break
     return chosen
+
+
+def _report_blocked(tx: Transaction, walk: flow.Walk, where: dict[str, Any], now: datetime,
+                    throttled: list[tuple[dict[str, Any], flow.Throttle]]) -> None:
+    """When the groups blocked as a whole change, report the next ready job of each (once per reason): the
+    claim leaves those groups out, so no claim would pass their jobs over and say so."""
+    blocked = walk.blocked()
+    if blocked == tx.ledger.cache.get("blocked") or not any(blocked.values()):
+        tx.ledger.cache["blocked"] = blocked
+        return
+    tx.ledger.cache["blocked"] = blocked
+    reasons: set[str] = set()
+    for job in tx.rows("blocked_candidates", **where, **blocked, now=now, limit=BLOCKED_REPORT_WINDOW):
+        held = walk.admit(job, dry=True)
+        if held is not None and held.reason not in reasons:
+            reasons.add(held.reason)
+            if flow.noted(tx, job["job_id"], held):
+                throttled.append((job, held))
 
 
 def _throttle_reason(held: flow.Throttle) -> str:
