@@ -92,7 +92,7 @@ def test_concurrency_limit_on_a_declared_key_leaves_other_jobs_alone(ledger):
     assert len(leased & set(nvd)) == 1 and set(other) <= leased
     held = ops.show(ledger, sorted(set(nvd) - leased)[0])
     assert held["throttled"] == {"throttled_by": "concurrency limit host:nvd.nist.gov (1 at once)",
-                                 "eligible_at": None}
+                                 "eligible_at": None, "waits_for": "a running job ends"}
     assert held["keys"] == ["host:nvd.nist.gov"]
 
 
@@ -127,7 +127,7 @@ def test_quota_per_hour_is_a_bucket_with_a_burst_refilled_by_elapsed_time(ledger
     assert claim(ledger, 10) == []
     held = ops.show(ledger, next(job for job in jobs if job not in leased))["throttled"]
     assert held == {"throttled_by": "quota max_per_hour of tenant acme",
-                    "eligible_at": clock.iso(manual_clock.current + timedelta(seconds=1))}
+                    "eligible_at": clock.iso(manual_clock.current + timedelta(seconds=1)), "waits_for": None}
     manual_clock.advance(1.0)
     assert len(claim(ledger, 10)) == 1
     manual_clock.advance(60)
@@ -448,7 +448,7 @@ def test_the_next_job_of_a_group_blocked_as_a_whole_gets_one_throttled_event(led
     def throttled(job_id: str) -> list[str]:
         return [e["reason"] for e in ops.show(ledger, job_id)["history"] if e["event_type"] == "job.throttled"]
 
-    assert throttled(ingest[0]) == ["throttled: queue ingest paused; eligible once the limit frees up"]
+    assert throttled(ingest[0]) == ["throttled: queue ingest paused; eligible once resumed"]
     assert throttled(ingest[1]) == throttled(ingest[2]) == []  # one report per group, not per job
     next_flaky = sorted(set(flaky) - {lease["job_id"]})
     reopens = clock.iso(manual_clock.current + timedelta(seconds=60))

@@ -132,10 +132,12 @@ NOTHING_BLOCKED: dict[str, list[str]] = {f"blocked_{name}": [] for name in ("que
 @dataclass
 class Throttle:
     reason: str
-    eligible_at: datetime | None  # None: when a running job finishes, or an operator resumes
+    eligible_at: datetime | None  # None: it waits for an event, not a time
+    waits_for: str = ""  # that event: "resumed", "a running job ends", "the probe ends"
 
     def render(self) -> dict[str, Any]:
-        return {"throttled_by": self.reason, "eligible_at": clock.iso(self.eligible_at)}
+        return {"throttled_by": self.reason, "eligible_at": clock.iso(self.eligible_at),
+                "waits_for": self.waits_for or None}
 
 
 @dataclass
@@ -221,10 +223,10 @@ class Walk:
         found, now = self.found, self.now
         keys = job_keys(job["tenant"], job["job_type"], job.get("limit_keys"))
         if ("queue", job["queue"]) in found.paused:
-            return Throttle(f"queue {job['queue']} paused", None)
+            return Throttle(f"queue {job['queue']} paused", None, "resumed")
         for key in keys:
             if ("key", key) in found.paused:
-                return Throttle(f"{key} paused", None)
+                return Throttle(f"{key} paused", None, "resumed")
         probes = []
         for key in keys:
             breaker = found.breakers.get(key)
@@ -238,11 +240,12 @@ class Walk:
         for key in keys:
             row = found.concurrency_rows.get(key)
             if row is not None and self.active[key] >= row["max_active"]:
-                return Throttle(f"concurrency limit {key} ({row['max_active']} at once)", None)
+                return Throttle(f"concurrency limit {key} ({row['max_active']} at once)", None, "a running job ends")
         quota = found.quotas.get(job["tenant"])
         if quota is not None and quota["max_active"] is not None and \
                 self.active[f"tenant:{job['tenant']}"] >= quota["max_active"]:
-            return Throttle(f"quota max_active of tenant {job['tenant']} ({quota['max_active']})", None)
+            return Throttle(f"quota max_active of tenant {job['tenant']} ({quota['max_active']})", None,
+                            "a running job ends")
         buckets = buckets_for(found, job["tenant"], job["job_type"], job.get("limit_keys"))
         current = {**found.levels, **self.levels}
         for bucket in buckets:
@@ -266,7 +269,8 @@ class Walk:
         if breaker["state"] == OPEN and self.now < reopen:
             return Throttle(f"circuit breaker {breaker['limit_key']} open", reopen)
         if probe is not None and probe != job_id:
-            return Throttle(f"circuit breaker {breaker['limit_key']} half-open, probe {probe} running", None)
+            return Throttle(f"circuit breaker {breaker['limit_key']} half-open, probe {probe} running", None,
+                            "the probe ends")
         return None  # cooled down and no probe yet (or this job is the probe)
 
     # -- write back ---------------------------------------------------------------------------------------

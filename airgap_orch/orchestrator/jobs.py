@@ -342,7 +342,7 @@ def _report_blocked(tx: Transaction, walk: flow.Walk, where: dict[str, Any], now
 
 def _throttle_reason(held: flow.Throttle) -> str:
     until = f"eligible at {clock.iso(held.eligible_at)}" if held.eligible_at is not None else \
-        "eligible once the limit frees up"
+        f"eligible once {held.waits_for}"
     return f"throttled: {held.reason}; {until}"
 
 
