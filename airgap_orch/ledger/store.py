@@ -176,6 +176,12 @@ class Transaction:
         with self.ledger._lock:
             return self.con.execute(sql.queries()[name], params or None)
 
+    def fetch(self, name: str, **params: Any) -> list[tuple]:
+        """All result tuples of a named query, fetched under the lock: a read outside a transaction may share
+        the connection with another thread's transaction, so execute and fetch must not be split."""
+        with self.ledger._lock:
+            return self.con.execute(sql.queries()[name], params or None).fetchall()
+
     def rows(self, name: str, **params: Any) -> list[dict[str, Any]]:
         with self.ledger._lock:
             cursor = self.con.execute(sql.queries()[name], params or None)

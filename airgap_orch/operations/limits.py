@@ -202,7 +202,7 @@ def queue_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -
     """Queues with active jobs or a pause: job counts by state, and the pause if any."""
     read = ledger.read()
     counts: dict[str, dict[str, int]] = {}
-    for queue, state, jobs in read.execute("queue_counts", tenants=sorted(tenants) if tenants else None).fetchall():
+    for queue, state, jobs in read.fetch("queue_counts", tenants=sorted(tenants) if tenants else None):
         counts.setdefault(queue, {})[state] = jobs
     paused = {name: row for (kind, name), row in flow.limits(read).paused.items() if kind == core.QUEUE}
     return {"queues": [{"queue": name, "jobs": counts.get(name, {}), "paused": core.public(paused.get(name))}

@@ -20,7 +20,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=
 def append(tx: Transaction, action: str, *, actor: str, reason: str | None, ticket: str | None = None,
            target: str | None = None, details: dict[str, Any] | None = None) -> int:
     """Record one operator action inside the caller's transaction; returns its seq."""
-    head = next(iter(tx.execute("audit_head").fetchall()), None)
+    head = next(iter(tx.fetch("audit_head")), None)
     seq, prev = (int(head[0]), head[1]) if head else (0, GENESIS)
     seq += 1
     text = _encode({"seq": seq, "action": action, "actor": actor, "at": clock.iso(clock.now()),

@@ -27,7 +27,7 @@ def parent_states(tx: Transaction, records: list[dict[str, Any]]) -> dict[str, s
     wanted = sorted({parent for record in records for parent in record["depends_on"]})
     if not wanted:
         return {}
-    states = dict(tx.execute("parents_states", job_ids=wanted).fetchall())
+    states = dict(tx.fetch("parents_states", job_ids=wanted))
     for parent in wanted:
         if parent not in states:
             raise NotFound(f"parent job {parent} does not exist; enqueue the parent first and pass its id to "
@@ -43,8 +43,8 @@ def refuse_cycles(tx: Transaction, records: list[dict[str, Any]]) -> None:
     for record in records:
         if not record["depends_on"] or record["idempotency_key"] is None:
             continue
-        found = dict(tx.execute("idempotency_lookup", site_id=tx.site_id, tenant=record["tenant"],
-                                keys=[record["idempotency_key"]]).fetchall())
+        found = dict(tx.fetch("idempotency_lookup", site_id=tx.site_id, tenant=record["tenant"],
+                                keys=[record["idempotency_key"]]))
         job_id = found.get(record["idempotency_key"])
         if job_id in record["depends_on"]:
             raise InvalidInput(f"job {job_id} cannot depend on itself (idempotency key "
@@ -62,7 +62,7 @@ def add_edges(tx: Transaction, edges: list[tuple[str, str]]) -> None:
 def any_waiting(tx: Transaction) -> bool:
     known = tx.ledger.cache.get("waiting")
     if known is None:
-        known = tx.ledger.cache["waiting"] = bool(tx.execute("waiting_count").fetchall()[0][0])
+        known = tx.ledger.cache["waiting"] = bool(tx.fetch("waiting_count")[0][0])
     return known
 
 
@@ -76,7 +76,7 @@ def settled(tx: Transaction, ended: list[tuple[str, str]]) -> None:
     now = clock.now()
     succeeded = [job_id for job_id, state in ended if state == SUCCEEDED]
     if succeeded:
-        ready = [job_id for job_id, unmet in tx.execute("children_waiting", parent_ids=succeeded).fetchall()
+        ready = [job_id for job_id, unmet in tx.fetch("children_waiting", parent_ids=succeeded)
                  if unmet == 0]
         rows = [dict(job, state=next_state(WAITING, "unblock"), updated_at=now)
                 for job in jobs.load_rows(tx, ready).values()]
@@ -84,7 +84,7 @@ def settled(tx: Transaction, ended: list[tuple[str, str]]) -> None:
                                          reason="parents_succeeded") for row in rows])
     failed = [job_id for job_id, state in ended if state in FINAL_STATES and state != SUCCEEDED]
     while failed:
-        children = [job_id for job_id, _ in tx.execute("children_waiting", parent_ids=failed).fetchall()]
+        children = [job_id for job_id, _ in tx.fetch("children_waiting", parent_ids=failed)]
         rows = [dict(job, state=next_state(WAITING, "cancel"), finished_at=now, updated_at=now)
                 for job in jobs.load_rows(tx, children).values()]
         jobs.write(tx, rows, [jobs.entry(row, "cancel", WAITING, CANCELED, actor="orchestrator", at=now,

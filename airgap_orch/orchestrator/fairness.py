@@ -26,7 +26,7 @@ def _turns(tx: Transaction) -> _Turns:
     if turns is None:
         turns = _Turns()
         queued_turns = []
-        for tenant, last_turn, next_turn in tx.execute("fairness_turns").fetchall():
+        for tenant, last_turn, next_turn in tx.fetch("fairness_turns"):
             turns.last[tenant] = int(last_turn or 0)
             if next_turn is not None:
                 queued_turns.append(int(next_turn))

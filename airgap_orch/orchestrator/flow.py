@@ -61,7 +61,7 @@ def limits(tx: Transaction) -> Limits:
             concurrency_rows={row["limit_key"]: row for row in tx.rows("flow_concurrency_limits")},
             paused={(row["kind"], row["name"]): row for row in tx.rows("flow_pauses")},
             breakers={row["limit_key"]: row for row in tx.rows("flow_breakers")},
-            levels={bucket: (tokens, at) for bucket, tokens, at in tx.execute("flow_bucket_levels").fetchall()},
+            levels={bucket: (tokens, at) for bucket, tokens, at in tx.fetch("flow_bucket_levels")},
         )
         if tx.ledger.cache.get("flow_generation", 0) == generation:  # no change landed while this loaded
             tx.ledger.cache["flow"] = cached
@@ -71,7 +71,7 @@ def limits(tx: Transaction) -> Limits:
 def active_counts(tx: Transaction) -> collections.Counter[str]:
     """Leased and running jobs by key ('tenant:T', 'type:JT' and declared keys)."""
     active: collections.Counter[str] = collections.Counter()
-    for tenant, job_type, declared, jobs in tx.execute("active_by_keys").fetchall():
+    for tenant, job_type, declared, jobs in tx.fetch("active_by_keys"):
         for key in job_keys(tenant, job_type, declared):
             active[key] += jobs
     return active

@@ -193,8 +193,8 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         lost = [i for i in keyed if (records[i]["tenant"], records[i]["idempotency_key"]) not in won]
         for tenant in {records[i]["tenant"] for i in lost}:
             keys = [records[i]["idempotency_key"] for i in lost if records[i]["tenant"] == tenant]
-            existing = dict(tx.execute("idempotency_lookup", site_id=tx.site_id, tenant=tenant,
-                                       keys=keys).fetchall())
+            existing = dict(tx.fetch("idempotency_lookup", site_id=tx.site_id, tenant=tenant,
+                                       keys=keys))
             for i in lost:
                 if records[i]["tenant"] == tenant:
                     resolved[i] = existing[records[i]["idempotency_key"]]
@@ -622,7 +622,7 @@ def show(tx: Transaction, job_id: str, tenants: Collection[str] | None = None) -
     if not visible(found[0] if found else None, tenants):
         raise NotFound(f"no job {job_id}; list jobs with `airgap-orch jobs list`")
     job = render(found[0])
-    job["depends_on"] = [parent for (parent,) in tx.execute("parents_of", job_id=job_id).fetchall()]
+    job["depends_on"] = [parent for (parent,) in tx.fetch("parents_of", job_id=job_id)]
     job["throttled"] = flow.explain(tx, found[0])
     job["history"] = [history.parse(row["seq"], row["entry"], row["entry_hash"])
                       for row in tx.rows("history_for_job", job_id=job_id)]

@@ -125,7 +125,7 @@ class LedgerWriter:
         if not keys:
             return batch
         stored = {key: json.loads(response) for key, _status, response in
-                  self.ledger.read().execute("request_log_lookup", keys=keys).fetchall()}
+                  self.ledger.read().fetch("request_log_lookup", keys=keys)}
         pending = []
         seen: dict[str, Request] = {}
         for request in batch:
