@@ -35,13 +35,25 @@ _LOG_SCHEMA = pa.schema([("request_key", pa.string()), ("operation", pa.string()
                          ("response", pa.string()), ("created_at", pa.timestamp("us"))])
 
 
+class Answer(Future):
+    """A request's future; `text` is the answer as compact JSON when the writer already encoded it (for the
+    request log), so the HTTP door sends those bytes instead of encoding the answer a second time."""
+
+    text: str | None = None
+
+
+def dumps(value: Any) -> str:
+    """The JSON text of an answer, as the HTTP door sends it and the request log stores it."""
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
 @dataclass
 class Request:
     name: str
     params: dict[str, Any]
     caller: dispatch.Caller
     request_key: str | None = None  # subject + Idempotency-Key, for mutating requests
-    future: Future = field(default_factory=Future)
+    future: Answer = field(default_factory=Answer)
 
     @property
     def fingerprint(self) -> str:
@@ -68,7 +80,7 @@ class LedgerWriter:
         self._thread.join(timeout)
 
     def submit(self, name: str, params: dict[str, Any], caller: dispatch.Caller,
-               request_key: str | None = None) -> Future:
+               request_key: str | None = None) -> Answer:
         request = Request(name, params, caller, request_key)
         self._queue.put(request)
         return request.future
@@ -243,8 +255,13 @@ def _ack_many_items(request: Request) -> list[dict[str, Any]]:
 
 def _log(tx: Transaction, done: list[tuple[Request, Any]]) -> None:
     # An empty claim is not recorded: a long-poll repeats it under the same key until work arrives.
-    rows = [(r.request_key, r.name, json.dumps({"fingerprint": r.fingerprint, "answer": answer})) for r, answer in done
-            if r.request_key and not (r.name == "jobs.claim" and not answer["leases"])]
+    rows = []
+    for request, answer in done:
+        if not request.request_key or (request.name == "jobs.claim" and not answer["leases"]):
+            continue
+        request.future.text = text = dumps(answer)  # encoded once: stored here, sent as is by the door
+        rows.append((request.request_key, request.name,
+                     f'{{"fingerprint":"{request.fingerprint}","answer":{text}}}'))
     if not rows:
         return
     now = clock.now()
