@@ -294,6 +294,58 @@ def test_a_lease_taken_away_stops_the_handler_and_is_never_acked(live):
     assert summary["outcomes"].get("lost") == 1 and summary["outcomes"].get("succeeded") == 1
 
 
+def test_prefetched_jobs_are_heartbeated_while_they_wait_and_succeed_on_their_first_lease(live):
+    operator = live["operator"]
+    job_ids = enqueue(operator, "sdk.prefetch", [{"n": n} for n in range(3)])
+    first_started = threading.Event()
+    seen_while_first_ran: dict[str, str] = {}
+    # One handler thread, leases of 1.5 s, handlers of 1.2 s: the third job waits 2.4 s in this process,
+    # longer than its lease, so only the heartbeats of waiting jobs keep it.
+    worker = Worker(live["url"], live["worker_token"], concurrency=1, prefetch=4, lease_seconds=1.5, claim_wait=1)
+
+    @worker.handler("sdk.prefetch")
+    def slow(ctx):
+        if not first_started.is_set():
+            first_started.set()
+            seen_while_first_ran.update(states(operator, job_ids))
+        time.sleep(1.2)
+
+    running = RunningWorker(worker)
+    try:
+        wait_for(lambda: all_in(operator, job_ids, {"succeeded"}), 30, "every job to succeed")
+    finally:
+        summary = running.stop()
+    assert "queued" not in seen_while_first_ran.values()  # one claim brought all three
+    assert summary["claimed"] == 3 and summary["outcomes"] == {"succeeded": 3}
+    for job_id in job_ids:
+        job = operator.call("jobs.show", {"job_id": job_id})
+        assert job["attempts"] == 1 and events_of(job).count("job.leased") == 1
+
+
+def test_stop_gives_back_every_prefetched_job(live):
+    operator = live["operator"]
+    job_ids = enqueue(operator, "sdk.prefetch-stop", [{"n": n} for n in range(12)])
+    started = threading.Event()
+    worker = Worker(live["url"], live["worker_token"], concurrency=1, prefetch=11, claim_wait=1,
+                    grace_seconds=0.5)
+
+    @worker.handler("sdk.prefetch-stop")
+    def blocked(ctx):
+        started.set()
+        ctx.cancelled.wait(20)
+
+    running = RunningWorker(worker)
+    try:
+        assert started.wait(20)
+        wait_for(lambda: worker.stats["claimed"] == 12, 10, "all twelve jobs claimed")
+    finally:
+        summary = running.stop()
+    assert summary["outcomes"] == {"released": 12}
+    assert all_in(operator, job_ids, {"queued"})
+    for job_id in job_ids:
+        assert operator.call("jobs.show", {"job_id": job_id})["attempts"] == 0  # a release uses up no attempt
+
+
 def test_a_refused_token_stops_the_worker_with_not_authorized(live, tmp_path):
     stranger = Keys(tmp_path).token(["orch:worker"])  # signed by a key the server does not trust
     reader = live["keys"].token(["orch:read"])  # trusted, but without the worker scope
