@@ -8,6 +8,7 @@ an Idempotency-Key has its answer stored in the same transaction (request_log); 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import queue
@@ -54,8 +55,9 @@ class Request:
     caller: dispatch.Caller
     request_key: str | None = None  # subject + Idempotency-Key, for mutating requests
     future: Answer = field(default_factory=Answer)
+    acks: list[dict[str, Any]] | OrchError | None = None  # jobs.ack_many: its validated items, or why not
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """What the request asked for: a key reused for a different request is refused, not replayed."""
         text = json.dumps([self.name, self.params], sort_keys=True, separators=(",", ":"), default=str)
@@ -82,6 +84,16 @@ class LedgerWriter:
     def submit(self, name: str, params: dict[str, Any], caller: dispatch.Caller,
                request_key: str | None = None) -> Answer:
         request = Request(name, params, caller, request_key)
+        # Work that needs no ledger is done here, in the caller's thread (the event loop), not in the writer's.
+        if request_key:
+            _ = request.fingerprint
+        if name == "jobs.ack_many":
+            try:
+                request.acks = _ack_many_items(request)
+            except OrchError as error:
+                request.acks = error
+            except (TypeError, AttributeError) as error:
+                request.acks = InvalidInput(f"acks: {error}")
         self._queue.put(request)
         return request.future
 
@@ -195,10 +207,9 @@ class LedgerWriter:
             items = []
             for request in requests:
                 if request.name == "jobs.ack_many" and kind == "ack":
-                    try:
-                        entries = _ack_many_items(request)
-                    except OrchError as error:
-                        answers[id(request)] = error
+                    entries = request.acks if request.acks is not None else _ack_many_items(request)
+                    if isinstance(entries, OrchError):
+                        answers[id(request)] = entries
                         continue
                     answers[id(request)] = {"results": [None] * len(entries)}
                     for index, item in enumerate(entries):
