@@ -421,7 +421,9 @@ def _history(client: OrchClient) -> list[dict]:
         after = page["last_seq"]
 
 
-def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_nothing_twice(tmp_path, caplog):
+@pytest.mark.parametrize("prefetch", [0, 50])  # 50: jobs wait in the workers while the server is away
+def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_nothing_twice(tmp_path, caplog,
+                                                                                          prefetch):
     ledger = _new_ledger(tmp_path)
     server = ServerProcess(ledger, "--no-auth")
     client = OrchClient(server.url, timeout=10)
@@ -464,7 +466,8 @@ def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_not
 
     workers = []
     for number in range(2):
-        worker = Worker(server.url, worker_id=f"load-{number}", concurrency=8, claim_wait=1, lease_seconds=20)
+        worker = Worker(server.url, worker_id=f"load-{number}", concurrency=8, claim_wait=1, lease_seconds=20,
+                        prefetch=prefetch)
         worker.add_handler("sdk.load", work)
         workers.append(RunningWorker(worker))
     producer = threading.Thread(target=produce, daemon=True)
