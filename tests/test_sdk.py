@@ -294,6 +294,58 @@ def test_a_lease_taken_away_stops_the_handler_and_is_never_acked(live):
     assert summary["outcomes"].get("lost") == 1 and summary["outcomes"].get("succeeded") == 1
 
 
+def test_prefetched_jobs_are_heartbeated_while_they_wait_and_succeed_on_their_first_lease(live):
+    operator = live["operator"]
+    job_ids = enqueue(operator, "sdk.prefetch", [{"n": n} for n in range(3)])
+    first_started = threading.Event()
+    seen_while_first_ran: dict[str, str] = {}
+    # One handler thread, leases of 1.5 s, handlers of 1.2 s: the third job waits 2.4 s in this process,
+    # longer than its lease, so only the heartbeats of waiting jobs keep it.
+    worker = Worker(live["url"], live["worker_token"], concurrency=1, prefetch=4, lease_seconds=1.5, claim_wait=1)
+
+    @worker.handler("sdk.prefetch")
+    def slow(ctx):
+        if not first_started.is_set():
+            first_started.set()
+            seen_while_first_ran.update(states(operator, job_ids))
+        time.sleep(1.2)
+
+    running = RunningWorker(worker)
+    try:
+        wait_for(lambda: all_in(operator, job_ids, {"succeeded"}), 30, "every job to succeed")
+    finally:
+        summary = running.stop()
+    assert "queued" not in seen_while_first_ran.values()  # one claim brought all three
+    assert summary["claimed"] == 3 and summary["outcomes"] == {"succeeded": 3}
+    for job_id in job_ids:
+        job = operator.call("jobs.show", {"job_id": job_id})
+        assert job["attempts"] == 1 and events_of(job).count("job.leased") == 1
+
+
+def test_stop_gives_back_every_prefetched_job(live):
+    operator = live["operator"]
+    job_ids = enqueue(operator, "sdk.prefetch-stop", [{"n": n} for n in range(12)])
+    started = threading.Event()
+    worker = Worker(live["url"], live["worker_token"], concurrency=1, prefetch=11, claim_wait=1,
+                    grace_seconds=0.5)
+
+    @worker.handler("sdk.prefetch-stop")
+    def blocked(ctx):
+        started.set()
+        ctx.cancelled.wait(20)
+
+    running = RunningWorker(worker)
+    try:
+        assert started.wait(20)
+        wait_for(lambda: worker.stats["claimed"] == 12, 10, "all twelve jobs claimed")
+    finally:
+        summary = running.stop()
+    assert summary["outcomes"] == {"released": 12}
+    assert all_in(operator, job_ids, {"queued"})
+    for job_id in job_ids:
+        assert operator.call("jobs.show", {"job_id": job_id})["attempts"] == 0  # a release uses up no attempt
+
+
 def test_a_refused_token_stops_the_worker_with_not_authorized(live, tmp_path):
     stranger = Keys(tmp_path).token(["orch:worker"])  # signed by a key the server does not trust
     reader = live["keys"].token(["orch:read"])  # trusted, but without the worker scope
@@ -369,7 +421,9 @@ def _history(client: OrchClient) -> list[dict]:
         after = page["last_seq"]
 
 
-def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_nothing_twice(tmp_path, caplog):
+@pytest.mark.parametrize("prefetch", [0, 50])  # 50: jobs wait in the workers while the server is away
+def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_nothing_twice(tmp_path, caplog,
+                                                                                          prefetch):
     ledger = _new_ledger(tmp_path)
     server = ServerProcess(ledger, "--no-auth")
     client = OrchClient(server.url, timeout=10)
@@ -412,7 +466,8 @@ def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_not
 
     workers = []
     for number in range(2):
-        worker = Worker(server.url, worker_id=f"load-{number}", concurrency=8, claim_wait=1, lease_seconds=20)
+        worker = Worker(server.url, worker_id=f"load-{number}", concurrency=8, claim_wait=1, lease_seconds=20,
+                        prefetch=prefetch)
         worker.add_handler("sdk.load", work)
         workers.append(RunningWorker(worker))
     producer = threading.Thread(target=produce, daemon=True)

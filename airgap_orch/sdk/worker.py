@@ -14,8 +14,11 @@ Handlers get the same JobContext and raise the same RetryableError, PermanentErr
 under `airgap-orch worker run` (airgap_orch/worker/context.py), so one handler runs under both.
 
 Threads (all daemons, so a handler that never returns cannot keep the process alive):
-- the claimer claims up to the number of free handler slots in one request, long-polling (`claim_wait`)
-  when there is no work; with several job types it rotates between them;
+- the claimer claims up to the number of free handler slots plus `prefetch` in one request, long-polling
+  (`claim_wait`) when there is no work; with several job types it rotates between them. Prefetched jobs wait
+  in this process for a free handler thread; short jobs want a prefetch of a few hundred, so that one claim
+  (one ledger transaction on the server) brings many jobs. A prefetched job that waits lease/3 is
+  heartbeated like a running one (the server then counts it running), so its lease never lapses in the queue;
 - `concurrency` handler threads run handlers;
 - the heartbeat scheduler extends every held lease each lease/3 seconds and sends progress (at most every
   `progress_interval` seconds) through a few sender threads, so that beats of many jobs arrive together
@@ -58,6 +61,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +85,9 @@ Handler = Callable[[Any], "list[dict[str, str]] | None"]
 
 FIRST_BEAT_SECONDS = 0.2  # the first heartbeat of a job waits this long (short jobs never send one)
 MAX_ACK_BATCH = 1000  # schemas/ack-many-request.schema.json maxItems
+MAX_PREFETCH = 1000  # validation.MAX_CLAIM_LIMIT: one claim can fill it
 RETRY_CAP_SECONDS = 5.0  # longest pause between the worker's own retries (after the client's retries)
+RELEASE_THREADS = 8  # concurrent jobs.release requests when giving back many jobs at once
 CANCELED_MESSAGE = "canceled on request; handler stopped"
 
 # Outcomes of one attempt as the worker saw it (JobResult.outcome); the first five are job states.
@@ -140,10 +146,12 @@ class Worker:
                  lease_seconds: float = validation.DEFAULT_LEASE_SECONDS, queue: str | None = None,
                  claim_wait: float = 10.0, grace_seconds: float = 10.0, batch_acks: bool = True,
                  ack_batch_size: int = 100, ack_flush_seconds: float = 0.005, progress_interval: float = 0.25,
-                 max_unreported: int | None = None, on_finished: Callable[[JobResult], None] | None = None):
+                 max_unreported: int | None = None, prefetch: int = 0,
+                 on_finished: Callable[[JobResult], None] | None = None):
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         validation.text(self.worker_id, 128, "worker id", required=True)
         self.concurrency = int(validation.number_in(concurrency, 1, 256, "concurrency"))
+        self.prefetch = int(validation.number_in(prefetch, 0, MAX_PREFETCH, "prefetch"))
         self.lease_seconds = validation.lease_seconds(lease_seconds)
         self.queue = queue
         self.claim_wait = float(validation.number_in(claim_wait, 0, 60, "claim wait"))
@@ -152,7 +160,7 @@ class Worker:
         self.ack_batch_size = int(validation.number_in(ack_batch_size, 1, MAX_ACK_BATCH, "ack batch size"))
         self.ack_flush_seconds = float(validation.number_in(ack_flush_seconds, 0, 10, "ack flush seconds"))
         self.progress_interval = progress_interval
-        self.max_unreported = max_unreported or max(2 * self.concurrency, self.ack_batch_size)
+        self.max_unreported = max_unreported or max(2 * (self.concurrency + self.prefetch), self.ack_batch_size)
         self.on_finished = on_finished
         self.url = url
         # One client per role: a long-poll or a slow report never holds up a heartbeat, and close() on
@@ -267,7 +275,7 @@ class Worker:
     def _free_slots(self) -> int:
         if self._unreported >= self.max_unreported:
             return 0
-        return self.concurrency - self._busy
+        return min(self.concurrency + self.prefetch - self._busy, validation.MAX_CLAIM_LIMIT)
 
     def _claim_loop(self) -> None:
         types = list(self._handlers)
@@ -328,6 +336,7 @@ class Worker:
             self._beat_wake.set()
 
         held = _Held(lease, self._handlers[lease["type"]], JobContext(lease, self.worker_id, note))
+        held.next_beat = held.claimed_at + self.lease_seconds / 3  # only if it is still waiting for a thread then
         with self._lock:
             self.stats["claimed"] += 1
             self._held[held.job_id] = held
@@ -385,7 +394,7 @@ class Worker:
             due: list[tuple[_Held, tuple[float, str | None] | None]] = []
             with self._lock:
                 for held in self._held.values():
-                    if held.lost or held.released or held.beating or held.phase not in ("running", "reporting"):
+                    if held.lost or held.released or held.beating or held.phase == "done":
                         continue
                     if held.cancel_seen_at is not None and now - held.cancel_seen_at > self.lease_seconds:
                         continue  # the handler ignores its cancel request: let the lease lapse
@@ -423,7 +432,7 @@ class Worker:
         except (Conflict, NotFound) as refused:
             with self._lock:
                 held.next_beat = time.monotonic() + interval
-                if held.phase != "running" or held.released:
+                if held.phase not in ("waiting", "running") or held.released:
                     return  # already reporting (the report's answer decides) or given back
                 held.lost = True
             log.warning("job %s: %s", held.job_id, refused)
@@ -624,6 +633,7 @@ class Worker:
         reporter.join(max(0.0, self._report_deadline - time.monotonic()) + 5.0)
 
     def _release(self, jobs: list[_Held], why: str) -> None:
+        chosen = []
         for held in jobs:
             with self._lock:
                 if held.released or held.lost or held.phase in ("reporting", "done"):
@@ -634,17 +644,25 @@ class Worker:
                     self._busy -= 1
                     self._held.pop(held.job_id, None)
             held.ctx.cancel(SHUTDOWN)
-            try:
-                self._report_client.call("jobs.release", {"job_id": held.job_id, "lease_id": held.lease_id})
-                log.info("released job %s (%s)", held.job_id, why)
-                error = why
-            except OrchError as refused:  # its lease lapses instead, and the job is retried
-                log.warning("could not release job %s: %s", held.job_id, refused)
-                error = f"{why}; release failed: {refused}"
-            # Counted now: a handler that ignores ctx.cancelled may outlive run().
-            self._finish(held, RELEASED, error)
+            chosen.append(held)
+        if len(chosen) > 1:  # many prefetched jobs: release them side by side (the server commits them together)
+            with ThreadPoolExecutor(min(len(chosen), RELEASE_THREADS), thread_name_prefix="release") as pool:
+                list(pool.map(lambda held: self._release_one(held, why), chosen))
+        elif chosen:
+            self._release_one(chosen[0], why)
         with self._changed:
             self._changed.notify_all()
+
+    def _release_one(self, held: _Held, why: str) -> None:
+        try:
+            self._report_client.call("jobs.release", {"job_id": held.job_id, "lease_id": held.lease_id})
+            log.info("released job %s (%s)", held.job_id, why)
+            error = why
+        except OrchError as refused:  # its lease lapses instead, and the job is retried
+            log.warning("could not release job %s: %s", held.job_id, refused)
+            error = f"{why}; release failed: {refused}"
+        # Counted now: a handler that ignores ctx.cancelled may outlive run().
+        self._finish(held, RELEASED, error)
 
     def _summary(self, seconds: float) -> dict[str, Any]:
         with self._lock:

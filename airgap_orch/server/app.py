@@ -20,7 +20,7 @@ from ..operations.dispatch import Caller
 from . import openapi
 from .events import EventHub, envelope, matches
 from .metrics import Metrics
-from .writer import LedgerWriter
+from .writer import Answer, LedgerWriter, dumps
 
 MAX_IDEMPOTENCY_KEY = 128
 MAX_CLAIM_WAIT = 60.0
@@ -122,11 +122,12 @@ class Door:
                     raise InvalidInput(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
                 request_key = f"{caller.actor} {route.name} {key}"
             if route.name == "jobs.claim":
-                result = await self._claim(request, params, caller, request_key)
+                answer = await self._claim(request, params, caller, request_key)
                 self.metrics.claim_latency_ms.observe((time.monotonic() - started) * 1000)
             else:
-                result = await asyncio.wrap_future(self.writer.submit(route.name, params, caller, request_key))
-            return web.json_response(result, dumps=_dumps)
+                answer = self.writer.submit(route.name, params, caller, request_key)
+                await asyncio.wrap_future(answer)
+            return web.Response(text=answer.text or dumps(answer.result()), content_type="application/json")
         except OrchError as error:
             status = http_problem(error)[0]
             raise
@@ -169,17 +170,18 @@ class Door:
         return params
 
     async def _claim(self, request: web.Request, params: dict[str, Any], caller: Caller,
-                     request_key: str | None) -> dict[str, Any]:
+                     request_key: str | None) -> Answer:
         wait = min(float(params.get("wait") or 0), MAX_CLAIM_WAIT)
         deadline = time.monotonic() + wait
         while True:
             if request.transport is None or request.transport.is_closing():
                 # The client is gone: leasing to it now would strand jobs until their leases expire.
                 raise web.HTTPRequestTimeout()
-            result = await asyncio.wrap_future(self.writer.submit("jobs.claim", params, caller, request_key))
+            answer = self.writer.submit("jobs.claim", params, caller, request_key)
+            result = await asyncio.wrap_future(answer)
             remaining = deadline - time.monotonic()
             if result["leases"] or remaining <= 0:
-                return result
+                return answer
             await self.hub.wait(min(remaining, 0.25))
 
     async def openapi_document(self, _request: web.Request) -> web.Response:
@@ -215,7 +217,7 @@ class Door:
                 event = envelope(item)
                 if matches(event, tenants=caller.tenants, tenant=filters["tenant"], job_type=filters["type"],
                            correlation_id=filters["correlation_id"]):
-                    await response.write(f"id: {last}\nevent: {event['eventType']}\ndata: {_dumps(event)}\n\n"
+                    await response.write(f"id: {last}\nevent: {event['eventType']}\ndata: {dumps(event)}\n\n"
                                          .encode())
             if not items and not gap:
                 await self.hub.wait(15.0)
@@ -223,8 +225,6 @@ class Door:
                     await response.write(b": keep-alive\n\n")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def create_app(door: Door) -> web.Application:

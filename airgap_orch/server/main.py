@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +96,10 @@ class Server:
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
         self.hub = EventHub(loop)
-        self.ledger.commit_listeners += [self.hub.publish, self.metrics.count_entries]
+        # Counting parses every entry: done on the event loop, off the writer thread (it runs before the loop
+        # resumes the requests of that commit, so an answered request is already counted).
+        self.ledger.commit_listeners += [
+            self.hub.publish, lambda appended: loop.call_soon_threadsafe(self.metrics.count_entries, appended)]
         self.writer.start()
         door = Door(self.writer, verifier=self._verifier, hub=self.hub, metrics=self.metrics)
         self._runner = web.AppRunner(create_app(door), handle_signals=False, access_log=None,
@@ -114,6 +118,8 @@ class Server:
     async def _recover_forever(self) -> None:
         while True:
             await asyncio.sleep(RECOVER_EVERY_SECONDS)
+            if time.monotonic() - self.ledger.last_sweep < RECOVER_EVERY_SECONDS:
+                continue  # a claim swept within the last second (core.maintain): no transaction of our own
             try:
                 await asyncio.wrap_future(self.writer.submit("jobs.recover", {}, Caller(actor="orchestrator")))
             except Exception as exc:  # keep serving; the next sweep tries again

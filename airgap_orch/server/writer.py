@@ -8,6 +8,7 @@ an Idempotency-Key has its answer stored in the same transaction (request_log); 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import queue
@@ -35,15 +36,28 @@ _LOG_SCHEMA = pa.schema([("request_key", pa.string()), ("operation", pa.string()
                          ("response", pa.string()), ("created_at", pa.timestamp("us"))])
 
 
+class Answer(Future):
+    """A request's future; `text` is the answer as compact JSON when the writer already encoded it (for the
+    request log), so the HTTP door sends those bytes instead of encoding the answer a second time."""
+
+    text: str | None = None
+
+
+def dumps(value: Any) -> str:
+    """The JSON text of an answer, as the HTTP door sends it and the request log stores it."""
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
 @dataclass
 class Request:
     name: str
     params: dict[str, Any]
     caller: dispatch.Caller
     request_key: str | None = None  # subject + Idempotency-Key, for mutating requests
-    future: Future = field(default_factory=Future)
+    future: Answer = field(default_factory=Answer)
+    acks: list[dict[str, Any]] | OrchError | None = None  # jobs.ack_many: its validated items, or why not
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """What the request asked for: a key reused for a different request is refused, not replayed."""
         text = json.dumps([self.name, self.params], sort_keys=True, separators=(",", ":"), default=str)
@@ -68,8 +82,18 @@ class LedgerWriter:
         self._thread.join(timeout)
 
     def submit(self, name: str, params: dict[str, Any], caller: dispatch.Caller,
-               request_key: str | None = None) -> Future:
+               request_key: str | None = None) -> Answer:
         request = Request(name, params, caller, request_key)
+        # Work that needs no ledger is done here, in the caller's thread (the event loop), not in the writer's.
+        if request_key:
+            _ = request.fingerprint
+        if name == "jobs.ack_many":
+            try:
+                request.acks = _ack_many_items(request)
+            except OrchError as error:
+                request.acks = error
+            except (TypeError, AttributeError) as error:
+                request.acks = InvalidInput(f"acks: {error}")
         self._queue.put(request)
         return request.future
 
@@ -183,10 +207,9 @@ class LedgerWriter:
             items = []
             for request in requests:
                 if request.name == "jobs.ack_many" and kind == "ack":
-                    try:
-                        entries = _ack_many_items(request)
-                    except OrchError as error:
-                        answers[id(request)] = error
+                    entries = request.acks if request.acks is not None else _ack_many_items(request)
+                    if isinstance(entries, OrchError):
+                        answers[id(request)] = entries
                         continue
                     answers[id(request)] = {"results": [None] * len(entries)}
                     for index, item in enumerate(entries):
@@ -243,8 +266,13 @@ def _ack_many_items(request: Request) -> list[dict[str, Any]]:
 
 def _log(tx: Transaction, done: list[tuple[Request, Any]]) -> None:
     # An empty claim is not recorded: a long-poll repeats it under the same key until work arrives.
-    rows = [(r.request_key, r.name, json.dumps({"fingerprint": r.fingerprint, "answer": answer})) for r, answer in done
-            if r.request_key and not (r.name == "jobs.claim" and not answer["leases"])]
+    rows = []
+    for request, answer in done:
+        if not request.request_key or (request.name == "jobs.claim" and not answer["leases"]):
+            continue
+        request.future.text = text = dumps(answer)  # encoded once: stored here, sent as is by the door
+        rows.append((request.request_key, request.name,
+                     f'{{"fingerprint":"{request.fingerprint}","answer":{text}}}'))
     if not rows:
         return
     now = clock.now()
