@@ -62,13 +62,12 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from .. import validation
 from ..errors import Conflict, InvalidInput, LedgerBusy, NotAuthorized, NotFound, OrchError
 from ..worker import context as context_module
-from ..worker.context import Outcome, bounded_retry_after, clip_error, run_handler
+from ..worker.context import FinishedJob, Outcome, bounded_retry_after, clip_error, run_handler
 from .client import OrchClient, ServerUnavailable
 
 _context = context_module
@@ -97,17 +96,7 @@ RELEASED = "released"  # the worker stopped and gave the job back
 ERROR = "error"  # the report could not be delivered (logged); the lease lapses and the job is retried
 
 
-@dataclass(frozen=True)
-class JobResult:
-    """One attempt this worker finished with (passed to `on_finished`)."""
-
-    job_id: str
-    type: str
-    tenant: str
-    attempt: int
-    outcome: str
-    seconds: float
-    error: str | None = None
+JobResult = FinishedJob  # the SDK's name for it
 
 
 

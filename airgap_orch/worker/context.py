@@ -115,6 +115,20 @@ def bounded_retry_after(value: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class FinishedJob:
+    """One attempt a runner or an SDK worker finished with: what happened and how long it took (passed to
+    `on_finished`)."""
+
+    job_id: str
+    type: str
+    tenant: str
+    attempt: int
+    outcome: str
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How one attempt of a handler ended, before it is reported.
 

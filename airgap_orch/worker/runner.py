@@ -46,6 +46,7 @@ from .context import (
     CANCEL_REQUESTED,
     LEASE_LOST,
     SHUTDOWN,
+    FinishedJob,
     JobContext,
     Outcome,
     bounded_retry_after,
@@ -120,19 +121,6 @@ class RunnerConfig:
         if self.max_jobs is not None:
             validation.number_in(self.max_jobs, 1, 10**9, "max jobs")
         validation.number_in(self.grace_seconds, 0, 86_400, "grace seconds")
-
-
-@dataclass(frozen=True)
-class FinishedJob:
-    """One attempt the runner finished with: what happened and how long it took."""
-
-    job_id: str
-    type: str
-    tenant: str
-    attempt: int
-    outcome: str
-    seconds: float
-    error: str | None = None
 
 
 
