@@ -55,7 +55,6 @@ import logging
 import os
 import queue as queue_module
 import random
-import signal
 import socket
 import threading
 import time
@@ -67,7 +66,15 @@ from typing import Any
 from .. import validation
 from ..errors import Conflict, InvalidInput, LedgerBusy, NotAuthorized, NotFound, OrchError
 from ..worker import context as context_module
-from ..worker.context import FinishedJob, Outcome, bounded_retry_after, clip_error, run_handler
+from ..worker.context import (
+    FinishedJob,
+    Outcome,
+    bounded_retry_after,
+    clip_error,
+    install_stop_signals,
+    restore_signals,
+    run_handler,
+)
 from .client import OrchClient, ServerUnavailable
 
 _context = context_module
@@ -219,7 +226,7 @@ class Worker:
             raise InvalidInput("a Worker runs once; make a new one")
         self._started = True
         started = time.monotonic()
-        previous = self._install_signals()
+        previous = install_stop_signals(self.stop)
         threads = [threading.Thread(target=self._handle_loop, name=f"{self.worker_id}:handler-{n}", daemon=True)
                    for n in range(self.concurrency)]
         claimer = threading.Thread(target=self._claim_loop, name=f"{self.worker_id}:claimer", daemon=True)
@@ -243,22 +250,12 @@ class Worker:
                 self._sends.put(None)
             for client in (self._claim_client, self._report_client, self._beat_client):
                 client.close()  # a Worker runs once; let the server drop these connections now
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            restore_signals(previous)
         summary = self._summary(time.monotonic() - started)
         log.info("worker %s stopped (%s): %s", self.worker_id, summary["stopped_by"], summary["outcomes"])
         if self._fatal is not None:
             raise self._fatal
         return summary
-
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, lambda number, _frame: self.stop(f"signal:{signal.Signals(number).name}"))
-        return previous
 
     # -- claiming ----------------------------------------------------------------------------------
     def _free_slots(self) -> int:

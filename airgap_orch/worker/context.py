@@ -20,6 +20,7 @@ cancels the job, when its lease is lost, or when the worker shuts down; a handle
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,23 @@ def bounded_retry_after(value: float | None) -> float | None:
     if value is None:
         return None
     return min(max(0.0, float(value)), MAX_RETRY_AFTER_SECONDS)
+
+
+def install_stop_signals(stop: Callable[[str], None]) -> dict[int, Any]:
+    """Make SIGTERM and SIGINT call stop("signal:NAME") (main thread only); returns the handlers they replace,
+    for restore_signals()."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, lambda number, _frame: stop(f"signal:{signal.Signals(number).name}"))
+    return previous
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ import importlib
 import logging
 import queue as queue_module
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +50,8 @@ from .context import (
     Outcome,
     bounded_retry_after,
     clip_error,
+    install_stop_signals,
+    restore_signals,
     run_handler,
 )
 
@@ -179,7 +180,7 @@ class Runner:
         """Run until done; returns a summary. Installs SIGTERM/SIGINT handlers when called from the main
         thread and `handle_signals` is true (they are restored on return)."""
         started = time.monotonic()
-        previous = self._install_signals() if handle_signals else {}
+        previous = install_stop_signals(self.stop) if handle_signals else {}
         try:
             try:
                 stopped_by = self._loop()
@@ -189,20 +190,10 @@ class Runner:
                 raise
             self._shutdown()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            restore_signals(previous)
         return self._summary(stopped_by, time.monotonic() - started)
 
     # -- main loop ---------------------------------------------------------------------------------
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, lambda number, _frame: self.stop(f"signal:{signal.Signals(number).name}"))
-        return previous
-
     def _loop(self) -> str:
         config = self.config
         while True:
