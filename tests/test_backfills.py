@@ -234,23 +234,18 @@ def test_every_bad_backfill_input_exits_1_or_2_with_one_line_and_changes_nothing
     commands = [tuple(values.get(arg[1:-1], arg) if arg.startswith("{") else arg for arg in args)
                 for _, args, _, _ in BAD]
     for (name, _, codes, text), result in zip(BAD, run_parallel(ledger_path, commands), strict=True):
-        assert result.returncode in codes, (name, result)
+        assert result.code in codes, (name, result)
         assert result.stdout == "", (name, result)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and text in lines[0], (name, result)
     assert snapshot(ledger_path) == before
 
 
-def run_parallel(ledger_path: Path, commands: list[tuple[str, ...]]) -> list[subprocess.CompletedProcess]:
+def run_parallel(ledger_path: Path, commands: list[tuple[str, ...]]) -> list:
     """The real CLI, several at once (each waits its turn for the ledger)."""
-    processes = [subprocess.Popen([sys.executable, "-m", "airgap_orch", "--ledger", str(ledger_path),
-                                   "--lock-timeout", "60", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for args in commands]
-    results = []
-    for args, process in zip(commands, processes, strict=True):
-        stdout, stderr = process.communicate(timeout=120)
-        results.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
-    return results
+    from server_fixtures import run_cli_parallel
+
+    return run_cli_parallel([("--lock-timeout", "60", *args) for args in commands], ledger=ledger_path, timeout=120)
 
 
 def test_http_backfills_need_reason_and_ticket_headers_and_refusals_change_nothing(ledger_path):

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -143,23 +141,18 @@ def test_bad_replays_exit_1_2_or_3_with_one_line_and_change_nothing(ledger_path)
     refusals = _refusals(ids)
     for (args, codes, text), result in zip(refusals, run_parallel(ledger_path, [r[0] for r in refusals]),
                                            strict=True):
-        assert result.returncode in codes, (args, result)
+        assert result.code in codes, (args, result)
         assert result.stdout == "", (args, result)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and text in lines[0], (args, result)
     assert snapshot(ledger_path) == before
 
 
-def run_parallel(ledger_path: Path, commands: list[tuple[str, ...]]) -> list[subprocess.CompletedProcess]:
+def run_parallel(ledger_path: Path, commands: list[tuple[str, ...]]) -> list:
     """The real CLI, several at once (each waits its turn for the ledger)."""
-    processes = [subprocess.Popen([sys.executable, "-m", "airgap_orch", "--ledger", str(ledger_path),
-                                   "--lock-timeout", "60", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for args in commands]
-    results = []
-    for args, process in zip(commands, processes, strict=True):
-        stdout, stderr = process.communicate(timeout=120)
-        results.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
-    return results
+    from server_fixtures import run_cli_parallel
+
+    return run_cli_parallel([("--lock-timeout", "60", *args) for args in commands], ledger=ledger_path, timeout=120)
 
 
 def test_replays_over_http_match_the_cli(ledger_path, tmp_path):
