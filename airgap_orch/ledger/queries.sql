@@ -280,6 +280,11 @@ WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
 ORDER BY priority DESC, fair_seq, run_at
 LIMIT $limit;
 
+-- name: leases_assign
+-- A claim shared by several workers (jobs.claim_shared) leases to the first; this hands the others their jobs.
+UPDATE jobs SET worker_id = $worker_ids[list_position($lease_ids, lease_id)]
+WHERE list_contains($lease_ids, lease_id);
+
 -- name: claim_rows
 -- claim for the rows flow.py admitted.
 UPDATE jobs SET

@@ -8,7 +8,7 @@ that refused that item. A refused item changes nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -248,14 +248,25 @@ def _create_reason(record: dict[str, Any], state: str, replay_of: str | None) ->
 
 def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, queue: str | None = None,
           job_type: str | None = None, tenants: Collection[str] | None = None) -> list[dict[str, Any]]:
-    """Lease up to `limit` ready jobs, by priority then fair turn among tenants; each gets a fresh lease id.
+    """Lease up to `limit` ready jobs, by priority then fair turn among tenants; each gets a fresh lease id."""
+    return claim_shared(tx, [(worker_id, limit)], lease_seconds=lease_seconds, queue=queue, job_type=job_type,
+                        tenants=tenants)[0]
+
+
+def claim_shared(tx: Transaction, takers: Sequence[tuple[str, int]], *, lease_seconds: float,
+                 queue: str | None = None, job_type: str | None = None,
+                 tenants: Collection[str] | None = None) -> list[list[dict[str, Any]]]:
+    """One claim for several workers asking with the same filters (the server's group commit): up to
+    sum(limit) ready jobs are leased in claim order, the first `limit` of them to the first taker, and so on.
+    Returns each taker's leases.
 
     One statement when no flow-control limit can bind within this claim; otherwise flow.py admits the
     candidates one by one first."""
     maintain(tx)
+    limit = sum(wanted for _, wanted in takers)
     now = clock.now()
     expires = now + timedelta(seconds=lease_seconds)
-    lease = {"worker_id": worker_id, "lease_seconds": lease_seconds, "now": now, "lease_expires_at": expires}
+    lease = {"worker_id": takers[0][0], "lease_seconds": lease_seconds, "now": now, "lease_expires_at": expires}
     where = {"site_id": tx.site_id, "queue": queue, "job_type": job_type,
              "tenants": sorted(tenants) if tenants is not None else None}
     found = flow.limits(tx)
@@ -272,16 +283,39 @@ def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, 
     else:
         chosen = _admit(tx, walk, where, now, limit, throttled)
         leased = _fetch(tx.execute("claim_rows", **lease, row_ids=chosen))
-    leased.sort(key=lambda job: job["job_id"])
+    shares = _share(tx, leased, takers)
     if walk is not None:
         walk.settle({job["job_id"] for job in leased})
     fairness.claimed(tx, (job["fair_seq"] for job in leased))
     to_state = next_state(QUEUED, "claim")
-    history.append(tx, [*(_entry({**job, "worker_id": worker_id}, "claim", QUEUED, to_state,
-                                 actor=f"worker:{worker_id}", at=now) for job in leased),
+    history.append(tx, [*(_entry(job, "claim", QUEUED, to_state, actor=f"worker:{job['worker_id']}", at=now)
+                          for share in shares for job in share),
                         *(_entry(job, "throttle", QUEUED, QUEUED, actor="orchestrator", at=now,
                                  reason=_throttle_reason(held)) for job, held in throttled)])
-    return [{
+    return [[_lease(job, lease_seconds, expires) for job in share] for share in shares]
+
+
+def _share(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple[str, int]]) -> list[list[dict]]:
+    """Split jobs leased (to the first taker) among the takers in claim order, and record the others' ids."""
+    leased.sort(key=lambda job: (-job["priority"], job["fair_seq"], job["job_id"]))
+    shares, start = [], 0
+    for worker_id, wanted in takers:
+        share = leased[start:start + wanted]
+        start += wanted
+        for job in share:
+            job["worker_id"] = worker_id
+        shares.append(share)
+    moved = [job for share in shares[1:] for job in share]
+    if moved:
+        tx.execute("leases_assign", lease_ids=[job["lease_id"] for job in moved],
+                   worker_ids=[job["worker_id"] for job in moved])
+    for share in shares:
+        share.sort(key=lambda job: job["job_id"])
+    return shares
+
+
+def _lease(job: dict[str, Any], lease_seconds: float, expires: datetime) -> dict[str, Any]:
+    return {
         "job_id": job["job_id"], "lease_id": job["lease_id"], "lease_expires_at": clock.iso(expires),
         "attempt": job["attempts"], "max_attempts": job["max_attempts"], "tenant": job["tenant"],
         "project": job["project"], "type": job["job_type"], "queue": job["queue"],
@@ -290,7 +324,7 @@ def claim(tx: Transaction, *, worker_id: str, limit: int, lease_seconds: float, 
         "timeout_seconds": job["timeout_seconds"], "keys": job["limit_keys"] or [],
         "retry_hint": {"heartbeat_every_seconds": round(lease_seconds / 3, 3),
                        "backoff_seconds_if_failed": backoff.hint(job["attempts"])},
-    } for job in leased]
+    }
 
 
 def _fetch(cursor: Any) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from ..orchestrator import jobs as core
 GROUPED = {"jobs.heartbeat": "heartbeat", "jobs.ack": "ack", "jobs.fail": "fail", "jobs.release": "release"}
 GROUPABLE = frozenset(GROUPED) | {"jobs.claim", "jobs.ack_many"}
 REQUEST_LOG_DAYS = 7
+MAX_SHARED_CLAIM = 2_000  # jobs one shared claim statement may lease for the claims it serves
 _LOG_SCHEMA = pa.schema([("request_key", pa.string()), ("operation", pa.string()), ("status", pa.int32()),
                          ("response", pa.string()), ("created_at", pa.timestamp("us"))])
 
@@ -235,6 +236,8 @@ class LedgerWriter:
 
     def _apply_claims(self, tx: Transaction, requests: list[Request],
                       answers: dict[int, dict[str, Any] | OrchError]) -> None:
+        """Claims asking with the same filters share one claim (core.claim_shared), up to MAX_SHARED_CLAIM jobs."""
+        groups: dict[tuple, list[tuple[Request, dict[str, Any]]]] = {}
         for request in requests:
             if request.name != "jobs.claim":
                 continue
@@ -246,7 +249,18 @@ class LedgerWriter:
             except (OrchError, TypeError) as error:
                 answers[id(request)] = error if isinstance(error, OrchError) else InvalidInput(str(error))
                 continue
-            answers[id(request)] = {"leases": core.claim(tx, **args)}
+            tenants = args["tenants"]
+            key = (args["lease_seconds"], args["queue"], args["job_type"],
+                   frozenset(tenants) if tenants is not None else None)
+            groups.setdefault(key, []).append((request, args))
+        for members in groups.values():
+            for share in _chunks(members, MAX_SHARED_CLAIM):
+                first = share[0][1]
+                leases = core.claim_shared(tx, [(args["worker_id"], args["limit"]) for _, args in share],
+                                           lease_seconds=first["lease_seconds"], queue=first["queue"],
+                                           job_type=first["job_type"], tenants=first["tenants"])
+                for (request, _), granted in zip(share, leases, strict=True):
+                    answers[id(request)] = {"leases": granted}
 
     def _prune_request_log(self) -> None:
         if time.monotonic() - self._last_prune < 3600:
@@ -254,6 +268,19 @@ class LedgerWriter:
         self._last_prune = time.monotonic()
         with self.ledger.transaction() as tx:
             tx.execute("request_log_prune", before=clock.now() - timedelta(days=REQUEST_LOG_DAYS))
+
+
+def _chunks(members: list[tuple[Request, dict[str, Any]]], most: int) -> list[list[tuple[Request, dict[str, Any]]]]:
+    """Consecutive runs of claims whose limits add up to at most `most` (a claim over it runs alone)."""
+    chunks: list[list[tuple[Request, dict[str, Any]]]] = []
+    total = most
+    for member in members:
+        if total + member[1]["limit"] > most:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(member)
+        total += member[1]["limit"]
+    return chunks
 
 
 def _ack_many_items(request: Request) -> list[dict[str, Any]]:

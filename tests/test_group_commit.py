@@ -1,0 +1,98 @@
+"""Group commit in the server's writer, on a real ledger: claims that arrive together and ask with the same
+filters share one claim (core.claim_shared); each worker gets its own leases, recorded under its own id."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from airgap_orch.errors import StaleLease
+from airgap_orch.ledger import Ledger
+from airgap_orch.operations import dispatch
+from airgap_orch.operations import jobs as ops
+from airgap_orch.operations import ledger as ledger_ops
+from airgap_orch.operations import limits as limit_ops
+from airgap_orch.orchestrator import jobs as core
+from airgap_orch.server.writer import LedgerWriter
+
+
+def enqueue(ledger: Ledger, count: int, **fields) -> list[str]:
+    spec = {"tenant": "acme", "project": "feeds", "type": "scan", **fields}
+    return ops.enqueue_batch(ledger, [dict(spec) for _ in range(count)])["job_ids"]
+
+
+def claimed_by(ledger: Ledger, job_ids: list[str]) -> dict[str, str]:
+    """worker_id of each job as the ledger holds it, and as its claim history entry records it."""
+    owners = {}
+    for job_id in job_ids:
+        shown = ops.show(ledger, job_id)
+        claims = [entry for entry in shown["history"] if entry["event_type"] == "job.leased"]
+        assert [entry["worker_id"] for entry in claims] == [shown["worker_id"]]
+        assert claims[0]["actor"] == f"worker:{shown['worker_id']}"
+        owners[job_id] = shown["worker_id"]
+    return owners
+
+
+def test_a_shared_claim_hands_out_jobs_in_claim_order_first_taker_first(ledger):
+    low = enqueue(ledger, 3, priority=0)
+    high = enqueue(ledger, 2, priority=5)
+    with ledger.transaction() as tx:
+        shares = core.claim_shared(tx, [("w-1", 2), ("w-2", 2), ("w-3", 2)], lease_seconds=60)
+    ids = [[lease["job_id"] for lease in share] for share in shares]
+    assert ids[0] == sorted(high)  # the first taker gets the most urgent jobs
+    assert len(ids[1]) == 2 and len(ids[2]) == 1  # the rest in order; the last taker gets what is left
+    assert sorted(ids[1] + ids[2]) == sorted(low)
+    assert claimed_by(ledger, low + high) == {job_id: f"w-{n + 1}" for n, share in enumerate(ids) for job_id in share}
+    assert len({lease["lease_id"] for share in shares for lease in share}) == 5
+
+
+def test_each_worker_of_a_shared_claim_reports_under_its_own_lease(ledger):
+    enqueue(ledger, 2)
+    with ledger.transaction() as tx:
+        (mine,), (theirs,) = core.claim_shared(tx, [("w-1", 1), ("w-2", 1)], lease_seconds=60)
+    assert ops.heartbeat(ledger, theirs["job_id"], theirs["lease_id"])["state"] == "running"
+    with pytest.raises(StaleLease):
+        ops.ack(ledger, theirs["job_id"], mine["lease_id"])
+    assert ops.ack(ledger, mine["job_id"], mine["lease_id"])["state"] == "succeeded"
+    assert ops.ack(ledger, theirs["job_id"], theirs["lease_id"])["state"] == "succeeded"
+    assert ops.show(ledger, theirs["job_id"])["worker_id"] == "w-2"
+
+
+def test_a_shared_claim_under_a_binding_limit_leases_no_more_than_the_limit(ledger):
+    job_ids = enqueue(ledger, 10)
+    limit_ops.concurrency_set(ledger, key="type:scan", max=3)
+    with ledger.transaction() as tx:
+        shares = core.claim_shared(tx, [("w-1", 2), ("w-2", 2)], lease_seconds=60)
+    assert [len(share) for share in shares] == [2, 1]
+    owners = claimed_by(ledger, [lease["job_id"] for share in shares for lease in share])
+    assert Counter(owners.values()) == {"w-1": 2, "w-2": 1}
+    assert Counter(job["state"] for job in ops.list_jobs(ledger)["jobs"] if job["job_id"] in job_ids) == {
+        "leased": 3, "queued": 7}
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_claims_arriving_together_get_the_same_answers_with_and_without_group_commit(ledger, group_commit):
+    scans = enqueue(ledger, 5, type="scan")
+    exports = enqueue(ledger, 2, type="export")
+    writer = LedgerWriter(ledger, group_commit=group_commit)
+    sizes: list[int] = []
+    writer.batch_observers.append(sizes.append)
+    caller = dispatch.Caller(actor="test")
+    # Submitted before the writer starts, so they are in its queue together.
+    futures = [writer.submit("jobs.claim", {"worker_id": worker, "type": job_type, "limit": limit}, caller)
+               for worker, job_type, limit in (("w-1", "scan", 2), ("w-2", "export", 5), ("w-3", "scan", 2),
+                                               ("w-4", "scan", 4))]
+    writer.start()
+    try:
+        answers = [future.result(timeout=30)["leases"] for future in futures]
+    finally:
+        writer.stop()
+    assert [len(leases) for leases in answers] == [2, 2, 2, 1]
+    assert {lease["job_id"] for lease in answers[1]} == set(exports)
+    granted = [lease["job_id"] for n in (0, 2, 3) for lease in answers[n]]
+    assert sorted(granted) == sorted(scans)
+    assert claimed_by(ledger, scans + exports) == {
+        lease["job_id"]: f"w-{n + 1}" for n, leases in enumerate(answers) for lease in leases}
+    assert sizes == ([4] if group_commit else [1, 1, 1, 1])
+    assert ledger_ops.verify(ledger)["ok"] is True
