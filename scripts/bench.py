@@ -22,10 +22,12 @@ What is measured (issue 2, "Performance"):
 - peer: Huey with SqliteHuey storage; enqueue N tasks, then dequeue + execute them in this thread.
   Our figure for the same work: enqueue the same N, then batch-100 claim + ack until drained.
 - http end to end (issue 3, "Performance"): a real `airgap-orch serve --no-auth` subprocess on loopback
-  and HTTP_WORKER_PROCESSES SDK worker processes (Worker, HTTP_WORKER_CONCURRENCY handler threads each,
-  handler = time.sleep(0.001)); N jobs enqueued through POST /v1/jobs/batch before timing; jobs/s until
+  and BATCHING_FLEET (SDK worker processes with the README's settings for short jobs; handler =
+  time.sleep(0.001)); N jobs enqueued through POST /v1/jobs/batch before timing; jobs/s until
   GET /v1/ledger counts N succeeded; claim p50/p99 estimated from the server's /metrics histogram. Same
   again with `--no-group-commit`, and the in-process batch-100 claim+ack of the same N, in the same run.
+- http group commit: DEFAULT_FLEET (eight workers with the SDK's default settings: many small concurrent
+  requests) against a server with and without group commit; group_commit_speedup is their ratio.
 """
 
 from __future__ import annotations
@@ -102,14 +104,15 @@ class Sizes:
     load_batch: int  # enqueue_batch size for filling ledgers (validation.MAX_BATCH_JOBS)
     peer_jobs: int  # N for the Huey comparison
     http_jobs: int  # N for the HTTP end-to-end section (each server configuration, and in-process)
+    http_small_jobs: int  # N for the HTTP group-commit section (small requests: a few hundred jobs/s at best)
 
 
 FULL = Sizes(enqueue_total=100_000, enqueue_batch=10_000, claim_jobs=20_000, claim_jobs_batch1=2_000,
              rate_small=10_000, rate_large=1_000_000, rate_measure=5_000, load_batch=100_000,
-             peer_jobs=10_000, http_jobs=20_000)
+             peer_jobs=10_000, http_jobs=20_000, http_small_jobs=3_000)
 QUICK = Sizes(enqueue_total=20_000, enqueue_batch=10_000, claim_jobs=5_000, claim_jobs_batch1=500,
               rate_small=10_000, rate_large=200_000, rate_measure=2_000, load_batch=100_000,
-              peer_jobs=5_000, http_jobs=3_000)
+              peer_jobs=5_000, http_jobs=3_000, http_small_jobs=1_500)
 
 
 # -- harness ---------------------------------------------------------------------------------------
@@ -176,6 +179,10 @@ class Timer:
 
     def rate(self) -> float:
         return self.jobs / self.seconds if self.seconds > 0 else 0.0
+
+    def elapsed(self) -> float:
+        """Seconds since the timed block started (while it runs)."""
+        return time.perf_counter() - self.start
 
 
 Samples = dict[str, list[float]]
@@ -439,14 +446,33 @@ def bench_peer_huey(bench: Bench) -> Samples:
 # -- http end to end -------------------------------------------------------------------------------
 
 HTTP_JOB_TYPE = "bench.sleep1ms"
-HTTP_WORKER_PROCESSES = 2  # 2 cores: the server, the workers and this process share them
-HTTP_WORKER_CONCURRENCY = 16  # handler threads per worker process
-# The README's setting for short jobs: each claim brings up to 1,000 jobs beyond the free handler threads and
-# acks gather up to 1,000 per request, so the server commits a few large transactions instead of many small ones.
-HTTP_WORKER_PREFETCH = 1_000
-HTTP_WORKER_ACK_BATCH = 1_000
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """SDK worker processes for an HTTP run, and the Worker settings each one uses."""
+    processes: int
+    concurrency: int  # handler threads per process
+    prefetch: int
+    ack_batch: int
+
+    def describe(self) -> str:
+        return (f"{self.processes} SDK worker processes x {self.concurrency} handler threads, prefetch "
+                f"{self.prefetch:,}, ack batches of up to {self.ack_batch:,}")
+
+
+# The README's setting for short jobs, on 2 processes (2 cores: the server, the workers and this process share
+# them): each claim brings up to 1,000 jobs beyond the free handler threads and acks gather up to 1,000 per
+# request, so the workers themselves send few, large requests.
+BATCHING_FLEET = Fleet(processes=2, concurrency=16, prefetch=1_000, ack_batch=1_000)
+# Eight workers with the SDK's default settings (4 handler threads, no prefetch, acks gathered for 5 ms, at most
+# 100): many small requests at once, which is what group commit is for. The server is the bottleneck here (each
+# worker process uses ~5% of a core), so the eight add little load of their own.
+DEFAULT_FLEET = Fleet(processes=8, concurrency=4, prefetch=0, ack_batch=100)
 HTTP_ENQUEUE_CHUNK = 5_000  # jobs per POST /v1/jobs/batch
-HTTP_POLL_SECONDS = 0.05  # GET /v1/ledger interval while waiting for the last success
+# GET /v1/ledger while waiting for the last success costs the server's writer ~5 ms a call, so the harness polls
+# sparingly: half the time the remaining jobs should take at the rate seen so far, within these bounds.
+HTTP_POLL_SECONDS = (0.02, 0.5)
 STOP_TIMEOUT_SECONDS = 10.0  # SIGTERM, then SIGKILL after this long
 CLAIM_HISTOGRAM = "airgap_orch_claim_latency_ms"
 COMMIT_HISTOGRAM = "airgap_orch_group_commit_requests"  # requests applied per ledger transaction
@@ -489,6 +515,15 @@ def _stop_processes(processes: list[subprocess.Popen]) -> None:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+
+def _poll_pause(done: int, total: int, elapsed: float) -> float:
+    """Seconds to wait before asking the server again whether `total` jobs have succeeded."""
+    shortest, longest = HTTP_POLL_SECONDS
+    if done <= 0 or elapsed <= 0:
+        return shortest * 5
+    remaining = (total - done) / (done / elapsed)
+    return min(longest, max(shortest, remaining / 2))
 
 
 def _read_line(process: subprocess.Popen, timeout: float, what: str) -> str:
@@ -547,7 +582,7 @@ def quantile(buckets: list[tuple[float, int]], q: float) -> float | None:
     return lower
 
 
-def _http_run(bench: Bench, jobs: int, *, group_commit: bool, label: str) -> dict[str, float]:
+def _http_run(bench: Bench, jobs: int, fleet: Fleet, *, group_commit: bool, label: str) -> dict[str, float]:
     """One end-to-end run against a fresh server subprocess; every child is stopped on the way out."""
     path = bench.new_path(label, ".duckdb")
     Ledger.open(path, create=True, site_id="bench-site", lock_timeout=1).close()
@@ -578,8 +613,8 @@ def _http_run(bench: Bench, jobs: int, *, group_commit: bool, label: str) -> dic
                 raise RuntimeError(f"{queued} jobs queued after enqueue, expected {jobs}")
 
             workers = []
-            for _ in range(HTTP_WORKER_PROCESSES):
-                settings = (HTTP_WORKER_CONCURRENCY, HTTP_WORKER_PREFETCH, HTTP_WORKER_ACK_BATCH)
+            for _ in range(fleet.processes):
+                settings = (fleet.concurrency, fleet.prefetch, fleet.ack_batch)
                 worker = subprocess.Popen([sys.executable, "-c", WORKER_PROGRAM, url, HTTP_JOB_TYPE,
                                            *map(str, settings)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=log_file, text=True, env=env, cwd=bench.workdir)
@@ -605,7 +640,7 @@ def _http_run(bench: Bench, jobs: int, *, group_commit: bool, label: str) -> dic
                     if dead or server.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"{label}: stuck at {counts} (worker exits {dead}, server exit "
                                            f"{server.poll()}); see {logs}")
-                    time.sleep(HTTP_POLL_SECONDS)
+                    time.sleep(_poll_pause(counts.get("succeeded", 0), jobs, timer.elapsed()))
                 timer.jobs = jobs
             # Read right away: claims long-polling on the now empty queue are still in flight, not counted.
             metrics_text = _http(f"{url}/metrics").decode()
@@ -629,26 +664,31 @@ def _http_run(bench: Bench, jobs: int, *, group_commit: bool, label: str) -> dic
     return result
 
 
+def _http_pair(bench: Bench, jobs: int, fleet: Fleet, run: int, samples: Samples, on: str, off: str) -> None:
+    """The same fleet against a server with group commit (metrics under `on`) and without (`off`)."""
+    for group_commit, prefix in ((True, on), (False, off)):
+        if bench.profiling and not group_commit:
+            continue
+        figures = _http_run(bench, jobs, fleet, group_commit=group_commit, label=f"{prefix.replace('_', '-')}{run}")
+        for key, value in figures.items():
+            name = f"{prefix}_{key}" if key != "jobs_per_s" or prefix != "http" else "http_end_to_end_jobs_per_s"
+            samples.setdefault(name, []).append(value)
+
+
+def _http_notes(bench: Bench, jobs: int, fleet: Fleet, what: str) -> None:
+    bench.note(f"{what}: {jobs:,} jobs of 1 ms (time.sleep) per run, enqueued through POST /v1/jobs/batch in chunks "
+               f"of {HTTP_ENQUEUE_CHUNK:,} before timing; {fleet.describe()} (2 cores shared with the server); "
+               f"timed from 'go' to GET /v1/ledger showing {jobs:,} succeeded (polled every "
+               f"{HTTP_POLL_SECONDS[0] * 1000:.0f} to {HTTP_POLL_SECONDS[1] * 1000:.0f} ms, more often near the end)")
+
+
 @section("http_end_to_end", "server subprocess + SDK worker processes over loopback, 1 ms jobs; also "
          "--no-group-commit and in-process claim+ack of the same N")
 def bench_http_end_to_end(bench: Bench) -> Samples:
     n = bench.sizes.http_jobs
-    samples: Samples = {key: [] for key in (
-        "http_end_to_end_jobs_per_s", "http_claim_p50_ms", "http_claim_p99_ms", "http_claim_mean_ms",
-        "http_claims", "http_no_group_commit_jobs_per_s", "http_no_group_commit_claim_p50_ms",
-        "http_no_group_commit_claim_p99_ms", "http_requests_per_commit", "http_commits_per_s",
-        "http_no_group_commit_requests_per_commit", "http_no_group_commit_commits_per_s", "in_process_jobs_per_s")}
+    samples: Samples = {"in_process_jobs_per_s": []}
     for run in range(bench.runs):  # interleaved, so drift in machine load hits all three alike
-        for group_commit, prefix in ((True, "http"), (False, "http_no_group_commit")):
-            if bench.profiling and not group_commit:
-                continue
-            figures = _http_run(bench, n, group_commit=group_commit, label=f"{prefix.replace('_', '-')}{run}")
-            samples[f"{prefix}_jobs_per_s" if not group_commit else "http_end_to_end_jobs_per_s"].append(
-                figures["jobs_per_s"])
-            for key in ("claim_p50_ms", "claim_p99_ms", "requests_per_commit", "commits_per_s") + (
-                    ("claim_mean_ms", "claims") if group_commit else ()):
-                if key in figures:
-                    samples[f"{prefix}_{key}"].append(figures[key])
+        _http_pair(bench, n, BATCHING_FLEET, run, samples, "http", "http_no_group_commit")
         if bench.profiling:
             continue
         with bench.new_ledger("http-in-process") as ledger:
@@ -656,15 +696,25 @@ def bench_http_end_to_end(bench: Bench) -> Samples:
             with bench.timed() as timer:
                 claim_ack(ledger, n, 100, timer)
         samples["in_process_jobs_per_s"].append(timer.rate())
-    bench.note(f"http end to end: {n:,} jobs of 1 ms (time.sleep) per run, enqueued through POST /v1/jobs/batch "
-               f"in chunks of {HTTP_ENQUEUE_CHUNK:,} before timing; {HTTP_WORKER_PROCESSES} SDK worker processes "
-               f"x {HTTP_WORKER_CONCURRENCY} handler threads, prefetch {HTTP_WORKER_PREFETCH:,}, ack batches of up "
-               f"to {HTTP_WORKER_ACK_BATCH:,} (2 cores shared with the server); timed from 'go' "
-               f"to GET /v1/ledger showing {n:,} succeeded (polled every {HTTP_POLL_SECONDS * 1000:.0f} ms)")
+    _http_notes(bench, n, BATCHING_FLEET, "http end to end")
     bench.note("http claim p50/p99: estimated from the server's /metrics histogram "
                f"{CLAIM_HISTOGRAM} (buckets 1, 2.5, 5, 10, 25, 50, 100, ... ms; linear inside a bucket), "
                "counting claims answered while timing; it includes any long-poll wait")
     bench.note(f"in_process_jobs_per_s: batch-100 core.claim + core.ack of the same {n:,} jobs in this process")
+    return samples
+
+
+@section("http_group_commit", "8 SDK workers with default settings (many small requests) against a server with "
+         "and without group commit")
+def bench_http_group_commit(bench: Bench) -> Samples:
+    n = bench.sizes.http_small_jobs
+    samples: Samples = {}
+    for run in range(bench.runs):
+        _http_pair(bench, n, DEFAULT_FLEET, run, samples, "http_default_fleet", "http_default_fleet_no_group_commit")
+    _http_notes(bench, n, DEFAULT_FLEET, "http group commit")
+    bench.note("group_commit_speedup: the default fleet with group commit over the same fleet without it; the "
+               "batching fleet of http_end_to_end sends few large requests, leaving group commit little to merge "
+               "(group_commit_speedup_batching_fleet)")
     return samples
 
 
@@ -673,7 +723,9 @@ def derive(medians: dict[str, float]) -> dict[str, float]:
     out = {}
     ratios = (("claim_rate_1m_over_10k", "claim_rate_1m_jobs_per_s", "claim_rate_10k_jobs_per_s"),
               ("ours_vs_huey_ratio", "ours_same_work_jobs_per_s", "peer_huey_sqlite_jobs_per_s"),
-              ("group_commit_speedup", "http_end_to_end_jobs_per_s", "http_no_group_commit_jobs_per_s"),
+              ("group_commit_speedup", "http_default_fleet_jobs_per_s",
+               "http_default_fleet_no_group_commit_jobs_per_s"),
+              ("group_commit_speedup_batching_fleet", "http_end_to_end_jobs_per_s", "http_no_group_commit_jobs_per_s"),
               ("http_over_in_process", "http_end_to_end_jobs_per_s", "in_process_jobs_per_s"),
               ("flow_limited_over_plain", "flow_limited_jobs_per_s", "flow_plain_jobs_per_s"))
     for ratio, top, bottom in ratios:
@@ -885,7 +937,15 @@ ROWS = (
     ("http_no_group_commit_claim_p99_ms", "  claim latency p99 (ms)"),
     ("http_no_group_commit_requests_per_commit", "  requests per ledger transaction (mean)"),
     ("http_no_group_commit_commits_per_s", "  ledger transactions per s"),
-    ("group_commit_speedup", "group commit / no group commit"),
+    ("group_commit_speedup_batching_fleet", "group commit / no group commit (batching fleet)"),
+    ("http_default_fleet_jobs_per_s", "HTTP, 8 default SDK workers, group commit (jobs/s)"),
+    ("http_default_fleet_claim_p50_ms", "  claim latency p50 (ms)"),
+    ("http_default_fleet_claim_p99_ms", "  claim latency p99 (ms)"),
+    ("http_default_fleet_requests_per_commit", "  requests per ledger transaction (mean)"),
+    ("http_default_fleet_no_group_commit_jobs_per_s", "HTTP, 8 default SDK workers, --no-group-commit (jobs/s)"),
+    ("http_default_fleet_no_group_commit_claim_p50_ms", "  claim latency p50 (ms)"),
+    ("http_default_fleet_no_group_commit_claim_p99_ms", "  claim latency p99 (ms)"),
+    ("group_commit_speedup", "group commit / no group commit (default fleet)"),
     ("in_process_jobs_per_s", "in-process b100 claim+ack, same N (jobs/s)"),
     ("http_over_in_process", "HTTP end to end / in-process"),
     ("flow_plain_jobs_per_s", "claim+ack b100, no limits (jobs/s)"),
