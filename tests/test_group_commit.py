@@ -96,3 +96,20 @@ def test_claims_arriving_together_get_the_same_answers_with_and_without_group_co
         lease["job_id"]: f"w-{n + 1}" for n, leases in enumerate(answers) for lease in leases}
     assert sizes == ([4] if group_commit else [1, 1, 1, 1])
     assert ledger_ops.verify(ledger)["ok"] is True
+
+
+def test_claims_over_the_shared_claim_size_are_served_in_turn(ledger):
+    enqueue(ledger, 2_500)
+    writer = LedgerWriter(ledger)
+    caller = dispatch.Caller(actor="test")
+    futures = [writer.submit("jobs.claim", {"worker_id": f"w-{n}", "type": "scan", "limit": 1_000}, caller)
+               for n in range(3)]
+    writer.start()
+    try:
+        answers = [future.result(timeout=60)["leases"] for future in futures]
+    finally:
+        writer.stop()
+    assert [len(leases) for leases in answers] == [1_000, 1_000, 500]
+    assert len({lease["job_id"] for leases in answers for lease in leases}) == 2_500
+    counts = Counter(job["worker_id"] for job in ops.list_jobs(ledger, state="leased", limit=5_000)["jobs"])
+    assert counts == {"w-0": 1_000, "w-1": 1_000, "w-2": 500}

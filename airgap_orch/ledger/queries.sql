@@ -56,19 +56,20 @@ RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, pr
           priority, payload, payload_digest, correlation_id, timeout_seconds, limit_keys, fair_seq;
 
 -- name: ack
--- $lease_ids, $job_ids and $artifacts are parallel lists, one entry per ack. A lease id names one claim of one
--- job, so a row is completed only by the ack that presents its current lease together with its job id.
+-- `acks` (lease_id, job_id, artifacts): one row per ack. A lease id names one claim of one job, so a row is
+-- completed only by the ack that presents its current lease together with its job id.
 UPDATE jobs SET
     state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'succeeded' END,
-    artifacts = $artifacts[list_position($lease_ids, lease_id)],
+    artifacts = acks.artifacts,
     progress = CASE WHEN cancel_requested THEN progress ELSE 1.0 END,
     finished_at = $now, updated_at = $now
-WHERE list_contains($lease_ids, lease_id) AND job_id = $job_ids[list_position($lease_ids, lease_id)]
+FROM acks
+WHERE jobs.lease_id = acks.lease_id AND jobs.job_id = acks.job_id
   AND list_contains($from_states, state) AND lease_expires_at > $now
   AND (timeout_seconds IS NULL OR leased_at + to_seconds(timeout_seconds) > $now)
   AND ($tenants IS NULL OR list_contains($tenants, tenant))
-RETURNING job_id, state, attempts, lease_id, worker_id, tenant, project, job_type, correlation_id, payload_digest,
-          started_at;
+RETURNING jobs.job_id, state, attempts, jobs.lease_id, worker_id, tenant, project, job_type, correlation_id,
+          payload_digest, started_at;
 
 -- name: jobs_by_ids
 SELECT * FROM jobs WHERE list_contains($job_ids, job_id);

@@ -52,6 +52,7 @@ _JOB_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us")), ("updated_at", pa.timestamp("us")),
     ("finished_at", pa.timestamp("us")), ("limit_keys", pa.list_(pa.string())), ("fair_seq", pa.int64()),
 ])
+_ACK_SCHEMA = pa.schema([("lease_id", pa.string()), ("job_id", pa.string()), ("artifacts", pa.string())])
 _UPDATE_SCHEMA = pa.schema([
     ("job_id", pa.string()), ("state", pa.string()), ("run_at", pa.timestamp("us")), ("attempts", pa.int32()),
     ("lease_id", pa.string()), ("worker_id", pa.string()), ("lease_expires_at", pa.timestamp("us")),
@@ -441,12 +442,11 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
         tenants = item.get("tenants")
         groups.setdefault(frozenset(tenants) if tenants is not None else None, []).append(item)
     for tenants, group in groups.items():
-        cursor = tx.execute("ack", now=now, from_states=sources("ack"),
-                            tenants=sorted(tenants) if tenants is not None else None,
-                            lease_ids=[item["lease_id"] for item in group], job_ids=[item["job_id"] for item in group],
-                            artifacts=[_encode_artifacts(item.get("artifacts")) for item in group])
-        columns = [d[0] for d in cursor.description]
-        done.update((row[0], dict(zip(columns, row, strict=True))) for row in cursor.fetchall())
+        acks = pa.table([[item["lease_id"] for item in group], [item["job_id"] for item in group],
+                         [_encode_artifacts(item.get("artifacts")) for item in group]], schema=_ACK_SCHEMA)
+        done.update((row["job_id"], row) for row in tx.rows_with(
+            "ack", "acks", acks, now=now, from_states=sources("ack"),
+            tenants=sorted(tenants) if tenants is not None else None))
     outcomes: list[dict[str, Any] | OrchError] = []
     entries = []
     missing = [item["job_id"] for item in items if item["job_id"] not in done]
