@@ -110,6 +110,7 @@ def test_claims_over_the_shared_claim_size_are_served_in_turn(ledger):
     finally:
         writer.stop()
     assert [len(leases) for leases in answers] == [1_000, 1_000, 500]
+    assert ledger_ops.verify(ledger)["ok"] is True
     assert len({lease["job_id"] for leases in answers for lease in leases}) == 2_500
     counts = Counter(job["worker_id"] for job in ops.list_jobs(ledger, state="leased", limit=5_000)["jobs"])
     assert counts == {"w-0": 1_000, "w-1": 1_000, "w-2": 500}

@@ -244,3 +244,20 @@ def test_cli_ledger_verify_json_reports_the_failure_as_an_object(cli, ledger_pat
     error = json.loads(result.stderr)["error"]
     assert (error["type"], error["exit_code"]) == ("VerificationFailed", 4)
     assert busy["running"] in error["message"]
+
+
+@pytest.mark.parametrize("jobs", [3, 1_500], ids=["appender", "arrow"])  # history.APPEND_ARROW_FROM = 1,000
+def test_history_appended_in_a_transaction_that_rolls_back_is_gone_and_the_chain_goes_on(ledger_path, jobs):
+    spec = {"tenant": "acme", "project": "p", "type": "scan"}
+    with Ledger.open(ledger_path, lock_timeout=1) as ledger:
+        ops.enqueue_batch(ledger, [dict(spec) for _ in range(jobs)])
+        before = ledger_ops.info(ledger)
+        with pytest.raises(RuntimeError), ledger.transaction() as tx:
+            assert len(core.claim(tx, worker_id="w", limit=jobs, lease_seconds=60)) == jobs
+            raise RuntimeError("abort after the claim's history entries were appended")
+        assert ledger_ops.info(ledger)["history_entries"] == before["history_entries"]
+        with ledger.transaction() as tx:
+            assert len(core.claim(tx, worker_id="w", limit=jobs, lease_seconds=60)) == jobs
+    with Ledger.open(ledger_path, lock_timeout=1) as reopened:
+        assert ledger_ops.info(reopened)["history_entries"] == before["history_entries"] + jobs
+        assert ledger_ops.verify(reopened)["ok"] is True

@@ -148,11 +148,6 @@ SELECT seq, job_id, entry, entry_hash FROM history ORDER BY seq;
 -- name: request_log_lookup
 SELECT request_key, status, response FROM request_log WHERE list_contains($keys, request_key);
 
--- name: request_log_insert
--- Only keys request_log_lookup did not find, once each (server/writer.py, the one writer); no ON CONFLICT
--- clause, which costs ~5 ms a statement: a duplicate key would fail the transaction rather than be dropped.
-INSERT INTO request_log SELECT request_key, operation, status, response, created_at FROM incoming;
-
 -- name: request_log_prune
 DELETE FROM request_log WHERE created_at < $before;
 

@@ -13,7 +13,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +210,13 @@ class Transaction:
             finally:
                 with contextlib.suppress(duckdb.Error):  # in an aborted transaction: keep the real error
                     self.con.unregister(relation)
+
+    def append(self, table: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Append rows (every column of `table`, in order) through DuckDB's appender, inside this transaction.
+        For append-only logs in small batches: twice as fast as an INSERT reading an Arrow table of 100 rows,
+        half as fast for 10,000."""
+        with self.ledger._lock, self.con.appender(table) as appender:
+            appender.append_rows(rows)
 
     def rows_with(self, name: str, relation: str, table: pa.Table, **params: Any) -> list[dict[str, Any]]:
         with self.ledger._lock:

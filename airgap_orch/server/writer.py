@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import pyarrow as pa
-
 from .. import api, clock
 from ..errors import Conflict, InvalidInput, OrchError
 from ..ledger import Ledger, Transaction
@@ -33,8 +31,6 @@ GROUPED = {"jobs.heartbeat": "heartbeat", "jobs.ack": "ack", "jobs.fail": "fail"
 GROUPABLE = frozenset(GROUPED) | {"jobs.claim", "jobs.ack_many"}
 REQUEST_LOG_DAYS = 7
 MAX_SHARED_CLAIM = 2_000  # jobs one shared claim statement may lease for the claims it serves
-_LOG_SCHEMA = pa.schema([("request_key", pa.string()), ("operation", pa.string()), ("status", pa.int32()),
-                         ("response", pa.string()), ("created_at", pa.timestamp("us"))])
 
 
 class Answer(Future):
@@ -302,10 +298,9 @@ def _log(tx: Transaction, done: list[tuple[Request, Any]]) -> None:
                      f'{{"fingerprint":"{request.fingerprint}","answer":{text}}}'))
     if not rows:
         return
+    # Only keys request_log_lookup did not find, once each (_replayed): the one writer needs no ON CONFLICT.
     now = clock.now()
-    table = pa.table([[r[0] for r in rows], [r[1] for r in rows], [200] * len(rows), [r[2] for r in rows],
-                      [now] * len(rows)], schema=_LOG_SCHEMA)
-    tx.execute_with("request_log_insert", "incoming", table)
+    tx.append("request_log", [(key, operation, 200, response, now) for key, operation, response in rows])
 
 
 def _settle(request: Request, run: Callable[[], Any]) -> None:
