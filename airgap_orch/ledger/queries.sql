@@ -1,5 +1,6 @@
 -- Every query the ledger runs, by name. Parameters are named ($name). Relations called
 -- `incoming`, `acks`, `updates` and `entries` are Arrow tables registered for one statement.
+-- A `-- fragment:` is a piece of SQL that several queries share; they include it as {{fragment_name}}.
 
 -- name: meta_get
 SELECT value FROM ledger_meta WHERE key = $key;
@@ -33,27 +34,40 @@ RETURNING tenant, idempotency_key;
 SELECT k.idempotency_key, k.job_id FROM idempotency_keys k
 WHERE k.site_id = $site_id AND k.tenant = $tenant AND list_contains($keys, k.idempotency_key);
 
+-- fragment: ready
+-- Jobs a claim may take: queued, due, owned by this site, and matching the claim's filters.
+(state = 'queued' AND run_at <= $now AND site_id = $site_id
+ AND ($queue IS NULL OR queue = $queue)
+ AND ($job_type IS NULL OR job_type = $job_type)
+ AND ($tenants IS NULL OR list_contains($tenants, tenant)))
+
+-- fragment: in_blocked_group
+-- Jobs in a group that flow control blocks as a whole (orchestrator/flow.py, Walk.blocked()).
+(list_contains($blocked_queues, queue) OR list_contains($blocked_tenants, tenant)
+ OR list_contains($blocked_types, job_type) OR list_contains($blocked_scopes, tenant || '/' || job_type)
+ OR list_has_any(coalesce(limit_keys, []::VARCHAR[]), $blocked_keys))
+
+-- fragment: claim_order
+priority DESC, fair_seq, run_at
+
+-- fragment: lease_to_worker
+state = 'leased', lease_id = uuid()::VARCHAR, worker_id = $worker_id, attempts = attempts + 1,
+lease_seconds = $lease_seconds, leased_at = $now, lease_expires_at = $lease_expires_at,
+started_at = NULL, progress = NULL, progress_message = NULL, updated_at = $now
+
+-- fragment: lease_returning
+job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue, priority, payload,
+payload_digest, correlation_id, timeout_seconds, limit_keys, fair_seq
+
 -- name: claim
 -- Lease the first $limit ready jobs, leaving out groups flow control blocks as a whole (orchestrator/flow.py).
-UPDATE jobs SET
-    state = 'leased', lease_id = uuid()::VARCHAR, worker_id = $worker_id, attempts = attempts + 1,
-    lease_seconds = $lease_seconds, leased_at = $now, lease_expires_at = $lease_expires_at,
-    started_at = NULL, progress = NULL, progress_message = NULL, updated_at = $now
+UPDATE jobs SET {{lease_to_worker}}
 WHERE rowid IN (
     SELECT rowid FROM jobs
-    WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
-      AND ($queue IS NULL OR queue = $queue)
-      AND ($job_type IS NULL OR job_type = $job_type)
-      AND ($tenants IS NULL OR list_contains($tenants, tenant))
-      AND NOT list_contains($blocked_queues, queue)
-      AND NOT list_contains($blocked_tenants, tenant)
-      AND NOT list_contains($blocked_types, job_type)
-      AND NOT list_contains($blocked_scopes, tenant || '/' || job_type)
-      AND NOT list_has_any(coalesce(limit_keys, []::VARCHAR[]), $blocked_keys)
-    ORDER BY priority DESC, fair_seq, run_at
+    WHERE {{ready}} AND NOT {{in_blocked_group}}
+    ORDER BY {{claim_order}}
     LIMIT $limit)
-RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue,
-          priority, payload, payload_digest, correlation_id, timeout_seconds, limit_keys, fair_seq;
+RETURNING {{lease_returning}};
 
 -- name: ack
 -- `acks` (lease_id, job_id, artifacts): one row per ack. A lease id names one claim of one job, so a row is
@@ -247,17 +261,8 @@ ORDER BY seq LIMIT $limit;
 SELECT rowid AS row_id, job_id, tenant, project, job_type, queue, limit_keys, attempts, payload_digest,
        correlation_id
 FROM jobs
-WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
-  AND ($queue IS NULL OR queue = $queue)
-  AND ($job_type IS NULL OR job_type = $job_type)
-  AND ($tenants IS NULL OR list_contains($tenants, tenant))
-  AND NOT list_contains($blocked_queues, queue)
-  AND NOT list_contains($blocked_tenants, tenant)
-  AND NOT list_contains($blocked_types, job_type)
-  AND NOT list_contains($blocked_scopes, tenant || '/' || job_type)
-  AND NOT list_has_any(coalesce(limit_keys, []::VARCHAR[]), $blocked_keys)
-  AND NOT list_contains($chosen, rowid)
-ORDER BY priority DESC, fair_seq, run_at
+WHERE {{ready}} AND NOT {{in_blocked_group}} AND NOT list_contains($chosen, rowid)
+ORDER BY {{claim_order}}
 LIMIT $limit;
 
 -- name: blocked_candidates
@@ -265,16 +270,8 @@ LIMIT $limit;
 SELECT rowid AS row_id, job_id, tenant, project, job_type, queue, limit_keys, attempts, payload_digest,
        correlation_id
 FROM jobs
-WHERE state = 'queued' AND run_at <= $now AND site_id = $site_id
-  AND ($queue IS NULL OR queue = $queue)
-  AND ($job_type IS NULL OR job_type = $job_type)
-  AND ($tenants IS NULL OR list_contains($tenants, tenant))
-  AND (list_contains($blocked_queues, queue)
-       OR list_contains($blocked_tenants, tenant)
-       OR list_contains($blocked_types, job_type)
-       OR list_contains($blocked_scopes, tenant || '/' || job_type)
-       OR list_has_any(coalesce(limit_keys, []::VARCHAR[]), $blocked_keys))
-ORDER BY priority DESC, fair_seq, run_at
+WHERE {{ready}} AND {{in_blocked_group}}
+ORDER BY {{claim_order}}
 LIMIT $limit;
 
 -- name: leases_assign
@@ -284,13 +281,9 @@ WHERE list_contains($lease_ids, lease_id);
 
 -- name: claim_rows
 -- claim for the rows flow.py admitted.
-UPDATE jobs SET
-    state = 'leased', lease_id = uuid()::VARCHAR, worker_id = $worker_id, attempts = attempts + 1,
-    lease_seconds = $lease_seconds, leased_at = $now, lease_expires_at = $lease_expires_at,
-    started_at = NULL, progress = NULL, progress_message = NULL, updated_at = $now
+UPDATE jobs SET {{lease_to_worker}}
 WHERE list_contains($row_ids, rowid) AND state = 'queued'
-RETURNING job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job_type, queue,
-          priority, payload, payload_digest, correlation_id, timeout_seconds, limit_keys, fair_seq;
+RETURNING {{lease_returning}};
 
 -- name: active_by_keys
 -- Leased and running jobs by tenant, type and declared keys (concurrency limits, quotas' max_active).
