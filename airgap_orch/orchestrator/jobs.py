@@ -8,7 +8,7 @@ that refused that item. A refused item changes nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -132,6 +132,20 @@ def _ended(tx: Transaction, outcomes: list[tuple[dict[str, Any], str]]) -> None:
 def visible(job: dict[str, Any] | None, tenants: Collection[str] | None) -> bool:
     """Whether a caller limited to `tenants` (None: all) may see `job`; others get NotFound, not Forbidden."""
     return job is not None and (tenants is None or job["tenant"] in tenants)
+
+
+def _held(tx: Transaction, items: list[dict[str, Any]], now: datetime,
+          outcomes: list[dict[str, Any] | OrchError]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each item with the active row its lease holds. An item whose lease is refused gets its error appended to
+    `outcomes` instead, in turn, so a caller that appends one outcome per item it is given keeps them in order."""
+    jobs = _load(tx, [item["job_id"] for item in items])
+    for item in items:
+        try:
+            job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
+        except OrchError as error:
+            outcomes.append(error)
+            continue
+        yield item, job
 
 
 def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime,
@@ -402,15 +416,9 @@ def maintain(tx: Transaction, *, force: bool = False) -> int:
 def heartbeat(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
     """items: {job_id, lease_id, progress?, message?}. Extends each lease; first one starts the job."""
     now = clock.now()
-    jobs = _load(tx, [item["job_id"] for item in items])
     outcomes: list[dict[str, Any] | OrchError] = []
     updates, entries = [], []
-    for item in items:
-        try:
-            job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
-        except OrchError as error:
-            outcomes.append(error)
-            continue
+    for item, job in _held(tx, items, now, outcomes):
         row = dict(job)
         if job["state"] == "leased":
             row["state"] = next_state("leased", "start")
@@ -483,15 +491,9 @@ def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | 
     """items: {job_id, lease_id, error, retry_after?, no_retry?}. Retries with backoff while attempts
     remain, else dead-letters; no_retry fails the job for good."""
     now = clock.now()
-    jobs = _load(tx, [item["job_id"] for item in items])
     outcomes: list[dict[str, Any] | OrchError] = []
     updates, entries, ended = [], [], []
-    for item in items:
-        try:
-            job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
-        except OrchError as error:
-            outcomes.append(error)
-            continue
+    for item, job in _held(tx, items, now, outcomes):
         if job["cancel_requested"]:
             event, reason = "cancel", "canceled_by_request"
         elif item.get("no_retry"):
@@ -560,15 +562,9 @@ def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> int:
 def release(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
     """Give leased jobs back without using up the attempt (graceful worker shutdown)."""
     now = clock.now()
-    jobs = _load(tx, [item["job_id"] for item in items])
     outcomes: list[dict[str, Any] | OrchError] = []
     updates, entries = [], []
-    for item in items:
-        try:
-            job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
-        except OrchError as error:
-            outcomes.append(error)
-            continue
+    for _item, job in _held(tx, items, now, outcomes):
         row = _settle(job, "release", now)
         row["attempts"] = job["attempts"] - 1  # a released lease does not use up the attempt
         updates.append(row)
