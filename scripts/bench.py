@@ -819,7 +819,6 @@ class StatementTimer:
         self._wrap(Transaction, "execute", "sql")
         self._wrap(Transaction, "execute_with", "sql+arrow")
         self._wrap(Transaction, "rows", "sql+fetch")
-        self._wrap(Transaction, "rows_with", "sql+arrow+fetch")
         self._wrap(Transaction, "append", "appender")
         original = Ledger.__dict__["transaction"]
         timer = self

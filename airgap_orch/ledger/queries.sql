@@ -60,24 +60,28 @@ job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job
 payload_digest, correlation_id, timeout_seconds, limit_keys, fair_seq
 
 -- name: claim
--- Lease the first $limit ready jobs, leaving out groups flow control blocks as a whole (orchestrator/flow.py).
+-- Lease the first $limit ready jobs (flow control blocks no group as a whole: orchestrator/flow.py).
 UPDATE jobs SET {{lease_to_worker}}
-WHERE rowid IN (
-    SELECT rowid FROM jobs
-    WHERE {{ready}} AND NOT {{in_blocked_group}}
-    ORDER BY {{claim_order}}
-    LIMIT $limit)
+WHERE rowid IN (SELECT rowid FROM jobs WHERE {{ready}} ORDER BY {{claim_order}} LIMIT $limit)
+RETURNING {{lease_returning}};
+
+-- name: claim_outside_blocked
+-- Lease the first $limit ready jobs outside the groups flow control blocks as a whole (orchestrator/flow.py).
+UPDATE jobs SET {{lease_to_worker}}
+WHERE rowid IN (SELECT rowid FROM jobs WHERE {{ready}} AND NOT {{in_blocked_group}}
+                ORDER BY {{claim_order}} LIMIT $limit)
 RETURNING {{lease_returning}};
 
 -- name: ack
--- `acks` (lease_id, job_id, artifacts): one row per ack. A lease id names one claim of one job, so a row is
--- completed only by the ack that presents its current lease together with its job id.
+-- One ack per position of the lists $lease_ids, $job_ids, $artifacts. A lease id names one claim of one job, so
+-- a row is completed only by the ack that presents its current lease together with its job id. (Lists unnested
+-- in the query cost ~1 ms less than registering an Arrow table of 100 rows.)
 UPDATE jobs SET
     state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'succeeded' END,
     artifacts = acks.artifacts,
     progress = CASE WHEN cancel_requested THEN progress ELSE 1.0 END,
     finished_at = $now, updated_at = $now
-FROM acks
+FROM (SELECT unnest($lease_ids) AS lease_id, unnest($job_ids) AS job_id, unnest($artifacts) AS artifacts) AS acks
 WHERE jobs.lease_id = acks.lease_id AND jobs.job_id = acks.job_id
   AND list_contains($from_states, state) AND lease_expires_at > $now
   AND (timeout_seconds IS NULL OR leased_at + to_seconds(timeout_seconds) > $now)

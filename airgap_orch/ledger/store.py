@@ -218,12 +218,6 @@ class Transaction:
         with self.ledger._lock, self.con.appender(table) as appender:
             appender.append_rows(rows)
 
-    def rows_with(self, name: str, relation: str, table: pa.Table, **params: Any) -> list[dict[str, Any]]:
-        with self.ledger._lock:
-            cursor = self.execute_with(name, relation, table, **params)
-            columns = [d[0] for d in cursor.description]
-            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-
 
 def _connect_waiting(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + max(0.0, lock_timeout)

@@ -52,7 +52,6 @@ _JOB_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us")), ("updated_at", pa.timestamp("us")),
     ("finished_at", pa.timestamp("us")), ("limit_keys", pa.list_(pa.string())), ("fair_seq", pa.int64()),
 ])
-_ACK_SCHEMA = pa.schema([("lease_id", pa.string()), ("job_id", pa.string()), ("artifacts", pa.string())])
 _UPDATE_SCHEMA = pa.schema([
     ("job_id", pa.string()), ("state", pa.string()), ("run_at", pa.timestamp("us")), ("attempts", pa.int32()),
     ("lease_id", pa.string()), ("worker_id", pa.string()), ("lease_expires_at", pa.timestamp("us")),
@@ -292,7 +291,10 @@ def claim_shared(tx: Transaction, takers: Sequence[tuple[str, int]], *, lease_se
     if walk is None or walk.has_room(limit):
         # No limit can bind within this claim: one statement, leaving out the groups blocked as a whole.
         blocked = walk.blocked() if walk is not None else flow.NOTHING_BLOCKED
-        leased = _fetch(tx.execute("claim", **lease, **where, **blocked, limit=limit))
+        if any(blocked.values()):
+            leased = _fetch(tx.execute("claim_outside_blocked", **lease, **where, **blocked, limit=limit))
+        else:
+            leased = _fetch(tx.execute("claim", **lease, **where, limit=limit))
         if walk is not None:
             walk.count(leased)
     else:
@@ -307,7 +309,8 @@ def claim_shared(tx: Transaction, takers: Sequence[tuple[str, int]], *, lease_se
                           for share in shares for job in share),
                         *(_entry(job, "throttle", QUEUED, QUEUED, actor="orchestrator", at=now,
                                  reason=_throttle_reason(held)) for job, held in throttled)])
-    return [[_lease(job, lease_seconds, expires) for job in share] for share in shares]
+    common = {"lease_expires_at": clock.iso(expires), "heartbeat_every_seconds": round(lease_seconds / 3, 3)}
+    return [[_lease(job, common) for job in share] for share in shares]
 
 
 def _share(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple[str, int]]) -> list[list[dict]]:
@@ -329,15 +332,16 @@ def _share(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple
     return shares
 
 
-def _lease(job: dict[str, Any], lease_seconds: float, expires: datetime) -> dict[str, Any]:
+def _lease(job: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """What a worker gets for one leased job; `common` holds what every lease of the claim shares."""
     return {
-        "job_id": job["job_id"], "lease_id": job["lease_id"], "lease_expires_at": clock.iso(expires),
+        "job_id": job["job_id"], "lease_id": job["lease_id"], "lease_expires_at": common["lease_expires_at"],
         "attempt": job["attempts"], "max_attempts": job["max_attempts"], "tenant": job["tenant"],
         "project": job["project"], "type": job["job_type"], "queue": job["queue"],
         "priority": job["priority"], "payload": json.loads(job["payload"]),
         "payload_digest": job["payload_digest"], "correlation_id": job["correlation_id"],
         "timeout_seconds": job["timeout_seconds"], "keys": job["limit_keys"] or [],
-        "retry_hint": {"heartbeat_every_seconds": round(lease_seconds / 3, 3),
+        "retry_hint": {"heartbeat_every_seconds": common["heartbeat_every_seconds"],
                        "backoff_seconds_if_failed": backoff.hint(job["attempts"])},
     }
 
@@ -450,11 +454,10 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
         tenants = item.get("tenants")
         groups.setdefault(frozenset(tenants) if tenants is not None else None, []).append(item)
     for tenants, group in groups.items():
-        acks = pa.table([[item["lease_id"] for item in group], [item["job_id"] for item in group],
-                         [_encode_artifacts(item.get("artifacts")) for item in group]], schema=_ACK_SCHEMA)
-        done.update((row["job_id"], row) for row in tx.rows_with(
-            "ack", "acks", acks, now=now, from_states=sources("ack"),
-            tenants=sorted(tenants) if tenants is not None else None))
+        done.update((row["job_id"], row) for row in tx.rows(
+            "ack", lease_ids=[item["lease_id"] for item in group], job_ids=[item["job_id"] for item in group],
+            artifacts=[_encode_artifacts(item.get("artifacts")) for item in group], now=now,
+            from_states=sources("ack"), tenants=sorted(tenants) if tenants is not None else None))
     outcomes: list[dict[str, Any] | OrchError] = []
     entries = []
     missing = [item["job_id"] for item in items if item["job_id"] not in done]
