@@ -17,6 +17,7 @@ from .errors import InvalidInput
 
 # Documented limits (README "Limits").
 DEFAULT_LOCK_TIMEOUT_SECONDS = 5.0
+MAX_LOCK_TIMEOUT_SECONDS = 86_400.0
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_BATCH_JOBS = 100_000
 MAX_CLAIM_LIMIT = 1_000
@@ -45,12 +46,11 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def parse_json(text: str, what: str) -> Any:
+def parse_json(text: str, what: str, *, hint: str = "pass a JSON document") -> Any:
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidInput(f"{what} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
-                           "pass a JSON document or @file") from None
+        raise InvalidInput(f"{what} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); {hint}") from None
 
 
 def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
@@ -106,7 +106,7 @@ def artifact_from_text(text: str) -> dict[str, str]:
         raise InvalidInput(f"artifact {text!r} must be URI,DIGEST,MIME e.g. "
                            "file:///out/report.json,sha256:<64 hex>,application/json")
     item = {"uri": parts[0], "digest": parts[1], "mime": parts[2]}
-    schemas.validate("artifact", item, f"artifact {text!r}:")
+    schemas.validate("artifact", item, f"artifact {text!r}")
     return item
 
 
@@ -114,7 +114,7 @@ def number_in(value: float, low: float, high: float, what: str) -> float:
     if value is None or not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise InvalidInput(f"{what} must be a number between {low:g} and {high:g}")
     if not low <= value <= high:
-        raise InvalidInput(f"{what} is {value:g}; it must be between {low:g} and {high:g}")
+        raise InvalidInput(f"{what} is {value:.12g}; it must be between {low:g} and {high:g}")
     return value
 
 
@@ -141,7 +141,7 @@ def retry_after(value: float | None) -> float | None:
 def text(value: str | None, limit: int, what: str, required: bool = False) -> str | None:
     if value is None or value == "":
         if required:
-            raise InvalidInput(f"{what} is required; say why in at most {limit} characters")
+            raise InvalidInput(f"{what} is required: give it as text of at most {limit} characters")
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be text")

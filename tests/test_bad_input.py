@@ -42,13 +42,18 @@ def world(ledger_path: Path, tmp_path: Path) -> dict[str, str]:
             payload_of_size(MAX_PAYLOAD_BYTES + 1))})]),
         "empty_batch": "\n  \n",
         "malformed_payload": '{"image": nginx}',
+        "latin1_payload": None,
         "big_payload": payload_of_size(MAX_PAYLOAD_BYTES + 1),
     }
     paths = {}
     for name, text in files.items():
         path = tmp_path / f"{name}.txt"
-        path.write_text(text, encoding="utf-8")
+        if text is None:
+            path.write_bytes(b'{"city": "M\xfcnchen"}')  # Latin-1, not UTF-8
+        else:
+            path.write_text(text, encoding="utf-8")
         paths[name] = str(path)
+    paths["a_directory"] = str(tmp_path)
     return {"queued": queued, "leased": leased, "lease": lease["lease_id"], "missing": str(uuid.uuid4()),
             "no_ledger": str(tmp_path / "absent" / "ledger.duckdb"), **paths}
 
@@ -65,6 +70,10 @@ INVALID = [
     ("malformed_json_payload_file", (*ENQUEUE, "--payload", "@{malformed_payload}"), "not valid JSON"),
     ("payload_over_limit", (*ENQUEUE, "--payload", "@{big_payload}"), str(MAX_PAYLOAD_BYTES)),
     ("payload_file_missing", (*ENQUEUE, "--payload", "@/nonexistent/payload.json"), "payload"),
+    ("payload_file_is_a_directory", (*ENQUEUE, "--payload", "@{a_directory}"), "cannot read payload file"),
+    ("payload_file_name_missing", (*ENQUEUE, "--payload", "@"), "write @FILE"),
+    ("payload_file_not_utf8", (*ENQUEUE, "--payload", "@{latin1_payload}"), "not UTF-8"),
+    ("batch_file_not_utf8", ("jobs", "enqueue", "--batch", "{latin1_payload}"), "not UTF-8"),
     ("unknown_job_show", ("jobs", "show", "{missing}"), "no job"),
     ("unknown_job_ack", ("jobs", "ack", "{missing}", "--lease", "{lease}"), "no job"),
     ("unknown_job_heartbeat", ("jobs", "heartbeat", "{missing}", "--lease", "{lease}"), "no job"),
@@ -90,6 +99,7 @@ INVALID = [
     ("zero_max_attempts", (*ENQUEUE, "--max-attempts", "0"), "max_attempts"),
     ("negative_timeout", (*ENQUEUE, "--timeout-seconds", "-1"), "timeout_seconds"),
     ("bad_run_at", (*ENQUEUE, "--run-at", "next tuesday please"), "run_at"),
+    ("short_run_at", (*ENQUEUE, "--run-at", "2024"), "not an ISO 8601 time"),
     ("unknown_state", ("jobs", "list", "--state", "exploded"), "unknown state"),
     ("batch_with_one_malformed_line", ("jobs", "enqueue", "--batch", "{bad_json_batch}"), "line 3"),
     ("batch_with_one_invalid_spec", ("jobs", "enqueue", "--batch", "{bad_spec_batch}"), "job 2"),
@@ -122,6 +132,9 @@ USAGE = [
     ("missing_lease", ("jobs", "ack", "{leased}"), "--lease"),
     ("batch_with_flags", ("jobs", "enqueue", "--batch", "{empty_batch}", "--tenant", "acme"), "--batch"),
     ("negative_after_seq", ("ledger", "events", "--after-seq", "-1"), "--after-seq"),
+    ("batch_file_is_a_directory", ("jobs", "enqueue", "--batch", "{a_directory}"), "--batch"),
+    ("nan_lock_timeout", ("--lock-timeout", "nan", "jobs", "list"), "--lock-timeout"),
+    ("endless_lock_timeout", ("--lock-timeout", "inf", "jobs", "list"), "--lock-timeout"),
 ]
 
 

@@ -287,6 +287,17 @@ def test_cancel_of_a_leased_job_before_its_first_heartbeat_is_requested(ledger, 
     assert ops.ack(ledger, job_id, lease["lease_id"])["state"] == "canceled"
 
 
+def test_a_second_cancel_request_before_the_worker_answers_records_nothing_more(ledger, manual_clock):
+    job_id = enqueue(ledger)
+    claim_one(ledger)
+    ops.cancel(ledger, job_id, reason="first")
+    entries = len(history(ledger, job_id))
+    again = ops.cancel(ledger, job_id, reason="second")
+    assert again == {"job_id": job_id, "state": "leased", "cancel_requested": True}
+    assert len(history(ledger, job_id)) == entries
+    assert history(ledger, job_id)[-1]["reason"] == "first"
+
+
 @pytest.mark.parametrize("final_state", ["dead_letter", "failed", "timed_out"])
 def test_replay_creates_a_new_queued_job_with_replay_of(ledger, manual_clock, final_state):
     original = finish(ledger, manual_clock, final_state)

@@ -20,28 +20,33 @@ def group() -> None:
 
 
 def _read_file(path: str, what: str) -> str:
+    if not path:
+        raise InvalidInput(f"{what} file name is missing after @; write @FILE")
     file = Path(path)
     try:
         size = file.stat().st_size
+        if size > MAX_INPUT_FILE_BYTES:
+            raise InvalidInput(f"{what} file {path} is {size} bytes; the limit is {MAX_INPUT_FILE_BYTES}")
+        return file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidInput(f"cannot read {what} file {path}: {exc.strerror}") from None
-    if size > MAX_INPUT_FILE_BYTES:
-        raise InvalidInput(f"{what} file {path} is {size} bytes; the limit is {MAX_INPUT_FILE_BYTES}")
-    return file.read_text(encoding="utf-8")
+        raise InvalidInput(f"cannot read {what} file {path}: {exc.strerror}; name a readable file") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
 def _payload(value: str | None) -> Any:
     if value is None:
         return {}
     text = _read_file(value[1:], "payload") if value.startswith("@") else value
-    return validation.parse_json(text, "--payload")
+    return validation.parse_json(text, "--payload", hint="pass a JSON document or @FILE")
 
 
 def _batch(path: str) -> list[Any]:
     specs = []
     for number, line in enumerate(_read_file(path, "batch").splitlines(), 1):
         if line.strip():
-            specs.append(validation.parse_json(line, f"{path} line {number}"))
+            specs.append(validation.parse_json(line, f"{path} line {number}",
+                                               hint="write one JSON object per line"))
     if not specs:
         raise InvalidInput(f"batch file {path} has no job specs; write one JSON object per line")
     return specs

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import click
 
 from .. import __version__
+from ..validation import MAX_LOCK_TIMEOUT_SECONDS
 from .context import DEFAULT_LOCK, Settings, ledger_path_default
+
+
+def _a_number(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if math.isnan(value):  # FloatRange lets NaN through: it compares false with both bounds
+        raise click.BadParameter("nan is not a number of seconds", ctx=ctx, param=param)
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
               default=ledger_path_default, show_default="$AIRGAP_ORCH_LEDGER or ./airgap-orch.duckdb",
               help="The ledger file.")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), default=DEFAULT_LOCK, show_default=True,
+@click.option("--lock-timeout", type=click.FloatRange(min=0, max=MAX_LOCK_TIMEOUT_SECONDS), default=DEFAULT_LOCK,
+              show_default=True, callback=_a_number,
               help="Seconds to wait for another process to release the ledger (then exit 6).")
 @click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--server", "server_url", envvar="AIRGAP_ORCH_SERVER", metavar="URL",

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from typing import Any
 
 from .. import validation
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput
 from ..ledger import Ledger
 from ..orchestrator import jobs as core
 from ..orchestrator.states import next_state
@@ -50,7 +50,7 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
             for job_id in chosen:  # the checks core.replay makes, without writing
                 found = read.rows("job_any", job_id=job_id)
                 if not core.visible(found[0] if found else None, tenants):
-                    raise NotFound(f"no job {job_id}")
+                    raise core.no_job(job_id)
                 next_state(found[0]["state"], "replay")
     else:
         missing = [flag for flag, value in filters.items() if value is None]

@@ -73,6 +73,10 @@ def _entry(job: dict[str, Any], event: str, from_state: str | None, to_state: st
     }
 
 
+def no_job(job_id: str) -> NotFound:
+    return NotFound(f"no job {job_id}; check the id (`jobs list` shows the jobs)")
+
+
 def _artifact_list(value: str | list | None) -> list:
     if isinstance(value, str):
         return json.loads(value)
@@ -154,14 +158,16 @@ def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime
     if job is None:
         finished = tx.rows("job_any", job_id=job_id)
         if not visible(finished[0] if finished else None, tenants):
-            raise NotFound(f"no job {job_id}")
+            raise no_job(job_id)
         raise StaleLease(f"job {job_id} is already {finished[0]['state']}; lease {lease_id} can no longer "
                          "change it")
     if not visible(job, tenants):
-        raise NotFound(f"no job {job_id}")
+        raise no_job(job_id)
     if job["state"] not in HELD_STATES or job["lease_id"] != lease_id:
-        raise StaleLease(f"lease {lease_id} is not the current lease of job {job_id} (state {job['state']}); "
-                         "drop this job, another worker owns it now")
+        if job["state"] in HELD_STATES:
+            raise StaleLease(f"lease {lease_id} is not the current lease of job {job_id}; another worker holds it "
+                             "now: drop this job")
+        raise StaleLease(f"lease {lease_id} no longer holds job {job_id} (now {job['state']}): drop this job")
     if job["timeout_seconds"] is not None and job["leased_at"] + timedelta(seconds=job["timeout_seconds"]) <= now:
         raise StaleLease(f"job {job_id} ran past its timeout of {job['timeout_seconds']}s; lease {lease_id} "
                          "can no longer change it")
@@ -590,10 +596,12 @@ def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str,
     if job is None:
         finished = tx.rows("job_any", job_id=job_id)
         if not visible(finished[0] if finished else None, tenants):
-            raise NotFound(f"no job {job_id}")
+            raise no_job(job_id)
         next_state(finished[0]["state"], "cancel")  # raises IllegalTransition for a finished job
     if not visible(job, tenants):
-        raise NotFound(f"no job {job_id}")
+        raise no_job(job_id)
+    if job["cancel_requested"] and job["state"] in HELD_STATES:  # asked before and not yet answered: no-op
+        return {"job_id": job_id, "state": job["state"], "cancel_requested": True}
     if job["state"] in (WAITING, QUEUED):
         row = dict(job, state=next_state(job["state"], "cancel"), finished_at=now, updated_at=now)
         entry = _entry(row, "cancel", job["state"], row["state"], actor=actor, reason=reason, at=now)
@@ -619,7 +627,7 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | N
     for job_id in job_ids:
         job = found.get(job_id)
         if job is None or not visible(job, tenants):
-            raise NotFound(f"no job {job_id}")
+            raise no_job(job_id)
         next_state(job["state"], "replay")  # only dead_letter, failed, timed_out may be replayed
         if job["state"] not in REPLAYABLE_STATES:  # pragma: no cover - next_state already refused
             continue
@@ -653,7 +661,7 @@ def _only(values: set[str]) -> str | None:
 def show(tx: Transaction, job_id: str, tenants: Collection[str] | None = None) -> dict[str, Any]:
     found = tx.rows("job_any", job_id=job_id)
     if not visible(found[0] if found else None, tenants):
-        raise NotFound(f"no job {job_id}; list jobs with `airgap-orch jobs list`")
+        raise no_job(job_id)
     job = render(found[0])
     job["depends_on"] = [parent for (parent,) in tx.fetch("parents_of", job_id=job_id)]
     job["throttled"] = flow.explain(tx, found[0])

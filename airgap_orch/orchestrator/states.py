@@ -77,7 +77,11 @@ def next_state(state: str | None, event: str) -> str:
     """The state after `event` in `state`, or IllegalTransition."""
     edges = TRANSITIONS[event]
     if state not in edges:
-        raise IllegalTransition(f"cannot {event.replace('_', ' ')} a job that is {state}")
+        verb = "cancel" if event == "request_cancel" else event.replace("_", " ")
+        allowed = sources("cancel" if event == "request_cancel" else event)
+        listed = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+        raise IllegalTransition(f"cannot {verb} a job that is {state}; {verb} applies only to jobs that are "
+                                f"{listed}")
     target = edges[state]
     return state if target is _SAME else target  # type: ignore[return-value]
 
