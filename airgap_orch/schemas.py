@@ -49,5 +49,15 @@ def validate(name: str, document: Any, what: str) -> None:
         validator(name)(document)
     except fastjsonschema.JsonSchemaValueException as exc:
         where = exc.name.replace("data", what, 1) if exc.name else what
-        detail = exc.message.split(" must ", 1)[-1]
-        raise InvalidInput(f"{where} must {detail}") from None
+        raise InvalidInput(f"{where} {_explain(exc, name)}") from None
+
+
+def _explain(exc: fastjsonschema.JsonSchemaValueException, name: str) -> str:
+    """What is wrong, in words (fastjsonschema's own message shows Python reprs for field lists)."""
+    if exc.rule == "required" and isinstance(exc.value, dict):
+        missing = [field for field in exc.rule_definition if field not in exc.value]
+        return f"is missing {', '.join(missing)}; add {'it' if len(missing) == 1 else 'them'}"
+    if exc.rule == "additionalProperties" and isinstance(exc.value, dict):
+        extra = sorted(set(exc.value) - set(exc.definition.get("properties", {})))
+        return f"has unknown fields {', '.join(extra)}; remove them (schemas/{name}.schema.json lists the fields)"
+    return "must " + exc.message.split(" must ", 1)[-1]

@@ -36,10 +36,11 @@ def world(ledger_path: Path, tmp_path: Path) -> dict[str, str]:
     files = {
         "bad_json_batch": "\n".join([json.dumps(SPEC), json.dumps({**SPEC, "tenant": "globex"}),
                                      '{"tenant": "acme", "project":']),
-        "bad_spec_batch": "\n".join([json.dumps(SPEC), json.dumps({"tenant": "acme", "type": "scan"}),
+        "bad_spec_batch": "\n".join([json.dumps(SPEC), "", json.dumps({"tenant": "acme", "type": "scan"}),
                                      json.dumps(SPEC)]),
         "oversized_batch": "\n".join([json.dumps(SPEC), json.dumps({**SPEC, "payload": json.loads(
             payload_of_size(MAX_PAYLOAD_BYTES + 1))})]),
+        "unknown_field_batch": json.dumps({**SPEC, "prio": 5}),
         "empty_batch": "\n  \n",
         "malformed_payload": '{"image": nginx}',
         "latin1_payload": None,
@@ -102,7 +103,9 @@ INVALID = [
     ("short_run_at", (*ENQUEUE, "--run-at", "2024"), "not an ISO 8601 time"),
     ("unknown_state", ("jobs", "list", "--state", "exploded"), "unknown state"),
     ("batch_with_one_malformed_line", ("jobs", "enqueue", "--batch", "{bad_json_batch}"), "line 3"),
-    ("batch_with_one_invalid_spec", ("jobs", "enqueue", "--batch", "{bad_spec_batch}"), "job 2"),
+    ("batch_with_one_invalid_spec", ("jobs", "enqueue", "--batch", "{bad_spec_batch}"), "line 3: job 2"),
+    ("batch_with_an_unknown_field", ("jobs", "enqueue", "--batch", "{unknown_field_batch}"),
+     "line 1: job 1 has unknown fields prio"),
     ("batch_with_one_oversized_payload", ("jobs", "enqueue", "--batch", "{oversized_batch}"),
      str(MAX_PAYLOAD_BYTES)),
     ("empty_batch_file", ("jobs", "enqueue", "--batch", "{empty_batch}"), "no job specs"),

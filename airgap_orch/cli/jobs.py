@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import click
 from .. import validation
 from ..errors import InvalidInput
 from .context import command, invoke
+
+_JOB_NUMBER = re.compile(r"job (\d+)\b")
 
 MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
 
@@ -41,15 +44,28 @@ def _payload(value: str | None) -> Any:
     return validation.parse_json(text, "--payload", hint="pass a JSON document or @FILE")
 
 
-def _batch(path: str) -> list[Any]:
-    specs = []
+def _batch(path: str) -> tuple[list[Any], list[int]]:
+    """The job specs of a JSON Lines file, and the line each came from (blank lines are skipped)."""
+    specs, lines = [], []
     for number, line in enumerate(_read_file(path, "batch").splitlines(), 1):
         if line.strip():
             specs.append(validation.parse_json(line, f"{path} line {number}",
                                                hint="write one JSON object per line"))
+            lines.append(number)
     if not specs:
         raise InvalidInput(f"batch file {path} has no job specs; write one JSON object per line")
-    return specs
+    return specs, lines
+
+
+def _enqueue_batch(path: str) -> dict[str, Any]:
+    specs, lines = _batch(path)
+    try:
+        return invoke("jobs.enqueue_batch", {"jobs": specs})
+    except InvalidInput as error:  # "job N..." counts specs: name the file's line instead
+        found = _JOB_NUMBER.match(str(error))
+        if found is None or not 1 <= int(found.group(1)) <= len(lines):
+            raise
+        raise type(error)(f"{path} line {lines[int(found.group(1)) - 1]}: {error}") from None
 
 
 @command(group, "enqueue")
@@ -75,7 +91,7 @@ def enqueue(batch_file: str | None, **fields: Any) -> dict:
     if batch_file is not None:
         if any(value not in (None, ()) for value in fields.values()):
             raise click.UsageError("--batch takes every field from the file; drop the other options")
-        return invoke("jobs.enqueue_batch", {"jobs": _batch(batch_file)})
+        return _enqueue_batch(batch_file)
     spec = {key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()
             if value not in (None, ()) and key != "job_type"}
     if fields["job_type"] is not None:
