@@ -165,7 +165,7 @@ def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime
         raise no_job(job_id)
     if job["state"] not in HELD_STATES or job["lease_id"] != lease_id:
         if job["state"] in HELD_STATES:
-            raise StaleLease(f"lease {lease_id} is not the current lease of job {job_id}; another worker holds it "
+            raise StaleLease(f"lease {lease_id} is not the current lease of job {job_id}; a newer lease holds it "
                              "now: drop this job")
         raise StaleLease(f"lease {lease_id} no longer holds job {job_id} (now {job['state']}): drop this job")
     if job["timeout_seconds"] is not None and job["leased_at"] + timedelta(seconds=job["timeout_seconds"]) <= now:
