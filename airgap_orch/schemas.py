@@ -59,5 +59,9 @@ def _explain(exc: fastjsonschema.JsonSchemaValueException, name: str) -> str:
         return f"is missing {', '.join(missing)}; add {'it' if len(missing) == 1 else 'them'}"
     if exc.rule == "additionalProperties" and isinstance(exc.value, dict):
         extra = sorted(set(exc.value) - set(exc.definition.get("properties", {})))
-        return f"has unknown fields {', '.join(extra)}; remove them (schemas/{name}.schema.json lists the fields)"
+        named = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        return f"has unknown fields {named}; remove them (schemas/{name}.schema.json lists the fields)"
+    if exc.rule == "pattern" and "description" in exc.definition:
+        shown = repr(exc.value) if len(str(exc.value)) <= 80 else repr(str(exc.value)[:77]) + "..."
+        return f"must be {exc.definition['description']}, not {shown}"
     return "must " + exc.message.split(" must ", 1)[-1]

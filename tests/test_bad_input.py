@@ -116,7 +116,9 @@ INVALID = [
     ("artifact_not_three_parts", ("jobs", "ack", "{leased}", "--lease", "{lease}", "--artifact",
                                   "file:///out/r.json,application/json"), "URI,DIGEST,MIME"),
     ("artifact_bad_digest", ("jobs", "ack", "{leased}", "--lease", "{lease}", "--artifact", GOOD_ARTIFACT,
-                             "--artifact", "file:///x,md5:123,application/json"), "digest"),
+                             "--artifact", "file:///x,md5:123,application/json"),
+     "digest must be sha256:<64 lowercase hex> or sha512:<128 lowercase hex>, not 'md5:123'"),
+    ("reserved_flow_key", (*ENQUEUE, "--key", "tenant:globex"), "keys[0] must be kind:name other than tenant:"),
     ("empty_error_message", ("jobs", "fail", "{leased}", "--lease", "{lease}", "--error", ""), "error"),
 ]
 
