@@ -53,15 +53,22 @@ def validate(name: str, document: Any, what: str) -> None:
 
 
 def _explain(exc: fastjsonschema.JsonSchemaValueException, name: str) -> str:
-    """What is wrong, in words (fastjsonschema's own message shows Python reprs for field lists)."""
+    """What is wrong, in words (fastjsonschema's own message shows Python reprs for field lists). A pattern
+    property may say what it expects in `x-expected` (an annotation JSON Schema validators ignore)."""
     if exc.rule == "required" and isinstance(exc.value, dict):
         missing = [field for field in exc.rule_definition if field not in exc.value]
         return f"is missing {', '.join(missing)}; add {'it' if len(missing) == 1 else 'them'}"
     if exc.rule == "additionalProperties" and isinstance(exc.value, dict):
         extra = sorted(set(exc.value) - set(exc.definition.get("properties", {})))
-        named = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        return f"has unknown fields {named}; remove them (schemas/{name}.schema.json lists the fields)"
-    if exc.rule == "pattern" and "description" in exc.definition:
-        shown = repr(exc.value) if len(str(exc.value)) <= 80 else repr(str(exc.value)[:77]) + "..."
-        return f"must be {exc.definition['description']}, not {shown}"
+        named = ", ".join(_shown(field, 40) for field in extra[:5])
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+        return f"has unknown fields {named}{more}; remove them (schemas/{name}.schema.json lists the fields)"
+    if exc.rule == "pattern" and "x-expected" in exc.definition:
+        return f"must be {exc.definition['x-expected']}, not {_shown(exc.value, 80)}"
     return "must " + exc.message.split(" must ", 1)[-1]
+
+
+def _shown(value: Any, limit: int) -> str:
+    """A value as it may appear in a one-line error: repr (no raw newlines or escapes), cut to `limit`."""
+    text = str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit - 3]) + "..."

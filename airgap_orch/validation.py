@@ -106,7 +106,8 @@ def artifact_from_text(text: str) -> dict[str, str]:
         raise InvalidInput(f"artifact {text!r} must be URI,DIGEST,MIME e.g. "
                            "file:///out/report.json,sha256:<64 hex>,application/json")
     item = {"uri": parts[0], "digest": parts[1], "mime": parts[2]}
-    schemas.validate("artifact", item, f"artifact {text!r}")
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    schemas.validate("artifact", item, f"artifact {shown!r}")
     return item
 
 

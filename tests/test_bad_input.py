@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from airgap_orch import schemas
+from airgap_orch.cli.jobs import MAX_INPUT_FILE_BYTES
+from airgap_orch.errors import InvalidInput
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
@@ -55,6 +58,10 @@ def world(ledger_path: Path, tmp_path: Path) -> dict[str, str]:
             path.write_text(text, encoding="utf-8")
         paths[name] = str(path)
     paths["a_directory"] = str(tmp_path)
+    oversized_file = tmp_path / "oversized_file.json"
+    with open(oversized_file, "wb") as sparse:
+        sparse.truncate(MAX_INPUT_FILE_BYTES + 1)
+    paths["oversized_file"] = str(oversized_file)
     return {"queued": queued, "leased": leased, "lease": lease["lease_id"], "missing": str(uuid.uuid4()),
             "no_ledger": str(tmp_path / "absent" / "ledger.duckdb"), **paths}
 
@@ -72,7 +79,10 @@ INVALID = [
     ("payload_over_limit", (*ENQUEUE, "--payload", "@{big_payload}"), str(MAX_PAYLOAD_BYTES)),
     ("payload_file_missing", (*ENQUEUE, "--payload", "@/nonexistent/payload.json"), "payload"),
     ("payload_file_is_a_directory", (*ENQUEUE, "--payload", "@{a_directory}"), "cannot read payload file"),
-    ("payload_file_name_missing", (*ENQUEUE, "--payload", "@"), "write @FILE"),
+    ("payload_file_name_missing", (*ENQUEUE, "--payload", "@"), "file name is missing"),
+    ("payload_file_over_the_input_limit", (*ENQUEUE, "--payload", "@{oversized_file}"), "over the limit"),
+    ("payload_file_endless", (*ENQUEUE, "--payload", "@/dev/zero"), "over the limit"),
+    ("batch_file_over_the_input_limit", ("jobs", "enqueue", "--batch", "{oversized_file}"), "over the limit"),
     ("payload_file_not_utf8", (*ENQUEUE, "--payload", "@{latin1_payload}"), "not UTF-8"),
     ("batch_file_not_utf8", ("jobs", "enqueue", "--batch", "{latin1_payload}"), "not UTF-8"),
     ("unknown_job_show", ("jobs", "show", "{missing}"), "no job"),
@@ -105,7 +115,7 @@ INVALID = [
     ("batch_with_one_malformed_line", ("jobs", "enqueue", "--batch", "{bad_json_batch}"), "line 3"),
     ("batch_with_one_invalid_spec", ("jobs", "enqueue", "--batch", "{bad_spec_batch}"), "line 3: job 2"),
     ("batch_with_an_unknown_field", ("jobs", "enqueue", "--batch", "{unknown_field_batch}"),
-     "line 1: job 1 has unknown fields prio"),
+     "line 1: job 1 has unknown fields 'prio'"),
     ("batch_with_one_oversized_payload", ("jobs", "enqueue", "--batch", "{oversized_batch}"),
      str(MAX_PAYLOAD_BYTES)),
     ("empty_batch_file", ("jobs", "enqueue", "--batch", "{empty_batch}"), "no job specs"),
@@ -223,3 +233,19 @@ def test_json_errors_are_one_json_object_on_stderr(cli, ledger_path, world, args
     assert (error["type"], error["exit_code"]) == (error_type, code)
     assert "\n" not in error["message"] and error["message"]
     assert ledger_state(ledger_path) == before
+
+
+def test_schema_errors_stay_one_short_line_whatever_the_field_names():
+    hostile = {**SPEC, "a\nb\x1b[31m" + "x" * 5_000: 1, **{f"extra{i}": i for i in range(20)}}
+    with pytest.raises(InvalidInput) as refused:
+        schemas.validate("job-spec", hostile, "job")
+    message = str(refused.value)
+    assert "\n" not in message and "\x1b" not in message and len(message) < 400, message
+    assert message.startswith("job has unknown fields ") and "and 16 more" in message
+
+
+def test_a_pattern_without_an_expected_form_keeps_the_validators_own_words():
+    """`description` documents a field; only `x-expected` is put into errors as the form a value must have."""
+    with pytest.raises(InvalidInput) as refused:
+        schemas.validate("key-target", {"key": "no colon here"}, "body")
+    assert "must match pattern" in str(refused.value) and "e.g." not in str(refused.value)

@@ -15,6 +15,7 @@ import pytest
 from airgap_orch import clock
 from airgap_orch.errors import Conflict, IllegalTransition, NotFound, StaleLease, exit_code_for
 from airgap_orch.ledger import Ledger
+from airgap_orch.operations import audit as audit_ops
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
 from airgap_orch.orchestrator import backoff
@@ -296,6 +297,9 @@ def test_a_second_cancel_request_before_the_worker_answers_records_nothing_more(
     assert again == {"job_id": job_id, "state": "leased", "cancel_requested": True}
     assert len(history(ledger, job_id)) == entries
     assert history(ledger, job_id)[-1]["reason"] == "first"
+    audited = [entry for entry in audit_ops.list_entries(ledger)["entries"] if entry["target"] == job_id]
+    assert [(entry["reason"], entry["details"].get("already_requested")) for entry in audited] == [
+        ("first", None), ("second", True)]
 
 
 @pytest.mark.parametrize("final_state", ["dead_letter", "failed", "timed_out"])

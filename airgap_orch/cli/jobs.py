@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import click
@@ -12,7 +11,7 @@ from .. import validation
 from ..errors import InvalidInput
 from .context import command, invoke
 
-_JOB_NUMBER = re.compile(r"job (\d+)\b")
+_JOB_NUMBER = re.compile(r"job (\d+)(?=[ .:]|$)")
 
 MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
 
@@ -23,16 +22,20 @@ def group() -> None:
 
 
 def _read_file(path: str, what: str) -> str:
+    """A UTF-8 file's text, read up to the size limit (also for files whose size stat() cannot tell, such as
+    FIFOs and devices)."""
     if not path:
-        raise InvalidInput(f"{what} file name is missing after @; write @FILE")
-    file = Path(path)
+        raise InvalidInput(f"{what} file name is missing; name a file")
     try:
-        size = file.stat().st_size
-        if size > MAX_INPUT_FILE_BYTES:
-            raise InvalidInput(f"{what} file {path} is {size} bytes; the limit is {MAX_INPUT_FILE_BYTES}")
-        return file.read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read(MAX_INPUT_FILE_BYTES + 1)
     except OSError as exc:
         raise InvalidInput(f"cannot read {what} file {path}: {exc.strerror}; name a readable file") from None
+    if len(data) > MAX_INPUT_FILE_BYTES:
+        raise InvalidInput(f"{what} file {path} is over the limit of {MAX_INPUT_FILE_BYTES} bytes; split it or "
+                           "store large inputs as files and pass their URI")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{what} file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 

@@ -14,7 +14,7 @@ from ..validation import MAX_LOCK_TIMEOUT_SECONDS
 from .context import DEFAULT_LOCK, Settings, ledger_path_default
 
 
-def _a_number(ctx: click.Context, param: click.Parameter, value: float) -> float:
+def _refuse_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if math.isnan(value):  # FloatRange lets NaN through: it compares false with both bounds
         raise click.BadParameter("nan is not a number of seconds", ctx=ctx, param=param)
     return value
@@ -25,7 +25,7 @@ def _a_number(ctx: click.Context, param: click.Parameter, value: float) -> float
               default=ledger_path_default, show_default="$AIRGAP_ORCH_LEDGER or ./airgap-orch.duckdb",
               help="The ledger file.")
 @click.option("--lock-timeout", type=click.FloatRange(min=0, max=MAX_LOCK_TIMEOUT_SECONDS), default=DEFAULT_LOCK,
-              show_default=True, callback=_a_number,
+              show_default=True, callback=_refuse_nan,
               help="Seconds to wait for another process to release the ledger (then exit 6).")
 @click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--server", "server_url", envvar="AIRGAP_ORCH_SERVER", metavar="URL",

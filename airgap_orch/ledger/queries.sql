@@ -1,5 +1,5 @@
 -- Every query the ledger runs, by name. Parameters are named ($name). Relations called
--- `incoming`, `acks`, `updates` and `entries` are Arrow tables registered for one statement.
+-- `incoming`, `updates` and `entries` are Arrow tables registered for one statement.
 -- A `-- fragment:` is a piece of SQL that several queries share; they include it as {{fragment_name}}.
 
 -- name: meta_get

@@ -248,8 +248,8 @@ def _create(path: Path, site_id: str, lock_timeout: float) -> None:
     """Build a new ledger under a temporary name and move it into place only when complete, so a
     killed `ledger init` leaves either no ledger or a whole one. Never replaces an existing file."""
     if path.exists():
-        raise InvalidInput(f"a file already exists at {path} and `ledger init` never replaces one; pick another "
-                           "path (or use that ledger as it is)")
+        raise InvalidInput(f"a file already exists at {path} and a new ledger never replaces one; pick another "
+                           "path (if it is a ledger, use it as it is)")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.init-{os.getpid()}")
     for leftover in (partial, partial.with_name(partial.name + ".wal")):
@@ -268,7 +268,7 @@ def _create(path: Path, site_id: str, lock_timeout: float) -> None:
         os.link(partial, path)  # fails if `path` appeared meanwhile: never overwrite a ledger
     except FileExistsError:
         raise InvalidInput(f"a file already exists at {path}: it appeared while the ledger was being created; "
-                           "pick another path (or use that ledger as it is)") from None
+                           "pick another path (if it is a ledger, use it as it is)") from None
     finally:
         partial.unlink(missing_ok=True)
         partial.with_name(partial.name + ".wal").unlink(missing_ok=True)

@@ -315,8 +315,8 @@ def claim_shared(tx: Transaction, takers: Sequence[tuple[str, int]], *, lease_se
                           for share in shares for job in share),
                         *(_entry(job, "throttle", QUEUED, QUEUED, actor="orchestrator", at=now,
                                  reason=_throttle_reason(held)) for job, held in throttled)])
-    common = {"lease_expires_at": clock.iso(expires), "heartbeat_every_seconds": round(lease_seconds / 3, 3)}
-    return [[_lease(job, common) for job in share] for share in shares]
+    expires_text, heartbeat_every = clock.iso(expires), round(lease_seconds / 3, 3)
+    return [[_lease(job, expires_text, heartbeat_every) for job in share] for share in shares]
 
 
 def _share(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple[str, int]]) -> list[list[dict]]:
@@ -338,16 +338,16 @@ def _share(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple
     return shares
 
 
-def _lease(job: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
-    """What a worker gets for one leased job; `common` holds what every lease of the claim shares."""
+def _lease(job: dict[str, Any], lease_expires_at: str, heartbeat_every_seconds: float) -> dict[str, Any]:
+    """What a worker gets for one leased job (the expiry and heartbeat hint are the same for the whole claim)."""
     return {
-        "job_id": job["job_id"], "lease_id": job["lease_id"], "lease_expires_at": common["lease_expires_at"],
+        "job_id": job["job_id"], "lease_id": job["lease_id"], "lease_expires_at": lease_expires_at,
         "attempt": job["attempts"], "max_attempts": job["max_attempts"], "tenant": job["tenant"],
         "project": job["project"], "type": job["job_type"], "queue": job["queue"],
         "priority": job["priority"], "payload": json.loads(job["payload"]),
         "payload_digest": job["payload_digest"], "correlation_id": job["correlation_id"],
         "timeout_seconds": job["timeout_seconds"], "keys": job["limit_keys"] or [],
-        "retry_hint": {"heartbeat_every_seconds": common["heartbeat_every_seconds"],
+        "retry_hint": {"heartbeat_every_seconds": heartbeat_every_seconds,
                        "backoff_seconds_if_failed": backoff.hint(job["attempts"])},
     }
 
@@ -600,7 +600,10 @@ def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str,
         next_state(finished[0]["state"], "cancel")  # raises IllegalTransition for a finished job
     if not visible(job, tenants):
         raise no_job(job_id)
-    if job["cancel_requested"] and job["state"] in HELD_STATES:  # asked before and not yet answered: no-op
+    if job["cancel_requested"] and job["state"] in HELD_STATES:
+        # Asked before and not yet answered: the job's history is unchanged; the audit log keeps the request.
+        audit.append(tx, "job.cancel", actor=actor, reason=reason, target=job_id,
+                     details={"state": job["state"], "tenant": job["tenant"], "already_requested": True})
         return {"job_id": job_id, "state": job["state"], "cancel_requested": True}
     if job["state"] in (WAITING, QUEUED):
         row = dict(job, state=next_state(job["state"], "cancel"), finished_at=now, updated_at=now)

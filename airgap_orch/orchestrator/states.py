@@ -79,6 +79,8 @@ def next_state(state: str | None, event: str) -> str:
     if state not in edges:
         verb = "cancel" if event == "request_cancel" else event.replace("_", " ")
         allowed = sources("cancel" if event == "request_cancel" else event)
+        if not allowed:  # create: a job that exists already
+            raise IllegalTransition(f"cannot {verb} a job that is {state}")
         listed = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
         raise IllegalTransition(f"cannot {verb} a job that is {state}; {verb} applies only to jobs that are "
                                 f"{listed}")
