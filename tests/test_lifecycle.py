@@ -288,7 +288,7 @@ def test_cancel_of_a_leased_job_before_its_first_heartbeat_is_requested(ledger, 
     assert ops.ack(ledger, job_id, lease["lease_id"])["state"] == "canceled"
 
 
-def test_a_second_cancel_request_before_the_worker_answers_records_nothing_more(ledger, manual_clock):
+def test_a_second_cancel_request_before_the_worker_answers_adds_no_history_and_is_audited(ledger, manual_clock):
     job_id = enqueue(ledger)
     claim_one(ledger)
     ops.cancel(ledger, job_id, reason="first")
