@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -70,3 +71,26 @@ def cli(ledger_path: Path):
         return run_cli(ledger_path, *args, **kwargs)
 
     return run
+
+
+def run_cli_on_a_terminal(ledger_path: Path, *args: str, timeout: float = 60) -> tuple[CliResult, bytes]:
+    """Run the real CLI with its stderr on a pseudo-terminal (as an operator at a shell would see it): the
+    result (stdout captured; stderr empty in it) and everything the terminal showed."""
+    command = [sys.executable, "-m", "airgap_orch", "--ledger", str(ledger_path), *args]
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal, text=True)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            shown += chunk
+        stdout, _ = process.communicate(timeout=timeout)
+    finally:
+        os.close(controller)
+    return CliResult(subprocess.CompletedProcess(command, process.returncode, stdout, "")), shown

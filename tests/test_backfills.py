@@ -6,8 +6,6 @@ with the ledger unchanged, the HTTP header rules (X-Orch-Reason, X-Orch-Ticket) 
 from __future__ import annotations
 
 import json
-import os
-import pty
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import run_cli_on_a_terminal
 
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import audit as audit_ops
@@ -300,27 +299,11 @@ def test_http_backfills_need_reason_and_ticket_headers_and_refusals_change_nothi
 
 
 def test_create_shows_a_progress_bar_on_a_terminal_and_nothing_otherwise(ledger_path):
-    args = [sys.executable, "-m", "airgap_orch", "--ledger", str(ledger_path), *CREATE[:-6], "--from", "2024-01-01",
-            "--to", "2024-01-02T12:00", "--step", "1m", *AUDITED]
-    controller, terminal = pty.openpty()
-    try:
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=terminal, text=True)
-        os.close(terminal)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal closed with the process
-                break
-            if not chunk:
-                break
-            shown += chunk
-        stdout, _ = process.communicate(timeout=60)
-    finally:
-        os.close(controller)
-    assert process.returncode == 0, shown
+    result, shown = run_cli_on_a_terminal(ledger_path, *CREATE[:-6], "--from", "2024-01-01", "--to",
+                                          "2024-01-02T12:00", "--step", "1m", *AUDITED)
+    assert result.code == 0, shown
     assert b"building window jobs" in shown and b"2160/2160" in shown, shown[-500:]
-    assert "windows: 2160" in stdout
+    assert "windows: 2160" in result.stdout
     quiet = subprocess.run([sys.executable, "-m", "airgap_orch", "--ledger", str(ledger_path), *CREATE[:-6],
                             "--from", "2024-01-03", "--to", "2024-01-04", "--step", "1m", *AUDITED],
                            capture_output=True, text=True, timeout=60)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import run_cli, run_cli_on_a_terminal
 
 from airgap_orch.errors import VerificationFailed, exit_code_for
 from airgap_orch.ledger import Ledger
@@ -261,3 +262,31 @@ def test_history_appended_in_a_transaction_that_rolls_back_is_gone_and_the_chain
     with Ledger.open(ledger_path, lock_timeout=1) as reopened:
         assert ledger_ops.info(reopened)["history_entries"] == before["history_entries"] + jobs
         assert ledger_ops.verify(reopened)["ok"] is True
+
+
+def test_ledger_verify_shows_progress_on_a_terminal_and_nothing_otherwise(ledger_path):
+    jobs = ledger_ops.PROGRESS_EVERY + 2_000  # two reports and the last one
+    with Ledger.open(ledger_path, lock_timeout=1) as ledger:
+        ops.enqueue_batch(ledger, [{"tenant": "acme", "project": "p", "type": "scan"} for _ in range(jobs)])
+    result, shown = run_cli_on_a_terminal(ledger_path, "ledger", "verify")
+    assert result.code == 0, shown
+    assert b"verifying hash chains" in shown, shown[-500:]
+    assert f"{ledger_ops.PROGRESS_EVERY}/{jobs}".encode() in shown and f"{jobs}/{jobs}".encode() in shown
+    assert f"history_entries: {jobs}" in result.stdout
+    for quiet in (run_cli(ledger_path, "ledger", "verify"), run_cli_on_a_terminal(ledger_path, "--json", "ledger",
+                                                                                    "verify")[0]):
+        assert quiet.code == 0 and quiet.stderr == "", quiet
+    _, shown_with_json = run_cli_on_a_terminal(ledger_path, "--json", "ledger", "verify")
+    assert b"verifying" not in shown_with_json
+
+
+def test_verify_reports_progress_in_order_up_to_every_chain_entry(ledger_path):
+    with Ledger.open(ledger_path, lock_timeout=1) as ledger:
+        ops.enqueue_batch(ledger, [{"tenant": "acme", "project": "p", "type": "scan"}
+                                   for _ in range(ledger_ops.PROGRESS_EVERY * 2 + 5)])
+        ops.cancel(ledger, ops.list_jobs(ledger, limit=1)["jobs"][0]["job_id"], reason="one audited action")
+        heard: list[tuple[int, int]] = []
+        result = ledger_ops.verify(ledger, progress=lambda done, total: heard.append((done, total)))
+    total = result["history_entries"] + result["audit_entries"]
+    assert result["audit_entries"] == 1
+    assert heard == [(ledger_ops.PROGRESS_EVERY, total), (ledger_ops.PROGRESS_EVERY * 2, total), (total, total)]

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from .context import command, invoke, invoke_override, settings
+from .context import command, invoke, invoke_override, progress_bar, settings
 from .jobs import _payload
 
 
 @click.group("backfill")
 def group() -> None:
     """Re-run a time range: one job per window, with progress and a watermark."""
-
-
-class _Bar:
-    """A progress bar on stderr while records are built, only on a terminal and without --json."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label="building window jobs", file=sys.stderr,
-                                         show_pos=True)
-            self.bar.__enter__()
-        self.bar.update(done - self.bar.pos)
-        if done >= total:
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
 
 
 @command(group, "create")
@@ -62,7 +40,7 @@ def create(tenant: str, project: str, job_type: str, start: str, end: str, step:
                        ("timeout_seconds", timeout_seconds)):
         if value is not None:
             request[key] = value
-    bar = _Bar() if sys.stderr.isatty() and not settings().json else None
+    bar = progress_bar("building window jobs")
     try:
         return invoke_override("backfills.create", {**request, "reason": reason, "ticket": ticket}, progress=bar)
     finally:

@@ -45,8 +45,10 @@ class Settings:
         return record["url"] if record else None
 
 
-def invoke(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run operation `name` where it lives: on the server that owns the ledger, else on the ledger."""
+def invoke(name: str, params: dict[str, Any], *, progress: Callable[[int, int], None] | None = None
+           ) -> dict[str, Any]:
+    """Run operation `name` where it lives: on the server that owns the ledger, else on the ledger. Locally,
+    `progress(done, total)` hears how long work goes (a server does the work out of sight)."""
     current = settings()
     url = current.server()
     if url is not None:
@@ -56,7 +58,37 @@ def invoke(name: str, params: dict[str, Any]) -> dict[str, Any]:
     from ..operations import dispatch
 
     with current.open_ledger() as ledger:
-        return dispatch.run(ledger, name, params)
+        return dispatch.run(ledger, name, {**params, "progress": progress} if progress is not None else params)
+
+
+class ProgressBar:
+    """A progress bar on stderr for long local work: see progress_bar()."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+        self.finished = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.finished:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+        if done >= total:
+            self.finished = True
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def progress_bar(label: str) -> ProgressBar | None:
+    """A bar only on a terminal and without --json; None otherwise (scripts and pipes see nothing)."""
+    return ProgressBar(label) if sys.stderr.isatty() and not settings().json else None
 
 
 def invoke_override(name: str, params: dict[str, Any], *, progress: Any = None) -> dict[str, Any]:
@@ -66,7 +98,7 @@ def invoke_override(name: str, params: dict[str, Any], *, progress: Any = None) 
     current = settings()
     url = current.server()
     if url is None:
-        return invoke(name, {**params, "progress": progress} if progress is not None else params)
+        return invoke(name, params, progress=progress)
     return _remote(url, current.token, name, params)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .context import command, invoke, settings
+from .context import command, invoke, progress_bar, settings
 
 
 @click.group("ledger")
@@ -30,7 +30,12 @@ def info() -> dict:
 @command(group, "verify")
 def verify() -> dict:
     """Check schema version, the history hash chain, and state tables against history (exit 4 if not)."""
-    return invoke("ledger.verify", {})
+    bar = progress_bar("verifying hash chains")
+    try:
+        return invoke("ledger.verify", {}, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 @command(group, "events")

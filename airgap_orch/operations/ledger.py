@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,22 @@ def info(ledger: Ledger, *, tenants: Collection[str] | None = None) -> dict[str,
     }
 
 
-def verify(ledger: Ledger) -> dict[str, Any]:
-    """Schema version, history chain, and state tables against history. Raises VerificationFailed."""
+PROGRESS_EVERY = 10_000  # chain entries between two progress reports
+
+
+def verify(ledger: Ledger, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Schema version, history chain, and state tables against history. Raises VerificationFailed.
+    `progress(done, total)` hears how many chain entries (history, then audit log) have been checked."""
     from ..ledger import sql
 
     read = ledger.read()
     if ledger.schema_version != sql.latest_version():
         raise VerificationFailed(f"schema version {ledger.schema_version} != expected {sql.latest_version()}")
-    entries = history.verify_chain(read.scan("verify_history_scan"))
-    audit_entries = audit.verify_chain(read.scan("audit_scan"))
+    total = ledger.head_seq + read.fetch("audit_count")[0][0]
+    entries = history.verify_chain(_counted(read.scan("verify_history_scan"), progress, 0, total))
+    audit_entries = audit.verify_chain(_counted(read.scan("audit_scan"), progress, entries, total))
+    if progress is not None:
+        progress(total, total)
     if entries != ledger.head_seq:
         raise VerificationFailed(f"history has {entries} entries but its head says {ledger.head_seq}")
     mismatched = read.rows("verify_states")
@@ -69,6 +76,18 @@ def verify(ledger: Ledger) -> dict[str, Any]:
     return {"ok": True, "schema_version": ledger.schema_version, "history_entries": entries,
             "audit_entries": audit_entries, "jobs": jobs,
             "checked_at": clock.iso(clock.now())}
+
+
+def _counted(rows: Iterator[tuple], progress: Callable[[int, int], None] | None, start: int, total: int
+             ) -> Iterator[tuple]:
+    """The rows, reporting `start` + rows seen so far every PROGRESS_EVERY rows."""
+    if progress is None:
+        yield from rows
+        return
+    for seen, row in enumerate(rows, 1):
+        yield row
+        if seen % PROGRESS_EVERY == 0:
+            progress(min(start + seen, total), total)
 
 
 def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000,
