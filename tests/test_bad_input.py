@@ -7,6 +7,7 @@ import json
 import uuid
 from pathlib import Path
 
+import fastjsonschema
 import pytest
 
 from airgap_orch import schemas
@@ -244,8 +245,16 @@ def test_schema_errors_stay_one_short_line_whatever_the_field_names():
     assert message.startswith("job has unknown fields ") and "and 16 more" in message
 
 
-def test_a_pattern_without_an_expected_form_keeps_the_validators_own_words():
-    """`description` documents a field; only `x-expected` is put into errors as the form a value must have."""
+def test_a_pattern_error_says_the_expected_form_not_the_fields_documentation():
     with pytest.raises(InvalidInput) as refused:
         schemas.validate("key-target", {"key": "no colon here"}, "body")
-    assert "must match pattern" in str(refused.value) and "e.g." not in str(refused.value)
+    assert str(refused.value) == ("body.key must be kind:name such as host:nvd.nist.gov (letters, digits and . _ -; "
+                                  "the name may also use : /), not 'no colon here'")
+
+
+def test_a_pattern_without_an_expected_form_keeps_the_validators_own_words():
+    """`description` documents a field; only `x-expected` is put into errors as the form a value must have."""
+    refused = fastjsonschema.JsonSchemaValueException(
+        "data.x must match pattern ^a$", value="b", name="data.x", rule="pattern",
+        definition={"type": "string", "pattern": "^a$", "description": "documentation, not a form"})
+    assert schemas._explain(refused, "any") == "must match pattern ^a$"
