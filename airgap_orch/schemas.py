@@ -60,15 +60,15 @@ def _explain(exc: fastjsonschema.JsonSchemaValueException, name: str) -> str:
         return f"is missing {', '.join(missing)}; add {'it' if len(missing) == 1 else 'them'}"
     if exc.rule == "additionalProperties" and isinstance(exc.value, dict):
         extra = sorted(set(exc.value) - set(exc.definition.get("properties", {})))
-        named = ", ".join(_shown(field, 40) for field in extra[:5])
+        named = ", ".join(shown(field, 40) for field in extra[:5])
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         return f"has unknown fields {named}{more}; remove them (schemas/{name}.schema.json lists the fields)"
     if exc.rule == "pattern" and "x-expected" in exc.definition:
-        return f"must be {exc.definition['x-expected']}, not {_shown(exc.value, 80)}"
+        return f"must be {exc.definition['x-expected']}, not {shown(exc.value, 80)}"
     return "must " + exc.message.split(" must ", 1)[-1]
 
 
-def _shown(value: Any, limit: int) -> str:
+def shown(value: Any, limit: int) -> str:
     """A value as it may appear in a one-line error: repr (no raw newlines or escapes), cut to `limit`."""
     text = str(value)
     return repr(text) if len(text) <= limit else repr(text[:limit - 3]) + "..."

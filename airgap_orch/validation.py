@@ -106,8 +106,7 @@ def artifact_from_text(text: str) -> dict[str, str]:
         raise InvalidInput(f"artifact {text!r} must be URI,DIGEST,MIME e.g. "
                            "file:///out/report.json,sha256:<64 hex>,application/json")
     item = {"uri": parts[0], "digest": parts[1], "mime": parts[2]}
-    shown = text if len(text) <= 60 else text[:57] + "..."
-    schemas.validate("artifact", item, f"artifact {shown!r}")
+    schemas.validate("artifact", item, f"artifact {schemas.shown(text, 60)}")
     return item
 
 

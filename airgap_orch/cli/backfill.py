@@ -40,12 +40,8 @@ def create(tenant: str, project: str, job_type: str, start: str, end: str, step:
                        ("timeout_seconds", timeout_seconds)):
         if value is not None:
             request[key] = value
-    bar = progress_bar("building window jobs")
-    try:
+    with progress_bar("building window jobs") as bar:
         return invoke_override("backfills.create", {**request, "reason": reason, "ticket": ticket}, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 @command(group, "list")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,12 +87,20 @@ class ProgressBar:
             self.bar = None
 
 
-def progress_bar(label: str) -> ProgressBar | None:
-    """A bar only on a terminal and without --json; None otherwise (scripts and pipes see nothing)."""
-    return ProgressBar(label) if sys.stderr.isatty() and not settings().json else None
+@contextlib.contextmanager
+def progress_bar(label: str) -> Iterator[ProgressBar | None]:
+    """A bar only on a terminal and without --json; None otherwise (scripts and pipes see nothing). The bar is
+    closed on the way out, also when the work fails."""
+    bar = ProgressBar(label) if sys.stderr.isatty() and not settings().json else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
 
 
-def invoke_override(name: str, params: dict[str, Any], *, progress: Any = None) -> dict[str, Any]:
+def invoke_override(name: str, params: dict[str, Any], *,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """invoke() for an operational override: a server takes reason/ticket from X-Orch-Reason/X-Orch-Ticket
     (api.Route.needs_reason/needs_ticket); locally they are plain params, and `progress` reports record
     building."""

@@ -30,12 +30,8 @@ def info() -> dict:
 @command(group, "verify")
 def verify() -> dict:
     """Check schema version, the history hash chain, and state tables against history (exit 4 if not)."""
-    bar = progress_bar("verifying hash chains")
-    try:
+    with progress_bar("verifying hash chains") as bar:
         return invoke("ledger.verify", {}, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 @command(group, "events")
