@@ -16,11 +16,14 @@ What is measured (issue 2, "Performance"):
 - bulk enqueue: operations.jobs.enqueue_batch (schema validation + one transaction) in batches of 10k
   small job specs, each with an idempotency key (and once without keys).
 - claim+ack with batch 1, 10, 100: `core.claim` in one transaction, then `core.ack` of those leases in a
-  second one; history entries are written by the core, as in production.
+  second one; history entries are written by the core, as in production. Joined: the ack of each batch and
+  the claim of the next in one transaction (as the server's group commit applies a worker's ack and its next
+  claim when they arrive together).
 - claim rate at 10k vs 1M queued jobs: batch-100 claim+ack of 5k jobs in each ledger; the bulk load of
   the large ledger is reported separately.
 - peer: Huey with SqliteHuey storage; enqueue N tasks, then dequeue + execute them in this thread.
-  Our figure for the same work: enqueue the same N, then batch-100 claim + ack until drained.
+  Our figure for the same work: enqueue the same N, then batch-100 claim + ack until drained (joined; and
+  with claim and ack in separate transactions).
 - http end to end (issue 3, "Performance"): a real `airgap-orch serve --no-auth` subprocess on loopback
   and BATCHING_FLEET (SDK worker processes with the README's settings for short jobs; handler =
   time.sleep(0.001)); N jobs enqueued through POST /v1/jobs/batch before timing; jobs/s until
@@ -243,12 +246,33 @@ def claim_ack_round(ledger: Ledger, batch: int, timer: Timer) -> None:
     if not leases:
         raise RuntimeError(f"claim returned nothing after {timer.jobs} jobs")
     with ledger.transaction() as tx:
-        outcomes = core.ack(tx, [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]} for lease in leases])
+        _ack(tx, leases)
+    timer.jobs += len(leases)
+    timer.batches += 1
+
+
+def claim_ack_joined(ledger: Ledger, jobs: int, batch: int, timer: Timer) -> None:
+    """The batch worker's loop when the ack of one batch and the claim of the next share a transaction (as
+    they do in the server's group commit when a worker's ack and its next claim arrive together): one
+    transaction per batch, plus the first claim."""
+    with ledger.transaction() as tx:
+        leases = core.claim(tx, worker_id=WORKER_ID, limit=min(batch, jobs), lease_seconds=LEASE_SECONDS)
+    while leases:
+        timer.jobs += len(leases)
+        timer.batches += 1
+        with ledger.transaction() as tx:
+            _ack(tx, leases)
+            wanted = min(batch, jobs - timer.jobs)
+            leases = core.claim(tx, worker_id=WORKER_ID, limit=wanted, lease_seconds=LEASE_SECONDS) if wanted else []
+    if timer.jobs < jobs:
+        raise RuntimeError(f"claim returned nothing after {timer.jobs} jobs")
+
+
+def _ack(tx: Any, leases: list[dict[str, Any]]) -> None:
+    outcomes = core.ack(tx, [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]} for lease in leases])
     refused = [outcome for outcome in outcomes if isinstance(outcome, OrchError)]
     if refused:
         raise RuntimeError(f"ack refused {len(refused)} of {len(outcomes)}: {refused[0]}")
-    timer.jobs += len(leases)
-    timer.batches += 1
 
 
 # -- sections --------------------------------------------------------------------------------------
@@ -279,19 +303,23 @@ def _claim_ack_section(batch: int) -> Callable[[Bench], Samples]:
     def run_section(bench: Bench) -> Samples:
         sizes = bench.sizes
         jobs = sizes.claim_jobs_batch1 if batch == 1 else sizes.claim_jobs
-        rates = []
-        for _ in range(bench.runs):
-            with bench.new_ledger(f"claim{batch}") as ledger:
-                fill(ledger, sizes.claim_jobs, prefix="claim", batch=sizes.load_batch)
-                with bench.timed() as timer:
-                    claim_ack(ledger, jobs, batch, timer)
-            rates.append(timer.rate())
+        loops = {f"claim_ack_batch{batch}_jobs_per_s": claim_ack, f"claim_ack_batch{batch}_joined_jobs_per_s":
+                 claim_ack_joined}
+        samples: Samples = {metric: [] for metric in loops}
+        for run in range(bench.runs):
+            for metric in sorted(loops, reverse=run % 2 == 1):  # alternate which loop goes first
+                with bench.new_ledger(f"claim{batch}") as ledger:
+                    fill(ledger, sizes.claim_jobs, prefix="claim", batch=sizes.load_batch)
+                    with bench.timed() as timer:
+                        loops[metric](ledger, jobs, batch, timer)
+                samples[metric].append(timer.rate())
         cap = ""
         if jobs < sizes.claim_jobs:
             cap = f" (capped at {jobs:,} of the {sizes.claim_jobs:,} queued jobs)"
         bench.note(f"claim+ack batch {batch}: {jobs:,} jobs per run{cap}; claim and ack are separate "
-                   "transactions; history written by the core")
-        return {f"claim_ack_batch{batch}_jobs_per_s": rates}
+                   "transactions; joined: the ack of each batch and the claim of the next share one; history "
+                   "written by the core")
+        return samples
     return run_section
 
 
@@ -398,7 +426,9 @@ def bench_peer_huey(bench: Bench) -> Samples:
     n = sizes.peer_jobs
     samples: Samples = {"peer_huey_sqlite_jobs_per_s": [], "peer_huey_enqueue_jobs_per_s": [],
                         "peer_huey_dequeue_execute_jobs_per_s": [], "ours_same_work_jobs_per_s": [],
-                        "ours_same_work_enqueue_jobs_per_s": [], "ours_same_work_claim_ack_jobs_per_s": []}
+                        "ours_same_work_enqueue_jobs_per_s": [], "ours_same_work_claim_ack_jobs_per_s": [],
+                        "ours_same_work_separate_jobs_per_s": [], "ours_same_work_separate_enqueue_jobs_per_s": [],
+                        "ours_same_work_separate_claim_ack_jobs_per_s": []}
     for run in range(bench.runs):
         specs = job_specs(n, prefix=f"peer{run}")
         payloads = [spec["payload"] for spec in specs]
@@ -426,20 +456,22 @@ def bench_peer_huey(bench: Bench) -> Samples:
         samples["peer_huey_enqueue_jobs_per_s"].append(enqueue_timer.rate())
         samples["peer_huey_dequeue_execute_jobs_per_s"].append(execute_timer.rate())
 
-        with bench.new_ledger("peer-ours") as ledger:
-            with bench.timed() as enqueue_timer:
-                for start in range(0, n, sizes.enqueue_batch):
-                    jobs_ops.enqueue_batch(ledger, specs[start:start + sizes.enqueue_batch], actor="bench")
-                enqueue_timer.jobs = n
-            with bench.timed() as drain_timer:
-                claim_ack(ledger, n, 100, drain_timer)
-        ours_seconds = enqueue_timer.seconds + drain_timer.seconds
-        samples["ours_same_work_jobs_per_s"].append(n / ours_seconds)
-        samples["ours_same_work_enqueue_jobs_per_s"].append(enqueue_timer.rate())
-        samples["ours_same_work_claim_ack_jobs_per_s"].append(drain_timer.rate())
+        for loop, suffix in ((claim_ack_joined, ""), (claim_ack, "_separate")):
+            with bench.new_ledger("peer-ours") as ledger:
+                with bench.timed() as enqueue_timer:
+                    for start in range(0, n, sizes.enqueue_batch):
+                        jobs_ops.enqueue_batch(ledger, specs[start:start + sizes.enqueue_batch], actor="bench")
+                    enqueue_timer.jobs = n
+                with bench.timed() as drain_timer:
+                    loop(ledger, n, 100, drain_timer)
+            samples[f"ours_same_work{suffix}_jobs_per_s"].append(n / (enqueue_timer.seconds + drain_timer.seconds))
+            samples[f"ours_same_work{suffix}_enqueue_jobs_per_s"].append(enqueue_timer.rate())
+            samples[f"ours_same_work{suffix}_claim_ack_jobs_per_s"].append(drain_timer.rate())
     bench.note(f"peer: {n:,} jobs per run; Huey enqueues one task per call (it has no batch enqueue), then "
                "dequeue()+execute() in this thread; ours: enqueue_batch of "
-               f"{sizes.enqueue_batch:,}, then batch-100 claim+ack; both stores at default durability")
+               f"{sizes.enqueue_batch:,}, then batch-100 claim+ack with the ack of each batch and the claim of the next "
+               "in one transaction (ours_same_work_separate_*: claim and ack in separate transactions); both stores "
+               "at default durability")
     return samples
 
 
@@ -723,6 +755,7 @@ def derive(medians: dict[str, float]) -> dict[str, float]:
     out = {}
     ratios = (("claim_rate_1m_over_10k", "claim_rate_1m_jobs_per_s", "claim_rate_10k_jobs_per_s"),
               ("ours_vs_huey_ratio", "ours_same_work_jobs_per_s", "peer_huey_sqlite_jobs_per_s"),
+              ("ours_separate_vs_huey_ratio", "ours_same_work_separate_jobs_per_s", "peer_huey_sqlite_jobs_per_s"),
               ("group_commit_speedup", "http_default_fleet_jobs_per_s",
                "http_default_fleet_no_group_commit_jobs_per_s"),
               ("group_commit_speedup_batching_fleet", "http_end_to_end_jobs_per_s", "http_no_group_commit_jobs_per_s"),
@@ -835,6 +868,7 @@ class StatementTimer:
                 if not manager.__exit__(*sys.exc_info()):
                     raise
             else:
+                tx.write_history()  # timed as its own statement, not as part of the COMMIT
                 started = time.perf_counter()
                 manager.__exit__(None, None, None)
                 timer._add("tx:COMMIT", time.perf_counter() - started)
@@ -912,8 +946,11 @@ ROWS = (
     ("bulk_enqueue_jobs_per_s", "bulk enqueue, keyed (jobs/s)"),
     ("bulk_enqueue_unkeyed_jobs_per_s", "bulk enqueue, no idempotency key (jobs/s)"),
     ("claim_ack_batch1_jobs_per_s", "claim+ack batch 1 (jobs/s)"),
+    ("claim_ack_batch1_joined_jobs_per_s", "  joined: ack + next claim in one tx (jobs/s)"),
     ("claim_ack_batch10_jobs_per_s", "claim+ack batch 10 (jobs/s)"),
+    ("claim_ack_batch10_joined_jobs_per_s", "  joined: ack + next claim in one tx (jobs/s)"),
     ("claim_ack_batch100_jobs_per_s", "claim+ack batch 100 (jobs/s)"),
+    ("claim_ack_batch100_joined_jobs_per_s", "  joined: ack + next claim in one tx (jobs/s)"),
     ("claim_rate_10k_jobs_per_s", "claim+ack b100, 10k-job ledger (jobs/s)"),
     ("claim_rate_1m_jobs_per_s", "claim+ack b100, large ledger (jobs/s)"),
     ("claim_rate_1m_over_10k", "claim rate large / 10k"),
@@ -921,10 +958,12 @@ ROWS = (
     ("peer_huey_sqlite_jobs_per_s", "Huey/SQLite enq+deq+exec (jobs/s)"),
     ("peer_huey_enqueue_jobs_per_s", "  Huey enqueue only (jobs/s)"),
     ("peer_huey_dequeue_execute_jobs_per_s", "  Huey dequeue+execute only (jobs/s)"),
-    ("ours_same_work_jobs_per_s", "ours, same N: enq + b100 claim+ack (jobs/s)"),
+    ("ours_same_work_jobs_per_s", "ours, same N: enq + b100 claim+ack, joined (jobs/s)"),
     ("ours_same_work_enqueue_jobs_per_s", "  ours enqueue only (jobs/s)"),
     ("ours_same_work_claim_ack_jobs_per_s", "  ours claim+ack only (jobs/s)"),
+    ("ours_same_work_separate_jobs_per_s", "ours, claim and ack in separate tx (jobs/s)"),
     ("ours_vs_huey_ratio", "ours / Huey"),
+    ("ours_separate_vs_huey_ratio", "ours, separate tx / Huey"),
     ("http_end_to_end_jobs_per_s", "HTTP end to end, group commit (jobs/s)"),
     ("http_claim_p50_ms", "  claim latency p50 (ms, /metrics histogram)"),
     ("http_claim_p99_ms", "  claim latency p99 (ms, /metrics histogram)"),

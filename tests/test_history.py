@@ -247,7 +247,7 @@ def test_cli_ledger_verify_json_reports_the_failure_as_an_object(cli, ledger_pat
     assert busy["running"] in error["message"]
 
 
-@pytest.mark.parametrize("jobs", [3, 1_500], ids=["appender", "arrow"])  # history.APPEND_ARROW_FROM = 1,000
+@pytest.mark.parametrize("jobs", [3, 1_500], ids=["appender", "arrow"])  # store.APPEND_ARROW_FROM = 1,000
 def test_history_appended_in_a_transaction_that_rolls_back_is_gone_and_the_chain_goes_on(ledger_path, jobs):
     spec = {"tenant": "acme", "project": "p", "type": "scan"}
     with Ledger.open(ledger_path, lock_timeout=1) as ledger:

@@ -32,6 +32,13 @@ GENESIS_HASH = "0" * 64
 # ~4.2 s in COMMITs at 16 MiB and ~2.4 s in COMMITs plus a final CHECKPOINT at 64 MiB. Commits stay durable: the
 # WAL is synced at every commit whatever this is; it only bounds the WAL replayed after a crash.
 CHECKPOINT_THRESHOLD = "64MiB"
+# History rows are written once per transaction, just before COMMIT: one append however many parts of the
+# transaction changed jobs (the server's group commit, an ack with the next claim). Measured with its 4
+# VARCHAR/BIGINT columns: DuckDB's appender takes 100 rows in half the time of an INSERT reading an Arrow
+# table, 1,000 in about the same, 10,000 in twice the time.
+APPEND_ARROW_FROM = 1_000
+_HISTORY_SCHEMA = pa.schema([("seq", pa.int64()), ("job_id", pa.string()), ("entry", pa.string()),
+                             ("entry_hash", pa.string())])
 _HOLDER_PID = re.compile(r"PID (\d+)")
 
 
@@ -132,6 +139,7 @@ class Ledger:
             self._con.execute("BEGIN")
             try:
                 yield tx
+                tx.write_history()
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")
@@ -161,7 +169,8 @@ class Ledger:
 
 
 class Transaction:
-    """Named-query access inside one transaction; carries the history chain head until commit."""
+    """Named-query access inside one transaction; carries the history chain head and the history rows it
+    appended (written at commit) until commit."""
 
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
@@ -170,7 +179,20 @@ class Transaction:
         self.head_seq = ledger.head_seq
         self.head_hash = ledger.head_hash
         self.unarchived = ledger.unarchived
-        self.appended: list[tuple[int, str, str, str]] = []
+        self.appended: list[tuple[int, str, str, str]] = []  # (seq, job_id, entry, entry_hash), chained
+        self._written = 0  # how many of them are in the history table
+
+    def write_history(self) -> None:
+        """Write the history rows appended since the last write (the ledger does it before COMMIT)."""
+        rows = self.appended[self._written:]
+        if not rows:
+            return
+        if len(rows) < APPEND_ARROW_FROM:
+            self.append("history", rows)
+        else:
+            self.execute_with("history_append", "entries", pa.table(list(zip(*rows, strict=True)),
+                                                                    schema=_HISTORY_SCHEMA))
+        self._written = len(self.appended)
 
     def execute(self, name: str, **params: Any) -> duckdb.DuckDBPyConnection:
         with self.ledger._lock:

@@ -16,8 +16,6 @@ from collections.abc import Iterable
 from json.encoder import encode_basestring  # what _encode() uses for a str
 from typing import Any
 
-import pyarrow as pa
-
 from .. import clock
 from ..errors import VerificationFailed
 from ..ledger import Transaction
@@ -27,11 +25,6 @@ ENTRY_FIELDS = (
     "seq", "job_id", "event_type", "from_state", "to_state", "attempt", "lease_id", "worker_id", "actor",
     "reason", "tenant", "project", "job_type", "correlation_id", "payload_digest", "artifacts", "occurred_at",
 )
-_SCHEMA = pa.schema([("seq", pa.int64()), ("job_id", pa.string()), ("entry", pa.string()),
-                     ("entry_hash", pa.string())])
-# Measured with 4 VARCHAR/BIGINT columns: DuckDB's appender takes 100 rows in half the time of an INSERT
-# reading an Arrow table, 1,000 in about the same, 10,000 in twice the time.
-APPEND_ARROW_FROM = 1_000
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # The entry text, field by field: exactly what _encode() of the entry dict in ENTRY_FIELDS order gives, at a
 # fraction of its cost (values repeated across a batch, e.g. tenant or actor, are encoded once per append).
@@ -77,9 +70,10 @@ def _text(seq: int, entry: dict[str, Any], encoded: _Encoded, attempts: _Encoded
 
 
 def append(tx: Transaction, entries: Iterable[dict[str, Any]]) -> int:
-    """Chain and insert entries (dicts with ENTRY_FIELDS except seq; occurred_at a datetime)."""
+    """Chain entries (dicts with ENTRY_FIELDS except seq; occurred_at a datetime) onto the transaction's
+    history; the ledger writes them, with every other entry of the transaction, just before it commits."""
     seq, prev = tx.head_seq, tx.head_hash
-    seqs, job_ids, texts, hashes = [], [], [], []
+    rows = []
     encoded, attempts = _Encoded(), _Encoded()  # texts and None; attempt numbers
     moment, occurred_at = None, ""
     for entry in entries:
@@ -89,19 +83,10 @@ def append(tx: Transaction, entries: Iterable[dict[str, Any]]) -> int:
             occurred_at = _encode(clock.iso(moment))
         text = _text(seq, entry, encoded, attempts, occurred_at)
         prev = chain(prev, text)
-        seqs.append(seq)
-        job_ids.append(entry["job_id"])
-        texts.append(text)
-        hashes.append(prev)
-    if seqs:
-        rows = list(zip(seqs, job_ids, texts, hashes, strict=True))
-        if len(rows) < APPEND_ARROW_FROM:
-            tx.append("history", rows)
-        else:
-            tx.execute_with("history_append", "entries", pa.table([seqs, job_ids, texts, hashes], schema=_SCHEMA))
-        tx.head_seq, tx.head_hash = seq, prev
-        tx.appended.extend(rows)
-    return len(seqs)
+        rows.append((seq, entry["job_id"], text, prev))
+    tx.head_seq, tx.head_hash = seq, prev
+    tx.appended.extend(rows)
+    return len(rows)
 
 
 def parse(seq: int, entry_text: str, entry_hash: str) -> dict[str, Any]:
