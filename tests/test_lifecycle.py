@@ -6,6 +6,7 @@ file, and move time with the manual clock instead of sleeping.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -104,6 +105,17 @@ def test_enqueue_creates_a_queued_job_with_one_history_entry(ledger, manual_cloc
     assert (row["state"], row["attempts"], row["run_at"]) == ("queued", 0, manual_clock.current)
     assert [(e["event_type"], e["from_state"], e["to_state"]) for e in history(ledger, job_id)] == [
         ("job.created", None, "queued")]
+
+
+def test_job_ids_of_a_batch_are_distinct_uuid7s_that_carry_the_enqueue_time(ledger):
+    job_ids = ops.enqueue_batch(ledger, [{"tenant": "acme", "project": "p", "type": "scan"}] * 2_000)["job_ids"]
+    parsed = [uuid.UUID(job_id) for job_id in job_ids]
+    assert len(set(job_ids)) == len(job_ids) == 2_000
+    assert {(u.version, u.variant) for u in parsed} == {(7, uuid.RFC_4122)}
+    assert all(str(u) == job_id for u, job_id in zip(parsed, job_ids, strict=True))  # lowercase, canonical form
+    moments = {u.int >> 80 for u in parsed}  # 48-bit Unix milliseconds
+    assert len(moments) == 1 and abs(moments.pop() - time.time_ns() // 1_000_000) < 60_000
+    assert len({u.int & ((1 << 62) - 1) for u in parsed}) == 2_000  # the random bits differ, not just the order
 
 
 def test_claim_leases_a_queued_job_until_lease_expiry(ledger, manual_clock):

@@ -199,7 +199,7 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         earlier = first_by_key.setdefault((record["tenant"], key), index)
         if earlier == index:
             fresh.append(index)
-    job_ids = {index: ids.uuid7() for index in fresh}
+    job_ids = dict(zip(fresh, ids.uuid7s(len(fresh)), strict=True))
 
     keyed = [i for i in fresh if records[i]["idempotency_key"] is not None]
     if keyed:
