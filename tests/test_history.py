@@ -290,3 +290,25 @@ def test_verify_reports_progress_in_order_up_to_every_chain_entry(ledger_path):
     total = result["history_entries"] + result["audit_entries"]
     assert result["audit_entries"] == 1
     assert heard == [(ledger_ops.PROGRESS_EVERY, total), (ledger_ops.PROGRESS_EVERY * 2, total), (total, total)]
+
+
+def test_an_ack_and_the_next_claim_in_one_transaction_write_their_entries_once_in_order(ledger_path):
+    """History rows are held by the transaction and written just before COMMIT: all of them, in chain order,
+    once, and the commit listeners (the server's event stream) get exactly those rows."""
+    with Ledger.open(ledger_path, lock_timeout=1) as ledger:
+        ops.enqueue_batch(ledger, [{"tenant": "acme", "project": "p", "type": "scan"} for _ in range(6)])
+        first = ops.claim(ledger, worker_id="w", limit=3, lease_seconds=60)["leases"]
+        heard: list[list[tuple]] = []
+        ledger.commit_listeners.append(heard.append)
+        before = ledger.head_seq
+        with ledger.transaction() as tx:
+            acked = core.ack(tx, [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]} for lease in first])
+            second = core.claim(tx, worker_id="w", limit=3, lease_seconds=60)
+        assert [outcome["state"] for outcome in acked] == ["succeeded"] * 3 and len(second) == 3
+        stored = ledger.read().fetch("history_page", after_seq=before, limit=100, tenants=None)
+        assert [seq for seq, _, _ in stored] == list(range(before + 1, before + 7))
+        events = [(json.loads(entry)["event_type"], json.loads(entry)["job_id"]) for _, entry, _ in stored]
+        assert events == [*(("job.succeeded", lease["job_id"]) for lease in first),
+                          *(("job.leased", lease["job_id"]) for lease in second)]
+        assert [[(seq, entry, entry_hash) for seq, _, entry, entry_hash in rows] for rows in heard] == [stored]
+        assert ledger_ops.verify(ledger)["ok"] is True
