@@ -469,9 +469,9 @@ def bench_peer_huey(bench: Bench) -> Samples:
             samples[f"ours_same_work{suffix}_claim_ack_jobs_per_s"].append(drain_timer.rate())
     bench.note(f"peer: {n:,} jobs per run; Huey enqueues one task per call (it has no batch enqueue), then "
                "dequeue()+execute() in this thread; ours: enqueue_batch of "
-               f"{sizes.enqueue_batch:,}, then batch-100 claim+ack with the ack of each batch and the claim of the next "
-               "in one transaction (ours_same_work_separate_*: claim and ack in separate transactions); both stores "
-               "at default durability")
+               f"{sizes.enqueue_batch:,}, then batch-100 claim+ack with the ack of each batch and the claim of the "
+               "next in one transaction (ours_same_work_separate_*: claim and ack in separate transactions); both "
+               "stores at default durability")
     return samples
 
 

@@ -13,8 +13,8 @@ from airgap_orch.operations import dispatch
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
 from airgap_orch.operations import limits as limit_ops
+from airgap_orch.operations.writer import LedgerWriter
 from airgap_orch.orchestrator import jobs as core
-from airgap_orch.server.writer import LedgerWriter
 
 
 def enqueue(ledger: Ledger, count: int, **fields) -> list[str]:

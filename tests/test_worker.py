@@ -7,6 +7,7 @@ process, since only one process may open the ledger.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -341,6 +342,28 @@ def test_max_jobs_stops_after_that_many_finished_jobs(ledger):
     assert summary["outcomes"] == {"succeeded": 2}
     states = sorted(ops.show(ledger, job_id)["state"] for job_id in ids)
     assert states == ["queued", "queued", "queued", "succeeded", "succeeded"]
+
+
+def test_reports_of_concurrent_handlers_share_transactions(ledger):
+    """Each job needs a start heartbeat and an ack; alone that is at least two commits per job. Through the
+    group-commit writer, reports and claims made at the same time share one, so 8 handlers that finish
+    together need far fewer."""
+    jobs = 80
+    ids = ops.enqueue_batch(ledger, [_spec("quick") for _ in range(jobs)])["job_ids"]
+    commits: list[int] = []
+    ledger.commit_listeners.append(lambda rows: commits.append(len(rows)))
+    both_in = threading.Barrier(8, timeout=10)
+
+    def quick(ctx) -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_in.wait()  # the first eight start together, so their reports arrive together
+
+    summary = _RunnerThread(ledger, {"quick": quick}, concurrency=8, lease_seconds=30.0,
+                            exit_when_idle=True).join(60)
+    assert summary["outcomes"] == {"succeeded": jobs}
+    assert {ops.show(ledger, job_id)["state"] for job_id in ids} == {"succeeded"}
+    assert sum(commits) == jobs * 3  # leased, running, succeeded: every entry written once
+    assert len(commits) < jobs * 2, f"{len(commits)} commits for {jobs} jobs"
 
 
 def test_invalid_artifacts_from_a_handler_fail_the_job_for_good(ledger):

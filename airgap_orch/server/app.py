@@ -17,10 +17,10 @@ from aiohttp import web
 from .. import api, schemas
 from ..errors import PROBLEM_BASE, Forbidden, InvalidInput, NotAuthorized, OrchError, exit_code_for, http_problem
 from ..operations.dispatch import Caller
+from ..operations.writer import Answer, LedgerWriter, dumps
 from . import openapi
 from .events import EventHub, envelope, matches
 from .metrics import Metrics
-from .writer import Answer, LedgerWriter, dumps
 
 MAX_IDEMPOTENCY_KEY = 128
 MAX_CLAIM_WAIT = 60.0

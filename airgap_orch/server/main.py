@@ -17,12 +17,12 @@ from aiohttp import web
 from ..errors import InvalidInput, PolicyRefused
 from ..ledger import Ledger
 from ..operations.dispatch import Caller
+from ..operations.writer import LedgerWriter
 from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS, SCHEDULER
 from . import discovery
 from .app import Door, create_app
 from .events import EventHub
 from .metrics import Metrics
-from .writer import LedgerWriter
 
 RECOVER_EVERY_SECONDS = 1.0
 

@@ -1,7 +1,9 @@
 """The in-process worker runner: claims jobs in batches, runs handlers in threads, heartbeats, reports.
 
-The runner is handed an open Ledger and owns it for its whole life (one writer). Every ledger call
-goes through operations/jobs.py; those serialize on the Ledger's lock, so the threads share it safely.
+The runner is handed an open Ledger and owns it for its whole life (one writer). Claims and worker reports
+go through a LedgerWriter (operations/writer.py), as they do in the server: reports and claims that the
+threads make at the same time share one transaction (group commit), so short jobs are not limited by one
+commit per report. Other reads go through operations/ under the Ledger's lock.
 
 Threads:
 - the main loop (the caller's thread) claims up to the number of free handler slots, one claim
@@ -39,6 +41,7 @@ from ..errors import InvalidInput, NotFound, OrchError, StaleLease
 from ..ledger import Ledger
 from ..operations import jobs as ops
 from ..operations import sources as source_ops
+from ..operations.writer import LedgerWriter
 from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS
 from ..orchestrator.states import ACTIVE_STATES
 from .context import (
@@ -165,6 +168,7 @@ class Runner:
         self._claimed = 0
         self._type_offset = 0
         self._scheduled_at: float | None = None  # monotonic time of the last run of due schedules
+        self._writer = LedgerWriter(ledger)
 
     # -- public ------------------------------------------------------------------------------------
     def stop(self, reason: str = "stop") -> None:
@@ -181,6 +185,7 @@ class Runner:
         thread and `handle_signals` is true (they are restored on return)."""
         started = time.monotonic()
         previous = install_stop_signals(self.stop) if handle_signals else {}
+        self._writer.start()
         try:
             try:
                 stopped_by = self._loop()
@@ -190,6 +195,7 @@ class Runner:
                 raise
             self._shutdown()
         finally:
+            self._writer.stop()
             restore_signals(previous)
         return self._summary(stopped_by, time.monotonic() - started)
 
@@ -234,9 +240,9 @@ class Runner:
             if want <= 0:
                 break
             try:
-                leases = ops.claim(self.ledger, worker_id=self.config.worker_id, limit=want,
-                                   lease_seconds=self.config.lease_seconds, queue=self.config.queue,
-                                   job_type=job_type)["leases"]
+                leases = self._call("jobs.claim", worker_id=self.config.worker_id, limit=want,
+                                    lease_seconds=self.config.lease_seconds, queue=self.config.queue,
+                                    type=job_type)["leases"]
             except OrchError as error:
                 log.warning("claim for %s failed: %s", job_type, error)
                 continue
@@ -326,18 +332,23 @@ class Runner:
         ctx = job.ctx
         if outcome.kind == "ack":
             try:
-                return ops.ack(self.ledger, ctx.job_id, ctx.lease_id, artifacts=outcome.artifacts)
+                return self._call("jobs.ack", job_id=ctx.job_id, lease_id=ctx.lease_id, artifacts=outcome.artifacts)
             except NotFound:
                 raise
             except InvalidInput as bad:  # the handler returned malformed artifacts: retrying won't help
-                return ops.fail(self.ledger, ctx.job_id, ctx.lease_id, error=clip_error(f"invalid artifacts: {bad}"),
-                                no_retry=True)
+                return self._call("jobs.fail", job_id=ctx.job_id, lease_id=ctx.lease_id,
+                                  error=clip_error(f"invalid artifacts: {bad}"), no_retry=True)
         if outcome.kind in ("stopped", "skip") and ctx.cancel_reason == CANCEL_REQUESTED:
             # fail on a job with cancel_requested ends it canceled (orchestrator/jobs.py).
-            return ops.fail(self.ledger, ctx.job_id, ctx.lease_id, error="canceled on request; handler stopped",
-                            no_retry=True)
-        return ops.fail(self.ledger, ctx.job_id, ctx.lease_id, error=clip_error(outcome.error or "handler failed"),
-                        retry_after=bounded_retry_after(outcome.retry_after), no_retry=outcome.no_retry)
+            return self._call("jobs.fail", job_id=ctx.job_id, lease_id=ctx.lease_id,
+                              error="canceled on request; handler stopped", no_retry=True)
+        return self._call("jobs.fail", job_id=ctx.job_id, lease_id=ctx.lease_id,
+                          error=clip_error(outcome.error or "handler failed"),
+                          retry_after=bounded_retry_after(outcome.retry_after), no_retry=outcome.no_retry)
+
+    def _call(self, name: str, **params: Any) -> dict[str, Any]:
+        """Run a claim or a report through the group-commit writer; raises what the operation raises."""
+        return self._writer.call(name, params)
 
     def _finish(self, job: _ActiveJob, outcome: str, error: str | None) -> FinishedJob:
         lease = job.lease
@@ -381,7 +392,8 @@ class Runner:
             if job.settled or job.released or job.lost:
                 return False
             try:
-                answer = ops.heartbeat(self.ledger, ctx.job_id, ctx.lease_id, progress=progress, message=message)
+                answer = self._call("jobs.heartbeat", job_id=ctx.job_id, lease_id=ctx.lease_id, progress=progress,
+                                    message=message)
             except (StaleLease, NotFound) as refused:
                 job.lost = True
                 log.warning("job %s: %s", ctx.job_id, refused)
@@ -417,7 +429,7 @@ class Runner:
                 job.stop_beating.set()
                 job.wake.set()
                 try:
-                    ops.release(self.ledger, job.ctx.job_id, job.ctx.lease_id)
+                    self._call("jobs.release", job_id=job.ctx.job_id, lease_id=job.ctx.lease_id)
                 except OrchError as error:
                     log.warning("could not release job %s: %s", job.ctx.job_id, error)
         # Give cooperative handlers a moment to notice; threads still running are daemons.

@@ -1,4 +1,5 @@
-"""The one writer path: a thread that owns the ledger and runs every operation the server receives.
+"""The one writer path: a thread that owns the ledger and runs every operation the server (or the in-process
+worker runner) hands it.
 
 Group commit: worker reports (heartbeat, ack, fail, release) and claims that arrive together are applied
 in ONE transaction, so the server pays the ledger's per-statement and per-commit cost once per batch
@@ -23,9 +24,9 @@ from typing import Any
 from .. import api, clock
 from ..errors import Conflict, InvalidInput, OrchError
 from ..ledger import Ledger, Transaction
-from ..operations import dispatch
-from ..operations import jobs as job_ops
 from ..orchestrator import jobs as core
+from . import dispatch
+from . import jobs as job_ops
 
 GROUPED = {"jobs.heartbeat": "heartbeat", "jobs.ack": "ack", "jobs.fail": "fail", "jobs.release": "release"}
 GROUPABLE = frozenset(GROUPED) | {"jobs.claim", "jobs.ack_many"}
@@ -70,16 +71,20 @@ class LedgerWriter:
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self.batch_observers: list[Callable[[int], None]] = []  # metrics: size of each group commit
         self._last_prune = 0.0
+        self._stopped = False
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
+        self._stopped = True
         self._queue.put(None)
         self._thread.join(timeout)
 
     def submit(self, name: str, params: dict[str, Any], caller: dispatch.Caller,
                request_key: str | None = None) -> Answer:
+        if self._stopped:  # nothing would ever answer: refuse instead of leaving the caller waiting
+            raise RuntimeError(f"the ledger writer has stopped; {name} was not run")
         request = Request(name, params, caller, request_key)
         # Work that needs no ledger is done here, in the caller's thread (the event loop), not in the writer's.
         if request_key:
