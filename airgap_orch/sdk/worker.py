@@ -67,6 +67,7 @@ from .. import validation
 from ..errors import Conflict, InvalidInput, LedgerBusy, NotAuthorized, NotFound, OrchError
 from ..worker import context as context_module
 from ..worker.context import (
+    FIRST_BEAT_SECONDS,
     FinishedJob,
     Outcome,
     bounded_retry_after,
@@ -89,7 +90,6 @@ log = logging.getLogger("airgap_orch.sdk")
 
 Handler = Callable[[Any], "list[dict[str, str]] | None"]
 
-FIRST_BEAT_SECONDS = 0.2  # the first heartbeat of a job waits this long (short jobs never send one)
 MAX_ACK_BATCH = 1000  # schemas/ack-many-request.schema.json maxItems
 MAX_PREFETCH = 1000  # validation.MAX_CLAIM_LIMIT: one claim can fill it
 RETRY_CAP_SECONDS = 5.0  # longest pause between the worker's own retries (after the client's retries)

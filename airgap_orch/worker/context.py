@@ -52,6 +52,11 @@ CANCEL_REQUESTED = "cancel_requested"  # an operator canceled the job
 LEASE_LOST = "lease_lost"  # the lease expired or was superseded: another worker may own the job
 SHUTDOWN = "shutdown"  # the worker is stopping and released the job
 
+# Both workers (worker run and the SDK) start a handler at once and send its job's first heartbeat, which
+# moves the job to running, this long after (or at lease_seconds / 3 if sooner): a job shorter than that
+# goes from leased to its ack or fail with no heartbeat of its own.
+FIRST_BEAT_SECONDS = 0.2
+
 
 class JobContext:
     """One attempt of one job, as handed to a handler. Thread-safe."""

@@ -9,8 +9,10 @@ Threads:
 - the main loop (the caller's thread) claims up to the number of free handler slots, one claim
   statement per handled job type, reaps finished jobs and watches for stop requests;
 - one thread per job runs the handler and then acks or fails under the job's lease;
-- one heartbeat thread per job extends the lease every lease/3 seconds while the handler runs and
-  sends progress (at most every `progress_interval` seconds). A heartbeat that answers
+- one heartbeat thread per job sends the first heartbeat (which moves the job to running) FIRST_BEAT_SECONDS
+  after the handler starts, as the SDK worker does, so a shorter job costs no heartbeat; then it extends
+  the lease every lease/3 seconds while the handler runs and sends progress (at most every
+  `progress_interval` seconds). A heartbeat that answers
   `cancel_requested` sets `ctx.cancelled`; one refused as stale (the lease expired or was superseded)
   means another worker may own the job now: the runner stops reporting for it, signals the handler
   to stop, and never acks it.
@@ -46,6 +48,7 @@ from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS
 from ..orchestrator.states import ACTIVE_STATES
 from .context import (
     CANCEL_REQUESTED,
+    FIRST_BEAT_SECONDS,
     LEASE_LOST,
     SHUTDOWN,
     FinishedJob,
@@ -296,11 +299,9 @@ class Runner:
     def _work(self, job: _ActiveJob) -> None:
         outcome: Outcome | None = None
         try:
-            # The first heartbeat moves the job to running and shows a cancel requested meanwhile.
-            if self._heartbeat(job, None):
-                assert job.beater is not None
-                job.beater.start()
-                outcome = Outcome("skip") if job.ctx.cancelled.is_set() else run_handler(job.handler, job.ctx)
+            assert job.beater is not None
+            job.beater.start()  # its first beat, after FIRST_BEAT_SECONDS, moves the job to running
+            outcome = Outcome("skip") if job.ctx.cancelled.is_set() else run_handler(job.handler, job.ctx)
         finally:
             job.stop_beating.set()
             job.wake.set()
@@ -361,7 +362,7 @@ class Runner:
         interval = self.config.lease_seconds / 3
         min_gap = self.config.progress_interval
         last_sent = time.monotonic()
-        next_beat = last_sent + interval
+        next_beat = last_sent + min(FIRST_BEAT_SECONDS, interval)
         while not job.stop_beating.is_set():
             with job.pending_lock:
                 dirty = job.pending is not None
