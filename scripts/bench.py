@@ -917,7 +917,8 @@ def profile(name: str, sizes: Sizes, workdir: Path, out: io.TextIOBase, dump: Pa
           f"{plain.measured_seconds:.3f} s measured ({rate:,.0f} jobs/s), "
           f"{plain.measured_seconds * 1000 / trips:.3f} ms per round trip; process CPU "
           f"{plain.measured_cpu_seconds:.3f} s; load average {_loadavg()}", file=out)
-    print("   (a round trip = one enqueue_batch call, or one claim transaction + one ack transaction)", file=out)
+    print("   (a round trip = one enqueue_batch call, or one claim + ack of a batch; the claim_ack sections run the "
+          "separate and the joined loop, so their figures average the two)", file=out)
     print("\n-- pass 1, no cProfile: wall time per ledger call --", file=out)
     print(f"{'statement':44} {'calls':>7} {'total s':>8} {'ms/call':>8} {'ms/trip':>9} {'share':>6}", file=out)
     accounted = 0.0
