@@ -114,3 +114,14 @@ def test_claims_over_the_shared_claim_size_are_served_in_turn(ledger):
     assert len({lease["job_id"] for leases in answers for lease in leases}) == 2_500
     counts = Counter(job["worker_id"] for job in ops.list_jobs(ledger, state="leased", limit=5_000)["jobs"])
     assert counts == {"w-0": 1_000, "w-1": 1_000, "w-2": 500}
+
+
+def test_a_stopped_writer_refuses_a_call_instead_of_leaving_the_caller_waiting(ledger):
+    (job_id,) = enqueue(ledger, 1)
+    writer = LedgerWriter(ledger)
+    writer.start()
+    lease = writer.call("jobs.claim", {"worker_id": "w", "limit": 1})["leases"][0]
+    writer.stop()
+    with pytest.raises(RuntimeError, match="writer has stopped"):
+        writer.call("jobs.ack", {"job_id": job_id, "lease_id": lease["lease_id"]})
+    assert ops.show(ledger, job_id)["state"] == "leased"  # the refused ack changed nothing
