@@ -864,11 +864,11 @@ class StatementTimer:
             timer._add("tx:BEGIN", time.perf_counter() - started)
             try:
                 yield tx
+                tx.write_history()  # timed as its own statement, not as part of the COMMIT
             except BaseException:
                 if not manager.__exit__(*sys.exc_info()):
                     raise
             else:
-                tx.write_history()  # timed as its own statement, not as part of the COMMIT
                 started = time.perf_counter()
                 manager.__exit__(None, None, None)
                 timer._add("tx:COMMIT", time.perf_counter() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import duckdb
 import pytest
 
 from airgap_orch.errors import StaleLease
@@ -122,6 +123,40 @@ def test_a_stopped_writer_refuses_a_call_instead_of_leaving_the_caller_waiting(l
     writer.start()
     lease = writer.call("jobs.claim", {"worker_id": "w", "limit": 1})["leases"][0]
     writer.stop()
-    with pytest.raises(RuntimeError, match="writer has stopped"):
-        writer.call("jobs.ack", {"job_id": job_id, "lease_id": lease["lease_id"]})
+    with pytest.raises(RuntimeError, match="writer has stopped"):  # submit, not call: a regression fails, not hangs
+        writer.submit("jobs.ack", {"job_id": job_id, "lease_id": lease["lease_id"]}, dispatch.Caller())
     assert ops.show(ledger, job_id)["state"] == "leased"  # the refused ack changed nothing
+
+
+def test_a_group_that_breaks_is_retried_request_by_request_so_one_broken_request_fails_alone(ledger, monkeypatch):
+    """An error that is not a refusal (here an I/O error injected into one job's ack) rolls the whole group
+    back; the writer then runs each request on its own, so only that request fails."""
+    good, broken = enqueue(ledger, 2), enqueue(ledger, 1)[0]
+    more = enqueue(ledger, 1)
+    leases = {lease["job_id"]: lease["lease_id"] for lease in ops.claim(ledger, worker_id="w", limit=3)["leases"]}
+    build, apply = ops.BATCHED["ack"]
+
+    def ack_that_breaks_on_one_job(tx, items):
+        if any(item["job_id"] == broken for item in items):
+            raise duckdb.IOException("injected: the disk went away")
+        return apply(tx, items)
+
+    monkeypatch.setitem(ops.BATCHED, "ack", (build, ack_that_breaks_on_one_job))
+    writer = LedgerWriter(ledger)
+    answers = {job_id: writer.submit("jobs.ack", {"job_id": job_id, "lease_id": leases[job_id]}, dispatch.Caller())
+               for job_id in [*good, broken]}
+    claim = writer.submit("jobs.claim", {"worker_id": "w2", "limit": 1}, dispatch.Caller())
+    sizes: list[int] = []
+    writer.batch_observers.append(sizes.append)
+    writer.start()  # all four were queued before the writer ran: they arrive as one group
+    try:
+        assert [answers[job_id].result(10)["state"] for job_id in good] == ["succeeded", "succeeded"]
+        with pytest.raises(duckdb.IOException, match="injected"):
+            answers[broken].result(10)
+        assert [lease["job_id"] for lease in claim.result(10)["leases"]] == more
+    finally:
+        writer.stop()
+    assert sizes == [4, 1, 1, 1, 1]
+    assert [ops.show(ledger, job_id)["state"] for job_id in [*good, broken, *more]] == [
+        "succeeded", "succeeded", "leased", "leased"]
+    assert ledger_ops.verify(ledger)["ok"] is True

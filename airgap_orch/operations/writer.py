@@ -72,19 +72,20 @@ class LedgerWriter:
         self.batch_observers: list[Callable[[int], None]] = []  # metrics: size of each group commit
         self._last_prune = 0.0
         self._stopped = False
+        self._accepting = threading.Lock()  # orders submit() against stop(): nothing queued after the end mark
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stopped = True
-        self._queue.put(None)
-        self._thread.join(timeout)
+        with self._accepting:
+            self._stopped = True
+            self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def submit(self, name: str, params: dict[str, Any], caller: dispatch.Caller,
                request_key: str | None = None) -> Answer:
-        if self._stopped:  # nothing would ever answer: refuse instead of leaving the caller waiting
-            raise RuntimeError(f"the ledger writer has stopped; {name} was not run")
         request = Request(name, params, caller, request_key)
         # Work that needs no ledger is done here, in the caller's thread (the event loop), not in the writer's.
         if request_key:
@@ -96,7 +97,10 @@ class LedgerWriter:
                 request.acks = error
             except (TypeError, AttributeError) as error:
                 request.acks = InvalidInput(f"acks: {error}")
-        self._queue.put(request)
+        with self._accepting:
+            if self._stopped:  # nothing would ever answer: refuse instead of leaving the caller waiting
+                raise RuntimeError(f"the ledger writer has stopped; {name} was not run")
+            self._queue.put(request)
         return request.future
 
     def call(self, name: str, params: dict[str, Any], caller: dispatch.Caller | None = None) -> Any:
@@ -190,6 +194,13 @@ class LedgerWriter:
                 self._apply_reports(tx, requests, answers)
                 self._apply_claims(tx, requests, answers)
                 _log(tx, [(r, answers[id(r)]) for r in requests if not isinstance(answers.get(id(r)), OrchError)])
+        except Exception as exc:
+            if len(requests) > 1:  # rolled back: run each on its own, so one broken request fails alone
+                for request in requests:
+                    self._run_group([request])
+                return
+            requests[0].future.set_exception(exc)
+            return
         except BaseException as exc:
             for request in requests:
                 request.future.set_exception(exc)

@@ -156,7 +156,8 @@ class Outcome:
     """How one attempt of a handler ended, before it is reported.
 
     kind: "ack" (artifacts), "fail" (error, retry_after, no_retry), "stopped" (the handler raised
-    JobCanceled), or a runner's own marker such as "skip" (canceled before it started)."""
+    JobCanceled), or a runner's own marker such as "skip" (the worker was stopping, or already knew of a cancel
+    request, before the handler started)."""
 
     kind: str
     artifacts: list[Any] = field(default_factory=list)

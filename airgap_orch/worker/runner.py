@@ -3,7 +3,9 @@
 The runner is handed an open Ledger and owns it for its whole life (one writer). Claims and worker reports
 go through a LedgerWriter (operations/writer.py), as they do in the server: reports and claims that the
 threads make at the same time share one transaction (group commit), so short jobs are not limited by one
-commit per report. Other reads go through operations/ under the Ledger's lock.
+commit per report; a group that fails for another reason than a refusal is retried one request at a time.
+The main loop's other ledger work (running due schedules, the idle check) goes through operations/
+directly; the Ledger's lock orders it with the writer's transactions.
 
 Threads:
 - the main loop (the caller's thread) claims up to the number of free handler slots, one claim
@@ -188,8 +190,8 @@ class Runner:
         thread and `handle_signals` is true (they are restored on return)."""
         started = time.monotonic()
         previous = install_stop_signals(self.stop) if handle_signals else {}
-        self._writer.start()
         try:
+            self._writer.start()
             try:
                 stopped_by = self._loop()
             except BaseException:
@@ -246,7 +248,7 @@ class Runner:
                 leases = self._call("jobs.claim", worker_id=self.config.worker_id, limit=want,
                                     lease_seconds=self.config.lease_seconds, queue=self.config.queue,
                                     type=job_type)["leases"]
-            except OrchError as error:
+            except Exception as error:  # refused, or the ledger failed: log it and try again on the next loop
                 log.warning("claim for %s failed: %s", job_type, error)
                 continue
             for lease in leases:
