@@ -253,23 +253,34 @@ def claim_ack_round(ledger: Ledger, batch: int, timer: Timer) -> None:
 
 def claim_ack_joined(ledger: Ledger, jobs: int, batch: int, timer: Timer) -> None:
     """The batch worker's loop when the ack of one batch and the claim of the next share a transaction (as
-    they do in the server's group commit when a worker's ack and its next claim arrive together): one
-    transaction per batch, plus the first claim."""
+    they do in the server's group commit when a worker's ack and its next claim arrive together, and there
+    core.ack_and_claim makes them one statement): one transaction per batch, plus the first claim."""
     with ledger.transaction() as tx:
         leases = core.claim(tx, worker_id=WORKER_ID, limit=min(batch, jobs), lease_seconds=LEASE_SECONDS)
     while leases:
         timer.jobs += len(leases)
         timer.batches += 1
+        wanted = min(batch, jobs - timer.jobs)
         with ledger.transaction() as tx:
-            _ack(tx, leases)
-            wanted = min(batch, jobs - timer.jobs)
-            leases = core.claim(tx, worker_id=WORKER_ID, limit=wanted, lease_seconds=LEASE_SECONDS) if wanted else []
+            if wanted:
+                outcomes, [leases] = core.ack_and_claim(tx, _acks(leases), [(WORKER_ID, wanted)],
+                                                        lease_seconds=LEASE_SECONDS)
+            else:
+                outcomes, leases = core.ack(tx, _acks(leases)), []
+            _refused(outcomes)
     if timer.jobs < jobs:
         raise RuntimeError(f"claim returned nothing after {timer.jobs} jobs")
 
 
 def _ack(tx: Any, leases: list[dict[str, Any]]) -> None:
-    outcomes = core.ack(tx, [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]} for lease in leases])
+    _refused(core.ack(tx, _acks(leases)))
+
+
+def _acks(leases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]} for lease in leases]
+
+
+def _refused(outcomes: list[Any]) -> None:
     refused = [outcome for outcome in outcomes if isinstance(outcome, OrchError)]
     if refused:
         raise RuntimeError(f"ack refused {len(refused)} of {len(outcomes)}: {refused[0]}")

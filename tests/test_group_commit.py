@@ -3,13 +3,15 @@ filters share one claim (core.claim_shared); each worker gets its own leases, re
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 
 import duckdb
 import pytest
 
-from airgap_orch.errors import StaleLease
-from airgap_orch.ledger import Ledger
+from airgap_orch.errors import NotFound, StaleLease
+from airgap_orch.ledger import Ledger, Transaction
 from airgap_orch.operations import dispatch
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
@@ -134,14 +136,14 @@ def test_a_group_that_breaks_is_retried_request_by_request_so_one_broken_request
     good, broken = enqueue(ledger, 2), enqueue(ledger, 1)[0]
     more = enqueue(ledger, 1)
     leases = {lease["job_id"]: lease["lease_id"] for lease in ops.claim(ledger, worker_id="w", limit=3)["leases"]}
-    build, apply = ops.BATCHED["ack"]
+    ack_params = core._ack_params
 
-    def ack_that_breaks_on_one_job(tx, items):
+    def ack_params_that_break_on_one_job(items, tenants):  # every ack statement's parameters come from here
         if any(item["job_id"] == broken for item in items):
             raise duckdb.IOException("injected: the disk went away")
-        return apply(tx, items)
+        return ack_params(items, tenants)
 
-    monkeypatch.setitem(ops.BATCHED, "ack", (build, ack_that_breaks_on_one_job))
+    monkeypatch.setattr(core, "_ack_params", ack_params_that_break_on_one_job)
     writer = LedgerWriter(ledger)
     answers = {job_id: writer.submit("jobs.ack", {"job_id": job_id, "lease_id": leases[job_id]}, dispatch.Caller())
                for job_id in [*good, broken]}
@@ -159,4 +161,149 @@ def test_a_group_that_breaks_is_retried_request_by_request_so_one_broken_request
     assert sizes == [4, 1, 1, 1, 1]
     assert [ops.show(ledger, job_id)["state"] for job_id in [*good, broken, *more]] == [
         "succeeded", "succeeded", "leased", "leased"]
+    assert ledger_ops.verify(ledger)["ok"] is True
+
+
+# -- a group's acks and its claim in one statement (core.ack_and_claim) ---------------------------------------
+
+@pytest.fixture
+def statements(monkeypatch) -> list[str]:
+    """Names of the ledger queries run, in order (the real queries run; this only writes their names down)."""
+    names: list[str] = []
+    for method in ("execute", "rows", "fetch"):
+        real = getattr(Transaction, method)
+
+        def recording(self, name, _real=real, **params):
+            names.append(name)
+            return _real(self, name, **params)
+
+        monkeypatch.setattr(Transaction, method, recording)
+    return names
+
+
+def _reports_ready(ledger: Ledger) -> dict[str, dict]:
+    """Six queued acme jobs and one of tenant other; four acme jobs leased to w-0, one of them running with its
+    cancellation requested. Returns the leases by job id, in claim order."""
+    enqueue(ledger, 2, priority=5)
+    enqueue(ledger, 4)
+    enqueue(ledger, 1, tenant="other")
+    leases = {lease["job_id"]: lease for lease in ops.claim(ledger, worker_id="w-0", limit=4)["leases"]}
+    running = list(leases)[2]
+    ops.heartbeat(ledger, running, leases[running]["lease_id"])
+    ops.cancel(ledger, running, reason="operator asked")
+    return leases
+
+
+def _acks(leases: dict[str, dict]) -> list[dict]:
+    """Two good acks (one with artifacts), one of a job whose cancellation was requested, one with a lease that
+    does not hold its job, one of a job that does not exist."""
+    first, second, canceled, stale = leases
+    artifact = {"uri": "file:///out/report.json", "digest": "sha256:" + "0" * 64, "mime": "application/json"}
+    return [{"job_id": first, "lease_id": leases[first]["lease_id"]},
+            {"job_id": second, "lease_id": leases[second]["lease_id"], "artifacts": [artifact]},
+            {"job_id": canceled, "lease_id": leases[canceled]["lease_id"]},
+            {"job_id": stale, "lease_id": leases[first]["lease_id"]},
+            {"job_id": "01000000-0000-7000-8000-000000000000", "lease_id": leases[first]["lease_id"]}]
+
+
+def _plain(outcome):
+    return (type(outcome).__name__, str(outcome)) if isinstance(outcome, Exception) else outcome
+
+
+def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger_path, tmp_path, manual_clock,
+                                                                          statements):
+    """Two copies of one ledger: one acks and then claims (two statements), the other runs core.ack_and_claim
+    (one statement). Outcomes, leases, rows and history agree, except for the fresh lease ids."""
+    with Ledger.open(ledger_path, lock_timeout=1) as ledger:
+        leases = _reports_ready(ledger)
+        start = ledger.head_seq
+    copy = tmp_path / "copy.duckdb"
+    shutil.copyfile(ledger_path, copy)
+    found = {}
+    for path, joined in ((ledger_path, False), (copy, True)):
+        with Ledger.open(path, lock_timeout=1) as ledger:
+            statements.clear()
+            with ledger.transaction() as tx:
+                takers = [("w-1", 2), ("w-2", 2)]
+                if joined:
+                    outcomes, shares = core.ack_and_claim(tx, _acks(leases), takers, lease_seconds=60)
+                else:
+                    outcomes = core.ack(tx, _acks(leases))
+                    shares = core.claim_shared(tx, takers, lease_seconds=60)
+            ran = [name for name in statements if name in ("ack", "claim", "ack_and_claim")]
+            assert ran == (["ack_and_claim"] if joined else ["ack", "claim"])
+            history = ledger.read().fetch("history_page", after_seq=start, limit=100, tenants=None)
+            rows = sorted(ledger.read().rows("jobs_list", state=None, tenant=None, job_type=None, tenants=None,
+                                             limit=100), key=lambda row: row["job_id"])
+            found[joined] = {
+                "outcomes": [_plain(outcome) for outcome in outcomes],
+                "shares": [[{k: v for k, v in lease.items() if k != "lease_id"} for lease in share]
+                           for share in shares],
+                "history": [{k: v for k, v in json.loads(entry).items() if k != "lease_id"}
+                            for _, entry, _ in history],
+                "rows": [{k: v for k, v in row.items() if k != "lease_id"} for row in rows],
+            }
+            assert ledger_ops.verify(ledger)["ok"] is True
+    assert found[True] == found[False]
+    states = [outcome[1] if isinstance(outcome, tuple) else outcome["state"] for outcome in found[True]["outcomes"]]
+    assert states[:3] == ["succeeded", "succeeded", "canceled"]
+    assert "not the current lease" in states[3] and "no job" in states[4]
+    assert [len(share) for share in found[True]["shares"]] == [2, 1]  # the three jobs still queued
+    assert [entry["event_type"] for entry in found[True]["history"]] == [
+        "job.succeeded", "job.succeeded", "job.canceled", "job.leased", "job.leased", "job.leased"]
+
+
+def test_an_ack_that_readies_a_dependent_job_lets_the_same_claim_take_it(ledger, statements):
+    """While jobs wait on others, ack_and_claim acks first and claims after, as two statements."""
+    (parent,) = enqueue(ledger, 1)
+    (lease,) = ops.claim(ledger, worker_id="w-0", limit=1)["leases"]
+    (child,) = enqueue(ledger, 1, depends_on=[parent])
+    statements.clear()
+    with ledger.transaction() as tx:
+        outcomes, [taken] = core.ack_and_claim(tx, [{"job_id": parent, "lease_id": lease["lease_id"]}],
+                                               [("w-1", 5)], lease_seconds=60)
+    assert outcomes[0]["state"] == "succeeded"
+    assert [job["job_id"] for job in taken] == [child]
+    assert "ack_and_claim" not in statements and statements.index("ack") < statements.index("claim")
+
+
+def test_an_ack_limited_to_other_tenants_is_refused_in_the_joined_statement_and_the_claim_goes_on(ledger,
+                                                                                                   statements):
+    (mine,) = enqueue(ledger, 1)
+    (lease,) = ops.claim(ledger, worker_id="w-0", limit=1)["leases"]
+    (next_job,) = enqueue(ledger, 1)
+    with ledger.transaction() as tx:
+        [refused], [taken] = core.ack_and_claim(
+            tx, [{"job_id": mine, "lease_id": lease["lease_id"], "tenants": frozenset({"other"})}], [("w-1", 1)],
+            lease_seconds=60)
+    assert "ack_and_claim" in statements
+    assert isinstance(refused, NotFound) and [job["job_id"] for job in taken] == [next_job]
+    assert ops.show(ledger, mine)["state"] == "leased"
+
+
+def test_a_groups_acks_are_applied_with_its_claim_in_one_statement(ledger, statements):
+    leases = _reports_ready(ledger)
+    writer = LedgerWriter(ledger)
+    sizes: list[int] = []
+    writer.batch_observers.append(sizes.append)
+    acks = _acks(leases)
+    many = writer.submit("jobs.ack_many", {"acks": [{k: v for k, v in ack.items()} for ack in acks[:4]]},
+                         dispatch.Caller(actor="test"))
+    single = writer.submit("jobs.ack", acks[4], dispatch.Caller(actor="test"))
+    claim = writer.submit("jobs.claim", {"worker_id": "w-1", "limit": 5}, dispatch.Caller(actor="test"))
+    statements.clear()
+    writer.start()  # all three were queued before the writer ran: they arrive as one group
+    try:
+        results = many.result(10)["results"]
+        with pytest.raises(NotFound):
+            single.result(10)
+        taken = claim.result(10)["leases"]
+    finally:
+        writer.stop()
+    assert sizes == [3]
+    assert [name for name in statements if name in ("ack", "claim", "ack_and_claim")] == ["ack_and_claim"]
+    assert [result.get("state") for result in results] == ["succeeded", "succeeded", "canceled", None]
+    assert results[3]["error"]["exit_code"] == 3
+    assert len(taken) == 3 and {job["worker_id"] for job in ops.list_jobs(ledger, state="leased")["jobs"]} == {
+        "w-0", "w-1"}
     assert ledger_ops.verify(ledger)["ok"] is True

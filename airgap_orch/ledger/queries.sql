@@ -72,22 +72,62 @@ WHERE rowid IN (SELECT rowid FROM jobs WHERE {{ready}} AND NOT {{in_blocked_grou
                 ORDER BY {{claim_order}} LIMIT $limit)
 RETURNING {{lease_returning}};
 
+-- fragment: acks_given
+-- One ack per position of the lists $lease_ids, $job_ids, $artifacts. (Lists unnested in the query cost ~1 ms
+-- less than registering an Arrow table of 100 rows.)
+(SELECT unnest($lease_ids) AS lease_id, unnest($job_ids) AS job_id, unnest($artifacts) AS given_artifacts)
+
+-- fragment: ack_holds
+-- The jobs row is held by the ack's lease: a lease id names one claim of one job, so a row is completed only by
+-- the ack that presents its current lease together with its job id, before the lease expires or the job times out.
+(jobs.lease_id = acks.lease_id AND jobs.job_id = acks.job_id
+ AND list_contains($from_states, jobs.state) AND jobs.lease_expires_at > $now
+ AND (jobs.timeout_seconds IS NULL OR jobs.leased_at + to_seconds(jobs.timeout_seconds) > $now)
+ AND ($ack_tenants IS NULL OR list_contains($ack_tenants, jobs.tenant)))
+
+-- fragment: acked_state
+CASE WHEN cancel_requested THEN 'canceled' ELSE 'succeeded' END
+
+-- fragment: acked_progress
+CASE WHEN cancel_requested THEN progress ELSE 1.0 END
+
+-- fragment: ack_returning
+jobs.job_id, state, attempts, jobs.lease_id, worker_id, tenant, project, job_type, correlation_id, payload_digest,
+started_at
+
 -- name: ack
--- One ack per position of the lists $lease_ids, $job_ids, $artifacts. A lease id names one claim of one job, so
--- a row is completed only by the ack that presents its current lease together with its job id. (Lists unnested
--- in the query cost ~1 ms less than registering an Arrow table of 100 rows.)
 UPDATE jobs SET
-    state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'succeeded' END,
-    artifacts = acks.artifacts,
-    progress = CASE WHEN cancel_requested THEN progress ELSE 1.0 END,
+    state = {{acked_state}}, artifacts = acks.given_artifacts, progress = {{acked_progress}},
     finished_at = $now, updated_at = $now
-FROM (SELECT unnest($lease_ids) AS lease_id, unnest($job_ids) AS job_id, unnest($artifacts) AS artifacts) AS acks
-WHERE jobs.lease_id = acks.lease_id AND jobs.job_id = acks.job_id
-  AND list_contains($from_states, state) AND lease_expires_at > $now
-  AND (timeout_seconds IS NULL OR leased_at + to_seconds(timeout_seconds) > $now)
-  AND ($tenants IS NULL OR list_contains($tenants, tenant))
-RETURNING jobs.job_id, state, attempts, jobs.lease_id, worker_id, tenant, project, job_type, correlation_id,
-          payload_digest, started_at;
+FROM {{acks_given}} AS acks
+WHERE {{ack_holds}}
+RETURNING {{ack_returning}};
+
+-- name: ack_and_claim
+-- ack, then claim (the unfiltered form), in one statement: the rows acked come back succeeded or canceled,
+-- the rows leased come back leased (with the values lease_to_worker gives). Only for a claim no flow-control limit concerns, while no job waits on
+-- another (orchestrator/jobs.py, ack_and_claim), so the ack cannot change what the claim may take.
+UPDATE jobs SET
+    state = CASE WHEN picked.acked THEN {{acked_state}} ELSE 'leased' END,
+    artifacts = CASE WHEN picked.acked THEN picked.given_artifacts ELSE artifacts END,
+    progress = CASE WHEN picked.acked THEN {{acked_progress}} END,
+    finished_at = CASE WHEN picked.acked THEN $now ELSE finished_at END,
+    lease_id = CASE WHEN picked.acked THEN lease_id ELSE uuid()::VARCHAR END,
+    worker_id = CASE WHEN picked.acked THEN worker_id ELSE $worker_id END,
+    attempts = CASE WHEN picked.acked THEN attempts ELSE attempts + 1 END,
+    lease_seconds = CASE WHEN picked.acked THEN lease_seconds ELSE $lease_seconds END,
+    leased_at = CASE WHEN picked.acked THEN leased_at ELSE $now END,
+    lease_expires_at = CASE WHEN picked.acked THEN lease_expires_at ELSE $lease_expires_at END,
+    started_at = CASE WHEN picked.acked THEN started_at END,
+    progress_message = CASE WHEN picked.acked THEN progress_message END,
+    updated_at = $now
+FROM (SELECT jobs.rowid, true, acks.given_artifacts FROM jobs, {{acks_given}} AS acks WHERE {{ack_holds}}
+      UNION ALL
+      SELECT row_id, false, NULL
+      FROM (SELECT rowid FROM jobs WHERE {{ready}} ORDER BY {{claim_order}} LIMIT $limit) AS ready(row_id))
+     AS picked(row_id, acked, given_artifacts)
+WHERE jobs.rowid = picked.row_id
+RETURNING {{lease_returning}}, state, worker_id, started_at;
 
 -- name: jobs_by_ids
 SELECT * FROM jobs WHERE list_contains($job_ids, job_id);

@@ -62,6 +62,27 @@ class Request:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass
+class Reports:
+    """Report items of one kind gathered from a group's requests, with the request (and, for jobs.ack_many, the
+    position in its list) each outcome goes back to."""
+
+    owners: list[tuple[Request, int | None]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, request: Request, index: int | None, item: dict[str, Any]) -> None:
+        self.owners.append((request, index))
+        self.items.append(item)
+
+    def answer(self, outcomes: list[dict[str, Any] | OrchError],
+               answers: dict[int, dict[str, Any] | OrchError]) -> None:
+        for (request, index), item, outcome in zip(self.owners, self.items, outcomes, strict=True):
+            if index is None:
+                answers[id(request)] = outcome
+            else:
+                answers[id(request)]["results"][index] = job_ops.outcome_dict(item, outcome)
+
+
 class LedgerWriter:
     def __init__(self, ledger: Ledger, *, group_commit: bool = True, max_batch: int = 2_000):
         self.ledger = ledger
@@ -191,8 +212,8 @@ class LedgerWriter:
         answers: dict[int, dict[str, Any] | OrchError] = {}
         try:
             with self.ledger.transaction() as tx:
-                self._apply_reports(tx, requests, answers)
-                self._apply_claims(tx, requests, answers)
+                acks = self._apply_reports(tx, requests, answers)
+                self._apply_claims(tx, requests, answers, acks)
                 _log(tx, [(r, answers[id(r)]) for r in requests if not isinstance(answers.get(id(r)), OrchError)])
         except Exception as exc:
             if len(requests) > 1:  # rolled back: run each on its own, so one broken request fails alone
@@ -213,11 +234,14 @@ class LedgerWriter:
                 request.future.set_result(answer)
 
     def _apply_reports(self, tx: Transaction, requests: list[Request],
-                       answers: dict[int, dict[str, Any] | OrchError]) -> None:
+                       answers: dict[int, dict[str, Any] | OrchError]) -> Reports:
+        """Apply the group's heartbeats, fails and releases (in that order). The acks are applied too, unless the
+        group also claims: then they are returned, for _apply_claims to apply with the first claim."""
+        claims = any(request.name == "jobs.claim" for request in requests)
+        held = Reports()
         for kind in ("heartbeat", "ack", "fail", "release"):
             build, apply = job_ops.BATCHED[kind]
-            owners: list[tuple[Request, int | None]] = []
-            items = []
+            reports = Reports()
             for request in requests:
                 if request.name == "jobs.ack_many" and kind == "ack":
                     entries = request.acks if request.acks is not None else _ack_many_items(request)
@@ -226,29 +250,26 @@ class LedgerWriter:
                         continue
                     answers[id(request)] = {"results": [None] * len(entries)}
                     for index, item in enumerate(entries):
-                        owners.append((request, index))
-                        items.append(item)
+                        reports.add(request, index, item)
                     continue
                 if GROUPED.get(request.name) != kind:
                     continue
                 try:
                     params = dict(request.params)
-                    items.append(build(params.pop("job_id"), params.pop("lease_id", None), **params,
-                                       tenants=request.caller.tenants))
-                    owners.append((request, None))
+                    reports.add(request, None, build(params.pop("job_id"), params.pop("lease_id", None), **params,
+                                                     tenants=request.caller.tenants))
                 except (OrchError, TypeError, KeyError) as error:
                     answers[id(request)] = error if isinstance(error, OrchError) else InvalidInput(str(error))
-            if not items:
-                continue
-            for (request, index), item, outcome in zip(owners, items, apply(tx, items), strict=True):
-                if index is None:
-                    answers[id(request)] = outcome
-                else:
-                    answers[id(request)]["results"][index] = job_ops.outcome_dict(item, outcome)
+            if kind == "ack" and claims:
+                held = reports
+            elif reports.items:
+                reports.answer(apply(tx, reports.items), answers)
+        return held
 
     def _apply_claims(self, tx: Transaction, requests: list[Request],
-                      answers: dict[int, dict[str, Any] | OrchError]) -> None:
-        """Claims asking with the same filters share one claim (core.claim_shared), up to MAX_SHARED_CLAIM jobs."""
+                      answers: dict[int, dict[str, Any] | OrchError], acks: Reports) -> None:
+        """Claims asking with the same filters share one claim (core.claim_shared), up to MAX_SHARED_CLAIM jobs.
+        The acks held back go with the first claim (core.ack_and_claim), or alone when no claim is valid."""
         groups: dict[tuple, list[tuple[Request, dict[str, Any]]]] = {}
         for request in requests:
             if request.name != "jobs.claim":
@@ -268,11 +289,16 @@ class LedgerWriter:
         for members in groups.values():
             for share in _chunks(members, MAX_SHARED_CLAIM):
                 first = share[0][1]
-                leases = core.claim_shared(tx, [(args["worker_id"], args["limit"]) for _, args in share],
-                                           lease_seconds=first["lease_seconds"], queue=first["queue"],
-                                           job_type=first["job_type"], tenants=first["tenants"])
+                ack_outcomes, leases = core.ack_and_claim(
+                    tx, acks.items, [(args["worker_id"], args["limit"]) for _, args in share],
+                    lease_seconds=first["lease_seconds"], queue=first["queue"], job_type=first["job_type"],
+                    tenants=first["tenants"])
+                acks.answer(ack_outcomes, answers)
+                acks = Reports()
                 for (request, _), granted in zip(share, leases, strict=True):
                     answers[id(request)] = {"leases": granted}
+        if acks.items:
+            acks.answer(core.ack(tx, acks.items), answers)
 
     def _prune_request_log(self) -> None:
         if time.monotonic() - self._last_prune < 3600:

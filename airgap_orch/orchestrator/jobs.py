@@ -285,10 +285,7 @@ def claim_shared(tx: Transaction, takers: Sequence[tuple[str, int]], *, lease_se
     maintain(tx)
     limit = sum(wanted for _, wanted in takers)
     now = clock.now()
-    expires = now + timedelta(seconds=lease_seconds)
-    lease = {"worker_id": takers[0][0], "lease_seconds": lease_seconds, "now": now, "lease_expires_at": expires}
-    where = {"site_id": tx.site_id, "queue": queue, "job_type": job_type,
-             "tenants": sorted(tenants) if tenants is not None else None}
+    lease, where = _claim_params(tx, takers, now, lease_seconds, queue, job_type, tenants)
     found = flow.limits(tx)
     walk = None if found.empty else flow.Walk.start(tx, found, now)
     throttled: list[tuple[dict[str, Any], flow.Throttle]] = []
@@ -306,17 +303,63 @@ def claim_shared(tx: Transaction, takers: Sequence[tuple[str, int]], *, lease_se
     else:
         chosen = _admit(tx, walk, where, now, limit, throttled)
         leased = _fetch(tx.execute("claim_rows", **lease, row_ids=chosen))
-    shares = _share(tx, leased, takers)
     if walk is not None:
         walk.settle({job["job_id"] for job in leased})
+    return _grant(tx, leased, takers, throttled, now, lease_seconds)
+
+
+def _claim_params(tx: Transaction, takers: Sequence[tuple[str, int]], now: datetime, lease_seconds: float,
+                  queue: str | None, job_type: str | None,
+                  tenants: Collection[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A claim statement's parameters: the lease it gives (to the first taker) and which jobs it may take."""
+    lease = {"worker_id": takers[0][0], "lease_seconds": lease_seconds, "now": now,
+             "lease_expires_at": now + timedelta(seconds=lease_seconds)}
+    where = {"site_id": tx.site_id, "queue": queue, "job_type": job_type,
+             "tenants": sorted(tenants) if tenants is not None else None}
+    return lease, where
+
+
+def _grant(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple[str, int]],
+           throttled: list[tuple[dict[str, Any], flow.Throttle]], now: datetime,
+           lease_seconds: float) -> list[list[dict[str, Any]]]:
+    """After a claim statement leased `leased` (to the first taker): share them out, record the claims (and the
+    jobs held back) in history, and return each taker's leases."""
+    shares = _share(tx, leased, takers)
     fairness.claimed(tx, (job["fair_seq"] for job in leased))
     to_state = next_state(QUEUED, "claim")
     history.append(tx, [*(_entry(job, "claim", QUEUED, to_state, actor=f"worker:{job['worker_id']}", at=now)
                           for share in shares for job in share),
                         *(_entry(job, "throttle", QUEUED, QUEUED, actor="orchestrator", at=now,
                                  reason=_throttle_reason(held)) for job, held in throttled)])
-    expires_text, heartbeat_every = clock.iso(expires), round(lease_seconds / 3, 3)
+    expires_text = clock.iso(now + timedelta(seconds=lease_seconds))
+    heartbeat_every = round(lease_seconds / 3, 3)
     return [[_lease(job, expires_text, heartbeat_every) for job in share] for share in shares]
+
+
+def ack_and_claim(tx: Transaction, acks: list[dict[str, Any]], takers: Sequence[tuple[str, int]], *,
+                  lease_seconds: float, queue: str | None = None, job_type: str | None = None,
+                  tenants: Collection[str] | None = None) -> tuple[list[dict[str, Any] | OrchError],
+                                                                   list[list[dict[str, Any]]]]:
+    """ack(acks), then claim_shared(takers, ...): the outcomes of both, as each gives them.
+
+    When the claim needs no flow-control walk and no job waits on another (so the acks can change neither what
+    the claim may take nor anything else), both run as one statement: a batch worker's ack of one batch and
+    claim of the next cost one statement instead of two."""
+    if not takers:
+        return ack(tx, acks), []
+    groups = _by_tenants(acks)
+    if len(groups) != 1 or not flow.limits(tx).empty or dependencies.any_waiting(tx):
+        return ack(tx, acks), claim_shared(tx, takers, lease_seconds=lease_seconds, queue=queue, job_type=job_type,
+                                           tenants=tenants)
+    maintain(tx)
+    now = clock.now()
+    lease, where = _claim_params(tx, takers, now, lease_seconds, queue, job_type, tenants)
+    [ack_tenants] = groups
+    rows = tx.rows("ack_and_claim", **_ack_params(acks, ack_tenants), **lease, **where,
+                   limit=sum(wanted for _, wanted in takers))
+    to_lease = next_state(QUEUED, "claim")
+    outcomes = _acked(tx, acks, {row["job_id"]: row for row in rows if row["state"] != to_lease}, now)
+    return outcomes, _grant(tx, [row for row in rows if row["state"] == to_lease], takers, [], now, lease_seconds)
 
 
 def _share(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple[str, int]]) -> list[list[dict]]:
@@ -455,15 +498,29 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
     (canceled instead of succeeded when cancellation had been requested)."""
     now = clock.now()
     done: dict[str, dict[str, Any]] = {}
+    for tenants, group in _by_tenants(items).items():  # one statement per distinct tenant set (usually one)
+        done.update((row["job_id"], row) for row in tx.rows("ack", **_ack_params(group, tenants), now=now))
+    return _acked(tx, items, done, now)
+
+
+def _by_tenants(items: list[dict[str, Any]]) -> dict[frozenset[str] | None, list[dict[str, Any]]]:
     groups: dict[frozenset[str] | None, list[dict[str, Any]]] = {}
-    for item in items:  # one statement per distinct tenant set (usually one)
+    for item in items:
         tenants = item.get("tenants")
         groups.setdefault(frozenset(tenants) if tenants is not None else None, []).append(item)
-    for tenants, group in groups.items():
-        done.update((row["job_id"], row) for row in tx.rows(
-            "ack", lease_ids=[item["lease_id"] for item in group], job_ids=[item["job_id"] for item in group],
-            artifacts=[_encode_artifacts(item.get("artifacts")) for item in group], now=now,
-            from_states=sources("ack"), tenants=sorted(tenants) if tenants is not None else None))
+    return groups
+
+
+def _ack_params(items: list[dict[str, Any]], tenants: frozenset[str] | None) -> dict[str, Any]:
+    return {"lease_ids": [item["lease_id"] for item in items], "job_ids": [item["job_id"] for item in items],
+            "artifacts": [_encode_artifacts(item.get("artifacts")) for item in items],
+            "from_states": sources("ack"), "ack_tenants": sorted(tenants) if tenants is not None else None}
+
+
+def _acked(tx: Transaction, items: list[dict[str, Any]], done: dict[str, dict[str, Any]],
+           now: datetime) -> list[dict[str, Any] | OrchError]:
+    """After the ack statement completed the rows `done` (by job id): each item's outcome, in order, with the
+    history entries of the completed jobs; an item that completed nothing gets the error that refused it."""
     outcomes: list[dict[str, Any] | OrchError] = []
     entries = []
     missing = [item["job_id"] for item in items if item["job_id"] not in done]
