@@ -48,10 +48,7 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
         if dry_run:
             read = ledger.read()
             for job_id in chosen:  # the checks core.replay makes, without writing
-                found = read.rows("job_any", job_id=job_id)
-                if not core.visible(found[0] if found else None, tenants):
-                    raise core.no_job(job_id)
-                next_state(found[0]["state"], "replay")
+                next_state(core.any_job(read, job_id, tenants)["state"], "replay")
     else:
         missing = [flag for flag, value in filters.items() if value is None]
         if missing:

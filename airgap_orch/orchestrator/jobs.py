@@ -77,6 +77,14 @@ def no_job(job_id: str) -> NotFound:
     return NotFound(f"no job {job_id}; check the id (`jobs list` shows the jobs)")
 
 
+def any_job(tx: Transaction, job_id: str, tenants: Collection[str] | None) -> dict[str, Any]:
+    """The job's row, active or finished, if a caller limited to `tenants` may see it; otherwise NotFound."""
+    found = tx.rows("job_any", job_id=job_id)
+    if not visible(found[0] if found else None, tenants):
+        raise no_job(job_id)
+    return found[0]
+
+
 def _artifact_list(value: str | list | None) -> list:
     if isinstance(value, str):
         return json.loads(value)
@@ -156,11 +164,8 @@ def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime
     """The active row for the item's (job_id, lease_id), or the error that refuses it."""
     job_id, lease_id, tenants = item["job_id"], item["lease_id"], item.get("tenants")
     if job is None:
-        finished = tx.rows("job_any", job_id=job_id)
-        if not visible(finished[0] if finished else None, tenants):
-            raise no_job(job_id)
-        raise StaleLease(f"job {job_id} is already {finished[0]['state']}; lease {lease_id} can no longer "
-                         "change it")
+        raise StaleLease(f"job {job_id} is already {any_job(tx, job_id, tenants)['state']}; lease {lease_id} can "
+                         "no longer change it")
     if not visible(job, tenants):
         raise no_job(job_id)
     if job["state"] not in HELD_STATES or job["lease_id"] != lease_id:
@@ -651,10 +656,7 @@ def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str,
     now = clock.now()
     job = _load(tx, [job_id]).get(job_id)
     if job is None:
-        finished = tx.rows("job_any", job_id=job_id)
-        if not visible(finished[0] if finished else None, tenants):
-            raise no_job(job_id)
-        next_state(finished[0]["state"], "cancel")  # raises IllegalTransition for a finished job
+        next_state(any_job(tx, job_id, tenants)["state"], "cancel")  # raises IllegalTransition for a finished job
     if not visible(job, tenants):
         raise no_job(job_id)
     if job["cancel_requested"] and job["state"] in HELD_STATES:
@@ -719,12 +721,10 @@ def _only(values: set[str]) -> str | None:
 # -- reading ---------------------------------------------------------------------------------------
 
 def show(tx: Transaction, job_id: str, tenants: Collection[str] | None = None) -> dict[str, Any]:
-    found = tx.rows("job_any", job_id=job_id)
-    if not visible(found[0] if found else None, tenants):
-        raise no_job(job_id)
-    job = render(found[0])
+    found = any_job(tx, job_id, tenants)
+    job = render(found)
     job["depends_on"] = [parent for (parent,) in tx.fetch("parents_of", job_id=job_id)]
-    job["throttled"] = flow.explain(tx, found[0])
+    job["throttled"] = flow.explain(tx, found)
     job["history"] = [history.parse(row["seq"], row["entry"], row["entry_hash"])
                       for row in tx.rows("history_for_job", job_id=job_id)]
     return job
