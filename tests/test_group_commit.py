@@ -182,11 +182,12 @@ def statements(monkeypatch) -> list[str]:
 
 
 def _reports_ready(ledger: Ledger) -> dict[str, dict]:
-    """Six queued acme jobs and one of tenant other; four acme jobs leased to w-0, one of them running with its
-    cancellation requested. Returns the leases by job id, in claim order."""
+    """Six acme scans, one acme export and three scans of tenant other; four jobs leased to w-0 (tenants take
+    turns), one of them running with its cancellation requested. Returns the leases by job id, in claim order."""
     enqueue(ledger, 2, priority=5)
     enqueue(ledger, 4)
-    enqueue(ledger, 1, tenant="other")
+    enqueue(ledger, 3, tenant="other")
+    enqueue(ledger, 1, type="export")
     leases = {lease["job_id"]: lease for lease in ops.claim(ledger, worker_id="w-0", limit=4)["leases"]}
     running = list(leases)[2]
     ops.heartbeat(ledger, running, leases[running]["lease_id"])
@@ -210,8 +211,10 @@ def _plain(outcome):
     return (type(outcome).__name__, str(outcome)) if isinstance(outcome, Exception) else outcome
 
 
+@pytest.mark.parametrize("filters, kinds", [({}, {("acme", "scan"), ("acme", "export"), ("other", "scan")}),
+                                            ({"job_type": "scan", "tenants": {"acme"}}, {("acme", "scan")})])
 def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger_path, tmp_path, manual_clock,
-                                                                          statements):
+                                                                          statements, filters, kinds):
     """Two copies of one ledger: one acks and then claims (two statements), the other runs core.ack_and_claim
     (one statement). Outcomes, leases, rows and history agree, except for the fresh lease ids."""
     with Ledger.open(ledger_path, lock_timeout=1) as ledger:
@@ -224,12 +227,12 @@ def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger
         with Ledger.open(path, lock_timeout=1) as ledger:
             statements.clear()
             with ledger.transaction() as tx:
-                takers = [("w-1", 2), ("w-2", 2)]
+                takers = [("w-1", 3), ("w-2", 3)]
                 if joined:
-                    outcomes, shares = core.ack_and_claim(tx, _acks(leases), takers, lease_seconds=60)
+                    outcomes, shares = core.ack_and_claim(tx, _acks(leases), takers, lease_seconds=60, **filters)
                 else:
                     outcomes = core.ack(tx, _acks(leases))
-                    shares = core.claim_shared(tx, takers, lease_seconds=60)
+                    shares = core.claim_shared(tx, takers, lease_seconds=60, **filters)
             ran = [name for name in statements if name in ("ack", "claim", "ack_and_claim")]
             assert ran == (["ack_and_claim"] if joined else ["ack", "claim"])
             history = ledger.read().fetch("history_page", after_seq=start, limit=100, tenants=None)
@@ -248,9 +251,10 @@ def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger
     states = [outcome[1] if isinstance(outcome, tuple) else outcome["state"] for outcome in found[True]["outcomes"]]
     assert states[:3] == ["succeeded", "succeeded", "canceled"]
     assert "not the current lease" in states[3] and "no job" in states[4]
-    assert [len(share) for share in found[True]["shares"]] == [2, 1]  # the three jobs still queued
+    taken = [lease for share in found[True]["shares"] for lease in share]
+    assert {(lease["tenant"], lease["type"]) for lease in taken} == kinds  # the claim's filters hold
     assert [entry["event_type"] for entry in found[True]["history"]] == [
-        "job.succeeded", "job.succeeded", "job.canceled", "job.leased", "job.leased", "job.leased"]
+        "job.succeeded", "job.succeeded", "job.canceled", *["job.leased"] * len(taken)]
 
 
 def test_an_ack_that_readies_a_dependent_job_lets_the_same_claim_take_it(ledger, statements):
@@ -304,6 +308,67 @@ def test_a_groups_acks_are_applied_with_its_claim_in_one_statement(ledger, state
     assert [name for name in statements if name in ("ack", "claim", "ack_and_claim")] == ["ack_and_claim"]
     assert [result.get("state") for result in results] == ["succeeded", "succeeded", "canceled", None]
     assert results[3]["error"]["exit_code"] == 3
-    assert len(taken) == 3 and {job["worker_id"] for job in ops.list_jobs(ledger, state="leased")["jobs"]} == {
+    assert len(taken) == 5 and {job["worker_id"] for job in ops.list_jobs(ledger, state="leased")["jobs"]} == {
         "w-0", "w-1"}
     assert ledger_ops.verify(ledger)["ok"] is True
+
+
+def test_a_repeated_ack_of_one_lease_is_refused_and_its_artifacts_are_not_kept(ledger):
+    """The first ack of a (job, lease) completes the job; a repeat in the same batch, with other artifacts, is
+    refused and changes nothing: the row and its history keep the first ack's artifacts."""
+    enqueue(ledger, 3)
+    first, second = ops.claim(ledger, worker_id="w-0", limit=2)["leases"]
+
+    def artifact(name):
+        return [{"uri": f"file:///out/{name}", "digest": "sha256:" + "1" * 64, "mime": "application/json"}]
+
+    for lease, joined in ((first, False), (second, True)):
+        items = [{"job_id": lease["job_id"], "lease_id": lease["lease_id"], "artifacts": artifact(name)}
+                 for name in ("1.json", "2.json")]
+        with ledger.transaction() as tx:
+            outcomes = (core.ack_and_claim(tx, items, [("w-1", 1)], lease_seconds=60)[0] if joined
+                        else core.ack(tx, items))
+        assert outcomes[0]["state"] == "succeeded" and isinstance(outcomes[1], StaleLease)
+        shown = ops.show(ledger, lease["job_id"])
+        assert [a["uri"] for a in shown["artifacts"]] == ["file:///out/1.json"]
+        assert [a["uri"] for a in shown["history"][-1]["artifacts"]] == ["file:///out/1.json"]
+
+
+def test_the_first_claim_after_opening_moves_finished_jobs_out_of_the_hot_table_through_the_writer(ledger_path):
+    with Ledger.open(ledger_path, lock_timeout=1) as ledger:
+        enqueue(ledger, 6)
+        for lease in ops.claim(ledger, worker_id="w-0", limit=5)["leases"]:
+            ops.ack(ledger, lease["job_id"], lease["lease_id"])
+    with Ledger.open(ledger_path, lock_timeout=1) as ledger:
+        def finished_in_hot_table():
+            return ledger.read().con.execute("SELECT count(*) FROM jobs WHERE state = 'succeeded'").fetchone()[0]
+
+        assert finished_in_hot_table() == 5
+        writer = LedgerWriter(ledger)
+        writer.start()
+        try:
+            assert len(writer.call("jobs.claim", {"worker_id": "w-1", "limit": 1})["leases"]) == 1
+        finally:
+            writer.stop()
+        assert finished_in_hot_table() == 0
+        assert len(ops.list_jobs(ledger, state="succeeded")["jobs"]) == 5
+
+
+def test_of_an_ack_and_a_release_of_one_lease_the_ack_wins_whether_or_not_a_claim_shares_the_group(ledger):
+    for with_claim in (False, True):
+        (job_id,) = enqueue(ledger, 1)
+        (lease,) = ops.claim(ledger, worker_id="w-0", limit=1)["leases"]
+        writer = LedgerWriter(ledger)
+        caller = dispatch.Caller(actor="test")
+        acked = writer.submit("jobs.ack", {"job_id": job_id, "lease_id": lease["lease_id"]}, caller)
+        released = writer.submit("jobs.release", {"job_id": job_id, "lease_id": lease["lease_id"]}, caller)
+        claim = writer.submit("jobs.claim", {"worker_id": "w-1", "limit": 1}, caller) if with_claim else None
+        writer.start()  # queued before the writer ran: one group
+        try:
+            assert acked.result(10)["state"] == "succeeded"
+            with pytest.raises(StaleLease):
+                released.result(10)
+            assert claim is None or claim.result(10)["leases"] == []
+        finally:
+            writer.stop()
+        assert ops.show(ledger, job_id)["state"] == "succeeded"

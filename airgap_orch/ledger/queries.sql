@@ -105,8 +105,9 @@ RETURNING {{ack_returning}};
 
 -- name: ack_and_claim
 -- ack, then claim (the unfiltered form), in one statement: the rows acked come back succeeded or canceled,
--- the rows leased come back leased (with the values lease_to_worker gives). Only for a claim no flow-control limit concerns, while no job waits on
--- another (orchestrator/jobs.py, ack_and_claim), so the ack cannot change what the claim may take.
+-- the rows leased come back leased, with the values lease_to_worker gives (keep the two alike). Only while no
+-- flow-control limit is set and no job waits on another (orchestrator/jobs.py, ack_and_claim), so the ack
+-- cannot change what the claim may take.
 UPDATE jobs SET
     state = CASE WHEN picked.acked THEN {{acked_state}} ELSE 'leased' END,
     artifacts = CASE WHEN picked.acked THEN picked.given_artifacts ELSE artifacts END,

@@ -235,9 +235,11 @@ class LedgerWriter:
 
     def _apply_reports(self, tx: Transaction, requests: list[Request],
                        answers: dict[int, dict[str, Any] | OrchError]) -> Reports:
-        """Apply the group's heartbeats, fails and releases (in that order). The acks are applied too, unless the
-        group also claims: then they are returned, for _apply_claims to apply with the first claim."""
-        claims = any(request.name == "jobs.claim" for request in requests)
+        """Apply the group's heartbeats, acks, fails and releases, in that order (so of an ack and a fail of one
+        lease, the ack wins). When the group also claims and has no fail or release, the acks are returned
+        instead, for _apply_claims to apply with the first claim."""
+        names = {request.name for request in requests}
+        claims = "jobs.claim" in names and not names & {"jobs.fail", "jobs.release"}
         held = Reports()
         for kind in ("heartbeat", "ack", "fail", "release"):
             build, apply = job_ops.BATCHED[kind]

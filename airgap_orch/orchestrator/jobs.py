@@ -352,7 +352,10 @@ def ack_and_claim(tx: Transaction, acks: list[dict[str, Any]], takers: Sequence[
     claim of the next cost one statement instead of two."""
     if not takers:
         return ack(tx, acks), []
-    groups = _by_tenants(acks)
+    if not acks:
+        return [], claim_shared(tx, takers, lease_seconds=lease_seconds, queue=queue, job_type=job_type,
+                                tenants=tenants)
+    groups = _ack_groups(acks)
     if len(groups) != 1 or not flow.limits(tx).empty or dependencies.any_waiting(tx):
         return ack(tx, acks), claim_shared(tx, takers, lease_seconds=lease_seconds, queue=queue, job_type=job_type,
                                            tenants=tenants)
@@ -503,14 +506,21 @@ def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | O
     (canceled instead of succeeded when cancellation had been requested)."""
     now = clock.now()
     done: dict[str, dict[str, Any]] = {}
-    for tenants, group in _by_tenants(items).items():  # one statement per distinct tenant set (usually one)
+    for tenants, group in _ack_groups(items).items():  # one statement per distinct tenant set (usually one)
         done.update((row["job_id"], row) for row in tx.rows("ack", **_ack_params(group, tenants), now=now))
     return _acked(tx, items, done, now)
 
 
-def _by_tenants(items: list[dict[str, Any]]) -> dict[frozenset[str] | None, list[dict[str, Any]]]:
+def _ack_groups(items: list[dict[str, Any]]) -> dict[frozenset[str] | None, list[dict[str, Any]]]:
+    """The items an ack statement gets, by the tenants their caller is limited to. Only the first ack of a
+    (job, lease) goes in: a repeat would complete the row a second time, with its own artifacts, and _acked
+    refuses it as stale."""
     groups: dict[frozenset[str] | None, list[dict[str, Any]]] = {}
+    seen: set[tuple[str, str]] = set()
     for item in items:
+        if (item["job_id"], item["lease_id"]) in seen:
+            continue
+        seen.add((item["job_id"], item["lease_id"]))
         tenants = item.get("tenants")
         groups.setdefault(frozenset(tenants) if tenants is not None else None, []).append(item)
     return groups
@@ -546,7 +556,8 @@ def _acked(tx: Transaction, items: list[dict[str, Any]], done: dict[str, dict[st
                               actor=f"worker:{job['worker_id']}", at=now,
                               reason="canceled_by_request" if event == "cancel" else None))
         outcomes.append({"job_id": job["job_id"], "state": job["state"], "attempt": job["attempts"]})
-    tx.unarchived = max(tx.unarchived, 0) + len(entries)
+    if entries:  # (-1, unknown after open, must stay so until the next claim archives)
+        tx.unarchived = max(tx.unarchived, 0) + len(entries)
     history.append(tx, entries)
     if entries and (flow.limits(tx).breakers or dependencies.any_waiting(tx)):
         finished = _load(tx, [entry["job_id"] for entry in entries])
