@@ -347,9 +347,9 @@ def ack_and_claim(tx: Transaction, acks: list[dict[str, Any]], takers: Sequence[
                                                                    list[list[dict[str, Any]]]]:
     """ack(acks), then claim_shared(takers, ...): the outcomes of both, as each gives them.
 
-    When the claim needs no flow-control walk and no job waits on another (so the acks can change neither what
-    the claim may take nor anything else), both run as one statement: a batch worker's ack of one batch and
-    claim of the next cost one statement instead of two."""
+    When no flow-control limit is set, no job waits on another (so the acks can change neither what the claim
+    may take nor anything else) and the acks share one tenant restriction, both run as one statement: a batch
+    worker's ack of one batch and claim of the next cost one statement instead of two."""
     if not takers:
         return ack(tx, acks), []
     if not acks:
