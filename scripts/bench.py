@@ -17,8 +17,8 @@ What is measured (issue 2, "Performance"):
   small job specs, each with an idempotency key (and once without keys).
 - claim+ack with batch 1, 10, 100: `core.claim` in one transaction, then `core.ack` of those leases in a
   second one; history entries are written by the core, as in production. Joined: the ack of each batch and
-  the claim of the next in one transaction (as the server's group commit applies a worker's ack and its next
-  claim when they arrive together).
+  the claim of the next in one transaction, through core.ack_and_claim (one statement), as the server's group
+  commit applies a worker's ack and its next claim when they arrive together.
 - claim rate at 10k vs 1M queued jobs: batch-100 claim+ack of 5k jobs in each ledger; the bulk load of
   the large ledger is reported separately.
 - peer: Huey with SqliteHuey storage; enqueue N tasks, then dequeue + execute them in this thread.

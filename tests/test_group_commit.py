@@ -291,7 +291,7 @@ def test_a_groups_acks_are_applied_with_its_claim_in_one_statement(ledger, state
     sizes: list[int] = []
     writer.batch_observers.append(sizes.append)
     acks = _acks(leases)
-    many = writer.submit("jobs.ack_many", {"acks": [{k: v for k, v in ack.items()} for ack in acks[:4]]},
+    many = writer.submit("jobs.ack_many", {"acks": acks[:4]},
                          dispatch.Caller(actor="test"))
     single = writer.submit("jobs.ack", acks[4], dispatch.Caller(actor="test"))
     claim = writer.submit("jobs.claim", {"worker_id": "w-1", "limit": 5}, dispatch.Caller(actor="test"))

@@ -239,7 +239,7 @@ class LedgerWriter:
         lease, the ack wins). When the group also claims and has no fail or release, the acks are returned
         instead, for _apply_claims to apply with the first claim."""
         names = {request.name for request in requests}
-        claims = "jobs.claim" in names and not names & {"jobs.fail", "jobs.release"}
+        hold_acks = "jobs.claim" in names and not names & {"jobs.fail", "jobs.release"}
         held = Reports()
         for kind in ("heartbeat", "ack", "fail", "release"):
             build, apply = job_ops.BATCHED[kind]
@@ -262,7 +262,7 @@ class LedgerWriter:
                                                      tenants=request.caller.tenants))
                 except (OrchError, TypeError, KeyError) as error:
                     answers[id(request)] = error if isinstance(error, OrchError) else InvalidInput(str(error))
-            if kind == "ack" and claims:
+            if kind == "ack" and hold_acks:
                 held = reports
             elif reports.items:
                 reports.answer(apply(tx, reports.items), answers)
