@@ -21,6 +21,10 @@ What is measured (issue 2, "Performance"):
   commit applies a worker's ack and its next claim when they arrive together.
 - claim rate at 10k vs 1M queued jobs: batch-100 claim+ack of 5k jobs in each ledger; the bulk load of
   the large ledger is reported separately.
+- DuckDB floor: the ledger's own statements with nothing around them (no validation, no history, no
+  bookkeeping), one COMMIT per call as in production: the enqueue inserts on the rows a real enqueue wrote; the
+  claim and ack statements of batch 100 (and ack_and_claim); and a claim+ack on a 3-column table. A target
+  above its floor cannot be reached by any code that runs these statements with that durability.
 - peer: Huey with SqliteHuey storage; enqueue N tasks, then dequeue + execute them in this thread.
   Our figure for the same work: enqueue the same N, then batch-100 claim + ack until drained (joined; and
   with claim and ack in separate transactions).
@@ -63,10 +67,12 @@ from typing import Any
 
 import duckdb
 
+from airgap_orch import clock
 from airgap_orch.errors import OrchError
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as jobs_ops
 from airgap_orch.orchestrator import jobs as core
+from airgap_orch.orchestrator.states import sources
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_ID = "bench-worker-1"
@@ -394,6 +400,114 @@ def fill_tenants(ledger: Ledger, count: int, tenants: int, *, batch: int) -> Non
             spec["tenant"] = f"tenant-{(done + offset) % tenants}"
         jobs_ops.enqueue_batch(ledger, specs, actor="bench")
         done += len(specs)
+
+
+@section("duckdb_floor", "what DuckDB alone allows: the ledger's own enqueue, claim and ack statements with "
+         "nothing around them, and a claim+ack on a 3-column table")
+def bench_duckdb_floor(bench: Bench) -> Samples:
+    """Ceilings for the issue-2 targets. Each figure times statements and COMMITs only: no validation, no
+    history, no Python bookkeeping. A target above its ceiling is out of reach for any code that runs these
+    statements with a COMMIT per call (the durability every call promises)."""
+    sizes = bench.sizes
+    samples: Samples = {"floor_enqueue_jobs_per_s": [], "floor_claim_ack_batch100_jobs_per_s": [],
+                        "floor_joined_batch100_jobs_per_s": [], "floor_minimal_claim_ack_batch100_jobs_per_s": []}
+    if bench.profiling:
+        raise SystemExit("duckdb_floor runs no Python to profile; run it without --profile")
+    with bench.new_ledger("floor-source") as source:  # the rows a real enqueue writes, to insert again
+        fill(source, sizes.enqueue_total, prefix="floor", batch=sizes.enqueue_batch)
+        tables = {name: source.read().con.sql(f"SELECT * FROM {name} ORDER BY {order}").to_arrow_table()
+                  for name, order in (("jobs", "job_id"), ("idempotency_keys", "job_id"), ("history", "seq"))}
+    for _run in range(bench.runs):
+        with bench.new_ledger("floor-enqueue") as ledger, bench.timed() as timer:
+            for start in range(0, sizes.enqueue_total, sizes.enqueue_batch):
+                chunk = {name: table.slice(start, sizes.enqueue_batch) for name, table in tables.items()}
+                with ledger.transaction() as tx:
+                    tx.execute_with("idempotency_reserve", "incoming", chunk["idempotency_keys"]).fetchall()
+                    tx.execute_with("jobs_insert", "incoming", chunk["jobs"])
+                    tx.execute_with("history_append", "entries", chunk["history"])
+                timer.jobs += chunk["jobs"].num_rows
+        samples["floor_enqueue_jobs_per_s"].append(timer.rate())
+        for metric, loop in (("floor_claim_ack_batch100_jobs_per_s", _floor_separate),
+                             ("floor_joined_batch100_jobs_per_s", _floor_joined)):
+            with bench.new_ledger("floor-claim") as ledger:
+                fill(ledger, sizes.claim_jobs, prefix="floor", batch=sizes.load_batch)
+                with bench.timed() as timer:
+                    loop(ledger, sizes.claim_jobs, timer)
+            samples[metric].append(timer.rate())
+        samples["floor_minimal_claim_ack_batch100_jobs_per_s"].append(
+            _floor_minimal(bench.new_path("floor-minimal", ".duckdb"), sizes.claim_jobs, bench))
+    bench.note(f"DuckDB floor: the enqueue statements (idempotency_reserve, jobs_insert, history_append) on the rows "
+               f"a real enqueue of {sizes.enqueue_total:,} jobs wrote, {sizes.enqueue_batch:,} per transaction; "
+               f"the claim and ack statements (and ack_and_claim, joined) on {sizes.claim_jobs:,} queued jobs, 100 per "
+               "statement, one COMMIT each; minimal: the same claim+ack on a table of (id, state, lease_id)")
+    return samples
+
+
+def _floor_claim(now: dt.datetime, limit: int) -> dict[str, Any]:
+    return {"now": now, "site_id": "bench-site", "queue": None, "job_type": None, "tenants": None, "limit": limit,
+            "worker_id": WORKER_ID, "lease_seconds": LEASE_SECONDS,
+            "lease_expires_at": now + dt.timedelta(seconds=LEASE_SECONDS)}
+
+
+def _floor_acks(now: dt.datetime, leased: list[tuple]) -> dict[str, Any]:
+    return {"now": now, "job_ids": [row[0] for row in leased], "lease_ids": [row[1] for row in leased],
+            "artifacts": ["[]"] * len(leased), "from_states": sources("ack"), "ack_tenants": None}
+
+
+def _floor_separate(ledger: Ledger, jobs: int, timer: Timer) -> None:
+    """The claim statement in one transaction, the ack statement of its leases in the next."""
+    while timer.jobs < jobs:
+        now = clock.now()
+        with ledger.transaction() as tx:
+            leased = tx.fetch("claim", **_floor_claim(now, 100))
+        with ledger.transaction() as tx:
+            acked = tx.fetch("ack", **_floor_acks(now, leased))
+        if len(acked) != len(leased) or not leased:
+            raise RuntimeError(f"floor: {len(leased)} leased, {len(acked)} acked after {timer.jobs} jobs")
+        timer.jobs += len(acked)
+
+
+def _floor_joined(ledger: Ledger, jobs: int, timer: Timer) -> None:
+    """The ack_and_claim statement, one transaction per batch (plus the first claim)."""
+    with ledger.transaction() as tx:
+        leased = tx.fetch("claim", **_floor_claim(clock.now(), 100))
+    while leased:
+        timer.jobs += len(leased)
+        now = clock.now()
+        with ledger.transaction() as tx:
+            rows = tx.fetch("ack_and_claim", **{**_floor_claim(now, min(100, jobs - timer.jobs)),
+                                                **_floor_acks(now, leased)})
+        acked = len(leased)
+        leased = [row for row in rows if row[-3] == "leased"]  # RETURNING ends with state, worker_id, started_at
+        if len(rows) - len(leased) != acked:
+            raise RuntimeError(f"floor: an ack was refused after {timer.jobs} jobs")
+    if timer.jobs < jobs:
+        raise RuntimeError(f"floor: claim returned nothing after {timer.jobs} jobs")
+
+
+def _floor_minimal(path: Path, jobs: int, bench: Bench) -> float:
+    """Claim 100 by a top-N subquery, then ack them by (id, lease id), each in its own transaction, on a table
+    of three columns: what any ledger table in DuckDB costs at the least."""
+    con = duckdb.connect(str(path), config={"threads": 2})
+    try:
+        con.execute("CREATE TABLE q (id BIGINT, state VARCHAR, lease_id VARCHAR)")
+        con.execute("INSERT INTO q SELECT i, 'queued', NULL FROM range($n) AS r(i)", {"n": jobs})
+        with bench.timed() as timer:
+            while timer.jobs < jobs:
+                con.execute("BEGIN")
+                leased = con.execute("UPDATE q SET state = 'leased', lease_id = uuid()::VARCHAR WHERE rowid IN "
+                                     "(SELECT rowid FROM q WHERE state = 'queued' ORDER BY id LIMIT 100) "
+                                     "RETURNING id, lease_id").fetchall()
+                con.execute("COMMIT")
+                con.execute("BEGIN")
+                con.execute("UPDATE q SET state = 'succeeded' FROM (SELECT unnest($ids) AS id, unnest($leases) AS "
+                            "lease_id) AS a WHERE q.id = a.id AND q.lease_id = a.lease_id AND q.state = 'leased'",
+                            {"ids": [row[0] for row in leased], "leases": [row[1] for row in leased]})
+                con.execute("COMMIT")
+                timer.jobs += len(leased)
+        return timer.rate()
+    finally:
+        con.close()
 
 
 @section("flow_control", "batch-100 claim+ack: no limits vs a rate limit, a concurrency limit and a quota on "
@@ -771,7 +885,10 @@ def derive(medians: dict[str, float]) -> dict[str, float]:
                "http_default_fleet_no_group_commit_jobs_per_s"),
               ("group_commit_speedup_batching_fleet", "http_end_to_end_jobs_per_s", "http_no_group_commit_jobs_per_s"),
               ("http_over_in_process", "http_end_to_end_jobs_per_s", "in_process_jobs_per_s"),
-              ("flow_limited_over_plain", "flow_limited_jobs_per_s", "flow_plain_jobs_per_s"))
+              ("flow_limited_over_plain", "flow_limited_jobs_per_s", "flow_plain_jobs_per_s"),
+              ("bulk_enqueue_over_floor", "bulk_enqueue_jobs_per_s", "floor_enqueue_jobs_per_s"),
+              ("claim_ack_batch100_over_floor", "claim_ack_batch100_jobs_per_s",
+               "floor_claim_ack_batch100_jobs_per_s"))
     for ratio, top, bottom in ratios:
         if medians.get(bottom) and top in medians:
             out[ratio] = medians[top] / medians[bottom]
@@ -967,6 +1084,12 @@ ROWS = (
     ("claim_rate_1m_jobs_per_s", "claim+ack b100, large ledger (jobs/s)"),
     ("claim_rate_1m_over_10k", "claim rate large / 10k"),
     ("load_large_ledger_jobs_per_s", "large ledger bulk load (jobs/s)"),
+    ("floor_enqueue_jobs_per_s", "DuckDB floor: enqueue statements only (jobs/s)"),
+    ("floor_claim_ack_batch100_jobs_per_s", "DuckDB floor: claim, ack statements b100 (jobs/s)"),
+    ("floor_joined_batch100_jobs_per_s", "  joined: ack_and_claim statement (jobs/s)"),
+    ("floor_minimal_claim_ack_batch100_jobs_per_s", "  3-column table, claim+ack b100 (jobs/s)"),
+    ("bulk_enqueue_over_floor", "bulk enqueue / its DuckDB floor"),
+    ("claim_ack_batch100_over_floor", "claim+ack b100 / its DuckDB floor"),
     ("peer_huey_sqlite_jobs_per_s", "Huey/SQLite enq+deq+exec (jobs/s)"),
     ("peer_huey_enqueue_jobs_per_s", "  Huey enqueue only (jobs/s)"),
     ("peer_huey_dequeue_execute_jobs_per_s", "  Huey dequeue+execute only (jobs/s)"),
