@@ -62,7 +62,8 @@ def _explain(exc: fastjsonschema.JsonSchemaValueException, name: str) -> str:
         extra = sorted(set(exc.value) - set(exc.definition.get("properties", {})))
         named = ", ".join(shown(field, 40) for field in extra[:5])
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
-        return f"has unknown fields {named}{more}; remove them (schemas/{name}.schema.json lists the fields)"
+        listed = exc.definition.get("$id", name).rsplit("/", 1)[-1].removesuffix(".schema.json")  # a $ref'd schema
+        return f"has unknown fields {named}{more}; remove them (schemas/{listed}.schema.json lists the fields)"
     if exc.rule == "pattern" and "x-expected" in exc.definition:
         return f"must be {exc.definition['x-expected']}, not {shown(exc.value, 80)}"
     return "must " + exc.message.split(" must ", 1)[-1]

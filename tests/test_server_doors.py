@@ -192,6 +192,19 @@ def test_the_served_scenario_went_through_the_server(both_doors):
     assert "cli" in direct_actors and "http:no-auth" not in direct_actors, direct_actors
 
 
+def test_a_refused_batch_names_the_file_line_through_the_server_as_it_does_locally(both_doors, tmp_path):
+    batch = tmp_path / "bad.jsonl"
+    good = {"tenant": "acme", "project": "web", "type": "scan"}
+    batch.write_text(f"{json.dumps(good)}\n\n{json.dumps({**good, 'prio': 1})}\n", encoding="utf-8")
+    for ledger in (both_doors["direct_ledger"], both_doors["served_ledger"]):
+        before = run_cli("--lock-timeout", "0", "--json", "ledger", "info", ledger=ledger).json
+        result = run_cli("--lock-timeout", "0", "--json", "jobs", "enqueue", "--batch", str(batch), ledger=ledger)
+        assert result.code == 1, result
+        assert result.error["message"] == (f"{batch} line 3: job 2 has unknown fields 'prio'; remove them "
+                                           "(schemas/job-spec.schema.json lists the fields)"), result
+        assert run_cli("--lock-timeout", "0", "--json", "ledger", "info", ledger=ledger).json == before
+
+
 def test_server_option_and_discovery_file_reach_the_same_server(both_doors, tmp_path):
     """--server URL (and $AIRGAP_ORCH_SERVER) with a ledger path that does not exist: the CLI never opens a ledger."""
     _scenario(both_doors, "served")

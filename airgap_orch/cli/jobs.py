@@ -12,6 +12,7 @@ from ..errors import InvalidInput
 from .context import command, invoke
 
 _JOB_NUMBER = re.compile(r"job (\d+)(?=[ .:]|$)")
+_BODY_JOB = re.compile(r"body\.jobs\[(\d+)\]")  # a server's schema check names a spec by its index in the body
 
 MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
 
@@ -65,10 +66,13 @@ def _enqueue_batch(path: str) -> dict[str, Any]:
     try:
         return invoke("jobs.enqueue_batch", {"jobs": specs})
     except InvalidInput as error:  # "job N..." counts specs: name the file's line instead
-        found = _JOB_NUMBER.match(str(error))
+        text = str(error)
+        if body := _BODY_JOB.match(text):
+            text = f"job {int(body.group(1)) + 1}{text[body.end():]}"
+        found = _JOB_NUMBER.match(text)
         if found is None or not 1 <= int(found.group(1)) <= len(lines):
             raise
-        raise type(error)(f"{path} line {lines[int(found.group(1)) - 1]}: {error}") from None
+        raise type(error)(f"{path} line {lines[int(found.group(1)) - 1]}: {text}") from None
 
 
 @command(group, "enqueue")
