@@ -377,6 +377,45 @@ def test_reports_of_concurrent_handlers_share_transactions(ledger):
     assert len(commits) < jobs, f"{len(commits)} commits for {jobs} jobs"
 
 
+def test_a_handlers_slot_is_free_while_its_outcome_is_reported(ledger):
+    """The runner claims for a slot as soon as its handler returns, not once the report has committed, so the
+    claim can share the report's transaction. The slots still bound how many handlers run at once."""
+    ids = ops.enqueue_batch(ledger, [_spec("quick") for _ in range(3)])["job_ids"]
+    report_held, claimed_meanwhile, let_go = threading.Event(), threading.Event(), threading.Event()
+    running, most, count = [0], [0], threading.Lock()
+
+    class HeldReports(Runner):
+        def _call(self, name: str, **params):
+            if name == "jobs.ack" and not let_go.is_set():
+                report_held.set()
+                let_go.wait(10)
+            elif name == "jobs.claim" and report_held.is_set() and not let_go.is_set():
+                claimed_meanwhile.set()
+            return super()._call(name, **params)
+
+    def quick(ctx) -> None:
+        with count:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with count:
+            running[0] -= 1
+
+    runner = HeldReports(ledger, RunnerConfig(handlers={"quick": quick}, worker_id="w-held", concurrency=1,
+                                              exit_when_idle=True))
+    summary: dict = {}
+    thread = threading.Thread(target=lambda: summary.update(runner.run(handle_signals=False)), daemon=True)
+    thread.start()
+    try:
+        assert claimed_meanwhile.wait(10), "the runner did not claim while the first job's ack was held"
+    finally:
+        let_go.set()
+    thread.join(20)
+    assert summary["outcomes"] == {"succeeded": 3}
+    assert most[0] == 1
+    assert {ops.show(ledger, job_id)["state"] for job_id in ids} == {"succeeded"}
+
+
 def test_invalid_artifacts_from_a_handler_fail_the_job_for_good(ledger):
     (job_id,) = ops.enqueue_batch(ledger, [_spec("bad-artifacts")])["job_ids"]
     summary = _RunnerThread(ledger, {"bad-artifacts": lambda ctx: [{"uri": "x", "digest": "md5:1"}]},

@@ -9,7 +9,9 @@ directly; the Ledger's lock orders it with the writer's transactions.
 
 Threads:
 - the main loop (the caller's thread) claims up to the number of free handler slots, one claim
-  statement per handled job type, reaps finished jobs and watches for stop requests;
+  statement per handled job type, reaps finished jobs and watches for stop requests. A slot is free once
+  its handler returns, while the outcome is still being reported, so that claim and report can share a
+  transaction;
 - one thread per job runs the handler and then acks or fails under the job's lease;
 - one heartbeat thread per job sends the first heartbeat (which moves the job to running) FIRST_BEAT_SECONDS
   after the handler starts, as the SDK worker does, so a shorter job costs no heartbeat; then it extends
@@ -145,6 +147,7 @@ class _ActiveJob:
         self.settled = False  # a final ack/fail was sent
         self.released = False  # the runner gave the lease back on shutdown
         self.lost = False  # the lease was refused as stale
+        self.handled = False  # the handler returned: its slot is free while the outcome is reported
         self.stop_beating = threading.Event()
         self.wake = threading.Event()
         self.pending: tuple[float, str | None] | None = None
@@ -215,7 +218,7 @@ class Runner:
             if config.max_jobs is not None and len(self._finished) >= config.max_jobs:
                 return "max_jobs"
             self._run_schedules()
-            slots = config.concurrency - len(self._active)
+            slots = config.concurrency - sum(1 for job in self._active.values() if not job.handled)
             if config.max_jobs is not None:
                 slots = min(slots, config.max_jobs - len(self._finished) - len(self._active))
             claimed = self._claim(slots) if slots > 0 else 0
@@ -309,6 +312,9 @@ class Runner:
             job.wake.set()
             if job.beater is not None and job.beater.is_alive():
                 job.beater.join()
+        # Free the slot before reporting: the main loop's claim for it then joins this report's transaction.
+        job.handled = True
+        self._wake.set()
         self._done.put(self._report(job, outcome))
         self._wake.set()
 
