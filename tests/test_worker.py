@@ -26,7 +26,7 @@ from conftest import run_cli
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
-from airgap_orch.worker import Runner, RunnerConfig, load_handlers
+from airgap_orch.worker import RetryableError, Runner, RunnerConfig, load_handlers
 from airgap_orch.worker.samples import slow_scan
 
 SAMPLES = "airgap_orch.worker.samples"
@@ -411,8 +411,37 @@ def test_a_handlers_slot_is_free_while_its_outcome_is_reported(ledger):
     finally:
         let_go.set()
     thread.join(20)
+    assert not thread.is_alive(), "the runner did not stop"
     assert summary["outcomes"] == {"succeeded": 3}
     assert most[0] == 1
+    assert {ops.show(ledger, job_id)["state"] for job_id in ids} == {"succeeded"}
+
+
+def test_a_job_retried_at_once_to_the_same_runner_is_one_slot_and_one_job(ledger):
+    """A retry due at once can come back to this runner while the failed attempt's report is in flight: the
+    new attempt takes a slot of its own, and reaping the old attempt does not drop the new one."""
+    ids = ops.enqueue_batch(ledger, [_spec("flaky", max_attempts=3) for _ in range(4)])["job_ids"]
+    running, most, count = [0], [0], threading.Lock()
+    attempts: dict[str, int] = {}
+
+    def flaky(ctx) -> None:
+        with count:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            attempts[ctx.job_id] = attempts.get(ctx.job_id, 0) + 1
+            first = attempts[ctx.job_id] == 1
+        try:
+            if first:
+                raise RetryableError("try again now", retry_after=0)
+            time.sleep(0.05)
+        finally:
+            with count:
+                running[0] -= 1
+
+    summary = _RunnerThread(ledger, {"flaky": flaky}, concurrency=1, lease_seconds=30.0,
+                            exit_when_idle=True).join(60)
+    assert most[0] == 1
+    assert summary["outcomes"] == {"queued": 4, "succeeded": 4}
     assert {ops.show(ledger, job_id)["state"] for job_id in ids} == {"succeeded"}
 
 

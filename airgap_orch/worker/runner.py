@@ -166,8 +166,9 @@ class Runner:
         self.ledger = ledger
         self.config = config
         self.on_finished = on_finished
+        # By lease id: a retry due at once may bring a job back while its last attempt is still being reported.
         self._active: dict[str, _ActiveJob] = {}
-        self._done: queue_module.SimpleQueue[FinishedJob] = queue_module.SimpleQueue()
+        self._done: queue_module.SimpleQueue[tuple[_ActiveJob, FinishedJob]] = queue_module.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._hurry = threading.Event()  # a second stop request: skip the grace period
@@ -273,10 +274,10 @@ class Runner:
     def _reap(self) -> None:
         while True:
             try:
-                finished = self._done.get_nowait()
+                job, finished = self._done.get_nowait()
             except queue_module.Empty:
                 return
-            self._active.pop(finished.job_id, None)
+            self._active.pop(job.lease["lease_id"], None)
             self._finished.append(finished)
             if self.on_finished is not None:
                 self.on_finished(finished)
@@ -298,7 +299,7 @@ class Runner:
                                       daemon=True)
         job.beater = threading.Thread(target=self._beat, args=(job,), name=f"beat-{lease['job_id'][:13]}",
                                       daemon=True)
-        self._active[lease["job_id"]] = job
+        self._active[lease["lease_id"]] = job
         job.thread.start()
 
     def _work(self, job: _ActiveJob) -> None:
@@ -315,7 +316,7 @@ class Runner:
         # Free the slot before reporting: the main loop's claim for it then joins this report's transaction.
         job.handled = True
         self._wake.set()
-        self._done.put(self._report(job, outcome))
+        self._done.put((job, self._report(job, outcome)))
         self._wake.set()
 
     def _report(self, job: _ActiveJob, outcome: Outcome | None) -> FinishedJob:
