@@ -227,6 +227,29 @@ def test_retryable_error_is_retried_into_the_dead_letter_queue_and_permanent_err
     assert operator.call("jobs.show", {"job_id": broken})["attempts"] == 1  # no retry
 
 
+def test_a_job_retried_at_once_back_to_the_same_worker_is_heartbeated_on_its_new_lease(live):
+    """A retry due at once can come back to the worker while its failed attempt is still being reported. The new
+    attempt is tracked apart from the old one, so it is heartbeated past its lease and succeeds."""
+    operator = live["operator"]
+    job_ids = enqueue(operator, "sdk.again", [{"n": n} for n in range(3)], max_attempts=3)
+    worker = Worker(live["url"], live["worker_token"], concurrency=3, claim_wait=1, lease_seconds=2)
+
+    @worker.handler("sdk.again")
+    def again(ctx):
+        if ctx.attempt == 1:
+            raise RetryableError("try again now", retry_after=0)
+        time.sleep(3)  # longer than the lease: only heartbeats keep it
+
+    running = RunningWorker(worker)
+    try:
+        wait_for(lambda: all_in(operator, job_ids, {"succeeded", "dead_letter"}), 60, "every job to end")
+    finally:
+        running.stop()
+    for job_id in job_ids:
+        job = operator.call("jobs.show", {"job_id": job_id})
+        assert (job["state"], job["attempts"]) == ("succeeded", 2), events_of(job)
+
+
 def test_cancel_reaches_the_running_handler_and_the_job_ends_canceled(live):
     operator = live["operator"]
     (job_id,) = enqueue(operator, "sdk.long", [{}])

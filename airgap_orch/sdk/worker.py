@@ -166,7 +166,7 @@ class Worker:
         self._beat_client = OrchClient(url, token, retries=1, timeout=max(2.0, min(10.0, self.lease_seconds / 3)))
         self._handlers: dict[str, Handler] = {}
         self._lock = threading.Lock()
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, _Held] = {}  # by lease id: a retry due at once may return while its last attempt reports
         self._busy = 0  # leases claimed whose handler has not returned
         self._unreported = 0  # finished handlers whose report is not answered yet
         self._work: queue_module.SimpleQueue[_Held | None] = queue_module.SimpleQueue()
@@ -325,7 +325,7 @@ class Worker:
         held.next_beat = held.claimed_at + self.lease_seconds / 3  # only if it is still waiting for a thread then
         with self._lock:
             self.stats["claimed"] += 1
-            self._held[held.job_id] = held
+            self._held[held.lease_id] = held
             self._busy += 1
         if self._stopping.is_set():  # claimed as the worker stopped: give it back at once
             self._release([held], "claimed while stopping")
@@ -351,7 +351,7 @@ class Worker:
                 self._busy -= 1
                 if held.released or held.lost:
                     held.phase = "done"
-                    self._held.pop(held.job_id, None)
+                    self._held.pop(held.lease_id, None)
                     result = "" if held.released else LOST  # a release was counted by _release
                 else:
                     held.phase = "reporting"
@@ -567,7 +567,7 @@ class Worker:
             held.phase = "done"
             if outcome == LOST:
                 held.lost = True
-            self._held.pop(held.job_id, None)
+            self._held.pop(held.lease_id, None)
             self._unreported -= 1
             self._changed.notify_all()
         self._finish(held, outcome, error)
@@ -628,7 +628,7 @@ class Worker:
                 if held.phase == "waiting":  # no handler thread will take it: settle here
                     held.phase = "done"
                     self._busy -= 1
-                    self._held.pop(held.job_id, None)
+                    self._held.pop(held.lease_id, None)
             held.ctx.cancel(SHUTDOWN)
             chosen.append(held)
         if len(chosen) > 1:  # many prefetched jobs: release them side by side (the server commits them together)
