@@ -72,7 +72,7 @@ from airgap_orch.errors import OrchError
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as jobs_ops
 from airgap_orch.orchestrator import jobs as core
-from airgap_orch.orchestrator.states import sources
+from airgap_orch.orchestrator.states import FINAL_STATES, sources
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_ID = "bench-worker-1"
@@ -439,7 +439,9 @@ def bench_duckdb_floor(bench: Bench) -> Samples:
     bench.note(f"DuckDB floor: the enqueue statements (idempotency_reserve, jobs_insert, history_append) on the rows "
                f"a real enqueue of {sizes.enqueue_total:,} jobs wrote, {sizes.enqueue_batch:,} per transaction; "
                f"the claim and ack statements (and ack_and_claim, joined) on {sizes.claim_jobs:,} queued jobs, 100 per "
-               "statement, one COMMIT each; minimal: the same claim+ack on a table of (id, state, lease_id)")
+               "statement, one COMMIT each, finished rows archived every "
+               f"{core.ARCHIVE_AFTER:,} as on the claim path; minimal: the same claim+ack on a table of "
+               "(id, state, lease_id)")
     return samples
 
 
@@ -454,33 +456,49 @@ def _floor_acks(now: dt.datetime, leased: list[tuple]) -> dict[str, Any]:
             "artifacts": ["[]"] * len(leased), "from_states": sources("ack"), "ack_tenants": None}
 
 
+def _floor_archive(tx: Any, unarchived: int) -> int:
+    """The hot table's housekeeping as core.maintain() does it on the claim path: finished rows move out once
+    ARCHIVE_AFTER have gathered, so the floor's claims scan the table production's would."""
+    if unarchived < core.ARCHIVE_AFTER:
+        return unarchived
+    tx.execute("archive_copy", final_states=list(FINAL_STATES))
+    tx.execute("archive_delete", final_states=list(FINAL_STATES))
+    return 0
+
+
 def _floor_separate(ledger: Ledger, jobs: int, timer: Timer) -> None:
     """The claim statement in one transaction, the ack statement of its leases in the next."""
+    unarchived = 0
     while timer.jobs < jobs:
         now = clock.now()
         with ledger.transaction() as tx:
+            unarchived = _floor_archive(tx, unarchived)
             leased = tx.fetch("claim", **_floor_claim(now, 100))
         with ledger.transaction() as tx:
             acked = tx.fetch("ack", **_floor_acks(now, leased))
         if len(acked) != len(leased) or not leased:
             raise RuntimeError(f"floor: {len(leased)} leased, {len(acked)} acked after {timer.jobs} jobs")
         timer.jobs += len(acked)
+        unarchived += len(acked)
 
 
 def _floor_joined(ledger: Ledger, jobs: int, timer: Timer) -> None:
     """The ack_and_claim statement, one transaction per batch (plus the first claim)."""
     with ledger.transaction() as tx:
         leased = tx.fetch("claim", **_floor_claim(clock.now(), 100))
+    unarchived = 0
     while leased:
         timer.jobs += len(leased)
         now = clock.now()
         with ledger.transaction() as tx:
+            unarchived = _floor_archive(tx, unarchived)
             rows = tx.fetch("ack_and_claim", **{**_floor_claim(now, min(100, jobs - timer.jobs)),
                                                 **_floor_acks(now, leased)})
         acked = len(leased)
         leased = [row for row in rows if row[-3] == "leased"]  # RETURNING ends with state, worker_id, started_at
         if len(rows) - len(leased) != acked:
             raise RuntimeError(f"floor: an ack was refused after {timer.jobs} jobs")
+        unarchived += acked
     if timer.jobs < jobs:
         raise RuntimeError(f"floor: claim returned nothing after {timer.jobs} jobs")
 
@@ -500,10 +518,13 @@ def _floor_minimal(path: Path, jobs: int, bench: Bench) -> float:
                                      "RETURNING id, lease_id").fetchall()
                 con.execute("COMMIT")
                 con.execute("BEGIN")
-                con.execute("UPDATE q SET state = 'succeeded' FROM (SELECT unnest($ids) AS id, unnest($leases) AS "
-                            "lease_id) AS a WHERE q.id = a.id AND q.lease_id = a.lease_id AND q.state = 'leased'",
-                            {"ids": [row[0] for row in leased], "leases": [row[1] for row in leased]})
+                given = {"ids": [row[0] for row in leased], "leases": [row[1] for row in leased]}
+                acked = con.execute("UPDATE q SET state = 'succeeded' FROM (SELECT unnest($ids) AS id, "
+                                    "unnest($leases) AS lease_id) AS a WHERE q.id = a.id AND q.lease_id = a.lease_id "
+                                    "AND q.state = 'leased' RETURNING q.id", given).fetchall()
                 con.execute("COMMIT")
+                if len(acked) != len(leased) or not leased:
+                    raise RuntimeError(f"minimal floor: {len(leased)} leased, {len(acked)} acked")
                 timer.jobs += len(leased)
         return timer.rate()
     finally:
