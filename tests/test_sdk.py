@@ -232,13 +232,13 @@ def test_a_job_retried_at_once_back_to_the_same_worker_is_heartbeated_on_its_new
     attempt is tracked apart from the old one, so it is heartbeated past its lease and succeeds."""
     operator = live["operator"]
     job_ids = enqueue(operator, "sdk.again", [{"n": n} for n in range(3)], max_attempts=3)
-    worker = Worker(live["url"], live["worker_token"], concurrency=3, claim_wait=1, lease_seconds=2)
+    worker = Worker(live["url"], live["worker_token"], concurrency=3, claim_wait=1, lease_seconds=3)
 
     @worker.handler("sdk.again")
     def again(ctx):
         if ctx.attempt == 1:
             raise RetryableError("try again now", retry_after=0)
-        time.sleep(3)  # longer than the lease: only heartbeats keep it
+        time.sleep(4.5)  # longer than the lease: only heartbeats (every second) keep it
 
     running = RunningWorker(worker)
     try:

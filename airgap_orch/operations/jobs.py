@@ -129,7 +129,7 @@ def release(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[s
 
 def ack_many(ledger: Ledger, acks: list[dict[str, Any]], *, actor: str = "cli",
              tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """Many acks in one transaction; one result per ack ({job_id, state} or {job_id, error})."""
+    """Many acks in one transaction; one result per ack, in their order ({job_id, state} or {job_id, error})."""
     if not isinstance(acks, list) or not acks or len(acks) > validation.MAX_CLAIM_LIMIT:
         raise validation.InvalidInput(f"acks must be a list of 1 to {validation.MAX_CLAIM_LIMIT} items")
     items = [ack_item(a.get("job_id"), a.get("lease_id"), artifacts=a.get("artifacts"), tenants=tenants)

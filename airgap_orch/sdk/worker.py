@@ -494,9 +494,10 @@ class Worker:
             for held, _outcome in acks:
                 self._settle(held, ERROR, str(error))
             return
-        results = {result.get("job_id"): result for result in answer.get("results", [])}
-        for held, _outcome in acks:
-            result = results.get(held.job_id) or {}
+        # One result per ack, in order (by job id alone, two attempts of one job in a batch would get one answer).
+        results = answer.get("results", [])
+        for index, (held, _outcome) in enumerate(acks):
+            result = results[index] if index < len(results) and results[index].get("job_id") == held.job_id else {}
             if "state" in result:
                 self._settle(held, result["state"], None)
             else:
