@@ -23,8 +23,9 @@ What is measured (issue 2, "Performance"):
   the large ledger is reported separately.
 - DuckDB floor: the ledger's own statements with nothing around them (no validation, no history, no
   bookkeeping), one COMMIT per call as in production: the enqueue inserts on the rows a real enqueue wrote; the
-  claim and ack statements of batch 100 (and ack_and_claim); and a claim+ack on a 3-column table. A target
-  above its floor cannot be reached by any code that runs these statements with that durability.
+  claim and ack statements of batch 100 (and ack_and_claim), archiving finished rows as the claim path does;
+  and a claim+ack on a 3-column table. A target above its floor cannot be reached by any code that runs these
+  statements with that durability.
 - peer: Huey with SqliteHuey storage; enqueue N tasks, then dequeue + execute them in this thread.
   Our figure for the same work: enqueue the same N, then batch-100 claim + ack until drained (joined; and
   with claim and ack in separate transactions).

@@ -313,7 +313,7 @@ class Runner:
             job.wake.set()
             if job.beater is not None and job.beater.is_alive():
                 job.beater.join()
-        # Free the slot before reporting: the main loop's claim for it then joins this report's transaction.
+        # Free the slot before reporting: the main loop's claim for it can then join this report's transaction.
         job.handled = True
         self._wake.set()
         self._done.put((job, self._report(job, outcome)))
