@@ -446,8 +446,8 @@ def bench_duckdb_floor(bench: Bench) -> Samples:
     return samples
 
 
-def _floor_claim(now: dt.datetime, limit: int) -> dict[str, Any]:
-    return {"now": now, "site_id": "bench-site", "queue": None, "job_type": None, "tenants": None, "limit": limit,
+def _floor_claim(tx: Any, now: dt.datetime, limit: int) -> dict[str, Any]:
+    return {"now": now, "site_id": tx.site_id, "queue": None, "job_type": None, "tenants": None, "limit": limit,
             "worker_id": WORKER_ID, "lease_seconds": LEASE_SECONDS,
             "lease_expires_at": now + dt.timedelta(seconds=LEASE_SECONDS)}
 
@@ -474,7 +474,7 @@ def _floor_separate(ledger: Ledger, jobs: int, timer: Timer) -> None:
         now = clock.now()
         with ledger.transaction() as tx:
             unarchived = _floor_archive(tx, unarchived)
-            leased = tx.fetch("claim", **_floor_claim(now, 100))
+            leased = tx.fetch("claim", **_floor_claim(tx, now, 100))
         with ledger.transaction() as tx:
             acked = tx.fetch("ack", **_floor_acks(now, leased))
         if len(acked) != len(leased) or not leased:
@@ -486,14 +486,14 @@ def _floor_separate(ledger: Ledger, jobs: int, timer: Timer) -> None:
 def _floor_joined(ledger: Ledger, jobs: int, timer: Timer) -> None:
     """The ack_and_claim statement, one transaction per batch (plus the first claim)."""
     with ledger.transaction() as tx:
-        leased = tx.fetch("claim", **_floor_claim(clock.now(), 100))
+        leased = tx.fetch("claim", **_floor_claim(tx, clock.now(), 100))
     unarchived = 0
     while leased:
         timer.jobs += len(leased)
         now = clock.now()
         with ledger.transaction() as tx:
             unarchived = _floor_archive(tx, unarchived)
-            rows = tx.fetch("ack_and_claim", **{**_floor_claim(now, min(100, jobs - timer.jobs)),
+            rows = tx.fetch("ack_and_claim", **{**_floor_claim(tx, now, min(100, jobs - timer.jobs)),
                                                 **_floor_acks(now, leased)})
         acked = len(leased)
         leased = [row for row in rows if row[-3] == "leased"]  # RETURNING ends with state, worker_id, started_at
