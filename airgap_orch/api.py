@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 API_PREFIX = "/v1"
+# An operational override's reason and ticket (DESIGN invariant 8) travel in these headers, not in the body.
+OVERRIDE_HEADERS = (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket"))
 MAX_BODY_BYTES = 8 * 1024 * 1024  # documented in README "Limits"; larger bodies get 413
 
 
@@ -86,22 +88,25 @@ ROUTES: tuple[Route, ...] = (
     Route("quotas.list", "GET", "/v1/quotas", "limits_read", "Quotas with their use now",
           query=(("tenant", "string"),)),
     Route("ratelimits.set", "POST", "/v1/ratelimits", "limits_set",
-          "Set a token bucket on {tenant, type} or on a declared key", "ratelimit-set-request", True,
+          "Set a token bucket on {tenant, type} or on a declared key (needs X-Orch-Reason)",
+          "ratelimit-set-request", True, needs_reason=True, takes_reason=True),
+    Route("ratelimits.delete", "POST", "/v1/ratelimits/delete", "limits_set",
+          "Remove a rate limit (needs X-Orch-Reason)", "ratelimit-target", True, needs_reason=True,
           takes_reason=True),
-    Route("ratelimits.delete", "POST", "/v1/ratelimits/delete", "limits_set", "Remove a rate limit",
-          "ratelimit-target", True, takes_reason=True),
     Route("ratelimits.list", "GET", "/v1/ratelimits", "limits_read", "Rate limits with their tokens now"),
     Route("concurrency.set", "POST", "/v1/concurrency", "limits_set",
-          "Limit how many jobs carrying a key are leased or running at once", "concurrency-set-request", True,
+          "Limit how many jobs carrying a key are leased or running at once (needs X-Orch-Reason)",
+          "concurrency-set-request", True, needs_reason=True, takes_reason=True),
+    Route("concurrency.delete", "POST", "/v1/concurrency/delete", "limits_set",
+          "Remove a concurrency limit (needs X-Orch-Reason)", "key-target", True, needs_reason=True,
           takes_reason=True),
-    Route("concurrency.delete", "POST", "/v1/concurrency/delete", "limits_set", "Remove a concurrency limit",
-          "key-target", True, takes_reason=True),
     Route("concurrency.list", "GET", "/v1/concurrency", "limits_read", "Concurrency limits with their use now"),
     Route("breakers.set", "POST", "/v1/breakers", "limits_set",
-          "Set a circuit breaker on a key: failures to open, cool-down before one probe", "breaker-set-request",
-          True, takes_reason=True),
-    Route("breakers.delete", "POST", "/v1/breakers/delete", "limits_set", "Remove a circuit breaker",
-          "key-target", True, takes_reason=True),
+          "Set a circuit breaker on a key: failures to open, cool-down before one probe (needs X-Orch-Reason)",
+          "breaker-set-request", True, needs_reason=True, takes_reason=True),
+    Route("breakers.delete", "POST", "/v1/breakers/delete", "limits_set",
+          "Remove a circuit breaker (needs X-Orch-Reason)", "key-target", True, needs_reason=True,
+          takes_reason=True),
     Route("breakers.list", "GET", "/v1/breakers", "limits_read", "Circuit breakers and their state"),
     Route("queues.pause", "POST", "/v1/queues/{queue}/pause", "queue_pause",
           "Pause a queue: its jobs stay queued, none is claimed (needs X-Orch-Reason)", None, True,

@@ -223,7 +223,8 @@ def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0,
         step(f"server pid {server.pid} owns {ledger_path} and listens at {url}")
         client = OrchClient(url, timeout=30.0)
         try:
-            client.call("concurrency.set", {"key": "type:scan.image", "max": SCAN_SLOTS})
+            client.call("concurrency.set", {"key": "type:scan.image", "max": SCAN_SLOTS,
+                                            "reason": "demo: scanners share a few slots"})
             step(f"set a concurrency limit: at most {SCAN_SLOTS} scan.image jobs leased or running at once")
             job_ids = client.call("jobs.enqueue_batch", {"jobs": specs[:-1]})["job_ids"]
             long_scan_id = client.call("jobs.enqueue", {"spec": specs[-1]})["job_id"]

@@ -207,6 +207,9 @@ def flow_key(value: Any, what: str = "key") -> str:
 def reason_and_ticket(reason: Any, ticket: Any, *, reason_required: bool = True,
                       ticket_required: bool = False) -> tuple[str | None, str | None]:
     """An operator's reason (<= 256 characters) and change ticket (<= 128)."""
+    if reason_required and (reason is None or reason == ""):
+        raise InvalidInput(f"reason is required: say why in at most {MAX_REASON_CHARS} characters (--reason, or the "
+                           "X-Orch-Reason header)")
     checked = text(reason, MAX_REASON_CHARS, "reason", required=reason_required)
     if ticket is None or ticket == "":
         if ticket_required:

@@ -387,9 +387,9 @@ def _set_limits_that_do_not_bind(ledger: Ledger, tenants: list[str]) -> None:
     for tenant in tenants:
         limit_ops.quota_set(ledger, tenant=tenant, max_active=high, max_per_hour=high, burst=high, reason="bench")
         for job_type in JOB_TYPES:
-            limit_ops.ratelimit_set(ledger, tenant=tenant, type=job_type, rate=high, burst=high)
+            limit_ops.ratelimit_set(ledger, tenant=tenant, type=job_type, rate=high, burst=high, reason="bench")
     for job_type in JOB_TYPES:
-        limit_ops.concurrency_set(ledger, key=f"type:{job_type}", max=high)
+        limit_ops.concurrency_set(ledger, key=f"type:{job_type}", max=high, reason="bench")
 
 
 def fill_tenants(ledger: Ledger, count: int, tenants: int, *, batch: int) -> None:

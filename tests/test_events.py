@@ -78,12 +78,12 @@ def every_transition(ledger: Ledger, manual_clock) -> dict[str, str]:
     ops.ack(ledger, parent, lease(parent))  # job.ready for the child
     ops.ack(ledger, child, lease(child))
 
-    limit_ops.concurrency_set(ledger, key="type:solo", max=1)
+    limit_ops.concurrency_set(ledger, key="type:solo", max=1, reason="test")
     first, roles["throttled"] = enqueue(type="solo"), enqueue(type="solo")
     (leased,) = ops.claim(ledger, worker_id="w-7", limit=2, lease_seconds=30)["leases"]  # the second: throttled
     ops.ack(ledger, first, leased["lease_id"])
     ops.ack(ledger, roles["throttled"], lease(roles["throttled"]))
-    limit_ops.concurrency_delete(ledger, key="type:solo")
+    limit_ops.concurrency_delete(ledger, key="type:solo", reason="test")
 
     roles["released"] = job_id = enqueue()
     ops.release(ledger, job_id, lease(job_id))

@@ -75,7 +75,7 @@ def test_priority_still_comes_before_fair_turns(ledger):
 
 def test_concurrency_limit_holds_across_workers_and_frees_up_when_a_job_ends(ledger):
     enqueue_many(ledger, 10)
-    limit_ops.concurrency_set(ledger, key="type:scan", max=2)
+    limit_ops.concurrency_set(ledger, key="type:scan", max=2, reason="test")
     first = claim(ledger, 10, worker="w-1")
     assert len(first) == 2
     assert claim(ledger, 10, worker="w-2") == []
@@ -87,7 +87,7 @@ def test_concurrency_limit_holds_across_workers_and_frees_up_when_a_job_ends(led
 def test_concurrency_limit_on_a_declared_key_leaves_other_jobs_alone(ledger):
     nvd = enqueue_many(ledger, 5, keys=["host:nvd.nist.gov"])
     other = enqueue_many(ledger, 5, keys=["host:osv.dev"])
-    limit_ops.concurrency_set(ledger, key="host:nvd.nist.gov", max=1)
+    limit_ops.concurrency_set(ledger, key="host:nvd.nist.gov", max=1, reason="test")
     leased = {lease["job_id"] for lease in claim(ledger, 10)}
     assert len(leased & set(nvd)) == 1 and set(other) <= leased
     held = ops.show(ledger, sorted(set(nvd) - leased)[0])
@@ -137,7 +137,7 @@ def test_quota_per_hour_is_a_bucket_with_a_burst_refilled_by_elapsed_time(ledger
 def test_bucket_levels_persist_across_a_reopen(ledger_path, manual_clock):
     with Ledger.open(ledger_path) as ledger:
         enqueue_many(ledger, 5)
-        limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.01, burst=2)
+        limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.01, burst=2, reason="test")
         assert len(claim(ledger, 5)) == 2
     with Ledger.open(ledger_path) as ledger:
         assert claim(ledger, 5) == []  # the bucket is still empty after the restart
@@ -149,7 +149,7 @@ def test_bucket_levels_persist_across_a_reopen(ledger_path, manual_clock):
 def test_rate_limit_on_tenant_and_type_throttles_only_that_pair(ledger, manual_clock):
     enqueue_many(ledger, 5)
     other = enqueue_many(ledger, 3, type="export")
-    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=2, burst=1)
+    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=2, burst=1, reason="test")
     leased = claim(ledger, 10)
     assert sorted(lease["type"] for lease in leased) == ["export"] * 3 + ["scan"]
     assert set(other) <= {lease["job_id"] for lease in leased}
@@ -162,7 +162,7 @@ def test_rate_limit_on_tenant_and_type_throttles_only_that_pair(ledger, manual_c
 def test_rate_limit_on_a_declared_key_spans_tenants_and_types(ledger, manual_clock):
     enqueue_many(ledger, 3, keys=["host:nvd.nist.gov"])
     enqueue_many(ledger, 3, tenant="globex", type="vex", keys=["host:nvd.nist.gov"])
-    limit_ops.ratelimit_set(ledger, key="host:nvd.nist.gov", rate=1, burst=2)
+    limit_ops.ratelimit_set(ledger, key="host:nvd.nist.gov", rate=1, burst=2, reason="test")
     assert len(claim(ledger, 10)) == 2
     manual_clock.advance(1)
     assert len(claim(ledger, 10)) == 1
@@ -170,8 +170,9 @@ def test_rate_limit_on_a_declared_key_spans_tenants_and_types(ledger, manual_clo
 
 def test_a_throttled_job_is_reported_once_in_its_history_with_its_next_eligible_time(ledger, manual_clock):
     first, second = enqueue_many(ledger, 2)
-    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.5, burst=1)
-    limit_ops.concurrency_set(ledger, key="tenant:acme", max=100)  # any limit puts claims on the admitting path
+    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.5, burst=1, reason="test")
+    # any limit puts claims on the admitting path
+    limit_ops.concurrency_set(ledger, key="tenant:acme", max=100, reason="test")
     # One bucket left at one token: the first job takes it; the second is seen and held back.
     assert [lease["job_id"] for lease in claim(ledger, 2)] == [first]
     manual_clock.advance(1.0)
@@ -188,8 +189,8 @@ def test_a_throttled_job_is_reported_once_in_its_history_with_its_next_eligible_
 
 def test_a_job_skipped_inside_a_claim_gets_a_throttled_event(ledger):
     jobs = enqueue_many(ledger, 3, keys=["host:a"])
-    limit_ops.concurrency_set(ledger, key="host:a", max=5)
-    limit_ops.ratelimit_set(ledger, key="host:a", rate=0.001, burst=1)
+    limit_ops.concurrency_set(ledger, key="host:a", max=5, reason="test")
+    limit_ops.ratelimit_set(ledger, key="host:a", rate=0.001, burst=1, reason="test")
     (leased,) = claim(ledger, 3)
     skipped = [job for job in jobs if job != leased["job_id"]]
     # The bucket empties mid-claim, so the other two are seen in the candidate window and held back.
@@ -224,7 +225,7 @@ def test_paused_queue_keeps_its_jobs_queued_until_resumed(ledger):
 def test_breaker_opens_after_consecutive_failures_then_lets_one_probe_through(ledger, manual_clock):
     enqueue_many(ledger, 10, type="flaky")
     healthy = enqueue_many(ledger, 2, type="steady")
-    limit_ops.breaker_set(ledger, key="type:flaky", failures=2, cooldown=30)
+    limit_ops.breaker_set(ledger, key="type:flaky", failures=2, cooldown=30, reason="test")
     for _ in range(2):
         lease = claim(ledger, 1, job_type="flaky")[0]
         ops.fail(ledger, lease["job_id"], lease["lease_id"], error="upstream 503", no_retry=True)
@@ -247,7 +248,7 @@ def test_breaker_opens_after_consecutive_failures_then_lets_one_probe_through(le
 
 def test_a_canceled_probe_frees_the_half_open_breaker_for_another(ledger, manual_clock):
     enqueue_many(ledger, 4, type="flaky")
-    limit_ops.breaker_set(ledger, key="type:flaky", failures=1, cooldown=5)
+    limit_ops.breaker_set(ledger, key="type:flaky", failures=1, cooldown=5, reason="test")
     lease = claim(ledger, 1)[0]
     ops.fail(ledger, lease["job_id"], lease["lease_id"], error="boom", no_retry=True)
     manual_clock.advance(6)
@@ -278,17 +279,17 @@ def test_quota_changes_are_audited_with_reason_ticket_and_before_after(ledger):
     (limit_ops.quota_set, {"tenant": "acme", "max_active": 0, "reason": "zero"}, InvalidInput),
     (limit_ops.quota_set, {"tenant": "bad tenant", "max_active": 1, "reason": "r"}, InvalidInput),
     (limit_ops.quota_delete, {"tenant": "acme", "reason": "none there"}, NotFound),
-    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": 0, "burst": 1}, InvalidInput),
-    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": -1, "burst": 1}, InvalidInput),
-    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": 1, "burst": 0}, InvalidInput),
-    (limit_ops.ratelimit_set, {"tenant": "acme", "rate": 1, "burst": 1}, InvalidInput),  # no type
-    (limit_ops.ratelimit_set, {"tenant": "acme", "key": "host:x", "rate": 1, "burst": 1}, InvalidInput),
-    (limit_ops.ratelimit_set, {"key": "no-colon", "rate": 1, "burst": 1}, InvalidInput),
-    (limit_ops.ratelimit_delete, {"key": "host:x"}, NotFound),
-    (limit_ops.concurrency_set, {"key": "host:x", "max": 0}, InvalidInput),
-    (limit_ops.concurrency_delete, {"key": "host:x"}, NotFound),
-    (limit_ops.breaker_set, {"key": "host:x", "failures": 0, "cooldown": 10}, InvalidInput),
-    (limit_ops.breaker_set, {"key": "host:x", "failures": 3, "cooldown": 0}, InvalidInput),
+    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": 0, "burst": 1, "reason": "r"}, InvalidInput),
+    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": -1, "burst": 1, "reason": "r"}, InvalidInput),
+    (limit_ops.ratelimit_set, {"tenant": "acme", "type": "scan", "rate": 1, "burst": 0, "reason": "r"}, InvalidInput),
+    (limit_ops.ratelimit_set, {"tenant": "acme", "rate": 1, "burst": 1, "reason": "r"}, InvalidInput),  # no type
+    (limit_ops.ratelimit_set, {"tenant": "acme", "key": "host:x", "rate": 1, "burst": 1, "reason": "r"}, InvalidInput),
+    (limit_ops.ratelimit_set, {"key": "no-colon", "rate": 1, "burst": 1, "reason": "r"}, InvalidInput),
+    (limit_ops.ratelimit_delete, {"key": "host:x", "reason": "r"}, NotFound),
+    (limit_ops.concurrency_set, {"key": "host:x", "max": 0, "reason": "r"}, InvalidInput),
+    (limit_ops.concurrency_delete, {"key": "host:x", "reason": "r"}, NotFound),
+    (limit_ops.breaker_set, {"key": "host:x", "failures": 0, "cooldown": 10, "reason": "r"}, InvalidInput),
+    (limit_ops.breaker_set, {"key": "host:x", "failures": 3, "cooldown": 0, "reason": "r"}, InvalidInput),
     (limit_ops.queue_pause, {"queue": "ingest"}, InvalidInput),  # no reason
     (limit_ops.queue_resume, {"queue": "ingest"}, NotFound),
 ])
@@ -305,13 +306,53 @@ def test_a_token_limited_to_one_tenant_cannot_change_another_tenants_or_global_l
     limit_ops.quota_set(ledger, tenant="acme", max_active=2, reason="own", tenants=mine)
     before = state(ledger)
     for operation, kwargs in ((limit_ops.quota_set, {"tenant": "globex", "max_active": 2, "reason": "r"}),
-                              (limit_ops.concurrency_set, {"key": "type:scan", "max": 1}),
-                              (limit_ops.ratelimit_set, {"key": "host:x", "rate": 1, "burst": 1}),
+                              (limit_ops.concurrency_set, {"key": "type:scan", "max": 1, "reason": "r"}),
+                              (limit_ops.ratelimit_set, {"key": "host:x", "rate": 1, "burst": 1, "reason": "r"}),
                               (limit_ops.queue_pause, {"queue": "default", "reason": "r"})):
         with pytest.raises(Forbidden):
             operation(ledger, **kwargs, tenants=mine)
     assert state(ledger) == before
     assert limit_ops.quota_list(ledger, tenants=frozenset({"globex"}))["quotas"] == []
+
+
+LIMIT_CHANGES = (
+    ("ratelimit", "set", "--key", "host:x", "--rate", "1", "--burst", "1"),
+    ("concurrency", "set", "--key", "host:x", "--max", "1"),
+    ("breaker", "set", "--key", "host:x", "--failures", "2", "--cooldown", "5"),
+    ("ratelimit", "delete", "--key", "host:x"),
+    ("concurrency", "delete", "--key", "host:x"),
+    ("breaker", "delete", "--key", "host:x"),
+)
+
+
+def test_every_limit_set_and_delete_without_a_reason_is_refused_naming_reason(cli, ledger_path):
+    for args in LIMIT_CHANGES[:3]:  # something for the deletes to find
+        assert cli(*args, "--reason", "setup").code == 0
+    with Ledger.open(ledger_path) as ledger:
+        before = state(ledger)
+    for args in LIMIT_CHANGES:
+        refused = cli(*args)
+        assert refused.code == 1, (args, refused)
+        assert "reason is required" in refused.stderr and "--reason" in refused.stderr, refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+    with Ledger.open(ledger_path) as ledger:
+        assert state(ledger) == before
+
+
+def test_every_limit_set_and_delete_without_x_orch_reason_is_400_over_http(tmp_path):
+    from server_fixtures import assert_problem, init_ledger, send, serving
+
+    path = init_ledger(tmp_path / "l.duckdb")
+    bodies = (("/v1/ratelimits", {"key": "host:x", "rate": 1, "burst": 1}),
+              ("/v1/concurrency", {"key": "host:x", "max": 1}),
+              ("/v1/breakers", {"key": "host:x", "failures": 2, "cooldown": 5}))
+    with serving(path, "--no-auth") as server:
+        for route, body in bodies:
+            assert send(server.url, "POST", route, body, headers={"X-Orch-Reason": "setup"}).status == 200
+        listed = [server.request("GET", route).json for route, _ in bodies]
+        for route, body in bodies + tuple((route + "/delete", {"key": "host:x"}) for route, _ in bodies):
+            assert_problem(send(server.url, "POST", route, body), 400, exit_code=1)
+        assert [server.request("GET", route).json for route, _ in bodies] == listed
 
 
 def test_cli_quota_without_reason_exits_1_and_changes_nothing(cli, ledger_path):
@@ -334,7 +375,8 @@ def test_http_quota_needs_the_reason_header_and_limits_are_enforced_for_server_c
         before = server.request("GET", "/v1/audit").json["entries"]
         assert_problem(server.request("POST", "/v1/quotas/acme", {"max_active": 1}), 400, "invalid-input", 1)
         assert_problem(server.request("POST", "/v1/ratelimits", {"tenant": "acme", "type": "scan", "rate": 0,
-                                                                 "burst": 1}), 400, "invalid-input", 1)
+                                                                 "burst": 1}, headers={"X-Orch-Reason": "r"}),
+                       400, "invalid-input", 1)
         assert server.request("GET", "/v1/audit").json["entries"] == before
         done = server.request("POST", "/v1/quotas/acme", {"max_active": 1}, headers={"X-Orch-Reason": "tier"})
         assert done.status == 200 and done.json["reason"] == "tier", done
@@ -351,9 +393,9 @@ def test_http_quota_needs_the_reason_header_and_limits_are_enforced_for_server_c
 def test_limits_are_plain_versioned_rows_in_the_ledger(ledger_path):
     with Ledger.open(ledger_path) as ledger:
         limit_ops.quota_set(ledger, tenant="acme", max_active=1, reason="r")
-        limit_ops.ratelimit_set(ledger, key="host:x", rate=1, burst=1)
-        limit_ops.concurrency_set(ledger, key="type:scan", max=1)
-        limit_ops.breaker_set(ledger, key="host:x", failures=1, cooldown=5)
+        limit_ops.ratelimit_set(ledger, key="host:x", rate=1, burst=1, reason="test")
+        limit_ops.concurrency_set(ledger, key="type:scan", max=1, reason="test")
+        limit_ops.breaker_set(ledger, key="host:x", failures=1, cooldown=5, reason="test")
         limit_ops.queue_pause(ledger, queue="q", reason="r")
     import duckdb
 
@@ -378,7 +420,8 @@ def test_limits_hold_across_concurrent_workers_through_the_server(ledger_path):
     from server_fixtures import serving
 
     with serving(ledger_path, "--no-auth") as server:
-        assert server.request("POST", "/v1/concurrency", {"key": "type:mirror.sync", "max": 3}).status == 200
+        assert server.request("POST", "/v1/concurrency", {"key": "type:mirror.sync", "max": 3},
+                              headers={"X-Orch-Reason": "mirror slots"}).status == 200
         assert server.request("POST", "/v1/quotas/globex", {"max_active": 2},
                               headers={"X-Orch-Reason": "small tenant"}).status == 200
         specs = ([{"tenant": "acme", "project": "p", "type": "mirror.sync"}] * 40 +
@@ -426,12 +469,12 @@ def test_limits_hold_across_concurrent_workers_through_the_server(ledger_path):
 
 def test_claims_that_fit_under_every_limit_still_count_against_them(ledger, manual_clock):
     enqueue_many(ledger, 20)
-    limit_ops.concurrency_set(ledger, key="type:scan", max=5)
-    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.001, burst=8)
+    limit_ops.concurrency_set(ledger, key="type:scan", max=5, reason="test")
+    limit_ops.ratelimit_set(ledger, tenant="acme", type="scan", rate=0.001, burst=8, reason="test")
     assert len(claim(ledger, 3)) == 3  # room for all three: one statement, then counted
     assert len(claim(ledger, 3)) == 2  # 2 slots left under the concurrency limit
     assert limit_ops.ratelimit_list(ledger)["rate_limits"][0]["tokens"] == pytest.approx(3.0, abs=0.01)
-    limit_ops.concurrency_delete(ledger, key="type:scan")
+    limit_ops.concurrency_delete(ledger, key="type:scan", reason="test")
     assert len(claim(ledger, 5)) == 3  # then the bucket's 3 tokens
 
 
@@ -439,7 +482,7 @@ def test_the_next_job_of_a_group_blocked_as_a_whole_gets_one_throttled_event(led
     ingest = enqueue_many(ledger, 3, queue="ingest")
     flaky = enqueue_many(ledger, 3, type="flaky")
     limit_ops.queue_pause(ledger, queue="ingest", reason="maintenance")
-    limit_ops.breaker_set(ledger, key="type:flaky", failures=1, cooldown=60)
+    limit_ops.breaker_set(ledger, key="type:flaky", failures=1, cooldown=60, reason="test")
     lease = claim(ledger, 1, job_type="flaky")[0]
     ops.fail(ledger, lease["job_id"], lease["lease_id"], error="503", no_retry=True)
     for _ in range(3):

@@ -64,7 +64,7 @@ def test_each_worker_of_a_shared_claim_reports_under_its_own_lease(ledger):
 
 def test_a_shared_claim_under_a_binding_limit_leases_no_more_than_the_limit(ledger):
     job_ids = enqueue(ledger, 10)
-    limit_ops.concurrency_set(ledger, key="type:scan", max=3)
+    limit_ops.concurrency_set(ledger, key="type:scan", max=3, reason="test")
     with ledger.transaction() as tx:
         shares = core.claim_shared(tx, [("w-1", 2), ("w-2", 2)], lease_seconds=60)
     assert [len(share) for share in shares] == [2, 1]

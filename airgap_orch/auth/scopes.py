@@ -27,7 +27,7 @@ SCOPES = MappingProxyType({
     READ: "See jobs, dead letters, sources, ledger info and verification, and the event stream.",
     OPERATE: "Produce and steer jobs: enqueue, cancel, recover expired leases, replay dead letters, pause and "
              "resume queues and sources, add sources, run due schedules.",
-    QUOTA: "Change quotas, rate limits, concurrency limits and circuit breakers; a quota change needs a reason "
+    QUOTA: "Change quotas, rate limits, concurrency limits and circuit breakers; every change needs a reason "
            "(X-Orch-Reason).",
     BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
     WORKER: "Run jobs and nothing else: claim, heartbeat, ack, fail and release under a lease (least privilege).",

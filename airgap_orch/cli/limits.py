@@ -10,6 +10,7 @@ from .context import command, invoke, invoke_override, settings
 from .output import _table
 
 _REASON = click.option("--reason", help="Why (at most 256 characters); recorded in the audit log.")
+_REASON_REQUIRED = click.option("--reason", help="Why (required, at most 256 characters); recorded in the audit log.")
 _TICKET = click.option("--ticket", help="Change ticket (at most 128 characters).")
 
 
@@ -91,11 +92,11 @@ def _target(function: Any) -> Any:
 @_target
 @click.option("--rate", type=float, required=True, help="Jobs per second (above 0).")
 @click.option("--burst", type=int, required=True, help="Jobs at once above that pace (at least 1).")
-@_REASON
+@_REASON_REQUIRED
 @_TICKET
 def ratelimit_set(tenant: str | None, job_type: str | None, key: str | None, rate: float, burst: int,
                   reason: str | None, ticket: str | None) -> dict:
-    """Limit claims of {tenant, type} or of a key to RATE per second with bursts of BURST."""
+    """Limit claims of {tenant, type} or of a key to RATE per second with bursts of BURST. Needs --reason."""
     return invoke_override("ratelimits.set", {"tenant": tenant, "type": job_type, "key": key, "rate": rate,
                                               "burst": burst, "reason": reason, "ticket": ticket})
 
@@ -109,11 +110,11 @@ def ratelimit_list() -> dict | None:
 
 @command(ratelimit, "delete")
 @_target
-@_REASON
+@_REASON_REQUIRED
 @_TICKET
 def ratelimit_delete(tenant: str | None, job_type: str | None, key: str | None, reason: str | None,
                      ticket: str | None) -> dict:
-    """Remove a rate limit."""
+    """Remove a rate limit. Needs --reason."""
     return invoke_override("ratelimits.delete", {"tenant": tenant, "type": job_type, "key": key, "reason": reason,
                                                  "ticket": ticket})
 
@@ -128,10 +129,10 @@ def concurrency() -> None:
 @command(concurrency, "set")
 @click.option("--key", required=True, help="tenant:T, type:JT or a key jobs declare, e.g. host:nvd.nist.gov.")
 @click.option("--max", "most", type=int, required=True, help="Jobs at once (at least 1).")
-@_REASON
+@_REASON_REQUIRED
 @_TICKET
 def concurrency_set(key: str, most: int, reason: str | None, ticket: str | None) -> dict:
-    """Limit jobs carrying KEY to MAX leased or running at once, across all workers."""
+    """Limit jobs carrying KEY to MAX leased or running at once, across all workers. Needs --reason."""
     return invoke_override("concurrency.set", {"key": key, "max": most, "reason": reason, "ticket": ticket})
 
 
@@ -144,10 +145,10 @@ def concurrency_list() -> dict | None:
 
 @command(concurrency, "delete")
 @click.option("--key", required=True)
-@_REASON
+@_REASON_REQUIRED
 @_TICKET
 def concurrency_delete(key: str, reason: str | None, ticket: str | None) -> dict:
-    """Remove a concurrency limit."""
+    """Remove a concurrency limit. Needs --reason."""
     return invoke_override("concurrency.delete", {"key": key, "reason": reason, "ticket": ticket})
 
 
@@ -162,10 +163,10 @@ def breaker() -> None:
 @click.option("--key", required=True, help="tenant:T, type:JT or a key jobs declare, e.g. host:nvd.nist.gov.")
 @click.option("--failures", type=int, required=True, help="Consecutive failures that open the breaker.")
 @click.option("--cooldown", type=float, required=True, help="Seconds open before one probe job may run.")
-@_REASON
+@_REASON_REQUIRED
 @_TICKET
 def breaker_set(key: str, failures: int, cooldown: float, reason: str | None, ticket: str | None) -> dict:
-    """Add or change the breaker on KEY (a changed breaker keeps its state)."""
+    """Add or change the breaker on KEY (a changed breaker keeps its state). Needs --reason."""
     return invoke_override("breakers.set", {"key": key, "failures": failures, "cooldown": cooldown,
                                             "reason": reason, "ticket": ticket})
 
@@ -180,10 +181,10 @@ def breaker_list() -> dict | None:
 
 @command(breaker, "delete")
 @click.option("--key", required=True)
-@_REASON
+@_REASON_REQUIRED
 @_TICKET
 def breaker_delete(key: str, reason: str | None, ticket: str | None) -> dict:
-    """Remove a circuit breaker (its jobs run unguarded)."""
+    """Remove a circuit breaker (its jobs run unguarded). Needs --reason."""
     return invoke_override("breakers.delete", {"key": key, "reason": reason, "ticket": ticket})
 
 

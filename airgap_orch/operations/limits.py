@@ -106,7 +106,7 @@ def ratelimit_set(ledger: Ledger, *, tenant: Any = None, type: Any = None, key: 
     target = _rate_target(tenant, type, key)
     checked_rate = validation.rate(rate)
     checked_burst = validation.whole_number(burst, "burst")
-    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, reason_required=False)
+    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, )
     _may_touch(tenants, tenant=target[0], key=target[2])
     with ledger.transaction() as tx:
         return core.set_rate_limit(tx, tenant=target[0], job_type=target[1], key=target[2],
@@ -117,7 +117,7 @@ def ratelimit_set(ledger: Ledger, *, tenant: Any = None, type: Any = None, key: 
 def ratelimit_delete(ledger: Ledger, *, tenant: Any = None, type: Any = None, key: Any = None, reason: Any = None,
                      ticket: Any = None, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     target = _rate_target(tenant, type, key)
-    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, reason_required=False)
+    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, )
     _may_touch(tenants, tenant=target[0], key=target[2])
     with ledger.transaction() as tx:
         return core.delete_rate_limit(tx, flow.rate_scope(*target), reason=checked_reason, ticket=checked_ticket,
@@ -146,7 +146,7 @@ def concurrency_set(ledger: Ledger, *, key: Any, max: Any = None, reason: Any = 
     """At most `max` jobs carrying `key` leased or running at once, across all workers."""
     checked_key = validation.flow_key(key)
     most = validation.whole_number(max, "max")
-    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, reason_required=False)
+    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, )
     _may_touch(tenants, key=checked_key)
     with ledger.transaction() as tx:
         return core.set_concurrency(tx, checked_key, max_active=most, reason=checked_reason, ticket=checked_ticket,
@@ -156,7 +156,7 @@ def concurrency_set(ledger: Ledger, *, key: Any, max: Any = None, reason: Any = 
 def concurrency_delete(ledger: Ledger, *, key: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
                        tenants: Tenants = None) -> dict[str, Any]:
     checked_key = validation.flow_key(key)
-    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, reason_required=False)
+    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, )
     _may_touch(tenants, key=checked_key)
     with ledger.transaction() as tx:
         return core.delete_concurrency(tx, checked_key, reason=checked_reason, ticket=checked_ticket, actor=actor)
@@ -218,7 +218,7 @@ def breaker_set(ledger: Ledger, *, key: Any, failures: Any = None, cooldown: Any
     checked_key = validation.flow_key(key)
     threshold = validation.whole_number(failures, "failures", high=10_000)
     cool = float(validation.number_in(cooldown, 1.0, validation.MAX_COOLDOWN_SECONDS, "cooldown seconds"))
-    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, reason_required=False)
+    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, )
     _may_touch(tenants, key=checked_key)
     with ledger.transaction() as tx:
         return core.set_breaker(tx, checked_key, failure_threshold=threshold, cooldown_seconds=cool,
@@ -228,7 +228,7 @@ def breaker_set(ledger: Ledger, *, key: Any, failures: Any = None, cooldown: Any
 def breaker_delete(ledger: Ledger, *, key: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
                    tenants: Tenants = None) -> dict[str, Any]:
     checked_key = validation.flow_key(key)
-    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, reason_required=False)
+    checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, )
     _may_touch(tenants, key=checked_key)
     with ledger.transaction() as tx:
         return core.delete_breaker(tx, checked_key, reason=checked_reason, ticket=checked_ticket, actor=actor)

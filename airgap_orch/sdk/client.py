@@ -83,8 +83,9 @@ class OrchClient:
         return self._closed.is_set()
 
     def request(self, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None,
-                timeout: float | None = None) -> tuple[int, dict[str, Any]]:
-        headers = {"Accept": "application/json"}
+                timeout: float | None = None, extra_headers: dict[str, str] | None = None
+                ) -> tuple[int, dict[str, Any]]:
+        headers = {"Accept": "application/json", **(extra_headers or {})}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None
@@ -143,6 +144,9 @@ class OrchClient:
         """Run operation `name`; mutating calls carry `idempotency_key` (default: a fresh one)."""
         route = api.BY_NAME[name]
         path, rest = api.path_for(route, {k: v for k, v in (params or {}).items() if v is not None})
+        overrides = {}
+        if route.takes_reason or route.needs_reason or route.needs_ticket:  # operational overrides travel as headers
+            overrides = {header: str(rest.pop(field)) for field, header in api.OVERRIDE_HEADERS if field in rest}
         body = None
         if route.method == "GET":
             if rest:
@@ -152,7 +156,8 @@ class OrchClient:
         else:
             body = rest
         key = (idempotency_key or str(uuid.uuid4())) if route.mutating else None
-        status, answer = self.request(route.method, path, body, idempotency_key=key, timeout=timeout)
+        status, answer = self.request(route.method, path, body, idempotency_key=key, timeout=timeout,
+                                      extra_headers=overrides)
         if status >= 400:
             raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or
                                f"HTTP {status}")
