@@ -89,7 +89,7 @@ def test_enqueue_batch_answers_job_ids_created_and_existing(cli, tmp_path):
 def test_claim_heartbeat_cancel_and_ack_speak_the_documented_json(cli, ledger_path):
     first, second, _other_type = enqueue_in_process(ledger_path, {"priority": 5}, {"priority": 4},
                                                     {"type": "export", "priority": 9})
-    claimed = ok(cli("--json", "jobs", "claim", "--worker", "w-1", "--type", "scan", "--queue", "default",
+    claimed = ok(cli("--json", "jobs", "claim", "--worker-id", "w-1", "--type", "scan", "--queue", "default",
                      "--limit", "5", "--lease-seconds", "120"))
     leases = {lease["job_id"]: lease for lease in claimed["leases"]}
     assert set(leases) == {first, second}
@@ -120,7 +120,7 @@ def test_claim_heartbeat_cancel_and_ack_speak_the_documented_json(cli, ledger_pa
 
 def test_fail_with_retry_after_requeues_and_no_retry_fails_for_good(cli, ledger_path):
     enqueue_in_process(ledger_path, {}, {})
-    leases = ok(cli("jobs", "claim", "--worker", "w-2", "--limit", "2", "--json"))["leases"]
+    leases = ok(cli("jobs", "claim", "--worker-id", "w-2", "--limit", "2", "--json"))["leases"]
     retried, failed = leases
     result = ok(cli("jobs", "fail", retried["job_id"], "--lease", retried["lease_id"], "--error", "503 upstream",
                     "--retry-after", "600", "--json"))
@@ -215,3 +215,23 @@ def test_ledger_init_answers_site_and_schema_version(tmp_path):
     created = ok(run_cli(path, "ledger", "init", "--site-id", "site-b", "--json"))
     assert created["site_id"] == "site-b" and created["schema_version"] >= 1
     assert ok(run_cli(path, "ledger", "verify", "--json"))["ok"] is True
+
+
+def test_claim_takes_worker_id_and_keeps_worker_as_a_hidden_alias(cli, ledger_path):
+    enqueue_in_process(ledger_path, {}, {})
+    by_new_name = ok(cli("--json", "jobs", "claim", "--worker-id", "w-new"))["leases"]
+    by_old_name = ok(cli("--json", "jobs", "claim", "--worker", "w-old"))["leases"]
+    leased = [ok(cli("--json", "jobs", "show", lease["job_id"])) for lease in by_new_name + by_old_name]
+    assert [job["worker_id"] for job in leased] == ["w-new", "w-old"]
+    shown = cli("jobs", "claim", "--help").stdout
+    assert "--worker-id" in shown and "--worker " not in shown and "--worker\n" not in shown
+    missing = cli("jobs", "claim")
+    assert missing.code == 2 and "--worker-id" in missing.stderr
+    assert cli("jobs", "claim", "--worker-id", "a", "--worker", "b").code == 2
+
+
+def test_enqueue_help_describes_and_marks_the_fields_a_job_needs(cli):
+    shown = " ".join(cli("jobs", "enqueue", "--help").stdout.split())
+    for option in ("--tenant", "--project", "--type"):
+        assert f"{option} TEXT" in shown
+    assert shown.count("(required unless --batch)") == 3

@@ -85,7 +85,7 @@ def scenario(run) -> list[tuple[str, int, Any]]:
                  "--payload", '{"image": "nginx:1.27"}', "--idempotency-key", "k-1")
     assert again["job_id"] == job_a and again["created"] is False
     job_b, job_c, job_d = step("enqueue_batch", "jobs", "enqueue", "--batch", str(run.batch_file))["job_ids"]
-    leases = step("claim", "jobs", "claim", "--worker", "w-1", "--limit", "3", "--lease-seconds", "300")["leases"]
+    leases = step("claim", "jobs", "claim", "--worker-id", "w-1", "--limit", "3", "--lease-seconds", "300")["leases"]
     lease = {item["job_id"]: item["lease_id"] for item in leases}
     assert set(lease) == {job_a, job_b, job_c}
     step("heartbeat", "jobs", "heartbeat", job_a, "--lease", lease[job_a], "--progress", "0.5", "--message", "half")

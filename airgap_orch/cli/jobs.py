@@ -76,17 +76,19 @@ def _enqueue_batch(path: str) -> dict[str, Any]:
 
 
 @command(group, "enqueue")
-@click.option("--tenant")
-@click.option("--project")
-@click.option("--type", "job_type")
-@click.option("--queue")
-@click.option("--priority", type=int)
+@click.option("--tenant", help="The tenant the job belongs to (required unless --batch).")
+@click.option("--project", help="The tenant's project (required unless --batch).")
+@click.option("--type", "job_type", help="Job type, which picks the handler, e.g. advisory.ingest (required unless "
+              "--batch).")
+@click.option("--queue", help="Queue (default: default).")
+@click.option("--priority", type=int, help="Higher runs first (default 0).")
 @click.option("--payload", help="JSON, or @FILE to read it from a file.")
-@click.option("--idempotency-key")
+@click.option("--idempotency-key", help="Enqueueing the same spec under this key again returns the same job "
+              "(a different spec under it is refused).")
 @click.option("--run-at", help="ISO 8601 time before which the job is not claimed.")
-@click.option("--max-attempts", type=int)
-@click.option("--timeout-seconds", type=int)
-@click.option("--correlation-id")
+@click.option("--max-attempts", type=int, help="Attempts before the job is dead-lettered (default 3).")
+@click.option("--timeout-seconds", type=int, help="An attempt running longer than this ends timed out.")
+@click.option("--correlation-id", help="Ties related jobs and events together.")
 @click.option("--key", "keys", multiple=True,
               help="A key flow control counts the job under, e.g. host:nvd.nist.gov (repeatable).")
 @click.option("--depends-on", multiple=True,
@@ -112,22 +114,30 @@ def enqueue(batch_file: str | None, **fields: Any) -> dict:
 
 
 @command(group, "claim")
-@click.option("--worker", "worker_id", required=True)
-@click.option("--queue")
-@click.option("--type", "job_type")
-@click.option("--limit", type=int, default=1, show_default=True)
-@click.option("--lease-seconds", type=float, default=validation.DEFAULT_LEASE_SECONDS, show_default=True)
-def claim(worker_id: str, queue: str | None, job_type: str | None, limit: int, lease_seconds: float) -> dict:
-    """Lease up to LIMIT ready jobs."""
+@click.option("--worker-id", help="This worker's id, recorded with each lease (required).")
+@click.option("--worker", "worker_alias", hidden=True)  # the old name, kept so existing scripts keep working
+@click.option("--queue", help="Only jobs of this queue.")
+@click.option("--type", "job_type", help="Only jobs of this type.")
+@click.option("--limit", type=int, default=1, show_default=True, help="Jobs to lease at most (1 to 1,000).")
+@click.option("--lease-seconds", type=float, default=validation.DEFAULT_LEASE_SECONDS, show_default=True,
+              help="Lease duration (1 s to 24 h); heartbeats extend it.")
+def claim(worker_id: str | None, worker_alias: str | None, queue: str | None, job_type: str | None, limit: int,
+          lease_seconds: float) -> dict:
+    """Lease up to LIMIT ready jobs, each under a fresh lease id."""
+    if worker_id and worker_alias and worker_id != worker_alias:
+        raise click.UsageError("--worker is the old name of --worker-id; give one of them")
+    worker_id = worker_id or worker_alias
+    if not worker_id:
+        raise click.UsageError("missing option '--worker-id'")
     return invoke("jobs.claim", {"worker_id": worker_id, "limit": limit, "lease_seconds": lease_seconds,
                                  "queue": queue, "type": job_type})
 
 
 @command(group, "heartbeat")
 @click.argument("job_id")
-@click.option("--lease", "lease_id", required=True)
-@click.option("--progress", type=float, help="0..1")
-@click.option("--message")
+@click.option("--lease", "lease_id", required=True, help="The lease id the claim answered.")
+@click.option("--progress", type=float, help="Fraction done, 0 to 1.")
+@click.option("--message", help="What the job is doing (at most 1,024 characters).")
 def heartbeat(job_id: str, lease_id: str, progress: float | None, message: str | None) -> dict:
     """Extend a lease and report progress; answers whether cancellation was requested."""
     return invoke("jobs.heartbeat", {"job_id": job_id, "lease_id": lease_id, "progress": progress,
@@ -136,7 +146,7 @@ def heartbeat(job_id: str, lease_id: str, progress: float | None, message: str |
 
 @command(group, "ack")
 @click.argument("job_id")
-@click.option("--lease", "lease_id", required=True)
+@click.option("--lease", "lease_id", required=True, help="The lease id the claim answered.")
 @click.option("--artifact", "artifacts", multiple=True, help="URI,DIGEST,MIME (repeatable).")
 def ack(job_id: str, lease_id: str, artifacts: tuple[str, ...]) -> dict:
     """Complete a job under its current lease."""
@@ -146,8 +156,8 @@ def ack(job_id: str, lease_id: str, artifacts: tuple[str, ...]) -> dict:
 
 @command(group, "fail")
 @click.argument("job_id")
-@click.option("--lease", "lease_id", required=True)
-@click.option("--error", required=True)
+@click.option("--lease", "lease_id", required=True, help="The lease id the claim answered.")
+@click.option("--error", required=True, help="What went wrong (at most 4,096 characters).")
 @click.option("--retry-after", type=float, help="Seconds before the retry (overrides backoff).")
 @click.option("--no-retry", is_flag=True, help="Fail for good instead of retrying.")
 def fail(job_id: str, lease_id: str, error: str, retry_after: float | None, no_retry: bool) -> dict:

@@ -41,7 +41,7 @@ def main() -> None:
     ledger, worker_id, lease_seconds, artifact = sys.argv[1:5]
     # Installed before the claim, so a SIGCONT can never find the default handler and be missed.
     signal.signal(signal.SIGCONT, _on_sigcont)
-    claimed = run_cli(ledger, "jobs", "claim", "--worker", worker_id, "--lease-seconds", lease_seconds)
+    claimed = run_cli(ledger, "jobs", "claim", "--worker-id", worker_id, "--lease-seconds", lease_seconds)
     report("claim", claimed)
     if claimed.returncode != 0 or not json.loads(claimed.stdout)["leases"]:
         return
