@@ -497,3 +497,15 @@ def test_the_next_job_of_a_group_blocked_as_a_whole_gets_one_throttled_event(led
     reopens = clock.iso(manual_clock.current + timedelta(seconds=60))
     reports = [throttled(job_id) for job_id in next_flaky]
     assert sorted(reports, key=len) == [[], [f"throttled: circuit breaker type:flaky open; eligible at {reopens}"]]
+
+
+def test_quota_show_reports_the_effective_burst_and_dashes_for_unset_fields(cli):
+    assert cli("quota", "set", "--tenant", "acme", "--max-per-hour", "60", "--reason", "tier").code == 0
+    assert cli("quota", "set", "--tenant", "globex", "--max-active", "3", "--reason", "tier").code == 0
+    assert cli("--json", "quota", "show", "--tenant", "acme").json["quotas"][0]["burst"] == 60
+    shown = cli("quota", "show").stdout
+    assert "None" not in shown
+    header, acme, globex = shown.splitlines()
+    assert acme.split()[:4] == ["acme", "-", "60", "60"] and globex.split()[:4] == ["globex", "3", "-", "-"]
+    assert cli("quota", "set", "--tenant", "acme", "--burst", "5", "--reason", "tighter").code == 0
+    assert cli("--json", "quota", "show", "--tenant", "acme").json["quotas"][0]["burst"] == 5

@@ -32,10 +32,14 @@ def human(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)  # unset, not the text "None"
+
+
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     if not rows:
         return ""
-    cells = [[str(row.get(column, "")) for column in columns] for row in rows]
+    cells = [[_cell(row.get(column, "")) for column in columns] for row in rows]
     widths = [max(len(column), *(len(cell[i]) for cell in cells)) for i, column in enumerate(columns)]
     header = "  ".join(column.upper().ljust(widths[i]) for i, column in enumerate(columns))
     body = ["  ".join(cell[i].ljust(widths[i]) for i in range(len(columns))).rstrip() for cell in cells]

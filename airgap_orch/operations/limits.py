@@ -80,6 +80,7 @@ def quota_list(ledger: Ledger, *, tenant: str | None = None, actor: str = "cli",
             continue
         item = core.public(row)
         assert item is not None
+        item["burst"] = flow.quota_burst(row)  # the effective burst, not the unset column
         buckets = flow.buckets_for(found, name, "", None)
         item["use"] = {"active": active[f"tenant:{name}"],
                        "claims_left": round(buckets[0].level(found.levels, now), 3) if buckets else None}

@@ -108,12 +108,17 @@ class Bucket:
         return now + timedelta(seconds=(1.0 - level) / self.rate)
 
 
+def quota_burst(quota: dict[str, Any]) -> int | None:
+    """The claims a quota's bucket holds at most: its burst, which defaults to max_per_hour."""
+    return quota["burst"] if quota["burst"] is not None else quota["max_per_hour"]
+
+
 def buckets_for(found: Limits, tenant: str, job_type: str, declared: list[str] | None) -> list[Bucket]:
     out = []
     quota = found.quotas.get(tenant)
     if quota is not None and quota["max_per_hour"] is not None:
         out.append(Bucket(f"quota:{tenant}", f"quota max_per_hour of tenant {tenant}", quota["max_per_hour"] / 3600.0,
-                          float(quota["burst"] if quota["burst"] is not None else quota["max_per_hour"])))
+                          float(quota_burst(quota))))
     for scope in (rate_scope(tenant, job_type, None), *(declared or ())):
         row = found.rates.get(scope)
         if row is not None:
