@@ -150,6 +150,13 @@ def text(value: str | None, limit: int, what: str, required: bool = False) -> st
     return value
 
 
+def flag(value: Any, what: str) -> bool:
+    """A yes/no field: JSON true or false only (no truthy strings or numbers)."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what} must be true or false")
+    return value
+
+
 def state(value: str | None) -> str | None:
     from .orchestrator.states import ALL_STATES
 

@@ -175,3 +175,41 @@ def test_replays_over_http_match_the_cli(ledger_path, tmp_path):
         audit = server.request("GET", "/v1/audit").json["entries"]
     assert [(e["action"], e["actor"], e["reason"]) for e in audit] == [
         ("job.replay", "http:no-auth", "by hand"), ("job.replay", "http:no-auth", "bulk")]
+
+
+def test_a_second_replay_of_one_dead_letter_needs_again_and_the_output_has_one_shape(ledger_path, cli):
+    with Ledger.open(ledger_path, lock_timeout=5) as ledger:
+        dead = dead_letter(ledger)
+    plain = cli("deadletter", "replay", dead, "--json")
+    assert plain.code == 0, plain
+    before = snapshot(ledger_path)
+    for args in (("deadletter", "replay", dead), ("deadletter", "replay", dead, "--reason", "again please"),
+                 ("deadletter", "replay", dead, "--dry-run"), ("jobs", "replay", dead)):
+        refused = cli(*args)
+        assert refused.code == 3, (args, refused)
+        assert f"already replayed as {plain.json['replays'][0]['job_id']}" in refused.stderr
+        assert "--again" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert snapshot(ledger_path) == before
+    twice = cli("deadletter", "replay", dead, "--again", "--reason", "second run", "--json")
+    assert twice.code == 0, twice
+    assert set(twice.json) == set(plain.json) == {"dry_run", "count", "job_ids", "replays"}
+    assert twice.json["replays"][0]["replay_of"] == dead
+    assert twice.json["replays"][0]["job_id"] != plain.json["replays"][0]["job_id"]
+    assert cli("jobs", "replay", dead, "--again").code == 0
+    assert cli("deadletter", "replay", "--tenant", "acme", "--type", "x", "--since", "2024-01-01",
+               "--again").code == 2
+
+
+def test_a_second_replay_over_http_is_409_unless_again(ledger_path):
+    from server_fixtures import assert_problem, serving
+
+    with Ledger.open(ledger_path, lock_timeout=5) as ledger:
+        dead = dead_letter(ledger)
+    with serving(ledger_path, "--no-auth") as server:
+        assert server.request("POST", f"/v1/jobs/{dead}/replay", {}).status == 200
+        assert_problem(server.request("POST", f"/v1/jobs/{dead}/replay", {}), 409, exit_code=3)
+        assert_problem(server.request("POST", "/v1/deadletter/replay", {"job_ids": [dead]}), 409, exit_code=3)
+        assert_problem(server.request("POST", "/v1/deadletter/replay-bulk", {"job_ids": [dead]}), 409, exit_code=3)
+        again = server.request("POST", "/v1/deadletter/replay", {"job_ids": [dead], "again": True})
+        assert again.status == 200 and again.json["replays"][0]["replay_of"] == dead, again
+        assert_problem(server.request("POST", f"/v1/jobs/{dead}/replay", {"again": "yes"}), 400, exit_code=1)

@@ -27,16 +27,18 @@ def list_(tenant: str | None, job_type: str | None) -> dict:
 @click.option("--since", help="Bulk: that were dead-lettered at or after this ISO 8601 time.")
 @click.option("--dry-run", is_flag=True, help="Report the count and ids; change nothing.")
 @click.option("--reason", help="Why (recorded in the audit log; at most 256 characters).")
+@click.option("--again", is_flag=True, help="Replay named jobs that already have a replay once more.")
 def replay(job_ids: tuple[str, ...], tenant: str | None, job_type: str | None, since: str | None, dry_run: bool,
-           reason: str | None) -> dict:
+           reason: str | None, again: bool) -> dict:
     """Clone dead-lettered (or failed, timed-out) jobs into new queued jobs with replay_of set: the named
-    ones, or in bulk every dead letter of --tenant and --type since --since that has no replay yet."""
+    ones (each once, unless --again), or in bulk every dead letter of --tenant and --type since --since that
+    has no replay yet. Answers {dry_run, count, job_ids, replays} either way."""
     bulk = {"tenant": tenant, "type": job_type, "since": since}
     if job_ids and any(value is not None for value in bulk.values()):
         raise click.UsageError("name job ids or --tenant/--type/--since, not both")
     if not job_ids and any(value is None for value in bulk.values()):
         raise click.UsageError("name job ids, or all of --tenant, --type and --since")
-    if job_ids and not dry_run and reason is None:
-        return invoke("deadletter.replay", {"job_ids": list(job_ids)})
-    params = {"job_ids": list(job_ids)} if job_ids else bulk
+    if again and not job_ids:
+        raise click.UsageError("--again goes with named job ids; a bulk replay takes only dead letters with no replay")
+    params = {"job_ids": list(job_ids), "again": again} if job_ids else bulk
     return invoke("deadletter.replay_bulk", {**params, "dry_run": dry_run, "reason": reason})

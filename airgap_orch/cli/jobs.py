@@ -200,6 +200,8 @@ def recover() -> dict:
 @command(group, "replay")
 @click.argument("job_id")
 @click.option("--reason", help="Why (recorded in the audit log; at most 256 characters).")
-def replay(job_id: str, reason: str | None) -> dict:
-    """Clone a dead-lettered, failed or timed-out job into a new high-priority job with replay_of set."""
-    return invoke("jobs.replay", {"job_id": job_id, "reason": reason})
+@click.option("--again", is_flag=True, help="Replay a job that already has a replay once more.")
+def replay(job_id: str, reason: str | None, again: bool) -> dict:
+    """Clone a dead-lettered, failed or timed-out job into a new high-priority job with replay_of set (once,
+    unless --again)."""
+    return invoke("jobs.replay", {"job_id": job_id, "reason": reason, "again": again})

@@ -227,6 +227,10 @@ SELECT seq, action, entry, entry_hash FROM audit_log ORDER BY seq;
 -- name: audit_count
 SELECT count(*) FROM audit_log;
 
+-- name: replays_of
+-- Replays already made of some jobs: (original, replay), oldest first.
+SELECT replay_of, job_id FROM all_jobs WHERE list_contains($job_ids, replay_of) ORDER BY created_at, job_id;
+
 -- name: deadletters_matching
 -- Dead letters of one tenant and type that died at or after $since and have no replay yet.
 SELECT j.job_id FROM all_jobs j

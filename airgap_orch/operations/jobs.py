@@ -180,10 +180,11 @@ def deadletter_list(ledger: Ledger, *, tenant: str | None = None, job_type: str 
     return list_jobs(ledger, state=DEAD_LETTER, tenant=tenant, job_type=job_type, tenants=tenants)
 
 
-def replay(ledger: Ledger, job_ids: list[str], *, actor: str = "cli", tenants: Collection[str] | None = None
-           ) -> dict[str, Any]:
+def replay(ledger: Ledger, job_ids: list[str], *, again: Any = False, actor: str = "cli",
+           tenants: Collection[str] | None = None) -> dict[str, Any]:
     if not job_ids:
         raise validation.InvalidInput("name at least one job id to replay; see `deadletter list`")
     checked = [validation.job_id(job_id) for job_id in job_ids]
     with ledger.transaction() as tx:
-        return {"replays": core.replay(tx, checked, actor=actor, priority=100, tenants=tenants)}
+        return {"replays": core.replay(tx, checked, actor=actor, priority=100, tenants=tenants,
+                                       again=validation.flag(again, "again"))}

@@ -19,25 +19,25 @@ REPLAY_PRIORITY = 100  # replays jump ahead of ordinary work (job priorities run
 MAX_BULK_REPLAY = 10_000
 
 
-def replay_job(ledger: Ledger, job_id: Any, *, reason: Any = None, actor: str = "cli",
+def replay_job(ledger: Ledger, job_id: Any, *, reason: Any = None, again: Any = False, actor: str = "cli",
                tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """Replay one dead-lettered, failed or timed-out job."""
+    """Replay one dead-lettered, failed or timed-out job (once, unless `again`)."""
     checked = validation.job_id(job_id)
     checked_reason = validation.text(reason, validation.MAX_REASON_CHARS, "reason")
     with ledger.transaction() as tx:
         (replay,) = core.replay(tx, [checked], actor=actor, priority=REPLAY_PRIORITY, tenants=tenants,
-                                reason=checked_reason)
+                                reason=checked_reason, again=validation.flag(again, "again"))
     return {**replay, "priority": REPLAY_PRIORITY, "state": "queued"}
 
 
 def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str | None = None,
                 type: str | None = None, since: str | None = None, dry_run: bool = False, reason: Any = None,
-                actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """Replay the listed jobs, or the dead letters of `tenant` and `type` that died at or after `since`
-    and have no replay yet, all in one transaction. With dry_run, name them and change nothing."""
+                again: Any = False, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """Replay the listed jobs (those with a replay already only with `again`), or the dead letters of `tenant`
+    and `type` that died at or after `since` and have no replay yet, all in one transaction. With dry_run, name
+    them and change nothing."""
     checked_reason = validation.text(reason, validation.MAX_REASON_CHARS, "reason")
-    if not isinstance(dry_run, bool):
-        raise InvalidInput("dry_run must be true or false")
+    dry_run, again = validation.flag(dry_run, "dry_run"), validation.flag(again, "again")
     filters = {"--tenant": tenant, "--type": type, "--since": since}
     if job_ids is not None:
         if any(value is not None for value in filters.values()):
@@ -49,6 +49,8 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
             read = ledger.read()
             for job_id in chosen:  # the checks core.replay makes, without writing
                 next_state(core.any_job(read, job_id, tenants)["state"], "replay")
+            if not again:
+                core.refuse_replayed(read, chosen)
     else:
         missing = [flag for flag, value in filters.items() if value is None]
         if missing:
@@ -69,5 +71,5 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
         return {"dry_run": True, "count": len(chosen), "job_ids": chosen, "replays": []}
     with ledger.transaction() as tx:
         replays = core.replay(tx, chosen, actor=actor, priority=REPLAY_PRIORITY, tenants=tenants,
-                              reason=checked_reason)
+                              reason=checked_reason, again=again)
     return {"dry_run": False, "count": len(replays), "job_ids": chosen, "replays": replays}

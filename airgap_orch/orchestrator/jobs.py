@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from .. import clock, ids
-from ..errors import NotFound, OrchError, StaleLease
+from ..errors import Conflict, NotFound, OrchError, StaleLease
 from ..ledger import Transaction
 from . import audit, backoff, dependencies, fairness, flow, history
 from .states import EVENT_TYPES as _EVENT_TYPES
@@ -692,8 +692,10 @@ def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str,
 
 
 def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | None = None,
-           tenants: Collection[str] | None = None, reason: str | None = None) -> list[dict[str, Any]]:
-    """Clone each dead-lettered/failed/timed-out job into a new queued job with replay_of set."""
+           tenants: Collection[str] | None = None, reason: str | None = None,
+           again: bool = False) -> list[dict[str, Any]]:
+    """Clone each dead-lettered/failed/timed-out job into a new queued job with replay_of set. A job that
+    already has a replay is refused (Conflict) unless `again`: a repeated command must not run it twice."""
     now = clock.now()
     originals = []
     found = {row["job_id"]: row for row in tx.rows("jobs_any_by_ids", job_ids=list(job_ids))}
@@ -705,6 +707,8 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | N
         if job["state"] not in REPLAYABLE_STATES:  # pragma: no cover - next_state already refused
             continue
         originals.append(job)
+    if not again:
+        refuse_replayed(tx, job_ids)
     records = [{
         "tenant": job["tenant"], "project": job["project"], "job_type": job["job_type"], "queue": job["queue"],
         "priority": job["priority"] if priority is None else priority, "payload": job["payload"],
@@ -722,6 +726,13 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | N
                  else f"{len(job_ids)} jobs", details={"replays": replays[:100], "count": len(replays),
                                                        "tenant": _only({job["tenant"] for job in originals})})
     return replays
+
+
+def refuse_replayed(tx: Transaction, job_ids: list[str]) -> None:
+    """Conflict for the first of `job_ids` that already has a replay."""
+    for original, earlier in tx.fetch("replays_of", job_ids=list(job_ids)):
+        raise Conflict(f"job {original} was already replayed as {earlier}; to run it once more, replay it again "
+                       "with --again (\"again\": true over HTTP)")
 
 
 def _only(values: set[str]) -> str | None:
