@@ -235,3 +235,19 @@ def test_enqueue_help_describes_and_marks_the_fields_a_job_needs(cli):
     for option in ("--tenant", "--project", "--type"):
         assert f"{option} TEXT" in shown
     assert shown.count("(required unless --batch)") == 3
+
+
+def test_jobs_list_marks_an_expired_lease_that_no_sweep_recovered_yet(cli, ledger_path):
+    clock.set_clock(clock.ManualClock(utc_now() - timedelta(hours=1)))  # a claim now would sweep the stale one
+    try:
+        stale, fresh = enqueue_in_process(ledger_path, {"queue": "old"}, {"queue": "new"})
+        with Ledger.open(ledger_path, lock_timeout=5) as ledger:
+            ops.claim(ledger, worker_id="w-gone", queue="old", lease_seconds=30)
+            ops.claim(ledger, worker_id="w-live", queue="new", lease_seconds=86_400)
+    finally:
+        clock.set_clock(None)
+    listed = {job["job_id"]: job for job in ok(cli("--json", "jobs", "list", "--state", "leased"))["jobs"]}
+    assert (listed[stale]["state"], listed[stale]["lease_expired"]) == ("leased", True)
+    assert (listed[fresh]["state"], listed[fresh]["lease_expired"]) == ("leased", False)
+    rows = {line.split()[0]: line for line in cli("jobs", "list").stdout.splitlines()[1:]}
+    assert "leased (lease expired)" in rows[stale] and "expired" not in rows[fresh]

@@ -10,7 +10,9 @@ _JOB_COLUMNS = ("job_id", "state", "tenant", "type", "attempts", "run_at")
 
 def human(result: dict[str, Any]) -> str:
     if "jobs" in result and isinstance(result["jobs"], list):
-        return _table(result["jobs"], _JOB_COLUMNS) or "no jobs"
+        rows = [{**job, "state": f"{job['state']} (lease expired)"} if job.get("lease_expired") else job
+                for job in result["jobs"]]
+        return _table(rows, _JOB_COLUMNS) or "no jobs"
     if "leases" in result:
         if not result["leases"]:
             return "no jobs ready"

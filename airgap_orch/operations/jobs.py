@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from .. import validation
+from .. import clock, validation
 from ..errors import Forbidden, OrchError, exit_code_for
 from ..ledger import Ledger
 from ..orchestrator import jobs as core
@@ -167,7 +167,8 @@ def list_jobs(ledger: Ledger, *, state: str | None = None, tenant: str | None = 
     limit = int(validation.number_in(limit, 1, 100_000, "limit"))
     rows = ledger.read().rows("jobs_list", state=state, tenant=tenant, job_type=job_type, limit=limit,
                               tenants=sorted(tenants) if tenants is not None else None)
-    return {"jobs": [core.render(row) for row in rows]}
+    now = clock.now()
+    return {"jobs": [core.render(row, now) for row in rows]}
 
 
 def show(ledger: Ledger, job_id: str, *, actor: str = "cli", tenants: Collection[str] | None = None

@@ -752,7 +752,11 @@ def show(tx: Transaction, job_id: str, tenants: Collection[str] | None = None) -
     return job
 
 
-def render(row: dict[str, Any]) -> dict[str, Any]:
+def render(row: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """A job row as JSON. `lease_expired` marks a held job whose lease ran out that no sweep has recovered yet
+    (its state stays as stored, so filters on it keep working)."""
+    expires = row.get("lease_expires_at")
+    lease_expired = row.get("state") in HELD_STATES and expires is not None and expires <= (now or clock.now())
     out = {}
     for key, value in row.items():
         if isinstance(value, datetime):
@@ -763,4 +767,5 @@ def render(row: dict[str, Any]) -> dict[str, Any]:
     out["type"] = out.pop("job_type")
     out["keys"] = out.pop("limit_keys", None) or []
     out.pop("fair_seq", None)
+    out["lease_expired"] = lease_expired
     return out
