@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,19 +200,36 @@ class _Children:
             raise DemoFailed(f"{name} exited ({child.returncode}) {doing}; see {self.work_dir / (name + '.err')}")
 
 
-def run_demo(ledger_path: Path | None = None, *, lock_timeout: float = 10.0,
+def run_demo(ledger_path: Path | None = None, *, work_dir: Path | None = None, lock_timeout: float = 10.0,
              on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    started = time.monotonic()
-    step = on_step or (lambda _line: None)
+    """Run the scenario. Its files (ledger, process logs, handler output) go to `work_dir` (kept), or beside
+    `ledger_path` (kept), or else to a temporary directory that is removed when the demo succeeds (a failed
+    demo keeps it: its error names the log to read)."""
     if ledger_path is not None and ledger_path.exists():
         raise InvalidInput(f"{ledger_path} already exists; the demo needs a fresh ledger path (or none)")
-    if ledger_path is None:
+    temporary = work_dir is None and ledger_path is None
+    if work_dir is not None:
+        if work_dir.exists() and not work_dir.is_dir():
+            raise InvalidInput(f"--workdir {work_dir} is not a directory; name a new or empty directory")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if any(work_dir.iterdir()):
+            raise InvalidInput(f"--workdir {work_dir} is not empty; name a new or empty directory")
+        ledger_path = ledger_path or work_dir / "ledger.duckdb"
+    elif ledger_path is None:
         work_dir = Path(tempfile.mkdtemp(prefix="airgap-orch-demo-"))
         ledger_path = work_dir / "ledger.duckdb"
     else:  # handler output, markers and process logs go beside the ledger
         ledger_path.parent.mkdir(parents=True, exist_ok=True)
         work_dir = Path(tempfile.mkdtemp(prefix=f"{ledger_path.name}.demo-", dir=ledger_path.parent))
+    result = _run(ledger_path, work_dir, lock_timeout, on_step or (lambda _line: None))
+    result["files_kept"] = not temporary
+    if temporary:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return result
 
+
+def _run(ledger_path: Path, work_dir: Path, lock_timeout: float, step: Callable[[str], None]) -> dict[str, Any]:
+    started = time.monotonic()
     ledger_ops.init(ledger_path, site_id=SITE_ID, lock_timeout=lock_timeout)
     step(f"created the ledger {ledger_path} (site {SITE_ID}); logs and handler output in {work_dir}")
     specs = job_specs(work_dir)

@@ -196,3 +196,26 @@ def test_demo_refuses_an_existing_ledger_path(ledger_path):
     assert "already exists" in line
     assert ledger_path.read_bytes() == before
     assert sorted(ledger_path.parent.iterdir()) == siblings  # no work dir, no server discovery file
+
+
+def test_demo_without_a_workdir_removes_its_temporary_files(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = run_cli(None, "demo", timeout=120, env={"TMPDIR": str(scratch)})
+    assert result.code == 0, result
+    assert "now removed (--workdir DIR keeps them)" in result.stdout
+    assert list(scratch.iterdir()) == [], "the demo left files behind"
+
+
+def test_demo_workdir_keeps_every_file_there_and_refuses_a_non_empty_one(tmp_path):
+    work_dir = tmp_path / "demo-files"
+    result = run_cli(None, "demo", "--workdir", str(work_dir), "--json", timeout=120)
+    assert result.code == 0, result
+    report = result.json
+    assert report["files_kept"] is True and report["work_dir"] == str(work_dir)
+    assert report["ledger"] == str(work_dir / "ledger.duckdb") and Path(report["ledger"]).exists()
+    kept = {path.name for path in work_dir.iterdir()}
+    assert {"server.out", "server.err", "worker-A.err", "worker-B.out", "out"} <= kept, kept
+    assert any((work_dir / "out").iterdir()), "handler output is kept too"
+    again = run_cli(None, "demo", "--workdir", str(work_dir))
+    assert again.code == 1 and "is not empty" in again.stderr and len(again.stderr.splitlines()) == 1

@@ -19,9 +19,12 @@ from .context import fail, json_option, settings
 
 @click.command("demo")
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to create the demo ledger (must not exist; default: a new temp dir).")
+              help="Where to create the demo ledger (must not exist); its logs and output are kept beside it.")
+@click.option("--workdir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep every file of the demo here (a new or empty directory). Without it or --ledger, the "
+                   "demo works in a temporary directory and removes it when it succeeds.")
 @json_option
-def demo(ledger_path: Path | None) -> None:
+def demo(ledger_path: Path | None, work_dir: Path | None) -> None:
     """Run the demo: a server subprocess, SDK workers over loopback, retries into the dead-letter queue, and a
     worker killed mid-job whose job is recovered."""
     from ..demo import run_demo
@@ -38,7 +41,7 @@ def demo(ledger_path: Path | None) -> None:
         click.echo(f"  {time.monotonic() - started:5.1f}s  {line}", err=True)
 
     try:
-        result = run_demo(ledger_path, lock_timeout=max(settings().lock_timeout, 10.0),
+        result = run_demo(ledger_path, work_dir=work_dir, lock_timeout=max(settings().lock_timeout, 10.0),
                           on_step=None if settings().json else narrate)
     except OrchError as error:
         fail(error)
@@ -54,8 +57,10 @@ def render(result: dict[str, Any]) -> str:
     server = result["server"]
     seconds = worker_b["lease_recovered_after_seconds"]
     recovered_after = "" if seconds is None else f" {seconds:.1f}s after the kill"
+    where = (f"handler output and logs in {result['work_dir']}" if result["files_kept"] else
+             "its files were in a temporary directory, now removed (--workdir DIR keeps them)")
     lines = [
-        f"ledger {result['ledger']} (site {result['site_id']}); handler output and logs in {result['work_dir']}",
+        f"ledger {result['ledger']} (site {result['site_id']}); {where}",
         f"server {server['url']} (pid {server['pid']}) owned the ledger; the demo enqueued and watched over HTTP, "
         f"the workers ran as SDK workers against it, and it stopped on SIGTERM (exit {server['exit_code']}).",
         f"{result['jobs_total']} jobs for {len(result['jobs_by_tenant'])} tenants. Worker A (pid {worker_a['pid']}) "

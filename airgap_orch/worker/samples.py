@@ -2,7 +2,8 @@
 
 Payload keys they read (all optional unless said):
 - ingest_advisory / ingest_vex: `advisory_id` / `document_id` (required; missing -> PermanentError),
-  `out_dir` (where the normalized document is written; default: a temp dir), `steps`, `step_seconds`.
+  `out_dir` (where the normalized document is written; default: $TMPDIR/airgap-orch-out, named by the
+  artifact URI each ack records), `steps`, `step_seconds`.
 - flaky_export: `retry_after` (seconds, default 0.2). Always fails with a RetryableError.
 - slow_scan: `image`, `seconds` (default 5), `marker` (a file written when the scan starts),
   `out_dir`. Checks for cancellation between steps.
