@@ -1,6 +1,8 @@
 -- Every query the ledger runs, by name. Parameters are named ($name). Relations called
 -- `incoming`, `updates` and `entries` are Arrow tables registered for one statement.
 -- A `-- fragment:` is a piece of SQL that several queries share; they include it as {{fragment_name}}.
+-- A query that changes a job's state names the transitions (orchestrator/states.py) it makes in a
+-- `-- transitions:` line; tests/test_state_literals.py checks every state it writes or reads against them.
 
 -- name: meta_get
 SELECT value FROM ledger_meta WHERE key = $key;
@@ -23,6 +25,7 @@ WHERE seq > $after_seq AND ($tenants IS NULL OR list_contains($tenants, entry ->
 ORDER BY seq LIMIT $limit;
 
 -- name: jobs_insert
+-- transitions: python (states.next_state decides create / create_waiting)
 INSERT INTO jobs SELECT * FROM incoming;
 
 -- name: idempotency_reserve
@@ -60,12 +63,14 @@ job_id, lease_id, lease_expires_at, attempts, max_attempts, tenant, project, job
 payload_digest, correlation_id, timeout_seconds, limit_keys, fair_seq
 
 -- name: claim
+-- transitions: claim
 -- Lease the first $limit ready jobs (flow control blocks no group as a whole: orchestrator/flow.py).
 UPDATE jobs SET {{lease_to_worker}}
 WHERE rowid IN (SELECT rowid FROM jobs WHERE {{ready}} ORDER BY {{claim_order}} LIMIT $limit)
 RETURNING {{lease_returning}};
 
 -- name: claim_outside_blocked
+-- transitions: claim
 -- Lease the first $limit ready jobs outside the groups flow control blocks as a whole (orchestrator/flow.py).
 UPDATE jobs SET {{lease_to_worker}}
 WHERE rowid IN (SELECT rowid FROM jobs WHERE {{ready}} AND NOT {{in_blocked_group}}
@@ -96,6 +101,7 @@ jobs.job_id, state, attempts, jobs.lease_id, worker_id, tenant, project, job_typ
 started_at
 
 -- name: ack
+-- transitions: ack, cancel
 UPDATE jobs SET
     state = {{acked_state}}, artifacts = acks.given_artifacts, progress = {{acked_progress}},
     finished_at = $now, updated_at = $now
@@ -104,6 +110,7 @@ WHERE {{ack_holds}}
 RETURNING {{ack_returning}};
 
 -- name: ack_and_claim
+-- transitions: ack, cancel, claim
 -- ack, then claim (the unfiltered form), in one statement: the rows acked come back succeeded or canceled,
 -- the rows leased come back leased, with the values lease_to_worker gives (keep the two alike). Only while no
 -- flow-control limit is set and no job waits on another (orchestrator/jobs.py, ack_and_claim), so the ack
@@ -140,6 +147,7 @@ SELECT * FROM all_jobs WHERE job_id = $job_id;
 SELECT * FROM all_jobs WHERE list_contains($job_ids, job_id);
 
 -- name: jobs_update
+-- transitions: python (states.next_state decides every row's new state)
 -- Write back rows whose new values were decided in Python (orchestrator/jobs.py).
 UPDATE jobs SET
     state = updates.state, run_at = updates.run_at, attempts = updates.attempts, lease_id = updates.lease_id,
@@ -329,6 +337,7 @@ UPDATE jobs SET worker_id = $worker_ids[list_position($lease_ids, lease_id)]
 WHERE list_contains($lease_ids, lease_id);
 
 -- name: claim_rows
+-- transitions: claim
 -- claim for the rows flow.py admitted.
 UPDATE jobs SET {{lease_to_worker}}
 WHERE list_contains($row_ids, rowid) AND state = 'queued'
