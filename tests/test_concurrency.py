@@ -126,3 +126,36 @@ def test_batch_with_one_key_in_two_tenants_returns_the_existing_job_of_the_tenan
     assert result["job_ids"][1] != existing["job_id"]
     assert (result["created"], result["existing"]) == (1, 1)
     assert len(_jobs_with_key(ledger, "acme", "nightly")) == 1
+
+
+def test_two_client_processes_racing_through_a_server_get_one_job_per_key_and_run_each_once(tmp_path):
+    """Real parallelism: separate processes share no lock; the server's one writer is what keeps them apart."""
+    import time
+    from pathlib import Path
+
+    from server_fixtures import init_ledger, serving
+
+    keys, racers = 60, ("racer-a", "racer-b")
+    path = init_ledger(tmp_path / "race.duckdb")
+    helper = Path(__file__).parent / "helpers" / "racing_client.py"
+    with serving(path, "--no-auth") as server:
+        start_at = f"{time.time() + 2.0:.3f}"  # both are running and imported by then
+        processes = [subprocess.Popen([sys.executable, str(helper), server.url, name, str(keys), start_at],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for name in racers]
+        outputs = [process.communicate(timeout=120) for process in processes]
+        assert [process.returncode for process in processes] == [0, 0], outputs
+        reports = [json.loads(stdout) for stdout, _ in outputs]
+        verified = server.request("POST", "/v1/ledger/verify").json
+        succeeded = server.request("GET", "/v1/jobs", query={"state": "succeeded", "limit": 1000}).json["jobs"]
+    for key in (f"race-{number}" for number in range(keys)):
+        answers = [report["enqueued"][key] for report in reports]
+        assert answers[0][0] == answers[1][0], (key, answers)  # both racers got the one job of the key
+        assert sorted(created for _, created in answers) == [False, True], (key, answers)
+    job_ids = {answer[0] for report in reports for answer in report["enqueued"].values()}
+    acked = [job_id for report in reports for job_id in report["acked"]]
+    assert len(job_ids) == keys and sorted(acked) == sorted(job_ids), "every job ran exactly once"
+    assert all(report["refused"] == [] for report in reports), reports
+    assert all(report["acked"] for report in reports), "both racers got work: they really raced"
+    assert verified["ok"] and verified["jobs"] == keys, verified
+    assert sorted(job["job_id"] for job in succeeded) == sorted(job_ids)
