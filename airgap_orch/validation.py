@@ -305,3 +305,17 @@ def source_payload(value: Any) -> dict[str, Any]:
         if reserved in value:
             raise InvalidInput(f"source payload must not carry `{reserved}`: the schedule sets it for each job")
     return value
+
+
+_DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])")
+_DURATION_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+
+
+def duration_seconds(value: Any, what: str, *, example: str = "15m, 1h, 7d") -> int:
+    """The one duration grammar (token lifetimes, backfill steps): a positive whole number without leading zeros
+    and a unit s, m, h or d, e.g. '90s', '30m', '12h', '7d' -> seconds."""
+    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidInput(f"{what} {value!r} must be a positive whole number and a unit s, m, h or d: {example}")
+    return int(match.group(1)) * _DURATION_UNIT_SECONDS[match.group(2)]
+

@@ -530,3 +530,16 @@ def test_key_id_is_the_sha256_of_the_raw_public_key(pair):
     public_key = load_private_key(pair.private_key_path).public_key()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     assert key_id(public_key) == pair.key_id == hashlib.sha256(raw).hexdigest()
+
+
+def test_token_lifetimes_and_backfill_steps_share_one_duration_grammar():
+    from airgap_orch.orchestrator.backfills import parse_step
+
+    for text, seconds in (("90s", 90), ("30m", 1800), ("12h", 43_200), ("7d", 604_800)):
+        assert parse_step(text) == seconds
+        assert parse_duration(text) == timedelta(seconds=seconds)
+    for bad in ("0s", "007d", "1.5h", "1d2h", "-1d", "h", "1w", "٣d", ""):
+        with pytest.raises(InvalidInput, match="positive whole number and a unit s, m, h or d"):
+            parse_step(bad)
+        with pytest.raises(InvalidInput, match="positive whole number and a unit s, m, h or d"):
+            parse_duration(bad)

@@ -29,7 +29,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .. import clock, schemas
+from .. import clock, schemas, validation
 from ..errors import InvalidInput, NotAuthorized
 from ..validation import canonical_json
 from .keys import key_id, load_public_key
@@ -43,8 +43,6 @@ DEFAULT_CLOCK_SKEW = timedelta(seconds=60)
 VERIFIED_CACHE_ENTRIES = 1024
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-_DURATION = re.compile(r"([0-9]{1,9})([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIGNATURE_BYTES = 64
 
 
@@ -61,11 +59,8 @@ class Principal:
 
 
 def parse_duration(text: str) -> timedelta:
-    """'90s', '30m', '12h', '7d' -> timedelta; positive and at most MAX_TOKEN_LIFETIME."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise InvalidInput(f"duration {text!r} must be a positive whole number and a unit: 30m, 12h, 7d")
-    duration = timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    """'90s', '30m', '12h', '7d' (validation.duration_seconds) -> timedelta; at most MAX_TOKEN_LIFETIME."""
+    duration = timedelta(seconds=validation.duration_seconds(text, "duration", example="30m, 12h, 7d"))
     _check_lifetime(duration)
     return duration
 

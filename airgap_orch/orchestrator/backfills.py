@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .. import clock
+from .. import clock, validation
 from ..errors import Conflict, InvalidInput, NotFound
 from ..ledger import Transaction
 from . import audit, history
@@ -32,8 +31,6 @@ from .states import FINAL_STATES, HELD_STATES, QUEUED, next_state
 RECORD_VERSION = 1
 MAX_WINDOWS = 100_000  # documented in README "Backfills, replays and the audit log"
 ACTIVE, CANCELED = "active", "canceled"
-_STEP = re.compile(r"([1-9][0-9]{0,8})([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 
 _BACKFILL_SCHEMA = pa.schema([
     ("backfill_id", pa.string()), ("record_version", pa.int32()), ("site_id", pa.string()),
@@ -80,12 +77,8 @@ class Plan:
 
 
 def parse_step(text: Any) -> int:
-    """'15m', '1h', '1d' -> seconds (a positive whole number and a unit s, m, h or d)."""
-    if not isinstance(text, str) or not _STEP.fullmatch(text.strip()):
-        raise InvalidInput(f"step {text!r} must be a positive whole number and a unit s, m, h or d: 15m, 1h, 1d")
-    match = _STEP.fullmatch(text.strip())
-    assert match is not None
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    """'15m', '1h', '1d' -> seconds (validation.duration_seconds, the grammar token lifetimes use too)."""
+    return validation.duration_seconds(text, "step", example="15m, 1h, 1d")
 
 
 def window_count(start: datetime, end: datetime, step_seconds: int) -> int:
