@@ -86,6 +86,7 @@ class TrackedJob:
         self.started = claimed_at
         self.last_beat = claimed_at
         self.next_beat = next_beat
+        self.retry_at = 0.0  # after a failed beat, not even progress goes before this
         self.pending: tuple[float, str | None] | None = None  # progress not sent yet
         self.cancel_seen_at: float | None = None
 
@@ -316,7 +317,7 @@ class LeaseTracker:
             return None
         at = job.next_beat
         if job.pending is not None and job.phase == RUNNING:
-            at = min(at, max(job.last_beat + self.progress_interval, job.started + FIRST_BEAT_SECONDS))
+            at = min(at, max(job.last_beat + self.progress_interval, job.started + FIRST_BEAT_SECONDS, job.retry_at))
         return at
 
     def beat_wanted(self, beat: Beat) -> bool:
@@ -338,7 +339,7 @@ class LeaseTracker:
             log.warning("heartbeat for job %s failed: %s", job.job_id, answer)
             with self.changed:
                 job.beating = False
-                job.next_beat = self._clock() + min(self.interval, RETRY_BEAT_SECONDS)
+                job.next_beat = job.retry_at = self._clock() + min(self.interval, RETRY_BEAT_SECONDS)
                 if job.pending is None and beat.progress is not None:
                     job.pending = (beat.progress, beat.message)
         else:
