@@ -20,14 +20,16 @@ Threads (all daemons, so a handler that never returns cannot keep the process al
   (one ledger transaction on the server) brings many jobs. A prefetched job that waits lease/3 is
   heartbeated like a running one (the server then counts it running), so its lease never lapses in the queue;
 - `concurrency` handler threads run handlers;
-- the heartbeat scheduler extends every held lease each lease/3 seconds and sends progress (at most every
-  `progress_interval` seconds) through a few sender threads, so that beats of many jobs arrive together
-  (the server commits concurrent worker requests in one transaction). A job's first heartbeat, which
-  moves it to running, waits FIRST_BEAT_SECONDS: a short job costs a share of one claim and of one batched
-  ack and nothing else. A heartbeat that answers cancel_requested sets ctx.cancelled; one refused as stale
-  (the lease expired or was superseded) means the job was taken away: the handler is told (ctx.cancelled,
-  reason lease_lost) and the job is never reported. A handler that ignores a cancel request for a lease
-  period stops being heartbeated, so its lease lapses and the server ends the job canceled;
+- the heartbeat scheduler sends the heartbeats the lease tracker says are due through a few sender threads,
+  so that beats of many jobs arrive together (the server commits concurrent worker requests in one
+  transaction). The tracker (airgap_orch/worker/leases.py, shared with `worker run`) holds the rules: every
+  held lease is extended each lease/3 seconds, with progress (at most every `progress_interval` seconds); a
+  job's first heartbeat, which moves it to running, waits FIRST_BEAT_SECONDS, so a short job costs a share
+  of one claim and of one batched ack and nothing else. A heartbeat that answers cancel_requested sets
+  ctx.cancelled; one refused as stale (the lease expired or was superseded) means the job was taken away:
+  the handler is told (ctx.cancelled, reason lease_lost) and the job is never reported. A handler that
+  ignores a cancel request for a lease period stops being heartbeated, so its lease lapses and the server
+  ends the job canceled;
 - the reporter sends outcomes. Successes are acked together through jobs.ack_many, flushed `ack_flush_seconds`
   after the first one or when `ack_batch_size` have gathered (while one batch is in flight the next one
   gathers); failures go one request each (jobs.fail), through the sender threads.
@@ -64,18 +66,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import validation
-from ..errors import Conflict, InvalidInput, LedgerBusy, NotAuthorized, NotFound, OrchError
+from ..errors import InvalidInput, LedgerBusy, NotAuthorized, OrchError
 from ..worker import context as context_module
-from ..worker.context import (
-    FIRST_BEAT_SECONDS,
-    FinishedJob,
-    Outcome,
-    bounded_retry_after,
-    clip_error,
-    install_stop_signals,
-    restore_signals,
-    run_handler,
-)
+from ..worker.context import FinishedJob, Outcome, install_stop_signals, restore_signals
+from ..worker.leases import ERROR, LOST, RELEASED, RUNNING, WAITING, Beat, LeaseTracker, TrackedJob, report_request
 from .client import OrchClient, ServerUnavailable
 
 _context = context_module
@@ -84,7 +78,6 @@ HandlerError = _context.HandlerError
 RetryableError = _context.RetryableError
 PermanentError = _context.PermanentError
 JobCanceled = _context.JobCanceled
-CANCEL_REQUESTED, LEASE_LOST, SHUTDOWN = _context.CANCEL_REQUESTED, _context.LEASE_LOST, _context.SHUTDOWN
 
 log = logging.getLogger("airgap_orch.sdk")
 
@@ -94,45 +87,8 @@ MAX_ACK_BATCH = 1000  # schemas/ack-many-request.schema.json maxItems
 MAX_PREFETCH = 1000  # validation.MAX_CLAIM_LIMIT: one claim can fill it
 RETRY_CAP_SECONDS = 5.0  # longest pause between the worker's own retries (after the client's retries)
 RELEASE_THREADS = 8  # concurrent jobs.release requests when giving back many jobs at once
-CANCELED_MESSAGE = "canceled on request; handler stopped"
-
-# Outcomes of one attempt as the worker saw it (JobResult.outcome); the first five are job states.
-SUCCEEDED, FAILED, DEAD_LETTER, CANCELED, RETRY = "succeeded", "failed", "dead_letter", "canceled", "queued"
-LOST = "lost"  # the lease was taken away; nothing was reported
-RELEASED = "released"  # the worker stopped and gave the job back
-ERROR = "error"  # the report could not be delivered (logged); the lease lapses and the job is retried
-
 
 JobResult = FinishedJob  # the SDK's name for it
-
-
-
-
-class _Held:
-    """One leased job, from claim until its report is answered. Fields change under Worker._lock."""
-
-    def __init__(self, lease: dict[str, Any], handler: Handler, ctx: Any):
-        self.lease = lease
-        self.handler = handler
-        self.ctx = ctx
-        self.phase = "waiting"  # waiting (for a thread) -> running -> reporting -> done
-        self.lost = False  # a heartbeat or report was refused as stale: another worker may own the job
-        self.beating = False  # a heartbeat for this job is in flight
-        self.released = False  # given back on shutdown
-        self.claimed_at = time.monotonic()
-        self.started = 0.0
-        self.next_beat = 0.0
-        self.last_beat = 0.0
-        self.pending: tuple[float, str | None] | None = None  # progress not sent yet
-        self.cancel_seen_at: float | None = None
-
-    @property
-    def job_id(self) -> str:
-        return self.lease["job_id"]
-
-    @property
-    def lease_id(self) -> str:
-        return self.lease["lease_id"]
 
 
 class Worker:
@@ -165,16 +121,14 @@ class Worker:
         self._report_client = OrchClient(url, token)
         self._beat_client = OrchClient(url, token, retries=1, timeout=max(2.0, min(10.0, self.lease_seconds / 3)))
         self._handlers: dict[str, Handler] = {}
-        self._lock = threading.Lock()
-        self._held: dict[str, _Held] = {}  # by lease id: a retry due at once may return while its last attempt reports
-        self._busy = 0  # leases claimed whose handler has not returned
-        self._unreported = 0  # finished handlers whose report is not answered yet
-        self._work: queue_module.SimpleQueue[_Held | None] = queue_module.SimpleQueue()
+        self._lock = threading.Lock()  # guards stats
+        self._beat_wake = threading.Event()
+        self._leases = LeaseTracker(self.lease_seconds, progress_interval=progress_interval, wake=self._beat_wake.set)
+        self._changed = self._leases.changed  # notified when a slot frees or a report is answered
+        self._work: queue_module.SimpleQueue[TrackedJob | None] = queue_module.SimpleQueue()
         self._sends: queue_module.SimpleQueue[Callable[[], None] | None] = queue_module.SimpleQueue()
         self._senders = min(self.concurrency, 8)
-        self._reports: queue_module.SimpleQueue[tuple[_Held, Outcome] | None] = queue_module.SimpleQueue()
-        self._changed = threading.Condition(self._lock)  # a slot freed or a report was answered
-        self._beat_wake = threading.Event()
+        self._reports: queue_module.SimpleQueue[tuple[TrackedJob, Outcome] | None] = queue_module.SimpleQueue()
         self._stop_requested = threading.Event()
         self._stopping = threading.Event()  # claiming has stopped (set by run() once it acts on a stop)
         self._hurry = threading.Event()
@@ -259,9 +213,9 @@ class Worker:
 
     # -- claiming ----------------------------------------------------------------------------------
     def _free_slots(self) -> int:
-        if self._unreported >= self.max_unreported:
+        if self._leases.reporting >= self.max_unreported:
             return 0
-        return min(self.concurrency + self.prefetch - self._busy, validation.MAX_CLAIM_LIMIT)
+        return min(self.concurrency + self.prefetch - self._leases.handling, validation.MAX_CLAIM_LIMIT)
 
     def _claim_loop(self) -> None:
         types = list(self._handlers)
@@ -314,129 +268,46 @@ class Worker:
                 self._take(lease)
 
     def _take(self, lease: dict[str, Any]) -> None:
-        held: _Held
-
-        def note(fraction: float, message: str | None) -> None:
-            with self._lock:
-                held.pending = (fraction, message[:validation.MAX_MESSAGE_CHARS] if message else None)
-            self._beat_wake.set()
-
-        held = _Held(lease, self._handlers[lease["type"]], JobContext(lease, self.worker_id, note))
-        held.next_beat = held.claimed_at + self.lease_seconds / 3  # only if it is still waiting for a thread then
+        job = self._leases.track(lease, self._handlers[lease["type"]], self.worker_id)
         with self._lock:
             self.stats["claimed"] += 1
-            self._held[held.lease_id] = held
-            self._busy += 1
         if self._stopping.is_set():  # claimed as the worker stopped: give it back at once
-            self._release([held], "claimed while stopping")
+            self._release([job], "claimed while stopping")
             return
-        self._work.put(held)
+        self._work.put(job)
 
     # -- handling ----------------------------------------------------------------------------------
     def _handle_loop(self) -> None:
         while True:
-            held = self._work.get()
-            if held is None:
+            job = self._work.get()
+            if job is None:
                 return
-            now = time.monotonic()
-            with self._lock:
-                if held.phase != "waiting" or held.released:
-                    continue
-                held.phase = "running"
-                held.started = held.last_beat = now
-                held.next_beat = now + min(FIRST_BEAT_SECONDS, self.lease_seconds / 3)
-            self._beat_wake.set()  # the heartbeater may be asleep until a later job's beat
-            outcome = self._call(held)
-            with self._changed:
-                self._busy -= 1
-                if held.released or held.lost:
-                    held.phase = "done"
-                    self._held.pop(held.lease_id, None)
-                    result = "" if held.released else LOST  # a release was counted by _release
-                else:
-                    held.phase = "reporting"
-                    # Beat again only to keep the lease while the report waits; no first beat for it.
-                    held.next_beat = held.last_beat + self.lease_seconds / 3
-                    self._unreported += 1
-                    result = None
-                self._changed.notify_all()
-            if result is None:
-                self._reports.put((held, outcome))
-            elif result:
-                self._finish(held, result, outcome.error)
-
-    def _call(self, held: _Held) -> Outcome:
-        ctx = held.ctx
-        if ctx.cancelled.is_set():
-            return Outcome("stopped", error=f"job {held.job_id} stopped before it started: {ctx.cancel_reason}")
-        return run_handler(held.handler, ctx)
+            if not self._leases.start(job):
+                continue  # given back while it waited
+            outcome = self._leases.run(job)
+            verdict = self._leases.handler_returned(job)
+            if verdict is None:
+                self._reports.put((job, outcome))
+            elif verdict == LOST:  # a release was counted by _release
+                self._record(self._leases.result(job, LOST, outcome.error))
 
     # -- heartbeats --------------------------------------------------------------------------------
     def _beat_loop(self) -> None:
-        interval = self.lease_seconds / 3
         while not self._beats_done.is_set():
-            now = time.monotonic()
-            wake_at = now + interval
-            due: list[tuple[_Held, tuple[float, str | None] | None]] = []
-            with self._lock:
-                for held in self._held.values():
-                    if held.lost or held.released or held.beating or held.phase == "done":
-                        continue
-                    if held.cancel_seen_at is not None and now - held.cancel_seen_at > self.lease_seconds:
-                        continue  # the handler ignores its cancel request: let the lease lapse
-                    at = held.next_beat
-                    if held.pending is not None and held.phase == "running":
-                        at = min(at, max(held.last_beat + self.progress_interval,
-                                         held.started + FIRST_BEAT_SECONDS))
-                    if at <= now:
-                        due.append((held, held.pending if held.phase == "running" else None))
-                        held.pending = None
-                        held.beating = True
-                    else:
-                        wake_at = min(wake_at, at)
-            for held, pending in due:
-                self._sends.put(lambda held=held, pending=pending: self._beat(held, pending, interval))
-            self._beat_wake.wait(max(0.0, wake_at - time.monotonic()))
+            beats, wait = self._leases.due_beats()
+            for beat in beats:
+                self._sends.put(lambda beat=beat: self._send_beat(beat))
+            self._beat_wake.wait(wait)
             self._beat_wake.clear()
 
-    def _beat(self, held: _Held, pending: tuple[float, str | None] | None, interval: float) -> None:
-        try:
-            self._send_beat(held, pending, interval)
-        finally:
-            with self._lock:
-                held.beating = False
-            self._beat_wake.set()
-
-    def _send_beat(self, held: _Held, pending: tuple[float, str | None] | None, interval: float) -> None:
-        if held.phase == "done" or held.released or self._beats_done.is_set():
-            return  # settled while this beat waited for a sender
-        progress, message = pending if pending is not None else (None, None)
-        sent = time.monotonic()
-        try:
-            answer = self._beat_client.call("jobs.heartbeat", {"job_id": held.job_id, "lease_id": held.lease_id,
-                                                               "progress": progress, "message": message})
-        except (Conflict, NotFound) as refused:
-            with self._lock:
-                held.next_beat = time.monotonic() + interval
-                if held.phase not in ("waiting", "running") or held.released:
-                    return  # already reporting (the report's answer decides) or given back
-                held.lost = True
-            log.warning("job %s: %s", held.job_id, refused)
-            held.ctx.cancel(LEASE_LOST)
+    def _send_beat(self, beat: Beat) -> None:
+        if self._beats_done.is_set() or not self._leases.beat_wanted(beat):
             return
-        except OrchError as error:  # the server is away or refused this once: try again soon
-            log.warning("heartbeat for job %s failed: %s", held.job_id, error)
-            with self._lock:
-                held.next_beat = time.monotonic() + min(interval, 1.0)
-                if held.pending is None:
-                    held.pending = pending
-            return
-        with self._lock:
-            held.last_beat = sent
-            held.next_beat = sent + interval
-        if answer.get("cancel_requested") and not held.ctx.cancelled.is_set():
-            held.cancel_seen_at = time.monotonic()
-            held.ctx.cancel(CANCEL_REQUESTED)
+        try:
+            answer: dict[str, Any] | Exception = self._beat_client.call("jobs.heartbeat", beat.params)
+        except Exception as error:  # refused, or the server is away: the tracker decides
+            answer = error
+        self._leases.beat_sent(beat, answer)
 
     def _send_loop(self) -> None:
         while True:
@@ -454,8 +325,8 @@ class Worker:
             item = self._reports.get()
             if item is None:
                 return
-            acks: list[tuple[_Held, Outcome]] = []
-            others: list[tuple[_Held, Outcome]] = []
+            acks: list[tuple[TrackedJob, Outcome]] = []
+            others: list[tuple[TrackedJob, Outcome]] = []
             last = False
             deadline = time.monotonic() + self.ack_flush_seconds
             while True:
@@ -474,73 +345,33 @@ class Worker:
                     self._send_acks(acks)
                 except Exception as error:  # never lose the reporter; the leases lapse and the jobs are retried
                     log.exception("acking %d jobs failed", len(acks))
-                    for held, _outcome in acks:
-                        self._settle(held, ERROR, str(error))
-            for held, outcome in others:
-                self._sends.put(lambda held=held, outcome=outcome: self._send_one(held, outcome))
+                    for job, _outcome in acks:
+                        self._record(self._leases.finish(job, ERROR, str(error)))
+            for job, outcome in others:
+                self._sends.put(lambda job=job, outcome=outcome: self._send_one(job, outcome))
             if last:
                 return
 
-    def _send_acks(self, acks: list[tuple[_Held, Outcome]]) -> None:
-        body = [{"job_id": held.job_id, "lease_id": held.lease_id, "artifacts": outcome.artifacts or []}
-                for held, outcome in acks]
+    def _send_acks(self, acks: list[tuple[TrackedJob, Outcome]]) -> None:
+        body = [report_request(job, outcome)[1] for job, outcome in acks]
         try:
             answer = self._deliver("jobs.ack_many", {"acks": body})
         except InvalidInput:  # one handler returned malformed artifacts: ack one by one to single it out
-            for held, outcome in acks:
-                self._send_one(held, outcome)
+            for job, outcome in acks:
+                self._send_one(job, outcome)
             return
         except OrchError as error:
-            for held, _outcome in acks:
-                self._settle(held, ERROR, str(error))
+            for job, _outcome in acks:
+                self._record(self._leases.finish(job, ERROR, str(error)))
             return
         # One result per ack, in order (by job id alone, two attempts of one job in a batch would get one answer).
         results = answer.get("results", [])
-        for index, (held, _outcome) in enumerate(acks):
-            result = results[index] if index < len(results) and results[index].get("job_id") == held.job_id else {}
-            if "state" in result:
-                self._settle(held, result["state"], None)
-            else:
-                error = result.get("error") or {}
-                lost = error.get("type") in ("StaleLease", "NotFound", "IllegalTransition")
-                self._settle(held, LOST if lost else ERROR, error.get("message", "no answer for this job"))
+        for index, (job, _outcome) in enumerate(acks):
+            result = results[index] if index < len(results) and results[index].get("job_id") == job.job_id else {}
+            self._record(self._leases.finish_acked(job, result))
 
-    def _send_one(self, held: _Held, outcome: Outcome) -> None:
-        try:
-            self._report_one(held, outcome)
-        except Exception as error:  # settle it anyway, so shutdown does not wait for it
-            log.exception("reporting job %s failed", held.job_id)
-            self._settle(held, ERROR, str(error))
-
-    def _report_one(self, held: _Held, outcome: Outcome) -> None:
-        ctx = held.ctx
-        job = {"job_id": held.job_id, "lease_id": held.lease_id}
-        if outcome.kind == "stopped" and ctx.cancel_reason == CANCEL_REQUESTED:
-            # A fail on a job whose cancellation was requested ends it canceled (orchestrator/jobs.py).
-            name, params = "jobs.fail", {**job, "error": CANCELED_MESSAGE, "no_retry": True}
-        elif outcome.kind == "ack":
-            name, params = "jobs.ack", {**job, "artifacts": outcome.artifacts or []}
-        else:
-            name, params = "jobs.fail", {**job, "error": clip_error(outcome.error or "handler failed"),
-                                         "retry_after": bounded_retry_after(outcome.retry_after),
-                                         "no_retry": outcome.no_retry or None}
-        try:
-            try:
-                answer = self._deliver(name, params)
-            except InvalidInput as bad:
-                if name != "jobs.ack" or isinstance(bad, NotFound):
-                    raise
-                # The handler returned malformed artifacts: retrying will not help.
-                answer = self._deliver("jobs.fail", {**job, "error": clip_error(f"invalid artifacts: {bad}"),
-                                                     "no_retry": True})
-        except (Conflict, NotFound) as refused:
-            self._settle(held, LOST, str(refused))
-            return
-        except OrchError as error:
-            log.error("could not report job %s: %s", held.job_id, error)
-            self._settle(held, ERROR, str(error))
-            return
-        self._settle(held, answer["state"], outcome.error)
+    def _send_one(self, job: TrackedJob, outcome: Outcome) -> None:
+        self._record(self._leases.report(job, outcome, self._deliver))
 
     def _deliver(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         """Call until the server answers (ServerUnavailable: again, under the same Idempotency-Key), or
@@ -561,28 +392,15 @@ class Worker:
                     pause = min(pause, max(0.0, deadline - time.monotonic()))
                 self._hurry.wait(pause)
 
-    def _settle(self, held: _Held, outcome: str, error: str | None) -> None:
-        with self._changed:
-            if held.phase == "done":
-                return
-            held.phase = "done"
-            if outcome == LOST:
-                held.lost = True
-            self._held.pop(held.lease_id, None)
-            self._unreported -= 1
-            self._changed.notify_all()
-        self._finish(held, outcome, error)
-
-    def _finish(self, held: _Held, outcome: str, error: str | None) -> None:
+    def _record(self, finished: FinishedJob | None) -> None:
+        """Count an attempt the worker is done with and pass it to on_finished (None: it was counted already)."""
+        if finished is None:
+            return
         with self._lock:
-            self.stats[outcome] += 1
+            self.stats[finished.outcome] += 1
         if self.on_finished is not None:
-            lease = held.lease
-            result = JobResult(job_id=held.job_id, type=lease["type"], tenant=lease["tenant"],
-                               attempt=lease["attempt"], outcome=outcome,
-                               seconds=round(time.monotonic() - held.claimed_at, 3), error=error)
             try:
-                self.on_finished(result)
+                self.on_finished(finished)
             except Exception:  # a broken callback must not stop reporting
                 log.exception("on_finished callback failed")
 
@@ -594,10 +412,9 @@ class Worker:
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
-            waiting = [held for held in self._held.values() if held.phase == "waiting" and not held.released]
-        self._release(waiting, "not started")
+        self._release(self._leases.jobs(WAITING), "not started")
         with self._changed:
-            while (self._busy or self._unreported or claimer.is_alive()) and not self._hurry.is_set():
+            while (self._leases.handling or self._leases.reporting or claimer.is_alive()) and not self._hurry.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -607,49 +424,33 @@ class Worker:
             # when their lease lapses.
             self._claim_client.close()
             claimer.join(2.0)
-        with self._lock:
-            running = [held for held in self._held.values() if held.phase in ("waiting", "running")
-                       and not held.released and not held.lost]
         # Reports still waiting (the server is away) get a little longer than the grace period.
         self._report_deadline = max(deadline, time.monotonic()) + (0.0 if self._hurry.is_set() else 2.0)
-        self._release(running, "still running at the end of the grace period")
+        self._release(self._leases.jobs(WAITING, RUNNING), "still running at the end of the grace period")
         with self._changed:
-            while self._unreported and time.monotonic() < self._report_deadline + 1.0:
+            while self._leases.reporting and time.monotonic() < self._report_deadline + 1.0:
                 self._changed.wait(0.1)
         self._reports.put(None)
         reporter.join(max(0.0, self._report_deadline - time.monotonic()) + 5.0)
 
-    def _release(self, jobs: list[_Held], why: str) -> None:
-        chosen = []
-        for held in jobs:
-            with self._lock:
-                if held.released or held.lost or held.phase in ("reporting", "done"):
-                    continue
-                held.released = True
-                if held.phase == "waiting":  # no handler thread will take it: settle here
-                    held.phase = "done"
-                    self._busy -= 1
-                    self._held.pop(held.lease_id, None)
-            held.ctx.cancel(SHUTDOWN)
-            chosen.append(held)
+    def _release(self, jobs: list[TrackedJob], why: str) -> None:
+        chosen = [job for job in jobs if self._leases.release(job)]
         if len(chosen) > 1:  # many prefetched jobs: release them side by side (the server commits them together)
             with ThreadPoolExecutor(min(len(chosen), RELEASE_THREADS), thread_name_prefix="release") as pool:
-                list(pool.map(lambda held: self._release_one(held, why), chosen))
+                list(pool.map(lambda job: self._release_one(job, why), chosen))
         elif chosen:
             self._release_one(chosen[0], why)
-        with self._changed:
-            self._changed.notify_all()
 
-    def _release_one(self, held: _Held, why: str) -> None:
+    def _release_one(self, job: TrackedJob, why: str) -> None:
         try:
-            self._report_client.call("jobs.release", {"job_id": held.job_id, "lease_id": held.lease_id})
-            log.info("released job %s (%s)", held.job_id, why)
+            self._report_client.call("jobs.release", {"job_id": job.job_id, "lease_id": job.lease_id})
+            log.info("released job %s (%s)", job.job_id, why)
             error = why
         except OrchError as refused:  # its lease lapses instead, and the job is retried
-            log.warning("could not release job %s: %s", held.job_id, refused)
+            log.warning("could not release job %s: %s", job.job_id, refused)
             error = f"{why}; release failed: {refused}"
         # Counted now: a handler that ignores ctx.cancelled may outlive run().
-        self._finish(held, RELEASED, error)
+        self._record(self._leases.result(job, RELEASED, error))
 
     def _summary(self, seconds: float) -> dict[str, Any]:
         with self._lock:

@@ -98,7 +98,7 @@ class JobContext:
         self.cancelled.set()
 
 
-# -- reporting a handler's outcome (shared by the in-process runner and the SDK worker) --------------
+# -- a handler's outcome (shared by the in-process runner and the SDK worker; leases.py reports it) ------
 
 def describe_error(exc: BaseException) -> str:
     """The error text a failed attempt records: exception type and message, clipped."""
@@ -155,9 +155,9 @@ class FinishedJob:
 class Outcome:
     """How one attempt of a handler ended, before it is reported.
 
-    kind: "ack" (artifacts), "fail" (error, retry_after, no_retry), "stopped" (the handler raised
-    JobCanceled), or a runner's own marker such as "skip" (the worker was stopping, or already knew of a cancel
-    request, before the handler started)."""
+    kind: "ack" (artifacts), "fail" (error, retry_after, no_retry), or "stopped" (the handler raised
+    JobCanceled, or was not started because its job should already stop). What each is reported as:
+    leases.report_request."""
 
     kind: str
     artifacts: list[Any] = field(default_factory=list)

@@ -9,17 +9,19 @@ directly; the Ledger's lock orders it with the writer's transactions.
 
 Threads:
 - the main loop (the caller's thread) claims up to the number of free handler slots, one claim
-  statement per handled job type, reaps finished jobs and watches for stop requests. A slot is free once
+  statement per handled job type, records finished jobs and watches for stop requests. A slot is free once
   its handler returns, while the outcome is still being reported, so that claim and report can share a
   transaction;
 - one thread per job runs the handler and then acks or fails under the job's lease;
-- one heartbeat thread per job sends the first heartbeat (which moves the job to running) FIRST_BEAT_SECONDS
-  after the handler starts, as the SDK worker does, so a shorter job costs no heartbeat; then it extends
-  the lease every lease/3 seconds while the handler runs and sends progress (at most every
-  `progress_interval` seconds). A heartbeat that answers
-  `cancel_requested` sets `ctx.cancelled`; one refused as stale (the lease expired or was superseded)
-  means another worker may own the job now: the runner stops reporting for it, signals the handler
-  to stop, and never acks it.
+- one heartbeat thread hands the writer every heartbeat due, without waiting for the answers.
+
+What is tracked per lease, when heartbeats are due, when a job is dropped as lost, and what is reported for
+each way a handler ends: the lease tracker (leases.py), the one the SDK worker uses. In short: a job's first
+heartbeat, which moves it to running, goes out FIRST_BEAT_SECONDS after its handler starts, so a shorter job
+costs none; then one every lease/3 seconds, carrying progress (at most every `progress_interval` seconds).
+A heartbeat that answers `cancel_requested` sets `ctx.cancelled`; one refused as stale (the lease expired
+or was superseded) means another worker may own the job now: the runner stops reporting for it, signals
+the handler to stop, and never acks it.
 
 Python threads cannot be killed, so cancellation is cooperative (see context.py). A handler that
 ignores a cancel request for longer than one lease period stops being heartbeated: its lease lapses
@@ -39,31 +41,21 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from .. import validation
-from ..errors import InvalidInput, NotFound, OrchError, StaleLease
+from ..errors import InvalidInput, OrchError
 from ..ledger import Ledger
 from ..operations import jobs as ops
 from ..operations import sources as source_ops
+from ..operations.dispatch import Caller
 from ..operations.writer import LedgerWriter
 from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS
 from ..orchestrator.states import ACTIVE_STATES
-from .context import (
-    CANCEL_REQUESTED,
-    FIRST_BEAT_SECONDS,
-    LEASE_LOST,
-    SHUTDOWN,
-    FinishedJob,
-    JobContext,
-    Outcome,
-    bounded_retry_after,
-    clip_error,
-    install_stop_signals,
-    restore_signals,
-    run_handler,
-)
+from .context import FinishedJob, JobContext, install_stop_signals, restore_signals
+from .leases import RELEASED, Beat, LeaseTracker, TrackedJob
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +63,6 @@ Handler = Callable[[JobContext], "list[dict[str, str]] | None"]
 _JOB_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 MAX_CONCURRENCY = 256
 
-# Outcomes of one attempt as the runner saw it (FinishedJob.outcome). The first five are job states.
-SUCCEEDED, FAILED, DEAD_LETTER, CANCELED, RETRY = "succeeded", "failed", "dead_letter", "canceled", "queued"
-LOST = "lost"  # the lease was taken away; nothing was reported
-RELEASED = "released"  # the worker stopped and gave the job back
-ERROR = "error"  # reporting failed for another reason (logged)
 
 
 def load_handler(spec: str) -> tuple[str, Handler]:
@@ -136,28 +123,6 @@ class RunnerConfig:
 
 
 
-class _ActiveJob:
-    """Runner-side state of one leased job. `lock` orders every ledger report for this job."""
-
-    def __init__(self, lease: dict[str, Any], handler: Handler, ctx: JobContext):
-        self.lease = lease
-        self.handler = handler
-        self.ctx = ctx
-        self.lock = threading.Lock()
-        self.settled = False  # a final ack/fail was sent
-        self.released = False  # the runner gave the lease back on shutdown
-        self.lost = False  # the lease was refused as stale
-        self.handled = False  # the handler returned: its slot is free while the outcome is reported
-        self.stop_beating = threading.Event()
-        self.wake = threading.Event()
-        self.pending: tuple[float, str | None] | None = None
-        self.pending_lock = threading.Lock()
-        self.started = time.monotonic()
-        self.cancel_seen_at: float | None = None
-        self.thread: threading.Thread | None = None
-        self.beater: threading.Thread | None = None
-
-
 class Runner:
     """Runs handlers for claimed jobs until stopped, idle (with exit_when_idle) or max_jobs are done."""
 
@@ -166,9 +131,12 @@ class Runner:
         self.ledger = ledger
         self.config = config
         self.on_finished = on_finished
-        # By lease id: a retry due at once may bring a job back while its last attempt is still being reported.
-        self._active: dict[str, _ActiveJob] = {}
-        self._done: queue_module.SimpleQueue[tuple[_ActiveJob, FinishedJob]] = queue_module.SimpleQueue()
+        self._beat_wake = threading.Event()
+        self._beats_done = threading.Event()
+        # A finished attempt stays tracked until the main loop records it, so slots and max_jobs count it.
+        self._leases = LeaseTracker(config.lease_seconds, progress_interval=config.progress_interval,
+                                    forget_done=False, wake=self._beat_wake.set)
+        self._done: queue_module.SimpleQueue[tuple[TrackedJob, FinishedJob]] = queue_module.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._hurry = threading.Event()  # a second stop request: skip the grace period
@@ -194,8 +162,10 @@ class Runner:
         thread and `handle_signals` is true (they are restored on return)."""
         started = time.monotonic()
         previous = install_stop_signals(self.stop) if handle_signals else {}
+        beater = threading.Thread(target=self._beat_loop, name="heartbeats", daemon=True)
         try:
             self._writer.start()
+            beater.start()
             try:
                 stopped_by = self._loop()
             except BaseException:
@@ -204,6 +174,10 @@ class Runner:
                 raise
             self._shutdown()
         finally:
+            self._beats_done.set()
+            self._beat_wake.set()
+            if beater.is_alive():
+                beater.join()
             self._writer.stop()
             restore_signals(previous)
         return self._summary(stopped_by, time.monotonic() - started)
@@ -219,11 +193,11 @@ class Runner:
             if config.max_jobs is not None and len(self._finished) >= config.max_jobs:
                 return "max_jobs"
             self._run_schedules()
-            slots = config.concurrency - sum(1 for job in self._active.values() if not job.handled)
+            slots = config.concurrency - self._leases.handling
             if config.max_jobs is not None:
-                slots = min(slots, config.max_jobs - len(self._finished) - len(self._active))
+                slots = min(slots, config.max_jobs - len(self._finished) - len(self._leases))
             claimed = self._claim(slots) if slots > 0 else 0
-            if config.exit_when_idle and not self._active and claimed == 0 and self._site_idle():
+            if config.exit_when_idle and not self._leases and claimed == 0 and self._site_idle():
                 return "idle"
             self._wake.wait(config.poll_seconds)
 
@@ -277,182 +251,93 @@ class Runner:
                 job, finished = self._done.get_nowait()
             except queue_module.Empty:
                 return
-            self._active.pop(job.lease["lease_id"], None)
-            self._finished.append(finished)
-            if self.on_finished is not None:
-                self.on_finished(finished)
+            self._leases.forget(job)
+            self._record(finished)
+
+    def _record(self, finished: FinishedJob) -> None:
+        self._finished.append(finished)
+        if self.on_finished is not None:
+            self.on_finished(finished)
 
     # -- one job -----------------------------------------------------------------------------------
     def _start(self, lease: dict[str, Any]) -> None:
         self._claimed += 1
-        handler = self.config.handlers[lease["type"]]
-        job: _ActiveJob
+        job = self._leases.track(lease, self.config.handlers[lease["type"]], self.config.worker_id)
+        self._leases.start(job)  # its first beat, FIRST_BEAT_SECONDS from now, moves the job to running
+        threading.Thread(target=self._work, args=(job,), name=f"job-{lease['job_id'][:13]}", daemon=True).start()
 
-        def note_progress(fraction: float, message: str | None) -> None:
-            with job.pending_lock:
-                job.pending = (fraction, message[:validation.MAX_MESSAGE_CHARS] if message else None)
-            job.wake.set()
-
-        ctx = JobContext(lease, self.config.worker_id, note_progress)
-        job = _ActiveJob(lease, handler, ctx)
-        job.thread = threading.Thread(target=self._work, args=(job,), name=f"job-{lease['job_id'][:13]}",
-                                      daemon=True)
-        job.beater = threading.Thread(target=self._beat, args=(job,), name=f"beat-{lease['job_id'][:13]}",
-                                      daemon=True)
-        self._active[lease["lease_id"]] = job
-        job.thread.start()
-
-    def _work(self, job: _ActiveJob) -> None:
-        outcome: Outcome | None = None
-        try:
-            assert job.beater is not None
-            job.beater.start()  # its first beat, after FIRST_BEAT_SECONDS, moves the job to running
-            outcome = Outcome("skip") if job.ctx.cancelled.is_set() else run_handler(job.handler, job.ctx)
-        finally:
-            job.stop_beating.set()
-            job.wake.set()
-            if job.beater is not None and job.beater.is_alive():
-                job.beater.join()
-        # Free the slot before reporting: the main loop's claim for it can then join this report's transaction.
-        job.handled = True
+    def _work(self, job: TrackedJob) -> None:
+        outcome = self._leases.run(job)
+        verdict = self._leases.handler_returned(job)
+        # The slot is free before the report: the main loop's claim for it can then join this report's transaction.
         self._wake.set()
-        self._done.put((job, self._report(job, outcome)))
+        if verdict is None:
+            finished = self._leases.report(job, outcome, self._send)
+        else:
+            finished = self._leases.result(job, verdict, outcome.error)
+        if finished is not None:  # None only if another thread finished it, and none does
+            self._done.put((job, finished))
         self._wake.set()
 
-    def _report(self, job: _ActiveJob, outcome: Outcome | None) -> FinishedJob:
-        ctx = job.ctx
-        error = outcome.error if outcome is not None else None
-        with job.lock:
-            if job.released:
-                return self._finish(job, RELEASED, error)
-            if job.lost or outcome is None:
-                return self._finish(job, LOST, error)
-            job.settled = True
-            try:
-                result = self._send(job, outcome)
-            except (StaleLease, NotFound) as refused:
-                job.lost = True
-                return self._finish(job, LOST, str(refused))
-            except Exception as failure:  # the ledger refused or broke; the lease will lapse and retry
-                log.error("could not report job %s: %s", ctx.job_id, failure)
-                return self._finish(job, ERROR, str(failure))
-        return self._finish(job, result["state"], error)
-
-    def _send(self, job: _ActiveJob, outcome: Outcome) -> dict[str, Any]:
-        ctx = job.ctx
-        if outcome.kind == "ack":
-            try:
-                return self._call("jobs.ack", job_id=ctx.job_id, lease_id=ctx.lease_id, artifacts=outcome.artifacts)
-            except NotFound:
-                raise
-            except InvalidInput as bad:  # the handler returned malformed artifacts: retrying won't help
-                return self._call("jobs.fail", job_id=ctx.job_id, lease_id=ctx.lease_id,
-                                  error=clip_error(f"invalid artifacts: {bad}"), no_retry=True)
-        if outcome.kind in ("stopped", "skip") and ctx.cancel_reason == CANCEL_REQUESTED:
-            # fail on a job with cancel_requested ends it canceled (orchestrator/jobs.py).
-            return self._call("jobs.fail", job_id=ctx.job_id, lease_id=ctx.lease_id,
-                              error="canceled on request; handler stopped", no_retry=True)
-        return self._call("jobs.fail", job_id=ctx.job_id, lease_id=ctx.lease_id,
-                          error=clip_error(outcome.error or "handler failed"),
-                          retry_after=bounded_retry_after(outcome.retry_after), no_retry=outcome.no_retry)
+    def _send(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self._call(name, **params)
 
     def _call(self, name: str, **params: Any) -> dict[str, Any]:
         """Run a claim or a report through the group-commit writer; raises what the operation raises."""
         return self._writer.call(name, params)
 
-    def _finish(self, job: _ActiveJob, outcome: str, error: str | None) -> FinishedJob:
-        lease = job.lease
-        return FinishedJob(job_id=lease["job_id"], type=lease["type"], tenant=lease["tenant"],
-                           attempt=lease["attempt"], outcome=outcome,
-                           seconds=round(time.monotonic() - job.started, 3), error=error)
-
     # -- heartbeats --------------------------------------------------------------------------------
-    def _beat(self, job: _ActiveJob) -> None:
-        interval = self.config.lease_seconds / 3
-        min_gap = self.config.progress_interval
-        last_sent = time.monotonic()
-        next_beat = last_sent + min(FIRST_BEAT_SECONDS, interval)
-        while not job.stop_beating.is_set():
-            with job.pending_lock:
-                dirty = job.pending is not None
-            due_at = min(next_beat, last_sent + min_gap) if dirty else next_beat
-            job.wake.wait(max(0.0, due_at - time.monotonic()))
-            job.wake.clear()
-            if job.stop_beating.is_set():
-                return
-            now = time.monotonic()
-            with job.pending_lock:
-                dirty = job.pending is not None
-                if now < next_beat and not (dirty and now >= last_sent + min_gap):
-                    continue
-                pending, job.pending = job.pending, None
-            if job.cancel_seen_at is not None and now - job.cancel_seen_at > self.config.lease_seconds:
-                log.warning("job %s ignored its cancel request for %.0fs; letting its lease lapse",
-                            job.ctx.job_id, now - job.cancel_seen_at)
-                return
-            if not self._heartbeat(job, pending):
-                return
-            last_sent, next_beat = now, now + interval
+    def _beat_loop(self) -> None:
+        """Hand every heartbeat due to the writer without waiting for its answer: beats due together share a
+        transaction."""
+        while not self._beats_done.is_set():
+            beats, wait = self._leases.due_beats()
+            for beat in beats:
+                self._send_beat(beat)
+            self._beat_wake.wait(wait)
+            self._beat_wake.clear()
 
-    def _heartbeat(self, job: _ActiveJob, pending: tuple[float, str | None] | None) -> bool:
-        """Send one heartbeat. False when this job must no longer be reported (lost or settled)."""
-        ctx = job.ctx
-        progress, message = pending if pending is not None else (None, None)
-        with job.lock:
-            if job.settled or job.released or job.lost:
-                return False
-            try:
-                answer = self._call("jobs.heartbeat", job_id=ctx.job_id, lease_id=ctx.lease_id, progress=progress,
-                                    message=message)
-            except (StaleLease, NotFound) as refused:
-                job.lost = True
-                log.warning("job %s: %s", ctx.job_id, refused)
-                ctx.cancel(LEASE_LOST)
-                return False
-            except Exception as failure:  # keep beating; the next one may get through
-                log.warning("heartbeat for job %s failed: %s", ctx.job_id, failure)
-                return True
-        if answer.get("cancel_requested") and not ctx.cancelled.is_set():
-            job.cancel_seen_at = time.monotonic()
-            ctx.cancel(CANCEL_REQUESTED)
-        return True
+    def _send_beat(self, beat: Beat) -> None:
+        try:
+            answer = self._writer.submit("jobs.heartbeat", beat.params, Caller())
+        except RuntimeError as stopped:  # the writer has stopped: the runner is ending
+            self._leases.beat_sent(beat, stopped)
+            return
+
+        def answered(done: Future) -> None:  # runs in the writer's thread
+            error = done.exception()
+            self._leases.beat_sent(beat, done.result() if error is None else error)
+
+        answer.add_done_callback(answered)
 
     # -- stopping ----------------------------------------------------------------------------------
     def _shutdown(self) -> None:
         """Wait up to grace_seconds for running handlers, then release what is left."""
-        deadline = time.monotonic() + self.config.grace_seconds
-        while self._active and not self._hurry.is_set():
+        self._drain(time.monotonic() + self.config.grace_seconds, hurry=True)
+        for job in self._leases.jobs():
+            if self._leases.release(job):
+                try:
+                    self._call("jobs.release", job_id=job.job_id, lease_id=job.lease_id)
+                except OrchError as error:
+                    log.warning("could not release job %s: %s", job.job_id, error)
+        # Give cooperative handlers a moment to notice; threads still running are daemons.
+        self._drain(time.monotonic() + min(1.0, self.config.grace_seconds + 0.2), hurry=False)
+        for job in self._leases.jobs():  # handlers that did not return: record them as released
+            self._leases.forget(job)
+            self._record(self._leases.result(job, RELEASED, "handler still running at exit"))
+
+    def _drain(self, deadline: float, *, hurry: bool) -> None:
+        """Record finished attempts until none is held or the deadline passes (or a second stop request,
+        if `hurry`)."""
+        while self._leases and not (hurry and self._hurry.is_set()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             self._wake.clear()
             self._reap()
-            if self._active:
+            if self._leases:
                 self._wake.wait(min(remaining, 0.1))
         self._reap()
-        for job in list(self._active.values()):
-            with job.lock:
-                if job.settled or job.lost or job.released:
-                    continue
-                job.released = True
-                job.ctx.cancel(SHUTDOWN)
-                job.stop_beating.set()
-                job.wake.set()
-                try:
-                    self._call("jobs.release", job_id=job.ctx.job_id, lease_id=job.ctx.lease_id)
-                except OrchError as error:
-                    log.warning("could not release job %s: %s", job.ctx.job_id, error)
-        # Give cooperative handlers a moment to notice; threads still running are daemons.
-        give_up = time.monotonic() + min(1.0, self.config.grace_seconds + 0.2)
-        for job in list(self._active.values()):
-            assert job.thread is not None
-            job.thread.join(max(0.0, give_up - time.monotonic()))
-        self._reap()
-        for job in self._active.values():  # handlers that did not return: record them as released
-            self._finished.append(self._finish(job, RELEASED, "handler still running at exit"))
-            if self.on_finished is not None:
-                self.on_finished(self._finished[-1])
-        self._active.clear()
 
     def _summary(self, stopped_by: str, seconds: float) -> dict[str, Any]:
         outcomes: dict[str, int] = {}
