@@ -642,16 +642,23 @@ def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> int:
 
 
 def release(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
-    """Give leased jobs back without using up the attempt (graceful worker shutdown)."""
+    """Give leased jobs back without using up the attempt (graceful worker shutdown). A job whose
+    cancellation was requested ends canceled instead, as it would on fail or lease expiry."""
     now = clock.now()
     outcomes: list[dict[str, Any] | OrchError] = []
     updates, entries = [], []
     for _item, job in _held(tx, items, now, outcomes):
-        row = _settle(job, "release", now)
-        row["attempts"] = job["attempts"] - 1  # a released lease does not use up the attempt
+        if job["cancel_requested"]:
+            event, reason = "cancel", "canceled_by_request"
+            row = _settle(job, event, now)
+            tx.unarchived = max(tx.unarchived, 0) + 1
+        else:
+            event, reason = "release", "worker_shutdown"
+            row = _settle(job, event, now)
+            row["attempts"] = job["attempts"] - 1  # a released lease does not use up the attempt
         updates.append(row)
-        entries.append(_entry(job | {"state": row["state"], "attempts": row["attempts"]}, "release", job["state"],
-                              row["state"], actor=f"worker:{job['worker_id']}", reason="worker_shutdown", at=now))
+        entries.append(_entry(job | {"state": row["state"], "attempts": row["attempts"]}, event, job["state"],
+                              row["state"], actor=f"worker:{job['worker_id']}", reason=reason, at=now))
         outcomes.append({"job_id": job["job_id"], "state": row["state"]})
     _write_back(tx, updates)
     history.append(tx, entries)
