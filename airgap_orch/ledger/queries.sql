@@ -412,7 +412,7 @@ FROM jobs GROUP BY tenant;
 INSERT INTO job_dependencies SELECT job_id, parent_id FROM incoming;
 
 -- name: parents_states
-SELECT job_id, state FROM all_jobs WHERE list_contains($job_ids, job_id);
+SELECT job_id, tenant, state FROM all_jobs WHERE list_contains($job_ids, job_id);
 
 -- name: children_waiting
 -- Waiting children of the listed parents, with how many of each child's parents have not succeeded.
