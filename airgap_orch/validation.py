@@ -66,7 +66,7 @@ def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
         raise InvalidInput(f"{what}.payload is {len(payload_bytes)} bytes; the limit is "
                            f"{MAX_PAYLOAD_BYTES} bytes: store large inputs as files and pass their URI")
     run_at = get("run_at")
-    return {
+    record = {
         "tenant": spec["tenant"],
         "project": spec["project"],
         "job_type": spec["type"],
@@ -81,7 +81,28 @@ def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
         "correlation_id": get("correlation_id"),
         "limit_keys": get("keys") or None,
         "depends_on": get("depends_on") or (),
+        "spec_digest": None,
     }
+    if record["idempotency_key"] is not None:
+        record["spec_digest"] = spec_digest(record)
+    return record
+
+
+SPEC_DIGEST_VERSION = 1
+
+
+def spec_digest(record: dict[str, Any]) -> str:
+    """The digest of the spec a caller sent with an idempotency key: every field, in the form job_spec gives it,
+    so a field left out and the same field sent with its default value (priority 0, queue "default",
+    max_attempts 3, no keys) are the same spec, and so are two spellings of one run_at instant or of one
+    payload (canonical JSON, by its digest). Flow keys and parents are sets: their order does not count.
+    run_at left out stays "not given" here (the job's row has the enqueue time)."""
+    run_at = record["run_at"]
+    return digest(_canonical([
+        SPEC_DIGEST_VERSION, record["tenant"], record["project"], record["job_type"], record["queue"],
+        record["priority"], record["payload_digest"], record["idempotency_key"],
+        clock.iso(run_at) if run_at is not None else None, record["max_attempts"], record["timeout_seconds"],
+        record["correlation_id"], sorted(record["limit_keys"] or ()), sorted(record["depends_on"])]))
 
 
 def timestamp(text: str, what: str) -> datetime:

@@ -607,9 +607,11 @@ def test_claimed_jobs_carry_attempt_retry_hint_and_provenance(ledger, manual_clo
 def test_same_idempotency_key_returns_the_existing_job(ledger, manual_clock):
     spec = {"tenant": "acme", "project": "web", "type": "scan", "idempotency_key": "feed-2026-01-31"}
     first = ops.enqueue(ledger, spec)
-    again = ops.enqueue(ledger, {**spec, "payload": {"different": True}})
+    again = ops.enqueue(ledger, dict(spec))
     assert first["created"] is True
     assert again == {**first, "created": False}
+    with pytest.raises(Conflict, match="feed-2026-01-31"):  # another spec: tests/test_idempotency_conflicts.py
+        ops.enqueue(ledger, {**spec, "payload": {"different": True}})
     assert len(ops.list_jobs(ledger)["jobs"]) == 1
 
 

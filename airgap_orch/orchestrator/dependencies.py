@@ -50,8 +50,8 @@ def refuse_cycles(tx: Transaction, records: list[dict[str, Any]]) -> None:
     for record in records:
         if not record["depends_on"] or record["idempotency_key"] is None:
             continue
-        found = dict(tx.fetch("idempotency_lookup", site_id=tx.site_id, tenant=record["tenant"],
-                                keys=[record["idempotency_key"]]))
+        found = {key: job_id for key, job_id, _ in tx.fetch("idempotency_lookup", site_id=tx.site_id,
+                                                             tenant=record["tenant"], keys=[record["idempotency_key"]])}
         job_id = found.get(record["idempotency_key"])
         if job_id in record["depends_on"]:
             raise InvalidInput(f"job {job_id} cannot depend on itself (idempotency key "

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from .. import clock, ids
-from ..errors import NotFound, OrchError, StaleLease
+from ..errors import Conflict, NotFound, OrchError, StaleLease
 from ..ledger import Transaction
 from . import audit, backoff, dependencies, fairness, flow, history
 from .states import EVENT_TYPES as _EVENT_TYPES
@@ -195,10 +195,14 @@ def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime
 # -- enqueue ---------------------------------------------------------------------------------------
 
 def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
-            replay_of: list[str | None] | None = None) -> list[tuple[str, bool]]:
+            replay_of: list[str | None] | None = None, refuse_other_spec: bool = True) -> list[tuple[str, bool]]:
     """Insert validated job records (validation.job_spec). Returns [(job_id, created)] in order.
 
-    A record whose idempotency key already exists in (site, tenant) resolves to the existing job."""
+    A record whose idempotency key already exists in (site, tenant) resolves to the existing job when it
+    carries the same spec (its `spec_digest`); a different spec under that key, in the ledger or earlier in
+    this batch, is refused (Conflict) unless `refuse_other_spec` is False (a backfill's window or a schedule's
+    tick: the key names the window, and the job already holding it covers it whatever its spec). A key
+    reserved before spec digests were kept accepts any spec."""
     now = clock.now()
     parents = dependencies.parent_states(tx, records)
     if parents:
@@ -214,6 +218,8 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         earlier = first_by_key.setdefault((record["tenant"], key), index)
         if earlier == index:
             fresh.append(index)
+        elif refuse_other_spec:
+            _same_spec(record, records[earlier].get("spec_digest"), f"job {earlier + 1} of this batch")
     job_ids = dict(zip(fresh, ids.uuid7s(len(fresh)), strict=True))
 
     keyed = [i for i in fresh if records[i]["idempotency_key"] is not None]
@@ -223,16 +229,20 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
             "tenant": [records[i]["tenant"] for i in keyed],
             "idempotency_key": [records[i]["idempotency_key"] for i in keyed],
             "job_id": [job_ids[i] for i in keyed],
+            "spec_digest": pa.array([records[i].get("spec_digest") for i in keyed], pa.string()),
         })
         won = {(row[0], row[1]) for row in tx.execute_with("idempotency_reserve", "incoming", reserve).fetchall()}
         lost = [i for i in keyed if (records[i]["tenant"], records[i]["idempotency_key"]) not in won]
         for tenant in {records[i]["tenant"] for i in lost}:
             keys = [records[i]["idempotency_key"] for i in lost if records[i]["tenant"] == tenant]
-            existing = dict(tx.fetch("idempotency_lookup", site_id=tx.site_id, tenant=tenant,
-                                       keys=keys))
+            existing = {key: (job_id, spec_digest) for key, job_id, spec_digest in
+                        tx.fetch("idempotency_lookup", site_id=tx.site_id, tenant=tenant, keys=keys)}
             for i in lost:
                 if records[i]["tenant"] == tenant:
-                    resolved[i] = existing[records[i]["idempotency_key"]]
+                    job_id, spec_digest = existing[records[i]["idempotency_key"]]
+                    if refuse_other_spec:
+                        _same_spec(records[i], spec_digest, f"job {job_id}")
+                    resolved[i] = job_id
         lost_set = set(lost)
         fresh = [i for i in fresh if i not in lost_set]
 
@@ -267,6 +277,15 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         out.append((job_id, job_id in created and job_id not in seen))
         seen.add(job_id)
     return out
+
+
+def _same_spec(record: dict[str, Any], earlier_digest: str | None, earlier: str) -> None:
+    """Refuse a record whose idempotency key was first given with another spec (None: not known, so any)."""
+    digest = record.get("spec_digest")
+    if digest is not None and earlier_digest is not None and digest != earlier_digest:
+        raise Conflict(f"idempotency key {record['idempotency_key']!r} of tenant {record['tenant']} was already "
+                       f"used for a different job spec ({earlier}); send the same spec again to get that job, or "
+                       "use a new key for a new job")
 
 
 def _create_reason(record: dict[str, Any], state: str, replay_of: str | None) -> str | None:
