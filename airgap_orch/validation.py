@@ -66,7 +66,7 @@ def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
         raise InvalidInput(f"{what}.payload is {len(payload_bytes)} bytes; the limit is "
                            f"{MAX_PAYLOAD_BYTES} bytes: store large inputs as files and pass their URI")
     run_at = get("run_at")
-    return {
+    record = {
         "tenant": spec["tenant"],
         "project": spec["project"],
         "job_type": spec["type"],
@@ -81,7 +81,34 @@ def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
         "correlation_id": get("correlation_id"),
         "limit_keys": get("keys") or None,
         "depends_on": get("depends_on") or (),
+        "spec_digest": None,
     }
+    if record["idempotency_key"] is not None:
+        record["spec_digest"] = spec_digest(record)
+    return record
+
+
+SPEC_DIGEST_VERSION = "1"
+
+
+def spec_digest(record: dict[str, Any]) -> str:
+    """The digest of the spec a caller sent with an idempotency key, from every field in the form job_spec gives
+    it: a field left out and the same field sent with its default value (priority 0, queue "default",
+    max_attempts 3, no keys) are the same spec, and so are two spellings of one run_at instant or of one payload
+    (canonical JSON, by its digest). Flow keys and parents are sets: their order does not count. run_at left out
+    stays "not given" here (the job's row holds the enqueue time instead). The tenant and the key are where the
+    digest is looked up, so they are not in it.
+
+    Lines joined by newlines, not JSON (half the cost, on the bulk enqueue path): no field but the last,
+    the correlation id, can hold a newline (names, digests, times and numbers cannot), so the text still names
+    one spec."""
+    run_at, timeout, correlation_id = record["run_at"], record["timeout_seconds"], record["correlation_id"]
+    text = "\n".join((
+        SPEC_DIGEST_VERSION, record["project"], record["job_type"], record["queue"], str(record["priority"]),
+        record["payload_digest"], "" if run_at is None else clock.iso(run_at), str(record["max_attempts"]),
+        "" if timeout is None else str(timeout), ",".join(sorted(record["limit_keys"] or ())),
+        ",".join(sorted(record["depends_on"])), "" if correlation_id is None else "=" + correlation_id))
+    return digest(text)
 
 
 def timestamp(text: str, what: str) -> datetime:

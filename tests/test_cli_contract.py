@@ -69,7 +69,7 @@ def test_enqueue_batch_answers_job_ids_created_and_existing(cli, tmp_path):
     lines = [
         {**SPEC, "idempotency_key": "feed-1", "payload": {"n": 1}},
         {**SPEC, "type": "export", "priority": -2},
-        {**SPEC, "idempotency_key": "feed-1", "payload": {"n": 2}},  # repeated key: the first job
+        {**SPEC, "idempotency_key": "feed-1", "payload": {"n": 1}},  # repeated key and spec: the first job
         {**SPEC, "tenant": "globex", "idempotency_key": "feed-1"},  # same key, other tenant: a new job
     ]
     batch = tmp_path / "jobs.jsonl"

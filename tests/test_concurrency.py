@@ -102,7 +102,7 @@ def test_cli_processes_started_together_with_the_same_key_all_get_the_one_job(le
 
     # The same key in another tenant is another job; asked again, each tenant gets its own back.
     other = cli("--json", "jobs", "enqueue", "--tenant", "globex", "--project", "feeds", "--type",
-                "advisory-sync", "--idempotency-key", "nvd-2024-06-01")
+                "advisory-sync", "--idempotency-key", "nvd-2024-06-01", "--payload", '{"feed": "nvd"}')
     assert other.code == 0, other
     assert other.json["created"] is True
     assert other.json["job_id"] != job_id

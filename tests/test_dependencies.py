@@ -5,6 +5,7 @@ the ledger unchanged."""
 from __future__ import annotations
 
 import pytest
+from server_fixtures import Keys, init_ledger, run_cli, serving
 
 from airgap_orch.errors import InvalidInput, NotFound
 from airgap_orch.ledger import Ledger
@@ -136,3 +137,67 @@ def test_cli_depends_on_is_repeatable_and_unknown_parents_exit_1(cli):
                   "01a21a93-8cff-7544-bbc6-ed2eb8cf05bc")
     assert refused.code == 1 and len(refused.stderr.splitlines()) == 1 and "does not exist" in refused.stderr
     assert len(cli("--json", "jobs", "list").json["jobs"]) == 3
+
+
+# -- tenants never meet: a parent is resolved within the child's tenant ---------------------------------------
+
+@pytest.mark.parametrize("caller_tenants", [None, ["acme"], ["acme", "globex"]], ids=["unrestricted", "acme",
+                                                                                      "acme-and-globex"])
+def test_a_parent_of_another_tenant_is_not_found_and_nothing_is_written(ledger, caller_tenants):
+    """Whoever asks (a caller limited to acme, one that sees both tenants, or the local CLI), an acme job cannot
+    wait on a globex job: the parent is "not found" in acme, its state is not told, and the ledger is unchanged."""
+    globex = {"tenant": "globex", "project": "feeds", "type": "ingest"}
+    queued = ops.enqueue(ledger, globex)["job_id"]
+    dead = ops.enqueue(ledger, globex)["job_id"]
+    run(ledger, queued)  # the claim takes the oldest: `queued` succeeds ...
+    run(ledger, dead, fail=True)  # ... and `dead` fails
+    ops.enqueue(ledger, globex)  # and one stays queued
+    before = snapshot(ledger)
+    for parent in (queued, dead):
+        spec = {"tenant": "acme", "project": "feeds", "type": "export", "depends_on": [parent]}
+        with pytest.raises(NotFound) as refused:
+            ops.enqueue(ledger, spec, tenants=caller_tenants)
+        assert str(refused.value).startswith(f"parent job {parent} does not exist in tenant acme;")
+        assert "succeeded" not in str(refused.value) and "failed" not in str(refused.value)
+        with pytest.raises(NotFound):  # in a batch too, next to a spec that is fine
+            ops.enqueue_batch(ledger, [{**spec, "depends_on": []}, spec], tenants=caller_tenants)
+    assert snapshot(ledger) == before
+
+
+def test_a_parent_of_the_same_tenant_is_still_found_in_a_batch_of_two_tenants(ledger):
+    acme_parent = enqueue(ledger)
+    globex_parent = ops.enqueue(ledger, {"tenant": "globex", "project": "feeds", "type": "ingest"})["job_id"]
+    children = ops.enqueue_batch(ledger, [
+        {"tenant": "acme", "project": "feeds", "type": "export", "depends_on": [acme_parent]},
+        {"tenant": "globex", "project": "feeds", "type": "export", "depends_on": [globex_parent]}])["job_ids"]
+    assert [state_of(ledger, child) for child in children] == ["waiting", "waiting"]
+
+
+def test_a_token_limited_to_one_tenant_naming_another_tenants_job_as_parent_exits_1(tmp_path):
+    """Through a real server, with the CLI routed to it: `jobs enqueue --depends-on` and `jobs show` agree that
+    a globex job does not exist for an acme token (exit 1, HTTP 404), and nothing is written."""
+    keys = Keys(tmp_path / "keys")
+    tokens = keys.issue_many({"acme": {"tenants": ["acme"]}, "globex": {"tenants": ["globex"]},
+                              "admin": {"tenants": ["acme", "globex"]}})
+    path = init_ledger(tmp_path / "ledger.duckdb")
+    with serving(path, "--token-key", str(keys.public_key)) as server:
+        parent = server.request("POST", "/v1/jobs", {"tenant": "globex", "project": "feeds", "type": "ingest"},
+                                token=tokens["globex"]).json["job_id"]
+        before = server.ledger_info(tokens["admin"])
+
+        def as_acme(*args: str):
+            return run_cli("--server", server.url, "--token", tokens["acme"], *args)
+
+        shown = as_acme("jobs", "show", parent)
+        refused = as_acme("jobs", "enqueue", "--tenant", "acme", "--project", "feeds", "--type", "export",
+                          "--depends-on", parent)
+        answer = server.request("POST", "/v1/jobs", {"tenant": "acme", "project": "feeds", "type": "export",
+                                                     "depends_on": [parent]}, token=tokens["acme"])
+        after = server.ledger_info(tokens["admin"])
+    assert shown.code == 1, shown
+    assert refused.code == 1, refused
+    assert len(refused.stderr.strip().splitlines()) == 1 and "does not exist in tenant acme" in refused.stderr
+    assert "queued" not in refused.stderr and "waiting" not in refused.stdout
+    assert answer.status == 404 and answer.json["exit_code"] == 1, answer
+    assert (after["jobs"], after["history_entries"], after["history_head"]) == (
+        before["jobs"], before["history_entries"], before["history_head"])

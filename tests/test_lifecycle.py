@@ -271,7 +271,7 @@ def test_cancel_of_a_queued_job_cancels_it_now(ledger, manual_clock):
     assert ops.claim(ledger, worker_id="w1", limit=10, lease_seconds=LEASE)["leases"] == []
 
 
-@pytest.mark.parametrize("ending", ["ack", "fail", "lease_expiry"])
+@pytest.mark.parametrize("ending", ["ack", "fail", "release", "lease_expiry"])
 def test_cancel_of_a_running_job_is_requested_seen_on_heartbeat_then_ends_canceled(ledger, manual_clock,
                                                                                     ending):
     job_id = enqueue(ledger, max_attempts=5)
@@ -285,6 +285,8 @@ def test_cancel_of_a_running_job_is_requested_seen_on_heartbeat_then_ends_cancel
         ops.ack(ledger, job_id, lease["lease_id"])
     elif ending == "fail":
         ops.fail(ledger, job_id, lease["lease_id"], error="stopped")
+    elif ending == "release":
+        ops.release(ledger, job_id, lease["lease_id"])
     else:
         manual_clock.advance(31)
         ops.recover(ledger)
@@ -347,6 +349,25 @@ def test_release_does_not_consume_an_attempt(ledger, manual_clock):
     lease = claim_one(ledger)
     assert lease["attempt"] == 1
     assert ops.fail(ledger, job_id, lease["lease_id"], error="x")["state"] == "dead_letter"
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["leased", "running"])
+def test_release_of_a_cancel_requested_job_ends_it_canceled(ledger, manual_clock, started):
+    """A worker shutting down gives back a job the operator asked to cancel: the job ends canceled, as
+    after fail or lease expiry, and no other worker gets it."""
+    job_id = enqueue(ledger, max_attempts=3)
+    lease = claim_one(ledger)
+    if started:
+        ops.heartbeat(ledger, job_id, lease["lease_id"])
+    ops.cancel(ledger, job_id, reason="operator asked")
+    assert ops.release(ledger, job_id, lease["lease_id"]) == {"job_id": job_id, "state": "canceled"}
+    row = job(ledger, job_id)
+    assert (row["state"], row["attempts"]) == ("canceled", 1)
+    last = history(ledger, job_id)[-1]
+    assert (last["event_type"], last["from_state"], last["to_state"], last["reason"]) == (
+        "job.canceled", "running" if started else "leased", "canceled", "canceled_by_request")
+    assert ops.claim(ledger, worker_id="w2", limit=10, lease_seconds=LEASE)["leases"] == []
+    assert ledger_ops.verify(ledger)["ok"] is True
 
 
 # -- illegal transitions ---------------------------------------------------------------------------
@@ -586,9 +607,11 @@ def test_claimed_jobs_carry_attempt_retry_hint_and_provenance(ledger, manual_clo
 def test_same_idempotency_key_returns_the_existing_job(ledger, manual_clock):
     spec = {"tenant": "acme", "project": "web", "type": "scan", "idempotency_key": "feed-2026-01-31"}
     first = ops.enqueue(ledger, spec)
-    again = ops.enqueue(ledger, {**spec, "payload": {"different": True}})
+    again = ops.enqueue(ledger, dict(spec))
     assert first["created"] is True
     assert again == {**first, "created": False}
+    with pytest.raises(Conflict, match="feed-2026-01-31"):  # another spec: tests/test_idempotency_conflicts.py
+        ops.enqueue(ledger, {**spec, "payload": {"different": True}})
     assert len(ops.list_jobs(ledger)["jobs"]) == 1
 
 

@@ -315,9 +315,11 @@ def test_ledger_owner_killed_during_a_burst_of_writes_loses_no_acknowledged_enqu
     assert killed_while_writing >= ROUNDS // 2, "most kills must land while the child is writing"
     assert len(acknowledged) >= expected_at_least >= ROUNDS, "the writers wrote too little to mean anything"
 
-    # Every acknowledged idempotency key still resolves to its job after all those crashes.
-    specs = [{"tenant": tenant, "project": "burst", "type": "crash-test", "idempotency_key": key}
-             for tenant, key in acknowledged.values()]
+    # Every acknowledged idempotency key still resolves to its job after all those crashes (sent again with the
+    # spec the writer sent: the same key with another spec is refused).
+    payloads = {job["job_id"]: job["payload"] for job in jobs}
+    specs = [{"tenant": tenant, "project": "burst", "type": "crash-test", "payload": payloads[job_id],
+              "idempotency_key": key} for job_id, (tenant, key) in acknowledged.items()]
     with Ledger.open(ledger_path, lock_timeout=10) as ledger:
         again = ops.enqueue_batch(ledger, specs)
         assert again["created"] == 0

@@ -82,8 +82,10 @@ def scenario(run) -> list[tuple[str, int, Any]]:
                  "--payload", '{"image": "nginx:1.27"}', "--idempotency-key", "k-1", "--correlation-id",
                  "corr-1")["job_id"]
     again = step("enqueue_same_key", "jobs", "enqueue", "--tenant", "acme", "--project", "web", "--type", "scan",
-                 "--payload", '{"image": "nginx:1.27"}', "--idempotency-key", "k-1")
+                 "--payload", '{"image": "nginx:1.27"}', "--idempotency-key", "k-1", "--correlation-id", "corr-1")
     assert again["job_id"] == job_a and again["created"] is False
+    step("enqueue_same_key_other_spec", "jobs", "enqueue", "--tenant", "acme", "--project", "web", "--type", "scan",
+         "--payload", '{"image": "nginx:1.28"}', "--idempotency-key", "k-1", expect=3)
     job_b, job_c, job_d = step("enqueue_batch", "jobs", "enqueue", "--batch", str(run.batch_file))["job_ids"]
     leases = step("claim", "jobs", "claim", "--worker-id", "w-1", "--limit", "3", "--lease-seconds", "300")["leases"]
     lease = {item["job_id"]: item["lease_id"] for item in leases}

@@ -96,7 +96,8 @@ def _enqueue_batch(path: str) -> dict[str, Any]:
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False),
               help="JSON Lines file of job specs, enqueued in one transaction.")
 def enqueue(batch_file: str | None, **fields: Any) -> dict:
-    """Add a job (or a batch of jobs). The same idempotency key returns the existing job."""
+    """Add a job (or a batch of jobs). The same idempotency key with the same spec returns the existing job;
+    with another spec it is refused (exit 3)."""
     if batch_file is not None:
         if any(value not in (None, ()) for value in fields.values()):
             raise click.UsageError("--batch takes every field from the file; drop the other options")

@@ -29,12 +29,14 @@ ORDER BY seq LIMIT $limit;
 INSERT INTO jobs SELECT * FROM incoming;
 
 -- name: idempotency_reserve
-INSERT INTO idempotency_keys SELECT site_id, tenant, idempotency_key, job_id FROM incoming
+INSERT INTO idempotency_keys (site_id, tenant, idempotency_key, job_id, spec_digest)
+SELECT site_id, tenant, idempotency_key, job_id, spec_digest FROM incoming
 ON CONFLICT DO NOTHING
 RETURNING tenant, idempotency_key;
 
 -- name: idempotency_lookup
-SELECT k.idempotency_key, k.job_id FROM idempotency_keys k
+-- spec_digest is NULL for keys reserved before migration 0007 (any spec matches them).
+SELECT k.idempotency_key, k.job_id, k.spec_digest FROM idempotency_keys k
 WHERE k.site_id = $site_id AND k.tenant = $tenant AND list_contains($keys, k.idempotency_key);
 
 -- fragment: ready
@@ -425,7 +427,7 @@ FROM jobs GROUP BY tenant;
 INSERT INTO job_dependencies SELECT job_id, parent_id FROM incoming;
 
 -- name: parents_states
-SELECT job_id, state FROM all_jobs WHERE list_contains($job_ids, job_id);
+SELECT job_id, tenant, state FROM all_jobs WHERE list_contains($job_ids, job_id);
 
 -- name: children_waiting
 -- Waiting children of the listed parents, with how many of each child's parents have not succeeded.

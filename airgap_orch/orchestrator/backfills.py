@@ -130,7 +130,8 @@ def create(tx: Transaction, plan: Plan, records: list[dict[str, Any]], *, actor:
         raise InvalidInput(f"backfill has {len(spans)} windows but {len(records)} job records")
     covering = _covering_jobs(tx, plan.tenant, plan.job_type, spans) if suppress_covered else {}
     fresh = [index for index in range(len(spans)) if index not in covering]
-    enqueued = core.enqueue(tx, [records[index] for index in fresh], actor=actor)
+    # A window's idempotency key names the window: a job already holding it covers the window, whatever its spec.
+    enqueued = core.enqueue(tx, [records[index] for index in fresh], actor=actor, refuse_other_spec=False)
     job_ids: list[str] = [""] * len(spans)
     created = [False] * len(spans)
     for index, job_id in covering.items():

@@ -2,9 +2,9 @@
 parent that ends any other way (failed, dead-lettered, timed out, canceled) cancels its waiting descendants
 with reason `dependency_failed`.
 
-Parents must exist when the child is enqueued and a job's edges never change afterwards, so a chain cannot
-close into a cycle; the one way to ask for one (re-enqueueing an idempotency key with its own job as a
-parent) is refused.
+Parents must exist, in the child's own tenant, when the child is enqueued, and a job's edges never change
+afterwards, so a chain cannot close into a cycle; the one way to ask for one (re-enqueueing an idempotency key
+with its own job as a parent) is refused.
 """
 
 from __future__ import annotations
@@ -23,19 +23,26 @@ DEPENDENCY_FAILED = "dependency_failed"
 
 def parent_states(tx: Transaction, records: list[dict[str, Any]]) -> dict[str, str]:
     """States of every parent the records name; refuses unknown parents and parents that already ended
-    without success (their child could never run)."""
+    without success (their child could never run).
+
+    A parent is resolved within its child's tenant (which the caller may enqueue for): a job of another
+    tenant is "not found", whoever asks, so a chain never ties two tenants together and a caller learns
+    nothing of a job it cannot see."""
     wanted = sorted({parent for record in records for parent in record["depends_on"]})
     if not wanted:
         return {}
-    states = dict(tx.fetch("parents_states", job_ids=wanted))
-    for parent in wanted:
-        if parent not in states:
-            raise NotFound(f"parent job {parent} does not exist; enqueue the parent first and pass its id to "
-                           "--depends-on")
-        if states[parent] in FINAL_STATES and states[parent] != SUCCEEDED:
-            raise InvalidInput(f"parent job {parent} is {states[parent]}; a job depending on it could never run "
-                               "(replay the parent and depend on the replay)")
-    return states
+    found = {job_id: (tenant, state) for job_id, tenant, state in tx.fetch("parents_states", job_ids=wanted)}
+    for record in records:
+        for parent in record["depends_on"]:
+            tenant, state = found.get(parent, (None, None))
+            if tenant != record["tenant"]:
+                raise NotFound(f"parent job {parent} does not exist in tenant {record['tenant']}; a job can depend "
+                               "only on jobs of its own tenant: enqueue the parent first and pass its id to "
+                               "--depends-on")
+            if state in FINAL_STATES and state != SUCCEEDED:
+                raise InvalidInput(f"parent job {parent} is {state}; a job depending on it could never run "
+                                   "(replay the parent and depend on the replay)")
+    return {job_id: state for job_id, (_, state) in found.items()}
 
 
 def refuse_cycles(tx: Transaction, records: list[dict[str, Any]]) -> None:
@@ -43,8 +50,8 @@ def refuse_cycles(tx: Transaction, records: list[dict[str, Any]]) -> None:
     for record in records:
         if not record["depends_on"] or record["idempotency_key"] is None:
             continue
-        found = dict(tx.fetch("idempotency_lookup", site_id=tx.site_id, tenant=record["tenant"],
-                                keys=[record["idempotency_key"]]))
+        found = {key: job_id for key, job_id, _ in tx.fetch("idempotency_lookup", site_id=tx.site_id,
+                                                             tenant=record["tenant"], keys=[record["idempotency_key"]])}
         job_id = found.get(record["idempotency_key"])
         if job_id in record["depends_on"]:
             raise InvalidInput(f"job {job_id} cannot depend on itself (idempotency key "

@@ -145,18 +145,28 @@ def visible(job: dict[str, Any] | None, tenants: Collection[str] | None) -> bool
     return job is not None and (tenants is None or job["tenant"] in tenants)
 
 
-def _held(tx: Transaction, items: list[dict[str, Any]], now: datetime,
-          outcomes: list[dict[str, Any] | OrchError]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+def _held(tx: Transaction, items: list[dict[str, Any]], now: datetime, outcomes: list[dict[str, Any] | OrchError],
+          changed: dict[str, dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Each item with the active row its lease holds. An item whose lease is refused gets its error appended to
-    `outcomes` instead, in turn, so a caller that appends one outcome per item it is given keeps them in order."""
+    `outcomes` instead, in turn, so a caller that appends one outcome per item it is given keeps them in order.
+
+    The caller puts each row it changes into `changed` (by job id) before taking the next item, and an item is
+    checked against that row: a later item for the same job (a repeated report in one group commit) meets the
+    state the earlier one left, so it gets what it would get one transaction later."""
     jobs = _load(tx, [item["job_id"] for item in items])
     for item in items:
         try:
-            job = _check_lease(jobs.get(item["job_id"]), item, now, tx)
+            job = _check_lease(changed.get(item["job_id"]) or jobs.get(item["job_id"]), item, now, tx)
         except OrchError as error:
             outcomes.append(error)
             continue
         yield item, job
+
+
+def _write_changed(tx: Transaction, changed: dict[str, dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """Write back the rows _held's caller changed (one per job, as the last item left it) and their entries."""
+    _write_back(tx, list(changed.values()))
+    history.append(tx, entries)
 
 
 def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime,
@@ -185,10 +195,14 @@ def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime
 # -- enqueue ---------------------------------------------------------------------------------------
 
 def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
-            replay_of: list[str | None] | None = None) -> list[tuple[str, bool]]:
+            replay_of: list[str | None] | None = None, refuse_other_spec: bool = True) -> list[tuple[str, bool]]:
     """Insert validated job records (validation.job_spec). Returns [(job_id, created)] in order.
 
-    A record whose idempotency key already exists in (site, tenant) resolves to the existing job."""
+    A record whose idempotency key already exists in (site, tenant) resolves to the existing job when it
+    carries the same spec (its `spec_digest`); a different spec under that key, in the ledger or earlier in
+    this batch, is refused (Conflict) unless `refuse_other_spec` is False (a backfill's window or a schedule's
+    tick: the key names the window, and the job already holding it covers it whatever its spec). A key
+    reserved before spec digests were kept accepts any spec."""
     now = clock.now()
     parents = dependencies.parent_states(tx, records)
     if parents:
@@ -204,6 +218,8 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         earlier = first_by_key.setdefault((record["tenant"], key), index)
         if earlier == index:
             fresh.append(index)
+        elif refuse_other_spec:
+            _same_spec(record, records[earlier].get("spec_digest"), f"job {earlier + 1} of this batch")
     job_ids = dict(zip(fresh, ids.uuid7s(len(fresh)), strict=True))
 
     keyed = [i for i in fresh if records[i]["idempotency_key"] is not None]
@@ -213,16 +229,20 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
             "tenant": [records[i]["tenant"] for i in keyed],
             "idempotency_key": [records[i]["idempotency_key"] for i in keyed],
             "job_id": [job_ids[i] for i in keyed],
+            "spec_digest": pa.array([records[i].get("spec_digest") for i in keyed], pa.string()),
         })
         won = {(row[0], row[1]) for row in tx.execute_with("idempotency_reserve", "incoming", reserve).fetchall()}
         lost = [i for i in keyed if (records[i]["tenant"], records[i]["idempotency_key"]) not in won]
         for tenant in {records[i]["tenant"] for i in lost}:
             keys = [records[i]["idempotency_key"] for i in lost if records[i]["tenant"] == tenant]
-            existing = dict(tx.fetch("idempotency_lookup", site_id=tx.site_id, tenant=tenant,
-                                       keys=keys))
+            existing = {key: (job_id, spec_digest) for key, job_id, spec_digest in
+                        tx.fetch("idempotency_lookup", site_id=tx.site_id, tenant=tenant, keys=keys)}
             for i in lost:
                 if records[i]["tenant"] == tenant:
-                    resolved[i] = existing[records[i]["idempotency_key"]]
+                    job_id, spec_digest = existing[records[i]["idempotency_key"]]
+                    if refuse_other_spec:
+                        _same_spec(records[i], spec_digest, f"job {job_id}")
+                    resolved[i] = job_id
         lost_set = set(lost)
         fresh = [i for i in fresh if i not in lost_set]
 
@@ -257,6 +277,15 @@ def enqueue(tx: Transaction, records: list[dict[str, Any]], *, actor: str,
         out.append((job_id, job_id in created and job_id not in seen))
         seen.add(job_id)
     return out
+
+
+def _same_spec(record: dict[str, Any], earlier_digest: str | None, earlier: str) -> None:
+    """Refuse a record whose idempotency key was first given with another spec (None: not known, so any)."""
+    digest = record.get("spec_digest")
+    if digest is not None and earlier_digest is not None and digest != earlier_digest:
+        raise Conflict(f"idempotency key {record['idempotency_key']!r} of tenant {record['tenant']} was already "
+                       f"used for a different job spec ({earlier}); send the same spec again to get that job, or "
+                       "use a new key for a new job")
 
 
 def _create_reason(record: dict[str, Any], state: str, replay_of: str | None) -> str | None:
@@ -478,8 +507,9 @@ def heartbeat(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, An
     """items: {job_id, lease_id, progress?, message?}. Extends each lease; first one starts the job."""
     now = clock.now()
     outcomes: list[dict[str, Any] | OrchError] = []
-    updates, entries = [], []
-    for item, job in _held(tx, items, now, outcomes):
+    changed: dict[str, dict[str, Any]] = {}
+    entries = []
+    for item, job in _held(tx, items, now, outcomes, changed):
         row = dict(job)
         if job["state"] == "leased":
             row["state"] = next_state("leased", "start")
@@ -492,12 +522,11 @@ def heartbeat(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, An
         if item.get("message") is not None:
             row["progress_message"] = item["message"]
         row["updated_at"] = now
-        updates.append(row)
+        changed[row["job_id"]] = row
         outcomes.append({"job_id": job["job_id"], "state": row["state"],
                          "lease_expires_at": clock.iso(row["lease_expires_at"]),
                          "cancel_requested": bool(job["cancel_requested"])})
-    _write_back(tx, updates)
-    history.append(tx, entries)
+    _write_changed(tx, changed, entries)
     return outcomes
 
 
@@ -538,18 +567,25 @@ def _acked(tx: Transaction, items: list[dict[str, Any]], done: dict[str, dict[st
     history entries of the completed jobs; an item that completed nothing gets the error that refused it."""
     outcomes: list[dict[str, Any] | OrchError] = []
     entries = []
-    missing = [item["job_id"] for item in items if item["job_id"] not in done]
-    current = _load(tx, missing) if missing else {}
-    for item in items:
+    first: dict[str, int] = {}  # job id -> position of the first item whose lease completed it
+    for position, item in enumerate(items):
         job = done.get(item["job_id"])
-        if job is None or job["lease_id"] != item["lease_id"]:
+        if job is not None and job["lease_id"] == item["lease_id"]:
+            first.setdefault(item["job_id"], position)
+    credited = set(first.values())
+    # Every other item is checked against the row as the statement left it (a repeated ack of a lease finds the
+    # job it completed), so it gets what it would get one transaction later.
+    refused = [item["job_id"] for position, item in enumerate(items) if position not in credited]
+    current = _load(tx, refused) if refused else {}
+    for position, item in enumerate(items):
+        if position not in credited:
             try:
                 _check_lease(current.get(item["job_id"]), item, now, tx)
                 raise StaleLease(f"lease {item['lease_id']} could not complete job {item['job_id']}")
             except OrchError as error:
                 outcomes.append(error)
             continue
-        del done[item["job_id"]]  # a second ack of the same job in this batch is stale
+        job = done[item["job_id"]]
         event = "cancel" if job["state"] == "canceled" else "ack"
         from_state = "running" if job["started_at"] is not None else "leased"  # started_at marks 'start'
         entries.append(_entry({**job, "artifacts": item.get("artifacts")}, event, from_state, job["state"],
@@ -574,8 +610,9 @@ def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | 
     remain, else dead-letters; no_retry fails the job for good."""
     now = clock.now()
     outcomes: list[dict[str, Any] | OrchError] = []
-    updates, entries, ended = [], [], []
-    for item, job in _held(tx, items, now, outcomes):
+    changed: dict[str, dict[str, Any]] = {}
+    entries, ended = [], []
+    for item, job in _held(tx, items, now, outcomes, changed):
         if job["cancel_requested"]:
             event, reason = "cancel", "canceled_by_request"
         elif item.get("no_retry"):
@@ -585,14 +622,13 @@ def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | 
         else:
             event, reason = "retry", "worker_error"
         row = _settle(job, event, now, error=item["error"], retry_after=item.get("retry_after"))
-        updates.append(row)
+        changed[row["job_id"]] = row
         ended.append((row, flow.NEUTRAL if event == "cancel" else flow.FAILURE))
         entries.append(_entry(row, event, job["state"], row["state"], actor=f"worker:{job['worker_id']}",
                               reason=f"{reason}: {item['error']}"[:512], at=now))
         outcomes.append({"job_id": row["job_id"], "state": row["state"], "attempt": row["attempts"],
                          "run_at": clock.iso(row["run_at"]) if row["state"] == QUEUED else None})
-    _write_back(tx, updates)
-    history.append(tx, entries)
+    _write_changed(tx, changed, entries)
     _ended(tx, ended)
     return outcomes
 
@@ -642,20 +678,27 @@ def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> int:
 
 
 def release(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
-    """Give leased jobs back without using up the attempt (graceful worker shutdown)."""
+    """Give leased jobs back without using up the attempt (graceful worker shutdown). A job whose
+    cancellation was requested ends canceled instead, as it would on fail or lease expiry."""
     now = clock.now()
     outcomes: list[dict[str, Any] | OrchError] = []
-    updates, entries = [], []
-    for _item, job in _held(tx, items, now, outcomes):
-        row = _settle(job, "release", now)
-        row["attempts"] = job["attempts"] - 1  # a released lease does not use up the attempt
-        updates.append(row)
-        entries.append(_entry(job | {"state": row["state"], "attempts": row["attempts"]}, "release", job["state"],
-                              row["state"], actor=f"worker:{job['worker_id']}", reason="worker_shutdown", at=now))
+    changed: dict[str, dict[str, Any]] = {}
+    entries = []
+    for _item, job in _held(tx, items, now, outcomes, changed):
+        if job["cancel_requested"]:
+            event, reason = "cancel", "canceled_by_request"
+            row = _settle(job, event, now)
+            tx.unarchived = max(tx.unarchived, 0) + 1
+        else:
+            event, reason = "release", "worker_shutdown"
+            row = _settle(job, event, now)
+            row["attempts"] = job["attempts"] - 1  # a released lease does not use up the attempt
+        changed[row["job_id"]] = row
+        entries.append(_entry(job | {"state": row["state"], "attempts": row["attempts"]}, event, job["state"],
+                              row["state"], actor=f"worker:{job['worker_id']}", reason=reason, at=now))
         outcomes.append({"job_id": job["job_id"], "state": row["state"]})
-    _write_back(tx, updates)
-    history.append(tx, entries)
-    _ended(tx, [(row, flow.NEUTRAL) for row in updates])
+    _write_changed(tx, changed, entries)
+    _ended(tx, [(row, flow.NEUTRAL) for row in changed.values()])
     return outcomes
 
 

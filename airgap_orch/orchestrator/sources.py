@@ -165,8 +165,10 @@ def _run_ticks(tx: Transaction, row: dict[str, Any], ticks: list[datetime], befo
         result["backfill_id"] = _backfill(tx, row, missed, actor)  # first, so older windows queue first
     else:
         result["skipped"] = len(missed)
+    # The tick's key names the tick: a job already holding it is that tick's job, whatever its spec (a missed-tick
+    # backfill gives its jobs another correlation id).
     [(job_id, created)] = core.enqueue(tx, [tick_record(row, starts[-1], ticks[-1], flow_key(row["name"]))],
-                                      actor=actor)
+                                      actor=actor, refuse_other_spec=False)
     result["job_id"], result["created"] = job_id, created
     tx.execute("source_ticked", source=row["name"], last_tick=ticks[-1], skipped=result["skipped"])
     return result

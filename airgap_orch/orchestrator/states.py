@@ -15,8 +15,10 @@
 | leased, running   | time_out       | timed_out    | timeout exceeded on the last attempt            |
 | leased, running   | request_cancel | (unchanged)  | cancel_requested set; seen on next heartbeat    |
 | waiting, queued, leased, running | cancel | canceled | canceled by an operator or a failed parent,  |
-|                   |                |              | or the worker confirmed a requested cancel      |
+|                   |                |              | or a requested cancel met the lease's end (ack, |
+|                   |                |              | fail, release or lease expiry)                  |
 | leased, running   | release        | queued       | graceful worker shutdown; attempt not consumed  |
+|                   |                |              | (cancel requested: `cancel` instead, canceled)  |
 | dead_letter, failed, timed_out | replay | (unchanged) | a new queued job is created with replay_of  |
 """
 
