@@ -89,7 +89,7 @@ def test_a_report_repeated_in_one_batch_gets_what_it_would_get_one_transaction_l
 
 def test_a_repeated_fail_in_one_batch_counts_once_toward_a_circuit_breaker(ledger, manual_clock):
     enqueue(ledger, 1, type="flaky")
-    limit_ops.breaker_set(ledger, key="type:flaky", failures=2, cooldown=30)
+    limit_ops.breaker_set(ledger, key="type:flaky", failures=2, cooldown=30, reason="test")
     (lease,) = ops.claim(ledger, worker_id="w", limit=1, lease_seconds=60)["leases"]
     with ledger.transaction() as tx:
         outcomes = core.fail(tx, [item("fail", lease) for _ in range(3)])
@@ -193,7 +193,7 @@ def prepared(path: Path, **fields: Any) -> tuple[str, dict[str, Any]]:
     init_ledger(path)
     with Ledger.open(path, lock_timeout=5) as ledger:
         (job_id,) = enqueue(ledger, 1, type="flaky", **fields)
-        limit_ops.breaker_set(ledger, key="type:flaky", failures=2, cooldown=30)
+        limit_ops.breaker_set(ledger, key="type:flaky", failures=2, cooldown=30, reason="test")
         (lease,) = ops.claim(ledger, worker_id="w", limit=1, lease_seconds=300)["leases"]
     return job_id, lease
 
