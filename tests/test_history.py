@@ -158,10 +158,13 @@ def test_deleted_history_entry_fails_verification_naming_the_gap(ledger_path, bu
     assert f"history entry {seq}" in refused(ledger_path)
 
 
-def test_deleted_last_history_entry_fails_as_state_without_history(ledger_path, busy):
-    last_seq, job_id, _, _ = history_rows(ledger_path)[-1]
+def test_deleted_last_history_entry_fails_against_the_head_recorded_at_commit(ledger_path, busy):
+    # Before the head was recorded this failed only as the job's state without history (naming the job); the
+    # chain's end is checked before the states now, so the message names what was removed.
+    last_seq, _job_id, _, _ = history_rows(ledger_path)[-1]
     tamper(ledger_path, "DELETE FROM history WHERE seq = ?", [last_seq])
-    assert job_id in refused(ledger_path)
+    assert refused(ledger_path).startswith(
+        f"history ends at seq {last_seq - 1} but the recorded head is seq {last_seq}")
 
 
 def test_history_row_moved_to_another_job_fails_verification(ledger_path, busy):

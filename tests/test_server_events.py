@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft7Validator, FormatChecker
 from referencing import Registry, Resource
-from server_fixtures import SCHEMAS, Keys, SseStream, histogram, init_ledger, metric, serving
+from server_fixtures import ALL_SCOPES, SCHEMAS, Keys, SseStream, histogram, init_ledger, metric, serving
 
 ARTIFACT = {"uri": "file:///out/report.json", "digest": "sha256:" + "0f" * 32, "mime": "application/json"}
 
@@ -32,7 +32,8 @@ def validator() -> Draft7Validator:
 def served(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("events")
     keys = Keys(root / "keys")
-    tokens = keys.issue_many({"admin": {"tenants": ["acme", "globex"]},
+    # admin: every scope, orch:admin too, so /metrics shows it the server-wide series (latency, group commit)
+    tokens = keys.issue_many({"admin": {"tenants": ["acme", "globex"], "scopes": [*ALL_SCOPES, "orch:admin"]},
                               "acme_reader": {"tenants": ["acme"], "scopes": ["orch:read"]}})
     with serving(init_ledger(root / "events.duckdb"), "--token-key", str(keys.public_key)) as server:
         yield {"server": server, "tokens": tokens}

@@ -3,6 +3,9 @@
 Scopes do not imply one another: an operator who also lists jobs carries `orch:operate` and `orch:read`.
 A request is allowed when the token carries the operation's scope (`require`) and names the job's tenant
 (`can_see_tenant`); the server answers another tenant's job as not found, never as forbidden.
+
+Totals a token reads count only its tenants. `orch:admin` allows nothing on its own: it makes the totals of the
+operations in SITE_WIDE_OPERATIONS cover the whole site (`tenant_reach`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ OPERATE = "orch:operate"
 QUOTA = "orch:quota"
 BACKFILL = "orch:backfill"
 WORKER = "orch:worker"
+ADMIN = "orch:admin"
 
 # scope -> one line on what it allows. The order is the order of the README table.
 SCOPES = MappingProxyType({
@@ -31,6 +35,9 @@ SCOPES = MappingProxyType({
            "(X-Orch-Reason).",
     BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
     WORKER: "Run jobs and nothing else: claim, heartbeat, ack, fail and release under a lease (least privilege).",
+    ADMIN: "Nothing on its own: it makes the totals of the operations listed here cover every tenant (site-wide "
+           "metrics and ledger info, whole-ledger verify counts and failure details); without it they cover the "
+           "token's tenants.",
 })
 
 # operation (the function name in airgap_orch/operations/) -> the scope it needs.
@@ -64,7 +71,11 @@ OPERATION_SCOPES = MappingProxyType({
     "source_list": READ,
     "source_show": READ,
     "schedules_run": OPERATE,
+    "metrics": READ,
 })
+
+# Operations whose totals an orch:admin token reads for the whole site; any other token reads its tenants' only.
+SITE_WIDE_OPERATIONS = frozenset({"ledger_info", "ledger_verify", "audit_verify", "metrics"})
 
 
 class ScopeMissing(Forbidden):
@@ -90,6 +101,14 @@ def require(principal: Principal, scope: str) -> None:
 def can_see_tenant(principal: Principal, tenant: str) -> bool:
     """True when the token names `tenant`; the server answers other tenants' jobs as not found."""
     return tenant in principal.tenants
+
+
+def tenant_reach(principal: Principal, operation: str) -> frozenset[str] | None:
+    """The tenants `operation` covers for this token: every tenant (None) for a site-wide operation and an
+    orch:admin token, else the tenants the token names."""
+    if operation in SITE_WIDE_OPERATIONS and ADMIN in principal.scopes:
+        return None
+    return frozenset(principal.tenants)
 
 
 def checked_scopes(requested: Iterable[str]) -> tuple[str, ...]:

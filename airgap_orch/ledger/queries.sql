@@ -10,8 +10,16 @@ SELECT value FROM ledger_meta WHERE key = $key;
 -- name: meta_put
 INSERT OR REPLACE INTO ledger_meta VALUES ($key, $value);
 
--- name: history_head
-SELECT seq, entry_hash FROM history ORDER BY seq DESC LIMIT 1;
+-- name: chain_head
+-- The head recorded at commit time of chain $chain ('history' or 'audit'; migration 0008).
+SELECT seq, entry_hash FROM chain_heads WHERE chain = $chain;
+
+-- name: chain_head_record
+UPDATE chain_heads SET seq = $seq, entry_hash = $entry_hash WHERE chain = $chain;
+
+-- name: history_count_for_tenants
+-- History entries of the jobs of the listed tenants (through the jobs' tenant column: no JSON to parse).
+SELECT count(*) FROM history h JOIN all_jobs j ON j.job_id = h.job_id WHERE list_contains($tenants, j.tenant);
 
 -- name: history_append
 INSERT INTO history SELECT * FROM entries;
@@ -197,11 +205,11 @@ SELECT count(*) FROM history;
 WITH last AS (
     SELECT job_id, arg_max(entry ->> 'to_state', seq) AS to_state,
            arg_max((entry ->> 'attempt')::INTEGER, seq) AS attempt,
-           arg_max(entry ->> 'payload_digest', seq) AS payload_digest
+           arg_max(entry ->> 'payload_digest', seq) AS payload_digest, arg_max(entry ->> 'tenant', seq) AS tenant
     FROM history GROUP BY job_id
 )
-SELECT coalesce(j.job_id, last.job_id) AS job_id, j.state, last.to_state, j.attempts, last.attempt,
-       j.payload_digest AS job_digest, last.payload_digest AS history_digest
+SELECT coalesce(j.job_id, last.job_id) AS job_id, coalesce(j.tenant, last.tenant) AS tenant, j.state,
+       last.to_state, j.attempts, last.attempt, j.payload_digest AS job_digest, last.payload_digest AS history_digest
 FROM all_jobs j FULL OUTER JOIN last ON j.job_id = last.job_id
 WHERE j.job_id IS NULL OR last.job_id IS NULL OR j.state <> last.to_state OR j.attempts <> last.attempt
    OR j.payload_digest <> last.payload_digest
@@ -209,7 +217,32 @@ ORDER BY 1
 LIMIT 20;
 
 -- name: verify_payload_digests
-SELECT job_id FROM all_jobs WHERE 'sha256:' || sha256(payload) <> payload_digest ORDER BY job_id LIMIT 20;
+SELECT job_id, tenant FROM all_jobs WHERE 'sha256:' || sha256(payload) <> payload_digest ORDER BY job_id LIMIT 20;
+
+-- name: verify_audited_transitions
+-- Audited job actions that history lacks the transition of: a job.cancel needs a job.canceled or
+-- job.cancel_requested entry of its job, a job.replay a job.replayed entry of each job it lists (details.replays
+-- names the first 100). tenant: the job's, else the one the audit entry names.
+WITH audited AS (
+    SELECT seq, action, entry ->> '$.target' AS job_id, entry ->> '$.details.tenant' AS tenant,
+           ['job.canceled', 'job.cancel_requested'] AS transitions
+    FROM audit_log WHERE action = 'job.cancel'
+    UNION ALL
+    SELECT seq, action, unnest(json_extract_string(entry, '$.details.replays[*].replay_of')) AS job_id,
+           entry ->> '$.details.tenant' AS tenant, ['job.replayed'] AS transitions
+    FROM audit_log WHERE action = 'job.replay'
+), recorded AS (
+    SELECT job_id, list(DISTINCT entry ->> 'event_type') AS event_types FROM history
+    WHERE job_id IN (SELECT job_id FROM audited)
+    GROUP BY job_id
+)
+SELECT a.seq, a.action, a.job_id, coalesce(j.tenant, a.tenant) AS tenant
+FROM audited a
+LEFT JOIN recorded r ON r.job_id = a.job_id
+LEFT JOIN all_jobs j ON j.job_id = a.job_id
+WHERE r.event_types IS NULL OR NOT list_has_any(r.event_types, a.transitions)
+ORDER BY a.seq, a.job_id
+LIMIT 20;
 
 -- name: verify_history_scan
 SELECT seq, job_id, entry, entry_hash FROM history ORDER BY seq;
@@ -219,9 +252,6 @@ SELECT request_key, status, response FROM request_log WHERE list_contains($keys,
 
 -- name: request_log_prune
 DELETE FROM request_log WHERE created_at < $before;
-
--- name: audit_head
-SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1;
 
 -- name: audit_append
 INSERT INTO audit_log VALUES ($seq, $action, $entry, $entry_hash);

@@ -115,7 +115,9 @@ class Ledger:
         if row is None:
             raise InvalidInput(f"{self.path} has no site identity; it was not created by `ledger init`")
         self.site_id = row[0]
-        head = self._con.execute(sql.queries()["history_head"]).fetchone()
+        # The head recorded at commit (migration 0008), not the last history row: a chain whose end was removed
+        # behind the ledger's back goes on from where it really ended, so `ledger verify` still sees the gap.
+        head = self._con.execute(sql.queries()["chain_head"], {"chain": "history"}).fetchone()
         if head is not None:
             self.head_seq, self.head_hash = int(head[0]), head[1]
         self.unarchived = -1  # unknown after open: archive on the next claim
@@ -192,6 +194,8 @@ class Transaction:
         else:
             self.execute_with("history_append", "entries", pa.table(list(zip(*rows, strict=True)),
                                                                     schema=_HISTORY_SCHEMA))
+        # The head, durably in the same transaction: `ledger verify` checks the chain ends there.
+        self.execute("chain_head_record", chain="history", seq=rows[-1][0], entry_hash=rows[-1][3])
         self._written = len(self.appended)
 
     def execute(self, name: str, **params: Any) -> duckdb.DuckDBPyConnection:

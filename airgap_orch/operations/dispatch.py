@@ -43,13 +43,6 @@ def _deadletters(led: Ledger, *, tenant: str | None = None, type: str | None = N
     return job_ops.deadletter_list(led, tenant=tenant, job_type=type, **kw)
 
 
-def _ledger_only(function: Callable[..., dict]) -> Callable[..., dict]:
-    def run(led: Ledger, *, actor: str, tenants: frozenset[str] | None, **params: Any) -> dict:
-        return function(led, **params)
-
-    return run
-
-
 def _enqueue_batch(led: Ledger, *, jobs: list[Any], **kw: Any) -> dict:
     return job_ops.enqueue_batch(led, jobs, **kw)
 
@@ -80,7 +73,7 @@ OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "deadletter.list": _deadletters,
     "deadletter.replay": job_ops.replay,
     "ledger.info": lambda led, *, actor, tenants, **kw: ledger.info(led, tenants=tenants, **kw),
-    "ledger.verify": _ledger_only(ledger.verify),
+    "ledger.verify": lambda led, *, actor, tenants, **kw: ledger.verify(led, tenants=tenants, **kw),
     "ledger.events": lambda led, *, actor, tenants, **kw: ledger.event_log(led, tenants=tenants, **kw),
     "audit.list": audit_ops.list_entries,
     "audit.verify": audit_ops.verify,

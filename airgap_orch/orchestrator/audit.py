@@ -6,7 +6,7 @@ not what a job did. A refused operator action records nothing unless its caller 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from .. import clock
@@ -20,12 +20,16 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=
 def append(tx: Transaction, action: str, *, actor: str, reason: str | None, ticket: str | None = None,
            target: str | None = None, details: dict[str, Any] | None = None) -> int:
     """Record one operator action inside the caller's transaction; returns its seq."""
-    head = next(iter(tx.fetch("audit_head")), None)
+    # Continue from the head recorded at commit (migration 0008), not the last row: entries removed from the
+    # log's end stay a visible gap.
+    head = next(iter(tx.fetch("chain_head", chain="audit")), None)
     seq, prev = (int(head[0]), head[1]) if head else (0, GENESIS)
     seq += 1
     text = _encode({"seq": seq, "action": action, "actor": actor, "at": clock.iso(clock.now()),
                     "reason": reason, "ticket": ticket, "target": target, "details": details or {}})
-    tx.execute("audit_append", seq=seq, action=action, entry=text, entry_hash=chain(prev, text))
+    entry_hash = chain(prev, text)
+    tx.execute("audit_append", seq=seq, action=action, entry=text, entry_hash=entry_hash)
+    tx.execute("chain_head_record", chain="audit", seq=seq, entry_hash=entry_hash)
     return seq
 
 
@@ -35,7 +39,21 @@ def parse(seq: int, text: str, entry_hash: str) -> dict[str, Any]:
     return entry
 
 
-def verify_chain(rows: Iterable[tuple[int, str, str, str]]) -> int:
-    """Recompute the chain over (seq, action, entry, entry_hash) rows; VerificationFailed names the first
-    bad entry."""
-    return history.verify_chain(rows, what="audit", key="action", label="{}", whole="audit log")
+def entry_tenant(entry: dict[str, Any]) -> str | None:
+    """The tenant an audit entry is about (details.tenant), or None (a site-wide action, e.g. a rate limit on a
+    declared key)."""
+    details = entry.get("details")
+    return details.get("tenant") if isinstance(details, dict) else None
+
+
+def verify_chain(rows: Iterable[tuple[int, str, str, str]], *,
+                 tenants: Collection[str] | None = None) -> history.ChainCheck:
+    """Recompute the chain over (seq, action, entry, entry_hash) rows, counting the entries about `tenants`
+    (all when None); history.Broken names the first bad entry."""
+    return history.verify_chain(rows, what="audit", key="action", label="{}", whole="audit log",
+                                tenant_of=entry_tenant, tenants=tenants)
+
+
+def check_head(check: history.ChainCheck, recorded: tuple[int, str]) -> None:
+    """history.Broken unless the log ends at the head recorded at commit time."""
+    history.check_head(check, recorded, whole="audit log")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from json.encoder import encode_basestring  # what _encode() uses for a str
 from typing import Any
 
@@ -97,26 +98,84 @@ def parse(seq: int, entry_text: str, entry_hash: str) -> dict[str, Any]:
     return entry
 
 
+class Broken(VerificationFailed):
+    """A verification failure, with what a caller limited to other tenants may be told: `tenant` is whose record
+    is at fault (None: no one tenant's), `redacted` the message without that record's details or site totals.
+    Seq numbers stay in both: every event a caller sees carries its global seq already."""
+
+    def __init__(self, message: str, *, tenant: str | None = None, redacted: str | None = None):
+        super().__init__(message)
+        self.tenant = tenant
+        self.redacted = message if redacted is None else redacted
+
+    def told_to(self, tenants: Collection[str] | None) -> VerificationFailed:
+        """The plain VerificationFailed for a caller limited to `tenants` (None: the whole site)."""
+        if tenants is None or (self.tenant is not None and self.tenant in tenants):
+            return VerificationFailed(str(self))
+        return VerificationFailed(self.redacted)
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """What verify_chain found: the number of entries, the hash of the last one (GENESIS when empty), and how
+    many of them belong to the tenants it was asked to count (all of them when asked for none)."""
+
+    entries: int
+    head_hash: str
+    counted: int
+
+
+def _entry_tenant(entry: dict[str, Any]) -> str | None:
+    return entry.get("tenant")
+
+
 def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, what: str = "history", key: str = "job_id",
-                 label: str = "job {}", whole: str = "history") -> int:
+                 label: str = "job {}", whole: str = "history",
+                 tenant_of: Callable[[dict[str, Any]], str | None] = _entry_tenant,
+                 tenants: Collection[str] | None = None) -> ChainCheck:
     """Recompute a hash chain over (seq, key column, entry, entry_hash) rows in seq order: the history
-    (key job_id) or the audit log (key action). Returns the number of entries; raises
-    VerificationFailed naming the first bad entry."""
+    (key job_id) or the audit log (key action). Counts the entries whose `tenant_of(entry)` is one of
+    `tenants` (every entry when None). Raises Broken naming the first bad entry."""
     prev = GENESIS
-    count = 0
+    count = counted = 0
     for seq, key_value, text, stored_hash in rows:
         count += 1
         if seq != count:
-            raise VerificationFailed(f"{what} entry {count}: found seq {seq}; entries are missing or reordered")
+            raise Broken(f"{what} entry {count}: found seq {seq}; entries are missing or reordered")
         expected = chain(prev, text)
-        if stored_hash != expected:
-            raise VerificationFailed(f"{what} entry {seq} ({label.format(key_value)}): hash does not match its "
-                                     f"content or its predecessor; the {whole} was altered")
         try:
             inner = json.loads(text)
         except json.JSONDecodeError:
-            raise VerificationFailed(f"{what} entry {seq}: not valid JSON") from None
+            inner = None
+        owner = tenant_of(inner) if isinstance(inner, dict) else None
+        if stored_hash != expected:
+            problem = f"hash does not match its content or its predecessor; the {whole} was altered"
+            raise Broken(f"{what} entry {seq} ({label.format(key_value)}): {problem}", tenant=owner,
+                         redacted=f"{what} entry {seq} (outside your tenants): {problem}")
+        if inner is None:
+            raise Broken(f"{what} entry {seq}: not valid JSON")
         if inner.get("seq") != seq or inner.get(key) != key_value:
-            raise VerificationFailed(f"{what} entry {seq}: its columns disagree with its content")
+            raise Broken(f"{what} entry {seq}: its columns disagree with its content")
+        if tenants is None or owner in tenants:
+            counted += 1
         prev = expected
-    return count
+    return ChainCheck(count, prev, counted)
+
+
+def check_head(check: ChainCheck, recorded: tuple[int, str], *, whole: str = "history") -> None:
+    """Refuse a chain that does not end at the head recorded at commit time (entries removed from its end,
+    added behind the ledger's back, or the last one replaced). The redacted form leaves out the recorded seq:
+    it is the site's total."""
+    seq, entry_hash = recorded
+    if check.entries < seq:
+        raise Broken(f"{whole} ends at seq {check.entries} but the recorded head is seq {seq}; entries were "
+                     "removed from its end",
+                     redacted=f"{whole} ends at seq {check.entries} but the recorded head is later; entries were "
+                              "removed from its end")
+    if check.entries > seq:
+        raise Broken(f"{whole} goes on to seq {check.entries} past the recorded head (seq {seq}); entries were "
+                     "added behind the ledger's back",
+                     redacted=f"{whole} goes on to seq {check.entries} past the recorded head; entries were "
+                              "added behind the ledger's back")
+    if check.head_hash != entry_hash:
+        raise Broken(f"{whole} entry {seq} is not the head recorded at commit time; the {whole} was rewritten")

@@ -104,7 +104,7 @@ class Door:
             raise NotAuthorized("missing bearer token; send Authorization: Bearer <token>")
         principal = self.verifier.verify(header[7:].strip())
         scopes.require(principal, scopes.scope_for(scope_of))
-        return Caller(actor=f"token:{principal.subject}", tenants=frozenset(principal.tenants))
+        return Caller(actor=f"token:{principal.subject}", tenants=scopes.tenant_reach(principal, scope_of))
 
     async def operation(self, request: web.Request) -> web.Response:
         route: api.Route = request.match_info.route.resource_route  # type: ignore[attr-defined]
@@ -191,9 +191,10 @@ class Door:
         return web.json_response({"ok": True})
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        caller = self.caller(request, "ledger_info")  # job counts are ledger data: orch:read
-        info = await asyncio.wrap_future(self.writer.submit("ledger.info", {}, caller))
-        return web.Response(text=self.metrics.render(info["jobs"]), content_type="text/plain", charset="utf-8")
+        caller = self.caller(request, "metrics")  # orch:read; the whole site's with orch:admin, else its tenants'
+        info = await asyncio.wrap_future(self.writer.submit("ledger.info", {"history_count": False}, caller))
+        return web.Response(text=self.metrics.render(info["jobs"], tenants=caller.tenants), content_type="text/plain",
+                            charset="utf-8")
 
     async def event_stream(self, request: web.Request) -> web.StreamResponse:
         caller = self.caller(request, "events")

@@ -1,4 +1,9 @@
-"""Prometheus text exposition for GET /metrics (no client library needed for a handful of series)."""
+"""Prometheus text exposition for GET /metrics (no client library needed for a handful of series).
+
+Totals count only the scraping token's tenants (DESIGN invariant 10): job gauges and transition counters are
+kept per tenant and summed over the tenants asked for. The server-wide series (HTTP requests, claim latency,
+group commit sizes) belong to no one tenant and are shown only to a site-wide caller (orch:admin, or a server
+without auth)."""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import bisect
 import json
 import threading
 from collections import Counter
+from collections.abc import Collection
 
 LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -41,7 +47,7 @@ class Metrics:
     def __init__(self) -> None:
         self.claim_latency_ms = Histogram(LATENCY_BUCKETS_MS)
         self.group_commit_size = Histogram(BATCH_BUCKETS)
-        self.events: Counter[str] = Counter()  # "event_type|reason" -> committed transitions
+        self.events: Counter[tuple[str, str]] = Counter()  # (tenant, event type or "lease_expired") -> transitions
         self.requests: Counter[str] = Counter()  # "route|status"
         self._lock = threading.Lock()
 
@@ -49,19 +55,24 @@ class Metrics:
         with self._lock:
             for _seq, _job, text, _hash in appended:
                 entry = json.loads(text)
-                self.events[entry["event_type"]] += 1
+                self.events[entry["tenant"], entry["event_type"]] += 1
                 if entry.get("reason") == "lease_expired":
-                    self.events["lease_expired"] += 1
+                    self.events[entry["tenant"], "lease_expired"] += 1
 
     def count_request(self, route: str, status: int) -> None:
         with self._lock:
             self.requests[f"{route}|{status}"] += 1
 
-    def render(self, jobs_by_state: dict[str, int]) -> str:
+    def render(self, jobs_by_state: dict[str, int], tenants: Collection[str] | None = None) -> str:
+        """The exposition for a caller limited to `tenants` (None: the whole site); `jobs_by_state` must already
+        count only those tenants' jobs."""
         lines = ["# HELP airgap_orch_jobs Jobs in the ledger by state.", "# TYPE airgap_orch_jobs gauge"]
         lines += [f'airgap_orch_jobs{{state="{state}"}} {count}' for state, count in sorted(jobs_by_state.items())]
+        events: Counter[str] = Counter()
         with self._lock:
-            events = dict(self.events)
+            for (tenant, name), count in self.events.items():
+                if tenants is None or tenant in tenants:
+                    events[name] += count
             requests = dict(self.requests)
         lines += ["# HELP airgap_orch_claims_total Jobs leased.", "# TYPE airgap_orch_claims_total counter",
                   f"airgap_orch_claims_total {events.get('job.leased', 0)}",
@@ -75,6 +86,10 @@ class Metrics:
                   "# TYPE airgap_orch_transitions_total counter"]
         lines += [f'airgap_orch_transitions_total{{event_type="{name}"}} {count}'
                   for name, count in sorted(events.items()) if name.startswith("job.")]
+        if tenants is not None:
+            lines.append("# airgap_orch_http_requests_total, airgap_orch_claim_latency_ms and "
+                         "airgap_orch_group_commit_requests cover every tenant: scrape with an orch:admin token")
+            return "\n".join(lines) + "\n"
         lines += ["# HELP airgap_orch_http_requests_total HTTP requests by route and status.",
                   "# TYPE airgap_orch_http_requests_total counter"]
         for key, count in sorted(requests.items()):
