@@ -35,7 +35,7 @@ def test_families_are_distinct_and_match_the_documented_prefixes():
     assert families == ["tar", "size", "dsse", "merkle", "schema", "rotation", "rollback", "staleness", "expiry"]
 
 
-@pytest.mark.parametrize("detail", ["", "Upper", "two words", "trailing-", "a:b"])
+@pytest.mark.parametrize("detail", ["", "Upper", "two words", "trailing-", "a:b", "newline\n"])
 def test_reason_detail_must_be_lower_case_words(detail):
     with pytest.raises(ValueError):
         bundle_errors.EnvelopeError(detail, "x")

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from ..errors import OrchError, PolicyRefused, VerificationFailed
 
-_DETAIL = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_DETAIL = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 class BundleError(OrchError):
@@ -35,7 +35,7 @@ class BundleError(OrchError):
     family: ClassVar[str] = "bundle"
 
     def __init__(self, detail: str, message: str):
-        if not _DETAIL.match(detail):
+        if not _DETAIL.fullmatch(detail):
             raise ValueError(f"reason detail {detail!r} must be lower-case words joined by '-'")
         super().__init__(message)
         self.detail = detail
