@@ -41,6 +41,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -74,7 +75,7 @@ class TrustedRoot:
     targets: KeyRole
     timestamp: KeyRole
     snapshot: KeyRole
-    sites: Mapping[str, KeyRole]
+    sites: Mapping[str, KeyRole]  # read-only
     signed_bytes: bytes  # the canonical JSON the signatures cover
     data: bytes  # the document exactly as verified (what to store as root-<version>.json)
 
@@ -282,7 +283,8 @@ def _parse(data: bytes) -> tuple[Metadata[Root], TrustedRoot]:
             raise SchemaError("root", f"the {name} role has unknown fields")
         roles[name] = _role(role.keyids, role.threshold, keys, f"the {name} role")
     return metadata, TrustedRoot(
-        version=signed.version, expires=_naive_utc(signed.expires), sites=_sites(signed), signed_bytes=signed_bytes,
+        version=signed.version, expires=_naive_utc(signed.expires), sites=MappingProxyType(_sites(signed)),
+        signed_bytes=signed_bytes,
         data=bytes(data), **roles)
 
 
