@@ -289,3 +289,13 @@ def test_lenient_base64_still_refuses_ambiguous_spellings(text):
 def test_lenient_base64_accepts_both_alphabets_with_or_without_padding(text, decoded):
     document = {"payload": text, "payloadType": "t", "signatures": []}
     assert dsse.parse_envelope(json.dumps(document).encode()).payload == decoded
+
+
+def test_the_envelope_schema_is_valid_draft_7_and_accepts_what_we_write(privates):
+    from jsonschema import Draft7Validator
+
+    from airgap_orch import schemas
+
+    schema = schemas.load(dsse.ENVELOPE_SCHEMA)
+    Draft7Validator.check_schema(schema)
+    Draft7Validator(schema).validate(json.loads(signed(PAYLOAD, privates[0], privates[1]).to_json()))
