@@ -1,0 +1,86 @@
+"""The bundle error tree. Each error names its cause twice: its class (what a caller catches, and through
+`airgap_orch.errors.EXIT_CODES` the exit code) and `reason_code`, a stable "family:detail" string that
+quarantine records and reports carry.
+
+    BundleError (OrchError)                        reason_code = "<family>:<detail>"
+    ├── BundleVerificationError (VerificationFailed, exit 4): the bytes are not what a trusted writer made
+    │   ├── TarFormatError          tar:*       archive structure (headers, padding, names, end marker)
+    │   ├── SizeLimitError          size:*      a size or count cap (the writer never exceeds one)
+    │   ├── EnvelopeError           dsse:*      DSSE envelope: canonical form, payload type, signatures
+    │   ├── MerkleError             merkle:*    member hashes or the RFC 6962 Merkle root
+    │   ├── SchemaError             schema:*    a document does not have the shape its schema requires
+    │   └── RotationError           rotation:*  trust root chain: versions, keyids, thresholds
+    └── BundlePolicyError (PolicyRefused, exit 5): verified, but policy refuses it
+        ├── RollbackError           rollback:*  older than what this site already holds
+        ├── StalenessError          staleness:* time anchor too old for the staleness budget
+        └── ExpiredError            expiry:*    trust metadata past its expiry
+
+A detail is lower-case words joined by '-', e.g. "dsse:threshold", "tar:padding". Messages are one line
+and never carry key material.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+from ..errors import OrchError, PolicyRefused, VerificationFailed
+
+_DETAIL = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+class BundleError(OrchError):
+    """Base of every bundle error; `reason_code` is "<family>:<detail>"."""
+
+    family: ClassVar[str] = "bundle"
+
+    def __init__(self, detail: str, message: str):
+        if not _DETAIL.fullmatch(detail):
+            raise ValueError(f"reason detail {detail!r} must be lower-case words joined by '-'")
+        super().__init__(message)
+        self.detail = detail
+        self.reason_code = f"{self.family}:{detail}"
+
+
+class BundleVerificationError(BundleError, VerificationFailed):
+    """Hash, signature, schema, structure or chain check failed (exit 4)."""
+
+
+class BundlePolicyError(BundleError, PolicyRefused):
+    """Verified, but refused by policy: rollback, staleness, expiry (exit 5)."""
+
+
+class TarFormatError(BundleVerificationError):
+    family = "tar"
+
+
+class SizeLimitError(BundleVerificationError):
+    family = "size"
+
+
+class EnvelopeError(BundleVerificationError):
+    family = "dsse"
+
+
+class MerkleError(BundleVerificationError):
+    family = "merkle"
+
+
+class SchemaError(BundleVerificationError):
+    family = "schema"
+
+
+class RotationError(BundleVerificationError):
+    family = "rotation"
+
+
+class RollbackError(BundlePolicyError):
+    family = "rollback"
+
+
+class StalenessError(BundlePolicyError):
+    family = "staleness"
+
+
+class ExpiredError(BundlePolicyError):
+    family = "expiry"
