@@ -68,10 +68,15 @@ class Refusal(Exception):
         super().__init__(detail)
         self.status, self.slug, self.detail, self.exit_code, self.close = status, slug, detail, exit_code, close
 
-    def response(self) -> web.Response:
+    async def answer(self, request: web.Request) -> web.Response:
         response = problem(self.status, self.slug, self.detail, self.exit_code)
-        if self.close:  # the rest of the request may still be on its way: this connection is done
+        if self.close:
+            # The rest of the body may never come (or is not wanted): send the answer now and close, instead of
+            # letting aiohttp linger reading the rest of the body.
             response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()  # closes the transport once what is written is sent
         return response
 
 
@@ -80,7 +85,7 @@ async def problems(request: web.Request, handler):
     try:
         return await handler(request)
     except Refusal as refusal:
-        return refusal.response()
+        return await refusal.answer(request)
     except OrchError as error:
         return error_response(error)
     except web.HTTPRequestEntityTooLarge:
