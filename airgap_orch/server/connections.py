@@ -126,7 +126,8 @@ class Guard(asyncio.Protocol):
     # -- deadlines -----------------------------------------------------------------------------------------
     def _arm(self, seconds: float) -> None:
         self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+        if self.transport is not None and not self.transport.is_closing():
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
 
     def _disarm(self) -> None:
         if self._timer is not None:
