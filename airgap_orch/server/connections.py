@@ -44,9 +44,9 @@ class ConnectionLimits:
 
 class Guards:
     """The protocol factory for loop.create_server: one Guard per accepted connection, in front of a handler
-    that `make_handler` (aiohttp's web server object, runner.server) makes."""
+    that `make_handler` makes (aiohttp's web server object, runner.server, set once the runner is set up)."""
 
-    def __init__(self, limits: ConnectionLimits, make_handler: Callable[[], asyncio.Protocol]):
+    def __init__(self, limits: ConnectionLimits, make_handler: Callable[[], asyncio.Protocol] | None = None):
         self.limits = limits
         self.make_handler = make_handler
         self.open: dict[asyncio.BaseTransport, Guard] = {}
@@ -81,6 +81,7 @@ class Guard(asyncio.Protocol):
             self._close()
             return
         self.guards.open[transport] = self
+        assert self.guards.make_handler is not None, "a connection before the runner was set up"
         self.inner = self.guards.make_handler()
         self.inner.connection_made(transport)
         self._arm(self.guards.limits.keepalive_timeout)

@@ -109,12 +109,13 @@ class Server:
         self.writer.start()
         limits = self.config.limits
         door = Door(self.writer, verifier=self._verifier, hub=self.hub, metrics=self.metrics, limits=limits)
-        # Our own listening socket, not web.TCPSite: each connection passes through a Guard (connections.py) in
-        # front of the handler aiohttp's server object makes.
-        self.guards = Guards(limits, lambda: self._runner.server())  # type: ignore[union-attr,misc]
+        self.guards = Guards(limits)
         self._runner = web.AppRunner(create_app(door, gate=self.gate, guards=self.guards), handle_signals=False,
                                      access_log=None, shutdown_timeout=2.0, keepalive_timeout=limits.keepalive_timeout)
         await self._runner.setup()
+        # Our own listening socket, not web.TCPSite: each connection passes through a Guard (connections.py) in
+        # front of the handler aiohttp's server object makes.
+        self.guards.make_handler = self._runner.server
         self._listening = await loop.create_server(self.guards, self.config.host, self.config.port,
                                                    reuse_address=True)
         port = self._listening.sockets[0].getsockname()[1]
