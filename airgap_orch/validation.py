@@ -46,11 +46,80 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def parse_json(text: str, what: str, *, hint: str = "pass a JSON document") -> Any:
+def parse_json(text: str | bytes, what: str, *, hint: str = "pass a JSON document") -> Any:
+    """One JSON document, read strictly as every door reads JSON: UTF-8; no NaN or Infinity (JSON has no such
+    numbers); no key twice in one object (which one would win?); no text UTF-8 cannot encode (utf8_text)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{what} is not UTF-8 (byte {exc.start} is not); send JSON as UTF-8 text") from None
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_keys)
+    except _Refused as exc:
+        raise InvalidInput(f"{what} {exc}") from None
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); {hint}") from None
+    # A lone surrogate comes from an escape (\ud800) or, in text that was never UTF-8 (an argument), as itself:
+    # a document with neither skips the walk.
+    if ("\\u" in text and _SURROGATE_ESCAPE.search(text)) or not _encodes(text):
+        utf8_text(value, what)
+    return value
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Refused(f"contains {name}, which is not a JSON number; send a finite number (or null)")
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"has the key {schemas.shown(key, 40)} twice in one object; send each key once")
+            seen.add(key)
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_NOT_UTF8 = "it holds bytes that are not UTF-8 or a lone surrogate (such as \\ud800); send Unicode text as UTF-8"
+
+
+def _encodes(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def utf8_text(value: Any, what: str) -> None:
+    """Refuse text that UTF-8 cannot encode anywhere in `value` (a string, or the keys and values of dicts and
+    lists at any depth): a lone surrogate, which a JSON escape such as "\\ud800", or a byte that is not UTF-8 in
+    a header or a command-line argument, decodes to. The ledger stores UTF-8 only. The error names the field,
+    e.g. `body.payload.x` or `header Idempotency-Key`."""
+    stack: list[tuple[Any, str]] = [(value, what)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not _encodes(item):
+                raise InvalidInput(f"{where} is not UTF-8 text: {_NOT_UTF8}")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if isinstance(key, str) and not _encodes(key):
+                    raise InvalidInput(f"{where} has a key that is not UTF-8 text: {_NOT_UTF8}")
+                shown_key = f".{key}" if isinstance(key, str) and _PLAIN_KEY.match(key) else f"[{key!r}]"
+                stack.append((inner, f"{where}{shown_key}" if where else shown_key.lstrip(".")))
+        elif isinstance(item, list | tuple):
+            stack.extend((inner, f"{where}[{index}]") for index, inner in enumerate(item))
 
 
 def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
@@ -61,7 +130,12 @@ def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
         payload_text = _canonical(get("payload", {}))
     except ValueError:
         raise InvalidInput(f"{what}.payload contains NaN or Infinity; JSON has no such numbers") from None
-    payload_bytes = payload_text.encode()
+    try:
+        payload_bytes = payload_text.encode()
+    except UnicodeEncodeError:
+        utf8_text(get("payload"), f"{what}.payload")
+        raise
+    utf8_text({key: value for key, value in spec.items() if key != "payload"}, what)
     if len(payload_bytes) > MAX_PAYLOAD_BYTES:
         raise InvalidInput(f"{what}.payload is {len(payload_bytes)} bytes; the limit is "
                            f"{MAX_PAYLOAD_BYTES} bytes: store large inputs as files and pass their URI")
@@ -123,6 +197,7 @@ def artifacts(items: Any, what: str = "artifacts") -> list[dict[str, str]]:
         raise InvalidInput(f"{what} must be a list of {{uri, digest, mime}} objects")
     for index, item in enumerate(items):
         schemas.validate("artifact", item, f"{what}[{index}]")
+    utf8_text(items, what)
     return items
 
 
@@ -174,6 +249,7 @@ def text(value: str | None, limit: int, what: str, required: bool = False) -> st
         raise InvalidInput(f"{what} must be text")
     if len(value) > limit:
         raise InvalidInput(f"{what} is {len(value)} characters; the limit is {limit}")
+    utf8_text(value, what)
     return value
 
 
@@ -204,6 +280,7 @@ def job_id(value: str) -> str:
 def lease_id(value: str) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= 64:
         raise InvalidInput("lease id must be the lease_id text the claim returned")
+    utf8_text(value, "lease id")
     return value
 
 

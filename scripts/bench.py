@@ -897,6 +897,199 @@ def bench_http_group_commit(bench: Bench) -> Samples:
     return samples
 
 
+# -- the door under bad requests (issue 13, defect 7) ----------------------------------------------------
+
+DOOR_CLIENTS = 4  # good producer threads, one keep-alive connection each
+DOOR_SECONDS = {True: 4.0, False: 10.0}  # each phase's length, by --quick
+DOOR_BAD_PER_S = 30.0
+DOOR_JOB_TYPE = "bench.door"
+# What a bad client sends, in turn: (headers, body). "\xff" in a header is the byte 0xff (http.client sends
+# Latin-1), which is not UTF-8; b"\\ud800" in a body is JSON's escape for a lone surrogate.
+_DOOR_SPEC = {"tenant": "acme", "project": "door", "type": DOOR_JOB_TYPE}
+_BAD_SPEC = json.dumps({**_DOOR_SPEC, "type": "bench.door.bad"}).encode()  # were it accepted, it is not counted
+DOOR_BAD_REQUESTS: tuple[tuple[str, dict[str, str], bytes], ...] = (
+    ("/v1/jobs", {"Content-Type": "application/json", "Idempotency-Key": "bad-\xff"}, _BAD_SPEC),
+    ("/v1/jobs", {"Content-Type": "application/json"},
+     b'{"tenant": "acme", "project": "door", "type": "bench.door.bad", "payload": {"x": "\\ud800"}}'),
+    ("/v1/jobs/00000000-0000-4000-8000-000000000000/heartbeat", {"Content-Type": "application/json"},
+     b'{"lease_id": "l", "message": "\\ud800"}'),
+    ("/v1/jobs/claim", {"Content-Type": "application/json"}, b'{"worker_id": "w", "wait": NaN}'),
+    ("/v1/jobs", {"Content-Type": "text/plain"}, _BAD_SPEC),
+    ("/v1/jobs", {"Content-Type": "application/json", "Origin": "http://evil.example"}, _BAD_SPEC),
+    ("/v1/jobs", {"Content-Type": "application/json"},
+     b'{"tenant": "acme", "tenant": "globex", "project": "door", "type": "bench.door.bad"}'),
+)
+
+
+def _door_phase(bench: Bench, label: str, bad_per_s: float) -> dict[str, float]:
+    """Good producers enqueue (each with its own Idempotency-Key) for a fixed time against a fresh server, while
+    a bad client sends `bad_per_s` bad requests a second (0: none)."""
+    import http.client
+
+    seconds = DOOR_SECONDS[bench.quick]
+    path = bench.new_path(label, ".duckdb")
+    Ledger.open(path, create=True, site_id="bench-site", lock_timeout=1).close()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    children: list[subprocess.Popen] = []
+    good_counts = [0] * DOOR_CLIENTS
+    refused: list[str] = []
+    bad_statuses: dict[str, int] = {}
+    stop = threading.Event()
+    with open(path.with_suffix(".log"), "w", encoding="utf-8") as log_file:
+        try:
+            server = subprocess.Popen([sys.executable, "-m", "airgap_orch", "--ledger", str(path), "serve", "--port",
+                                       "0", "--no-auth"], stdout=subprocess.PIPE, stderr=log_file,
+                                      stdin=subprocess.DEVNULL, text=True, env=env, cwd=bench.workdir)
+            children.append(server)
+            match = re.search(r"\bat http://([^:/]+):(\d+)", _read_line(server, 60, "the server"))
+            if match is None:
+                raise RuntimeError("no URL in the server's first line")
+            host, port = match.group(1), int(match.group(2))
+            threading.Thread(target=_drain, args=(server.stdout, deque(maxlen=50)), daemon=True).start()
+
+            def good(number: int) -> None:
+                connection = http.client.HTTPConnection(host, port, timeout=30)
+                body = json.dumps(_DOOR_SPEC).encode()
+                count = 0
+                while not stop.is_set():
+                    try:
+                        connection.request("POST", "/v1/jobs", body, {
+                            "Content-Type": "application/json", "Idempotency-Key": f"{label}-{number}-{count}"})
+                        response = connection.getresponse()
+                        text = response.read()
+                        if response.status == 200:
+                            good_counts[number] += 1
+                        else:
+                            refused.append(f"{response.status} {text[:120]!r}")
+                    except (OSError, http.client.HTTPException) as exc:
+                        refused.append(repr(exc))
+                        connection.close()
+                        connection = http.client.HTTPConnection(host, port, timeout=30)
+                    count += 1
+                connection.close()
+
+            def bad() -> None:
+                started, sent = time.monotonic(), 0
+                while not stop.is_set():
+                    pause = started + sent / bad_per_s - time.monotonic()
+                    if pause > 0 and stop.wait(pause):
+                        break
+                    target, headers, body = DOOR_BAD_REQUESTS[sent % len(DOOR_BAD_REQUESTS)]
+                    connection = http.client.HTTPConnection(host, port, timeout=30)
+                    try:
+                        connection.request("POST", target, body, headers)
+                        status = str(connection.getresponse().status)
+                    except (OSError, http.client.HTTPException) as exc:
+                        status = type(exc).__name__
+                    finally:
+                        connection.close()
+                    bad_statuses[status] = bad_statuses.get(status, 0) + 1
+                    sent += 1
+
+            threads = [threading.Thread(target=good, args=(number,)) for number in range(DOOR_CLIENTS)]
+            if bad_per_s > 0:
+                threads.append(threading.Thread(target=bad))
+            with bench.timed() as timer:
+                for thread in threads:
+                    thread.start()
+                time.sleep(seconds)
+                stop.set()
+                for thread in threads:
+                    thread.join(60)
+                timer.jobs = sum(good_counts)
+            listed = json.loads(_http(f"http://{host}:{port}/v1/jobs?type={DOOR_JOB_TYPE}&limit=100000"))["jobs"]
+        finally:
+            stop.set()
+            _stop_processes(children)
+    if len(listed) != sum(good_counts):
+        raise RuntimeError(f"{label}: {sum(good_counts)} good enqueues answered 200 but {len(listed)} jobs exist")
+    wrong = {status: count for status, count in bad_statuses.items() if not status.startswith("4")}
+    if wrong or refused:  # counted in the figures, shown here
+        bench.note(f"door {label}: bad requests not answered 4xx: {wrong}; good requests refused: {len(refused)}, "
+                   f"e.g. {refused[:2]}")
+    return {"good_per_s": timer.rate(), "good_refused": float(len(refused)),
+            "bad_per_s": sum(bad_statuses.values()) / timer.seconds, "bad_not_4xx": float(sum(wrong.values()))}
+
+
+@section("door_bad_requests", "good enqueues/s over loopback with and without 30 bad requests/s mixed in "
+         "(invalid UTF-8 keys, lone surrogates, NaN, text/plain, foreign Origin, repeated keys)")
+def bench_door_bad_requests(bench: Bench) -> Samples:
+    samples: Samples = {key: [] for key in (
+        "door_good_per_s", "door_good_with_bad_per_s", "door_with_bad_over_without", "door_good_refused",
+        "door_bad_per_s", "door_bad_not_4xx")}
+    for run in range(bench.runs):
+        order = [(0.0, "clean"), (DOOR_BAD_PER_S, "mixed")]
+        figures = {name: _door_phase(bench, f"door-{name}{run}", rate)
+                   for rate, name in (order if run % 2 == 0 else order[::-1])}  # alternate which goes first
+        samples["door_good_per_s"].append(figures["clean"]["good_per_s"])
+        samples["door_good_with_bad_per_s"].append(figures["mixed"]["good_per_s"])
+        samples["door_with_bad_over_without"].append(figures["mixed"]["good_per_s"] / figures["clean"]["good_per_s"])
+        samples["door_good_refused"].append(figures["clean"]["good_refused"] + figures["mixed"]["good_refused"])
+        samples["door_bad_per_s"].append(figures["mixed"]["bad_per_s"])
+        samples["door_bad_not_4xx"].append(figures["mixed"]["bad_not_4xx"])
+    bench.note(f"door bad requests: {DOOR_CLIENTS} producer threads, each POST /v1/jobs with its own Idempotency-Key "
+               f"on one keep-alive connection, for {DOOR_SECONDS[bench.quick]:g} s against a fresh `serve --no-auth` "
+               f"subprocess; 'with bad' adds one client sending {DOOR_BAD_PER_S:g} bad requests/s (a new connection "
+               f"each, {len(DOOR_BAD_REQUESTS)} kinds in turn; every one must get a 4xx); the two phases alternate "
+               "which runs first; door_good_refused counts good requests not answered 200 in both phases (must be 0)")
+    return samples
+
+
+WRITER_GROUP = 1_000  # acks queued before the writer starts: one group
+
+
+def _writer_group(bench: Bench, label: str, broken: int | None) -> tuple[float, float]:
+    """acks/s of one group of WRITER_GROUP acks through LedgerWriter (request `broken`, if any, from a caller whose
+    tenant text DuckDB cannot take, so the shared transaction fails), and the transactions it took."""
+    from airgap_orch.operations import dispatch
+    from airgap_orch.operations.writer import LedgerWriter
+
+    with bench.new_ledger(label) as ledger:
+        fill(ledger, WRITER_GROUP, prefix=label, batch=WRITER_GROUP)
+        leases = core_claim(ledger, WRITER_GROUP)
+        good = dispatch.Caller(actor="bench")
+        poisoned = dispatch.Caller(actor="bench", tenants=frozenset({"acme\udcff"}))
+        writer = LedgerWriter(ledger)
+        sizes: list[int] = []
+        writer.batch_observers.append(sizes.append)
+        futures = [writer.submit("jobs.ack", {"job_id": lease["job_id"], "lease_id": lease["lease_id"]},
+                                 poisoned if number == broken else good) for number, lease in enumerate(leases)]
+        with bench.timed() as timer:
+            writer.start()
+            failed = 0
+            for future in futures:
+                if future.exception(120) is not None:
+                    failed += 1
+            timer.jobs = WRITER_GROUP
+        writer.stop()
+    if failed != (0 if broken is None else 1):
+        raise RuntimeError(f"{label}: {failed} acks failed")
+    return timer.rate(), float(len(sizes))
+
+
+def core_claim(ledger: Ledger, count: int) -> list[dict[str, Any]]:
+    with ledger.transaction() as tx:
+        return core.claim(tx, worker_id=WORKER_ID, limit=count, lease_seconds=600)
+
+
+@section("writer_isolation", "one group of 1,000 acks through the writer, clean and with one ack that breaks "
+         "the shared transaction")
+def bench_writer_isolation(bench: Bench) -> Samples:
+    samples: Samples = {key: [] for key in ("writer_group_acks_per_s", "writer_group_one_broken_acks_per_s",
+                                            "writer_group_one_broken_transactions")}
+    for run in range(bench.runs):
+        clean, _ = _writer_group(bench, f"writer-clean{run}", None)
+        broken, transactions = _writer_group(bench, f"writer-broken{run}", WRITER_GROUP * 2 // 3)
+        samples["writer_group_acks_per_s"].append(clean)
+        samples["writer_group_one_broken_acks_per_s"].append(broken)
+        samples["writer_group_one_broken_transactions"].append(transactions)
+    bench.note(f"writer isolation: {WRITER_GROUP:,} jobs claimed in one statement, then {WRITER_GROUP:,} jobs.ack "
+               "requests queued before LedgerWriter starts, so they reach it as one group; timed from start() to "
+               "the last answer. 'one broken': ack number 667 comes from a caller whose tenant text is not UTF-8, "
+               "which fails the group's shared statement in DuckDB; transactions = group commits attempted")
+    return samples
+
+
 def derive(medians: dict[str, float]) -> dict[str, float]:
     """Ratios from medians (ratio of medians, not median of per-run ratios)."""
     out = {}
@@ -1148,6 +1341,15 @@ ROWS = (
     ("flow_limited_jobs_per_s", "claim+ack b100, rate+concurrency+quota on every job (jobs/s)"),
     ("flow_limited_over_plain", "with limits / without"),
     ("flow_10_tenants_jobs_per_s", "claim+ack b100, 10 tenants sharing a queue (jobs/s)"),
+    ("door_good_per_s", "HTTP good enqueues, 4 clients (requests/s)"),
+    ("door_good_with_bad_per_s", "  with 30 bad requests/s mixed in (requests/s)"),
+    ("door_with_bad_over_without", "  with bad / without"),
+    ("door_good_refused", "  good requests refused (must be 0)"),
+    ("door_bad_per_s", "  bad requests sent (per s)"),
+    ("door_bad_not_4xx", "  bad requests not answered 4xx (must be 0)"),
+    ("writer_group_acks_per_s", "writer: one group of 1,000 acks (acks/s)"),
+    ("writer_group_one_broken_acks_per_s", "  with one ack that breaks the group (acks/s)"),
+    ("writer_group_one_broken_transactions", "  transactions attempted for it"),
 )
 
 

@@ -130,9 +130,10 @@ def test_a_stopped_writer_refuses_a_call_instead_of_leaving_the_caller_waiting(l
     assert ops.show(ledger, job_id)["state"] == "leased"  # the refused ack changed nothing
 
 
-def test_a_group_that_breaks_is_retried_request_by_request_so_one_broken_request_fails_alone(ledger, monkeypatch):
+def test_a_group_that_breaks_is_retried_in_halves_so_one_broken_request_fails_alone(ledger, monkeypatch):
     """An error that is not a refusal (here an I/O error injected into one job's ack) rolls the whole group
-    back; the writer then runs each request on its own, so only that request fails."""
+    back; the writer then runs each half on its own, and halves again the half that breaks, so only that
+    request fails."""
     good, broken = enqueue(ledger, 2), enqueue(ledger, 1)[0]
     more = enqueue(ledger, 1)
     leases = {lease["job_id"]: lease["lease_id"] for lease in ops.claim(ledger, worker_id="w", limit=3)["leases"]}
@@ -158,7 +159,7 @@ def test_a_group_that_breaks_is_retried_request_by_request_so_one_broken_request
         assert [lease["job_id"] for lease in claim.result(10)["leases"]] == more
     finally:
         writer.stop()
-    assert sizes == [4, 1, 1, 1, 1]
+    assert sizes == [4, 2, 2, 1, 1]  # the group; its good half; the half that broke, halved: [broken], [claim]
     assert [ops.show(ledger, job_id)["state"] for job_id in [*good, broken, *more]] == [
         "succeeded", "succeeded", "leased", "leased"]
     assert ledger_ops.verify(ledger)["ok"] is True

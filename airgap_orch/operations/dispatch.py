@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import validation
 from ..errors import InvalidInput
 from ..ledger import Ledger
 from . import audit as audit_ops
@@ -110,13 +111,18 @@ OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
 LOCAL = Caller()
 
 
-def run(led: Ledger, name: str, params: dict[str, Any], caller: Caller = LOCAL) -> dict[str, Any]:
-    """Run operation `name`; unknown or malformed params are InvalidInput, never a crash."""
+def run(led: Ledger, name: str, params: dict[str, Any], caller: Caller = LOCAL, *,
+        text_checked: bool = False) -> dict[str, Any]:
+    """Run operation `name`; unknown or malformed params are InvalidInput, never a crash. Text the ledger cannot
+    store (validation.utf8_text: e.g. a command-line argument with bytes that are not UTF-8) is refused naming
+    the param, unless the caller says its door has checked it already (the server checks every request)."""
     try:
         operation = OPERATIONS[name]
     except KeyError:
         raise InvalidInput(f"unknown operation {name!r}") from None
     clean = {key: value for key, value in params.items() if key not in ("actor", "tenants")}
+    if not text_checked:
+        validation.utf8_text(clean, "")
     try:
         return operation(led, **clean, actor=caller.actor, tenants=caller.tenants)
     except TypeError as exc:

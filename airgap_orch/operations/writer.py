@@ -5,6 +5,13 @@ Group commit: worker reports (heartbeat, ack, fail, release) and claims that arr
 in ONE transaction, so the server pays the ledger's per-statement and per-commit cost once per batch
 instead of once per request. Other operations run one transaction each. A mutating request that carries
 an Idempotency-Key has its answer stored in the same transaction (request_log); a retry gets that answer.
+
+Isolation: one request's failure never becomes another's answer. DuckDB has no savepoints, so a shared
+transaction that fails is rolled back whole and its requests are run again in halves, until the request that
+fails stands alone (about 2·log2(n) transactions for one bad request among n, instead of n one at a time).
+A shared lookup that fails (request_log_lookup) is repeated key by key, and anything else that escapes the
+processing of a batch runs each unanswered request of it alone. A request is only ever run again when it has
+no answer yet, and it has one as soon as its transaction commits.
 """
 
 from __future__ import annotations
@@ -145,14 +152,30 @@ class LedgerWriter:
                     stop = True
                     break
                 batch.append(more)
+            # A request whose caller gave up before it ran (its future canceled) is not run; the others can no
+            # longer be canceled, so setting their answer cannot fail.
+            batch = [request for request in batch if request.future.set_running_or_notify_cancel()]
             try:
-                self._process(batch)
+                self._isolated(batch)
             except BaseException as exc:  # never let the writer die with requests waiting
                 for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
+                    _fail(request, exc)
             if stop:
                 return
+
+    def _isolated(self, batch: list[Request]) -> None:
+        """Process a batch; should anything escape, run each request still unanswered alone (in order, so a request
+        chained to an earlier one with the same key gets its answer from it), so the error reaches only the request
+        that raises it."""
+        try:
+            self._process(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+                return
+            for request in batch:
+                if not request.future.done():
+                    self._isolated([request])
 
     def _process(self, batch: list[Request]) -> None:
         pending = self._replayed(batch)
@@ -167,19 +190,29 @@ class LedgerWriter:
             elif api.BY_NAME[request.name].mutating:
                 self._run_single(request)
             else:
-                _settle(request, lambda r=request: dispatch.run(self.ledger, r.name, r.params, r.caller))
+                _settle(request, lambda r=request: dispatch.run(self.ledger, r.name, r.params, r.caller,
+                                                                text_checked=True))
         self._prune_request_log()
 
     def _replayed(self, batch: list[Request]) -> list[Request]:
         """Resolve requests whose Idempotency-Key already has an answer; return the rest."""
-        keys = [r.request_key for r in batch if r.request_key]
-        if not keys:
+        keyed = [r for r in batch if r.request_key]
+        if not keyed:
             return batch
-        stored = {key: json.loads(response) for key, _status, response in
-                  self.ledger.read().fetch("request_log_lookup", keys=keys)}
+        try:
+            stored = self._stored([r.request_key for r in keyed])  # type: ignore[misc]
+        except Exception:  # one key the ledger cannot take fails the whole lookup: look each key up alone
+            stored = {}
+            for request in keyed:
+                try:
+                    stored.update(self._stored([request.request_key]))  # type: ignore[list-item]
+                except Exception as exc:
+                    _fail(request, exc)
         pending = []
         seen: dict[str, Request] = {}
         for request in batch:
+            if request.future.done():
+                continue
             if request.request_key in stored:
                 record = stored[request.request_key]
                 if "fingerprint" not in record:  # stored before fingerprints were kept: the answer itself
@@ -197,10 +230,14 @@ class LedgerWriter:
                 pending.append(request)
         return pending
 
+    def _stored(self, keys: list[str]) -> dict[str, Any]:
+        return {key: json.loads(response) for key, _status, response in
+                self.ledger.read().fetch("request_log_lookup", keys=keys)}
+
     def _run_single(self, request: Request) -> None:
         def run() -> dict[str, Any]:
             with self.ledger.transaction() as tx:
-                result = dispatch.run(self.ledger, request.name, request.params, request.caller)
+                result = dispatch.run(self.ledger, request.name, request.params, request.caller, text_checked=True)
                 _log(tx, [(request, result)])
             return result
 
@@ -216,22 +253,23 @@ class LedgerWriter:
                 self._apply_claims(tx, requests, answers, acks)
                 _log(tx, [(r, answers[id(r)]) for r in requests if not isinstance(answers.get(id(r)), OrchError)])
         except Exception as exc:
-            if len(requests) > 1:  # rolled back: run each on its own, so one broken request fails alone
-                for request in requests:
-                    self._run_group([request])
+            if len(requests) > 1:  # rolled back: run each half on its own, until the broken request fails alone
+                middle = len(requests) // 2
+                self._run_group(requests[:middle])
+                self._run_group(requests[middle:])
                 return
-            requests[0].future.set_exception(exc)
+            _fail(requests[0], exc)
             return
         except BaseException as exc:
             for request in requests:
-                request.future.set_exception(exc)
+                _fail(request, exc)
             return
         for request in requests:
             answer = answers[id(request)]
             if isinstance(answer, OrchError):
-                request.future.set_exception(answer)
+                _fail(request, answer)
             else:
-                request.future.set_result(answer)
+                _answer(request, answer)
 
     def _apply_reports(self, tx: Transaction, requests: list[Request],
                        answers: dict[int, dict[str, Any] | OrchError]) -> Reports:
@@ -349,13 +387,27 @@ def _log(tx: Transaction, done: list[tuple[Request, Any]]) -> None:
 
 def _settle(request: Request, run: Callable[[], Any]) -> None:
     try:
-        request.future.set_result(run())
+        result = run()
     except BaseException as exc:
-        request.future.set_exception(exc)
+        _fail(request, exc)
+    else:
+        _answer(request, result)
+
+
+def _answer(request: Request, result: Any) -> None:
+    if not request.future.done():
+        request.future.set_result(result)
+
+
+def _fail(request: Request, error: BaseException) -> None:
+    if not request.future.done():
+        request.future.set_exception(error)
 
 
 def _chain(source: Future, target: Future) -> None:
     def copy(done: Future) -> None:
+        if target.done():
+            return
         if done.exception() is not None:
             target.set_exception(done.exception())
         else:

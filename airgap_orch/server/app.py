@@ -1,24 +1,37 @@
 """The HTTP door (aiohttp): authenticate, parse, validate, hand to the writer, answer JSON.
 
 Errors are application/problem+json with a stable `type` (errors.HTTP_PROBLEMS) and the CLI's exit code.
+
+What reaches the writer has passed the door's checks, in this order (the connection limits are
+connections.py's):
+- the Host header names this server (a browser led here by DNS rebinding sends another name): else 421;
+- no Origin header, or one `serve --allow-origin` names (a web page in a browser on this machine): else 403;
+- every header, query and path parameter is text UTF-8 can encode (validation.utf8_text): else 400;
+- a body is `Content-Type: application/json` (a page can post text/plain without asking the browser first):
+  else 415; it arrives within the body deadline: else 408; it is one strict JSON document
+  (validation.parse_json: UTF-8, no NaN or Infinity, no key twice, no lone surrogate): else 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import sys
 import time
 import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .. import api, schemas
+from .. import api, schemas, validation
 from ..errors import PROBLEM_BASE, Forbidden, InvalidInput, NotAuthorized, OrchError, exit_code_for, http_problem
 from ..operations.dispatch import Caller
 from ..operations.writer import Answer, LedgerWriter, dumps
-from . import openapi
+from . import connections, openapi
 from .events import EventHub, envelope, matches
 from .metrics import Metrics
 
@@ -48,10 +61,31 @@ def error_response(error: OrchError) -> web.Response:
     return response
 
 
+class Refusal(Exception):
+    """A request the door refuses before any operation runs, with its own status and problem type."""
+
+    def __init__(self, status: int, slug: str, detail: str, exit_code: int, *, close: bool = False):
+        super().__init__(detail)
+        self.status, self.slug, self.detail, self.exit_code, self.close = status, slug, detail, exit_code, close
+
+    async def answer(self, request: web.Request) -> web.Response:
+        response = problem(self.status, self.slug, self.detail, self.exit_code)
+        if self.close:
+            # The rest of the body may never come (or is not wanted): send the answer now and close, instead of
+            # letting aiohttp linger reading the rest of the body.
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()  # closes the transport once what is written is sent
+        return response
+
+
 @web.middleware
 async def problems(request: web.Request, handler):
     try:
         return await handler(request)
+    except Refusal as refusal:
+        return await refusal.answer(request)
     except OrchError as error:
         return error_response(error)
     except web.HTTPRequestEntityTooLarge:
@@ -67,6 +101,112 @@ async def problems(request: web.Request, handler):
     except Exception:
         traceback.print_exc(file=sys.stderr)
         return problem(500, "internal", "internal error; the server log has the details")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Which Host and Origin headers this server answers (see the module docstring). A Host names the server
+    when it is the address it listens on, `localhost` or a loopback address for a loopback bind, any address
+    for a bind to every interface (an address cannot be re-pointed by DNS; a name can), or a name given with
+    `serve --allow-host`. Only the host part is compared, not the port."""
+
+    bind: str
+    allowed_hosts: frozenset[str] = frozenset()
+    allowed_origins: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, bind: str, hosts: Iterable[str] = (), origins: Iterable[str] = ()) -> Gate:
+        return cls(_host_name(bind) or bind.lower(), frozenset(_allowed_host(host) for host in hosts),
+                   frozenset(origin_text(origin) for origin in origins))
+
+    def host_allowed(self, name: str) -> bool:
+        if name in self.allowed_hosts or name == self.bind:
+            return True
+        address = _address(name)
+        bind_address = _address(self.bind)
+        if bind_address is not None and bind_address.is_unspecified:  # 0.0.0.0 or ::, every interface
+            return address is not None or name == "localhost"
+        if self.bind == "localhost" or (bind_address is not None and bind_address.is_loopback):
+            return name == "localhost" or (address is not None and address.is_loopback)
+        return False
+
+    def check(self, request: web.BaseRequest) -> None:
+        host = request.headers.get("Host")
+        if host is not None:
+            name = _host_name(host)
+            if name is None or not self.host_allowed(name):
+                raise Refusal(421, "policy-refused", f"this server does not answer for Host {host[:100]!r}; "
+                              "use the address it listens on, or start it with --allow-host NAME", 5)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin_text(origin, strict=False) not in self.allowed_origins:
+            raise Refusal(403, "policy-refused", f"requests from web pages (Origin {origin[:100]!r}) are refused; "
+                          "start the server with --allow-origin ORIGIN to accept that one", 5)
+
+
+def _host_name(host: str) -> str | None:
+    """The host part of a Host header (or a bind address), lowercased, without brackets or port."""
+    try:
+        parts = urlsplit("//" + host.strip())
+        _ = parts.port  # a malformed port raises
+    except ValueError:
+        return None
+    if parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    return parts.hostname.rstrip(".") if parts.hostname else None
+
+
+def _allowed_host(text: str) -> str:
+    name = _host_name(text)
+    if name is None:
+        raise InvalidInput(f"--allow-host {text!r} must be a host name or address, e.g. orch.example.org")
+    return name
+
+
+def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def origin_text(origin: str, *, strict: bool = True) -> str:
+    """An origin as browsers send it: scheme://host[:port], lowercased. `strict`: refuse anything else
+    (for --allow-origin); otherwise return the text as it is, which then matches no allowed origin."""
+    parts = urlsplit(origin.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port, parts = None, parts._replace(scheme="")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or \
+            parts.query or parts.fragment or parts.username is not None:
+        if strict:
+            raise InvalidInput(f"--allow-origin {origin!r} must be an origin such as https://console.example.org "
+                               "(scheme, host and optional port)")
+        return origin
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def check_text(request: web.BaseRequest) -> None:
+    """Every header, query and path parameter is text UTF-8 can encode (aiohttp decodes bytes that are not
+    UTF-8 to lone surrogates, which the ledger cannot store): else 400 naming it."""
+    for name, value in request.headers.items():
+        validation.utf8_text(value, f"header {name}")
+    for name, value in request.query.items():
+        validation.utf8_text(value, f"query parameter {name}")
+    for name, value in request.match_info.items():
+        validation.utf8_text(value, f"path parameter {name}")
+
+
+def gate_middleware(gate: Gate | None) -> Any:
+    @web.middleware
+    async def gatekeeper(request: web.Request, handler):
+        if gate is not None:
+            gate.check(request)
+        check_text(request)
+        return await handler(request)
+
+    return gatekeeper
 
 
 OVERRIDE_HEADERS = (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket"))
@@ -88,11 +228,13 @@ def override_headers(request: web.Request, route: api.Route) -> dict[str, str]:
 class Door:
     """Handlers bound to one server's writer, auth and event hub."""
 
-    def __init__(self, writer: LedgerWriter, *, verifier: Any | None, hub: EventHub, metrics: Metrics):
+    def __init__(self, writer: LedgerWriter, *, verifier: Any | None, hub: EventHub, metrics: Metrics,
+                 limits: connections.ConnectionLimits | None = None):
         self.writer = writer
         self.verifier = verifier  # auth.tokens.TokenVerifier, or None with --no-auth
         self.hub = hub
         self.metrics = metrics
+        self.limits = limits or connections.ConnectionLimits()
 
     def caller(self, request: web.Request, scope_of: str) -> Caller:
         if self.verifier is None:
@@ -131,6 +273,9 @@ class Door:
         except OrchError as error:
             status = http_problem(error)[0]
             raise
+        except Refusal as refusal:
+            status = refusal.status
+            raise
         finally:
             self.metrics.count_request(route.name, status)
 
@@ -150,13 +295,17 @@ class Door:
                     params[name] = value
             return params
         body: Any = {}
+        content_type = request.headers.get("Content-Type")
+        if content_type is not None and request.content_type != "application/json":
+            raise Refusal(415, "unsupported-media-type", f"request bodies are JSON: send Content-Type: "
+                          f"application/json, not {content_type[:100]!r}", 1, close=True)
         if route.request_schema is not None or request.can_read_body:
-            raw = await request.read()
+            raw = await self._body(request)
             if raw:
-                try:
-                    body = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                    raise InvalidInput("request body is not valid JSON") from None
+                if content_type is None:
+                    raise Refusal(415, "unsupported-media-type", "request bodies are JSON: send Content-Type: "
+                                  "application/json", 1)
+                body = validation.parse_json(raw, "body", hint="send one JSON document")
             elif route.request_schema is not None:
                 raise InvalidInput("request body is required (JSON)")
         if route.request_schema is not None:
@@ -169,9 +318,17 @@ class Door:
             params.update(body)
         return params
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, within the body deadline from the start of the handler."""
+        try:
+            return await asyncio.wait_for(request.read(), self.limits.body_timeout)
+        except TimeoutError:
+            raise Refusal(408, "request-timeout", f"the request body did not arrive within "
+                          f"{self.limits.body_timeout:g} s", 1, close=True) from None
+
     async def _claim(self, request: web.Request, params: dict[str, Any], caller: Caller,
                      request_key: str | None) -> Answer:
-        wait = min(float(params.get("wait") or 0), MAX_CLAIM_WAIT)
+        wait = validation.number_in(float(params.get("wait") or 0), 0, MAX_CLAIM_WAIT, "wait")
         deadline = time.monotonic() + wait
         while True:
             if request.transport is None or request.transport.is_closing():
@@ -228,8 +385,10 @@ class Door:
 
 
 
-def create_app(door: Door) -> web.Application:
-    app = web.Application(middlewares=[problems], client_max_size=api.MAX_BODY_BYTES)
+def create_app(door: Door, *, gate: Gate | None = None, guards: connections.Guards | None = None
+               ) -> web.Application:
+    app = web.Application(middlewares=[connections.track(guards), problems, gate_middleware(gate)],
+                          client_max_size=api.MAX_BODY_BYTES)
     for route in api.ROUTES:
         resource = app.router.add_route(route.method, route.path, door.operation)
         resource.resource_route = route  # type: ignore[attr-defined]

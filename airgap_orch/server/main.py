@@ -20,7 +20,8 @@ from ..operations.dispatch import Caller
 from ..operations.writer import LedgerWriter
 from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS, SCHEDULER
 from . import discovery
-from .app import Door, create_app
+from .app import Door, Gate, create_app
+from .connections import ConnectionLimits, Guards
 from .events import EventHub
 from .metrics import Metrics
 
@@ -53,6 +54,9 @@ class ServerConfig:
     no_auth: bool = False
     group_commit: bool = True
     lock_timeout: float = 5.0
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    allow_hosts: list[str] = field(default_factory=list)  # Host names answered besides the bind address
+    allow_origins: list[str] = field(default_factory=list)  # browser origins (Origin header) let through
 
 
 def is_loopback(host: str) -> bool:
@@ -78,8 +82,10 @@ class Server:
     def __init__(self, config: ServerConfig):
         check(config)
         self.config = config
+        self.gate = Gate.of(config.host, config.allow_hosts, config.allow_origins)
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self._listening: asyncio.Server | None = None
         self._recovering: asyncio.Task | None = None
         self._scheduling: asyncio.Task | None = None
         verifier = None
@@ -101,13 +107,18 @@ class Server:
         self.ledger.commit_listeners += [
             self.hub.publish, lambda appended: loop.call_soon_threadsafe(self.metrics.count_entries, appended)]
         self.writer.start()
-        door = Door(self.writer, verifier=self._verifier, hub=self.hub, metrics=self.metrics)
-        self._runner = web.AppRunner(create_app(door), handle_signals=False, access_log=None,
-                                     shutdown_timeout=2.0)
+        limits = self.config.limits
+        door = Door(self.writer, verifier=self._verifier, hub=self.hub, metrics=self.metrics, limits=limits)
+        self.guards = Guards(limits)
+        self._runner = web.AppRunner(create_app(door, gate=self.gate, guards=self.guards), handle_signals=False,
+                                     access_log=None, shutdown_timeout=2.0, keepalive_timeout=limits.keepalive_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # Our own listening socket, not web.TCPSite: each connection passes through a Guard (connections.py) in
+        # front of the handler aiohttp's server object makes.
+        self.guards.make_handler = self._runner.server
+        self._listening = await loop.create_server(self.guards, self.config.host, self.config.port,
+                                                   reuse_address=True)
+        port = self._listening.sockets[0].getsockname()[1]
         host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
         self.url = f"http://{host}:{port}"
         discovery.write(self.config.ledger_path, self.url)
@@ -138,6 +149,8 @@ class Server:
         for task in (self._recovering, self._scheduling):
             if task is not None:
                 task.cancel()
+        if self._listening is not None:
+            self._listening.close()  # no new connections; the runner then closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)

@@ -41,9 +41,14 @@ def _component(name: str) -> dict[str, Any]:
 def _problem_responses() -> dict[str, Any]:
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/problem"}}}
     return {str(code): {"description": text, "content": problem} for code, text in (
-        (400, "Invalid input or malformed JSON"), (401, "Missing, invalid or expired token"),
-        (403, "Token lacks the scope or tenant"), (404, "Unknown route or job"),
-        (409, "Stale lease or illegal transition"), (413, "Body over the size limit"))}
+        (400, "Invalid input: malformed or non-strict JSON (NaN, Infinity, a key twice), text that is not UTF-8 "
+              "in a body or header"), (401, "Missing, invalid or expired token"),
+        (403, "Token lacks the scope or tenant, or an Origin header serve --allow-origin does not name"),
+        (404, "Unknown route or job"), (408, "Body not received within the body timeout"),
+        (409, "Stale lease or illegal transition"), (413, "Body over the size limit"),
+        (415, "Body not sent as Content-Type: application/json"),
+        (421, "Host header names neither the server's address nor a serve --allow-host name"),
+        (503, "Ledger busy, or a connection over serve --max-connections"))}
 
 
 @functools.cache
