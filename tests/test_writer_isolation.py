@@ -122,3 +122,21 @@ def test_the_same_key_twice_in_a_batch_beside_a_broken_key_answers_both_alike(le
     assert isinstance(bad, Exception)
     assert first == again and first["created"] is True
     assert len(ops.list_jobs(ledger)["jobs"]) == 1
+
+
+def test_one_key_on_two_different_requests_in_one_batch_is_a_conflict_not_the_first_answer(ledger):
+    """Found by review: the second request was chained to the first and got job A's answer for job B's ack."""
+    from airgap_orch.errors import Conflict
+
+    caller = dispatch.Caller(actor="token:worker")
+    first, second = enqueue(ledger, 2)
+    leases = {lease["job_id"]: lease["lease_id"] for lease in ops.claim(ledger, worker_id="w", limit=2)["leases"]}
+    writer = LedgerWriter(ledger)
+    futures = [writer.submit("jobs.ack", {"job_id": job_id, "lease_id": leases[job_id]}, caller, "one-key")
+               for job_id in (first, second)]
+    futures.append(writer.submit("jobs.ack", {"job_id": first, "lease_id": leases[first]}, caller, "one-key"))
+    acked, refused, repeated = run_all(writer, futures)
+    assert acked["job_id"] == first and acked["state"] == "succeeded"
+    assert isinstance(refused, Conflict) and "different request" in str(refused), refused
+    assert repeated == acked  # the same request again shares the first answer
+    assert {job["job_id"]: job["state"] for job in ops.list_jobs(ledger)["jobs"]}[second] == "leased"

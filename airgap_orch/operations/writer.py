@@ -222,8 +222,12 @@ class LedgerWriter:
                         "this Idempotency-Key was already used for a different request; use a new key per request"))
                 else:
                     request.future.set_result(record["answer"])
-            elif request.request_key and request.request_key in seen:
-                _chain(seen[request.request_key].future, request.future)  # same key twice in one batch
+            elif request.request_key and request.request_key in seen:  # the same key twice in one batch
+                if seen[request.request_key].fingerprint != request.fingerprint:
+                    request.future.set_exception(Conflict(
+                        "this Idempotency-Key was already used for a different request; use a new key per request"))
+                else:
+                    _chain(seen[request.request_key].future, request.future)
             else:
                 if request.request_key:
                     seen[request.request_key] = request
