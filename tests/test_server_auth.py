@@ -280,3 +280,19 @@ def test_a_request_with_an_unknown_job_id_and_no_token_does_not_tell_whether_it_
     server = world["server"]
     for job in (world["acme_job"], str(uuid.UUID(int=7))):
         assert_problem(server.request("GET", f"/v1/jobs/{job}"), 401, "not-authorized", 7)
+
+
+def test_a_cli_without_a_token_is_told_to_pass_token_or_set_the_variable(world, tmp_path):
+    server = world["server"]
+    result = run_cli("--server", server.url, "jobs", "list", ledger=tmp_path / "nowhere.duckdb")
+    assert result.code == 7, result
+    assert "--token" in result.stderr and "$AIRGAP_ORCH_TOKEN" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_limit_change_through_a_server_without_a_reason_names_reason(world, tmp_path):
+    server, tokens = world["server"], world["tokens"]
+    result = run_cli("--server", server.url, "--token", tokens["admin"], "concurrency", "set", "--key", "host:x",
+                     "--max", "1", ledger=tmp_path / "nowhere.duckdb")
+    assert result.code == 1, result
+    assert "reason is required" in result.stderr and "--reason" in result.stderr, result.stderr

@@ -190,3 +190,17 @@ def test_local_cli_verify_is_site_wide(tampered):
     result = run_cli("--ledger", str(tampered["ledger"]), "--json", "ledger", "verify")
     assert result.code == 0, result
     assert (result.json["counts_of"], result.json["jobs"], result.json["audit_entries"]) == ("site", 5, 2)
+
+
+def test_jobs_recover_counts_only_the_callers_tenants(ledger, manual_clock):
+    from airgap_orch.operations import jobs as ops
+
+    ops.enqueue_batch(ledger, [ACME, GLOBEX, GLOBEX])
+    assert len(ops.claim(ledger, worker_id="w", limit=3, lease_seconds=30)["leases"]) == 3
+    manual_clock.advance(60)  # every lease expired; recover sweeps them all, site-wide
+    assert ops.recover(ledger, tenants=frozenset({"acme"})) == {"recovered": 1}
+    assert len(ops.list_jobs(ledger, state="queued")["jobs"]) == 3
+    manual_clock.advance(600)  # past the retry backoff
+    assert len(ops.claim(ledger, worker_id="w", limit=3, lease_seconds=30)["leases"]) == 3
+    manual_clock.advance(60)
+    assert ops.recover(ledger) == {"recovered": 3}

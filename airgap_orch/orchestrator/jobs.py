@@ -485,12 +485,13 @@ def _throttle_reason(held: flow.Throttle) -> str:
     return f"throttled: {held.reason}; {until}"
 
 
-def maintain(tx: Transaction, *, force: bool = False) -> int:
+def maintain(tx: Transaction, *, force: bool = False) -> list[str]:
     """Bounded housekeeping on the claim path: recover expired leases (at most once a second)
-    and move finished rows out of the hot table once enough have gathered."""
+    and move finished rows out of the hot table once enough have gathered. Returns the tenant of each job
+    recovered."""
     import time
 
-    recovered = 0
+    recovered: list[str] = []
     if force or time.monotonic() - tx.ledger.last_sweep >= SWEEP_EVERY_SECONDS:
         tx.ledger.last_sweep = time.monotonic()
         recovered = recover(tx, limit=SWEEP_LIMIT)
@@ -650,8 +651,9 @@ def _settle(job: dict[str, Any], event: str, now: datetime, *, error: str | None
     return row
 
 
-def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> int:
-    """Expired leases and exceeded timeouts: retry, dead-letter, time out or (if requested) cancel."""
+def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> list[str]:
+    """Expired leases and exceeded timeouts: retry, dead-letter, time out or (if requested) cancel. Returns the
+    tenant of each job recovered."""
     now = clock.now()
     expired = tx.rows("expired_leases", from_states=list(HELD_STATES), now=now, limit=limit)
     updates, entries, ended = [], [], []
@@ -674,7 +676,7 @@ def recover(tx: Transaction, *, limit: int = SWEEP_LIMIT) -> int:
     _write_back(tx, updates)
     history.append(tx, entries)
     _ended(tx, ended)
-    return len(updates)
+    return [row["tenant"] for row in updates]
 
 
 def release(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:

@@ -221,7 +221,8 @@ def override_headers(request: web.Request, route: api.Route) -> dict[str, str]:
         if value:
             found[field] = value
         elif route.needs_reason if field == "reason" else route.needs_ticket:
-            raise InvalidInput(f"{route.name} needs the {header} header (the {field} for the audit log)")
+            raise InvalidInput(f"{field} is required: say why in the {header} header (CLI: --{field}); it goes to "
+                               "the audit log")
     return found
 
 
@@ -243,7 +244,8 @@ class Door:
 
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or not header[7:].strip():
-            raise NotAuthorized("missing bearer token; send Authorization: Bearer <token>")
+            raise NotAuthorized("this server needs a token: pass --token or set $AIRGAP_ORCH_TOKEN (over HTTP: "
+                                "Authorization: Bearer <token>)")
         principal = self.verifier.verify(header[7:].strip())
         scopes.require(principal, scopes.scope_for(scope_of))
         return Caller(actor=f"token:{principal.subject}", tenants=scopes.tenant_reach(principal, scope_of))

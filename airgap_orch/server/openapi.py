@@ -45,7 +45,8 @@ def _problem_responses() -> dict[str, Any]:
               "in a body or header"), (401, "Missing, invalid or expired token"),
         (403, "Token lacks the scope or tenant, or an Origin header serve --allow-origin does not name"),
         (404, "Unknown route or job"), (408, "Body not received within the body timeout"),
-        (409, "Stale lease or illegal transition"), (413, "Body over the size limit"),
+        (409, "Stale lease, illegal transition, a replayed job without again, or an idempotency key reused "
+               "with another job spec or request"), (413, "Body over the size limit"),
         (415, "Body not sent as Content-Type: application/json"),
         (421, "Host header names neither the server's address nor a serve --allow-host name"),
         (503, "Ledger busy, or a connection over serve --max-connections"))}
@@ -86,7 +87,8 @@ def document() -> dict[str, Any]:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{route.request_schema}"}}}}
         paths.setdefault(route.path, {})[route.method.lower()] = operation
-    paths["/metrics"] = {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+    paths["/metrics"] = {"get": {"operationId": "metrics", "security": [{"bearer": []}],
+                                 "summary": "Prometheus metrics (orch:read: the token's tenants; orch:admin: the site)",
                                  "responses": {"200": {"description": "text/plain exposition",
                                                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
     return {
