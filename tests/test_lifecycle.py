@@ -728,3 +728,22 @@ def test_stale_and_current_ack_of_one_job_in_one_batch_credit_the_current_lease(
     shown = ops.show(ledger, job_id)
     assert shown["artifacts"] == [artifact]
     assert shown["history"][-1]["worker_id"] == "w-new"
+
+
+def test_a_report_with_a_lease_never_issued_says_so_and_a_superseded_one_names_the_newer_lease(ledger,
+                                                                                                manual_clock):
+    job_id = enqueue(ledger, max_attempts=3)
+    first = claim_one(ledger, lease_seconds=30)
+    before = snapshot(ledger, job_id)
+    with pytest.raises(StaleLease, match="was never issued for job"):
+        ops.ack(ledger, job_id, str(uuid.uuid4()))
+    assert snapshot(ledger, job_id) == before
+    manual_clock.advance(31)  # the first lease expires; the sweep of the next claim requeues the job
+    ops.recover(ledger)
+    requeue_and_wait(ledger, manual_clock, job_id)
+    second = claim_one(ledger, lease_seconds=30)
+    assert second["lease_id"] != first["lease_id"]
+    with pytest.raises(StaleLease, match="a newer lease holds it now"):
+        ops.heartbeat(ledger, job_id, first["lease_id"])
+    with pytest.raises(StaleLease, match="was never issued"):
+        ops.fail(ledger, job_id, str(uuid.uuid4()), error="x")

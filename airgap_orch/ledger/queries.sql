@@ -27,6 +27,10 @@ INSERT INTO history SELECT * FROM entries;
 -- name: history_for_job
 SELECT seq, entry, entry_hash FROM history WHERE job_id = $job_id ORDER BY seq;
 
+-- name: lease_issued
+-- Whether a claim of this job ever handed out this lease (its job.leased entry names it); only on the refusal path.
+SELECT 1 FROM history WHERE job_id = $job_id AND json_extract_string(entry, '$.lease_id') = $lease_id LIMIT 1;
+
 -- name: history_page
 SELECT seq, entry, entry_hash FROM history
 WHERE seq > $after_seq AND ($tenants IS NULL OR list_contains($tenants, entry ->> 'tenant'))

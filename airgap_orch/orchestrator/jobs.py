@@ -179,6 +179,9 @@ def _check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime
     if not visible(job, tenants):
         raise no_job(job_id)
     if job["state"] not in HELD_STATES or job["lease_id"] != lease_id:
+        if not tx.fetch("lease_issued", job_id=job_id, lease_id=lease_id):
+            raise StaleLease(f"lease {lease_id} was never issued for job {job_id}; report with the lease id its "
+                             "claim answered")
         if job["state"] in HELD_STATES:
             raise StaleLease(f"lease {lease_id} is not the current lease of job {job_id}; a newer lease holds it "
                              "now: drop this job")
