@@ -130,7 +130,6 @@ def test_batch_with_one_key_in_two_tenants_returns_the_existing_job_of_the_tenan
 
 def test_two_client_processes_racing_through_a_server_get_one_job_per_key_and_run_each_once(tmp_path):
     """Real parallelism: separate processes share no lock; the server's one writer is what keeps them apart."""
-    import time
     from pathlib import Path
 
     from server_fixtures import init_ledger, serving
@@ -139,10 +138,14 @@ def test_two_client_processes_racing_through_a_server_get_one_job_per_key_and_ru
     path = init_ledger(tmp_path / "race.duckdb")
     helper = Path(__file__).parent / "helpers" / "racing_client.py"
     with serving(path, "--no-auth") as server:
-        start_at = f"{time.time() + 2.0:.3f}"  # both are running and imported by then
-        processes = [subprocess.Popen([sys.executable, str(helper), server.url, name, str(keys), start_at],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        processes = [subprocess.Popen([sys.executable, str(helper), server.url, name, str(keys)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                      for name in racers]
+        for process in processes:  # both have started and imported everything: then both are told to go
+            assert process.stdout.readline() == "ready\n", process.communicate(timeout=60)
+        for process in processes:
+            process.stdin.write("go\n")
+            process.stdin.flush()
         outputs = [process.communicate(timeout=120) for process in processes]
         assert [process.returncode for process in processes] == [0, 0], outputs
         reports = [json.loads(stdout) for stdout, _ in outputs]

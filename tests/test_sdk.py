@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from airgap_orch import clock
 from airgap_orch.auth.keys import generate_key_pair, load_private_key
 from airgap_orch.auth.tokens import issue_token
 from airgap_orch.errors import Forbidden, NotAuthorized
@@ -137,6 +138,29 @@ def events_of(job: dict) -> list[str]:
     return [entry["event_type"] for entry in job["history"]]
 
 
+def heartbeated_past_its_claim(job: dict, lease_id: str) -> bool:
+    """Whether a heartbeat on `lease_id` was accepted at or after the expiry its claim gave the lease: the attempt
+    outlived its first lease, kept only by heartbeats (each sets the expiry to the beat's time + lease_seconds)."""
+    if job["lease_id"] != lease_id or job["state"] != "running":
+        return False
+    held = clock.parse_iso(job["lease_expires_at"]) - clock.parse_iso(job["leased_at"])
+    return held.total_seconds() >= 2 * job["lease_seconds"]
+
+
+def hold_until_heartbeated_past_its_claim(client: OrchClient, ctx, job_id: str, lease_id: str,
+                                          timeout: float = 30) -> bool:
+    """Keep a handler busy until the server shows that job's lease kept past its claim by heartbeats (True), or
+    until the handler is told to stop or `timeout` passes (False). A handshake instead of a sleep that must
+    outlast the lease: under load it only takes longer."""
+    deadline = time.monotonic() + timeout
+    while not ctx.cancelled.wait(0.1):
+        if heartbeated_past_its_claim(client.call("jobs.show", {"job_id": job_id}), lease_id):
+            return True
+        if time.monotonic() > deadline:
+            return False
+    return False
+
+
 class RunningWorker:
     """A Worker running in a thread of the test process (stopped by the test)."""
 
@@ -178,8 +202,11 @@ def test_handlers_succeed_with_progress_and_artifacts(live):
 
     @worker.handler("sdk.ok")
     def ok(ctx):
-        ctx.progress(0.5, f"halfway through {ctx.payload['n']}")
-        time.sleep(0.6)  # long enough for the first heartbeat to carry the progress
+        message = f"halfway through {ctx.payload['n']}"
+        ctx.progress(0.5, message)
+        # Return once a heartbeat (the first goes FIRST_BEAT_SECONDS in) has carried the progress to the server.
+        wait_for(lambda: operator.call("jobs.show", {"job_id": ctx.job_id})["progress_message"] == message, 30,
+                 f"the progress of {ctx.job_id} to reach the server")
         return [artifact_for(json.dumps(ctx.payload).encode(), f"{ctx.job_id}.json")]
 
     running = RunningWorker(worker)
@@ -234,17 +261,22 @@ def test_a_job_retried_at_once_back_to_the_same_worker_is_heartbeated_on_its_new
     job_ids = enqueue(operator, "sdk.again", [{"n": n} for n in range(3)], max_attempts=3)
     worker = Worker(live["url"], live["worker_token"], concurrency=3, claim_wait=1, lease_seconds=3)
 
+    kept: list[str] = []
+
     @worker.handler("sdk.again")
     def again(ctx):
         if ctx.attempt == 1:
             raise RetryableError("try again now", retry_after=0)
-        time.sleep(4.5)  # longer than the lease: only heartbeats (every second) keep it
+        # Busy until heartbeats (every second) on the new lease have kept it past the 3 s its claim gave it.
+        if hold_until_heartbeated_past_its_claim(operator, ctx, ctx.job_id, ctx.lease_id):
+            kept.append(ctx.job_id)
 
     running = RunningWorker(worker)
     try:
         wait_for(lambda: all_in(operator, job_ids, {"succeeded", "dead_letter"}), 60, "every job to end")
     finally:
         running.stop()
+    assert sorted(kept) == sorted(job_ids)
     for job_id in job_ids:
         job = operator.call("jobs.show", {"job_id": job_id})
         assert (job["state"], job["attempts"]) == ("succeeded", 2), events_of(job)
@@ -259,7 +291,7 @@ def test_cancel_reaches_the_running_handler_and_the_job_ends_canceled(live):
     @worker.handler("sdk.long")
     def long_handler(ctx):
         started.set()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if ctx.cancelled.wait(0.05):
                 saw.append(ctx.cancel_reason)
@@ -269,11 +301,12 @@ def test_cancel_reaches_the_running_handler_and_the_job_ends_canceled(live):
     running = RunningWorker(worker)
     try:
         assert started.wait(20)
-        wait_for(lambda: states(operator, [job_id])[job_id] == "running", 10, "the first heartbeat")
+        wait_for(lambda: states(operator, [job_id])[job_id] == "running", 30, "the first heartbeat")
         asked = time.monotonic()
         operator.call("jobs.cancel", {"job_id": job_id, "reason": "operator changed their mind"})
-        wait_for(lambda: states(operator, [job_id])[job_id] == "canceled", 10, "the job to end canceled")
-        assert time.monotonic() - asked < 5  # within a heartbeat or two (every lease/3 = 1 s)
+        wait_for(lambda: states(operator, [job_id])[job_id] == "canceled", 30, "the job to end canceled")
+        # A heartbeat (every lease/3 = 1 s) brought it, long before the 60 s the handler would otherwise run.
+        assert time.monotonic() - asked < 20
     finally:
         summary = running.stop()
     assert saw == ["cancel_requested"]
@@ -322,23 +355,31 @@ def test_prefetched_jobs_are_heartbeated_while_they_wait_and_succeed_on_their_fi
     job_ids = enqueue(operator, "sdk.prefetch", [{"n": n} for n in range(3)])
     first_started = threading.Event()
     seen_while_first_ran: dict[str, str] = {}
-    # One handler thread, leases of 1.5 s, handlers of 1.2 s: the third job waits 2.4 s in this process,
-    # longer than its lease, so only the heartbeats of waiting jobs keep it.
-    worker = Worker(live["url"], live["worker_token"], concurrency=1, prefetch=4, lease_seconds=1.5, claim_wait=1)
+    kept_while_waiting: list[str] = []
+    # One handler thread, leases of 3 s. The first handler keeps the thread until each job waiting behind it has
+    # been heartbeated past the lease its claim gave it: they wait in this process longer than their lease, and
+    # only the heartbeats of waiting jobs keep them.
+    worker = Worker(live["url"], live["worker_token"], concurrency=1, prefetch=4, lease_seconds=3, claim_wait=1)
 
     @worker.handler("sdk.prefetch")
     def slow(ctx):
-        if not first_started.is_set():
-            first_started.set()
-            seen_while_first_ran.update(states(operator, job_ids))
-        time.sleep(1.2)
+        if first_started.is_set():
+            return
+        first_started.set()
+        jobs = {job_id: operator.call("jobs.show", {"job_id": job_id}) for job_id in job_ids}
+        seen_while_first_ran.update({job_id: job["state"] for job_id, job in jobs.items()})
+        for job_id in job_ids:
+            if job_id != ctx.job_id and jobs[job_id]["lease_id"] and hold_until_heartbeated_past_its_claim(
+                    operator, ctx, job_id, jobs[job_id]["lease_id"]):
+                kept_while_waiting.append(job_id)
 
     running = RunningWorker(worker)
-    try:
-        wait_for(lambda: all_in(operator, job_ids, {"succeeded"}), 30, "every job to succeed")
+    try:  # longer than the handler's own holds (30 s each), so a lease never kept fails on the assertions below
+        wait_for(lambda: all_in(operator, job_ids, {"succeeded"}), 90, "every job to succeed")
     finally:
         summary = running.stop()
     assert "queued" not in seen_while_first_ran.values()  # one claim brought all three
+    assert len(kept_while_waiting) == 2, kept_while_waiting
     assert summary["claimed"] == 3 and summary["outcomes"] == {"succeeded": 3}
     for job_id in job_ids:
         job = operator.call("jobs.show", {"job_id": job_id})
@@ -390,11 +431,15 @@ from pathlib import Path
 from airgap_orch.sdk import Worker
 
 markers = Path(sys.argv[3])
-worker = Worker(sys.argv[1], sys.argv[2], concurrency=2, claim_wait=1, grace_seconds=2)
+worker = Worker(sys.argv[1], sys.argv[2], concurrency=2, claim_wait=1, grace_seconds=5)
 
 @worker.handler("sdk.term")
 def work(ctx):
     (markers / ctx.job_id).write_text(str(os.getpid()))
+    if ctx.payload.get("until_told"):  # ends when the test says so: after the SIGTERM, inside the grace period
+        while not (markers / "finish").exists():
+            time.sleep(0.02)
+        return None
     deadline = time.monotonic() + ctx.payload["seconds"]
     while time.monotonic() < deadline:
         ctx.check_cancelled()
@@ -407,7 +452,7 @@ print(json.dumps(worker.run()), flush=True)
 
 def test_sigterm_mid_job_exits_zero_and_finishes_or_releases_its_jobs(live, tmp_path):
     operator = live["operator"]
-    short, long = enqueue(operator, "sdk.term", [{"seconds": 0.5}, {"seconds": 60}])
+    short, long = enqueue(operator, "sdk.term", [{"until_told": True}, {"seconds": 60}])
     script = tmp_path / "worker.py"
     script.write_text(SIGTERM_WORKER)
     markers = tmp_path / "markers"
@@ -417,7 +462,8 @@ def test_sigterm_mid_job_exits_zero_and_finishes_or_releases_its_jobs(live, tmp_
     try:
         wait_for(lambda: (markers / short).exists() and (markers / long).exists(), 30, "both jobs to start")
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=20)
+        (markers / "finish").write_text("")  # the short job ends after the signal, within the grace period
+        stdout, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
@@ -482,6 +528,11 @@ def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_not
 
     runs: Counter[str] = Counter()
 
+    def claims_failed(since: int = 0) -> set[str]:
+        """The claimer threads that gave up a claim after the client's own retries (and will claim again), as
+        logged from record `since` on."""
+        return {record.threadName for record in list(caplog.records)[since:] if "claim failed" in record.getMessage()}
+
     def work(ctx):
         runs[ctx.job_id] += 1
         time.sleep(0.01)
@@ -498,9 +549,12 @@ def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_not
     restarted = None
     try:
         wait_for(lambda: sum(runs.values()) >= 40, 30, "the workers to get going")
+        logged_before_kill = len(caplog.records)
         server.kill()  # SIGKILL under load: claims, acks and enqueues in flight
         killed_at = len(acknowledged)
-        time.sleep(3.5)  # longer than the client's own retries (at most 3.1 s): the workers must retry
+        # Restart only once both workers' clients have run out of retries: the workers must retry by themselves.
+        wait_for(lambda: claims_failed(logged_before_kill) == {"load-0:claimer", "load-1:claimer"}, 60,
+                 "both workers to give up a claim on the dead server")
         restarted = ServerProcess(ledger, "--no-auth", port=server.port)
         wait_for(lambda: len(acknowledged) >= killed_at + 40 or failures, 30, "enqueues to be answered again")
         assert not failures, (failures, server.stderr(), restarted.stderr())
@@ -523,8 +577,7 @@ def test_server_sigkilled_under_load_and_restarted_loses_nothing_and_commits_not
     assert max(succeeded.values()) == 1  # one job.succeeded per job
     assert sum(summary["outcomes"].get("succeeded", 0) for summary in summaries) == len(acknowledged), summaries
     # Both workers lost the server and found it again by themselves.
-    retried = {record.threadName for record in caplog.records if "claim failed" in record.getMessage()}
-    assert retried == {"load-0:claimer", "load-1:claimer"}
+    assert claims_failed() == {"load-0:claimer", "load-1:claimer"}
 
 
 def all_done(client: OrchClient, job_ids: list[str]) -> bool:

@@ -50,6 +50,18 @@ def _address(server: Server) -> tuple[str, int]:
     return host, int(port)
 
 
+def _open_and_unanswered(connection: socket.socket) -> bool:
+    """True while the server has neither answered nor closed this connection (a peek that does not wait)."""
+    connection.setblocking(False)
+    try:
+        connection.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:  # reset
+        return False
+    return False  # an answer, or b"": closed
+
+
 def test_silent_and_half_sent_connections_do_not_delay_other_clients(server):
     address = _address(server)
     idle = []
@@ -66,10 +78,7 @@ def test_silent_and_half_sent_connections_do_not_delay_other_clients(server):
             connection = socket.create_connection(address, timeout=10)
             connection.sendall(data)
             idle.append(connection)
-        time.sleep(0.3)
-        latencies = []
         for number in range(30):
-            started = time.monotonic()
             if number % 3 == 0:
                 assert server.request("GET", "/healthz", timeout=10).status == 200
             elif number % 3 == 1:
@@ -77,10 +86,10 @@ def test_silent_and_half_sent_connections_do_not_delay_other_clients(server):
                      timeout=10)
             else:
                 call(server, "GET", "/v1/jobs", query={"type": "idle-check", "limit": 5}, timeout=10)
-            latencies.append(time.monotonic() - started)
-        # Milliseconds when nothing is wrong; a server serving connections one at a time would hang here.
-        assert max(latencies) < 3.0, latencies
-        assert sorted(latencies)[len(latencies) // 2] < 1.0, latencies
+        # Every request above was answered (each within its 10 s timeout; milliseconds when nothing is wrong) while
+        # all the silent and half-sent connections were still open and unanswered: the server did not finish,
+        # time out or drop them first. A server serving connections one at a time would hang on the first one.
+        assert all(_open_and_unanswered(connection) for connection in idle)
     finally:
         for connection in idle:
             connection.close()
@@ -139,27 +148,40 @@ def test_retried_enqueue_and_claim_with_the_same_key_get_the_original_answer(ser
     assert states == {"leased": 1, "queued": 1}
 
 
+def _claim_attempts(server: Server) -> int:
+    """Claims the server's writer has run: a waiting long-poll adds one each time it looks for work again (nothing
+    else in this module claims, heartbeats or acks while the long-poll tests run)."""
+    return histogram(server.metrics(), "airgap_orch_group_commit_requests")["count"]
+
+
 def test_long_poll_claim_returns_as_soon_as_a_job_is_enqueued(server):
     answer: dict[str, Any] = {}
+    wait = 30
 
     def claim() -> None:
-        started = time.monotonic()
         answer["response"] = server.request("POST", "/v1/jobs/claim",
-                                            {"worker_id": "w-poll", "type": "long-poll", "wait": 20}, timeout=40)
-        answer["returned"], answer["waited"] = time.monotonic(), time.monotonic() - started
+                                            {"worker_id": "w-poll", "type": "long-poll", "wait": wait},
+                                            timeout=wait + 30)
+        answer["returned"] = time.monotonic()
 
+    before = _claim_attempts(server)
     poller = threading.Thread(target=claim)
     poller.start()
-    time.sleep(1.5)
-    assert poller.is_alive(), answer  # nothing to claim yet: it waits
+    # Handshake: the server has looked for work and found none at least twice, so the long-poll is waiting.
+    deadline = time.monotonic() + 30
+    while _claim_attempts(server) < before + 2:
+        assert poller.is_alive(), answer  # nothing to claim yet: it must not answer
+        assert time.monotonic() < deadline, "the long-poll never reached the server"
+        time.sleep(0.05)
+    assert poller.is_alive(), answer  # it waits
     enqueued_at = time.monotonic()
     job_id = call(server, "POST", "/v1/jobs", {"tenant": "acme", "project": "faults", "type": "long-poll"})["job_id"]
-    poller.join(30)
+    poller.join(wait + 40)
     assert not poller.is_alive()
     assert answer["response"].status == 200, answer
     assert [lease["job_id"] for lease in answer["response"].json["leases"]] == [job_id]
-    assert answer["returned"] - enqueued_at < 4.0, answer  # against the 20 s it would wait for nothing
-    assert answer["waited"] >= 1.4, answer
+    # As soon as the job arrives (milliseconds when nothing is wrong), not at the end of the 30 s it would wait.
+    assert answer["returned"] - enqueued_at < wait / 3, answer
 
 
 def test_long_poll_claim_with_nothing_to_do_answers_empty_after_its_wait(server):
@@ -167,7 +189,8 @@ def test_long_poll_claim_with_nothing_to_do_answers_empty_after_its_wait(server)
     empty = call(server, "POST", "/v1/jobs/claim", {"worker_id": "w-poll", "type": "never-enqueued", "wait": 1})
     waited = time.monotonic() - started
     assert empty == {"leases": []}
-    assert 0.9 <= waited < 6, waited
+    # The 1 s it was told, not the server's longest (60 s); a loaded machine only adds to the lower bound.
+    assert 0.9 <= waited < 15, waited
 
 
 def test_concurrent_acks_are_group_committed(server):

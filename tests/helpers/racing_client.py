@@ -1,9 +1,10 @@
 """Child program: one of several client processes racing through one server (real parallelism, no shared lock).
 
-usage: python racing_client.py URL NAME KEYS START_AT
+usage: python racing_client.py URL NAME KEYS
 
-Waits until the wall-clock time START_AT (so the racers start together), enqueues KEYS jobs with the shared
-idempotency keys race-0 .. race-{KEYS-1} in a shuffled order, then claims and acks until a claim finds nothing.
+Prints "ready" once imported and waits for a line on stdin (the parent sends it to every racer at once, so they
+start together however long each took to start), enqueues KEYS jobs with the shared idempotency keys
+race-0 .. race-{KEYS-1} in a shuffled order, then claims and acks until a claim finds nothing.
 Prints one JSON object: {"name", "enqueued": {key: [job_id, created]}, "acked": [job_id...], "refused": [...]}.
 """
 
@@ -12,18 +13,18 @@ from __future__ import annotations
 import json
 import random
 import sys
-import time
 
 from airgap_orch.errors import OrchError
 from airgap_orch.sdk.client import OrchClient
 
 
 def main() -> None:
-    url, name, keys, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    url, name, keys = sys.argv[1], sys.argv[2], int(sys.argv[3])
     client = OrchClient(url, timeout=30.0)
     order = list(range(keys))
     random.Random(name).shuffle(order)
-    time.sleep(max(0.0, start_at - time.time()))
+    print("ready", flush=True)
+    sys.stdin.readline()
     enqueued = {}
     for number in order:
         spec = {"tenant": "acme", "project": "race", "type": "race", "payload": {"n": number},
