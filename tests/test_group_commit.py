@@ -251,7 +251,7 @@ def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger
     assert found[True] == found[False]
     states = [outcome[1] if isinstance(outcome, tuple) else outcome["state"] for outcome in found[True]["outcomes"]]
     assert states[:3] == ["succeeded", "succeeded", "canceled"]
-    assert "not the current lease" in states[3] and "no job" in states[4]
+    assert "was never issued for job" in states[3] and "no job" in states[4]
     taken = [lease for share in found[True]["shares"] for lease in share]
     assert {(lease["tenant"], lease["type"]) for lease in taken} == kinds  # the claim's filters hold
     assert [entry["event_type"] for entry in found[True]["history"]] == [

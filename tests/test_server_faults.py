@@ -22,7 +22,10 @@ from server_fixtures import Server, assert_problem, histogram, init_ledger, run_
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    with serving(init_ledger(root / "faults.duckdb"), "--no-auth") as started:
+    # A head deadline longer than any test here: silent connections must outlive the requests sent beside them
+    # (tests/test_server_connections.py tests the deadline itself).
+    with serving(init_ledger(root / "faults.duckdb"), "--no-auth", "--header-timeout", "300",
+                 "--body-timeout", "300", "--keepalive-timeout", "300") as started:
         yield started
 
 
@@ -65,10 +68,13 @@ def _open_and_unanswered(connection: socket.socket) -> bool:
 def test_silent_and_half_sent_connections_do_not_delay_other_clients(server):
     address = _address(server)
     idle = []
+    host = f"Host: {address[0]}:{address[1]}".encode()  # the server's own address: a foreign Host is answered 421
     partial = [
-        b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n",  # headers never finished
-        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"ten",
-        b"POST /v1/jobs/claim HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"worker",
+        b"GET /v1/jobs HTTP/1.1\r\n" + host + b"\r\n",  # headers never finished
+        b"POST /v1/jobs HTTP/1.1\r\n" + host + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 400\r\n\r\n{\"ten",
+        b"POST /v1/jobs/claim HTTP/1.1\r\n" + host + b"\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"worker",
         b"GE",
     ]
     try:
