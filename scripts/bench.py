@@ -15,9 +15,9 @@ inside `bench.timed()`, so --profile measures exactly what the figures measure a
 What is measured (issue 2, "Performance"):
 - bulk enqueue: operations.jobs.enqueue_batch (schema validation + one transaction) in batches of 10k
   small job specs, each with an idempotency key (and once without keys).
-- claim+ack with batch 1, 10, 100: `core.claim` in one transaction, then `core.ack` of those leases in a
+- claim+ack with batch 1, 10, 100: `claims.claim` in one transaction, then `reports.ack` of those leases in a
   second one; history entries are written by the core, as in production. Joined: the ack of each batch and
-  the claim of the next in one transaction, through core.ack_and_claim (one statement), as the server's group
+  the claim of the next in one transaction, through claims.ack_and_claim (one statement), as the server's group
   commit applies a worker's ack and its next claim when they arrive together.
 - claim rate at 10k vs 1M queued jobs: batch-100 claim+ack of 5k jobs in each ledger; the bulk load of
   the large ledger is reported separately.
@@ -72,7 +72,7 @@ from airgap_orch import clock
 from airgap_orch.errors import OrchError
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as jobs_ops
-from airgap_orch.orchestrator import jobs as core
+from airgap_orch.orchestrator import claims, recovery, reports
 from airgap_orch.orchestrator.states import FINAL_STATES, sources
 
 REPO = Path(__file__).resolve().parent.parent
@@ -249,7 +249,7 @@ def claim_ack(ledger: Ledger, jobs: int, batch: int, timer: Timer) -> None:
 def claim_ack_round(ledger: Ledger, batch: int, timer: Timer) -> None:
     """One round trip: claim up to `batch` jobs in one transaction, ack them in the next."""
     with ledger.transaction() as tx:
-        leases = core.claim(tx, worker_id=WORKER_ID, limit=batch, lease_seconds=LEASE_SECONDS)
+        leases = claims.claim(tx, worker_id=WORKER_ID, limit=batch, lease_seconds=LEASE_SECONDS)
     if not leases:
         raise RuntimeError(f"claim returned nothing after {timer.jobs} jobs")
     with ledger.transaction() as tx:
@@ -261,26 +261,26 @@ def claim_ack_round(ledger: Ledger, batch: int, timer: Timer) -> None:
 def claim_ack_joined(ledger: Ledger, jobs: int, batch: int, timer: Timer) -> None:
     """The batch worker's loop when the ack of one batch and the claim of the next share a transaction (as
     they do in the server's group commit when a worker's ack and its next claim arrive together, and there
-    core.ack_and_claim makes them one statement): one transaction per batch, plus the first claim."""
+    claims.ack_and_claim makes them one statement): one transaction per batch, plus the first claim."""
     with ledger.transaction() as tx:
-        leases = core.claim(tx, worker_id=WORKER_ID, limit=min(batch, jobs), lease_seconds=LEASE_SECONDS)
+        leases = claims.claim(tx, worker_id=WORKER_ID, limit=min(batch, jobs), lease_seconds=LEASE_SECONDS)
     while leases:
         timer.jobs += len(leases)
         timer.batches += 1
         wanted = min(batch, jobs - timer.jobs)
         with ledger.transaction() as tx:
             if wanted:
-                outcomes, [leases] = core.ack_and_claim(tx, _acks(leases), [(WORKER_ID, wanted)],
-                                                        lease_seconds=LEASE_SECONDS)
+                outcomes, [leases] = claims.ack_and_claim(tx, _acks(leases), [(WORKER_ID, wanted)],
+                                                          lease_seconds=LEASE_SECONDS)
             else:
-                outcomes, leases = core.ack(tx, _acks(leases)), []
+                outcomes, leases = reports.ack(tx, _acks(leases)), []
             _refused(outcomes)
     if timer.jobs < jobs:
         raise RuntimeError(f"claim returned nothing after {timer.jobs} jobs")
 
 
 def _ack(tx: Any, leases: list[dict[str, Any]]) -> None:
-    _refused(core.ack(tx, _acks(leases)))
+    _refused(reports.ack(tx, _acks(leases)))
 
 
 def _acks(leases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -441,7 +441,7 @@ def bench_duckdb_floor(bench: Bench) -> Samples:
                f"a real enqueue of {sizes.enqueue_total:,} jobs wrote, {sizes.enqueue_batch:,} per transaction; "
                f"the claim and ack statements (and ack_and_claim, joined) on {sizes.claim_jobs:,} queued jobs, 100 per "
                "statement, one COMMIT each, finished rows archived every "
-               f"{core.ARCHIVE_AFTER:,} as on the claim path; minimal: the same claim+ack on a table of "
+               f"{recovery.ARCHIVE_AFTER:,} as on the claim path; minimal: the same claim+ack on a table of "
                "(id, state, lease_id)")
     return samples
 
@@ -458,9 +458,9 @@ def _floor_acks(now: dt.datetime, leased: list[tuple]) -> dict[str, Any]:
 
 
 def _floor_archive(tx: Any, unarchived: int) -> int:
-    """The hot table's housekeeping as core.maintain() does it on the claim path: finished rows move out once
+    """The hot table's housekeeping as recovery.maintain() does it on the claim path: finished rows move out once
     ARCHIVE_AFTER have gathered, so the floor's claims scan the table production's would."""
-    if unarchived < core.ARCHIVE_AFTER:
+    if unarchived < recovery.ARCHIVE_AFTER:
         return unarchived
     tx.execute("archive_copy", final_states=list(FINAL_STATES))
     tx.execute("archive_delete", final_states=list(FINAL_STATES))
@@ -879,7 +879,7 @@ def bench_http_end_to_end(bench: Bench) -> Samples:
     bench.note("http claim p50/p99: estimated from the server's /metrics histogram "
                f"{CLAIM_HISTOGRAM} (buckets 1, 2.5, 5, 10, 25, 50, 100, ... ms; linear inside a bucket), "
                "counting claims answered while timing; it includes any long-poll wait")
-    bench.note(f"in_process_jobs_per_s: batch-100 core.claim + core.ack of the same {n:,} jobs in this process")
+    bench.note(f"in_process_jobs_per_s: batch-100 claims.claim + reports.ack of the same {n:,} jobs in this process")
     return samples
 
 
@@ -1069,7 +1069,7 @@ def _writer_group(bench: Bench, label: str, broken: int | None) -> tuple[float, 
 
 def core_claim(ledger: Ledger, count: int) -> list[dict[str, Any]]:
     with ledger.transaction() as tx:
-        return core.claim(tx, worker_id=WORKER_ID, limit=count, lease_seconds=600)
+        return claims.claim(tx, worker_id=WORKER_ID, limit=count, lease_seconds=600)
 
 
 @section("writer_isolation", "one group of 1,000 acks through the writer, clean and with one ack that breaks "

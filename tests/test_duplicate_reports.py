@@ -25,7 +25,7 @@ from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
 from airgap_orch.operations import limits as limit_ops
 from airgap_orch.operations.writer import LedgerWriter
-from airgap_orch.orchestrator import jobs as core
+from airgap_orch.orchestrator import reports
 
 ITEMS = {  # what each kind of report carries besides its job and lease
     "heartbeat": {"progress": 0.5, "message": "half"},
@@ -92,7 +92,7 @@ def test_a_repeated_fail_in_one_batch_counts_once_toward_a_circuit_breaker(ledge
     limit_ops.breaker_set(ledger, key="type:flaky", failures=2, cooldown=30, reason="test")
     (lease,) = ops.claim(ledger, worker_id="w", limit=1, lease_seconds=60)["leases"]
     with ledger.transaction() as tx:
-        outcomes = core.fail(tx, [item("fail", lease) for _ in range(3)])
+        outcomes = reports.fail(tx, [item("fail", lease) for _ in range(3)])
     assert [type(outcome).__name__ for outcome in outcomes] == ["dict", "StaleLease", "StaleLease"]
     (breaker,) = limit_ops.breaker_list(ledger)["breakers"]
     assert (breaker["state"], breaker["consecutive_failures"]) == ("closed", 1)
@@ -104,8 +104,8 @@ def test_a_fail_and_a_release_of_one_lease_in_one_batch_let_only_the_first_end_t
     (job_id,) = enqueue(ledger, 1)
     (lease,) = ops.claim(ledger, worker_id="w", limit=1, lease_seconds=60)["leases"]
     with ledger.transaction() as tx:
-        failed = core.fail(tx, [item("fail", lease)])
-        released = core.release(tx, [item("release", lease), item("release", lease)])
+        failed = reports.fail(tx, [item("fail", lease)])
+        released = reports.release(tx, [item("release", lease), item("release", lease)])
     assert failed[0]["state"] == "queued"
     assert [type(outcome) for outcome in released] == [StaleLease, StaleLease]
     assert events(ledger, job_id) == ["job.created", "job.leased", "job.retry_scheduled"]

@@ -1,5 +1,5 @@
 """Group commit in the server's writer, on a real ledger: claims that arrive together and ask with the same
-filters share one claim (core.claim_shared); each worker gets its own leases, recorded under its own id."""
+filters share one claim (claims.claim_shared); each worker gets its own leases, recorded under its own id."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
 from airgap_orch.operations import limits as limit_ops
 from airgap_orch.operations.writer import LedgerWriter
-from airgap_orch.orchestrator import jobs as core
+from airgap_orch.orchestrator import claims, reports
 
 
 def enqueue(ledger: Ledger, count: int, **fields) -> list[str]:
@@ -41,7 +41,7 @@ def test_a_shared_claim_hands_out_jobs_in_claim_order_first_taker_first(ledger):
     low = enqueue(ledger, 3, priority=0)
     high = enqueue(ledger, 2, priority=5)
     with ledger.transaction() as tx:
-        shares = core.claim_shared(tx, [("w-1", 2), ("w-2", 2), ("w-3", 2)], lease_seconds=60)
+        shares = claims.claim_shared(tx, [("w-1", 2), ("w-2", 2), ("w-3", 2)], lease_seconds=60)
     ids = [[lease["job_id"] for lease in share] for share in shares]
     assert ids[0] == sorted(high)  # the first taker gets the most urgent jobs
     assert len(ids[1]) == 2 and len(ids[2]) == 1  # the rest in order; the last taker gets what is left
@@ -53,7 +53,7 @@ def test_a_shared_claim_hands_out_jobs_in_claim_order_first_taker_first(ledger):
 def test_each_worker_of_a_shared_claim_reports_under_its_own_lease(ledger):
     enqueue(ledger, 2)
     with ledger.transaction() as tx:
-        (mine,), (theirs,) = core.claim_shared(tx, [("w-1", 1), ("w-2", 1)], lease_seconds=60)
+        (mine,), (theirs,) = claims.claim_shared(tx, [("w-1", 1), ("w-2", 1)], lease_seconds=60)
     assert ops.heartbeat(ledger, theirs["job_id"], theirs["lease_id"])["state"] == "running"
     with pytest.raises(StaleLease):
         ops.ack(ledger, theirs["job_id"], mine["lease_id"])
@@ -66,7 +66,7 @@ def test_a_shared_claim_under_a_binding_limit_leases_no_more_than_the_limit(ledg
     job_ids = enqueue(ledger, 10)
     limit_ops.concurrency_set(ledger, key="type:scan", max=3, reason="test")
     with ledger.transaction() as tx:
-        shares = core.claim_shared(tx, [("w-1", 2), ("w-2", 2)], lease_seconds=60)
+        shares = claims.claim_shared(tx, [("w-1", 2), ("w-2", 2)], lease_seconds=60)
     assert [len(share) for share in shares] == [2, 1]
     owners = claimed_by(ledger, [lease["job_id"] for share in shares for lease in share])
     assert Counter(owners.values()) == {"w-1": 2, "w-2": 1}
@@ -137,14 +137,14 @@ def test_a_group_that_breaks_is_retried_in_halves_so_one_broken_request_fails_al
     good, broken = enqueue(ledger, 2), enqueue(ledger, 1)[0]
     more = enqueue(ledger, 1)
     leases = {lease["job_id"]: lease["lease_id"] for lease in ops.claim(ledger, worker_id="w", limit=3)["leases"]}
-    ack_params = core._ack_params
+    ack_params = reports.ack_params
 
     def ack_params_that_break_on_one_job(items, tenants):  # every ack statement's parameters come from here
         if any(item["job_id"] == broken for item in items):
             raise duckdb.IOException("injected: the disk went away")
         return ack_params(items, tenants)
 
-    monkeypatch.setattr(core, "_ack_params", ack_params_that_break_on_one_job)
+    monkeypatch.setattr(reports, "ack_params", ack_params_that_break_on_one_job)
     writer = LedgerWriter(ledger)
     answers = {job_id: writer.submit("jobs.ack", {"job_id": job_id, "lease_id": leases[job_id]}, dispatch.Caller())
                for job_id in [*good, broken]}
@@ -165,7 +165,7 @@ def test_a_group_that_breaks_is_retried_in_halves_so_one_broken_request_fails_al
     assert ledger_ops.verify(ledger)["ok"] is True
 
 
-# -- a group's acks and its claim in one statement (core.ack_and_claim) ---------------------------------------
+# -- a group's acks and its claim in one statement (claims.ack_and_claim) ---------------------------------------
 
 @pytest.fixture
 def statements(monkeypatch) -> list[str]:
@@ -216,7 +216,7 @@ def _plain(outcome):
                                             ({"job_type": "scan", "tenants": {"acme"}}, {("acme", "scan")})])
 def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger_path, tmp_path, manual_clock,
                                                                           statements, filters, kinds):
-    """Two copies of one ledger: one acks and then claims (two statements), the other runs core.ack_and_claim
+    """Two copies of one ledger: one acks and then claims (two statements), the other runs claims.ack_and_claim
     (one statement). Outcomes, leases, rows and history agree, except for the fresh lease ids."""
     with Ledger.open(ledger_path, lock_timeout=1) as ledger:
         leases = _reports_ready(ledger)
@@ -230,10 +230,10 @@ def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger
             with ledger.transaction() as tx:
                 takers = [("w-1", 3), ("w-2", 3)]
                 if joined:
-                    outcomes, shares = core.ack_and_claim(tx, _acks(leases), takers, lease_seconds=60, **filters)
+                    outcomes, shares = claims.ack_and_claim(tx, _acks(leases), takers, lease_seconds=60, **filters)
                 else:
-                    outcomes = core.ack(tx, _acks(leases))
-                    shares = core.claim_shared(tx, takers, lease_seconds=60, **filters)
+                    outcomes = reports.ack(tx, _acks(leases))
+                    shares = claims.claim_shared(tx, takers, lease_seconds=60, **filters)
             ran = [name for name in statements if name in ("ack", "claim", "ack_and_claim")]
             assert ran == (["ack_and_claim"] if joined else ["ack", "claim"])
             history = ledger.read().fetch("history_page", after_seq=start, limit=100, tenants=None)
@@ -265,8 +265,8 @@ def test_an_ack_that_readies_a_dependent_job_lets_the_same_claim_take_it(ledger,
     (child,) = enqueue(ledger, 1, depends_on=[parent])
     statements.clear()
     with ledger.transaction() as tx:
-        outcomes, [taken] = core.ack_and_claim(tx, [{"job_id": parent, "lease_id": lease["lease_id"]}],
-                                               [("w-1", 5)], lease_seconds=60)
+        outcomes, [taken] = claims.ack_and_claim(tx, [{"job_id": parent, "lease_id": lease["lease_id"]}],
+                                                 [("w-1", 5)], lease_seconds=60)
     assert outcomes[0]["state"] == "succeeded"
     assert [job["job_id"] for job in taken] == [child]
     assert "ack_and_claim" not in statements and statements.index("ack") < statements.index("claim")
@@ -278,7 +278,7 @@ def test_an_ack_limited_to_other_tenants_is_refused_in_the_joined_statement_and_
     (lease,) = ops.claim(ledger, worker_id="w-0", limit=1)["leases"]
     (next_job,) = enqueue(ledger, 1)
     with ledger.transaction() as tx:
-        [refused], [taken] = core.ack_and_claim(
+        [refused], [taken] = claims.ack_and_claim(
             tx, [{"job_id": mine, "lease_id": lease["lease_id"], "tenants": frozenset({"other"})}], [("w-1", 1)],
             lease_seconds=60)
     assert "ack_and_claim" in statements
@@ -327,8 +327,8 @@ def test_a_repeated_ack_of_one_lease_is_refused_and_its_artifacts_are_not_kept(l
         items = [{"job_id": lease["job_id"], "lease_id": lease["lease_id"], "artifacts": artifact(name)}
                  for name in ("1.json", "2.json")]
         with ledger.transaction() as tx:
-            outcomes = (core.ack_and_claim(tx, items, [("w-1", 1)], lease_seconds=60)[0] if joined
-                        else core.ack(tx, items))
+            outcomes = (claims.ack_and_claim(tx, items, [("w-1", 1)], lease_seconds=60)[0] if joined
+                        else reports.ack(tx, items))
         assert outcomes[0]["state"] == "succeeded" and isinstance(outcomes[1], StaleLease)
         shown = ops.show(ledger, lease["job_id"])
         assert [a["uri"] for a in shown["artifacts"]] == ["file:///out/1.json"]

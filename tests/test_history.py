@@ -19,7 +19,7 @@ from airgap_orch.errors import VerificationFailed, exit_code_for
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
-from airgap_orch.orchestrator import jobs as core
+from airgap_orch.orchestrator import claims, recovery, reports
 
 ARTIFACT = {"uri": "s3://bucket/out,with,commas.json", "digest": "sha256:" + "cd" * 32, "mime": "application/json"}
 
@@ -53,7 +53,7 @@ def build_busy_ledger(path: Path) -> dict[str, str]:
         ops.cancel(ledger, canceled, reason="not needed")
         roles["replay"] = ops.replay(ledger, [dead])["replays"][0]["job_id"]
         with ledger.transaction() as tx:
-            core.maintain(tx, force=True)  # finished jobs move to jobs_finished
+            recovery.maintain(tx, force=True)  # finished jobs move to jobs_finished
         enqueue("queued", tenant="globex", idempotency_key="k-1")
         running = enqueue("running", priority=1000)
         ops.heartbeat(ledger, running, lease(running))
@@ -257,12 +257,12 @@ def test_history_appended_in_a_transaction_that_rolls_back_is_gone_and_the_chain
         ops.enqueue_batch(ledger, [dict(spec) for _ in range(jobs)])
         before = ledger_ops.info(ledger)
         with pytest.raises(RuntimeError), ledger.transaction() as tx:
-            assert len(core.claim(tx, worker_id="w", limit=jobs, lease_seconds=60)) == jobs
+            assert len(claims.claim(tx, worker_id="w", limit=jobs, lease_seconds=60)) == jobs
             tx.write_history()  # what COMMIT would do first: the rows reach the table, then the abort undoes them
             raise RuntimeError("abort after the claim's history entries were written")
         assert ledger_ops.info(ledger)["history_entries"] == before["history_entries"]
         with ledger.transaction() as tx:
-            assert len(core.claim(tx, worker_id="w", limit=jobs, lease_seconds=60)) == jobs
+            assert len(claims.claim(tx, worker_id="w", limit=jobs, lease_seconds=60)) == jobs
     with Ledger.open(ledger_path, lock_timeout=1) as reopened:
         assert ledger_ops.info(reopened)["history_entries"] == before["history_entries"] + jobs
         assert ledger_ops.verify(reopened)["ok"] is True
@@ -306,8 +306,8 @@ def test_an_ack_and_the_next_claim_in_one_transaction_write_their_entries_once_i
         ledger.commit_listeners.append(heard.append)
         before = ledger.head_seq
         with ledger.transaction() as tx:
-            acked = core.ack(tx, [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]} for lease in first])
-            second = core.claim(tx, worker_id="w", limit=3, lease_seconds=60)
+            acked = reports.ack(tx, [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]} for lease in first])
+            second = claims.claim(tx, worker_id="w", limit=3, lease_seconds=60)
         assert [outcome["state"] for outcome in acked] == ["succeeded"] * 3 and len(second) == 3
         stored = ledger.read().fetch("history_page", after_seq=before, limit=100, tenants=None)
         assert [seq for seq, _, _ in stored] == list(range(before + 1, before + 7))

@@ -19,8 +19,7 @@ from airgap_orch.ledger import Ledger
 from airgap_orch.operations import audit as audit_ops
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
-from airgap_orch.orchestrator import backoff
-from airgap_orch.orchestrator import jobs as core
+from airgap_orch.orchestrator import backoff, recovery, reports
 from airgap_orch.orchestrator.states import FINAL_STATES, TRANSITIONS
 
 LEASE = 60.0
@@ -236,7 +235,7 @@ def test_expired_lease_is_recovered_to_queued_then_dead_lettered_on_the_last_att
 
 
 def test_claim_sweeps_expired_leases(ledger, manual_clock, monkeypatch):
-    monkeypatch.setattr(core, "SWEEP_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(recovery, "SWEEP_EVERY_SECONDS", 0.0)
     job_id = enqueue(ledger)
     claim_one(ledger, lease_seconds=5)
     manual_clock.advance(6)
@@ -378,7 +377,7 @@ def test_cancel_of_a_finished_job_is_an_illegal_transition(ledger, manual_clock,
     job_id = finish(ledger, manual_clock, final_state)
     if archived:
         with ledger.transaction() as tx:
-            core.maintain(tx, force=True)
+            recovery.maintain(tx, force=True)
     before = snapshot(ledger, job_id)
     with pytest.raises(IllegalTransition) as refused:
         ops.cancel(ledger, job_id, reason="too late")
@@ -514,7 +513,7 @@ def test_report_after_the_job_finished_is_refused(ledger, manual_clock, operatio
     ops.ack(ledger, job_id, lease["lease_id"])
     if archived:
         with ledger.transaction() as tx:
-            core.maintain(tx, force=True)
+            recovery.maintain(tx, force=True)
     before = snapshot(ledger, job_id)
     with pytest.raises(StaleLease):
         _report(ledger, operation, job_id, lease["lease_id"])
@@ -526,8 +525,8 @@ def test_batch_of_acks_refuses_only_the_stale_item(ledger, manual_clock):
     leases = ops.claim(ledger, worker_id="w1", limit=2, lease_seconds=LEASE)["leases"]
     by_job = {lease["job_id"]: lease["lease_id"] for lease in leases}
     with ledger.transaction() as tx:
-        outcomes = core.ack(tx, [{"job_id": fresh_id, "lease_id": by_job[fresh_id]},
-                                 {"job_id": stale_id, "lease_id": str(uuid.uuid4())}])
+        outcomes = reports.ack(tx, [{"job_id": fresh_id, "lease_id": by_job[fresh_id]},
+                                    {"job_id": stale_id, "lease_id": str(uuid.uuid4())}])
     assert outcomes[0]["state"] == "succeeded"
     assert isinstance(outcomes[1], StaleLease)
     assert job(ledger, stale_id)["state"] == "leased"
@@ -628,7 +627,7 @@ def test_idempotency_key_outlives_the_job_moving_to_the_archive(ledger, manual_c
     first = ops.enqueue(ledger, spec)["job_id"]
     ops.ack(ledger, first, claim_one(ledger)["lease_id"])
     with ledger.transaction() as tx:
-        core.maintain(tx, force=True)
+        recovery.maintain(tx, force=True)
     assert ops.enqueue(ledger, spec) == {"job_id": first, "created": False, "tenant": "acme", "type": "scan"}
 
 
@@ -663,7 +662,7 @@ def test_finished_jobs_stay_queryable_after_forced_archiving(ledger, manual_cloc
     done = {state: finish(ledger, manual_clock, state) for state in FINAL_STATES}
     active = enqueue(ledger)
     with ledger.transaction() as tx:
-        core.maintain(tx, force=True)
+        recovery.maintain(tx, force=True)
     assert _hot_finished(ledger) == 0
     listed = {row["job_id"]: row["state"] for row in ops.list_jobs(ledger)["jobs"]}
     assert listed == {**{job_id: state for state, job_id in done.items()}, active: "queued"}
@@ -675,7 +674,7 @@ def test_finished_jobs_stay_queryable_after_forced_archiving(ledger, manual_cloc
 
 
 def test_claims_archive_once_more_than_archive_after_jobs_finished(ledger, manual_clock):
-    count = core.ARCHIVE_AFTER + 1
+    count = recovery.ARCHIVE_AFTER + 1
     spec = {"tenant": "acme", "project": "web", "type": "bulk"}
     job_ids = ops.enqueue_batch(ledger, [spec] * count)["job_ids"]
     leases = []
@@ -683,11 +682,11 @@ def test_claims_archive_once_more_than_archive_after_jobs_finished(ledger, manua
         leases += ops.claim(ledger, worker_id="w", limit=1000, lease_seconds=LEASE)["leases"]
     items = [{"job_id": lease["job_id"], "lease_id": lease["lease_id"]} for lease in leases]
     with ledger.transaction() as tx:
-        core.ack(tx, items[: core.ARCHIVE_AFTER - 1])
+        reports.ack(tx, items[: recovery.ARCHIVE_AFTER - 1])
     assert ops.claim(ledger, worker_id="w", limit=1, lease_seconds=LEASE)["leases"] == []
-    assert _hot_finished(ledger) == core.ARCHIVE_AFTER - 1  # below the threshold: still hot
+    assert _hot_finished(ledger) == recovery.ARCHIVE_AFTER - 1  # below the threshold: still hot
     with ledger.transaction() as tx:
-        core.ack(tx, items[core.ARCHIVE_AFTER - 1:])
+        reports.ack(tx, items[recovery.ARCHIVE_AFTER - 1:])
     assert ops.claim(ledger, worker_id="w", limit=1, lease_seconds=LEASE)["leases"] == []
     assert _hot_finished(ledger) == 0
     assert len(ops.list_jobs(ledger, state="succeeded", limit=100_000)["jobs"]) == count
@@ -700,7 +699,7 @@ def test_the_same_ack_twice_in_one_batch_completes_the_job_once(ledger):
     (lease,) = ops.claim(ledger, worker_id="w")["leases"]
     item = {"job_id": job_id, "lease_id": lease["lease_id"]}
     with ledger.transaction() as tx:
-        first, second = core.ack(tx, [dict(item), dict(item)])
+        first, second = reports.ack(tx, [dict(item), dict(item)])
     assert first["state"] == "succeeded"
     assert isinstance(second, StaleLease)
     events = [entry["event_type"] for entry in ops.show(ledger, job_id)["history"]]
@@ -711,7 +710,7 @@ def test_stale_and_current_ack_of_one_job_in_one_batch_credit_the_current_lease(
     """The server's group commit can put a late ack from an expired lease and the new owner's ack of the
     same job in one batch: only the current lease completes it, whatever the order."""
     from airgap_orch.errors import StaleLease
-    from airgap_orch.orchestrator import jobs as core
+    from airgap_orch.orchestrator import reports
 
     job_id = enqueue(ledger)
     (old,) = ops.claim(ledger, worker_id="w-old", limit=1, lease_seconds=5)["leases"]
@@ -721,8 +720,8 @@ def test_stale_and_current_ack_of_one_job_in_one_batch_credit_the_current_lease(
     (new,) = ops.claim(ledger, worker_id="w-new", limit=1, lease_seconds=30)["leases"]
     artifact = {"uri": "file:///out/x.json", "digest": "sha256:" + "a" * 64, "mime": "application/json"}
     with ledger.transaction() as tx:
-        stale, current = core.ack(tx, [{"job_id": job_id, "lease_id": old["lease_id"]},
-                                       {"job_id": job_id, "lease_id": new["lease_id"], "artifacts": [artifact]}])
+        stale, current = reports.ack(tx, [{"job_id": job_id, "lease_id": old["lease_id"]},
+                                          {"job_id": job_id, "lease_id": new["lease_id"], "artifacts": [artifact]}])
     assert isinstance(stale, StaleLease)
     assert current == {"job_id": job_id, "state": "succeeded", "attempt": 2}
     shown = ops.show(ledger, job_id)

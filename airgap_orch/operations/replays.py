@@ -1,6 +1,6 @@
 """Replay operations: one job (`jobs replay`) and dead letters in bulk (`deadletter replay --tenant ...`).
 
-A replay clones the payload into a new queued job with replay_of set and high priority; core.replay
+A replay clones the payload into a new queued job with replay_of set and high priority; operator.replay
 records it in history and in the audit log (with the reason, when given).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 from .. import validation
 from ..errors import InvalidInput
 from ..ledger import Ledger
-from ..orchestrator import jobs as core
+from ..orchestrator import operator, rows
 from ..orchestrator.states import next_state
 
 REPLAY_PRIORITY = 100  # replays jump ahead of ordinary work (job priorities run -1000..1000)
@@ -25,8 +25,8 @@ def replay_job(ledger: Ledger, job_id: Any, *, reason: Any = None, again: Any = 
     checked = validation.job_id(job_id)
     checked_reason = validation.text(reason, validation.MAX_REASON_CHARS, "reason")
     with ledger.transaction() as tx:
-        (replay,) = core.replay(tx, [checked], actor=actor, priority=REPLAY_PRIORITY, tenants=tenants,
-                                reason=checked_reason, again=validation.flag(again, "again"))
+        (replay,) = operator.replay(tx, [checked], actor=actor, priority=REPLAY_PRIORITY, tenants=tenants,
+                                    reason=checked_reason, again=validation.flag(again, "again"))
     return {**replay, "priority": REPLAY_PRIORITY, "state": "queued"}
 
 
@@ -47,10 +47,10 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
         chosen = [validation.job_id(job_id) for job_id in job_ids]
         if dry_run:
             read = ledger.read()
-            for job_id in chosen:  # the checks core.replay makes, without writing
-                next_state(core.any_job(read, job_id, tenants)["state"], "replay")
+            for job_id in chosen:  # the checks operator.replay makes, without writing
+                next_state(rows.any_job(read, job_id, tenants)["state"], "replay")
             if not again:
-                core.refuse_replayed(read, chosen)
+                operator.refuse_replayed(read, chosen)
     else:
         missing = [flag for flag, value in filters.items() if value is None]
         if missing:
@@ -70,6 +70,6 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
     if dry_run:
         return {"dry_run": True, "count": len(chosen), "job_ids": chosen, "replays": []}
     with ledger.transaction() as tx:
-        replays = core.replay(tx, chosen, actor=actor, priority=REPLAY_PRIORITY, tenants=tenants,
-                              reason=checked_reason, again=again)
+        replays = operator.replay(tx, chosen, actor=actor, priority=REPLAY_PRIORITY, tenants=tenants,
+                                  reason=checked_reason, again=again)
     return {"dry_run": False, "count": len(replays), "job_ids": chosen, "replays": replays}

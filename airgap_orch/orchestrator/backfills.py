@@ -24,8 +24,8 @@ import pyarrow as pa
 from .. import clock, validation
 from ..errors import Conflict, InvalidInput, NotFound
 from ..ledger import Transaction
-from . import audit, history
-from . import jobs as core
+from . import audit, history, rows
+from .enqueue import enqueue
 from .states import FINAL_STATES, HELD_STATES, QUEUED, next_state
 
 RECORD_VERSION = 1
@@ -131,7 +131,7 @@ def create(tx: Transaction, plan: Plan, records: list[dict[str, Any]], *, actor:
     covering = _covering_jobs(tx, plan.tenant, plan.job_type, spans) if suppress_covered else {}
     fresh = [index for index in range(len(spans)) if index not in covering]
     # A window's idempotency key names the window: a job already holding it covers the window, whatever its spec.
-    enqueued = core.enqueue(tx, [records[index] for index in fresh], actor=actor, refuse_other_spec=False)
+    enqueued = enqueue(tx, [records[index] for index in fresh], actor=actor, refuse_other_spec=False)
     job_ids: list[str] = [""] * len(spans)
     created = [False] * len(spans)
     for index, job_id in covering.items():
@@ -196,7 +196,7 @@ def _covering_jobs(tx: Transaction, tenant: str, job_type: str,
 
 def get(tx: Transaction, backfill_id: str, tenants: Collection[str] | None = None) -> dict[str, Any]:
     found = tx.rows("backfill_get", backfill_id=backfill_id)
-    if not found or not core.visible(found[0], tenants):
+    if not found or not rows.visible(found[0], tenants):
         raise NotFound(f"no backfill {backfill_id}; list backfills with `airgap-orch backfill list`")
     return found[0]
 
@@ -245,19 +245,19 @@ def cancel(tx: Transaction, backfill_id: str, *, reason: str, actor: str, ticket
     for job in tx.rows("backfill_active_jobs", backfill_id=backfill_id, states=[QUEUED, *HELD_STATES]):
         if job["state"] == QUEUED:
             updated = dict(job, state=next_state(QUEUED, "cancel"), finished_at=now, updated_at=now)
-            entries.append(core._entry(updated, "cancel", QUEUED, updated["state"], actor=actor, reason=reason,
-                                       at=now))
+            entries.append(rows.entry(updated, "cancel", QUEUED, updated["state"], actor=actor, reason=reason,
+                                      at=now))
             canceled += 1
         elif not job["cancel_requested"]:
             updated = dict(job, state=next_state(job["state"], "request_cancel"), cancel_requested=True,
                            updated_at=now)
-            entries.append(core._entry(updated, "request_cancel", job["state"], updated["state"], actor=actor,
-                                       reason=reason, at=now))
+            entries.append(rows.entry(updated, "request_cancel", job["state"], updated["state"], actor=actor,
+                                      reason=reason, at=now))
             requested += 1
         else:
             continue
         updates.append(updated)
-    core._write_back(tx, updates)
+    rows.write_back(tx, updates)
     history.append(tx, entries)
     tx.unarchived = max(tx.unarchived, 0) + canceled
     tx.execute("backfill_cancel", backfill_id=backfill_id, now=now, actor=actor, reason=reason)

@@ -16,6 +16,7 @@ import pyarrow as pa
 from .. import clock
 from ..errors import InvalidInput, NotFound
 from ..ledger import Transaction
+from . import rows
 from .states import CANCELED, FINAL_STATES, SUCCEEDED, WAITING, next_state
 
 DEPENDENCY_FAILED = "dependency_failed"
@@ -78,23 +79,21 @@ def settled(tx: Transaction, ended: list[tuple[str, str]]) -> None:
     waiting descendants of a job that ended otherwise are canceled (dependency_failed)."""
     if not ended or not any_waiting(tx):
         return
-    from . import jobs  # jobs imports this module; the row helpers live there
-
     now = clock.now()
     succeeded = [job_id for job_id, state in ended if state == SUCCEEDED]
     if succeeded:
         ready = [job_id for job_id, unmet in tx.fetch("children_waiting", parent_ids=succeeded)
                  if unmet == 0]
-        rows = [dict(job, state=next_state(WAITING, "unblock"), updated_at=now)
-                for job in jobs.load_rows(tx, ready).values()]
-        jobs.write(tx, rows, [jobs.entry(row, "unblock", WAITING, row["state"], actor="orchestrator", at=now,
-                                         reason="parents_succeeded") for row in rows])
+        unblocked = [dict(job, state=next_state(WAITING, "unblock"), updated_at=now)
+                     for job in rows.load(tx, ready).values()]
+        rows.write(tx, unblocked, [rows.entry(row, "unblock", WAITING, row["state"], actor="orchestrator", at=now,
+                                              reason="parents_succeeded") for row in unblocked])
     failed = [job_id for job_id, state in ended if state in FINAL_STATES and state != SUCCEEDED]
     while failed:
         children = [job_id for job_id, _ in tx.fetch("children_waiting", parent_ids=failed)]
-        rows = [dict(job, state=next_state(WAITING, "cancel"), finished_at=now, updated_at=now)
-                for job in jobs.load_rows(tx, children).values()]
-        jobs.write(tx, rows, [jobs.entry(row, "cancel", WAITING, CANCELED, actor="orchestrator", at=now,
-                                         reason=DEPENDENCY_FAILED) for row in rows])
-        tx.unarchived = max(tx.unarchived, 0) + len(rows)
-        failed = [row["job_id"] for row in rows]
+        canceled = [dict(job, state=next_state(WAITING, "cancel"), finished_at=now, updated_at=now)
+                    for job in rows.load(tx, children).values()]
+        rows.write(tx, canceled, [rows.entry(row, "cancel", WAITING, CANCELED, actor="orchestrator", at=now,
+                                             reason=DEPENDENCY_FAILED) for row in canceled])
+        tx.unarchived = max(tx.unarchived, 0) + len(canceled)
+        failed = [row["job_id"] for row in canceled]

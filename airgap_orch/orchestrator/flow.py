@@ -11,7 +11,7 @@ A job's keys are 'tenant:<tenant>', 'type:<job type>' and the keys it declares (
 'host:nvd.nist.gov'). A token bucket holds up to `burst` tokens and refills at `rate` per second by elapsed
 time; each claim takes one token from every bucket the job falls under.
 
-jobs.claim() asks a Walk which groups are blocked as a whole (they are left out of the candidate query,
+claims.claim() asks a Walk which groups are blocked as a whole (they are left out of the candidate query,
 so a throttled tenant's backlog never hides another tenant's jobs), admits each candidate in claim order,
 then settles: bucket levels and breaker probes are written back in the same transaction.
 """

@@ -29,7 +29,7 @@ from .. import clock, ids, validation
 from ..errors import Conflict, NotFound
 from ..ledger import Transaction
 from . import audit, backfills, flow, limits
-from . import jobs as core
+from .enqueue import enqueue
 
 RECORD_VERSION = 1
 MAX_TICKS_PER_RUN = 1_000  # documented in README "Sources and schedules"
@@ -167,8 +167,8 @@ def _run_ticks(tx: Transaction, row: dict[str, Any], ticks: list[datetime], befo
         result["skipped"] = len(missed)
     # The tick's key names the tick: a job already holding it is that tick's job, whatever its spec (a missed-tick
     # backfill gives its jobs another correlation id).
-    [(job_id, created)] = core.enqueue(tx, [tick_record(row, starts[-1], ticks[-1], flow_key(row["name"]))],
-                                      actor=actor, refuse_other_spec=False)
+    [(job_id, created)] = enqueue(tx, [tick_record(row, starts[-1], ticks[-1], flow_key(row["name"]))],
+                                 actor=actor, refuse_other_spec=False)
     result["job_id"], result["created"] = job_id, created
     tx.execute("source_ticked", source=row["name"], last_tick=ticks[-1], skipped=result["skipped"])
     return result

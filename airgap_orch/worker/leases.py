@@ -121,7 +121,7 @@ def report_request(job: TrackedJob, outcome: Outcome) -> tuple[str, dict[str, An
     if outcome.kind == "ack":
         return "jobs.ack", {**ids, "artifacts": outcome.artifacts or []}
     if outcome.kind == "stopped" and job.ctx.cancel_reason == CANCEL_REQUESTED:
-        # A fail on a job whose cancellation was requested ends it canceled (orchestrator/jobs.py).
+        # A fail on a job whose cancellation was requested ends it canceled (orchestrator/reports.py).
         return "jobs.fail", {**ids, "error": CANCELED_MESSAGE, "no_retry": True}
     return "jobs.fail", {**ids, "error": clip_error(outcome.error or "handler failed"),
                          "retry_after": bounded_retry_after(outcome.retry_after), "no_retry": outcome.no_retry}
