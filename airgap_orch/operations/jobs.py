@@ -8,7 +8,8 @@ from typing import Any
 from .. import clock, validation
 from ..errors import Forbidden, OrchError, exit_code_for
 from ..ledger import Ledger
-from ..orchestrator import jobs as core
+from ..orchestrator import claims, operator, recovery, render, reports
+from ..orchestrator.enqueue import enqueue as enqueue_records
 from ..orchestrator.states import DEAD_LETTER
 
 
@@ -29,7 +30,7 @@ def enqueue(ledger: Ledger, spec: Any, *, actor: str = "cli", tenants: Collectio
     record = validation.job_spec(spec)
     _allowed(record, tenants)
     with ledger.transaction() as tx:
-        ((job_id, created),) = core.enqueue(tx, [record], actor=actor)
+        ((job_id, created),) = enqueue_records(tx, [record], actor=actor)
     return {"job_id": job_id, "created": created, "tenant": record["tenant"], "type": record["job_type"]}
 
 
@@ -45,14 +46,14 @@ def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli",
     for record in records:
         _allowed(record, tenants)
     with ledger.transaction() as tx:
-        results = core.enqueue(tx, records, actor=actor)
+        results = enqueue_records(tx, records, actor=actor)
     created = sum(1 for _, was_created in results if was_created)
     return {"job_ids": [job_id for job_id, _ in results], "created": created, "existing": len(results) - created}
 
 
 def claim_args(*, worker_id: str, limit: int = 1, lease_seconds: float | None = None, queue: str | None = None,
                job_type: str | None = None, tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """Validated keyword arguments for core.claim (the server groups many claims in one transaction)."""
+    """Validated keyword arguments for claims.claim (the server groups many claims in one transaction)."""
     validation.text(worker_id, 128, "worker id", required=True)
     return {"worker_id": worker_id, "limit": validation.claim_limit(limit),
             "lease_seconds": validation.lease_seconds(lease_seconds), "queue": queue, "job_type": job_type,
@@ -66,7 +67,7 @@ def claim(ledger: Ledger, *, worker_id: str, limit: int = 1, lease_seconds: floa
     args = claim_args(worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
                       job_type=job_type, tenants=tenants)
     with ledger.transaction() as tx:
-        return {"leases": core.claim(tx, **args)}
+        return {"leases": claims.claim(tx, **args)}
 
 
 def heartbeat_item(job_id: str, lease_id: str, *, progress: float | None = None, message: str | None = None,
@@ -95,8 +96,8 @@ def release_item(job_id: str, lease_id: str, *, tenants: Collection[str] | None 
 
 # The worker reports: item builders validate; the batch core functions apply many items in one
 # transaction (the server's group commit) and answer one outcome per item.
-BATCHED = {"heartbeat": (heartbeat_item, core.heartbeat), "ack": (ack_item, core.ack),
-           "fail": (fail_item, core.fail), "release": (release_item, core.release)}
+BATCHED = {"heartbeat": (heartbeat_item, reports.heartbeat), "ack": (ack_item, reports.ack),
+           "fail": (fail_item, reports.fail), "release": (release_item, reports.release)}
 
 
 def _report(kind: str, ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def ack_many(ledger: Ledger, acks: list[dict[str, Any]], *, actor: str = "cli",
     items = [ack_item(a.get("job_id"), a.get("lease_id"), artifacts=a.get("artifacts"), tenants=tenants)
              for a in acks]
     with ledger.transaction() as tx:
-        return {"results": [outcome_dict(item, outcome) for item, outcome in zip(items, core.ack(tx, items),
+        return {"results": [outcome_dict(item, outcome) for item, outcome in zip(items, reports.ack(tx, items),
                                                                                  strict=True)]}
 
 
@@ -151,13 +152,13 @@ def cancel(ledger: Ledger, job_id: str, *, reason: str, actor: str = "cli",
     job_id = validation.job_id(job_id)
     reason = validation.text(reason, validation.MAX_REASON_CHARS, "reason", required=True)
     with ledger.transaction() as tx:
-        return core.cancel(tx, job_id, reason=reason, actor=actor, tenants=tenants)
+        return operator.cancel(tx, job_id, reason=reason, actor=actor, tenants=tenants)
 
 
 def recover(ledger: Ledger, *, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Recover every expired lease now (site-wide housekeeping); the count covers the caller's tenants only."""
     with ledger.transaction() as tx:
-        recovered = core.maintain(tx, force=True)
+        recovered = recovery.maintain(tx, force=True)
     return {"recovered": sum(1 for tenant in recovered if tenants is None or tenant in tenants)}
 
 
@@ -169,12 +170,12 @@ def list_jobs(ledger: Ledger, *, state: str | None = None, tenant: str | None = 
     rows = ledger.read().rows("jobs_list", state=state, tenant=tenant, job_type=job_type, limit=limit,
                               tenants=sorted(tenants) if tenants is not None else None)
     now = clock.now()
-    return {"jobs": [core.render(row, now) for row in rows]}
+    return {"jobs": [render.render(row, now) for row in rows]}
 
 
 def show(ledger: Ledger, job_id: str, *, actor: str = "cli", tenants: Collection[str] | None = None
          ) -> dict[str, Any]:
-    return core.show(ledger.read(), validation.job_id(job_id), tenants)
+    return render.show(ledger.read(), validation.job_id(job_id), tenants)
 
 
 def deadletter_list(ledger: Ledger, *, tenant: str | None = None, job_type: str | None = None,
@@ -188,5 +189,5 @@ def replay(ledger: Ledger, job_ids: list[str], *, again: Any = False, actor: str
         raise validation.InvalidInput("name at least one job id to replay; see `deadletter list`")
     checked = [validation.job_id(job_id) for job_id in job_ids]
     with ledger.transaction() as tx:
-        return {"replays": core.replay(tx, checked, actor=actor, priority=100, tenants=tenants,
+        return {"replays": operator.replay(tx, checked, actor=actor, priority=100, tenants=tenants,
                                        again=validation.flag(again, "again"))}

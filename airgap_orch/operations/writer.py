@@ -31,7 +31,8 @@ from typing import Any
 from .. import api, clock
 from ..errors import Conflict, InvalidInput, OrchError
 from ..ledger import Ledger, Transaction
-from ..orchestrator import jobs as core
+from ..orchestrator import claims
+from ..orchestrator import reports as lease_reports
 from . import dispatch
 from . import jobs as job_ops
 
@@ -312,8 +313,8 @@ class LedgerWriter:
 
     def _apply_claims(self, tx: Transaction, requests: list[Request],
                       answers: dict[int, dict[str, Any] | OrchError], acks: Reports) -> None:
-        """Claims asking with the same filters share one claim (core.claim_shared), up to MAX_SHARED_CLAIM jobs.
-        The acks held back go with the first claim (core.ack_and_claim), or alone when no claim is valid."""
+        """Claims asking with the same filters share one claim (claims.claim_shared), up to MAX_SHARED_CLAIM jobs.
+        The acks held back go with the first claim (claims.ack_and_claim), or alone when no claim is valid."""
         groups: dict[tuple, list[tuple[Request, dict[str, Any]]]] = {}
         for request in requests:
             if request.name != "jobs.claim":
@@ -333,7 +334,7 @@ class LedgerWriter:
         for members in groups.values():
             for share in _chunks(members, MAX_SHARED_CLAIM):
                 first = share[0][1]
-                ack_outcomes, leases = core.ack_and_claim(
+                ack_outcomes, leases = claims.ack_and_claim(
                     tx, acks.items, [(args["worker_id"], args["limit"]) for _, args in share],
                     lease_seconds=first["lease_seconds"], queue=first["queue"], job_type=first["job_type"],
                     tenants=first["tenants"])
@@ -342,7 +343,7 @@ class LedgerWriter:
                 for (request, _), granted in zip(share, leases, strict=True):
                     answers[id(request)] = {"leases": granted}
         if acks.items:
-            acks.answer(core.ack(tx, acks.items), answers)
+            acks.answer(lease_reports.ack(tx, acks.items), answers)
 
     def _prune_request_log(self) -> None:
         if time.monotonic() - self._last_prune < 3600:
