@@ -127,7 +127,7 @@ RETURNING {{ack_returning}};
 -- transitions: ack, cancel, claim
 -- ack, then claim (the unfiltered form), in one statement: the rows acked come back succeeded or canceled,
 -- the rows leased come back leased, with the values lease_to_worker gives (keep the two alike). Only while no
--- flow-control limit is set and no job waits on another (orchestrator/jobs.py, ack_and_claim), so the ack
+-- flow-control limit is set and no job waits on another (orchestrator/claims.py, ack_and_claim), so the ack
 -- cannot change what the claim may take.
 UPDATE jobs SET
     state = CASE WHEN picked.acked THEN {{acked_state}} ELSE 'leased' END,
@@ -162,7 +162,7 @@ SELECT * FROM all_jobs WHERE list_contains($job_ids, job_id);
 
 -- name: jobs_update
 -- transitions: python (states.next_state decides every row's new state)
--- Write back rows whose new values were decided in Python (orchestrator/jobs.py).
+-- Write back rows whose new values were decided in Python (orchestrator/rows.py write_back).
 UPDATE jobs SET
     state = updates.state, run_at = updates.run_at, attempts = updates.attempts, lease_id = updates.lease_id,
     worker_id = updates.worker_id, lease_expires_at = updates.lease_expires_at,
