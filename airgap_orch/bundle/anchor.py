@@ -74,6 +74,9 @@ class StalenessPolicy:
         return self.warn_after + self.grace
 
 
+DEFAULT_STALENESS = StalenessPolicy()
+
+
 @dataclass(frozen=True)
 class TimeAnchor:
     """A verified anchor: signed by the timestamp role and bound to one manifest."""
@@ -165,7 +168,7 @@ def verify_anchor(data: bytes, root: TrustedRoot, manifest: Manifest) -> TimeAnc
 
 
 def assess_time(anchor_time: datetime, *, local_now: datetime, latest_anchor: datetime | None,
-                policy: StalenessPolicy = StalenessPolicy()) -> TimeVerdict:
+                policy: StalenessPolicy = DEFAULT_STALENESS) -> TimeVerdict:
     """The staleness verdict for an anchor time (see the module docstring); never raises."""
     anchor_time, local_now = _naive(anchor_time), _naive(local_now)
     previous = None if latest_anchor is None else _naive(latest_anchor)
