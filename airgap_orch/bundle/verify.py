@@ -35,6 +35,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from . import trust
@@ -126,7 +127,7 @@ class VerifiedBundle:
     members: tuple[VerifiedMember, ...]  # every manifest member, in manifest order
     archive_size: int
     checks: tuple[Check, ...]
-    tables: Mapping[str, Any] = field(default_factory=dict)  # path -> parquet_check.ParquetFacts, if checked
+    tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # path -> ParquetFacts
 
     @property
     def data_members(self) -> tuple[VerifiedMember, ...]:
@@ -173,8 +174,8 @@ class _Verification:
         index = self.step("structure", lambda: self._structure(size))
         roots = _root_members(index)
         root, new_roots = self.step("trust-root", lambda: self._trust(pinned_root, roots, now, latest_anchor))
-        envelope, by_site = self.step("signature", lambda: self._signature(index.members[0], root))
-        manifest = self.step("manifest", lambda: _manifest(envelope.payload))
+        by_site = self.step("signature", lambda: self._signature(index.members[0], root))
+        manifest = self.step("manifest", lambda: _manifest(next(iter(by_site.values())).payload))
         site, signed = self.step("source-site", lambda: _source_site(manifest, by_site))
         members = self.step("members", lambda: self._members(index, manifest))
         anchor = self.step("time-anchor", lambda: self._anchor(index, root, manifest))
@@ -187,7 +188,7 @@ class _Verification:
             bundle_id=manifest.bundle_id, payload_sha256=manifest.payload_sha256, manifest=manifest, root=root,
             new_roots=new_roots, source_site=site, signers=tuple(key.keyid for key in signed.signers),
             anchor=anchor, time=verdict, members=members, archive_size=index.archive_size,
-            checks=tuple(self.checks), tables=tables)
+            checks=tuple(self.checks), tables=MappingProxyType(tables))
 
     # --- 1. size, 2. structure ------------------------------------------------------------------------------
 
@@ -236,26 +237,25 @@ class _Verification:
                latest_anchor: datetime | None) -> tuple[tuple[TrustedRoot, tuple[bytes, ...]], str]:
         pinned = trust.load_trusted_root(pinned_root)
         documents = [read_member(self.source, member) for member in roots]
-        for member, data in zip(roots, documents, strict=True):
+        versions = [trust.root_version(data) for data in documents]
+        for member, version in zip(roots, versions, strict=True):
             match = ROOT_MEMBER.fullmatch(member.name)
             assert match is not None
-            if trust.root_version(data) != int(match.group(1)):
-                raise RotationError("root-name", f"member {member.name!r} holds trust root version "
-                                    f"{trust.root_version(data)}")
+            if version != int(match.group(1)):
+                raise RotationError("root-name", f"member {member.name!r} holds trust root version {version}")
         root = trust.verify_root_chain(pinned, documents, trust.reference_time(now, latest_anchor))
-        newer = tuple(data for data in documents if trust.root_version(data) > pinned.version)
+        newer = tuple(data for data, version in zip(documents, versions, strict=True) if version > pinned.version)
         moved = f"pinned version {pinned.version}" + (f" -> version {root.version}" if newer else "")
         return (root, newer), f"{moved}, expires {format_time(root.expires)}"
 
     # --- 4. signature ---------------------------------------------------------------------------------------
 
-    def _signature(self, member: TarMember, root: TrustedRoot
-                   ) -> tuple[tuple[Envelope, dict[str, VerifiedEnvelope]], str]:
+    def _signature(self, member: TarMember, root: TrustedRoot) -> tuple[dict[str, VerifiedEnvelope], str]:
         envelope = parse_canonical_envelope(read_member(self.source, member))
         by_site = verify_site_envelope(envelope, root)
         sites = ", ".join(sorted(by_site))
         some = next(iter(by_site.values()))
-        return (envelope, by_site), f"{len(some.signers)} distinct key(s) meeting the threshold of site {sites}"
+        return by_site, f"{len(some.signers)} distinct key(s) meeting the threshold of site {sites}"
 
     # --- 7. members -----------------------------------------------------------------------------------------
 
@@ -275,8 +275,9 @@ class _Verification:
         tree = MerkleTree()
         verified = []
         total = 0
+        by_name = {member.name: member for member in index.members}
         for entry in manifest.members:
-            tar = index.member(entry.path)
+            tar = by_name[entry.path]
             if tar.size != entry.size:
                 raise MerkleError("size-mismatch", f"member {entry.path!r} is {tar.size} bytes; the manifest says "
                                   f"{entry.size}")
