@@ -170,8 +170,8 @@ class _Verification:
     def run(self, *, pinned_root: bytes, target_site: str | None, now: datetime, staleness: StalenessPolicy,
             latest_anchor: datetime | None, table_schemas: Mapping[str, pa.Schema] | None,
             parquet_limits: ParquetLimits) -> VerifiedBundle:
-        size = self.step("size", self._size)
-        index = self.step("structure", lambda: self._structure(size))
+        self.step("size", self._size)
+        index = self.step("structure", self._structure)
         roots = _root_members(index)
         root, new_roots = self.step("trust-root", lambda: self._trust(pinned_root, roots, now, latest_anchor))
         by_site = self.step("signature", lambda: self._signature(index.members[0], root))
@@ -201,7 +201,7 @@ class _Verification:
             raise SizeLimitError("archive", f"the bundle is {size} bytes; the cap is {self.limits.max_archive_bytes}")
         return size, f"{size} bytes (cap {self.limits.max_archive_bytes})"
 
-    def _structure(self, size: int) -> tuple[TarIndex, str]:
+    def _structure(self) -> tuple[TarIndex, str]:
         index = read_index(self.source, self.limits)
         names = index.names
         if not names or names[0] != ENVELOPE_MEMBER:

@@ -110,10 +110,12 @@ def write_bundle(out: BinaryIO, header: BundleHeader, members: Sequence[DataMemb
     return WrittenBundle(manifest, writer.close())
 
 
-def write_bundle_bytes(header: BundleHeader, members: Sequence[DataMember], **kwargs) -> bytes:  # type: ignore[no-untyped-def]
+def write_bundle_bytes(header: BundleHeader, members: Sequence[DataMember], *, roots: Sequence[bytes] = (),
+                       signing_keys: Sequence[Ed25519PrivateKey],
+                       timestamp_keys: Sequence[Ed25519PrivateKey]) -> bytes:
     """`write_bundle` into memory (tests, small bundles)."""
     out = io.BytesIO()
-    write_bundle(out, header, members, **kwargs)
+    write_bundle(out, header, members, roots=roots, signing_keys=signing_keys, timestamp_keys=timestamp_keys)
     return out.getvalue()
 
 
