@@ -45,11 +45,19 @@ def validator(name: str):
 
 def validate(name: str, document: Any, what: str) -> None:
     """Raise InvalidInput with a one-line message when `document` does not match schema `name`."""
+    message = problem(name, document, what)
+    if message is not None:
+        raise InvalidInput(message)
+
+
+def problem(name: str, document: Any, what: str) -> str | None:
+    """The one-line message saying how `document` fails schema `name` (naming it `what`), or None."""
     try:
         validator(name)(document)
     except fastjsonschema.JsonSchemaValueException as exc:
         where = exc.name.replace("data", what, 1) if exc.name else what
-        raise InvalidInput(f"{where} {_explain(exc, name)}") from None
+        return f"{where} {_explain(exc, name)}"
+    return None
 
 
 def _explain(exc: fastjsonschema.JsonSchemaValueException, name: str) -> str:

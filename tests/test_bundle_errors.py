@@ -8,8 +8,10 @@ from airgap_orch.bundle import errors as bundle_errors
 from airgap_orch.errors import OrchError, PolicyRefused, VerificationFailed, exit_code_for, http_problem
 
 VERIFICATION = [bundle_errors.TarFormatError, bundle_errors.SizeLimitError, bundle_errors.EnvelopeError,
-                bundle_errors.MerkleError, bundle_errors.SchemaError, bundle_errors.RotationError]
-POLICY = [bundle_errors.RollbackError, bundle_errors.StalenessError, bundle_errors.ExpiredError]
+                bundle_errors.MerkleError, bundle_errors.SchemaError, bundle_errors.RotationError,
+                bundle_errors.AnchorError, bundle_errors.PayloadError]
+POLICY = [bundle_errors.RollbackError, bundle_errors.StalenessError, bundle_errors.ExpiredError,
+          bundle_errors.TargetError]
 
 
 @pytest.mark.parametrize("cls", VERIFICATION)
@@ -32,7 +34,8 @@ def test_policy_errors_exit_5_with_their_family_prefix(cls):
 
 def test_families_are_distinct_and_match_the_documented_prefixes():
     families = [cls.family for cls in VERIFICATION + POLICY]
-    assert families == ["tar", "size", "dsse", "merkle", "schema", "rotation", "rollback", "staleness", "expiry"]
+    assert families == ["tar", "size", "dsse", "merkle", "schema", "rotation", "anchor", "payload",
+                        "rollback", "staleness", "expiry", "target"]
 
 
 @pytest.mark.parametrize("detail", ["", "Upper", "two words", "trailing-", "a:b", "newline\n"])

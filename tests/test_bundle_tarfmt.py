@@ -265,3 +265,21 @@ def test_render_header_round_trips_the_size_field_and_refuses_sizes_ustar_cannot
         render_header("a", 8**11)
     with pytest.raises(ValueError):
         render_header("a/../b", 1)
+
+
+def test_open_member_reads_that_member_only_and_seeks_within_it():
+    from airgap_orch.bundle.tarfmt import open_member
+
+    archive = canonical()
+    index = read_index(archive)
+    member = index.member("trust/root-2.json")
+    for source in (archive, io.BytesIO(archive)):
+        handle = open_member(source, member)
+        assert handle.read() == MEMBERS[1][1] and handle.read(10) == b""
+        assert handle.seek(-1, io.SEEK_END) == member.size - 1 and handle.read(5) == b"!"
+        handle.seek(member.size + 100)
+        assert handle.read(10) == b""  # never the padding or the next header
+        with pytest.raises(ValueError):
+            handle.seek(-1)
+    with pytest.raises(TarFormatError):
+        open_member(archive[:member.data_offset + 10], member)

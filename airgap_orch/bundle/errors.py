@@ -9,20 +9,25 @@ quarantine records and reports carry.
     │   ├── EnvelopeError           dsse:*      DSSE envelope: canonical form, payload type, signatures
     │   ├── MerkleError             merkle:*    member hashes or the RFC 6962 Merkle root
     │   ├── SchemaError             schema:*    a document does not have the shape its schema requires
-    │   └── RotationError           rotation:*  trust root chain: versions, keyids, thresholds
+    │   ├── RotationError           rotation:*  trust root chain: versions, keyids, thresholds
+    │   ├── AnchorError             anchor:*    time anchor: its signature, or it belongs to another bundle
+    │   └── PayloadError            payload:*   a member's content disagrees with the manifest (Parquet footer,
+    │                                           page headers, schema, codec) or does not decode
     └── BundlePolicyError (PolicyRefused, exit 5): verified, but policy refuses it
         ├── RollbackError           rollback:*  older than what this site already holds
-        ├── StalenessError          staleness:* time anchor too old for the staleness budget
-        └── ExpiredError            expiry:*    trust metadata past its expiry
+        ├── StalenessError          staleness:* time anchor too old for the staleness budget, or in the future
+        ├── ExpiredError            expiry:*    trust metadata past its expiry
+        └── TargetError             target:*    the bundle is addressed to another site
 
 A detail is lower-case words joined by '-', e.g. "dsse:threshold", "tar:padding". Messages are one line
-and never carry key material.
+and never carry key material. An error raised by `verify.verify_bundle` carries `checks`: the steps that
+passed before it, then the failed one, for `bundle verify` to print.
 """
 
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import OrchError, PolicyRefused, VerificationFailed
 
@@ -33,6 +38,7 @@ class BundleError(OrchError):
     """Base of every bundle error; `reason_code` is "<family>:<detail>"."""
 
     family: ClassVar[str] = "bundle"
+    checks: tuple[Any, ...] = ()  # verify.Check records up to and including the failed step
 
     def __init__(self, detail: str, message: str):
         if not _DETAIL.fullmatch(detail):
@@ -74,13 +80,26 @@ class RotationError(BundleVerificationError):
     family = "rotation"
 
 
+class AnchorError(BundleVerificationError):
+    family = "anchor"
+
+
+class PayloadError(BundleVerificationError):
+    family = "payload"
+
+
 class RollbackError(BundlePolicyError):
     family = "rollback"
 
 
 class StalenessError(BundlePolicyError):
     family = "staleness"
+    verdict: Any = None  # the anchor.TimeVerdict that refused the bundle
 
 
 class ExpiredError(BundlePolicyError):
     family = "expiry"
+
+
+class TargetError(BundlePolicyError):
+    family = "target"

@@ -44,3 +44,35 @@ class TarLimits:
 
 
 DEFAULT_TAR_LIMITS = TarLimits()
+
+# Declared uncompressed bytes of all table members of one bundle (the manifest's sum of `uncompressed_bytes`).
+MAX_BUNDLE_UNCOMPRESSED_BYTES = 256 * GIB
+
+# zstd streams outside Parquet (bundle/decompress.py): the largest window a frame may ask for (what a
+# decoder must allocate) and the output of one member.
+MAX_ZSTD_WINDOW_BYTES = 8 * MIB  # window log 23: every level up to 19 stays within it
+MAX_DECOMPRESSED_MEMBER_BYTES = 4 * GIB
+
+
+@dataclass(frozen=True)
+class ParquetLimits:
+    """What one Parquet member may declare, and what decoding it may produce (bundle/parquet_check.py).
+
+    Footer and page headers are checked against the first group before any page is decoded; the decoded
+    sizes are checked batch by batch, dictionary columns before they are expanded."""
+
+    max_footer_bytes: int = 16 * MIB
+    max_row_groups: int = 10_000
+    max_columns: int = 256
+    max_rows: int = 2**31 - 1
+    max_uncompressed_bytes: int = 16 * GIB  # sum of the column chunks' total_uncompressed_size
+    max_row_group_uncompressed_bytes: int = 512 * MIB  # what reading one row group may hold at once
+    max_page_bytes: int = 64 * MIB  # one page's declared uncompressed size
+    max_page_header_bytes: int = 256 * KIB
+    max_pages: int = 1_000_000
+    max_batch_rows: int = 8192
+    max_decoded_batch_bytes: int = 256 * MIB  # one record batch, dictionaries expanded
+    max_decoded_bytes: int = 64 * GIB  # all batches of one member
+
+
+DEFAULT_PARQUET_LIMITS = ParquetLimits()

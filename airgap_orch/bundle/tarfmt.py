@@ -294,6 +294,42 @@ def iter_member_chunks(source: bytes | BinaryIO, member: TarMember, chunk_size: 
         position += len(chunk)
 
 
+def open_member(source: bytes | BinaryIO, member: TarMember) -> BinaryIO:
+    """A read-only, seekable file object over one member's data and nothing else (for decoders such as
+    pyarrow that need to seek within a member). Reads past the member's end return b""."""
+    return io.BufferedReader(_MemberFile(_Source(source), member), buffer_size=64 * 1024)  # type: ignore[return-value]
+
+
+class _MemberFile(io.RawIOBase):
+    def __init__(self, src: _Source, member: TarMember):
+        if member.data_offset + member.size > src.size:
+            raise TarFormatError("truncated", f"the bundle ends inside member {member.name!r}; it is truncated")
+        self._src, self._start, self._size, self._position = src, member.data_offset, member.size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        length = max(0, min(len(buffer), self._size - self._position))
+        data = self._src.read_at(self._start + self._position, length) if length else b""
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
 def _read_block(src: _Source, offset: int, what: str) -> bytes:
     block = src.read_at(offset, BLOCK)
     if len(block) < BLOCK:

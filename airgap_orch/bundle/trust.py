@@ -244,6 +244,12 @@ def root_signature_status(data: bytes, previous: TrustedRoot | None = None) -> R
                           by_self, root.root.threshold)
 
 
+def root_version(data: bytes) -> int:
+    """The version a well-formed root document claims (its signatures are not checked); SchemaError or
+    SizeLimitError for a document that is not a trust root."""
+    return _parse(data)[1].version
+
+
 # --- parsing ----------------------------------------------------------------------------------------------
 
 def _parse(data: bytes) -> tuple[Metadata[Root], TrustedRoot]:
