@@ -244,6 +244,12 @@ def root_signature_status(data: bytes, previous: TrustedRoot | None = None) -> R
                           by_self, root.root.threshold)
 
 
+def inspect_root(data: bytes) -> TrustedRoot:
+    """A root's structure with its signatures NOT checked: for showing a root that is being signed (next to
+    `root_signature_status`), never for trusting it. SchemaError, RotationError or SizeLimitError as `_parse`."""
+    return _parse(data)[1]
+
+
 def root_version(data: bytes) -> int:
     """The version a well-formed root document claims (its signatures are not checked); SchemaError or
     SizeLimitError for a document that is not a trust root."""

@@ -59,6 +59,7 @@ from .errors import (
     TarFormatError,
     TargetError,
 )
+from .keys import KeyRole
 from .limits import (
     DEFAULT_PARQUET_LIMITS,
     DEFAULT_TAR_LIMITS,
@@ -128,6 +129,10 @@ class VerifiedBundle:
     archive_size: int
     checks: tuple[Check, ...]
     tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # path -> ParquetFacts
+    # False only with verify_bundle(require_threshold=False) (`bundle sign`) when the source site's threshold is
+    # not met yet: such a bundle is NOT verified for import.
+    threshold_met: bool = True
+    site_threshold: int = 1  # the source site's threshold in `root`
 
     @property
     def data_members(self) -> tuple[VerifiedMember, ...]:
@@ -143,18 +148,24 @@ class VerifiedBundle:
 def verify_bundle(source: bytes | BinaryIO, *, pinned_root: bytes, target_site: str | None, now: datetime,
                   staleness: StalenessPolicy = DEFAULT_STALENESS, latest_anchor: datetime | None = None,
                   table_schemas: Mapping[str, pa.Schema] | None = None, limits: TarLimits = DEFAULT_TAR_LIMITS,
-                  parquet_limits: ParquetLimits = DEFAULT_PARQUET_LIMITS) -> VerifiedBundle:
+                  parquet_limits: ParquetLimits = DEFAULT_PARQUET_LIMITS,
+                  require_threshold: bool = True) -> VerifiedBundle:
     """Run the verification sequence (module docstring). `now` is the local clock (naive UTC);
     `latest_anchor` the latest verified anchor time this site stored. Raises the first failing step's
-    BundleError with `checks` set to the steps so far, the failed one last."""
-    return _Verification(source, limits).run(
+    BundleError with `checks` set to the steps so far, the failed one last.
+
+    `require_threshold=False` is for `bundle sign` only: every step runs as usual, every signature must still
+    verify under a key of one site, but fewer than that site's threshold may have signed (the result says
+    `threshold_met`), so a key holder can check a bundle before adding the next signature. Never import such
+    a result."""
+    return _Verification(source, limits, require_threshold).run(
         pinned_root=pinned_root, target_site=target_site, now=now, staleness=staleness,
         latest_anchor=latest_anchor, table_schemas=table_schemas, parquet_limits=parquet_limits)
 
 
 class _Verification:
-    def __init__(self, source: bytes | BinaryIO, limits: TarLimits):
-        self.source, self.limits = source, limits
+    def __init__(self, source: bytes | BinaryIO, limits: TarLimits, require_threshold: bool = True):
+        self.source, self.limits, self.require_threshold = source, limits, require_threshold
         self.checks: list[Check] = []
 
     def step(self, name: str, action: Callable[[], tuple[T, str]]) -> T:
@@ -188,7 +199,8 @@ class _Verification:
             bundle_id=manifest.bundle_id, payload_sha256=manifest.payload_sha256, manifest=manifest, root=root,
             new_roots=new_roots, source_site=site, signers=tuple(key.keyid for key in signed.signers),
             anchor=anchor, time=verdict, members=members, archive_size=index.archive_size,
-            checks=tuple(self.checks), tables=MappingProxyType(tables))
+            checks=tuple(self.checks), tables=MappingProxyType(tables),
+            threshold_met=len(signed.signers) >= root.sites[site].threshold, site_threshold=root.sites[site].threshold)
 
     # --- 1. size, 2. structure ------------------------------------------------------------------------------
 
@@ -252,10 +264,14 @@ class _Verification:
 
     def _signature(self, member: TarMember, root: TrustedRoot) -> tuple[dict[str, VerifiedEnvelope], str]:
         envelope = parse_canonical_envelope(read_member(self.source, member))
-        by_site = verify_site_envelope(envelope, root)
+        by_site = verify_site_envelope(envelope, root, require_threshold=self.require_threshold)
         sites = ", ".join(sorted(by_site))
         some = next(iter(by_site.values()))
-        return by_site, f"{len(some.signers)} distinct key(s) meeting the threshold of site {sites}"
+        if self.require_threshold:
+            return by_site, f"{len(some.signers)} distinct key(s) meeting the threshold of site {sites}"
+        thresholds = ", ".join(f"{root.sites[site].threshold} for {site}" for site in sorted(by_site))
+        return by_site, (f"{len(some.signers)} distinct valid key(s) of site {sites} (threshold {thresholds}; not "
+                         "required when signing)")
 
     # --- 7. members -----------------------------------------------------------------------------------------
 
@@ -327,11 +343,13 @@ class _Verification:
         return facts, f"{len(facts)} Parquet member(s), {rows} rows declared; footers and page headers checked"
 
 
-def verify_site_envelope(envelope: Envelope, root: TrustedRoot) -> dict[str, VerifiedEnvelope]:
+def verify_site_envelope(envelope: Envelope, root: TrustedRoot, *,
+                         require_threshold: bool = True) -> dict[str, VerifiedEnvelope]:
     """The sites of `root` whose role accepts every signature of `envelope` and whose threshold it meets, with
     the verified envelope for each (usually one site). EnvelopeError dsse:payload-type, dsse:no-signatures,
     dsse:unknown-key (a key bound to no site), dsse:mixed-sites (keys of different sites), dsse:duplicate-
-    signature (one key signs twice, under any keyid), or the first candidate's dsse:* error."""
+    signature (one key signs twice, under any keyid), or the first candidate's dsse:* error.
+    `require_threshold=False` (`bundle sign`): one valid signature of a site's key is enough."""
     if envelope.payload_type != MANIFEST_PAYLOAD_TYPE:
         raise EnvelopeError("payload-type", f"the envelope's payload type is {envelope.payload_type[:80]!r}, "
                             f"not {MANIFEST_PAYLOAD_TYPE!r}")
@@ -351,7 +369,8 @@ def verify_site_envelope(envelope: Envelope, root: TrustedRoot) -> dict[str, Ver
     first_error: EnvelopeError | None = None
     for site in candidates:
         try:
-            verified[site] = verify_envelope(envelope, root.sites[site])
+            role = root.sites[site] if require_threshold else KeyRole(root.sites[site].keys, 1)
+            verified[site] = verify_envelope(envelope, role)
         except EnvelopeError as exc:
             first_error = first_error or exc
     if not verified:

@@ -54,6 +54,8 @@ def _register() -> None:
     from . import sources
     for group in sources.GROUPS:
         cli.add_command(group)
+    from . import bundle, trust
+    cli.commands.update(trust=trust.group, bundle=bundle.group)
     from .demo import demo
     from .serve import serve
 

@@ -506,3 +506,141 @@ SELECT * FROM sources WHERE schedule IS NOT NULL AND site_id = $site_id ORDER BY
 
 -- name: source_ticked
 UPDATE sources SET last_tick = $last_tick, skipped_ticks = skipped_ticks + $skipped WHERE name = $source;
+
+-- Trust roots (operations/trust.py; migration 0010) ------------------------------------------------------
+
+-- name: trust_root_latest
+SELECT version, root_json, fingerprint, expires_at, pinned_at, pinned_by FROM trust_roots
+ORDER BY version DESC LIMIT 1;
+
+-- name: trust_root_insert
+INSERT INTO trust_roots VALUES ($version, $root_json, $fingerprint, $expires_at, $pinned_at, $pinned_by);
+
+-- Bundle export (operations/bundles.py; bundle/tables.py declares each member's columns and row order) ------
+-- Every bundle_export_* query runs in ONE read-only transaction on a cursor of its own (Ledger.snapshot), so
+-- all members show the same commit, and writers go on meanwhile. Columns are listed, never `*`: a migration that
+-- adds a column changes no bundle until bundle/tables.py says so (tests/test_bundle_export.py checks that each
+-- query returns exactly its table's columns, and that every ledger column is exported or listed as local).
+-- $tenant NULL: every row; else only that tenant's rows (docs/bundle-format.md, "Table members").
+
+-- fragment: export_tenant_jobs
+(SELECT job_id FROM all_jobs WHERE tenant = $tenant)
+
+-- fragment: export_tenant_key
+('tenant:' || $tenant)
+
+-- name: bundle_export_next_sequence
+SELECT coalesce(max(sequence), 0) + 1 FROM bundle_exports WHERE target_site = $target_site;
+
+-- name: bundle_export_record
+INSERT INTO bundle_exports VALUES ($target_site, $sequence, $kind, $base_sequence, $tenant, $bundle_id,
+                                   $payload_sha256, $merkle_root, $created_at, $size_bytes, $exported_at,
+                                   $exported_by);
+
+-- name: bundle_export_counts
+-- Rows each member will hold (for progress), in the same snapshot as the members.
+SELECT
+    (SELECT count(*) FROM all_jobs WHERE $tenant IS NULL OR tenant = $tenant) AS jobs,
+    (SELECT count(*) FROM history WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS history,
+    (SELECT count(*) FROM idempotency_keys WHERE $tenant IS NULL OR tenant = $tenant) AS idempotency_keys,
+    (SELECT count(*) FROM job_dependencies WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}})
+        AS job_dependencies,
+    (SELECT count(*) FROM quotas WHERE $tenant IS NULL OR tenant = $tenant) AS quotas,
+    (SELECT count(*) FROM rate_limits WHERE $tenant IS NULL OR tenant = $tenant OR limit_key = {{export_tenant_key}})
+        AS rate_limits,
+    (SELECT count(*) FROM concurrency_limits WHERE $tenant IS NULL OR limit_key = {{export_tenant_key}})
+        AS concurrency_limits,
+    (SELECT count(*) FROM circuit_breakers WHERE $tenant IS NULL OR limit_key = {{export_tenant_key}})
+        AS circuit_breakers,
+    (SELECT count(*) FROM pauses WHERE $tenant IS NULL OR (kind = 'key' AND name = {{export_tenant_key}})) AS pauses,
+    (SELECT count(*) FROM sources WHERE $tenant IS NULL OR tenant = $tenant) AS sources,
+    (SELECT count(*) FROM backfills WHERE $tenant IS NULL OR tenant = $tenant) AS backfills,
+    (SELECT count(*) FROM backfill_windows
+     WHERE $tenant IS NULL OR backfill_id IN (SELECT backfill_id FROM backfills WHERE tenant = $tenant))
+        AS backfill_windows,
+    (SELECT count(*) FROM audit_log WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant) AS audit_log;
+
+-- name: bundle_export_jobs
+-- Hot and finished jobs (all_jobs), by job_id.
+SELECT job_id, site_id, tenant, project, job_type, queue, priority, payload, payload_digest, idempotency_key, state,
+       run_at, attempts, max_attempts, timeout_seconds, correlation_id, lease_id, worker_id, lease_seconds, leased_at,
+       lease_expires_at, started_at, progress, progress_message, artifacts, last_error, cancel_requested, replay_of,
+       created_at, updated_at, finished_at, limit_keys, fair_seq
+FROM all_jobs
+WHERE $tenant IS NULL OR tenant = $tenant
+ORDER BY job_id;
+
+-- name: bundle_export_history
+-- The hash chain, by seq; with $tenant, the entries of that tenant's jobs only (the chain has gaps then).
+SELECT seq, job_id, entry, entry_hash FROM history
+WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}
+ORDER BY seq;
+
+-- name: bundle_export_idempotency_keys
+SELECT site_id, tenant, idempotency_key, job_id, spec_digest FROM idempotency_keys
+WHERE $tenant IS NULL OR tenant = $tenant
+ORDER BY site_id, tenant, idempotency_key;
+
+-- name: bundle_export_job_dependencies
+SELECT job_id, parent_id FROM job_dependencies
+WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}
+ORDER BY job_id, parent_id;
+
+-- name: bundle_export_quotas
+SELECT tenant, record_version, revision, max_active, max_per_hour, burst, reason, ticket, updated_at, updated_by
+FROM quotas
+WHERE $tenant IS NULL OR tenant = $tenant
+ORDER BY tenant;
+
+-- name: bundle_export_rate_limits
+SELECT scope, record_version, revision, tenant, job_type, limit_key, rate_per_second, burst, reason, ticket,
+       updated_at, updated_by
+FROM rate_limits
+WHERE $tenant IS NULL OR tenant = $tenant OR limit_key = {{export_tenant_key}}
+ORDER BY scope;
+
+-- name: bundle_export_concurrency_limits
+SELECT limit_key, record_version, revision, max_active, reason, ticket, updated_at, updated_by
+FROM concurrency_limits
+WHERE $tenant IS NULL OR limit_key = {{export_tenant_key}}
+ORDER BY limit_key;
+
+-- name: bundle_export_circuit_breakers
+SELECT limit_key, record_version, revision, failure_threshold, cooldown_seconds, reason, ticket, state,
+       consecutive_failures, opened_at, probe_job_id, updated_at, updated_by
+FROM circuit_breakers
+WHERE $tenant IS NULL OR limit_key = {{export_tenant_key}}
+ORDER BY limit_key;
+
+-- name: bundle_export_pauses
+SELECT kind, name, record_version, reason, ticket, paused_at, paused_by
+FROM pauses
+WHERE $tenant IS NULL OR (kind = 'key' AND name = {{export_tenant_key}})
+ORDER BY kind, name;
+
+-- name: bundle_export_sources
+SELECT name, record_version, revision, site_id, tenant, project, job_type, queue, host, schedule, missed_policy,
+       payload, last_tick, skipped_ticks, created_at, created_by, updated_at, updated_by
+FROM sources
+WHERE $tenant IS NULL OR tenant = $tenant
+ORDER BY name;
+
+-- name: bundle_export_backfills
+SELECT backfill_id, record_version, site_id, tenant, project, job_type, queue, priority, payload, window_from,
+       window_to, step, step_seconds, reason, ticket, state, windows_total, windows_created, windows_suppressed,
+       created_at, created_by, canceled_at, canceled_by, cancel_reason
+FROM backfills
+WHERE $tenant IS NULL OR tenant = $tenant
+ORDER BY backfill_id;
+
+-- name: bundle_export_backfill_windows
+SELECT backfill_id, record_version, window_index, window_start, window_end, job_id, created
+FROM backfill_windows
+WHERE $tenant IS NULL OR backfill_id IN (SELECT backfill_id FROM backfills WHERE tenant = $tenant)
+ORDER BY backfill_id, window_index;
+
+-- name: bundle_export_audit_log
+-- The audit chain, by seq; with $tenant, the entries whose details name that tenant (the chain has gaps then).
+SELECT seq, action, entry, entry_hash FROM audit_log
+WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant
+ORDER BY seq;

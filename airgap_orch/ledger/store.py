@@ -159,6 +159,24 @@ class Ledger:
         """A handle for read-only queries outside an explicit transaction (callers hold no lock)."""
         return Transaction(self)
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """One read-only transaction on a DuckDB cursor of its own: every query in it sees the same committed
+        state (DuckDB's MVCC fixes the snapshot at the transaction's first read), while writers go on through
+        the ledger's connection, unblocked and unseen. For long reads that must agree with each other (bundle
+        export). The transaction holds old row versions alive until it ends: keep it as short as the read."""
+        with self._lock:
+            cursor = self._con.cursor()
+        try:
+            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                yield Snapshot(cursor)
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")  # it wrote nothing; ending it releases the snapshot
+        finally:
+            cursor.close()
+
     def close(self) -> None:
         with self._lock:
             self._con.close()
@@ -243,6 +261,21 @@ class Transaction:
         half as fast for 10,000."""
         with self.ledger._lock, self.con.appender(table) as appender:
             appender.append_rows(rows)
+
+
+class Snapshot:
+    """Named queries inside one read-only transaction (Ledger.snapshot); used by one thread at a time."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection):
+        self._cursor = cursor
+
+    def fetch(self, name: str, **params: Any) -> list[tuple]:
+        return self._cursor.execute(sql.queries()[name], params or None).fetchall()
+
+    def batches(self, name: str, batch_rows: int, **params: Any) -> pa.RecordBatchReader:
+        """The rows of a named query as Arrow record batches of about `batch_rows` rows (DuckDB decides the
+        exact sizes), streamed: memory stays bounded by a few batches whatever the table's size."""
+        return self._cursor.sql(sql.queries()[name], params=params or None).to_arrow_reader(batch_rows)
 
 
 def _connect_waiting(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:

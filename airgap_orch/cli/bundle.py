@@ -1,0 +1,173 @@
+"""`airgap-orch bundle export | inspect | verify | sign`: signed, verifiable snapshots of the ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import clock, validation
+from ..errors import OrchError
+from .context import command, fail, progress_bar, settings
+from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
+from .trust import open_local_ledger
+
+FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group("bundle")
+def group() -> None:
+    """Signed, compressed, verifiable snapshots of the ledger that cross the air gap."""
+
+
+@command(group, "export")
+@click.option("--out", required=True, type=FILE, help="The bundle file to write (never replaces a file).")
+@click.option("--target", "target_site", required=True, metavar="SITE",
+              help="The site the bundle is for (each target has its own sequence).")
+@click.option("--key", "key_paths", multiple=True, required=True, type=FILE,
+              help="A PRIVATE key of this site that signs the manifest (repeat; more later with `bundle sign`).")
+@click.option("--timestamp-key", "timestamp_paths", multiple=True, required=True, type=FILE,
+              help="A PRIVATE key of the trust root's timestamp role that signs the time anchor (repeat).")
+@click.option("--tenant", help="Export this tenant's rows only.")
+@click.option("--created-at", help="The bundle's time (ISO 8601, UTC if no offset; default now): the time anchor's.")
+@click.option("--trust", "root_paths", multiple=True, type=FILE, metavar="ROOT.json",
+              help="A trust root to carry (repeat): the rotations the target may not hold yet.")
+@passphrase_file_option
+@passphrase_prompt_option
+def export(out: Path, target_site: str, key_paths: tuple[Path, ...], timestamp_paths: tuple[Path, ...],
+           tenant: str | None, created_at: str | None, root_paths: tuple[Path, ...], passphrase_file: Path | None,
+           passphrase_prompt: bool) -> dict | None:
+    """Write a FULL bundle of the ledger (jobs, history, idempotency keys, limits, sources, backfills, audit log),
+    read in one consistent snapshot, signed by this site's keys with a signed time anchor."""
+    from ..operations import bundles as ops
+
+    keys = load_private_keys([*key_paths, *timestamp_paths], passphrase_file, passphrase_prompt)
+    signing = [ops.SigningKey(str(path), key) for path, key in keys[:len(key_paths)]]
+    timestamp = [ops.SigningKey(str(path), key) for path, key in keys[len(key_paths):]]
+    with open_local_ledger("bundle export") as ledger, progress_bar("exporting rows") as bar:
+        result = ops.export(ledger, out=out, target_site=target_site, signing_keys=signing,
+                            timestamp_keys=timestamp, tenant=tenant, created_at=created_at, root_paths=root_paths,
+                            progress=bar)
+    if settings().json:
+        return result
+    click.echo(f"wrote {result['bundle']} ({result['size']} bytes): {result['kind']} bundle {result['bundle_id']}")
+    click.echo(f"{result['source_site']} -> {result['target_site']}, sequence {result['sequence']}, created "
+               f"{result['created_at']}" + (f", tenant {result['tenant']}" if result["tenant"] else ""))
+    click.echo("rows: " + ", ".join(f"{table} {rows}" for table, rows in result["row_counts"].items()))
+    if result["trust_roots"]:
+        click.echo("carries trust root versions " + ", ".join(map(str, result["trust_roots"])))
+    click.echo(f"self-check: {result['self_check']}")
+    return None
+
+
+@command(group, "inspect")
+@click.argument("bundle_path", metavar="BUNDLE", type=FILE)
+def inspect(bundle_path: Path) -> dict | None:
+    """Print what a bundle says about itself, UNVERIFIED (no signature or hash is checked)."""
+    from ..operations import bundles as ops
+
+    result = ops.inspect(bundle_path)
+    if settings().json:
+        return result
+    click.echo(f"{result['warning']}")
+    click.echo(f"bundle {result['bundle']}, {result['size']} bytes, {len(result['members'])} members")
+    for member in result["members"]:
+        click.echo(f"  {member['size']:>12}  {member['name']}")
+    click.echo(f"signatures by keyids: {', '.join(result['signature_keyids']) or 'none'}")
+    click.echo(f"time anchor: {json.dumps(result['time_anchor'])}")
+    click.echo("manifest (UNVERIFIED):")
+    click.echo(json.dumps(result["manifest"], indent=2, sort_keys=True))
+    return None
+
+
+@command(group, "verify")
+@click.argument("bundle_path", metavar="BUNDLE", type=FILE)
+@click.option("--trust", "root_path", type=FILE, metavar="ROOT.json",
+              help="Verify against this trust root, without a ledger (default: the ledger's pinned root).")
+@click.option("--target", "target_site", metavar="SITE",
+              help="The site the bundle must be addressed to (default: the ledger's site; none with --trust).")
+@click.option("--staleness", type=click.Choice(["strict", "warn", "disabled"]), default="warn", show_default=True,
+              help="strict refuses a bundle older than the budget (7 days + 1 day grace); warn only says so.")
+@click.option("--now", help="Judge times as of this ISO 8601 time instead of the local clock.")
+def verify(bundle_path: Path, root_path: Path | None, target_site: str | None, staleness: str,
+           now: str | None) -> dict | None:
+    """Run every verification step and print each result; exit 4 (verification failed) or 5 (refused by
+    policy: expired root, stale, another target) at the first failing step."""
+    from ..bundle.errors import BundleError
+    from ..operations import bundles as ops
+
+    moment = validation.timestamp(now, "--now") if now is not None else clock.now()
+    pinned, target_site = _trust(root_path, target_site, "bundle verify")
+    try:
+        verified = ops.verify(bundle_path, pinned_root=pinned, target_site=target_site, now=moment,
+                              staleness=staleness)
+    except BundleError as error:
+        _print_checks(ops.checks(error.checks), {"ok": False, "reason_code": error.reason_code})
+        fail(error)
+        return None
+    summary = ops.verified_summary(verified)
+    if settings().json:
+        return summary
+    _print_checks(summary["checks"], None)
+    if summary["staleness"]["warning"]:
+        click.echo(f"warning: {summary['staleness']['message']}", err=True)
+    click.echo(f"verified: {summary['kind']} bundle {summary['bundle_id']}, {summary['source_site']} -> "
+               f"{summary['target_site']}, sequence {summary['sequence']}, created {summary['created_at']}")
+    return None
+
+
+@command(group, "sign")
+@click.argument("bundle_path", metavar="BUNDLE", type=FILE)
+@click.option("--key", "key_path", required=True, type=FILE, help="Your PRIVATE key of the bundle's source site.")
+@click.option("--out", required=True, type=FILE, help="Where to write the signed bundle (never replaces a file).")
+@click.option("--trust", "root_path", type=FILE, metavar="ROOT.json",
+              help="Verify against this trust root (default: the ledger's pinned root).")
+@passphrase_file_option
+@passphrase_prompt_option
+def sign(bundle_path: Path, key_path: Path, out: Path, root_path: Path | None, passphrase_file: Path | None,
+         passphrase_prompt: bool) -> dict | None:
+    """Verify BUNDLE (every step but the site threshold), then write it to --out with your signature added:
+    for sites whose threshold needs more than one key."""
+    from ..operations import bundles as ops
+
+    pinned, _ = _trust(root_path, None, "bundle sign")
+    [(path, key)] = load_private_keys([key_path], passphrase_file, passphrase_prompt)
+    result = ops.sign(bundle_path, out, key=ops.SigningKey(str(path), key), pinned_root=pinned, now=clock.now())
+    if settings().json:
+        return result
+    state = "threshold met" if result["threshold_met"] else "below threshold: more keys of the site must sign"
+    click.echo(f"wrote {result['bundle']}: {result['signatures']} of {result['site_threshold']} signatures of site "
+               f"{result['source_site']} ({state})")
+    return None
+
+
+def _trust(root_path: Path | None, target_site: str | None, command_name: str) -> tuple[bytes, str | None]:
+    """(the root to verify from, the target site): --trust needs no ledger; otherwise the pinned root and this
+    site."""
+    from ..operations import trust as trust_ops
+
+    if root_path is not None:
+        return trust_ops.read_root(root_path), target_site
+    with open_local_ledger(command_name) as ledger:
+        root = trust_ops.pinned(ledger)
+        if root is None:
+            raise _no_root()
+        return root.data, target_site or ledger.site_id
+
+
+def _no_root() -> OrchError:
+    from ..errors import NotFound
+
+    return NotFound("no trust root is pinned in this ledger; pass --trust ROOT.json or pin one with `trust pin`")
+
+
+def _print_checks(checks: list[dict[str, Any]], failure: dict[str, Any] | None) -> None:
+    if settings().json:
+        if failure is not None:
+            click.echo(json.dumps({**failure, "checks": checks}))
+        return
+    width = max((len(check["name"]) for check in checks), default=0)
+    for check in checks:
+        click.echo(f"  {'ok' if check['ok'] else 'FAIL':<4}  {check['name']:<{width}}  {check['detail']}")

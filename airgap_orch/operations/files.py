@@ -1,0 +1,84 @@
+"""Files the trust and bundle operations read and write: capped reads, and writes that never leave half a file
+under the final name and never replace a file unless asked to."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import InvalidInput
+
+
+def read_capped(path: Path, cap: int, what: str) -> bytes:
+    """The file's bytes; InvalidInput (one line) when it cannot be read or is larger than `cap`."""
+    try:
+        with Path(path).open("rb") as file:
+            data = file.read(cap + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > cap:
+        raise InvalidInput(f"{what} {path} is larger than {cap} bytes")
+    return data
+
+
+def open_readable(path: Path, what: str) -> BinaryIO:
+    try:
+        return Path(path).open("rb")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def refuse_existing(path: Path, what: str) -> None:
+    """InvalidInput when `path` exists (or is a dangling link), or its folder does not."""
+    path = Path(path)
+    if os.path.lexists(path):
+        raise InvalidInput(f"{path} already exists; {what} never replaces a file: choose another --out")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"folder {path.parent} does not exist; create it or choose another --out")
+
+
+@contextlib.contextmanager
+def partial_file(path: Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """A new hidden file beside `path` to write into (mode 0644, exclusive); removed on the way out unless the
+    caller published it (see publish)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except FileExistsError:
+        raise InvalidInput(f"{partial} exists (left by a killed run of this process id?); remove it") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot create {partial}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w+b") as file:
+            yield partial, file
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def publish(partial: Path, path: Path, *, replace: bool = False) -> None:
+    """Give the finished (flushed, closed or synced) `partial` its final name: a hard link that fails if
+    `path` appeared meanwhile, or with `replace` an atomic rename over it."""
+    if replace:
+        os.replace(partial, path)
+        return
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise InvalidInput(f"{path} appeared while it was being written; nothing was replaced") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot create {path}: {exc.strerror}") from None
+
+
+def write_file(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Write `data` to `path` whole or not at all (fsync before it gets its name)."""
+    if not replace:
+        refuse_existing(path, "this command")
+    with partial_file(path) as (partial, file):
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+        publish(partial, path, replace=replace)
