@@ -39,8 +39,8 @@ _S, _I32, _I64, _F64, _B, _T = pa.string(), pa.int32(), pa.int64(), pa.float64()
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One table member: its manifest table name, the ledger table it comes from, its row order, which rows a
-    `--tenant` export keeps (for the docs), and its columns."""
+    """One table member: its manifest table name, the ledger table it comes from (all_jobs: the view over jobs
+    and jobs_finished), its row order, which rows a `--tenant` export keeps (for the docs), and its columns."""
 
     name: str
     source: str
@@ -64,7 +64,7 @@ def _schema(*columns: tuple[str, pa.DataType]) -> pa.Schema:
 
 
 TABLES: tuple[TableSpec, ...] = (
-    TableSpec("jobs", "all_jobs (jobs and jobs_finished)", ("job_id",), "tenant = T", _schema(
+    TableSpec("jobs", "all_jobs", ("job_id",), "tenant = T", _schema(
         ("job_id", _S), ("site_id", _S), ("tenant", _S), ("project", _S), ("job_type", _S), ("queue", _S),
         ("priority", _I32), ("payload", _S), ("payload_digest", _S), ("idempotency_key", _S), ("state", _S),
         ("run_at", _T), ("attempts", _I32), ("max_attempts", _I32), ("timeout_seconds", _I32),
@@ -118,7 +118,6 @@ BY_NAME: dict[str, TableSpec] = {spec.name: spec for spec in TABLES}
 TABLE_SCHEMAS: dict[str, pa.Schema] = {spec.name: spec.schema for spec in TABLES}
 # Ledger tables that stay at their site, and why (tests check every ledger table is exported or listed here).
 LOCAL_TABLES: dict[str, str] = {
-    "jobs_finished": "exported through all_jobs, with the hot jobs",
     "ledger_meta": "this site's identity",
     "schema_migrations": "this file's schema history",
     "request_log": "answers to this server's HTTP requests",
@@ -136,13 +135,15 @@ class WrittenTable:
     uncompressed_bytes: int  # the sum of the column chunks' total_uncompressed_size (the manifest's figure)
 
 
-def write_table_member(spec: TableSpec, batches: Iterable[pa.RecordBatch], out: BinaryIO) -> WrittenTable:
+def write_table_member(spec: TableSpec, batches: Iterable[pa.RecordBatch], out: BinaryIO, *,
+                       row_group_rows: int = ROW_GROUP_ROWS, row_group_bytes: int = ROW_GROUP_BYTES) -> WrittenTable:
     """Write `batches` (the table's rows, in its order, in any batch sizes) to `out` as the Parquet member of
     `spec` (see the module docstring). Each batch must have the spec's column names in order; its types are cast
-    to the spec's (PayloadError payload:parquet-schema when they cannot be)."""
+    to the spec's (PayloadError payload:parquet-schema when they cannot be). The row group bounds are part of
+    what makes the bytes (tests pass smaller ones)."""
     writer = pq.ParquetWriter(out, spec.schema, compression="zstd", use_dictionary=True, write_statistics=True,
                               version="2.6", data_page_version="1.0", store_schema=True)
-    groups = _RowGroups(writer)
+    groups = _RowGroups(writer, row_group_rows, row_group_bytes)
     try:
         for batch in batches:
             if batch.schema.names != spec.schema.names:
@@ -156,19 +157,17 @@ def write_table_member(spec: TableSpec, batches: Iterable[pa.RecordBatch], out: 
         groups.flush()
     finally:
         writer.close()
-    metadata = writer.writer.metadata if hasattr(writer, "writer") else None
-    if metadata is None:  # pragma: no cover - every supported pyarrow keeps the metadata
-        raise RuntimeError("pyarrow did not report the written file's metadata")
+    metadata = writer.writer.metadata
     uncompressed = sum(metadata.row_group(g).column(c).total_uncompressed_size
                        for g in range(metadata.num_row_groups) for c in range(metadata.num_columns))
     return WrittenTable(metadata.num_rows, metadata.num_row_groups, uncompressed)
 
 
 class _RowGroups:
-    """Buffers rows and writes one row group per ROW_GROUP_ROWS rows or ROW_GROUP_BYTES estimated bytes."""
+    """Buffers rows and writes one row group per `max_rows` rows or `max_bytes` estimated bytes."""
 
-    def __init__(self, writer: pq.ParquetWriter):
-        self.writer = writer
+    def __init__(self, writer: pq.ParquetWriter, max_rows: int, max_bytes: int):
+        self.writer, self.max_rows, self.max_bytes = writer, max_rows, max_bytes
         self.pending: list[pa.RecordBatch] = []
         self.rows = 0
         self.bytes = 0
@@ -178,9 +177,9 @@ class _RowGroups:
         offset = 0
         while offset < batch.num_rows:
             rest = sizes.slice(offset)
-            room = ROW_GROUP_BYTES - self.bytes
+            room = self.max_bytes - self.bytes
             fitting = pc.sum(pc.less_equal(pc.cumulative_sum(rest), room)).as_py() or 0
-            take = min(ROW_GROUP_ROWS - self.rows, fitting, batch.num_rows - offset)
+            take = min(self.max_rows - self.rows, fitting, batch.num_rows - offset)
             if take == 0 and self.rows == 0:
                 take = 1  # one row larger than a whole group still gets a group of its own
             if take:
@@ -188,7 +187,7 @@ class _RowGroups:
                 self.rows += take
                 self.bytes += pc.sum(rest.slice(0, take)).as_py() or 0
                 offset += take
-            if offset < batch.num_rows or self.rows >= ROW_GROUP_ROWS:
+            if offset < batch.num_rows or self.rows >= self.max_rows:
                 self.flush()
 
     def flush(self) -> None:
