@@ -266,7 +266,8 @@ def test_two_copies_of_one_ledger_export_byte_identical_bundles(holders, source,
 
 def test_a_tenant_export_holds_that_tenants_rows_only(holders, source, tmp_path):
     with Ledger.open(source, lock_timeout=5) as ledger:
-        acme_jobs = {row[0] for row in ledger._con.execute("SELECT job_id FROM all_jobs WHERE tenant = 'acme'").fetchall()}
+        found = ledger._con.execute("SELECT job_id FROM all_jobs WHERE tenant = 'acme'").fetchall()
+    acme_jobs = {row[0] for row in found}
     out = tmp_path / "acme.bundle"
     made = ok(export(source, out, holders, "--tenant", "acme", "--json"))
     assert made["tenant"] == "acme" and made["self_check"].startswith("verified")
