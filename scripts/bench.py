@@ -34,6 +34,11 @@ What is measured (issue 2, "Performance"):
   time.sleep(0.001)); N jobs enqueued through POST /v1/jobs/batch before timing; jobs/s until
   GET /v1/ledger counts N succeeded; claim p50/p99 estimated from the server's /metrics histogram. Same
   again with `--no-group-commit`, and the in-process batch-100 claim+ack of the same N, in the same run.
+- bundle export (issue 15): `bundle export` of a ledger of N jobs (half of them claimed and acked: hot and
+  finished jobs, 1 or 3 history entries each) with a pinned root, so the export self-checks what it wrote; side
+  by side in the same run with the raw pipeline on the same data (DuckDB `COPY (query) TO ... (FORMAT PARQUET,
+  COMPRESSION ZSTD)` of the same export queries, plus sha256 of the files). bundle_export_over_raw is the time
+  ratio (target <= 2).
 - http group commit: DEFAULT_FLEET (eight workers with the SDK's default settings: many small concurrent
   requests) against a server with and without group commit; group_commit_speedup is their ratio.
 """
@@ -89,6 +94,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "http_end_to_end_jobs_per_s": (">=", 2_400),
     "group_commit_speedup": (">=", 3.0),
     "flow_limited_over_plain": (">=", 0.75),
+    "bundle_export_over_raw": ("<=", 2.0),
 }
 
 
@@ -98,7 +104,7 @@ REQUIRED_KEYS = (
     "claim_rate_10k_jobs_per_s", "claim_rate_1m_jobs_per_s", "claim_rate_1m_over_10k",
     "http_end_to_end_jobs_per_s", "http_claim_p50_ms", "http_claim_p99_ms", "http_no_group_commit_jobs_per_s",
     "group_commit_speedup", "in_process_jobs_per_s", "flow_plain_jobs_per_s", "flow_limited_jobs_per_s",
-    "flow_limited_over_plain", "flow_10_tenants_jobs_per_s",
+    "flow_limited_over_plain", "flow_10_tenants_jobs_per_s", "bundle_export_jobs_per_s", "bundle_export_over_raw",
 )
 
 
@@ -1090,6 +1096,85 @@ def bench_writer_isolation(bench: Bench) -> Samples:
     return samples
 
 
+BUNDLE_FINISHED_SHARE = 2  # 1 in this many jobs is claimed and acked before the export (finished, 3 history entries)
+
+
+def _bundle_keys_and_root(workdir: Path) -> tuple[dict[str, Any], Path]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from airgap_orch.bundle import trust
+    from airgap_orch.bundle.keys import KeyRole
+
+    keys = {name: Ed25519PrivateKey.generate() for name in ("root", "ts", "site")}
+    root = trust.build_root(root=KeyRole.of([keys["root"].public_key()], 1),
+                            targets=KeyRole.of([keys["root"].public_key()], 1),
+                            timestamp=KeyRole.of([keys["ts"].public_key()], 1),
+                            snapshot=KeyRole.of([keys["ts"].public_key()], 1),
+                            sites={"bench-site": KeyRole.of([keys["site"].public_key()], 1)},
+                            expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=30))
+    path = workdir / "bench-root.json"
+    path.write_bytes(trust.sign_root(root, keys["root"]))
+    return keys, path
+
+
+def _raw_export(ledger: Ledger, folder: Path) -> int:
+    """The raw pipeline on the same data: DuckDB COPY of each export query to Parquet zstd, then sha256 of each
+    file. Returns the bytes written."""
+    import hashlib
+
+    from airgap_orch.bundle.tables import TABLES
+    from airgap_orch.ledger import sql
+
+    folder.mkdir()
+    total = 0
+    for spec in TABLES:
+        query = sql.queries()[spec.query].replace("$tenant", "NULL::VARCHAR").rstrip().rstrip(";")
+        target = folder / f"{spec.name}.parquet"
+        ledger._con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+        digest = hashlib.sha256()
+        with target.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+        total += target.stat().st_size
+    return total
+
+
+@section("bundle_export", "bundle export (ledger snapshot -> Parquet zstd members -> signed bundle, self-checked) "
+         "vs the raw pipeline (DuckDB COPY of the same queries to Parquet zstd + sha256), same ledger, same run")
+def bench_bundle_export(bench: Bench) -> Samples:
+    from airgap_orch.operations import bundles as bundle_ops
+    from airgap_orch.operations import trust as trust_ops
+
+    jobs = bench.sizes.enqueue_total
+    samples: Samples = {"bundle_export_jobs_per_s": [], "bundle_raw_jobs_per_s": []}
+    keys, root = _bundle_keys_and_root(bench.workdir)
+    with bench.new_ledger("bundle-export") as ledger:
+        fill(ledger, jobs, prefix="bundle", batch=bench.sizes.load_batch)
+        claim_ack(ledger, jobs // BUNDLE_FINISHED_SHARE, 1_000, Timer())
+        trust_ops.pin(ledger, [root])
+        ledger._con.execute("CHECKPOINT")
+        sizes = {}
+        for run in range(bench.runs):
+            # The two take turns, so load on a shared machine hits them alike.
+            with bench.timed() as timer:
+                written = bundle_ops.export(ledger, out=bench.new_path(f"export-{run}", ".bundle"),
+                                            target_site="bench-target",
+                                            signing_keys=[bundle_ops.SigningKey("site", keys["site"])],
+                                            timestamp_keys=[bundle_ops.SigningKey("ts", keys["ts"])])
+                timer.jobs = jobs
+            samples["bundle_export_jobs_per_s"].append(timer.rate())
+            sizes["bundle"] = written["size"]
+            with bench.timed() as timer:
+                sizes["raw"] = _raw_export(ledger, bench.new_path(f"raw-{run}", ""))
+                timer.jobs = jobs
+            samples["bundle_raw_jobs_per_s"].append(timer.rate())
+        rows = written["rows"]
+    bench.note(f"bundle export: {jobs:,} jobs ({jobs // BUNDLE_FINISHED_SHARE:,} finished), {rows:,} rows in all "
+               f"tables; bundle {sizes['bundle'] / 1e6:.1f} MB (self-checked against the pinned root), raw Parquet "
+               f"{sizes['raw'] / 1e6:.1f} MB; jobs/s = jobs in the ledger / seconds for the whole export")
+    return samples
+
+
 def derive(medians: dict[str, float]) -> dict[str, float]:
     """Ratios from medians (ratio of medians, not median of per-run ratios)."""
     out = {}
@@ -1103,7 +1188,9 @@ def derive(medians: dict[str, float]) -> dict[str, float]:
               ("flow_limited_over_plain", "flow_limited_jobs_per_s", "flow_plain_jobs_per_s"),
               ("bulk_enqueue_over_floor", "bulk_enqueue_jobs_per_s", "floor_enqueue_jobs_per_s"),
               ("claim_ack_batch100_over_floor", "claim_ack_batch100_jobs_per_s",
-               "floor_claim_ack_batch100_jobs_per_s"))
+               "floor_claim_ack_batch100_jobs_per_s"),
+              # export time / raw time (rates: raw over ours)
+              ("bundle_export_over_raw", "bundle_raw_jobs_per_s", "bundle_export_jobs_per_s"))
     for ratio, top, bottom in ratios:
         if medians.get(bottom) and top in medians:
             out[ratio] = medians[top] / medians[bottom]
@@ -1350,6 +1437,9 @@ ROWS = (
     ("writer_group_acks_per_s", "writer: one group of 1,000 acks (acks/s)"),
     ("writer_group_one_broken_acks_per_s", "  with one ack that breaks the group (acks/s)"),
     ("writer_group_one_broken_transactions", "  transactions attempted for it"),
+    ("bundle_export_jobs_per_s", "bundle export, full (jobs/s)"),
+    ("bundle_raw_jobs_per_s", "  raw: DuckDB COPY to Parquet zstd + sha256 (jobs/s)"),
+    ("bundle_export_over_raw", "bundle export time / raw time"),
 )
 
 
@@ -1374,7 +1464,7 @@ def render_table(result: dict[str, Any]) -> str:
         target_text, status = "", ""
         if target:
             target_text = f"{target[0]} {_number(target[1])}"
-            status = "met" if result[key] >= target[1] else "NOT MET"
+            status = "met" if _meets(result[key], *target) else "NOT MET"
         runs = " / ".join(_number(value) for value in samples.get(key, []))
         lines.append(f"{label:46} {_number(result[key]):>12} {target_text:>10} {status:>8}   {runs}")
     lines.append("")
@@ -1382,6 +1472,10 @@ def render_table(result: dict[str, Any]) -> str:
                  f"process CPU s per wall s while measuring: {result['cpu_over_wall']}")
     lines.extend(f"note: {note}" for note in result["notes"])
     return "\n".join(lines)
+
+
+def _meets(value: float, op: str, target: float) -> bool:
+    return value <= target if op == "<=" else value >= target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1457,8 +1551,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for key in REQUIRED_KEYS:  # stable shape for scripts, also when --sections skipped some
         result.setdefault(key, None)
-    result["targets_met"] = {key: result[key] >= value
-                             for key, (_, value) in TARGETS.items() if result.get(key) is not None}
+    result["targets_met"] = {key: _meets(result[key], op, value)
+                             for key, (op, value) in TARGETS.items() if result.get(key) is not None}
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.json:
