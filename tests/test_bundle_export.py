@@ -4,7 +4,9 @@ member, deterministic Parquet, and a refused export that changes nothing. (The C
 from __future__ import annotations
 
 import io
+import re
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -176,3 +178,13 @@ def test_export_from_an_expired_trust_root_is_refused(ledger_path, tmp_path):
                               timestamp_keys=[bundle_ops.SigningKey("ts", keys["ts"])])
     assert getattr(caught.value, "reason_code", None) == "expiry:root"
     assert not (tmp_path / "late.bundle").exists()
+
+
+def test_the_format_document_lists_every_members_columns_and_row_order():
+    text = " ".join((Path(__file__).parent.parent / "docs" / "bundle-format.md").read_text().split())
+    kinds = {"list<item: string>": "list<string>"}
+    for number, spec in enumerate(tables.TABLES, 1):
+        columns = ", ".join(f"{field.name} {kinds.get(str(field.type), str(field.type))}" for field in spec.schema)
+        assert f"- `{spec.name}`: {columns}" in text, spec.name
+        row = re.search(rf"\| {number} \| `{re.escape(spec.path)}` \| `{spec.name}` \| [^|]+ \| ([^|]+) \|", text)
+        assert row is not None and row.group(1).strip() == ", ".join(spec.order), spec.name
