@@ -72,6 +72,17 @@ def export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequenc
            timestamp_keys: Sequence[SigningKey], tenant: str | None = None, created_at: str | None = None,
            root_paths: Sequence[Path] = (), actor: str = "cli", progress: Progress | None = None) -> dict[str, Any]:
     """Export a full bundle of the ledger to `out` (module docstring). Returns what was written."""
+    try:
+        return _export(ledger, out=out, target_site=target_site, signing_keys=signing_keys,
+                       timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at, root_paths=root_paths,
+                       actor=actor, progress=progress)
+    except OSError as exc:  # the folder of --out: not writable, full, gone
+        raise InvalidInput(f"cannot write the bundle {out}: {exc.strerror or exc}") from None
+
+
+def _export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequence[SigningKey],
+            timestamp_keys: Sequence[SigningKey], tenant: str | None, created_at: str | None,
+            root_paths: Sequence[Path], actor: str, progress: Progress | None) -> dict[str, Any]:
     trust_ops._site_id(target_site, "--target")
     if tenant is not None:
         tenant = validation.name(tenant, "--tenant")
