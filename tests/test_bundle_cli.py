@@ -403,3 +403,16 @@ def test_a_key_bound_to_no_site_is_refused_at_export_and_at_verify(holders, sour
     assert made["self_check"].startswith("skipped: no trust root")
     refused(cli("bundle", "verify", str(out), "--trust", str(root_v1)), 4, "binds to no site")
     refused(export(source, out, holders), 1, "already exists")  # never replaces a file
+
+
+def test_a_ledger_a_server_owns_is_refused_at_once_with_exit_6(holders, source, root_v1, tmp_path):
+    from server_fixtures import serving
+
+    with serving(source, "--no-auth"):  # "owns the ledger": found from the server's record, not the file lock
+        refused(export(source, tmp_path / "x.bundle", holders), 6, "owns the ledger", "does not go through a server")
+        refused(cli("trust", "pin", str(root_v1), ledger=source), 6, "owns the ledger")
+    assert not (tmp_path / "x.bundle").exists()
+    # --trust needs no ledger: verifying works whoever owns it.
+    ok(export(source, tmp_path / "y.bundle", holders, "--json"))
+    with serving(source, "--no-auth"):
+        ok(cli("bundle", "verify", str(tmp_path / "y.bundle"), "--trust", str(root_v1), "--json", ledger=source))
