@@ -83,7 +83,7 @@ def export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequenc
 def _export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequence[SigningKey],
             timestamp_keys: Sequence[SigningKey], tenant: str | None, created_at: str | None,
             root_paths: Sequence[Path], actor: str, progress: Progress | None) -> dict[str, Any]:
-    trust_ops._site_id(target_site, "--target")
+    trust_ops.check_site_id(target_site, "--target")
     if tenant is not None:
         tenant = validation.name(tenant, "--tenant")
     created = validation.timestamp(created_at, "--created-at") if created_at is not None else clock.now()
@@ -289,7 +289,7 @@ def verify(path: Path, *, pinned_root: bytes, target_site: str | None, now: date
     first failing step carries the checks so far."""
     policy = staleness_policy(staleness)
     if target_site is not None:
-        trust_ops._site_id(target_site, "--target")
+        trust_ops.check_site_id(target_site, "--target")
     with files.open_readable(path, "bundle") as source:
         return verify_bundle(source, pinned_root=pinned_root, target_site=target_site, now=now, staleness=policy,
                              table_schemas=TABLE_SCHEMAS, require_threshold=require_threshold)

@@ -89,7 +89,7 @@ def site_roles(sites: Sequence[str], thresholds: Sequence[str]) -> dict[str, tup
     found: dict[str, tuple[list[Path] | None, int | None]] = {}
     for text in sites:
         site, _, keys = text.partition("=")
-        _site_id(site, "--site")
+        check_site_id(site, "--site")
         if not keys or any(not part for part in keys.split(",")):
             raise InvalidInput(f"--site {text!r} must be SITE=PUBLIC.pem[,PUBLIC.pem...]")
         if site in found:
@@ -97,7 +97,7 @@ def site_roles(sites: Sequence[str], thresholds: Sequence[str]) -> dict[str, tup
         found[site] = ([Path(part) for part in keys.split(",")], None)
     for text in thresholds:
         site, _, number = text.partition("=")
-        _site_id(site, "--site-threshold")
+        check_site_id(site, "--site-threshold")
         if not number.isdigit() or not 1 <= int(number) <= 32:
             raise InvalidInput(f"--site-threshold {text!r} must be SITE=N with N from 1 to 32")
         keys, previous = found.get(site, (None, None))
@@ -107,7 +107,7 @@ def site_roles(sites: Sequence[str], thresholds: Sequence[str]) -> dict[str, tup
     return found
 
 
-def _site_id(site: str, option: str) -> str:
+def check_site_id(site: str, option: str) -> str:
     if not trust.SITE_ID.fullmatch(site):
         raise InvalidInput(f"{option}: site id {site[:70]!r} must be 1-64 letters, digits, '.', '_' or '-', starting "
                            "with a letter or digit")
@@ -174,7 +174,7 @@ def rotate(path: Path, out: Path, *, roles: Mapping[str, tuple[Sequence[Path] | 
                          else _rethreshold(old, threshold or old.threshold, f"the {name} role"))
     bound = dict(current.sites)
     for site in remove_sites:
-        _site_id(site, "--remove-site")
+        check_site_id(site, "--remove-site")
         if site not in bound:
             raise InvalidInput(f"--remove-site {site}: trust root version {current.version} binds no such site")
         del bound[site]
