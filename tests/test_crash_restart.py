@@ -10,15 +10,16 @@ from pathlib import Path
 
 from airgap_orch.ledger import Ledger
 from airgap_orch.ledger.store import wal_path
+from airgap_orch.operations import ledger as ledger_ops
 
 CRASH_WRITER = Path(__file__).parent / "helpers" / "crash_writer.py"
 JOBS_PER_CRASH = 300
 CRASHES = 4
 
 
-def write_and_get_killed(ledger_path: Path, prefix: str) -> dict[str, float]:
+def write_and_get_killed(ledger_path: Path, prefix: str, jobs: int = JOBS_PER_CRASH) -> dict[str, float]:
     """Run crash_writer.py until it has committed its enqueues, then SIGKILL it; its report as numbers."""
-    process = subprocess.Popen([sys.executable, str(CRASH_WRITER), str(ledger_path), str(JOBS_PER_CRASH), prefix],
+    process = subprocess.Popen([sys.executable, str(CRASH_WRITER), str(ledger_path), str(jobs), prefix],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -53,3 +54,14 @@ def test_the_wal_left_by_a_sigkill_does_not_grow_across_crashes_and_no_write_is_
     assert info.code == 0, info
     assert info.json["jobs"] == {"queued": CRASHES * JOBS_PER_CRASH}, info.json
     assert not wal.exists()  # a clean close leaves no WAL
+
+
+def test_a_wal_left_by_a_crash_through_a_symlink_is_folded_in_when_opened_through_it_again(ledger_path, tmp_path):
+    link = tmp_path / "current.duckdb"
+    link.symlink_to(ledger_path)
+    write_and_get_killed(link, "first", jobs=50)
+    assert wal_path(ledger_path).exists()  # DuckDB keeps the WAL beside the file the link points to
+    report = write_and_get_killed(link, "second", jobs=50)
+    assert report["wal_at_open"] > 0 and report["wal_after_open"] == -1, report
+    with Ledger.open(link, lock_timeout=5) as ledger:
+        assert ledger_ops.info(ledger)["jobs"] == {"queued": 100}

@@ -80,7 +80,9 @@ class Ledger:
         create: bool = False,
         site_id: str | None = None,
     ) -> Ledger:
-        ledger_path = Path(path)
+        # The file itself, not a symlink to it: DuckDB keeps the WAL beside the file a link points to, and the
+        # check for a WAL left by a crash (below) must look there too.
+        ledger_path = Path(path).resolve()
         if create:
             _create(ledger_path, site_id or "", lock_timeout)
         elif not ledger_path.exists():

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from airgap_orch.ledger import Ledger
+from airgap_orch.ledger.store import wal_path
 from airgap_orch.operations import jobs as ops
 
 
@@ -27,7 +28,7 @@ def _size(path: Path) -> int:
 
 def main() -> None:
     path, count, prefix = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    wal = path.with_name(path.name + ".wal")
+    wal = wal_path(path.resolve())  # where DuckDB keeps it, also when LEDGER is a symlink
     wal_at_open = _size(wal)
     started = time.perf_counter()
     ledger = Ledger.open(path, lock_timeout=30)
