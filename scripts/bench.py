@@ -74,6 +74,7 @@ import duckdb
 from airgap_orch import clock
 from airgap_orch.errors import OrchError
 from airgap_orch.ledger import Ledger
+from airgap_orch.ledger.store import CHECKPOINT_THRESHOLD
 from airgap_orch.operations import jobs as jobs_ops
 from airgap_orch.orchestrator import jobs as core
 from airgap_orch.orchestrator.states import FINAL_STATES, sources
@@ -973,12 +974,15 @@ def bench_crash_restart(bench: Bench) -> Samples:
             Ledger.open(path, lock_timeout=1).close()
             clean_seconds = time.perf_counter() - started
             suffix = "" if variant == "checkpoint" else "_no_checkpoint"
-            samples.setdefault(f"restart_after_1_crash{suffix}_s", []).append(seen[1][0])
-            samples.setdefault(f"restart_after_{CRASH_CYCLES}_crashes{suffix}_s", []).append(seen[-1][0])
-            samples.setdefault(f"wal_at_restart_after_{CRASH_CYCLES}_crashes{suffix}_bytes", []).append(seen[-1][1])
-            samples.setdefault(f"wal_after_restart_after_{CRASH_CYCLES}_crashes{suffix}_bytes", []).append(
-                seen[-1][2])
-            samples.setdefault(f"clean_open_{CRASH_CYCLES * count}_jobs{suffix}_s", []).append(clean_seconds)
+            restarts = seen[1:]  # the opens after a crash (the first open of all finds a clean ledger)
+            for metric, value in (
+                    (f"restart_after_1_crash{suffix}_s", restarts[0][0]),
+                    (f"restart_median_of_{CRASH_CYCLES}_crashes{suffix}_s", statistics.median(r[0] for r in restarts)),
+                    (f"restart_slowest_of_{CRASH_CYCLES}_crashes{suffix}_s", max(r[0] for r in restarts)),
+                    (f"wal_largest_at_restart{suffix}_bytes", max(r[1] for r in restarts)),
+                    (f"wal_largest_after_restart{suffix}_bytes", max(r[2] for r in restarts)),
+                    (f"clean_open_{CRASH_CYCLES * count}_jobs{suffix}_s", clean_seconds)):
+                samples.setdefault(metric, []).append(value)
     print(f"crash_restart: {count:,} single enqueues per process life, then SIGKILL; medians of {bench.runs} "
           "run(s) per crash", file=sys.stderr)
     print(f"{'crashes':>7} | {'WAL at open':>12} {'open s':>8} {'WAL after':>10} | {'WAL at open':>12} "
@@ -992,7 +996,8 @@ def bench_crash_restart(bench: Bench) -> Samples:
     bench.note(f"crash_restart: a child process opens the ledger (timed inside it: Ledger.open only, not the "
                f"interpreter start), enqueues {count:,} jobs one transaction each (bench specs with idempotency "
                f"keys), and is SIGKILLed; {CRASH_CYCLES} times, then one more open. no_checkpoint opens as before the "
-               "fix; clean open: the same ledger opened again after a clean close")
+               f"fix: its WAL grows until a commit passes the ledger's checkpoint threshold ({CHECKPOINT_THRESHOLD}) "
+               "and DuckDB checkpoints on its own. clean open: the same ledger opened again after a clean close")
     return samples
 
 
@@ -1247,11 +1252,12 @@ ROWS = (
     ("flow_limited_jobs_per_s", "claim+ack b100, rate+concurrency+quota on every job (jobs/s)"),
     ("flow_limited_over_plain", "with limits / without"),
     ("flow_10_tenants_jobs_per_s", "claim+ack b100, 10 tenants sharing a queue (jobs/s)"),
-    ("restart_after_1_crash_s", "ledger open after 1 SIGKILL (s)"),
-    ("restart_after_20_crashes_s", "ledger open after 20 SIGKILLs (s)"),
-    ("restart_after_20_crashes_no_checkpoint_s", "  without the recovery checkpoint (s)"),
-    ("wal_at_restart_after_20_crashes_bytes", "WAL found at that open (bytes)"),
-    ("wal_at_restart_after_20_crashes_no_checkpoint_bytes", "  without the recovery checkpoint (bytes)"),
+    ("restart_after_1_crash_s", "ledger open after the 1st SIGKILL (s)"),
+    ("restart_median_of_20_crashes_s", "  median of the opens after 20 SIGKILLs (s)"),
+    ("restart_slowest_of_20_crashes_s", "  slowest of those 20 (s)"),
+    ("restart_slowest_of_20_crashes_no_checkpoint_s", "  slowest, without the recovery checkpoint (s)"),
+    ("wal_largest_at_restart_bytes", "largest WAL found at those opens (bytes)"),
+    ("wal_largest_at_restart_no_checkpoint_bytes", "  without the recovery checkpoint (bytes)"),
 )
 
 
