@@ -107,7 +107,12 @@ class Ledger:
         crashes made an open take 7.2 s. A clean close checkpoints and removes the WAL, so a WAL here means a
         crash (or migrations just applied); folding it in costs about what replaying it did (BENCHMARKS.md)."""
         with self._lock:
-            self._con.execute("CHECKPOINT")
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                raise InvalidInput(f"cannot fold the WAL left by a crash into {self.path}: "
+                                   f"{str(exc).splitlines()[0]}; check free disk space and permissions, then retry"
+                                   ) from None
 
     def _migrate(self, *, new: bool = False) -> None:
         """Apply pending numbered migrations, each in its own transaction. Refuses (writing nothing) a
