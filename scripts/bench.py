@@ -41,6 +41,9 @@ What is measured (issue 2, "Performance"):
   ratio (target <= 2).
 - http group commit: DEFAULT_FLEET (eight workers with the SDK's default settings: many small concurrent
   requests) against a server with and without group commit; group_commit_speedup is their ratio.
+- crash restart: a child process opens the ledger, does single enqueues and is
+  SIGKILLed, 20 times; each open (the restart) is timed inside the child, with the WAL size around it. Once as
+  the ledger opens (checkpointing a WAL left by a crash), once without that checkpoint (a private switch).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ import duckdb
 from airgap_orch import clock
 from airgap_orch.errors import OrchError
 from airgap_orch.ledger import Ledger
+from airgap_orch.ledger.store import CHECKPOINT_THRESHOLD
 from airgap_orch.operations import jobs as jobs_ops
 from airgap_orch.orchestrator import claims, recovery, reports
 from airgap_orch.orchestrator.states import FINAL_STATES, sources
@@ -1175,6 +1179,106 @@ def bench_bundle_export(bench: Bench) -> Samples:
     return samples
 
 
+# -- crash restart ---------------------------------------------------------------------------------
+
+CRASH_CYCLES = 20
+CRASH_JOBS_PER_CYCLE = {False: 1_500, True: 300}  # by --quick; 20 x 1,500 = 30k, the issue's 29k single enqueues
+# The crash program (python -c): open the ledger (timed, WAL sizes around it), say "opened", enqueue COUNT jobs one
+# transaction each, say "wrote", then wait for SIGKILL. CHECKPOINT=0 opens as before the fix (no checkpoint of a
+# recovered WAL) through the ledger's private switch.
+CRASH_PROGRAM = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[5])
+from bench import job_specs
+from airgap_orch.ledger import Ledger, store
+from airgap_orch.operations import jobs as jobs_ops
+from airgap_orch.operations import ledger as ledger_ops
+path, count, prefix, checkpoint = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+store._RECOVER_WITHOUT_CHECKPOINT = not checkpoint
+wal = store.wal_path(path)
+size = lambda: wal.stat().st_size if wal.exists() else 0
+wal_before = size()
+started = time.perf_counter()
+ledger = Ledger.open(path, lock_timeout=30)
+seconds = time.perf_counter() - started
+jobs = sum(ledger_ops.info(ledger)["jobs"].values())
+print(f"opened {seconds:.6f} {wal_before} {size()} {jobs}", flush=True)
+for spec in job_specs(count, prefix=prefix):
+    jobs_ops.enqueue(ledger, spec)
+print("wrote", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _crash_cycle(path: Path, count: int, prefix: str, checkpoint: bool) -> tuple[float, int, int, int]:
+    """One process life: open (the restart), `count` single enqueues, SIGKILL. Returns (open seconds, WAL bytes
+    before the open, WAL bytes after it, jobs in the ledger at the open)."""
+    process = subprocess.Popen([sys.executable, "-c", CRASH_PROGRAM, str(path), str(count), prefix,
+                                "1" if checkpoint else "0", str(Path(__file__).resolve().parent)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        _, seconds, wal_before, wal_after, jobs = _read_line(process, 300, "the crash program").split()
+        if count:
+            _read_line(process, 600, "the crash program")
+    finally:
+        process.kill()  # SIGKILL: no close, no checkpoint
+        process.wait(30)
+        _stop_processes([process])
+    return float(seconds), int(wal_before), int(wal_after), int(jobs)
+
+
+@section("crash_restart", f"restart (ledger open) after each of {CRASH_CYCLES} SIGKILLs of a process doing single "
+         "enqueues, with and without the checkpoint of the recovered WAL")
+def bench_crash_restart(bench: Bench) -> Samples:
+    count = CRASH_JOBS_PER_CYCLE[bench.quick]
+    samples: Samples = {}
+    # per variant: [run][crash] -> (open s, WAL bytes before the open, after it)
+    cycles: dict[str, list[list[tuple[float, int, int]]]] = {"checkpoint": [], "no_checkpoint": []}
+    for run in range(bench.runs):
+        for variant in cycles:  # interleaved, so drift in machine load hits both alike
+            path = bench.new_path(f"crash-{variant}", ".duckdb")
+            Ledger.open(path, create=True, site_id="bench-site", lock_timeout=1).close()
+            seen = []
+            for crash in range(CRASH_CYCLES + 1):  # the last open is the restart after the last crash
+                opened = _crash_cycle(path, count if crash < CRASH_CYCLES else 0, f"crash{run}-{crash}",
+                                      variant == "checkpoint")
+                if opened[3] != crash * count:
+                    raise RuntimeError(f"{variant}: {opened[3]} jobs after {crash} crashes, expected {crash * count}")
+                seen.append(opened[:3])
+            cycles[variant].append(seen)
+            Ledger.open(path, lock_timeout=1).close()  # a clean close: the next open finds no WAL
+            started = time.perf_counter()
+            Ledger.open(path, lock_timeout=1).close()
+            clean_seconds = time.perf_counter() - started
+            suffix = "" if variant == "checkpoint" else "_no_checkpoint"
+            restarts = seen[1:]  # the opens after a crash (the first open of all finds a clean ledger)
+            for metric, value in (
+                    (f"restart_after_1_crash{suffix}_s", restarts[0][0]),
+                    (f"restart_median_of_{CRASH_CYCLES}_crashes{suffix}_s", statistics.median(r[0] for r in restarts)),
+                    (f"restart_slowest_of_{CRASH_CYCLES}_crashes{suffix}_s", max(r[0] for r in restarts)),
+                    (f"wal_largest_at_restart{suffix}_bytes", max(r[1] for r in restarts)),
+                    (f"wal_largest_after_restart{suffix}_bytes", max(r[2] for r in restarts)),
+                    (f"clean_open_{CRASH_CYCLES * count}_jobs{suffix}_s", clean_seconds)):
+                samples.setdefault(metric, []).append(value)
+    print(f"crash_restart: {count:,} single enqueues per process life, then SIGKILL; medians of {bench.runs} "
+          "run(s) per crash", file=sys.stderr)
+    print(f"{'crashes':>7} | {'WAL at open':>12} {'open s':>8} {'WAL after':>10} | {'WAL at open':>12} "
+          f"{'open s':>8} {'WAL after':>10}   (checkpoint | no checkpoint)", file=sys.stderr)
+    for crash in range(1, CRASH_CYCLES + 1):
+        row = []
+        for variant in cycles:
+            opened, before, after = (statistics.median(seen[crash][i] for seen in cycles[variant]) for i in range(3))
+            row.append(f"{before:>12,.0f} {opened:>8.3f} {after:>10,.0f}")
+        print(f"{crash:>7} | {row[0]} | {row[1]}", file=sys.stderr)
+    bench.note(f"crash_restart: a child process opens the ledger (timed inside it: Ledger.open only, not the "
+               f"interpreter start), enqueues {count:,} jobs one transaction each (bench specs with idempotency "
+               f"keys), and is SIGKILLed; {CRASH_CYCLES} times, then one more open. no_checkpoint opens as before the "
+               f"fix: its WAL grows until a commit passes the ledger's checkpoint threshold ({CHECKPOINT_THRESHOLD}) "
+               "and DuckDB checkpoints on its own. clean open: the same ledger opened again after a clean close")
+    return samples
+
+
 def derive(medians: dict[str, float]) -> dict[str, float]:
     """Ratios from medians (ratio of medians, not median of per-run ratios)."""
     out = {}
@@ -1440,6 +1544,12 @@ ROWS = (
     ("bundle_export_jobs_per_s", "bundle export, full (jobs/s)"),
     ("bundle_raw_jobs_per_s", "  raw: DuckDB COPY to Parquet zstd + sha256 (jobs/s)"),
     ("bundle_export_over_raw", "bundle export time / raw time"),
+    ("restart_after_1_crash_s", "ledger open after the 1st SIGKILL (s)"),
+    ("restart_median_of_20_crashes_s", "  median of the opens after 20 SIGKILLs (s)"),
+    ("restart_slowest_of_20_crashes_s", "  slowest of those 20 (s)"),
+    ("restart_slowest_of_20_crashes_no_checkpoint_s", "  slowest, without the recovery checkpoint (s)"),
+    ("wal_largest_at_restart_bytes", "largest WAL found at those opens (bytes)"),
+    ("wal_largest_at_restart_no_checkpoint_bytes", "  without the recovery checkpoint (bytes)"),
 )
 
 

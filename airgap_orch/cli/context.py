@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import InvalidInput, OrchError, exit_code_for
+from ..errors import OrchError, exit_code_for
 from ..validation import DEFAULT_LOCK_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
+    from . import remote
 
 DEFAULT_LEDGER = "airgap-orch.duckdb"
 
@@ -37,25 +38,36 @@ class Settings:
         return Ledger.open(self.ledger_path, lock_timeout=self.lock_timeout)
 
     def server(self) -> str | None:
-        """The server to send commands to: --server, else a live server that owns --ledger."""
+        """The URL of the server to send commands to: --server, else a live server that owns --ledger."""
+        target = self.server_target()
+        return target.url if target is not None else None
+
+    def server_target(self) -> remote.Server | None:
+        """--server, else the live server that owns --ledger (by its discovery file; a symlink to the ledger
+        finds the same one), else None."""
+        from . import remote  # imported here, like the ledger: a local command needs no HTTP client
+
         if self.server_url:
-            return self.server_url
+            return remote.Server(self.server_url)
         from ..server import discovery
 
         record = discovery.live_server(self.ledger_path)
-        return record["url"] if record else None
+        if record is None:
+            return None
+        return remote.Server(record["url"], record["pid"], Path(record.get("ledger") or self.ledger_path))
 
 
 def invoke(name: str, params: dict[str, Any], *, progress: Callable[[int, int], None] | None = None
            ) -> dict[str, Any]:
     """Run operation `name` where it lives: on the server that owns the ledger, else on the ledger. Locally,
-    `progress(done, total)` hears how long work goes (a server does the work out of sight)."""
+    `progress(done, total)` hears how long work goes (a server does the work out of sight). A server that does
+    not show life within --lock-timeout ends the command with exit 6, as a held ledger does (cli/remote.py)."""
     current = settings()
-    url = current.server()
-    if url is not None:
-        from ..sdk.client import OrchClient
+    target = current.server_target()
+    if target is not None:
+        from . import remote
 
-        return OrchClient(url, current.token).call(name, params)
+        return remote.call(target, current.token, name, params, bound=current.lock_timeout)
     from ..operations import dispatch
 
     with current.open_ledger() as ledger:
@@ -105,50 +117,12 @@ def invoke_override(name: str, params: dict[str, Any], *,
     (api.Route.needs_reason/needs_ticket); locally they are plain params, and `progress` reports record
     building."""
     current = settings()
-    url = current.server()
-    if url is None:
+    target = current.server_target()
+    if target is None:
         return invoke(name, params, progress=progress)
-    return _remote(url, current.token, name, params)
+    from . import remote
 
-
-def _remote(url: str, token: str | None, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One request with the override headers (OrchClient sends none of its own choosing)."""
-    import http.client
-    import json
-    import uuid
-    from urllib.parse import urlsplit
-
-    from .. import api
-    from ..errors import from_problem
-
-    route = api.BY_NAME[name]
-    rest = {key: value for key, value in params.items() if value is not None}
-    headers = {"Accept": "application/json", "Content-Type": "application/json",
-               "Idempotency-Key": str(uuid.uuid4())}
-    for field, header in (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket")):
-        if field in rest:
-            headers[header] = str(rest.pop(field))
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    path, body = api.path_for(route, rest)
-    parts = urlsplit(url)
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = kind(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-    try:
-        connection.request(route.method, path, body=json.dumps(body).encode() if body else None, headers=headers)
-        response = connection.getresponse()
-        status, raw = response.status, response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise InvalidInput(f"cannot reach {url}: {exc}; is `airgap-orch serve` running?") from None
-    finally:
-        connection.close()
-    try:
-        answer = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        answer = {"title": raw[:200].decode(errors="replace")}
-    if status >= 400:
-        raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or f"HTTP {status}")
-    return answer
+    return remote.call(target, current.token, name, params, bound=current.lock_timeout, override_headers=True)
 
 
 def settings() -> Settings:

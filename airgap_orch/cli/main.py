@@ -26,7 +26,8 @@ def _refuse_nan(ctx: click.Context, param: click.Parameter, value: float) -> flo
               help="The ledger file.")
 @click.option("--lock-timeout", type=click.FloatRange(min=0, max=MAX_LOCK_TIMEOUT_SECONDS), default=DEFAULT_LOCK,
               show_default=True, callback=_refuse_nan,
-              help="Seconds to wait for another process to release the ledger (then exit 6).")
+              help="Seconds to wait for another process to release the ledger, or for a sign of life from the "
+                   "server a command goes to (then exit 6).")
 @click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--server", "server_url", envvar="AIRGAP_ORCH_SERVER", metavar="URL",
               help="Send commands to this server (default: the live server that owns --ledger, if any).")

@@ -1,7 +1,8 @@
 """The discovery file beside the ledger: tells other processes that a server owns it, and where.
 
 `<ledger>.server.json` = {"pid", "url", "started_at", "ledger"}; written when the server is listening,
-removed on clean exit. A file whose pid is no longer alive is stale and ignored.
+removed on clean exit. A file whose pid is no longer alive is stale and ignored. It sits beside the ledger file
+itself (symlinks resolved), so every name for the same ledger finds the same server.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from .. import clock
 
 
 def path_for(ledger_path: Path) -> Path:
-    return ledger_path.with_name(ledger_path.name + ".server.json")
+    ledger_file = Path(ledger_path).resolve()
+    return ledger_file.with_name(ledger_file.name + ".server.json")
 
 
 def write(ledger_path: Path, url: str) -> Path:
@@ -46,7 +48,7 @@ def live_server(ledger_path: Path) -> dict[str, Any] | None:
         return None
     if not _alive(pid):
         return None
-    return {"pid": pid, "url": url, "started_at": record.get("started_at")}
+    return {"pid": pid, "url": url, "started_at": record.get("started_at"), "ledger": record.get("ledger")}
 
 
 def _alive(pid: int) -> bool:

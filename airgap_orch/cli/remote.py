@@ -1,0 +1,187 @@
+"""The CLI's HTTP client: one command sent to the server that owns the ledger, its waits bounded by --lock-timeout.
+
+The rule (README "Control plane"): the server must show it is alive within the bound B (--lock-timeout, at least
+MIN_BOUND_SECONDS) at every step: accept the connection, take each piece of the request, start its answer and
+keep sending it. While an answer takes longer to start (a long-poll claim, a large verify), the CLI asks the
+server's GET /healthz every B/2 seconds and waits on as long as that answers within B/2. A server that does none
+of these (stopped with SIGSTOP, hung, gone, nothing listening at the address) ends the command with LedgerBusy
+(exit 6) about B seconds after it last showed life, naming the server.
+
+The request is sent once: unlike the SDK's client, the CLI never resends (an operator retries on exit 6).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import select
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from .. import api
+from ..errors import InvalidInput, LedgerBusy, OrchError, from_problem
+
+# Below this the first answer of a healthy server (an interpreter's worth of work away) could miss the bound.
+MIN_BOUND_SECONDS = 1.0
+SEND_CHUNK_BYTES = 64 * 1024  # the request body goes out in pieces; each must be taken within the bound
+HEALTH_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a command goes: a URL, and for a server found through the discovery file its pid and ledger."""
+
+    url: str
+    pid: int | None = None
+    ledger: Path | None = None
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return f"server {self.url}"
+        return f"server {self.url} (pid {self.pid}, which owns {self.ledger})"
+
+
+def call(server: Server, token: str | None, name: str, params: dict[str, Any], *, bound: float,
+         override_headers: bool = False) -> dict[str, Any]:
+    """Run operation `name` on `server`; raises the OrchError its problem+json stands for, or LedgerBusy when it
+    does not show life within `bound`. With `override_headers`, reason/ticket go in X-Orch-Reason/X-Orch-Ticket."""
+    route = api.BY_NAME[name]
+    path, rest = api.path_for(route, {key: value for key, value in params.items() if value is not None})
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if route.mutating:
+        headers["Idempotency-Key"] = str(uuid.uuid4())
+    if override_headers:
+        for field, header in (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket")):
+            if field in rest:
+                headers[header] = str(rest.pop(field))
+    body = None
+    if route.method == "GET":
+        if rest:
+            path += "?" + urlencode(rest)
+    else:
+        body = json.dumps(rest["spec"] if name == "jobs.enqueue" else rest).encode()
+        headers["Content-Type"] = "application/json"
+    status, raw = request(server, route.method, path, body, headers, bound=bound, mutating=route.mutating)
+    try:
+        answer = json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        answer = {"title": raw[:200].decode(errors="replace")}
+    if status >= 400:
+        raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or f"HTTP {status}")
+    return answer
+
+
+def request(server: Server, method: str, path: str, body: bytes | None, headers: dict[str, str], *, bound: float,
+            mutating: bool = False) -> tuple[int, bytes]:
+    """(status, body) of one request, each wait bounded as the module docstring says."""
+    bound = max(bound, MIN_BOUND_SECONDS)
+    parts = urlsplit(server.url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        raise InvalidInput(f"server URL {server.url!r} must look like http://127.0.0.1:8080; check --server or "
+                           "$AIRGAP_ORCH_SERVER")
+    connection = _connect(server, parts.scheme, parts.hostname, port, bound)
+    sent = False
+    try:
+        try:
+            if body is not None:
+                headers = {**headers, "Content-Length": str(len(body))}
+            connection.request(method, path, body=_pieces(body) if body is not None else None, headers=headers)
+            sent = True
+            _wait_for_answer(server, connection, bound, mutating)
+            response = connection.getresponse()  # the socket's timeout is the bound for every read from here on
+            return response.status, response.read()
+        except TimeoutError:
+            what = "stopped sending its answer" if sent else "stopped taking the request"
+            raise _busy(server, f"{what} for {bound:g}s", mutating and sent) from None
+        except (OSError, http.client.HTTPException) as exc:
+            later = "; it may have applied the command: check before retrying" if mutating else "; retry"
+            raise LedgerBusy(f"{server.describe()} closed the connection before answering ({_reason(exc)}): it may "
+                             f"have stopped{later}", holder_pid=server.pid) from None
+    finally:
+        connection.close()
+
+
+def _connect(server: Server, scheme: str, host: str, port: int | None, bound: float) -> http.client.HTTPConnection:
+    """An open connection, retrying a refused or failed connect until `bound` has passed (a server that is
+    starting or restarting gets that long), then LedgerBusy."""
+    kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    deadline = time.monotonic() + bound
+    delay = 0.02
+    while True:
+        connection = kind(host, port, timeout=max(0.01, deadline - time.monotonic()))
+        try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            if time.monotonic() + delay >= deadline:
+                hint = ("is it running? check the server, retry, or raise --lock-timeout" if server.pid is not None
+                        else "is `airgap-orch serve` running there? check --server / $AIRGAP_ORCH_SERVER, retry, "
+                             "or raise --lock-timeout")
+                raise LedgerBusy(f"cannot reach {server.describe()} within {bound:g}s ({_reason(exc)}); {hint}",
+                                 holder_pid=server.pid) from None
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
+            continue
+        assert connection.sock is not None
+        connection.sock.settimeout(bound)  # each send and each read from now on
+        return connection
+
+
+def _pieces(body: bytes) -> Iterator[bytes]:
+    for start in range(0, len(body), SEND_CHUNK_BYTES):
+        yield body[start:start + SEND_CHUNK_BYTES]
+
+
+def _wait_for_answer(server: Server, connection: http.client.HTTPConnection, bound: float, mutating: bool) -> None:
+    """Return once the answer's first byte can be read; while it has not come, check every bound/2 that the
+    server still answers its health check within bound/2."""
+    assert connection.sock is not None
+    half = bound / 2
+    while True:
+        readable, _, _ = select.select([connection.sock], [], [], half)
+        if readable:
+            return
+        if not _answers_health_check(connection, half):
+            raise _busy(server, f"did not answer within {bound:g}s, nor did its health check", mutating)
+
+
+def _answers_health_check(connection: http.client.HTTPConnection, within: float) -> bool:
+    deadline = time.monotonic() + within
+    kind = type(connection)
+    probe = kind(connection.host, connection.port, timeout=within)
+    try:
+        probe.connect()
+        assert probe.sock is not None
+        probe.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        probe.request("GET", HEALTH_PATH, headers={"Accept": "application/json"})
+        response = probe.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        probe.close()
+
+
+def _busy(server: Server, what: str, may_apply: bool) -> OrchError:
+    later = "; if it resumes it may still apply this command" if may_apply else ""
+    return LedgerBusy(f"{server.describe()} {what}: it may be stopped or hung; check it, then retry or raise "
+                      f"--lock-timeout{later}", holder_pid=server.pid)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
