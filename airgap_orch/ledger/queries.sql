@@ -251,11 +251,41 @@ LIMIT 20;
 -- name: verify_history_scan
 SELECT seq, job_id, entry, entry_hash FROM history ORDER BY seq;
 
--- name: request_log_lookup
-SELECT request_key, status, response FROM request_log WHERE list_contains($keys, request_key);
+-- Request log (operations/request_log.py; migration 0009) ---------------------------------------------------
 
--- name: request_log_prune
+-- name: request_log_lookup
+SELECT request_key, operation, fingerprint, recipe, packed FROM request_log WHERE list_contains($keys, request_key);
+
+-- name: request_log_prune_older
 DELETE FROM request_log WHERE created_at < $before;
+
+-- name: request_log_nth_newest
+-- The newest row past the newest $rows (newest first: created_at, then request_key), if there is one.
+SELECT created_at, request_key FROM request_log ORDER BY created_at DESC, request_key DESC LIMIT 1 OFFSET $rows;
+
+-- name: request_log_bytes
+SELECT sum(size) FROM request_log;
+
+-- name: request_log_bytes_cutoff
+-- The newest row whose bytes, added to those of every newer row, exceed $max_bytes.
+SELECT created_at, request_key FROM (
+    SELECT created_at, request_key,
+           sum(size) OVER (ORDER BY created_at DESC, request_key DESC ROWS UNBOUNDED PRECEDING) AS newer_bytes
+    FROM request_log)
+WHERE newer_bytes > $max_bytes
+ORDER BY created_at DESC, request_key DESC LIMIT 1;
+
+-- name: request_log_prune_through
+-- Delete the row ($created_at, $request_key) and every row older in newest-first order.
+DELETE FROM request_log
+WHERE created_at < $created_at OR (created_at = $created_at AND request_key <= $request_key);
+
+-- name: history_by_leases
+-- The entries of the listed jobs that name one of the listed leases, oldest first (a replayed report answers from
+-- the last entry naming its lease: the one that ended it).
+SELECT job_id, entry FROM history
+WHERE list_contains($job_ids, job_id) AND list_contains($lease_ids, entry ->> 'lease_id')
+ORDER BY seq;
 
 -- name: audit_append
 INSERT INTO audit_log VALUES ($seq, $action, $entry, $entry_hash);

@@ -2,10 +2,16 @@
 
 Both doors end here: the CLI (on a ledger it opened) and the server's writer (on the ledger it owns).
 `Caller` carries who asks: the actor recorded in history, and the tenants a token is limited to.
+
+The claims and worker reports (PREPARED) have a `prepare` step: params in, a validated request out
+(operations/jobs.py ClaimRequest or Reports), which `run` applies in a transaction of its own and the server's
+writer applies with other requests in one group commit. Both paths go through `prepare`, so every check and cap
+holds on both.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +34,31 @@ class Caller:
     tenants: frozenset[str] | None = None  # None: every tenant (a local operator)
 
 
-def _claim(led: Ledger, *, worker_id: str, limit: int = 1, lease_seconds: float | None = None,
-           queue: str | None = None, type: str | None = None, wait: float | None = None, **kw: Any) -> dict:
-    # `wait` (long-poll) is the server's business; locally a claim answers at once.
-    return job_ops.claim(led, worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
-                      job_type=type, **kw)
+def _claim(*, worker_id: str, limit: int = 1, lease_seconds: float | None = None, queue: str | None = None,
+           type: str | None = None, wait: float | None = None, **kw: Any) -> job_ops.ClaimRequest:
+    # `wait` (long-poll) is the server's business (its door checks it); locally a claim answers at once.
+    return job_ops.claim_request(worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
+                                 job_type=type, **kw)
+
+
+Prepared = job_ops.Reports | job_ops.ClaimRequest
+PREPARED: dict[str, Callable[..., Prepared]] = {
+    "jobs.claim": _claim,
+    "jobs.heartbeat": functools.partial(job_ops.report, "heartbeat"),
+    "jobs.ack": functools.partial(job_ops.report, "ack"),
+    "jobs.fail": functools.partial(job_ops.report, "fail"),
+    "jobs.release": functools.partial(job_ops.report, "release"),
+    "jobs.ack_many": job_ops.ack_many_reports,
+}
+
+
+def _prepared(name: str) -> Callable[..., dict[str, Any]]:
+    def operation(led: Ledger, **params: Any) -> dict[str, Any]:
+        request = PREPARED[name](**params)
+        with led.transaction() as tx:
+            return request.apply(tx)
+
+    return operation
 
 
 def _list(led: Ledger, *, state: str | None = None, tenant: str | None = None, type: str | None = None,
@@ -61,12 +87,12 @@ def _backfill_list(led: Ledger, *, type: str | None = None, **kw: Any) -> dict:
 OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "jobs.enqueue": lambda led, *, spec, **kw: job_ops.enqueue(led, spec, **kw),
     "jobs.enqueue_batch": _enqueue_batch,
-    "jobs.claim": _claim,
-    "jobs.heartbeat": job_ops.heartbeat,
-    "jobs.ack": job_ops.ack,
-    "jobs.ack_many": job_ops.ack_many,
-    "jobs.fail": job_ops.fail,
-    "jobs.release": job_ops.release,
+    "jobs.claim": _prepared("jobs.claim"),
+    "jobs.heartbeat": _prepared("jobs.heartbeat"),
+    "jobs.ack": _prepared("jobs.ack"),
+    "jobs.ack_many": _prepared("jobs.ack_many"),
+    "jobs.fail": _prepared("jobs.fail"),
+    "jobs.release": _prepared("jobs.release"),
     "jobs.cancel": job_ops.cancel,
     "jobs.list": _list,
     "jobs.show": job_ops.show,
@@ -120,11 +146,22 @@ def run(led: Ledger, name: str, params: dict[str, Any], caller: Caller = LOCAL, 
         operation = OPERATIONS[name]
     except KeyError:
         raise InvalidInput(f"unknown operation {name!r}") from None
+    return _call(name, functools.partial(operation, led), params, caller, text_checked)
+
+
+def prepare(name: str, params: dict[str, Any], caller: Caller = LOCAL, *, text_checked: bool = False) -> Prepared:
+    """The validated request of a PREPARED operation (a claim or a worker report), as `run` would apply it:
+    refused, where `run` would refuse it, with the same error."""
+    return _call(name, PREPARED[name], params, caller, text_checked)
+
+
+def _call(name: str, function: Callable[..., Any], params: dict[str, Any], caller: Caller,
+          text_checked: bool) -> Any:
     clean = {key: value for key, value in params.items() if key not in ("actor", "tenants")}
     if not text_checked:
         validation.utf8_text(clean, "")
     try:
-        return operation(led, **clean, actor=caller.actor, tenants=caller.tenants)
+        return function(**clean, actor=caller.actor, tenants=caller.tenants)
     except TypeError as exc:
         if "argument" in str(exc):
             raise InvalidInput(f"{name}: {str(exc).split(')', 1)[-1].strip() or exc}") from None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from .. import clock, validation
 from ..errors import Forbidden, OrchError, exit_code_for
-from ..ledger import Ledger
+from ..ledger import Ledger, Transaction
 from ..orchestrator import claims, operator, recovery, render, reports
 from ..orchestrator.enqueue import enqueue as enqueue_records
 from ..orchestrator.states import DEAD_LETTER
@@ -51,23 +52,45 @@ def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli",
     return {"job_ids": [job_id for job_id, _ in results], "created": created, "existing": len(results) - created}
 
 
-def claim_args(*, worker_id: str, limit: int = 1, lease_seconds: float | None = None, queue: str | None = None,
-               job_type: str | None = None, tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """Validated keyword arguments for claims.claim (the server groups many claims in one transaction)."""
+@dataclass(frozen=True)
+class ClaimRequest:
+    """A validated claim, applied alone (apply) or sharing one claim with others that ask with the same filters
+    (the server's group commit: claims.claim_shared)."""
+
+    worker_id: str
+    limit: int
+    lease_seconds: float
+    queue: str | None
+    job_type: str | None
+    tenants: Collection[str] | None
+
+    @property
+    def filters(self) -> tuple[Any, ...]:
+        """What claims must share to be served by one claim statement."""
+        return (self.lease_seconds, self.queue, self.job_type,
+                frozenset(self.tenants) if self.tenants is not None else None)
+
+    def apply(self, tx: Transaction) -> dict[str, Any]:
+        return {"leases": claims.claim(tx, worker_id=self.worker_id, limit=self.limit,
+                                       lease_seconds=self.lease_seconds, queue=self.queue, job_type=self.job_type,
+                                       tenants=self.tenants)}
+
+
+def claim_request(*, worker_id: str, limit: int = 1, lease_seconds: float | None = None, queue: str | None = None,
+                  job_type: str | None = None, actor: str = "cli",
+                  tenants: Collection[str] | None = None) -> ClaimRequest:
+    """The claim asked for, validated: the one step from parameters to a claim, on every path."""
     validation.text(worker_id, 128, "worker id", required=True)
-    return {"worker_id": worker_id, "limit": validation.claim_limit(limit),
-            "lease_seconds": validation.lease_seconds(lease_seconds), "queue": queue, "job_type": job_type,
-            "tenants": tenants}
+    return ClaimRequest(worker_id, validation.claim_limit(limit), validation.lease_seconds(lease_seconds), queue,
+                        job_type, tenants)
 
 
 def claim(ledger: Ledger, *, worker_id: str, limit: int = 1, lease_seconds: float | None = None,
           queue: str | None = None, job_type: str | None = None, actor: str = "cli",
           tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Lease up to `limit` ready jobs, each under a fresh lease."""
-    args = claim_args(worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
-                      job_type=job_type, tenants=tenants)
-    with ledger.transaction() as tx:
-        return {"leases": claims.claim(tx, **args)}
+    return _apply(ledger, claim_request(worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue,
+                                        job_type=job_type, tenants=tenants))
 
 
 def heartbeat_item(job_id: str, lease_id: str, *, progress: float | None = None, message: str | None = None,
@@ -100,44 +123,76 @@ BATCHED = {"heartbeat": (heartbeat_item, reports.heartbeat), "ack": (ack_item, r
            "fail": (fail_item, reports.fail), "release": (release_item, reports.release)}
 
 
-def _report(kind: str, ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
-    fields.pop("actor", None)
-    build, apply = BATCHED[kind]
-    item = build(job_id, lease_id, **fields)
+@dataclass(frozen=True)
+class Reports:
+    """The validated report items of one request (heartbeat, ack, fail or release: one item; ack_many: many),
+    applied alone (apply) or with other requests' items of the same kind in one transaction (the server's group
+    commit), each way answered by `answer` from the outcomes of its items."""
+
+    kind: str  # a BATCHED kind
+    items: list[dict[str, Any]]
+    many: bool = False  # jobs.ack_many: {"results": [one per item]}; otherwise the one item's outcome
+
+    def answer(self, outcomes: list[dict[str, Any] | OrchError]) -> dict[str, Any]:
+        """The request's answer; a single report that was refused raises its error."""
+        if self.many:
+            return {"results": [outcome_dict(item, outcome)
+                                for item, outcome in zip(self.items, outcomes, strict=True)]}
+        return _single(outcomes)
+
+    def apply(self, tx: Transaction) -> dict[str, Any]:
+        return self.answer(BATCHED[self.kind][1](tx, self.items))
+
+
+def report(kind: str, job_id: str, lease_id: str, *, actor: str = "cli", tenants: Collection[str] | None = None,
+           **fields: Any) -> Reports:
+    """One heartbeat, ack, fail or release, validated: the one step from parameters to its item, on every path."""
+    return Reports(kind, [BATCHED[kind][0](job_id, lease_id, **fields, tenants=tenants)])
+
+
+def ack_many_reports(acks: list[dict[str, Any]], *, actor: str = "cli",
+                     tenants: Collection[str] | None = None) -> Reports:
+    """The acks of one jobs.ack_many, validated: at most MAX_CLAIM_LIMIT (a claim's most), each an object."""
+    if not isinstance(acks, list) or not acks or len(acks) > validation.MAX_CLAIM_LIMIT:
+        raise validation.InvalidInput(f"acks must be a list of 1 to {validation.MAX_CLAIM_LIMIT} items")
+    items = []
+    for number, given in enumerate(acks, 1):
+        if not isinstance(given, dict):
+            raise validation.InvalidInput(f"ack {number} must be an object with job_id and lease_id")
+        items.append(ack_item(given.get("job_id"), given.get("lease_id"), artifacts=given.get("artifacts"),
+                              tenants=tenants))
+    return Reports("ack", items, many=True)
+
+
+def _apply(ledger: Ledger, request: Reports | ClaimRequest) -> dict[str, Any]:
     with ledger.transaction() as tx:
-        return _single(apply(tx, [item]))
+        return request.apply(tx)
 
 
 def heartbeat(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
     """Extend a lease (progress?, message?); the first heartbeat starts the job."""
-    return _report("heartbeat", ledger, job_id, lease_id, **fields)
+    return _apply(ledger, report("heartbeat", job_id, lease_id, **fields))
 
 
 def ack(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
     """Complete a job under its current lease (artifacts?)."""
-    return _report("ack", ledger, job_id, lease_id, **fields)
+    return _apply(ledger, report("ack", job_id, lease_id, **fields))
 
 
 def fail(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
     """Report a failed attempt (error, retry_after?, no_retry?)."""
-    return _report("fail", ledger, job_id, lease_id, **fields)
+    return _apply(ledger, report("fail", job_id, lease_id, **fields))
 
 
 def release(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[str, Any]:
     """Give a lease back without using up the attempt."""
-    return _report("release", ledger, job_id, lease_id, **fields)
+    return _apply(ledger, report("release", job_id, lease_id, **fields))
 
 
 def ack_many(ledger: Ledger, acks: list[dict[str, Any]], *, actor: str = "cli",
              tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Many acks in one transaction; one result per ack, in their order ({job_id, state} or {job_id, error})."""
-    if not isinstance(acks, list) or not acks or len(acks) > validation.MAX_CLAIM_LIMIT:
-        raise validation.InvalidInput(f"acks must be a list of 1 to {validation.MAX_CLAIM_LIMIT} items")
-    items = [ack_item(a.get("job_id"), a.get("lease_id"), artifacts=a.get("artifacts"), tenants=tenants)
-             for a in acks]
-    with ledger.transaction() as tx:
-        return {"results": [outcome_dict(item, outcome) for item, outcome in zip(items, reports.ack(tx, items),
-                                                                                 strict=True)]}
+    return _apply(ledger, ack_many_reports(acks, tenants=tenants))
 
 
 def outcome_dict(item: dict[str, Any], outcome: dict[str, Any] | OrchError) -> dict[str, Any]:

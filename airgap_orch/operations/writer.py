@@ -3,8 +3,10 @@ worker runner) hands it.
 
 Group commit: worker reports (heartbeat, ack, fail, release) and claims that arrive together are applied
 in ONE transaction, so the server pays the ledger's per-statement and per-commit cost once per batch
-instead of once per request. Other operations run one transaction each. A mutating request that carries
-an Idempotency-Key has its answer stored in the same transaction (request_log); a retry gets that answer.
+instead of once per request. Each is turned into a validated request by dispatch.prepare, the step the local
+path uses too, so every check holds on both. Other operations run one transaction each. A mutating request that
+carries an Idempotency-Key is logged in the same transaction (operations/request_log.py: a replay recipe, not the
+answer); a retry gets the original answer, rebuilt from that recipe and the ledger.
 
 Isolation: one request's failure never becomes another's answer. DuckDB has no savepoints, so a shared
 transaction that fails is rolled back whole and its requests are run again in halves, until the request that
@@ -25,21 +27,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from .. import api, clock
-from ..errors import Conflict, InvalidInput, OrchError
+from ..errors import Conflict, OrchError
 from ..ledger import Ledger, Transaction
 from ..orchestrator import claims
 from ..orchestrator import reports as lease_reports
-from . import dispatch
+from . import dispatch, request_log
 from . import jobs as job_ops
 
-GROUPED = {"jobs.heartbeat": "heartbeat", "jobs.ack": "ack", "jobs.fail": "fail", "jobs.release": "release"}
-GROUPABLE = frozenset(GROUPED) | {"jobs.claim", "jobs.ack_many"}
-REQUEST_LOG_DAYS = 7
+GROUPABLE = frozenset(dispatch.PREPARED)  # claims and worker reports: dispatch.prepare, then one group commit
 MAX_SHARED_CLAIM = 2_000  # jobs one shared claim statement may lease for the claims it serves
+PRUNE_EVERY_SECONDS = 3_600.0  # the request log is pruned at least this often (and as it fills: request_log.py)
 
 
 class Answer(Future):
@@ -49,9 +49,7 @@ class Answer(Future):
     text: str | None = None
 
 
-def dumps(value: Any) -> str:
-    """The JSON text of an answer, as the HTTP door sends it and the request log stores it."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+dumps = request_log.dumps  # the JSON text of an answer, as the HTTP door sends it
 
 
 @dataclass
@@ -61,7 +59,7 @@ class Request:
     caller: dispatch.Caller
     request_key: str | None = None  # subject + Idempotency-Key, for mutating requests
     future: Answer = field(default_factory=Answer)
-    acks: list[dict[str, Any]] | OrchError | None = None  # jobs.ack_many: its validated items, or why not
+    prepared: dispatch.Prepared | OrchError | None = None  # GROUPABLE: dispatch.prepare's request, or why not
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -71,35 +69,42 @@ class Request:
 
 
 @dataclass
-class Reports:
-    """Report items of one kind gathered from a group's requests, with the request (and, for jobs.ack_many, the
-    position in its list) each outcome goes back to."""
+class Gathered:
+    """The report items of one kind gathered from a group's requests (each request's job_ops.Reports), in order,
+    so each request's outcomes go back to it."""
 
-    owners: list[tuple[Request, int | None]] = field(default_factory=list)
+    owners: list[Request] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, request: Request, index: int | None, item: dict[str, Any]) -> None:
-        self.owners.append((request, index))
-        self.items.append(item)
+    def add(self, request: Request, reports: job_ops.Reports) -> None:
+        self.owners.append(request)
+        self.items.extend(reports.items)
 
     def answer(self, outcomes: list[dict[str, Any] | OrchError],
                answers: dict[int, dict[str, Any] | OrchError]) -> None:
-        for (request, index), item, outcome in zip(self.owners, self.items, outcomes, strict=True):
-            if index is None:
-                answers[id(request)] = outcome
-            else:
-                answers[id(request)]["results"][index] = job_ops.outcome_dict(item, outcome)
+        start = 0
+        for request in self.owners:
+            reports: job_ops.Reports = request.prepared  # type: ignore[assignment]
+            mine = outcomes[start:start + len(reports.items)]
+            start += len(reports.items)
+            try:
+                answers[id(request)] = reports.answer(mine)
+            except OrchError as error:
+                answers[id(request)] = error
 
 
 class LedgerWriter:
-    def __init__(self, ledger: Ledger, *, group_commit: bool = True, max_batch: int = 2_000):
+    def __init__(self, ledger: Ledger, *, group_commit: bool = True, max_batch: int = 2_000,
+                 request_log_limits: request_log.Limits = request_log.DEFAULT_LIMITS):
         self.ledger = ledger
         self.group_commit = group_commit
         self.max_batch = max_batch
+        self.request_log_limits = request_log_limits
         self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self.batch_observers: list[Callable[[int], None]] = []  # metrics: size of each group commit
-        self._last_prune = 0.0
+        self._last_prune: float | None = None  # monotonic time of the last request log prune (None: not yet)
+        self._logged_rows = self._logged_bytes = 0  # logged since then
         self._stopped = False
         self._accepting = threading.Lock()  # orders submit() against stop(): nothing queued after the end mark
 
@@ -119,13 +124,11 @@ class LedgerWriter:
         # Work that needs no ledger is done here, in the caller's thread (the event loop), not in the writer's.
         if request_key:
             _ = request.fingerprint
-        if name == "jobs.ack_many":
+        if name in GROUPABLE:
             try:
-                request.acks = _ack_many_items(request)
+                request.prepared = dispatch.prepare(name, params, caller, text_checked=True)
             except OrchError as error:
-                request.acks = error
-            except (TypeError, AttributeError) as error:
-                request.acks = InvalidInput(f"acks: {error}")
+                request.prepared = error
         with self._accepting:
             if self._stopped:  # nothing would ever answer: refuse instead of leaving the caller waiting
                 raise RuntimeError(f"the ledger writer has stopped; {name} was not run")
@@ -196,7 +199,8 @@ class LedgerWriter:
         self._prune_request_log()
 
     def _replayed(self, batch: list[Request]) -> list[Request]:
-        """Resolve requests whose Idempotency-Key already has an answer; return the rest."""
+        """Resolve requests whose Idempotency-Key is logged already (with the answer rebuilt from the log and the
+        ledger); return the rest."""
         keyed = [r for r in batch if r.request_key]
         if not keyed:
             return batch
@@ -211,18 +215,17 @@ class LedgerWriter:
                     _fail(request, exc)
         pending = []
         seen: dict[str, Request] = {}
+        replays: dict[str, list[Request]] = {}
         for request in batch:
             if request.future.done():
                 continue
             if request.request_key in stored:
-                record = stored[request.request_key]
-                if "fingerprint" not in record:  # stored before fingerprints were kept: the answer itself
-                    record = {"fingerprint": request.fingerprint, "answer": record}
-                if record["fingerprint"] != request.fingerprint:
+                logged = stored[request.request_key]
+                if logged.fingerprint not in (None, request.fingerprint):  # None: logged before fingerprints
                     request.future.set_exception(Conflict(
                         "this Idempotency-Key was already used for a different request; use a new key per request"))
                 else:
-                    request.future.set_result(record["answer"])
+                    replays.setdefault(request.request_key, []).append(request)  # type: ignore[arg-type]
             elif request.request_key and request.request_key in seen:  # the same key twice in one batch
                 if seen[request.request_key].fingerprint != request.fingerprint:
                     request.future.set_exception(Conflict(
@@ -233,17 +236,37 @@ class LedgerWriter:
                 if request.request_key:
                     seen[request.request_key] = request
                 pending.append(request)
+        if replays:
+            self._replay({key: stored[key] for key in replays}, replays)
         return pending
 
-    def _stored(self, keys: list[str]) -> dict[str, Any]:
-        return {key: json.loads(response) for key, _status, response in
-                self.ledger.read().fetch("request_log_lookup", keys=keys)}
+    def _stored(self, keys: list[str]) -> dict[str, request_log.Logged]:
+        return request_log.lookup(self.ledger.read(), keys)
+
+    def _replay(self, logged: dict[str, request_log.Logged], requests: dict[str, list[Request]]) -> None:
+        """Answer each request with the answer rebuilt for its key; should rebuilding them together fail, rebuild
+        each key alone, so the error reaches only the requests of the key that raises it."""
+        try:
+            answers = request_log.rebuild(self.ledger.read(), logged)
+        except Exception:
+            answers = {}
+            for key, entry in logged.items():
+                try:
+                    answers.update(request_log.rebuild(self.ledger.read(), {key: entry}))
+                except Exception as exc:
+                    answers[key] = exc  # type: ignore[assignment]
+        for key, waiting in requests.items():
+            for request in waiting:
+                if isinstance(answers[key], BaseException):
+                    _fail(request, answers[key])  # type: ignore[arg-type]
+                else:
+                    _answer(request, answers[key])
 
     def _run_single(self, request: Request) -> None:
         def run() -> dict[str, Any]:
             with self.ledger.transaction() as tx:
                 result = dispatch.run(self.ledger, request.name, request.params, request.caller, text_checked=True)
-                _log(tx, [(request, result)])
+                self._log(tx, [(request, result)])
             return result
 
         _settle(request, run)
@@ -254,9 +277,12 @@ class LedgerWriter:
         answers: dict[int, dict[str, Any] | OrchError] = {}
         try:
             with self.ledger.transaction() as tx:
+                for request in requests:
+                    if isinstance(request.prepared, OrchError):
+                        answers[id(request)] = request.prepared
                 acks = self._apply_reports(tx, requests, answers)
                 self._apply_claims(tx, requests, answers, acks)
-                _log(tx, [(r, answers[id(r)]) for r in requests if not isinstance(answers.get(id(r)), OrchError)])
+                self._log(tx, [(r, answers[id(r)]) for r in requests if not isinstance(answers[id(r)], OrchError)])
         except Exception as exc:
             if len(requests) > 1:  # rolled back: run each half on its own, until the broken request fails alone
                 middle = len(requests) // 2
@@ -277,117 +303,88 @@ class LedgerWriter:
                 _answer(request, answer)
 
     def _apply_reports(self, tx: Transaction, requests: list[Request],
-                       answers: dict[int, dict[str, Any] | OrchError]) -> Reports:
+                       answers: dict[int, dict[str, Any] | OrchError]) -> Gathered:
         """Apply the group's heartbeats, acks, fails and releases, in that order (so of an ack and a fail of one
         lease, the ack wins). When the group also claims and has no fail or release, the acks are returned
         instead, for _apply_claims to apply with the first claim."""
-        names = {request.name for request in requests}
-        hold_acks = "jobs.claim" in names and not names & {"jobs.fail", "jobs.release"}
-        held = Reports()
+        reported = [r for r in requests if isinstance(r.prepared, job_ops.Reports)]
+        kinds = {r.prepared.kind for r in reported}  # type: ignore[union-attr]
+        claiming = any(isinstance(r.prepared, job_ops.ClaimRequest) for r in requests)
+        hold_acks = claiming and not kinds & {"fail", "release"}
+        held = Gathered()
         for kind in ("heartbeat", "ack", "fail", "release"):
-            build, apply = job_ops.BATCHED[kind]
-            reports = Reports()
-            for request in requests:
-                if request.name == "jobs.ack_many" and kind == "ack":
-                    entries = request.acks if request.acks is not None else _ack_many_items(request)
-                    if isinstance(entries, OrchError):
-                        answers[id(request)] = entries
-                        continue
-                    answers[id(request)] = {"results": [None] * len(entries)}
-                    for index, item in enumerate(entries):
-                        reports.add(request, index, item)
-                    continue
-                if GROUPED.get(request.name) != kind:
-                    continue
-                try:
-                    params = dict(request.params)
-                    reports.add(request, None, build(params.pop("job_id"), params.pop("lease_id", None), **params,
-                                                     tenants=request.caller.tenants))
-                except (OrchError, TypeError, KeyError) as error:
-                    answers[id(request)] = error if isinstance(error, OrchError) else InvalidInput(str(error))
+            gathered = Gathered()
+            for request in reported:
+                if request.prepared.kind == kind:  # type: ignore[union-attr]
+                    gathered.add(request, request.prepared)  # type: ignore[arg-type]
             if kind == "ack" and hold_acks:
-                held = reports
-            elif reports.items:
-                reports.answer(apply(tx, reports.items), answers)
+                held = gathered
+            elif gathered.items:
+                gathered.answer(job_ops.BATCHED[kind][1](tx, gathered.items), answers)
         return held
 
     def _apply_claims(self, tx: Transaction, requests: list[Request],
-                      answers: dict[int, dict[str, Any] | OrchError], acks: Reports) -> None:
+                      answers: dict[int, dict[str, Any] | OrchError], acks: Gathered) -> None:
         """Claims asking with the same filters share one claim (claims.claim_shared), up to MAX_SHARED_CLAIM jobs.
         The acks held back go with the first claim (claims.ack_and_claim), or alone when no claim is valid."""
-        groups: dict[tuple, list[tuple[Request, dict[str, Any]]]] = {}
+        groups: dict[tuple, list[tuple[Request, job_ops.ClaimRequest]]] = {}
         for request in requests:
-            if request.name != "jobs.claim":
-                continue
-            params = dict(request.params)
-            params.pop("wait", None)
-            try:
-                args = job_ops.claim_args(worker_id=params.pop("worker_id", None), job_type=params.pop("type", None),
-                                          tenants=request.caller.tenants, **params)
-            except (OrchError, TypeError) as error:
-                answers[id(request)] = error if isinstance(error, OrchError) else InvalidInput(str(error))
-                continue
-            tenants = args["tenants"]
-            key = (args["lease_seconds"], args["queue"], args["job_type"],
-                   frozenset(tenants) if tenants is not None else None)
-            groups.setdefault(key, []).append((request, args))
+            if isinstance(request.prepared, job_ops.ClaimRequest):
+                groups.setdefault(request.prepared.filters, []).append((request, request.prepared))
         for members in groups.values():
             for share in _chunks(members, MAX_SHARED_CLAIM):
                 first = share[0][1]
                 ack_outcomes, leases = claims.ack_and_claim(
-                    tx, acks.items, [(args["worker_id"], args["limit"]) for _, args in share],
-                    lease_seconds=first["lease_seconds"], queue=first["queue"], job_type=first["job_type"],
-                    tenants=first["tenants"])
+                    tx, acks.items, [(claim.worker_id, claim.limit) for _, claim in share],
+                    lease_seconds=first.lease_seconds, queue=first.queue, job_type=first.job_type,
+                    tenants=first.tenants)
                 acks.answer(ack_outcomes, answers)
-                acks = Reports()
+                acks = Gathered()
                 for (request, _), granted in zip(share, leases, strict=True):
                     answers[id(request)] = {"leases": granted}
         if acks.items:
             acks.answer(lease_reports.ack(tx, acks.items), answers)
 
+    def _log(self, tx: Transaction, done: list[tuple[Request, Any]]) -> None:
+        """Log the requests with an Idempotency-Key (operations/request_log.py), in their transaction."""
+        rows = []
+        for request, answer in done:
+            if request.request_key:
+                row = request_log.row(request.request_key, request.name, request.fingerprint, request.prepared,
+                                      answer)
+                if row is not None:
+                    rows.append(row)
+                    request.future.text = row.text  # the answer's JSON when encoded for the log: the door sends it
+        request_log.write(tx, rows, clock.now())
+        self._logged_rows += len(rows)
+        self._logged_bytes += sum(row.size for row in rows)
+
     def _prune_request_log(self) -> None:
-        if time.monotonic() - self._last_prune < 3600:
+        """Prune the request log at the first batch, after every 1/PRUNE_FRACTION of its bounds logged, and at least
+        every PRUNE_EVERY_SECONDS (its rows age out)."""
+        limits = self.request_log_limits
+        if (self._last_prune is not None and time.monotonic() - self._last_prune < PRUNE_EVERY_SECONDS
+                and self._logged_rows < max(1, limits.max_rows // request_log.PRUNE_FRACTION)
+                and self._logged_bytes < max(1, limits.max_bytes // request_log.PRUNE_FRACTION)):
             return
         self._last_prune = time.monotonic()
+        self._logged_rows = self._logged_bytes = 0
         with self.ledger.transaction() as tx:
-            tx.execute("request_log_prune", before=clock.now() - timedelta(days=REQUEST_LOG_DAYS))
+            request_log.prune(tx, clock.now(), limits)
 
 
-def _chunks(members: list[tuple[Request, dict[str, Any]]], most: int) -> list[list[tuple[Request, dict[str, Any]]]]:
+def _chunks(members: list[tuple[Request, job_ops.ClaimRequest]],
+            most: int) -> list[list[tuple[Request, job_ops.ClaimRequest]]]:
     """Consecutive runs of claims whose limits add up to at most `most` (a claim over it runs alone)."""
-    chunks: list[list[tuple[Request, dict[str, Any]]]] = []
+    chunks: list[list[tuple[Request, job_ops.ClaimRequest]]] = []
     total = most
     for member in members:
-        if total + member[1]["limit"] > most:
+        if total + member[1].limit > most:
             chunks.append([])
             total = 0
         chunks[-1].append(member)
-        total += member[1]["limit"]
+        total += member[1].limit
     return chunks
-
-
-def _ack_many_items(request: Request) -> list[dict[str, Any]]:
-    acks = request.params.get("acks")
-    if not isinstance(acks, list) or not acks:
-        raise InvalidInput("acks must be a non-empty list")
-    return [job_ops.ack_item(a.get("job_id"), a.get("lease_id"), artifacts=a.get("artifacts"),
-                             tenants=request.caller.tenants) for a in acks]
-
-
-def _log(tx: Transaction, done: list[tuple[Request, Any]]) -> None:
-    # An empty claim is not recorded: a long-poll repeats it under the same key until work arrives.
-    rows = []
-    for request, answer in done:
-        if not request.request_key or (request.name == "jobs.claim" and not answer["leases"]):
-            continue
-        request.future.text = text = dumps(answer)  # encoded once: stored here, sent as is by the door
-        rows.append((request.request_key, request.name,
-                     f'{{"fingerprint":"{request.fingerprint}","answer":{text}}}'))
-    if not rows:
-        return
-    # Only keys request_log_lookup did not find, once each (_replayed): the one writer needs no ON CONFLICT.
-    now = clock.now()
-    tx.append("request_log", [(key, operation, 200, response, now) for key, operation, response in rows])
 
 
 def _settle(request: Request, run: Callable[[], Any]) -> None:

@@ -88,7 +88,7 @@ def _grant(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple
                                      reason=_throttle_reason(held)) for job, held in throttled)])
     expires_text = clock.iso(now + timedelta(seconds=lease_seconds))
     heartbeat_every = round(lease_seconds / 3, 3)
-    return [[_lease(job, expires_text, heartbeat_every) for job in share] for share in shares]
+    return [[lease_answer(job, expires_text, heartbeat_every) for job in share] for share in shares]
 
 
 def ack_and_claim(tx: Transaction, acks: list[dict[str, Any]], takers: Sequence[tuple[str, int]], *,
@@ -139,8 +139,9 @@ def _share(tx: Transaction, leased: list[dict[str, Any]], takers: Sequence[tuple
     return shares
 
 
-def _lease(job: dict[str, Any], lease_expires_at: str, heartbeat_every_seconds: float) -> dict[str, Any]:
-    """What a worker gets for one leased job (the expiry and heartbeat hint are the same for the whole claim)."""
+def lease_answer(job: dict[str, Any], lease_expires_at: str, heartbeat_every_seconds: float) -> dict[str, Any]:
+    """What a worker gets for one leased job (the expiry and heartbeat hint are the same for the whole claim); also
+    how the request log rebuilds a claim's answer from the job row (operations/request_log.py)."""
     return {
         "job_id": job["job_id"], "lease_id": job["lease_id"], "lease_expires_at": lease_expires_at,
         "attempt": job["attempts"], "max_attempts": job["max_attempts"], "tenant": job["tenant"],

@@ -137,8 +137,11 @@ def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | 
         row = leases.settle(job, event, now, error=item["error"], retry_after=item.get("retry_after"))
         changed[row["job_id"]] = row
         ended.append((row, flow.NEUTRAL if event == "cancel" else flow.FAILURE))
-        entries.append(rows.entry(row, event, job["state"], row["state"], actor=f"worker:{job['worker_id']}",
-                                  reason=f"{reason}: {item['error']}"[:512], at=now))
+        # The entry names the lease this report ended (as release and recovery do; the row after a retry has none):
+        # the request log answers a retried fail from it.
+        entries.append(rows.entry(job | {"state": row["state"]}, event, job["state"], row["state"],
+                                  actor=f"worker:{job['worker_id']}", reason=f"{reason}: {item['error']}"[:512],
+                                  at=now))
         outcomes.append({"job_id": row["job_id"], "state": row["state"], "attempt": row["attempts"],
                          "run_at": clock.iso(row["run_at"]) if row["state"] == QUEUED else None})
     leases.write_changed(tx, changed, entries)
