@@ -237,3 +237,48 @@ def test_sigkill_during_an_import_leaves_the_ledger_before_or_after_never_betwee
         ok(cli("bundle", "import", str(out), "--trust", str(root_v1), ledger=target))
         assert state(target)["floors"] == [("site-a", 1)]
     assert not list(target.parent.glob(f".{target.name}.import-*"))  # the private copy was never named
+
+
+def test_a_rotation_the_bundle_carries_is_stored_and_a_newer_trust_option_is_refused(holders, root_v1, source,  # noqa: F811
+                                                                                     target, tmp_path):
+    v2 = tmp_path / "root-v2.json"
+    ok(cli("trust", "rotate", str(root_v1), "--out", str(v2), "--site", f"site-a={holders.public('a2')}", "--json"))
+    holders.sign_root(v2, "r1", "r2", previous=root_v1)
+    ok(cli("trust", "pin", str(v2), ledger=source))
+    out = bundle(source, holders, tmp_path / "rotated.bundle", key="a2")
+    ok(cli("trust", "pin", str(root_v1), ledger=target))
+    # --trust may name the pinned root or an older one, never a newer one
+    refused(cli("bundle", "import", str(out), "--trust", str(v2), ledger=target), 1, "newer than the pinned")
+    assert state(target)["trust_roots"] == [1]
+    # that bundle does not carry v2: a2 is bound to no site in v1
+    refused(cli("bundle", "import", str(out), ledger=target), 4, "binds to no site")
+    with_root = tmp_path / "with-root.bundle"
+    ok(export(source, with_root, holders, "--trust", str(v2), "--json", key="a2"))
+    done = ok(cli("bundle", "import", str(with_root), "--trust", str(root_v1), "--json", ledger=target))
+    assert done["trust_roots_stored"] == [2]
+    assert state(target)["trust_roots"] == [1, 2]
+    assert ok(cli("trust", "show", "--json", ledger=target))["version"] == 2
+
+
+def test_a_stale_bundle_is_refused_in_strict_mode_and_forced_with_a_reason_is_audited(holders, source,  # noqa: F811
+                                                                                      target, root_v1, tmp_path):  # noqa: F811
+    from datetime import UTC, datetime, timedelta
+    old = (datetime.now(UTC) - timedelta(days=10)).replace(microsecond=0).isoformat()
+    stale = tmp_path / "stale.bundle"
+    ok(export(source, stale, holders, "--created-at", old, "--json"))
+    fresh = bundle(source, holders, tmp_path / "fresh.bundle")
+    before = state(target)
+    refused(cli("bundle", "import", str(stale), "--trust", str(root_v1), "--staleness", "strict", ledger=target), 5)
+    assert state(target) == before
+    refused(cli("bundle", "import", str(stale), "--trust", str(root_v1), "--force", ledger=target), 1, "--reason")
+    done = ok(cli("bundle", "import", str(stale), "--trust", str(root_v1), "--staleness", "strict", "--force",
+                  "--reason", "site was offline", "--json", ledger=target))
+    assert done["imported"] is True
+    entry = audit_entries(target)[-1]
+    assert (entry["reason"], entry["details"]["outcome"], entry["details"]["forced"]) == (
+        "site was offline", "forced", True)
+    status = cli("airgap", "status", "--staleness", "strict", "--json", ledger=target)
+    assert status.code == 5, status  # the latest anchor this site holds is past the budget
+    ok(cli("bundle", "import", str(fresh), ledger=target))
+    shown = ok(cli("airgap", "status", "--staleness", "strict", "--json", ledger=target))
+    assert shown["staleness"]["state"] == "fresh"

@@ -133,9 +133,18 @@ def _latest_anchor(tx: Transaction) -> datetime | None:
 
 
 def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str) -> Iterator[pa.RecordBatch]:
+    """The rows of a verified table member, decoded (a signed member whose pages do not decode: payload:decode)."""
     member = verified.member(BY_NAME[table].path)
     with open_member(copy, member.tar) as file:
-        yield from pq.ParquetFile(file).iter_batches(batch_size=8192)
+        batches = pq.ParquetFile(file).iter_batches(batch_size=8192)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise PayloadError("decode", f"table {table} does not decode: {str(exc)[:160]}") from None
+            yield batch
 
 
 def _check_history(copy: BinaryIO, verified: VerifiedBundle) -> int:
@@ -313,24 +322,29 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
                            "run `bundle plan` again and review it")
         _pause("verified")
         details = {**run.evidence("forced" if force else "imported", None, file_sha256), "plan_digest": digest}
-        with ledger.transaction() as tx:
-            _write_mirrors(tx, copy, verified)
-            _pause("mirrors-written")
-            stored = []
-            if to_pin is not None:
-                _store_root(tx, to_pin, run.now, f"{actor} (bundle import --trust)")
-                stored.append(to_pin.version)
-            for data in verified.new_roots:  # each verified as a rotation from the one before it
-                _store_root(tx, trust.load_trusted_root(data), run.now, f"{actor} (bundle import)")
-                stored.append(trust.root_version(data))
-            tx.execute("bundle_import_record", source_site=verified.source_site, sequence=verified.manifest.sequence,
-                       kind=verified.manifest.kind, bundle_id=verified.bundle_id,
-                       payload_digest=verified.payload_sha256, created_at=verified.anchor.time, imported_at=clock.now(),
-                       imported_by=actor, outcome="forced" if force else "imported")
-            details["trust_roots_stored"] = stored
-            audit.append(tx, "bundle.import", actor=actor, reason=run.reason, target=_target(details),
-                         details=details)
-            _pause("before-commit")
+        try:  # a member that does not decode is refused like any other verification failure
+            with ledger.transaction() as tx:
+                _write_mirrors(tx, copy, verified)
+                _pause("mirrors-written")
+                stored = []
+                if to_pin is not None:
+                    _store_root(tx, to_pin, run.now, f"{actor} (bundle import --trust)")
+                    stored.append(to_pin.version)
+                for data in verified.new_roots:  # each verified as a rotation from the one before it
+                    _store_root(tx, trust.load_trusted_root(data), run.now, f"{actor} (bundle import)")
+                    stored.append(trust.root_version(data))
+                tx.execute("bundle_import_record", source_site=verified.source_site,
+                           sequence=verified.manifest.sequence, kind=verified.manifest.kind,
+                           bundle_id=verified.bundle_id, payload_digest=verified.payload_sha256,
+                           created_at=verified.anchor.time, imported_at=clock.now(), imported_by=actor,
+                           outcome="forced" if force else "imported")
+                details["trust_roots_stored"] = stored
+                audit.append(tx, "bundle.import", actor=actor, reason=run.reason, target=_target(details),
+                             details=details)
+                _pause("before-commit")
+        except BundleError as error:
+            run.refuse(error, copy, file_sha256)
+            raise
         _pause("committed")
     messages = []
     if to_pin is not None:
