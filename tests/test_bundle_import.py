@@ -282,3 +282,17 @@ def test_a_stale_bundle_is_refused_in_strict_mode_and_forced_with_a_reason_is_au
     ok(cli("bundle", "import", str(fresh), ledger=target))
     shown = ok(cli("airgap", "status", "--staleness", "strict", "--json", ledger=target))
     assert shown["staleness"]["state"] == "fresh"
+
+
+def test_the_ledgers_staleness_setting_is_the_default_mode_and_is_audited(holders, source, target,  # noqa: F811
+                                                                          root_v1, tmp_path):  # noqa: F811
+    from datetime import UTC, datetime, timedelta
+    old = (datetime.now(UTC) - timedelta(days=10)).replace(microsecond=0).isoformat()
+    stale = tmp_path / "stale.bundle"
+    ok(export(source, stale, holders, "--created-at", old, "--json"))
+    ok(cli("airgap", "staleness", "strict", "--reason", "policy", ledger=target))
+    assert audit_entries(target, "airgap.staleness")[-1]["details"] == {"from": "warn", "to": "strict"}
+    refused(cli("bundle", "import", str(stale), "--trust", str(root_v1), ledger=target), 5, "strict")
+    done = ok(cli("bundle", "import", str(stale), "--trust", str(root_v1), "--staleness", "warn", "--json",
+                  ledger=target))
+    assert done["staleness"]["state"] == "stale" and done["staleness"]["warning"] is True

@@ -201,10 +201,11 @@ def _refused_checks(error: Any) -> None:
 @click.argument("bundle_path", metavar="BUNDLE", type=FILE)
 @click.option("--trust", "root_path", type=FILE, metavar="ROOT.json",
               help="With nothing pinned: the root to verify from. With a root pinned: the pinned one or older.")
-@click.option("--staleness", type=_STALENESS, default="warn", show_default=True)
+@click.option("--staleness", type=_STALENESS, help="Default: the ledger's setting (`airgap staleness`), else warn.")
 @click.option("--force", is_flag=True, help="Override staleness (needs --reason; audited on import).")
 @click.option("--reason", help="Why --force.")
-def plan(bundle_path: Path, root_path: Path | None, staleness: str, force: bool, reason: str | None) -> dict | None:
+def plan(bundle_path: Path, root_path: Path | None, staleness: str | None, force: bool,
+         reason: str | None) -> dict | None:
     """Dry run of `bundle import`: verify BUNDLE fully, then print what would be mirrored or skipped per table,
     and the plan digest to pass to `bundle import --plan-digest`. Writes nothing."""
     from ..bundle.errors import BundleError
@@ -236,11 +237,12 @@ def plan(bundle_path: Path, root_path: Path | None, staleness: str, force: bool,
 @click.option("--trust", "root_path", type=FILE, metavar="ROOT.json",
               help="With nothing pinned: the root to verify from, pinned by a successful import. With a root "
                    "pinned: the pinned one or older.")
-@click.option("--staleness", type=_STALENESS, default="warn", show_default=True,
-              help="strict refuses a bundle older than the budget; warn only says so.")
+@click.option("--staleness", type=_STALENESS,
+              help="strict refuses a bundle older than the budget; warn only says so. Default: the ledger's "
+                   "setting (`airgap staleness`), else warn.")
 @click.option("--force", is_flag=True, help="Override staleness (needs --reason; audited).")
 @click.option("--reason", help="Why --force.")
-def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, staleness: str, force: bool,
+def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, staleness: str | None, force: bool,
             reason: str | None) -> dict | None:
     """Verify a FULL bundle from another site and import it in one transaction: its jobs, history and policies
     as read-only mirrors, its floor and time anchor; refusals are audited and quarantined."""
@@ -298,9 +300,10 @@ def airgap_group() -> None:
 
 
 @command(airgap_group, "status")
-@click.option("--staleness", type=_STALENESS, default="warn", show_default=True,
-              help="strict exits 5 when the latest time anchor is past the budget.")
-def status(staleness: str) -> dict | None:
+@click.option("--staleness", type=_STALENESS,
+              help="strict exits 5 when the latest time anchor is past the budget. Default: the ledger's setting, "
+                   "else warn.")
+def status(staleness: str | None) -> dict | None:
     """The pinned trust root, the latest verified time anchor (drift, staleness, budget left) and the sequence
     floor of each source site; exit 5 past the budget in mode strict."""
     from ..operations import bundle_import as ops
@@ -322,4 +325,19 @@ def status(staleness: str) -> dict | None:
             click.echo(f"floor {floor['source_site']}: sequence {floor['sequence']} ({floor['imports']} imports)")
     if result["refused"]:
         fail(ops.status_refusal(result))
+    return None
+
+
+@command(airgap_group, "staleness")
+@click.argument("mode", type=_STALENESS)
+@click.option("--reason", help="Why (audited).")
+def staleness_setting(mode: str, reason: str | None) -> dict | None:
+    """Set this ledger's default staleness mode for `bundle plan | import` and `airgap status` (audited)."""
+    from ..operations import bundle_import as ops
+
+    with open_local_ledger("airgap staleness") as ledger:
+        result = ops.set_staleness(ledger, mode, reason=reason)
+    if settings().json:
+        return result
+    click.echo(f"staleness mode {result['staleness']} (was {result['previous']})")
     return None

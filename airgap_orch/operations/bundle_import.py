@@ -198,14 +198,14 @@ def plan_digest(plan: dict[str, Any]) -> str:
 # --- the shared front half of plan and import ---------------------------------------------------------------
 
 class _Run:
-    def __init__(self, ledger: Ledger, path: Path, trust_path: Path | None, staleness: str, force: bool,
+    def __init__(self, ledger: Ledger, path: Path, trust_path: Path | None, staleness: str | None, force: bool,
                  reason: str | None, now: datetime | None, actor: str):
         if force and not reason:
             raise InvalidInput("--force needs --reason R: overriding staleness is audited with its reason")
         self.ledger, self.path, self.trust_path, self.force, self.actor = ledger, path, trust_path, force, actor
         self.reason = validation.text(reason, validation.MAX_REASON_CHARS, "--reason")
         self.policy = (StalenessPolicy(mode="disabled", allow_future_anchor=True) if force
-                       else staleness_policy(staleness))
+                       else staleness_policy(staleness_mode(ledger, staleness)))
         self.now = now or clock.now()
         self.verified: VerifiedBundle | None = None
 
@@ -279,7 +279,7 @@ def _quarantine(ledger: Ledger, copy: BinaryIO, file_sha256: str, reason_code: s
 
 # --- plan and import ----------------------------------------------------------------------------------------
 
-def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, staleness: str = "warn",
+def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, staleness: str | None = None,
          force: bool = False, reason: str | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The dry run: verify fully, then what `bundle import` would do, with its digest. Writes nothing."""
     run = _Run(ledger, path, trust_path, staleness, force, reason or ("plan" if force else None), now, "cli")
@@ -295,7 +295,7 @@ def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, stalenes
 
 
 def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
-                  plan_digest_expected: str | None = None, staleness: str = "warn", force: bool = False,
+                  plan_digest_expected: str | None = None, staleness: str | None = None, force: bool = False,
                   reason: str | None = None, now: datetime | None = None, actor: str = "cli") -> dict[str, Any]:
     run = _Run(ledger, path, trust_path, staleness, force, reason, now, actor)
     with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes) as (copy, file_sha256, size):
@@ -396,6 +396,30 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
             tx.execute_with("mirror_policies_insert", "rows", table, source_site=site)
 
 
+# --- the staleness setting ---------------------------------------------------------------------------------
+
+STALENESS_SETTING = "airgap.staleness"
+
+
+def staleness_mode(ledger: Ledger, flag: str | None) -> str:
+    """The --staleness flag, else the ledger's setting (`airgap staleness MODE`), else warn."""
+    if flag is not None:
+        return flag
+    rows = ledger.read().fetch("meta_get", key=STALENESS_SETTING)
+    return rows[0][0] if rows else "warn"
+
+
+def set_staleness(ledger: Ledger, mode: str, *, reason: str | None, actor: str = "cli") -> dict[str, Any]:
+    staleness_policy(mode)
+    reason = validation.text(reason, validation.MAX_REASON_CHARS, "--reason")
+    before = staleness_mode(ledger, None)
+    with ledger.transaction() as tx:
+        tx.execute("meta_put", key=STALENESS_SETTING, value=mode)
+        audit.append(tx, "airgap.staleness", actor=actor, reason=reason, target=STALENESS_SETTING,
+                     details={"from": before, "to": mode})
+    return {"staleness": mode, "previous": before}
+
+
 # --- list and status ----------------------------------------------------------------------------------------
 
 def list_bundles(ledger: Ledger) -> dict[str, Any]:
@@ -411,11 +435,11 @@ def list_bundles(ledger: Ledger) -> dict[str, Any]:
     return {"imports": imports, "exports": exports, "mirrors": mirrors}
 
 
-def status(ledger: Ledger, *, staleness: str = "warn", now: datetime | None = None) -> dict[str, Any]:
+def status(ledger: Ledger, *, staleness: str | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The pinned root, the latest verified time anchor and its staleness, the floor of each source site.
     `refused` is True when staleness mode strict finds the site past its budget."""
     moment = now or clock.now()
-    policy = staleness_policy(staleness)
+    policy = staleness_policy(staleness_mode(ledger, staleness))
     root = trust_ops.pinned(ledger)
     read = ledger.read()
     latest = _latest_anchor(read)
