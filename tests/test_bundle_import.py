@@ -296,3 +296,10 @@ def test_the_ledgers_staleness_setting_is_the_default_mode_and_is_audited(holder
     done = ok(cli("bundle", "import", str(stale), "--trust", str(root_v1), "--staleness", "warn", "--json",
                   ledger=target))
     assert done["staleness"]["state"] == "stale" and done["staleness"]["warning"] is True
+
+
+def test_a_site_never_imports_a_bundle_it_exported_to_itself(holders, source, root_v1, tmp_path):  # noqa: F811
+    out = bundle(source, holders, tmp_path / "self.bundle", target="site-a")
+    before = state(source)
+    refused(cli("bundle", "import", str(out), ledger=source), 5, "comes from this site")
+    assert state(source) == before

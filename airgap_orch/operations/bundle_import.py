@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from .. import clock, validation
 from ..bundle import trust
 from ..bundle.anchor import StalenessPolicy, assess_time
-from ..bundle.errors import BundleError, ChainError, PayloadError, RollbackError, RotationError
+from ..bundle.errors import BundleError, ChainError, PayloadError, RollbackError, RotationError, TargetError
 from ..bundle.limits import DEFAULT_TAR_LIMITS
 from ..bundle.manifest import canonical_json, format_time
 from ..bundle.tables import BY_NAME, TABLE_SCHEMAS
@@ -166,6 +166,9 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
     manifest = verified.manifest
     if manifest.kind != "full":
         raise PayloadError("kind", f"a {manifest.kind} bundle cannot be imported yet; export a full bundle")
+    if verified.source_site == ledger.site_id:
+        raise TargetError("own-site", f"the bundle comes from this site ({ledger.site_id}); a site never imports "
+                          "its own bundles")
     read = ledger.read()
     floor = int(read.fetch("bundle_import_floor", source_site=verified.source_site)[0][0])
     if manifest.sequence <= floor:
