@@ -303,3 +303,17 @@ def test_a_site_never_imports_a_bundle_it_exported_to_itself(holders, source, ro
     before = state(source)
     refused(cli("bundle", "import", str(out), ledger=source), 5, "comes from this site")
     assert state(source) == before
+
+
+def test_plan_list_and_status_print_for_people(holders, source, target, root_v1, tmp_path):  # noqa: F811
+    out = bundle(source, holders, tmp_path / "a.bundle")
+    shown = ok(cli("bundle", "plan", str(out), "--trust", str(root_v1), ledger=target))
+    assert "into mirror_jobs (replacing 0)" in shown and "plan digest: " in shown
+    assert "pins trust root version 1 (from --trust)" in shown
+    shown = ok(cli("bundle", "import", str(out), "--trust", str(root_v1), ledger=target))
+    assert "imported bundle" in shown and "pinned trust root version 1" in shown
+    assert "already imported" in ok(cli("bundle", "plan", str(out), ledger=target))
+    listed = ok(cli("bundle", "list", ledger=target))
+    assert "imports: 1" in listed and "mirror of site-a:" in listed
+    status = ok(cli("airgap", "status", ledger=target))
+    assert "version 1" in status and "floor site-a: sequence 1" in status and "staleness: fresh" in status
