@@ -11,8 +11,9 @@ quarantine records and reports carry.
     │   ├── SchemaError             schema:*    a document does not have the shape its schema requires
     │   ├── RotationError           rotation:*  trust root chain: versions, keyids, thresholds
     │   ├── AnchorError             anchor:*    time anchor: its signature, or it belongs to another bundle
-    │   └── PayloadError            payload:*   a member's content disagrees with the manifest (Parquet footer,
-    │                                           page headers, schema, codec) or does not decode
+    │   ├── PayloadError            payload:*   a member's content disagrees with the manifest (Parquet footer,
+    │   │                                       page headers, schema, codec) or does not decode
+    │   └── ChainError              chain:*     an imported hash chain (history) does not recompute from genesis
     └── BundlePolicyError (PolicyRefused, exit 5): verified, but policy refuses it
         ├── RollbackError           rollback:*  older than what this site already holds
         ├── StalenessError          staleness:* time anchor too old for the staleness budget, or in the future
@@ -86,6 +87,10 @@ class AnchorError(BundleVerificationError):
 
 class PayloadError(BundleVerificationError):
     family = "payload"
+
+
+class ChainError(BundleVerificationError):
+    family = "chain"
 
 
 class RollbackError(BundlePolicyError):

@@ -125,6 +125,10 @@ LOCAL_TABLES: dict[str, str] = {
     "chain_heads": "derived from history and audit_log",
     "trust_roots": "what this site pinned",
     "bundle_exports": "this site's export series",
+    "bundle_imports": "what this site imported: its floors and time anchors",
+    "mirror_jobs": "other sites' jobs, mirrored from their bundles",
+    "mirror_history": "other sites' history, mirrored from their bundles",
+    "mirror_policies": "other sites' policies, mirrored from their bundles",
 }
 
 

@@ -171,3 +171,173 @@ def _print_checks(checks: list[dict[str, Any]], failure: dict[str, Any] | None) 
     width = max((len(check["name"]) for check in checks), default=0)
     for check in checks:
         click.echo(f"  {'ok' if check['ok'] else 'FAIL':<4}  {check['name']:<{width}}  {check['detail']}")
+
+
+# --- import side (operations/bundle_import.py) ---------------------------------------------------------------
+
+_STALENESS = click.Choice(["strict", "warn", "disabled"])
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    click.echo(f"{plan['kind']} bundle {plan['bundle_id']}: {plan['source_site']} -> {plan['target_site']}, "
+               f"sequence {plan['sequence']} (floor {plan['floor']}), created {plan['created_at']}")
+    for table in plan["tables"]:
+        where = f" into {table['mirror']} (replacing {table['replaces']})" if table["mirror"] else ""
+        click.echo(f"  {table['table']:<20} {table['rows']:>8} rows  {table['action']}{where}")
+    if plan["pin_trust_root"] is not None:
+        click.echo(f"pins trust root version {plan['pin_trust_root']} (from --trust)")
+    if plan["store_trust_roots"]:
+        click.echo("stores trust root versions " + ", ".join(map(str, plan["store_trust_roots"])))
+
+
+def _refused_checks(error: Any) -> None:
+    from ..operations import bundles as ops
+
+    if error.checks:
+        _print_checks(ops.checks(error.checks), {"ok": False, "reason_code": error.reason_code})
+
+
+@command(group, "plan")
+@click.argument("bundle_path", metavar="BUNDLE", type=FILE)
+@click.option("--trust", "root_path", type=FILE, metavar="ROOT.json",
+              help="With nothing pinned: the root to verify from. With a root pinned: the pinned one or older.")
+@click.option("--staleness", type=_STALENESS, help="Default: the ledger's setting (`airgap staleness`), else warn.")
+@click.option("--force", is_flag=True, help="Override staleness (needs --reason; audited on import).")
+@click.option("--reason", help="Why --force.")
+def plan(bundle_path: Path, root_path: Path | None, staleness: str | None, force: bool,
+         reason: str | None) -> dict | None:
+    """Dry run of `bundle import`: verify BUNDLE fully, then print what would be mirrored or skipped per table,
+    and the plan digest to pass to `bundle import --plan-digest`. Writes nothing."""
+    from ..bundle.errors import BundleError
+    from ..operations import bundle_import as ops
+
+    with open_local_ledger("bundle plan") as ledger:
+        try:
+            result = ops.plan(ledger, bundle_path, trust_path=root_path, staleness=staleness, force=force,
+                              reason=reason)
+        except BundleError as error:
+            _refused_checks(error)
+            fail(error)
+            return None
+    if settings().json:
+        return result
+    if result["already_imported"]:
+        click.echo(result["message"])
+        return None
+    _print_plan(result["plan"])
+    if result["staleness"]["warning"]:
+        click.echo(f"warning: {result['staleness']['message']}", err=True)
+    click.echo(f"plan digest: {result['plan_digest']}")
+    return None
+
+
+@command(group, "import")
+@click.argument("bundle_path", metavar="BUNDLE", type=FILE)
+@click.option("--plan-digest", help="Refuse (exit 3) unless the plan is still the one `bundle plan` printed.")
+@click.option("--trust", "root_path", type=FILE, metavar="ROOT.json",
+              help="With nothing pinned: the root to verify from, pinned by a successful import. With a root "
+                   "pinned: the pinned one or older.")
+@click.option("--staleness", type=_STALENESS,
+              help="strict refuses a bundle older than the budget; warn only says so. Default: the ledger's "
+                   "setting (`airgap staleness`), else warn.")
+@click.option("--force", is_flag=True, help="Override staleness (needs --reason; audited).")
+@click.option("--reason", help="Why --force.")
+def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, staleness: str | None, force: bool,
+            reason: str | None) -> dict | None:
+    """Verify a FULL bundle from another site and import it in one transaction: its jobs, history and policies
+    as read-only mirrors, its floor and time anchor; refusals are audited and quarantined."""
+    from ..bundle.errors import BundleError
+    from ..operations import bundle_import as ops
+
+    with open_local_ledger("bundle import") as ledger:
+        try:
+            result = ops.import_bundle(ledger, bundle_path, trust_path=root_path, plan_digest_expected=plan_digest,
+                                       staleness=staleness, force=force, reason=reason)
+        except BundleError as error:
+            _refused_checks(error)
+            fail(error)
+            return None
+    if settings().json:
+        return result
+    if result["already_imported"]:
+        click.echo(result["message"])
+        return None
+    _print_plan(result["plan"])
+    for message in result["messages"]:
+        click.echo(message)
+    if result["staleness"]["warning"]:
+        click.echo(f"warning: {result['staleness']['message']}", err=True)
+    click.echo(f"imported bundle {result['bundle_id']} from {result['source_site']}, sequence {result['sequence']}")
+    return None
+
+
+@command(group, "list")
+def list_() -> dict | None:
+    """The bundles this ledger imported and exported, and the mirrors per source site."""
+    from ..operations import bundle_import as ops
+
+    with open_local_ledger("bundle list") as ledger:
+        result = ops.list_bundles(ledger)
+    if settings().json:
+        return result
+    click.echo(f"imports: {len(result['imports'])}")
+    for row in result["imports"]:
+        click.echo(f"  {row['source_site']} #{row['sequence']} {row['kind']} {row['bundle_id']} {row['outcome']} "
+                   f"at {row['imported_at']}")
+    click.echo(f"exports: {len(result['exports'])}")
+    for row in result["exports"]:
+        click.echo(f"  {row['target_site']} #{row['sequence']} {row['kind']} {row['bundle_id']} at "
+                   f"{row['exported_at']}")
+    for site, counts in result["mirrors"].items():
+        click.echo(f"mirror of {site}: {counts['jobs']} jobs, {counts['history']} history entries, "
+                   f"{counts['policies']} policies")
+    return None
+
+
+@click.group("airgap")
+def airgap_group() -> None:
+    """This site's air-gap state: trust root, time anchor, floors."""
+
+
+@command(airgap_group, "status")
+@click.option("--staleness", type=_STALENESS,
+              help="strict exits 5 when the latest time anchor is past the budget. Default: the ledger's setting, "
+                   "else warn.")
+def status(staleness: str | None) -> dict | None:
+    """The pinned trust root, the latest verified time anchor (drift, staleness, budget left) and the sequence
+    floor of each source site; exit 5 past the budget in mode strict."""
+    from ..operations import bundle_import as ops
+
+    with open_local_ledger("airgap status") as ledger:
+        result = ops.status(ledger, staleness=staleness)
+    if settings().json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        root = result["trust_root"]
+        click.echo(f"site {result['site_id']}; trust root: " + (
+            "none pinned" if root is None else
+            f"version {root['version']}, expires {root['expires']}" + (" (EXPIRED)" if root["expired"] else "")))
+        click.echo(f"latest time anchor: {result['latest_anchor'] or 'none'}")
+        if result["staleness"]:
+            click.echo(f"staleness: {result['staleness']['state']} ({result['staleness']['mode']}): "
+                       f"{result['staleness']['message']}")
+        for floor in result["floors"]:
+            click.echo(f"floor {floor['source_site']}: sequence {floor['sequence']} ({floor['imports']} imports)")
+    if result["refused"]:
+        fail(ops.status_refusal(result))
+    return None
+
+
+@command(airgap_group, "staleness")
+@click.argument("mode", type=_STALENESS)
+@click.option("--reason", help="Why (audited).")
+def staleness_setting(mode: str, reason: str | None) -> dict | None:
+    """Set this ledger's default staleness mode for `bundle plan | import` and `airgap status` (audited)."""
+    from ..operations import bundle_import as ops
+
+    with open_local_ledger("airgap staleness") as ledger:
+        result = ops.set_staleness(ledger, mode, reason=reason)
+    if settings().json:
+        return result
+    click.echo(f"staleness mode {result['staleness']} (was {result['previous']})")
+    return None

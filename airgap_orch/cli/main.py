@@ -56,7 +56,7 @@ def _register() -> None:
     for group in sources.GROUPS:
         cli.add_command(group)
     from . import bundle, trust
-    cli.commands.update(trust=trust.group, bundle=bundle.group)
+    cli.commands.update(trust=trust.group, bundle=bundle.group, airgap=bundle.airgap_group)
     from .demo import demo
     from .serve import serve
 

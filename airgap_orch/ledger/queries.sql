@@ -674,3 +674,61 @@ ORDER BY backfill_id, window_index;
 SELECT seq, action, entry, entry_hash FROM audit_log
 WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant
 ORDER BY seq;
+
+-- Bundle import (operations/bundle_import.py; migration 0011).
+
+-- name: bundle_import_floor
+SELECT coalesce(max(sequence), 0) FROM bundle_imports WHERE source_site = $source_site;
+
+-- name: bundle_import_find
+SELECT source_site, sequence, bundle_id, payload_digest, imported_at, outcome FROM bundle_imports
+WHERE payload_digest = $payload_digest OR bundle_id = $bundle_id;
+
+-- name: bundle_import_latest_anchor
+SELECT max(created_at) FROM bundle_imports;
+
+-- name: bundle_import_floors
+SELECT source_site, max(sequence), max(created_at), count(*) FROM bundle_imports GROUP BY source_site
+ORDER BY source_site;
+
+-- name: bundle_import_record
+INSERT INTO bundle_imports VALUES ($source_site, $sequence, $kind, $bundle_id, $payload_digest, $created_at,
+                                   $imported_at, $imported_by, $outcome);
+
+-- name: bundle_import_list
+SELECT source_site, sequence, kind, bundle_id, payload_digest, created_at, imported_at, imported_by, outcome
+FROM bundle_imports ORDER BY imported_at, source_site, sequence;
+
+-- name: bundle_export_list
+SELECT target_site, sequence, kind, tenant, bundle_id, payload_sha256, created_at, size_bytes, exported_at,
+       exported_by
+FROM bundle_exports ORDER BY exported_at, target_site, sequence;
+
+-- name: mirror_counts
+SELECT (SELECT count(*) FROM mirror_jobs WHERE source_site = $source_site),
+       (SELECT count(*) FROM mirror_history WHERE source_site = $source_site),
+       (SELECT count(*) FROM mirror_policies WHERE source_site = $source_site);
+
+-- name: mirror_policy_counts
+SELECT kind, count(*) FROM mirror_policies WHERE source_site = $source_site GROUP BY kind;
+
+-- name: mirror_jobs_delete
+DELETE FROM mirror_jobs WHERE source_site = $source_site;
+
+-- name: mirror_history_delete
+DELETE FROM mirror_history WHERE source_site = $source_site;
+
+-- name: mirror_policies_delete
+DELETE FROM mirror_policies WHERE source_site = $source_site;
+
+-- name: mirror_jobs_insert
+INSERT INTO mirror_jobs SELECT $source_site, job_id, tenant, state, row_json FROM rows;
+
+-- name: mirror_history_insert
+INSERT INTO mirror_history SELECT $source_site, seq, job_id, entry, entry_hash FROM rows;
+
+-- name: mirror_policies_insert
+INSERT INTO mirror_policies SELECT $source_site, kind, key, row_json FROM rows;
+
+-- name: trust_root_versions
+SELECT version, fingerprint FROM trust_roots ORDER BY version;

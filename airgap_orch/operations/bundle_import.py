@@ -1,0 +1,469 @@
+"""Importing FULL bundles into the local ledger: `bundle plan` (dry run) and `bundle import`, `bundle list`,
+`airgap status`. docs/bundle-format.md ("Import") states the rules; in order, an import:
+
+ 1. copies the file into a private, size-capped temporary file beside the ledger (unlinked at once; nobody else
+    can change it), hashing it on the way: verification and every later read use that copy only;
+ 2. verifies it with verify_bundle against the PINNED root (or, with nothing pinned, `--trust`), this ledger's
+    site as the target, and the latest anchor this site imported;
+ 3. answers "already imported" (same payload digest or bundle id): exit 0, nothing but an audit entry;
+ 4. refuses a sequence at or below the source site's floor (rollback:sequence, exit 5);
+ 5. recomputes the source's history chain from genesis (chain:*, exit 4) and counts what each table gives;
+ 6. writes everything in ONE transaction: the source's mirror rows replaced, the bundle's newer trust roots
+    (and a `--trust` root when nothing was pinned), the floor row, the audit entry.
+A refusal writes one audit entry and a capped quarantine copy `<ledger>.quarantine/<sha256 of the file>.bundle`
+with a `.reason` file beside it; nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import clock, validation
+from ..bundle import trust
+from ..bundle.anchor import StalenessPolicy, assess_time
+from ..bundle.errors import BundleError, ChainError, PayloadError, RollbackError, RotationError, TargetError
+from ..bundle.limits import DEFAULT_TAR_LIMITS
+from ..bundle.manifest import canonical_json, format_time
+from ..bundle.tables import BY_NAME, TABLE_SCHEMAS
+from ..bundle.tarfmt import open_member
+from ..bundle.verify import VerifiedBundle, verify_bundle
+from ..errors import Conflict, InvalidInput, NotFound, PolicyRefused
+from ..ledger import Ledger, Transaction
+from ..orchestrator import audit, history
+from . import files
+from . import trust as trust_ops
+from .bundles import checks as check_list
+from .bundles import staleness_policy
+
+COPY_CHUNK = 1024 * 1024
+QUARANTINE_CAP = 64 * 1024 * 1024  # bytes of a refused file kept as evidence
+POLICY_TABLES = ("quotas", "rate_limits", "concurrency_limits", "circuit_breakers", "pauses")
+# Where each table of a full bundle goes: (action, mirror table).
+DESTINATIONS: dict[str, tuple[str, str | None]] = {
+    "jobs": ("mirrored", "mirror_jobs"),
+    "history": ("mirrored", "mirror_history"),
+    **{name: ("mirrored, not applied", "mirror_policies") for name in POLICY_TABLES},
+    "idempotency_keys": ("not imported", None),
+    "job_dependencies": ("not imported", None),
+    "sources": ("not imported", None),
+    "backfills": ("not imported", None),
+    "backfill_windows": ("not imported", None),
+    "audit_log": ("not imported", None),
+}
+# Test-only: "point:marker-file" makes an import write the marker and sleep at that point (SIGKILL tests).
+PAUSE_ENV = "AIRGAP_ORCH_TEST_IMPORT_PAUSE"
+PAUSE_POINTS = ("copied", "verified", "mirrors-written", "before-commit", "committed")
+
+
+def _pause(point: str) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    name, _, marker = spec.partition(":")
+    if name == point:
+        Path(marker).write_text(point)
+        time.sleep(3600)
+
+
+# --- the private copy ---------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def private_copy(path: Path, ledger: Ledger, cap: int) -> Iterator[tuple[BinaryIO, str, int]]:
+    """(an unlinked temporary copy of the file's first cap+1 bytes, their sha256, their count) in the ledger's
+    folder."""
+    with files.open_readable(path, "bundle") as source:
+        folder = Path(ledger.path).resolve().parent
+        try:
+            copy = tempfile.TemporaryFile(dir=folder, prefix=f".{Path(ledger.path).name}.import-")
+        except OSError as exc:
+            raise InvalidInput(f"cannot create a private copy in {folder}: {exc.strerror}") from None
+        with copy:
+            digest, total = hashlib.sha256(), 0
+            while total <= cap:
+                chunk = source.read(min(COPY_CHUNK, cap + 1 - total))
+                if not chunk:
+                    break
+                copy.write(chunk)
+                digest.update(chunk)
+                total += len(chunk)
+            copy.flush()
+            copy.seek(0)
+            yield copy, digest.hexdigest(), total
+
+
+# --- trust --------------------------------------------------------------------------------------------------
+
+def _start_root(ledger: Ledger, trust_path: Path | None) -> tuple[bytes, trust.TrustedRoot | None]:
+    """(the root to verify from, the root to pin with the import: only when nothing is pinned)."""
+    pinned = trust_ops.pinned(ledger)
+    if pinned is None:
+        if trust_path is None:
+            raise NotFound("no trust root is pinned in this ledger; pass --trust ROOT.json (pinned by a successful "
+                           "import) or pin one with `trust pin`")
+        data = trust_ops.read_root(trust_path)
+        return data, trust.load_trusted_root(data)
+    if trust_path is not None:
+        given = trust.load_trusted_root(trust_ops.read_root(trust_path))
+        if given.version > pinned.version:
+            raise InvalidInput(f"--trust is version {given.version}, newer than the pinned version {pinned.version}; "
+                               "pin it with `trust pin` or let the bundle carry it")
+        stored = dict(ledger.read().fetch("trust_root_versions"))
+        if stored.get(given.version) != trust_ops.fingerprint(given):
+            raise RotationError("fork", f"--trust version {given.version} is not the root this ledger pinned as "
+                                f"version {given.version}")
+    return pinned.data, None
+
+
+# --- plan ---------------------------------------------------------------------------------------------------
+
+def _latest_anchor(tx: Transaction) -> datetime | None:
+    return tx.fetch("bundle_import_latest_anchor")[0][0]
+
+
+def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str) -> Iterator[pa.RecordBatch]:
+    """The rows of a verified table member, decoded (a signed member whose pages do not decode: payload:decode)."""
+    member = verified.member(BY_NAME[table].path)
+    with open_member(copy, member.tar) as file:
+        batches = pq.ParquetFile(file).iter_batches(batch_size=8192)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise PayloadError("decode", f"table {table} does not decode: {str(exc)[:160]}") from None
+            yield batch
+
+
+def _check_history(copy: BinaryIO, verified: VerifiedBundle) -> int:
+    """Recompute the history chain from genesis over the bundle's rows; ChainError chain:* when it breaks."""
+    def rows() -> Iterator[tuple[int, str, str, str]]:
+        for batch in _rows(copy, verified, "history"):
+            columns = [batch.column(name).to_pylist() for name in ("seq", "job_id", "entry", "entry_hash")]
+            yield from zip(*columns, strict=True)
+
+    try:
+        return history.verify_chain(rows()).entries
+    except history.Broken as broken:
+        raise ChainError("history", f"the bundle's history from {verified.source_site} is broken: {broken}") from None
+
+
+def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trust.TrustedRoot | None,
+          force: bool) -> dict[str, Any]:
+    """The canonical plan (no time-dependent field: its digest only changes when the outcome would)."""
+    manifest = verified.manifest
+    if manifest.kind != "full":
+        raise PayloadError("kind", f"a {manifest.kind} bundle cannot be imported yet; export a full bundle")
+    if verified.source_site == ledger.site_id:
+        raise TargetError("own-site", f"the bundle comes from this site ({ledger.site_id}); a site never imports "
+                          "its own bundles")
+    read = ledger.read()
+    floor = int(read.fetch("bundle_import_floor", source_site=verified.source_site)[0][0])
+    if manifest.sequence <= floor:
+        raise RollbackError("sequence", f"bundle sequence {manifest.sequence} from {verified.source_site} is not "
+                            f"above the floor {floor} (the latest imported); a replayed or older bundle is refused")
+    chained = _check_history(copy, verified)
+    jobs, entries, policies = read.fetch("mirror_counts", source_site=verified.source_site)[0]
+    policy_counts = dict(read.fetch("mirror_policy_counts", source_site=verified.source_site))
+    before = {"jobs": jobs, "history": entries, **{name: policy_counts.get(name, 0) for name in POLICY_TABLES}}
+    tables = []
+    for name, rows in sorted(manifest.row_counts.items()):
+        action, mirror = DESTINATIONS.get(name, ("not imported", None))
+        tables.append({"table": name, "rows": rows, "action": action, "mirror": mirror,
+                       "replaces": before.get(name, 0) if mirror else 0})
+    pin = to_pin.version if to_pin is not None else None
+    new_versions = [trust.root_version(data) for data in verified.new_roots]
+    return {
+        "bundle_id": verified.bundle_id, "payload_sha256": verified.payload_sha256, "kind": manifest.kind,
+        "source_site": verified.source_site, "target_site": manifest.target_site, "sequence": manifest.sequence,
+        "floor": floor, "created_at": format_time(manifest.created_at), "history_entries": chained,
+        "trust_root_version": verified.root.version, "pin_trust_root": pin, "store_trust_roots": new_versions,
+        "forced": force, "tables": tables,
+    }
+
+
+def plan_digest(plan: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(plan)).hexdigest()
+
+
+# --- the shared front half of plan and import ---------------------------------------------------------------
+
+class _Run:
+    def __init__(self, ledger: Ledger, path: Path, trust_path: Path | None, staleness: str | None, force: bool,
+                 reason: str | None, now: datetime | None, actor: str):
+        if force and not reason:
+            raise InvalidInput("--force needs --reason R: overriding staleness is audited with its reason")
+        self.ledger, self.path, self.trust_path, self.force, self.actor = ledger, path, trust_path, force, actor
+        self.reason = validation.text(reason, validation.MAX_REASON_CHARS, "--reason")
+        self.policy = (StalenessPolicy(mode="disabled", allow_future_anchor=True) if force
+                       else staleness_policy(staleness_mode(ledger, staleness)))
+        self.now = now or clock.now()
+        self.verified: VerifiedBundle | None = None
+
+    def verify(self, copy: BinaryIO, size: int) -> tuple[VerifiedBundle, trust.TrustedRoot | None]:
+        start, to_pin = _start_root(self.ledger, self.trust_path)
+        # A file over the cap was copied up to cap+1 bytes: verify_bundle's size step refuses it.
+        self.verified = verify_bundle(copy, pinned_root=start, target_site=self.ledger.site_id, now=self.now,
+                                      staleness=self.policy, latest_anchor=_latest_anchor(self.ledger.read()),
+                                      table_schemas=TABLE_SCHEMAS)
+        return self.verified, to_pin
+
+    def already(self) -> dict[str, Any] | None:
+        assert self.verified is not None
+        found = self.ledger.read().fetch("bundle_import_find", payload_digest=self.verified.payload_sha256,
+                                         bundle_id=self.verified.bundle_id)
+        if not found:
+            return None
+        site, sequence, _, _, imported_at, _ = found[0]
+        return {"source_site": site, "sequence": sequence, "imported_at": clock.iso(imported_at)}
+
+    def evidence(self, outcome: str, error: BundleError | None, file_sha256: str) -> dict[str, Any]:
+        details: dict[str, Any] = {"outcome": outcome, "file_sha256": file_sha256, "bundle": str(self.path)[:300]}
+        verified = self.verified
+        if verified is not None:
+            details.update(payload_sha256=verified.payload_sha256, bundle_id=verified.bundle_id,
+                           source_site=verified.source_site, sequence=verified.manifest.sequence,
+                           checks=check_list(verified.checks))
+        if error is not None:
+            details.update(reason_code=getattr(error, "reason_code", type(error).__name__),
+                           message=str(error)[:300])
+            if error.checks:
+                details["checks"] = check_list(error.checks)
+        if self.force:
+            details["forced"] = True
+        return details
+
+    def refuse(self, error: BundleError, copy: BinaryIO, file_sha256: str) -> None:
+        """Evidence of a refusal: the quarantine copy and one audit entry; nothing else is written."""
+        code = getattr(error, "reason_code", "bundle:refused")
+        _quarantine(self.ledger, copy, file_sha256, code)
+        details = self.evidence("refused", error, file_sha256)
+        with self.ledger.transaction() as tx:
+            audit.append(tx, "bundle.import", actor=self.actor, reason=self.reason,
+                         target=_target(details), details=details)
+
+
+def _target(details: dict[str, Any]) -> str:
+    if "source_site" in details:
+        return f"{details['source_site']}#{details['sequence']}"
+    return f"file:{details['file_sha256'][:16]}"
+
+
+def _quarantine(ledger: Ledger, copy: BinaryIO, file_sha256: str, reason_code: str) -> None:
+    """`<ledger>.quarantine/<sha256>.bundle` (at most QUARANTINE_CAP bytes) and `<sha256>.reason`; named by the
+    digest of the bytes only."""
+    folder = Path(f"{ledger.path}.quarantine")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    target = folder / f"{file_sha256}.bundle"
+    if not target.exists():
+        copy.seek(0)
+        with files.partial_file(target) as (partial, out):
+            left = QUARANTINE_CAP
+            while left > 0 and (chunk := copy.read(min(COPY_CHUNK, left))):
+                out.write(chunk)
+                left -= len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+            files.publish(partial, target, replace=True)
+    files.write_file(folder / f"{file_sha256}.reason", f"{reason_code}\n".encode(), replace=True)
+
+
+# --- plan and import ----------------------------------------------------------------------------------------
+
+def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, staleness: str | None = None,
+         force: bool = False, reason: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The dry run: verify fully, then what `bundle import` would do, with its digest. Writes nothing."""
+    run = _Run(ledger, path, trust_path, staleness, force, reason or ("plan" if force else None), now, "cli")
+    with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes) as (copy, file_sha256, size):
+        verified, to_pin = run.verify(copy, size)
+        done = run.already()
+        if done is not None:
+            return {"already_imported": True, **done, "payload_sha256": verified.payload_sha256,
+                    "message": f"bundle {verified.bundle_id} is already imported; importing it again does nothing"}
+        found = _plan(ledger, copy, verified, to_pin, force)
+    return {"already_imported": False, "plan": found, "plan_digest": plan_digest(found), "file_sha256": file_sha256,
+            "staleness": _verdict(verified), "checks": check_list(verified.checks)}
+
+
+def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
+                  plan_digest_expected: str | None = None, staleness: str | None = None, force: bool = False,
+                  reason: str | None = None, now: datetime | None = None, actor: str = "cli") -> dict[str, Any]:
+    run = _Run(ledger, path, trust_path, staleness, force, reason, now, actor)
+    with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes) as (copy, file_sha256, size):
+        _pause("copied")
+        try:
+            verified, to_pin = run.verify(copy, size)
+            done = run.already()
+            if done is not None:
+                details = {**run.evidence("already-imported", None, file_sha256), "first_import": done}
+                with ledger.transaction() as tx:
+                    audit.append(tx, "bundle.import", actor=actor, reason=run.reason, target=_target(details),
+                                 details=details)
+                return {"imported": False, "already_imported": True, **done, "bundle_id": verified.bundle_id,
+                        "payload_sha256": verified.payload_sha256,
+                        "message": f"bundle {verified.bundle_id} from {done['source_site']} sequence "
+                                   f"{done['sequence']} is already imported; nothing to do"}
+            found = _plan(ledger, copy, verified, to_pin, force)
+        except BundleError as error:
+            run.refuse(error, copy, file_sha256)
+            raise
+        digest = plan_digest(found)
+        if plan_digest_expected is not None and plan_digest_expected != digest:
+            raise Conflict(f"the plan changed since digest {plan_digest_expected[:16]}... (now {digest[:16]}...); "
+                           "run `bundle plan` again and review it")
+        _pause("verified")
+        details = {**run.evidence("forced" if force else "imported", None, file_sha256), "plan_digest": digest}
+        try:  # a member that does not decode is refused like any other verification failure
+            with ledger.transaction() as tx:
+                _write_mirrors(tx, copy, verified)
+                _pause("mirrors-written")
+                stored = []
+                if to_pin is not None:
+                    _store_root(tx, to_pin, run.now, f"{actor} (bundle import --trust)")
+                    stored.append(to_pin.version)
+                for data in verified.new_roots:  # each verified as a rotation from the one before it
+                    _store_root(tx, trust.load_trusted_root(data), run.now, f"{actor} (bundle import)")
+                    stored.append(trust.root_version(data))
+                tx.execute("bundle_import_record", source_site=verified.source_site,
+                           sequence=verified.manifest.sequence, kind=verified.manifest.kind,
+                           bundle_id=verified.bundle_id, payload_digest=verified.payload_sha256,
+                           created_at=verified.anchor.time, imported_at=clock.now(), imported_by=actor,
+                           outcome="forced" if force else "imported")
+                details["trust_roots_stored"] = stored
+                audit.append(tx, "bundle.import", actor=actor, reason=run.reason, target=_target(details),
+                             details=details)
+                _pause("before-commit")
+        except BundleError as error:
+            run.refuse(error, copy, file_sha256)
+            raise
+        _pause("committed")
+    messages = []
+    if to_pin is not None:
+        messages.append(f"pinned trust root version {to_pin.version} (from --trust) with this import")
+    if len(stored) > (1 if to_pin is not None else 0):
+        messages.append("stored trust root versions " + ", ".join(map(str, stored)))
+    return {"imported": True, "already_imported": False, "bundle_id": verified.bundle_id,
+            "payload_sha256": verified.payload_sha256, "source_site": verified.source_site,
+            "sequence": verified.manifest.sequence, "plan_digest": digest, "plan": found,
+            "pinned_trust_root": to_pin.version if to_pin is not None else None, "trust_roots_stored": stored,
+            "staleness": _verdict(verified), "messages": messages}
+
+
+def _store_root(tx: Transaction, root: trust.TrustedRoot, now: datetime, pinned_by: str) -> None:
+    tx.execute("trust_root_insert", version=root.version, root_json=root.data.decode("utf-8"),
+               fingerprint=trust_ops.fingerprint(root), expires_at=root.expires, pinned_at=now, pinned_by=pinned_by)
+
+
+def _verdict(verified: VerifiedBundle) -> dict[str, Any]:
+    verdict = verified.time
+    return {"state": verdict.state, "mode": verdict.mode, "warning": verdict.warning, "message": verdict.message}
+
+
+def _json_row(row: dict[str, Any]) -> str:
+    return json.dumps(row, default=lambda value: value.isoformat() if isinstance(value, datetime) else str(value),
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) -> None:
+    """Replace the source site's mirror rows with the bundle's (inside the caller's transaction)."""
+    site = verified.source_site
+    for name in ("mirror_jobs", "mirror_history", "mirror_policies"):
+        tx.execute(f"{name}_delete", source_site=site)
+    for batch in _rows(copy, verified, "jobs"):
+        rows = batch.to_pylist()
+        table = pa.table({"job_id": [r["job_id"] for r in rows], "tenant": [r["tenant"] for r in rows],
+                          "state": [r["state"] for r in rows], "row_json": [_json_row(r) for r in rows]})
+        tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
+    for batch in _rows(copy, verified, "history"):
+        tx.execute_with("mirror_history_insert", "rows", pa.Table.from_batches([batch]), source_site=site)
+    for name in POLICY_TABLES:
+        order = BY_NAME[name].order
+        for batch in _rows(copy, verified, name):
+            rows = batch.to_pylist()
+            table = pa.table({"kind": [name] * len(rows),
+                              "key": ["/".join(str(r[column]) for column in order) for r in rows],
+                              "row_json": [_json_row(r) for r in rows]}, schema=pa.schema(
+                                  [("kind", pa.string()), ("key", pa.string()), ("row_json", pa.string())]))
+            tx.execute_with("mirror_policies_insert", "rows", table, source_site=site)
+
+
+# --- the staleness setting ---------------------------------------------------------------------------------
+
+STALENESS_SETTING = "airgap.staleness"
+
+
+def staleness_mode(ledger: Ledger, flag: str | None) -> str:
+    """The --staleness flag, else the ledger's setting (`airgap staleness MODE`), else warn."""
+    if flag is not None:
+        return flag
+    rows = ledger.read().fetch("meta_get", key=STALENESS_SETTING)
+    return rows[0][0] if rows else "warn"
+
+
+def set_staleness(ledger: Ledger, mode: str, *, reason: str | None, actor: str = "cli") -> dict[str, Any]:
+    staleness_policy(mode)
+    reason = validation.text(reason, validation.MAX_REASON_CHARS, "--reason")
+    before = staleness_mode(ledger, None)
+    with ledger.transaction() as tx:
+        tx.execute("meta_put", key=STALENESS_SETTING, value=mode)
+        audit.append(tx, "airgap.staleness", actor=actor, reason=reason, target=STALENESS_SETTING,
+                     details={"from": before, "to": mode})
+    return {"staleness": mode, "previous": before}
+
+
+# --- list and status ----------------------------------------------------------------------------------------
+
+def list_bundles(ledger: Ledger) -> dict[str, Any]:
+    read = ledger.read()
+    imports = [{**row, "created_at": clock.iso(row["created_at"]), "imported_at": clock.iso(row["imported_at"])}
+               for row in read.rows("bundle_import_list")]
+    exports = [{**row, "created_at": clock.iso(row["created_at"]), "exported_at": clock.iso(row["exported_at"])}
+               for row in read.rows("bundle_export_list")]
+    mirrors = {}
+    for row in read.fetch("bundle_import_floors"):
+        jobs, entries, policies = read.fetch("mirror_counts", source_site=row[0])[0]
+        mirrors[row[0]] = {"jobs": jobs, "history": entries, "policies": policies}
+    return {"imports": imports, "exports": exports, "mirrors": mirrors}
+
+
+def status(ledger: Ledger, *, staleness: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The pinned root, the latest verified time anchor and its staleness, the floor of each source site.
+    `refused` is True when staleness mode strict finds the site past its budget."""
+    moment = now or clock.now()
+    policy = staleness_policy(staleness_mode(ledger, staleness))
+    root = trust_ops.pinned(ledger)
+    read = ledger.read()
+    latest = _latest_anchor(read)
+    result: dict[str, Any] = {
+        "site_id": ledger.site_id,
+        "trust_root": None if root is None else {"version": root.version, "expires": clock.iso(root.expires),
+                                                 "expired": root.is_expired(moment)},
+        "latest_anchor": None, "staleness": None, "refused": False,
+        "floors": [{"source_site": site, "sequence": sequence, "created_at": clock.iso(created), "imports": count}
+                   for site, sequence, created, count in read.fetch("bundle_import_floors")],
+    }
+    if latest is not None:
+        verdict = assess_time(latest, local_now=moment, latest_anchor=latest, policy=policy)
+        result["latest_anchor"] = clock.iso(latest)
+        result["staleness"] = {"mode": verdict.mode, "state": verdict.state, "age_seconds": verdict.age.total_seconds(),
+                               "drift_seconds": verdict.drift.total_seconds(),
+                               "budget_left_seconds": verdict.budget_left.total_seconds(), "message": verdict.message}
+        result["refused"] = verdict.refused
+    return result
+
+
+def status_refusal(result: dict[str, Any]) -> PolicyRefused:
+    return PolicyRefused(f"this site's latest time anchor is past its staleness budget (mode strict): "
+                         f"{result['staleness']['message']}")
