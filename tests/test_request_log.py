@@ -300,7 +300,7 @@ def test_rows_logged_before_migration_0009_replay_as_they_were(ledger_path):
                      json.dumps({"fingerprint": fingerprints["old-claim"], "answer": claimed}),
                      f"{WORKER.actor} jobs.ack old-ack", json.dumps(ack)])  # before fingerprints: the answer alone
     with Ledger.open(ledger_path, lock_timeout=5) as ledger:
-        assert ledger.schema_version == 9
+        assert ledger.schema_version >= 9  # 0009 applied (later migrations may follow)
         assert logged(ledger)[f"{WORKER.actor} jobs.claim old-claim"]["recipe"]["leases"][0][:2] == \
             [claimed["leases"][0]["job_id"], claimed["leases"][0]["lease_id"]]
         lease = claimed["leases"][0]
