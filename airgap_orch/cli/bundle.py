@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,17 +209,12 @@ def plan(bundle_path: Path, root_path: Path | None, staleness: str | None, force
          reason: str | None) -> dict | None:
     """Dry run of `bundle import`: verify BUNDLE fully, then print what would be mirrored or skipped per table,
     and the plan digest to pass to `bundle import --plan-digest`. Writes nothing."""
-    from ..bundle.errors import BundleError
     from ..operations import bundle_import as ops
 
-    with open_local_ledger("bundle plan") as ledger:
-        try:
-            result = ops.plan(ledger, bundle_path, trust_path=root_path, staleness=staleness, force=force,
-                              reason=reason)
-        except BundleError as error:
-            _refused_checks(error)
-            fail(error)
-            return None
+    result = _import_step("bundle plan", lambda ledger: ops.plan(
+        ledger, bundle_path, trust_path=root_path, staleness=staleness, force=force, reason=reason))
+    if result is None:
+        return None
     if settings().json:
         return result
     if result["already_imported"]:
@@ -229,6 +225,19 @@ def plan(bundle_path: Path, root_path: Path | None, staleness: str | None, force
         click.echo(f"warning: {result['staleness']['message']}", err=True)
     click.echo(f"plan digest: {result['plan_digest']}")
     return None
+
+
+def _import_step(what: str, run: Callable[[Any], dict]) -> dict | None:
+    """Run a plan or import on the local ledger; a refusal prints its checks and the one-line error."""
+    from ..bundle.errors import BundleError
+
+    with open_local_ledger(what) as ledger:
+        try:
+            return run(ledger)
+        except BundleError as error:
+            _refused_checks(error)
+            fail(error)
+            return None
 
 
 @command(group, "import")
@@ -246,17 +255,13 @@ def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, 
             reason: str | None) -> dict | None:
     """Verify a FULL bundle from another site and import it in one transaction: its jobs, history and policies
     as read-only mirrors, its floor and time anchor; refusals are audited and quarantined."""
-    from ..bundle.errors import BundleError
     from ..operations import bundle_import as ops
 
-    with open_local_ledger("bundle import") as ledger:
-        try:
-            result = ops.import_bundle(ledger, bundle_path, trust_path=root_path, plan_digest_expected=plan_digest,
-                                       staleness=staleness, force=force, reason=reason)
-        except BundleError as error:
-            _refused_checks(error)
-            fail(error)
-            return None
+    result = _import_step("bundle import", lambda ledger: ops.import_bundle(
+        ledger, bundle_path, trust_path=root_path, plan_digest_expected=plan_digest, staleness=staleness,
+        force=force, reason=reason))
+    if result is None:
+        return None
     if settings().json:
         return result
     if result["already_imported"]:
