@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .context import command, invoke, invoke_override, progress_bar, settings
+from .context import command, invoke, progress_bar, settings
 from .jobs import _payload
 
 
@@ -41,7 +41,7 @@ def create(tenant: str, project: str, job_type: str, start: str, end: str, step:
         if value is not None:
             request[key] = value
     with progress_bar("building window jobs") as bar:
-        return invoke_override("backfills.create", {**request, "reason": reason, "ticket": ticket}, progress=bar)
+        return invoke("backfills.create", {**request, "reason": reason, "ticket": ticket}, progress=bar)
 
 
 @command(group, "list")
@@ -80,4 +80,4 @@ def show(backfill_id: str) -> dict:
 @click.option("--ticket", help="Change ticket (at most 128 characters).")
 def cancel(backfill_id: str, reason: str | None, ticket: str | None) -> dict:
     """Cancel the backfill's queued jobs and ask the workers of its running ones to stop."""
-    return invoke_override("backfills.cancel", {"backfill_id": backfill_id, "reason": reason, "ticket": ticket})
+    return invoke("backfills.cancel", {"backfill_id": backfill_id, "reason": reason, "ticket": ticket})

@@ -111,20 +111,6 @@ def progress_bar(label: str) -> Iterator[ProgressBar | None]:
             bar.close()
 
 
-def invoke_override(name: str, params: dict[str, Any], *,
-                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """invoke() for an operational override: a server takes reason/ticket from X-Orch-Reason/X-Orch-Ticket
-    (api.Route.needs_reason/needs_ticket); locally they are plain params, and `progress` reports record
-    building."""
-    current = settings()
-    target = current.server_target()
-    if target is None:
-        return invoke(name, params, progress=progress)
-    from . import remote
-
-    return remote.call(target, current.token, name, params, bound=current.lock_timeout, override_headers=True)
-
-
 def settings() -> Settings:
     return click.get_current_context().find_root().obj
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .context import command, invoke, invoke_override, settings
+from .context import command, invoke, settings
 from .output import _table
 
 _REASON = click.option("--reason", help="Why (at most 256 characters); recorded in the audit log.")
@@ -38,7 +38,7 @@ def quota() -> None:
 def quota_set(tenant: str, max_active: int | None, max_per_hour: int | None, burst: int | None, reason: str | None,
               ticket: str | None) -> dict:
     """Set a tenant's quota; options left out keep their value. Needs --reason."""
-    return invoke_override("quotas.set", {"tenant": tenant, "max_active": max_active, "max_per_hour": max_per_hour,
+    return invoke("quotas.set", {"tenant": tenant, "max_active": max_active, "max_per_hour": max_per_hour,
                                           "burst": burst, "reason": reason, "ticket": ticket})
 
 
@@ -68,7 +68,7 @@ def quota_list() -> dict | None:
 @_TICKET
 def quota_delete(tenant: str, reason: str | None, ticket: str | None) -> dict:
     """Remove a tenant's quota. Needs --reason."""
-    return invoke_override("quotas.delete", {"tenant": tenant, "reason": reason, "ticket": ticket})
+    return invoke("quotas.delete", {"tenant": tenant, "reason": reason, "ticket": ticket})
 
 
 # -- ratelimit ---------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def _target(function: Any) -> Any:
 def ratelimit_set(tenant: str | None, job_type: str | None, key: str | None, rate: float, burst: int,
                   reason: str | None, ticket: str | None) -> dict:
     """Limit claims of {tenant, type} or of a key to RATE per second with bursts of BURST. Needs --reason."""
-    return invoke_override("ratelimits.set", {"tenant": tenant, "type": job_type, "key": key, "rate": rate,
+    return invoke("ratelimits.set", {"tenant": tenant, "type": job_type, "key": key, "rate": rate,
                                               "burst": burst, "reason": reason, "ticket": ticket})
 
 
@@ -115,7 +115,7 @@ def ratelimit_list() -> dict | None:
 def ratelimit_delete(tenant: str | None, job_type: str | None, key: str | None, reason: str | None,
                      ticket: str | None) -> dict:
     """Remove a rate limit. Needs --reason."""
-    return invoke_override("ratelimits.delete", {"tenant": tenant, "type": job_type, "key": key, "reason": reason,
+    return invoke("ratelimits.delete", {"tenant": tenant, "type": job_type, "key": key, "reason": reason,
                                                  "ticket": ticket})
 
 
@@ -133,7 +133,7 @@ def concurrency() -> None:
 @_TICKET
 def concurrency_set(key: str, most: int, reason: str | None, ticket: str | None) -> dict:
     """Limit jobs carrying KEY to MAX leased or running at once, across all workers. Needs --reason."""
-    return invoke_override("concurrency.set", {"key": key, "max": most, "reason": reason, "ticket": ticket})
+    return invoke("concurrency.set", {"key": key, "max": most, "reason": reason, "ticket": ticket})
 
 
 @command(concurrency, "list")
@@ -149,7 +149,7 @@ def concurrency_list() -> dict | None:
 @_TICKET
 def concurrency_delete(key: str, reason: str | None, ticket: str | None) -> dict:
     """Remove a concurrency limit. Needs --reason."""
-    return invoke_override("concurrency.delete", {"key": key, "reason": reason, "ticket": ticket})
+    return invoke("concurrency.delete", {"key": key, "reason": reason, "ticket": ticket})
 
 
 # -- breaker -----------------------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def breaker() -> None:
 @_TICKET
 def breaker_set(key: str, failures: int, cooldown: float, reason: str | None, ticket: str | None) -> dict:
     """Add or change the breaker on KEY (a changed breaker keeps its state). Needs --reason."""
-    return invoke_override("breakers.set", {"key": key, "failures": failures, "cooldown": cooldown,
+    return invoke("breakers.set", {"key": key, "failures": failures, "cooldown": cooldown,
                                             "reason": reason, "ticket": ticket})
 
 
@@ -185,7 +185,7 @@ def breaker_list() -> dict | None:
 @_TICKET
 def breaker_delete(key: str, reason: str | None, ticket: str | None) -> dict:
     """Remove a circuit breaker (its jobs run unguarded). Needs --reason."""
-    return invoke_override("breakers.delete", {"key": key, "reason": reason, "ticket": ticket})
+    return invoke("breakers.delete", {"key": key, "reason": reason, "ticket": ticket})
 
 
 # -- queues ------------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def queues() -> None:
 @_TICKET
 def queues_pause(queue: str, reason: str | None, ticket: str | None) -> dict:
     """Pause QUEUE: its jobs stay queued and none is claimed until `queues resume`. Needs --reason."""
-    return invoke_override("queues.pause", {"queue": queue, "reason": reason, "ticket": ticket})
+    return invoke("queues.pause", {"queue": queue, "reason": reason, "ticket": ticket})
 
 
 @command(queues, "resume")
@@ -210,7 +210,7 @@ def queues_pause(queue: str, reason: str | None, ticket: str | None) -> dict:
 @_TICKET
 def queues_resume(queue: str, reason: str | None, ticket: str | None) -> dict:
     """Resume a paused QUEUE."""
-    return invoke_override("queues.resume", {"queue": queue, "reason": reason, "ticket": ticket})
+    return invoke("queues.resume", {"queue": queue, "reason": reason, "ticket": ticket})
 
 
 @command(queues, "list")

@@ -22,10 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
-from .. import api
-from ..errors import InvalidInput, LedgerBusy, OrchError, from_problem
+from ..errors import InvalidInput, LedgerBusy, OrchError
 
 # Below this the first answer of a healthy server (an interpreter's worth of work away) could miss the bound.
 MIN_BOUND_SECONDS = 1.0
@@ -47,36 +46,24 @@ class Server:
         return f"server {self.url} (pid {self.pid}, which owns {self.ledger})"
 
 
-def call(server: Server, token: str | None, name: str, params: dict[str, Any], *, bound: float,
-         override_headers: bool = False) -> dict[str, Any]:
+def call(server: Server, token: str | None, name: str, params: dict[str, Any], *, bound: float) -> dict[str, Any]:
     """Run operation `name` on `server`; raises the OrchError its problem+json stands for, or LedgerBusy when it
-    does not show life within `bound`. With `override_headers`, reason/ticket go in X-Orch-Reason/X-Orch-Ticket."""
-    route = api.BY_NAME[name]
-    path, rest = api.path_for(route, {key: value for key, value in params.items() if value is not None})
-    headers = {"Accept": "application/json"}
+    does not show life within `bound`."""
+    from ..sdk.client import decode_answer, parse_body, prepare_call  # the one request encoding
+
+    prepared = prepare_call(name, params)
+    headers = {"Accept": "application/json", **prepared.headers}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    if route.mutating:
+    if prepared.mutating:
         headers["Idempotency-Key"] = str(uuid.uuid4())
-    if override_headers:
-        for field, header in (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket")):
-            if field in rest:
-                headers[header] = str(rest.pop(field))
     body = None
-    if route.method == "GET":
-        if rest:
-            path += "?" + urlencode(rest)
-    else:
-        body = json.dumps(rest["spec"] if name == "jobs.enqueue" else rest).encode()
+    if prepared.body is not None:
+        body = json.dumps(prepared.body).encode()
         headers["Content-Type"] = "application/json"
-    status, raw = request(server, route.method, path, body, headers, bound=bound, mutating=route.mutating)
-    try:
-        answer = json.loads(raw) if raw else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        answer = {"title": raw[:200].decode(errors="replace")}
-    if status >= 400:
-        raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or f"HTTP {status}")
-    return answer
+    status, raw = request(server, prepared.method, prepared.path, body, headers, bound=bound,
+                          mutating=prepared.mutating)
+    return decode_answer(status, parse_body(raw))
 
 
 def request(server: Server, method: str, path: str, body: bytes | None, headers: dict[str, str], *, bound: float,

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .context import command, invoke, invoke_override, settings
+from .context import command, invoke, settings
 from .jobs import _payload
 from .output import _table
 
@@ -40,7 +40,7 @@ def add(tenant: str, name: str, job_type: str, project: str | None, queue: str |
             request[key] = value
     if payload is not None:
         request["payload"] = _payload(payload)
-    return invoke_override("sources.add", {**request, "reason": reason, "ticket": ticket})
+    return invoke("sources.add", {**request, "reason": reason, "ticket": ticket})
 
 
 @command(group, "list")
@@ -70,7 +70,7 @@ def show(name: str) -> dict:
 @_TICKET
 def pause(name: str, reason: str | None, ticket: str | None) -> dict:
     """Pause source NAME: its jobs stay queued and none is claimed; its schedule waits. Needs --reason."""
-    return invoke_override("sources.pause", {"name": name, "reason": reason, "ticket": ticket})
+    return invoke("sources.pause", {"name": name, "reason": reason, "ticket": ticket})
 
 
 @command(group, "resume")
@@ -79,7 +79,7 @@ def pause(name: str, reason: str | None, ticket: str | None) -> dict:
 @_TICKET
 def resume(name: str, reason: str | None, ticket: str | None) -> dict:
     """Resume source NAME; ticks missed while paused meet its missed-tick policy at the next run."""
-    return invoke_override("sources.resume", {"name": name, "reason": reason, "ticket": ticket})
+    return invoke("sources.resume", {"name": name, "reason": reason, "ticket": ticket})
 
 
 @click.group("schedules")

@@ -18,6 +18,7 @@ import random
 import socket
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -27,6 +28,47 @@ from ..errors import OrchError, from_problem
 
 class ServerUnavailable(OrchError):
     """The server could not be reached (after retries)."""
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """One operation as an HTTP request: the one encoding both transports use (this client's and the CLI's,
+    airgap_orch/cli/remote.py). Operational overrides (reason, ticket) travel as X-Orch-Reason/X-Orch-Ticket."""
+
+    method: str
+    path: str
+    body: Any  # JSON value for POST, None for GET
+    headers: dict[str, str]
+    mutating: bool
+
+
+def prepare_call(name: str, params: dict[str, Any] | None) -> PreparedCall:
+    route = api.BY_NAME[name]
+    path, rest = api.path_for(route, {k: v for k, v in (params or {}).items() if v is not None})
+    headers = {}
+    if route.takes_reason or route.needs_reason or route.needs_ticket:
+        headers = {header: str(rest.pop(field)) for field, header in api.OVERRIDE_HEADERS if field in rest}
+    body = None
+    if route.method == "GET":
+        if rest:
+            path += "?" + urlencode(rest)
+    else:
+        body = rest["spec"] if name == "jobs.enqueue" else rest
+    return PreparedCall(route.method, path, body, headers, route.mutating)
+
+
+def decode_answer(status: int, answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer, or the OrchError its problem+json stands for."""
+    if status >= 400:
+        raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or f"HTTP {status}")
+    return answer
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        return json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {"title": raw[:200].decode(errors="replace")}
 
 
 class OrchClient:
@@ -128,11 +170,7 @@ class OrchClient:
             if status == 503 and attempt <= self.retries:
                 self._sleep(attempt)
                 continue
-            try:
-                answer = json.loads(raw) if raw else {}
-            except json.JSONDecodeError:
-                answer = {"title": raw[:200].decode(errors="replace")}
-            return status, answer
+            return status, parse_body(raw)
 
     def _sleep(self, attempt: int) -> None:
         ceiling = min(self.backoff_cap, 0.1 * 2 ** (attempt - 1))
@@ -142,23 +180,8 @@ class OrchClient:
     def call(self, name: str, params: dict[str, Any] | None = None, *, timeout: float | None = None,
              idempotency_key: str | None = None) -> dict[str, Any]:
         """Run operation `name`; mutating calls carry `idempotency_key` (default: a fresh one)."""
-        route = api.BY_NAME[name]
-        path, rest = api.path_for(route, {k: v for k, v in (params or {}).items() if v is not None})
-        overrides = {}
-        if route.takes_reason or route.needs_reason or route.needs_ticket:  # operational overrides travel as headers
-            overrides = {header: str(rest.pop(field)) for field, header in api.OVERRIDE_HEADERS if field in rest}
-        body = None
-        if route.method == "GET":
-            if rest:
-                path += "?" + urlencode(rest)
-        elif name == "jobs.enqueue":
-            body = rest["spec"]
-        else:
-            body = rest
-        key = (idempotency_key or str(uuid.uuid4())) if route.mutating else None
-        status, answer = self.request(route.method, path, body, idempotency_key=key, timeout=timeout,
-                                      extra_headers=overrides)
-        if status >= 400:
-            raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or
-                               f"HTTP {status}")
-        return answer
+        call = prepare_call(name, params)
+        key = (idempotency_key or str(uuid.uuid4())) if call.mutating else None
+        status, answer = self.request(call.method, call.path, call.body, idempotency_key=key, timeout=timeout,
+                                      extra_headers=call.headers)
+        return decode_answer(status, answer)
