@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
 
 from .. import validation
-from ..errors import InvalidInput
+from ..errors import InvalidInput, OrchError
 from .context import command, invoke
-
-_JOB_NUMBER = re.compile(r"job (\d+)(?=[ .:]|$)")
-_BODY_JOB = re.compile(r"body\.jobs\[(\d+)\]")  # a server's schema check names a spec by its index in the body
 
 MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
 
@@ -65,14 +61,11 @@ def _enqueue_batch(path: str) -> dict[str, Any]:
     specs, lines = _batch(path)
     try:
         return invoke("jobs.enqueue_batch", {"jobs": specs})
-    except InvalidInput as error:  # "job N..." counts specs: name the file's line instead
-        text = str(error)
-        if body := _BODY_JOB.match(text):
-            text = f"job {int(body.group(1)) + 1}{text[body.end():]}"
-        found = _JOB_NUMBER.match(text)
-        if found is None or not 1 <= int(found.group(1)) <= len(lines):
+    except OrchError as error:  # the error's index counts specs (locally and from a server): name the file's line
+        if error.index is None or not 0 <= error.index < len(lines):
             raise
-        raise type(error)(f"{path} line {lines[int(found.group(1)) - 1]}: {text}") from None
+        raise type(error)(f"{path} line {lines[error.index]}: {error}", index=error.index,
+                          field=error.field) from None
 
 
 @command(group, "enqueue")

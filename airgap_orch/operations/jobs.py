@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from .. import clock, validation
+from .. import clock, schemas, validation
 from ..errors import Forbidden, OrchError, exit_code_for
 from ..ledger import Ledger
 from ..orchestrator import claims, operator, recovery, render, reports
@@ -36,15 +36,19 @@ def enqueue(ledger: Ledger, spec: Any, *, actor: str = "cli", tenants: Collectio
 
 def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli",
                   tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """All specs in one transaction; one invalid spec refuses the whole batch."""
-    if not isinstance(specs, list) or not specs:
-        raise validation.InvalidInput("a batch must be a non-empty list of job specs")
-    if len(specs) > validation.MAX_BATCH_JOBS:
-        raise validation.InvalidInput(f"batch has {len(specs)} jobs; the limit is {validation.MAX_BATCH_JOBS}: "
-                                      "split the file")
-    records = [validation.job_spec(spec, f"job {number}") for number, spec in enumerate(specs, 1)]
-    for record in records:
-        _allowed(record, tenants)
+    """All specs in one transaction; one invalid spec refuses the whole batch, and the error carries its index."""
+    schemas.validate("enqueue-batch-request", {"jobs": specs}, "batch")
+    records = []
+    for index, spec in enumerate(specs):
+        try:
+            records.append(validation.job_spec(spec, f"job {index + 1}", shape_checked=True))
+        except OrchError as error:
+            raise error.at(index) from None
+    for index, record in enumerate(records):
+        try:
+            _allowed(record, tenants)
+        except OrchError as error:
+            raise error.at(index) from None
     with ledger.transaction() as tx:
         results = enqueue_records(tx, records, actor=actor)
     created = sum(1 for _, was_created in results if was_created)
@@ -54,7 +58,7 @@ def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli",
 def claim_args(*, worker_id: str, limit: int = 1, lease_seconds: float | None = None, queue: str | None = None,
                job_type: str | None = None, tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Validated keyword arguments for claims.claim (the server groups many claims in one transaction)."""
-    validation.text(worker_id, 128, "worker id", required=True)
+    validation.text(worker_id, validation.MAX_WORKER_ID_CHARS, "worker id", required=True)
     return {"worker_id": worker_id, "limit": validation.claim_limit(limit),
             "lease_seconds": validation.lease_seconds(lease_seconds), "queue": queue, "job_type": job_type,
             "tenants": tenants}
@@ -131,10 +135,13 @@ def release(ledger: Ledger, job_id: str, lease_id: str, **fields: Any) -> dict[s
 def ack_many(ledger: Ledger, acks: list[dict[str, Any]], *, actor: str = "cli",
              tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Many acks in one transaction; one result per ack, in their order ({job_id, state} or {job_id, error})."""
-    if not isinstance(acks, list) or not acks or len(acks) > validation.MAX_CLAIM_LIMIT:
-        raise validation.InvalidInput(f"acks must be a list of 1 to {validation.MAX_CLAIM_LIMIT} items")
-    items = [ack_item(a.get("job_id"), a.get("lease_id"), artifacts=a.get("artifacts"), tenants=tenants)
-             for a in acks]
+    schemas.validate("ack-many-request", {"acks": acks}, "body")
+    items = []
+    for index, a in enumerate(acks):
+        try:
+            items.append(ack_item(a.get("job_id"), a.get("lease_id"), artifacts=a.get("artifacts"), tenants=tenants))
+        except OrchError as error:
+            raise error.at(index) from None
     with ledger.transaction() as tx:
         return {"results": [outcome_dict(item, outcome) for item, outcome in zip(items, reports.ack(tx, items),
                                                                                  strict=True)]}
@@ -187,7 +194,7 @@ def replay(ledger: Ledger, job_ids: list[str], *, again: Any = False, actor: str
            tenants: Collection[str] | None = None) -> dict[str, Any]:
     if not job_ids:
         raise validation.InvalidInput("name at least one job id to replay; see `deadletter list`")
-    checked = [validation.job_id(job_id) for job_id in job_ids]
+    checked = validation.job_ids(job_ids)
     with ledger.transaction() as tx:
         return {"replays": operator.replay(tx, checked, actor=actor, priority=100, tenants=tenants,
                                        again=validation.flag(again, "again"))}

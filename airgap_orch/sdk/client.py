@@ -160,5 +160,5 @@ class OrchClient:
                                       extra_headers=overrides)
         if status >= 400:
             raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or
-                               f"HTTP {status}")
+                               f"HTTP {status}", index=answer.get("index"), field=answer.get("field"))
         return answer
