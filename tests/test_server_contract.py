@@ -200,6 +200,48 @@ def test_schemathesis_finds_no_server_error_and_no_allowed_request_refused(serve
     assert completed.returncode == 0, output[-6000:]
 
 
+# The operations that create jobs, sources and backfills, and what the operations their links lead to need besides
+# the id (a body; every override header is sent).
+CREATIONS = {
+    "jobs_enqueue": ("/v1/jobs", SPEC),
+    "sources_add": ("/v1/sources", {"tenant": "acme", "name": "links-feed", "type": "feed.pull"}),
+    "backfills_create": ("/v1/backfills", {**SPEC, "from": "2024-01-01", "to": "2024-01-02", "step": "6h"}),
+}
+LINKED_BODIES = {"jobs_cancel": {"reason": "links"}, "jobs_replay": {}, "jobs_heartbeat": {"lease_id": "none"},
+                 "jobs_ack": {"lease_id": "none"}, "jobs_fail": {"lease_id": "none", "error": "e"},
+                 "jobs_release": {"lease_id": "none"}}
+OVERRIDES = {"X-Orch-Reason": "links", "X-Orch-Ticket": "T-1"}
+
+
+def test_openapi_links_lead_from_created_ids_to_the_operations_that_take_them(served):
+    """Each link's expression, read from a real answer, names the thing just made to the linked operation: a show
+    finds it, an action answers for it (200, or 409 when its state forbids the action), none answers 404."""
+    server, token, document = served["server"], served["token"], served["document"]
+    operations = {operation["operationId"]: (method.upper(), path, operation)
+                  for path, item in document["paths"].items() for method, operation in item.items()}
+    expected = {"jobs_enqueue": {"jobs_show", "jobs_cancel", "jobs_replay", "jobs_heartbeat", "jobs_ack",
+                                 "jobs_fail", "jobs_release"},
+                "sources_add": {"sources_show", "sources_pause", "sources_resume"},
+                "backfills_create": {"backfills_show", "backfills_cancel"}}
+    for creator, (path, body) in CREATIONS.items():
+        created = server.request("POST", path, body, token=token, headers=OVERRIDES)
+        assert created.status == 200, created
+        links = operations[creator][2]["responses"]["200"]["links"]
+        assert set(links) == expected[creator], links
+        for name, link in links.items():
+            method, target, operation = operations[link["operationId"]]
+            ((parameter, expression),) = link["parameters"].items()
+            assert f"{{{parameter}}}" in target, (name, target)
+            assert expression.startswith("$response.body#/"), expression
+            value = _pointer(created.json, "#/" + expression.removeprefix("$response.body#/"))
+            answer = server.request(method, target.replace(f"{{{parameter}}}", str(value)),
+                                    LINKED_BODIES.get(name, {}) if method == "POST" else None, token=token,
+                                    headers=OVERRIDES)
+            assert answer.status in ((200,) if method == "GET" else (200, 409)), (name, answer)
+            if method == "GET":
+                assert value in answer.json.values(), (name, answer.json)
+
+
 @pytest.mark.parametrize("limit", [-1, 10**20], ids=["negative", "past_int64"])
 def test_event_log_limit_out_of_range_is_400_not_500(served, limit):
     response = served["server"].request("GET", "/v1/ledger/events", token=served["token"], query={"limit": limit})
