@@ -114,12 +114,21 @@ def _problem_responses() -> dict[str, Any]:
         (503, "Ledger busy, or a connection over serve --max-connections"))}
 
 
+def _query_schema(route: api.Route, name: str, kind: str) -> dict[str, Any]:
+    if (route.name, name) in QUERY_OVERRIDES:
+        return QUERY_OVERRIDES[(route.name, name)]
+    if name in QUERY_PARAMETERS:
+        return QUERY_PARAMETERS[name]
+    return {"type": kind, "minimum": 0} if kind == "integer" else {"type": kind, "minLength": 1, "maxLength": 128}
+
+
 def _parameters(route: api.Route) -> list[dict[str, Any]]:
     parameters: list[dict[str, Any]] = [{"name": name, "in": "path", "required": True,
-                                         "schema": PATH_PARAMETERS[name]} for name in _PATH_PARAM.findall(route.path)]
-    for name, _kind in route.query:
+                                         "schema": PATH_PARAMETERS.get(name, {"type": "string", "minLength": 1})}
+                                        for name in _PATH_PARAM.findall(route.path)]
+    for name, kind in route.query:
         parameters.append({"name": name, "in": "query", "required": False,
-                           "schema": QUERY_OVERRIDES.get((route.name, name), QUERY_PARAMETERS[name])})
+                           "schema": _query_schema(route, name, kind)})
     for needed, header in ((route.needs_reason, "X-Orch-Reason"), (route.needs_ticket, "X-Orch-Ticket")):
         if needed or route.takes_reason:  # operational overrides carry a reason (and a ticket where asked)
             parameters.append({"name": header, "in": "header", "required": needed, "schema": {
