@@ -48,8 +48,12 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def parse_iso(text: str) -> datetime:
-    """Parse ISO 8601; a value without offset is taken as UTC. Returns naive UTC."""
+    """Parse ISO 8601; a value without offset is taken as UTC. Returns naive UTC. ValueError for text that is no
+    such time, or one whose UTC instant falls outside years 1 to 9999 (e.g. 0001-01-01T00:00:00+01:00)."""
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError(f"{text!r} is outside years 1 to 9999 in UTC") from None
     return value

@@ -15,9 +15,33 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class OrchError(Exception):
-    """Base of every error the orchestrator raises on purpose."""
+    """Base of every error the orchestrator raises on purpose.
+
+    Where a request is a batch, `index` is the failing item's position in it (from 0) and `field` the failing
+    field's path within that item (within the request when there is no item), e.g. `payload` or `keys[0]`:
+    data a door passes on (problem+json `index` and `field`) so that no caller parses the message."""
+
+    index: int | None = None
+    field: str | None = None
+
+    def __init__(self, *args: object, index: int | None = None, field: str | None = None):
+        super().__init__(*args)
+        if index is not None:
+            self.index = index
+        if field is not None:
+            self.field = field
+
+    def at(self, index: int | None = None, field: str | None = None) -> Self:
+        """This error, placed at item `index` (and `field`) of a batch; returns self to re-raise."""
+        if index is not None:
+            self.index = index
+        if field is not None:
+            self.field = field
+        return self
 
 
 class InvalidInput(OrchError):
@@ -104,12 +128,16 @@ def http_problem(error: OrchError) -> tuple[int, str]:
     return 500, PROBLEM_BASE + "internal"
 
 
-def from_problem(problem_type: str, message: str) -> OrchError:
-    """The error a problem+json answer stands for (the client side of http_problem)."""
+def from_problem(problem_type: str, message: str, *, index: int | None = None,
+                 field: str | None = None) -> OrchError:
+    """The error a problem+json answer stands for (the client side of http_problem), with the answer's `index`
+    and `field` when it has them."""
     slug = problem_type.removeprefix(PROBLEM_BASE)
+    place = {"index": index if isinstance(index, int) and not isinstance(index, bool) else None,
+             "field": field if isinstance(field, str) else None}
     for family, _status, known in HTTP_PROBLEMS:
         if known == slug:
-            return family(message)
+            return family(message, **place)
     if slug in ("payload-too-large", "malformed-json", "unknown-route", "method-not-allowed"):
-        return InvalidInput(message)
-    return OrchError(message)
+        return InvalidInput(message, **place)
+    return OrchError(message, **place)

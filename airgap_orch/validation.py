@@ -1,4 +1,8 @@
-"""Input validation in one place: shapes come from schemas/, limits are defined here.
+"""Input validation in one place: shapes and limits come from schemas/ (the contract), read once at import.
+
+A limit a schema states (maxItems, maxLength, pattern, minimum/maximum) is read from that schema here, never
+written a second time; README "Limits" is checked against these names (tests/test_contract_limits.py).
+Only limits no request schema states (the lock timeout, defaults) are written here.
 
 Every function raises InvalidInput with a one-line message that says what was wrong and what to do.
 """
@@ -15,18 +19,25 @@ from typing import Any
 from . import clock, schemas
 from .errors import InvalidInput
 
-# Documented limits (README "Limits").
+# Documented limits (README "Limits"), each read from the schema that states it.
+_at = schemas.at
 DEFAULT_LOCK_TIMEOUT_SECONDS = 5.0
 MAX_LOCK_TIMEOUT_SECONDS = 86_400.0
-MAX_PAYLOAD_BYTES = 64 * 1024
-MAX_BATCH_JOBS = 100_000
-MAX_CLAIM_LIMIT = 1_000
-MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 1.0, 86_400.0
+MAX_PAYLOAD_BYTES: int = _at("job-spec", "/properties/payload/x-max-bytes")
+MAX_BATCH_JOBS: int = _at("enqueue-batch-request", "/properties/jobs/maxItems")
+MAX_ACKS: int = _at("ack-many-request", "/properties/acks/maxItems")
+MAX_ARTIFACTS: int = _at("ack-request", "/properties/artifacts/maxItems")
+MAX_CLAIM_LIMIT: int = _at("claim-request", "/properties/limit/maximum")
+MAX_WORKER_ID_CHARS: int = _at("claim-request", "/properties/worker_id/maxLength")
+MIN_LEASE_SECONDS = float(_at("claim-request", "/properties/lease_seconds/minimum"))
+MAX_LEASE_SECONDS = float(_at("claim-request", "/properties/lease_seconds/maximum"))
 DEFAULT_LEASE_SECONDS = 30.0
-MAX_RETRY_AFTER_SECONDS = 86_400.0
-MAX_ERROR_CHARS = 4_096
-MAX_REASON_CHARS = 256
-MAX_MESSAGE_CHARS = 1_024
+MAX_LEASE_ID_CHARS: int = schemas.definition("lease-id")["maxLength"]
+MAX_RETRY_AFTER_SECONDS = float(_at("fail-request", "/properties/retry_after/maximum"))
+MAX_ERROR_CHARS: int = _at("fail-request", "/properties/error/maxLength")
+MAX_REASON_CHARS: int = schemas.definition("reason")["maxLength"]
+MAX_MESSAGE_CHARS: int = _at("heartbeat-request", "/properties/message/maxLength")
+MAX_BULK_REPLAY: int = _at("replay-request", "/properties/job_ids/maxItems")
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_QUEUE = "default"
 
@@ -101,44 +112,49 @@ def _encodes(text: str) -> bool:
     return True
 
 
-def utf8_text(value: Any, what: str) -> None:
+def utf8_text(value: Any, what: str, *, field: str = "") -> None:
     """Refuse text that UTF-8 cannot encode anywhere in `value` (a string, or the keys and values of dicts and
     lists at any depth): a lone surrogate, which a JSON escape such as "\\ud800", or a byte that is not UTF-8 in
     a header or a command-line argument, decodes to. The ledger stores UTF-8 only. The error names the field,
-    e.g. `body.payload.x` or `header Idempotency-Key`."""
-    stack: list[tuple[Any, str]] = [(value, what)]
+    e.g. `body.payload.x` or `header Idempotency-Key`, and carries its path below `value` (after `field`, the
+    path of `value` itself) as its `field`, e.g. `payload.x`."""
+    stack: list[tuple[Any, str, str]] = [(value, what, field)]
     while stack:
-        item, where = stack.pop()
+        item, where, path = stack.pop()
         if isinstance(item, str):
             if not _encodes(item):
-                raise InvalidInput(f"{where} is not UTF-8 text: {_NOT_UTF8}")
+                raise InvalidInput(f"{where} is not UTF-8 text: {_NOT_UTF8}", field=path or None)
         elif isinstance(item, dict):
             for key, inner in item.items():
                 if isinstance(key, str) and not _encodes(key):
-                    raise InvalidInput(f"{where} has a key that is not UTF-8 text: {_NOT_UTF8}")
+                    raise InvalidInput(f"{where} has a key that is not UTF-8 text: {_NOT_UTF8}", field=path or None)
                 shown_key = f".{key}" if isinstance(key, str) and _PLAIN_KEY.match(key) else f"[{key!r}]"
-                stack.append((inner, f"{where}{shown_key}" if where else shown_key.lstrip(".")))
+                stack.append((inner, f"{where}{shown_key}" if where else shown_key.lstrip("."),
+                              f"{path}{shown_key}" if path else shown_key.lstrip(".")))
         elif isinstance(item, list | tuple):
-            stack.extend((inner, f"{where}[{index}]") for index, inner in enumerate(item))
+            stack.extend((inner, f"{where}[{index}]", f"{path}[{index}]") for index, inner in enumerate(item))
 
 
-def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
-    """Validate one job spec (schemas/job-spec.schema.json) and return the normalized record."""
-    schemas.validate("job-spec", spec, what)
+def job_spec(spec: Any, what: str = "job", *, shape_checked: bool = False) -> dict[str, Any]:
+    """Validate one job spec (schemas/job-spec.schema.json, unless the caller has checked it against that
+    schema already: `shape_checked`) and return the normalized record."""
+    if not shape_checked:
+        schemas.validate("job-spec", spec, what)
     get = spec.get
     try:
         payload_text = _canonical(get("payload", {}))
     except ValueError:
-        raise InvalidInput(f"{what}.payload contains NaN or Infinity; JSON has no such numbers") from None
+        raise InvalidInput(f"{what}.payload contains NaN or Infinity; JSON has no such numbers",
+                           field="payload") from None
     try:
         payload_bytes = payload_text.encode()
     except UnicodeEncodeError:
-        utf8_text(get("payload"), f"{what}.payload")
+        utf8_text(get("payload"), f"{what}.payload", field="payload")
         raise
     utf8_text({key: value for key, value in spec.items() if key != "payload"}, what)
     if len(payload_bytes) > MAX_PAYLOAD_BYTES:
-        raise InvalidInput(f"{what}.payload is {len(payload_bytes)} bytes; the limit is "
-                           f"{MAX_PAYLOAD_BYTES} bytes: store large inputs as files and pass their URI")
+        raise InvalidInput(f"{what}.payload is {len(payload_bytes)} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes: "
+                           "store large inputs as files and pass their URI", field="payload")
     run_at = get("run_at")
     record = {
         "tenant": spec["tenant"],
@@ -149,7 +165,7 @@ def job_spec(spec: Any, what: str = "job") -> dict[str, Any]:
         "payload": payload_text,
         "payload_digest": _digest(payload_bytes),
         "idempotency_key": get("idempotency_key"),
-        "run_at": timestamp(run_at, f"{what}.run_at") if run_at is not None else None,
+        "run_at": timestamp(run_at, f"{what}.run_at", field="run_at") if run_at is not None else None,
         "max_attempts": get("max_attempts", DEFAULT_MAX_ATTEMPTS),
         "timeout_seconds": get("timeout_seconds"),
         "correlation_id": get("correlation_id"),
@@ -185,16 +201,19 @@ def spec_digest(record: dict[str, Any]) -> str:
     return digest(text)
 
 
-def timestamp(text: str, what: str) -> datetime:
+def timestamp(text: str, what: str, *, field: str | None = None) -> datetime:
     try:
         return clock.parse_iso(text)
     except (ValueError, AttributeError):
-        raise InvalidInput(f"{what} {text!r} is not an ISO 8601 time; use e.g. 2026-01-31T12:00:00Z") from None
+        raise InvalidInput(f"{what} {text!r} is not an ISO 8601 time; use e.g. 2026-01-31T12:00:00Z",
+                           field=field) from None
 
 
 def artifacts(items: Any, what: str = "artifacts") -> list[dict[str, str]]:
     if not isinstance(items, list):
         raise InvalidInput(f"{what} must be a list of {{uri, digest, mime}} objects")
+    if len(items) > MAX_ARTIFACTS:
+        raise InvalidInput(f"{what} lists {len(items)} artifacts; the limit is {MAX_ARTIFACTS} per ack")
     for index, item in enumerate(items):
         schemas.validate("artifact", item, f"{what}[{index}]")
     utf8_text(items, what)
@@ -226,10 +245,23 @@ def lease_seconds(value: float | None) -> float:
     return float(number_in(value, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS, "lease seconds"))
 
 
+def _whole(value: Any) -> int | None:
+    """`value` as an int when it is a JSON integer: 5, or 5.0 (JSON Schema's "integer" is any number with no
+    fraction, so the request schemas accept 5.0 as well); None otherwise (true and false are not numbers)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def claim_limit(value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    whole = _whole(value)
+    if whole is None:
         raise InvalidInput("claim limit must be a whole number")
-    return int(number_in(value, 1, MAX_CLAIM_LIMIT, "claim limit"))
+    return int(number_in(whole, 1, MAX_CLAIM_LIMIT, "claim limit"))
 
 
 def progress(value: float | None) -> float | None:
@@ -277,26 +309,42 @@ def job_id(value: str) -> str:
         raise InvalidInput(f"job id {value!r} is not a UUID; copy it from `jobs list`") from None
 
 
+def job_ids(values: list[Any]) -> list[str]:
+    """job_id() of each; the error names the failing one's index (OrchError.index)."""
+    checked = []
+    for index, value in enumerate(values):
+        try:
+            checked.append(job_id(value))
+        except InvalidInput as error:
+            raise error.at(index) from None
+    return checked
+
+
 def lease_id(value: str) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_LEASE_ID_CHARS:
         raise InvalidInput("lease id must be the lease_id text the claim returned")
     utf8_text(value, "lease id")
     return value
 
 
 # -- flow control ------------------------------------------------------------------------------------------
-MAX_TICKET_CHARS = 128
-MAX_LIMIT_VALUE = 1_000_000  # largest max_active, max_per_hour, burst or concurrency limit
-MAX_RATE_PER_SECOND = 1_000_000.0
-MAX_COOLDOWN_SECONDS = 86_400.0
-_FLOW_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9._:/-]+$")
+MAX_TICKET_CHARS: int = schemas.definition("ticket")["maxLength"]
+MAX_LIMIT_VALUE: int = schemas.definition("count")["maximum"]  # largest max_active, max_per_hour, burst or max
+MAX_RATE_PER_SECOND = float(_at("ratelimit-set-request", "/properties/rate/maximum"))
+MAX_BREAKER_FAILURES: int = _at("breaker-set-request", "/properties/failures/maximum")
+MIN_COOLDOWN_SECONDS = float(_at("breaker-set-request", "/properties/cooldown/minimum"))
+MAX_COOLDOWN_SECONDS = float(_at("breaker-set-request", "/properties/cooldown/maximum"))
+_FLOW_KEY_SCHEMA = schemas.definition("flow-key")
+MAX_FLOW_KEY_CHARS: int = _FLOW_KEY_SCHEMA["maxLength"]
+_FLOW_KEY = re.compile(_FLOW_KEY_SCHEMA["pattern"])
 
 
 def whole_number(value: Any, what: str, low: int = 1, high: int = MAX_LIMIT_VALUE) -> int:
-    """A whole number in [low, high] (flow-control limits: a rate or burst <= 0 is refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    """A whole number in [low, high] (flow-control limits: a rate or burst <= 0 is refused); 5.0 is 5."""
+    whole = _whole(value)
+    if whole is None or not low <= whole <= high:
         raise InvalidInput(f"{what} must be a whole number from {low} to {high}, not {value!r}")
-    return value
+    return whole
 
 
 def rate(value: Any, what: str = "rate") -> float:
@@ -309,9 +357,9 @@ def rate(value: Any, what: str = "rate") -> float:
 
 def flow_key(value: Any, what: str = "key") -> str:
     """A flow-control key: 'tenant:T', 'type:JT', 'queue:Q' or a key jobs declare, e.g. 'host:nvd.nist.gov'."""
-    if not isinstance(value, str) or len(value) > 128 or not _FLOW_KEY.match(value):
+    if not isinstance(value, str) or len(value) > MAX_FLOW_KEY_CHARS or not _FLOW_KEY.match(value):
         raise InvalidInput(f"{what} {value!r} must look like kind:name (e.g. tenant:acme, type:scan, "
-                           "host:nvd.nist.gov), at most 128 characters")
+                           f"host:nvd.nist.gov), at most {MAX_FLOW_KEY_CHARS} characters")
     return value
 
 
@@ -330,24 +378,28 @@ def reason_and_ticket(reason: Any, ticket: Any, *, reason_required: bool = True,
     return checked, text(ticket, MAX_TICKET_CHARS, "ticket")
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")  # as schemas/job-spec.schema.json definitions.name
+_NAME_SCHEMA = schemas.definition("name")
+MAX_NAME_CHARS: int = _NAME_SCHEMA["maxLength"]
+_NAME = re.compile(_NAME_SCHEMA["pattern"])
 
 
 def name(value: Any, what: str) -> str:
     """A tenant, project, type or queue name."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not _NAME.match(value):
-        raise InvalidInput(f"{what} {value!r} must be 1-128 letters, digits or . _ : / - (starting with a letter "
-                           "or digit)")
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_CHARS or not _NAME.match(value):
+        raise InvalidInput(f"{what} {value!r} must be 1-{MAX_NAME_CHARS} letters, digits or . _ : / - (starting with "
+                           "a letter or digit)")
     return value
 
 
 # -- sources and schedules ---------------------------------------------------------------------------------
-MAX_SOURCE_NAME_CHARS = 64
+_SOURCE_NAME_SCHEMA = schemas.definition("source-name")  # no '/' or ':': it travels in URL paths and keys
+MAX_SOURCE_NAME_CHARS: int = _SOURCE_NAME_SCHEMA["maxLength"]
+_SOURCE_NAME = re.compile(_SOURCE_NAME_SCHEMA["pattern"])
 # A system-made backfill's ticket is 'schedule:<name>:<cron>': 9 + 64 + 1 + 54 fits MAX_TICKET_CHARS.
-MAX_CRON_CHARS = 54
-MISSED_POLICIES = ("skip", "backfill")
-_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # no '/' or ':': it travels in URL paths and keys
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$")
+MAX_CRON_CHARS: int = _at("source-add-request", "/properties/schedule/maxLength")
+MISSED_POLICIES: tuple[str, ...] = tuple(_at("source-add-request", "/properties/missed/enum"))
+MAX_HOST_CHARS: int = _at("source-add-request", "/properties/host/maxLength")
+_HOST = re.compile(_at("source-add-request", "/properties/host/pattern"))
 
 
 def source_name(value: Any, what: str = "source name") -> str:
@@ -362,9 +414,9 @@ def host(value: Any) -> str | None:
     """An upstream host name (optionally :port); its jobs carry the key 'host:<host>'."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 120 or not _HOST.match(value):
+    if not isinstance(value, str) or len(value) > MAX_HOST_CHARS or not _HOST.match(value):
         raise InvalidInput(f"host {value!r} must be a host name such as nvd.nist.gov (optionally :port), at most "
-                           "120 characters")
+                           f"{MAX_HOST_CHARS} characters")
     return value
 
 
@@ -411,15 +463,15 @@ def source_payload(value: Any) -> dict[str, Any]:
     return value
 
 
-_DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])")
+_DURATION = re.compile(schemas.definition("duration")["pattern"])
 _DURATION_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 
 
 def duration_seconds(value: Any, what: str, *, example: str = "15m, 1h, 7d") -> int:
     """The one duration grammar (token lifetimes, backfill steps): a positive whole number without leading zeros
     and a unit s, m, h or d, e.g. '90s', '30m', '12h', '7d' -> seconds."""
-    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
+    text = value.strip() if isinstance(value, str) else ""
+    if _DURATION.fullmatch(text) is None:
         raise InvalidInput(f"{what} {value!r} must be a positive whole number and a unit s, m, h or d: {example}")
-    return int(match.group(1)) * _DURATION_UNIT_SECONDS[match.group(2)]
+    return int(text[:-1]) * _DURATION_UNIT_SECONDS[text[-1]]
 

@@ -342,3 +342,13 @@ def test_http_backfills_need_the_backfill_scope_and_stay_within_the_tokens_tenan
             "a token sees the audit entries of its own tenants only"
     assert (entry["action"], entry["actor"], entry["reason"], entry["ticket"]) == (
         "backfill.create", "token:alice", "outage", "OPS-7")
+
+
+def test_a_step_that_reaches_past_year_9999_makes_one_window_ending_at_to(ledger):
+    """The schema allows any step up to 999999999 units; one reaching past the calendar's end is still one window
+    [from, to) (found by schemathesis: it was a 500 from a date overflow)."""
+    request = {**REQUEST, "from": "0188-11-22T14:46:11Z", "to": "0404-01-24T02:15:07Z", "step": "951719991h"}
+    created = backfill_ops.create(ledger, request, reason="far", ticket="T-9999")
+    assert (created["windows"], created["created"]) == (1, 1), created
+    (job,) = [job for job in ops.list_jobs(ledger, job_type="advisory.ingest")["jobs"]]
+    assert job["payload"]["window"] == {"start": "0188-11-22T14:46:11.000000Z", "end": "0404-01-24T02:15:07.000000Z"}

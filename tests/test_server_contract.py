@@ -1,6 +1,7 @@
 """The HTTP contract: /.well-known/openapi is OpenAPI 3.1 whose request bodies are the schemas/ files; a
-schemathesis run against the live server finds no 5xx; bad bodies and routes get problem+json (413, 400,
-404, 405) with a stable type and the CLI's exit code, change nothing, and the server stays up."""
+schemathesis run against the live server finds no 5xx and no request the document allows refused as invalid
+(positive_data_acceptance); bad bodies and routes get problem+json (413, 400, 404, 405) with a stable type and
+the CLI's exit code, change nothing, and the server stays up."""
 
 from __future__ import annotations
 
@@ -25,17 +26,59 @@ SCHEMATHESIS_MAX_EXAMPLES = 5
 SCHEMATHESIS_TIMEOUT = 240
 
 # A long-poll claim may legitimately hold a request for up to 60 s (its `wait`); the hook below caps the
-# generated wait so the run stays short. It changes nothing else: every operation and every phase runs.
+# generated wait so the run stays short. Two rules JSON Schema cannot state, which the schemas say in words, it
+# makes generated bodies keep: a backfill's `to` comes after its `from`, at most 100,000 steps on; a source's
+# cron expression names times that exist (ranges upwards, days a month has). It changes nothing else: every
+# operation and every phase runs, and every other value is schemathesis's own.
 HOOKS = textwrap.dedent('''
+    import math
+    from datetime import timedelta
+
     import schemathesis
+
+    from airgap_orch import clock, validation
+    from airgap_orch.errors import InvalidInput
+    from airgap_orch.orchestrator.backfills import MAX_WINDOWS
+
+    def _backfill_range(body):
+        if not all(isinstance(body.get(field), str) for field in ("from", "to", "step")):
+            return
+        try:
+            start, end = clock.parse_iso(body["from"]), clock.parse_iso(body["to"])
+            step = validation.duration_seconds(body["step"], "step")
+        except (ValueError, InvalidInput):
+            return
+        if start == end:
+            try:
+                end = start + timedelta(days=1)
+            except OverflowError:
+                start = end - timedelta(days=1)
+        start, end = min(start, end), max(start, end)
+        body["from"], body["to"] = clock.iso(start), clock.iso(end)
+        span = (end - start).total_seconds()
+        if span / step > MAX_WINDOWS:
+            body["step"] = f"{math.ceil(span / MAX_WINDOWS)}s"
+
+    def _cron_that_exists(body):
+        if isinstance(body.get("schedule"), str):
+            try:
+                validation.cron(body["schedule"])
+            except InvalidInput:
+                body["schedule"] = "0 * * * *"
 
     @schemathesis.hook
     def before_call(context, case, **kwargs):
         body = case.body
-        if case.operation.path == "/v1/jobs/claim" and isinstance(body, dict):
+        if not isinstance(body, dict):
+            return
+        if case.operation.path == "/v1/jobs/claim":
             wait = body.get("wait")
             if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0.2:
                 body["wait"] = 0.2
+        elif case.operation.path == "/v1/backfills" and case.method == "POST":
+            _backfill_range(body)
+        elif case.operation.path == "/v1/sources" and case.method == "POST":
+            _cron_that_exists(body)
 ''')
 
 
@@ -79,8 +122,9 @@ def _as_component(name: str) -> Any:
                     continue
                 if key == "$ref" and value.startswith("#/definitions/"):
                     value = f"#/components/schemas/{name}/definitions/" + value.removeprefix("#/definitions/")
-                elif key == "$ref" and value.endswith(".schema.json"):
-                    value = "#/components/schemas/" + value.removesuffix(".schema.json")
+                elif key == "$ref" and ".schema.json" in value:  # a sibling file, or one of its definitions
+                    target, _, fragment = value.partition("#")
+                    value = "#/components/schemas/" + target.rsplit("/", 1)[-1].removesuffix(".schema.json") + fragment
                 out[key] = rewrite(value)
             return out
         if isinstance(node, list):
@@ -132,14 +176,15 @@ def test_openapi_document_built_after_traffic_still_resolves_its_refs(tmp_path):
     assert document["components"]["schemas"]["job-spec"] == _as_component("job-spec")
 
 
-def test_schemathesis_finds_no_server_error(served):
+def test_schemathesis_finds_no_server_error_and_no_allowed_request_refused(served):
     server, root = served["server"], served["root"]
     (root / "contract_hooks.py").write_text(HOOKS, encoding="utf-8")
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "contract_hooks",
            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()",
                "run", f"{server.url}/.well-known/openapi",
-               "--checks", "not_a_server_error", "--header", f"Authorization: Bearer {served['token']}",
+               "--checks", "not_a_server_error,positive_data_acceptance",
+               "--header", f"Authorization: Bearer {served['token']}",
                "--max-examples", str(SCHEMATHESIS_MAX_EXAMPLES), "--seed", "20260101", "--workers", "1",
                "--request-timeout", "20", "--generation-database", "none", "--no-color",
                "--report", "junit", "--report-junit-path", str(root / "schemathesis.xml")]
@@ -153,6 +198,48 @@ def test_schemathesis_finds_no_server_error(served):
     operations = len(api.ROUTES) + 1  # and GET /metrics
     assert f"{operations} selected / {operations} total" in output, output[-3000:]
     assert completed.returncode == 0, output[-6000:]
+
+
+# The operations that create jobs, sources and backfills, and what the operations their links lead to need besides
+# the id (a body; every override header is sent).
+CREATIONS = {
+    "jobs_enqueue": ("/v1/jobs", SPEC),
+    "sources_add": ("/v1/sources", {"tenant": "acme", "name": "links-feed", "type": "feed.pull"}),
+    "backfills_create": ("/v1/backfills", {**SPEC, "from": "2024-01-01", "to": "2024-01-02", "step": "6h"}),
+}
+LINKED_BODIES = {"jobs_cancel": {"reason": "links"}, "jobs_replay": {}, "jobs_heartbeat": {"lease_id": "none"},
+                 "jobs_ack": {"lease_id": "none"}, "jobs_fail": {"lease_id": "none", "error": "e"},
+                 "jobs_release": {"lease_id": "none"}}
+OVERRIDES = {"X-Orch-Reason": "links", "X-Orch-Ticket": "T-1"}
+
+
+def test_openapi_links_lead_from_created_ids_to_the_operations_that_take_them(served):
+    """Each link's expression, read from a real answer, names the thing just made to the linked operation: a show
+    finds it, an action answers for it (200, or 409 when its state forbids the action), none answers 404."""
+    server, token, document = served["server"], served["token"], served["document"]
+    operations = {operation["operationId"]: (method.upper(), path, operation)
+                  for path, item in document["paths"].items() for method, operation in item.items()}
+    expected = {"jobs_enqueue": {"jobs_show", "jobs_cancel", "jobs_replay", "jobs_heartbeat", "jobs_ack",
+                                 "jobs_fail", "jobs_release"},
+                "sources_add": {"sources_show", "sources_pause", "sources_resume"},
+                "backfills_create": {"backfills_show", "backfills_cancel"}}
+    for creator, (path, body) in CREATIONS.items():
+        created = server.request("POST", path, body, token=token, headers=OVERRIDES)
+        assert created.status == 200, created
+        links = operations[creator][2]["responses"]["200"]["links"]
+        assert set(links) == expected[creator], links
+        for name, link in links.items():
+            method, target, operation = operations[link["operationId"]]
+            ((parameter, expression),) = link["parameters"].items()
+            assert f"{{{parameter}}}" in target, (name, target)
+            assert expression.startswith("$response.body#/"), expression
+            value = _pointer(created.json, "#/" + expression.removeprefix("$response.body#/"))
+            answer = server.request(method, target.replace(f"{{{parameter}}}", str(value)),
+                                    LINKED_BODIES.get(name, {}) if method == "POST" else None, token=token,
+                                    headers=OVERRIDES)
+            assert answer.status in ((200,) if method == "GET" else (200, 409)), (name, answer)
+            if method == "GET":
+                assert value in answer.json.values(), (name, answer.json)
 
 
 @pytest.mark.parametrize("limit", [-1, 10**20], ids=["negative", "past_int64"])

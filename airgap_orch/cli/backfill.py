@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from .. import validation
 from .context import command, invoke, progress_bar, settings
 from .jobs import _payload
 
@@ -22,8 +23,8 @@ def group() -> None:
 @click.option("--from", "start", required=True, help="ISO 8601 date or time (UTC if no offset).")
 @click.option("--to", "end", required=True, help="ISO 8601 date or time, after --from.")
 @click.option("--step", required=True, help="Window length: a whole number and s, m, h or d (15m, 1h, 1d).")
-@click.option("--reason", help="Why (required, at most 256 characters).")
-@click.option("--ticket", help="Change ticket (required, at most 128 characters).")
+@click.option("--reason", help=f"Why (required, at most {validation.MAX_REASON_CHARS} characters).")
+@click.option("--ticket", help=f"Change ticket (required, at most {validation.MAX_TICKET_CHARS} characters).")
 @click.option("--payload", help="JSON object (or @FILE) each window's payload starts from.")
 @click.option("--queue")
 @click.option("--priority", type=int)
@@ -76,8 +77,8 @@ def show(backfill_id: str) -> dict:
 
 @command(group, "cancel")
 @click.argument("backfill_id")
-@click.option("--reason", help="Why (required, at most 256 characters).")
-@click.option("--ticket", help="Change ticket (at most 128 characters).")
+@click.option("--reason", help=f"Why (required, at most {validation.MAX_REASON_CHARS} characters).")
+@click.option("--ticket", help=f"Change ticket (at most {validation.MAX_TICKET_CHARS} characters).")
 def cancel(backfill_id: str, reason: str | None, ticket: str | None) -> dict:
     """Cancel the backfill's queued jobs and ask the workers of its running ones to stop."""
     return invoke("backfills.cancel", {"backfill_id": backfill_id, "reason": reason, "ticket": ticket})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .. import validation
 from .context import command, invoke
 
 
@@ -26,7 +27,7 @@ def list_(tenant: str | None, job_type: str | None) -> dict:
 @click.option("--type", "job_type", help="Bulk: of this job type.")
 @click.option("--since", help="Bulk: that were dead-lettered at or after this ISO 8601 time.")
 @click.option("--dry-run", is_flag=True, help="Report the count and ids; change nothing.")
-@click.option("--reason", help="Why (recorded in the audit log; at most 256 characters).")
+@click.option("--reason", help=f"Why (recorded in the audit log; at most {validation.MAX_REASON_CHARS} characters).")
 @click.option("--again", is_flag=True, help="Replay named jobs that already have a replay once more.")
 def replay(job_ids: tuple[str, ...], tenant: str | None, job_type: str | None, since: str | None, dry_run: bool,
            reason: str | None, again: bool) -> dict:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
 
 from .. import validation
-from ..errors import InvalidInput
+from ..errors import InvalidInput, OrchError
 from .context import command, invoke
-
-_JOB_NUMBER = re.compile(r"job (\d+)(?=[ .:]|$)")
-_BODY_JOB = re.compile(r"body\.jobs\[(\d+)\]")  # a server's schema check names a spec by its index in the body
 
 MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
 
@@ -65,14 +61,11 @@ def _enqueue_batch(path: str) -> dict[str, Any]:
     specs, lines = _batch(path)
     try:
         return invoke("jobs.enqueue_batch", {"jobs": specs})
-    except InvalidInput as error:  # "job N..." counts specs: name the file's line instead
-        text = str(error)
-        if body := _BODY_JOB.match(text):
-            text = f"job {int(body.group(1)) + 1}{text[body.end():]}"
-        found = _JOB_NUMBER.match(text)
-        if found is None or not 1 <= int(found.group(1)) <= len(lines):
+    except OrchError as error:  # the error's index counts specs (locally and from a server): name the file's line
+        if error.index is None or not 0 <= error.index < len(lines):
             raise
-        raise type(error)(f"{path} line {lines[int(found.group(1)) - 1]}: {text}") from None
+        raise type(error)(f"{path} line {lines[error.index]}: {error}", index=error.index,
+                          field=error.field) from None
 
 
 @command(group, "enqueue")
@@ -119,9 +112,11 @@ def enqueue(batch_file: str | None, **fields: Any) -> dict:
 @click.option("--worker", "worker_alias", hidden=True)  # the old name, kept so existing scripts keep working
 @click.option("--queue", help="Only jobs of this queue.")
 @click.option("--type", "job_type", help="Only jobs of this type.")
-@click.option("--limit", type=int, default=1, show_default=True, help="Jobs to lease at most (1 to 1,000).")
+@click.option("--limit", type=int, default=1, show_default=True,
+              help=f"Jobs to lease at most (1 to {validation.MAX_CLAIM_LIMIT:,}).")
 @click.option("--lease-seconds", type=float, default=validation.DEFAULT_LEASE_SECONDS, show_default=True,
-              help="Lease duration (1 s to 24 h); heartbeats extend it.")
+              help=f"Lease duration ({validation.MIN_LEASE_SECONDS:g} to {validation.MAX_LEASE_SECONDS:g} s); "
+                   "heartbeats extend it.")
 def claim(worker_id: str | None, worker_alias: str | None, queue: str | None, job_type: str | None, limit: int,
           lease_seconds: float) -> dict:
     """Lease up to LIMIT ready jobs, each under a fresh lease id."""
@@ -138,7 +133,7 @@ def claim(worker_id: str | None, worker_alias: str | None, queue: str | None, jo
 @click.argument("job_id")
 @click.option("--lease", "lease_id", required=True, help="The lease id the claim answered.")
 @click.option("--progress", type=float, help="Fraction done, 0 to 1.")
-@click.option("--message", help="What the job is doing (at most 1,024 characters).")
+@click.option("--message", help=f"What the job is doing (at most {validation.MAX_MESSAGE_CHARS:,} characters).")
 def heartbeat(job_id: str, lease_id: str, progress: float | None, message: str | None) -> dict:
     """Extend a lease and report progress; answers whether cancellation was requested."""
     return invoke("jobs.heartbeat", {"job_id": job_id, "lease_id": lease_id, "progress": progress,
@@ -158,7 +153,7 @@ def ack(job_id: str, lease_id: str, artifacts: tuple[str, ...]) -> dict:
 @command(group, "fail")
 @click.argument("job_id")
 @click.option("--lease", "lease_id", required=True, help="The lease id the claim answered.")
-@click.option("--error", required=True, help="What went wrong (at most 4,096 characters).")
+@click.option("--error", required=True, help=f"What went wrong (at most {validation.MAX_ERROR_CHARS:,} characters).")
 @click.option("--retry-after", type=float, help="Seconds before the retry (overrides backoff).")
 @click.option("--no-retry", is_flag=True, help="Fail for good instead of retrying.")
 def fail(job_id: str, lease_id: str, error: str, retry_after: float | None, no_retry: bool) -> dict:
@@ -200,7 +195,7 @@ def recover() -> dict:
 
 @command(group, "replay")
 @click.argument("job_id")
-@click.option("--reason", help="Why (recorded in the audit log; at most 256 characters).")
+@click.option("--reason", help=f"Why (recorded in the audit log; at most {validation.MAX_REASON_CHARS} characters).")
 @click.option("--again", is_flag=True, help="Replay a job that already has a replay once more.")
 def replay(job_id: str, reason: str | None, again: bool) -> dict:
     """Clone a dead-lettered, failed or timed-out job into a new high-priority job with replay_of set (once,

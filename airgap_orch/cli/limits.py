@@ -6,12 +6,15 @@ from typing import Any
 
 import click
 
+from .. import validation
 from .context import command, invoke, settings
 from .output import _table
 
-_REASON = click.option("--reason", help="Why (at most 256 characters); recorded in the audit log.")
-_REASON_REQUIRED = click.option("--reason", help="Why (required, at most 256 characters); recorded in the audit log.")
-_TICKET = click.option("--ticket", help="Change ticket (at most 128 characters).")
+_REASON = click.option("--reason", help=f"Why (at most {validation.MAX_REASON_CHARS} characters); recorded in the "
+                                        "audit log.")
+_REASON_REQUIRED = click.option("--reason", help=f"Why (required, at most {validation.MAX_REASON_CHARS} characters); "
+                                                 "recorded in the audit log.")
+_TICKET = click.option("--ticket", help=f"Change ticket (at most {validation.MAX_TICKET_CHARS} characters).")
 
 
 def _listing(result: dict[str, Any], field: str, columns: tuple[str, ...], empty: str) -> dict | None:
@@ -33,7 +36,7 @@ def quota() -> None:
 @click.option("--max-active", type=int, help="Jobs of the tenant leased or running at once.")
 @click.option("--max-per-hour", type=int, help="Claims per hour, refilled continuously.")
 @click.option("--burst", type=int, help="Claims at once above the hourly pace (default: --max-per-hour).")
-@click.option("--reason", help="Why (required, at most 256 characters).")
+@click.option("--reason", help=f"Why (required, at most {validation.MAX_REASON_CHARS} characters).")
 @_TICKET
 def quota_set(tenant: str, max_active: int | None, max_per_hour: int | None, burst: int | None, reason: str | None,
               ticket: str | None) -> dict:
@@ -64,7 +67,7 @@ def quota_list() -> dict | None:
 
 @command(quota, "delete")
 @click.option("--tenant", required=True)
-@click.option("--reason", help="Why (required, at most 256 characters).")
+@click.option("--reason", help=f"Why (required, at most {validation.MAX_REASON_CHARS} characters).")
 @_TICKET
 def quota_delete(tenant: str, reason: str | None, ticket: str | None) -> dict:
     """Remove a tenant's quota. Needs --reason."""
@@ -197,7 +200,7 @@ def queues() -> None:
 
 @command(queues, "pause")
 @click.argument("queue")
-@click.option("--reason", help="Why (required, at most 256 characters).")
+@click.option("--reason", help=f"Why (required, at most {validation.MAX_REASON_CHARS} characters).")
 @_TICKET
 def queues_pause(queue: str, reason: str | None, ticket: str | None) -> dict:
     """Pause QUEUE: its jobs stay queued and none is claimed until `queues resume`. Needs --reason."""

@@ -6,11 +6,12 @@ from typing import Any
 
 import click
 
+from .. import validation
 from .context import command, invoke, settings
 from .jobs import _payload
 from .output import _table
 
-_TICKET = click.option("--ticket", help="Change ticket (at most 128 characters).")
+_TICKET = click.option("--ticket", help=f"Change ticket (at most {validation.MAX_TICKET_CHARS} characters).")
 
 
 @click.group("sources")
@@ -29,7 +30,7 @@ def group() -> None:
 @click.option("--missed", type=click.Choice(["skip", "backfill"]), default="skip", show_default=True,
               help="Ticks missed while nothing ran: skip them, or backfill their windows.")
 @click.option("--payload", help="JSON object (or @FILE) each job's payload starts from.")
-@click.option("--reason", help="Why (at most 256 characters); recorded in the audit log.")
+@click.option("--reason", help=f"Why (at most {validation.MAX_REASON_CHARS} characters); recorded in the audit log.")
 @_TICKET
 def add(tenant: str, name: str, job_type: str, project: str | None, queue: str | None, host: str | None,
         schedule: str | None, missed: str, payload: str | None, reason: str | None, ticket: str | None) -> dict:
@@ -66,7 +67,7 @@ def show(name: str) -> dict:
 
 @command(group, "pause")
 @click.argument("name")
-@click.option("--reason", help="Why (required, at most 256 characters).")
+@click.option("--reason", help=f"Why (required, at most {validation.MAX_REASON_CHARS} characters).")
 @_TICKET
 def pause(name: str, reason: str | None, ticket: str | None) -> dict:
     """Pause source NAME: its jobs stay queued and none is claimed; its schedule waits. Needs --reason."""
@@ -75,7 +76,7 @@ def pause(name: str, reason: str | None, ticket: str | None) -> dict:
 
 @command(group, "resume")
 @click.argument("name")
-@click.option("--reason", help="Why (at most 256 characters); recorded in the audit log.")
+@click.option("--reason", help=f"Why (at most {validation.MAX_REASON_CHARS} characters); recorded in the audit log.")
 @_TICKET
 def resume(name: str, reason: str | None, ticket: str | None) -> dict:
     """Resume source NAME; ticks missed while paused meet its missed-tick policy at the next run."""

@@ -16,6 +16,7 @@ from ..orchestrator import backfills as core
 
 Progress = Callable[[int, int], None]  # (records built, records in all)
 _PROGRESS_EVERY = 500
+MAX_LIST = 10_000  # backfills one list answers at most
 
 
 def backfill_id(value: Any) -> str:
@@ -103,7 +104,7 @@ def list_backfills(ledger: Ledger, *, tenant: str | None = None, job_type: str |
         raise InvalidInput(f"unknown backfill state {state!r}; use {core.ACTIVE} or {core.CANCELED}")
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise InvalidInput("limit must be a whole number")
-    limit = int(validation.number_in(limit, 1, 10_000, "limit"))
+    limit = int(validation.number_in(limit, 1, MAX_LIST, "limit"))
     read = ledger.read()
     rows = read.rows("backfill_list", tenant=tenant, job_type=job_type, state=state, limit=limit,
                      tenants=sorted(tenants) if tenants is not None else None)

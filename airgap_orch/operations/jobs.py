@@ -6,7 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from .. import clock, validation
+from .. import clock, schemas, validation
 from ..errors import Forbidden, OrchError, exit_code_for
 from ..ledger import Ledger, Transaction
 from ..orchestrator import claims, operator, recovery, render, reports
@@ -37,15 +37,19 @@ def enqueue(ledger: Ledger, spec: Any, *, actor: str = "cli", tenants: Collectio
 
 def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli",
                   tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """All specs in one transaction; one invalid spec refuses the whole batch."""
-    if not isinstance(specs, list) or not specs:
-        raise validation.InvalidInput("a batch must be a non-empty list of job specs")
-    if len(specs) > validation.MAX_BATCH_JOBS:
-        raise validation.InvalidInput(f"batch has {len(specs)} jobs; the limit is {validation.MAX_BATCH_JOBS}: "
-                                      "split the file")
-    records = [validation.job_spec(spec, f"job {number}") for number, spec in enumerate(specs, 1)]
-    for record in records:
-        _allowed(record, tenants)
+    """All specs in one transaction; one invalid spec refuses the whole batch, and the error carries its index."""
+    schemas.validate("enqueue-batch-request", {"jobs": specs}, "batch")
+    records = []
+    for index, spec in enumerate(specs):
+        try:
+            records.append(validation.job_spec(spec, f"job {index + 1}", shape_checked=True))
+        except OrchError as error:
+            raise error.at(index) from None
+    for index, record in enumerate(records):
+        try:
+            _allowed(record, tenants)
+        except OrchError as error:
+            raise error.at(index) from None
     with ledger.transaction() as tx:
         results = enqueue_records(tx, records, actor=actor)
     created = sum(1 for _, was_created in results if was_created)
@@ -80,7 +84,7 @@ def claim_request(*, worker_id: str, limit: int = 1, lease_seconds: float | None
                   job_type: str | None = None, actor: str = "cli",
                   tenants: Collection[str] | None = None) -> ClaimRequest:
     """The claim asked for, validated: the one step from parameters to a claim, on every path."""
-    validation.text(worker_id, 128, "worker id", required=True)
+    validation.text(worker_id, validation.MAX_WORKER_ID_CHARS, "worker id", required=True)
     return ClaimRequest(worker_id, validation.claim_limit(limit), validation.lease_seconds(lease_seconds), queue,
                         job_type, tenants)
 
@@ -156,11 +160,14 @@ def ack_many_reports(acks: list[dict[str, Any]], *, actor: str = "cli",
     if not isinstance(acks, list) or not acks or len(acks) > validation.MAX_CLAIM_LIMIT:
         raise validation.InvalidInput(f"acks must be a list of 1 to {validation.MAX_CLAIM_LIMIT} items")
     items = []
-    for number, given in enumerate(acks, 1):
+    for index, given in enumerate(acks):
         if not isinstance(given, dict):
-            raise validation.InvalidInput(f"ack {number} must be an object with job_id and lease_id")
-        items.append(ack_item(given.get("job_id"), given.get("lease_id"), artifacts=given.get("artifacts"),
-                              tenants=tenants))
+            raise validation.InvalidInput(f"ack {index + 1} must be an object with job_id and lease_id").at(index)
+        try:
+            items.append(ack_item(given.get("job_id"), given.get("lease_id"), artifacts=given.get("artifacts"),
+                                  tenants=tenants))
+        except OrchError as error:
+            raise error.at(index) from None
     return Reports("ack", items, many=True)
 
 
@@ -242,7 +249,7 @@ def replay(ledger: Ledger, job_ids: list[str], *, again: Any = False, actor: str
            tenants: Collection[str] | None = None) -> dict[str, Any]:
     if not job_ids:
         raise validation.InvalidInput("name at least one job id to replay; see `deadletter list`")
-    checked = [validation.job_id(job_id) for job_id in job_ids]
+    checked = validation.job_ids(job_ids)
     with ledger.transaction() as tx:
         return {"replays": operator.replay(tx, checked, actor=actor, priority=100, tenants=tenants,
                                        again=validation.flag(again, "again"))}

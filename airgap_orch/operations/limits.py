@@ -217,8 +217,9 @@ def breaker_set(ledger: Ledger, *, key: Any, failures: Any = None, cooldown: Any
     """A breaker on `key`: opens after `failures` consecutive failures, lets one probe job through after
     `cooldown` seconds, closes when the probe succeeds."""
     checked_key = validation.flow_key(key)
-    threshold = validation.whole_number(failures, "failures", high=10_000)
-    cool = float(validation.number_in(cooldown, 1.0, validation.MAX_COOLDOWN_SECONDS, "cooldown seconds"))
+    threshold = validation.whole_number(failures, "failures", high=validation.MAX_BREAKER_FAILURES)
+    cool = float(validation.number_in(cooldown, validation.MIN_COOLDOWN_SECONDS, validation.MAX_COOLDOWN_SECONDS,
+                                      "cooldown seconds"))
     checked_reason, checked_ticket = validation.reason_and_ticket(reason, ticket, )
     _may_touch(tenants, key=checked_key)
     with ledger.transaction() as tx:

@@ -16,7 +16,7 @@ from ..orchestrator import operator, rows
 from ..orchestrator.states import next_state
 
 REPLAY_PRIORITY = 100  # replays jump ahead of ordinary work (job priorities run -1000..1000)
-MAX_BULK_REPLAY = 10_000
+MAX_BULK_REPLAY = validation.MAX_BULK_REPLAY
 
 
 def replay_job(ledger: Ledger, job_id: Any, *, reason: Any = None, again: Any = False, actor: str = "cli",
@@ -44,7 +44,7 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
             raise InvalidInput("name job ids or --tenant/--type/--since, not both")
         if not isinstance(job_ids, list) or not job_ids or len(job_ids) > MAX_BULK_REPLAY:
             raise InvalidInput(f"job ids must be a list of 1 to {MAX_BULK_REPLAY} ids")
-        chosen = [validation.job_id(job_id) for job_id in job_ids]
+        chosen = validation.job_ids(job_ids)
         if dry_run:
             read = ledger.read()
             for job_id in chosen:  # the checks operator.replay makes, without writing
@@ -56,7 +56,7 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
         if missing:
             raise InvalidInput(f"bulk replay needs {', '.join(missing)} (or name job ids)")
         for flag in ("--tenant", "--type"):
-            validation.text(filters[flag], 128, flag, required=True)
+            validation.text(filters[flag], validation.MAX_NAME_CHARS, flag, required=True)
         moment = validation.timestamp(since, "--since")
         found = ledger.read().rows("deadletters_matching", tenant=tenant, job_type=type, since=moment,
                                    tenants=sorted(tenants) if tenants is not None else None,

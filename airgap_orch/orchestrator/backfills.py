@@ -104,7 +104,7 @@ def windows(start: datetime, end: datetime, step_seconds: int) -> list[tuple[dat
     out = []
     current = start
     while current < end:
-        following = min(current + step, end)
+        following = end if end - current <= step else current + step  # a step past year 9999 ends at `end`
         out.append((current, following))
         current = following
     return out

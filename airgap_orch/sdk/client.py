@@ -60,7 +60,8 @@ def prepare_call(name: str, params: dict[str, Any] | None) -> PreparedCall:
 def decode_answer(status: int, answer: dict[str, Any]) -> dict[str, Any]:
     """The answer, or the OrchError its problem+json stands for."""
     if status >= 400:
-        raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or f"HTTP {status}")
+        raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or f"HTTP {status}",
+                           index=answer.get("index"), field=answer.get("field"))
     return answer
 
 

@@ -83,8 +83,8 @@ log = logging.getLogger("airgap_orch.sdk")
 
 Handler = Callable[[Any], "list[dict[str, str]] | None"]
 
-MAX_ACK_BATCH = 1000  # schemas/ack-many-request.schema.json maxItems
-MAX_PREFETCH = 1000  # validation.MAX_CLAIM_LIMIT: one claim can fill it
+MAX_ACK_BATCH = validation.MAX_ACKS  # schemas/ack-many-request.schema.json maxItems
+MAX_PREFETCH = validation.MAX_CLAIM_LIMIT  # one claim can fill it
 RETRY_CAP_SECONDS = 5.0  # longest pause between the worker's own retries (after the client's retries)
 RELEASE_THREADS = 8  # concurrent jobs.release requests when giving back many jobs at once
 
@@ -101,7 +101,7 @@ class Worker:
                  max_unreported: int | None = None, prefetch: int = 0,
                  on_finished: Callable[[JobResult], None] | None = None):
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        validation.text(self.worker_id, 128, "worker id", required=True)
+        validation.text(self.worker_id, validation.MAX_WORKER_ID_CHARS, "worker id", required=True)
         self.concurrency = int(validation.number_in(concurrency, 1, 256, "concurrency"))
         self.prefetch = int(validation.number_in(prefetch, 0, MAX_PREFETCH, "prefetch"))
         self.lease_seconds = validation.lease_seconds(lease_seconds)

@@ -39,12 +39,18 @@ MAX_IDEMPOTENCY_KEY = 128
 MAX_CLAIM_WAIT = 60.0
 
 
-def problem(status: int, slug_or_type: str, detail: str, exit_code: int | None = None) -> web.Response:
+def problem(status: int, slug_or_type: str, detail: str, exit_code: int | None = None, *, index: int | None = None,
+            field: str | None = None) -> web.Response:
+    """A problem+json answer; `index` and `field` say where a refused request went wrong (OrchError), as data."""
     problem_type = slug_or_type if slug_or_type.startswith("http") else PROBLEM_BASE + slug_or_type
-    body = {"type": problem_type, "title": problem_type.rsplit("/", 1)[-1].replace("-", " "), "status": status,
-            "detail": detail}
+    body: dict[str, Any] = {"type": problem_type, "title": problem_type.rsplit("/", 1)[-1].replace("-", " "),
+                            "status": status, "detail": detail}
     if exit_code is not None:
         body["exit_code"] = exit_code
+    if index is not None:
+        body["index"] = index
+    if field is not None:
+        body["field"] = field
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 
@@ -55,7 +61,7 @@ def error_response(error: OrchError) -> web.Response:
         error = Forbidden(str(error))
     status, problem_type = http_problem(error)
     response = problem(status, problem_type, str(error).splitlines()[0] if str(error) else type(error).__name__,
-                       exit_code_for(error))
+                       exit_code_for(error), index=error.index, field=error.field)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="airgap-orch"'
     return response

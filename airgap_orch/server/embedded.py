@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from .. import schemas
 from ..operations.dispatch import Caller
 from ..orchestrator.states import HELD_STATES, QUEUED
 from ..sdk.worker import Handler, Worker
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 TOKEN_LIFETIME = timedelta(minutes=15)
 TOKEN_RENEW_EVERY = TOKEN_LIFETIME.total_seconds() / 3
 TOKEN_SUBJECT = "embedded-worker"
-MAX_TENANTS = 64  # schemas/token-claims.schema.json tenants.maxItems
+MAX_TENANTS: int = schemas.at("token-claims", "/properties/tenants/maxItems")
 # Short long-polls over loopback: a new token (a new tenant) and a stop take effect within a second.
 CLAIM_WAIT = 1.0
 _CREATED = '"event_type":"job.created"'

@@ -113,7 +113,7 @@ class RunnerConfig:
     def __post_init__(self) -> None:
         if not self.handlers:
             raise InvalidInput("name at least one handler: --handler JOBTYPE=module:function")
-        validation.text(self.worker_id, 128, "worker id", required=True)
+        validation.text(self.worker_id, validation.MAX_WORKER_ID_CHARS, "worker id", required=True)
         validation.number_in(self.concurrency, 1, MAX_CONCURRENCY, "concurrency")
         validation.lease_seconds(self.lease_seconds)
         if self.max_jobs is not None:
