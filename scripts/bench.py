@@ -74,6 +74,7 @@ from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as jobs_ops
 from airgap_orch.orchestrator import jobs as core
 from airgap_orch.orchestrator.states import FINAL_STATES, sources
+from airgap_orch.sdk.client import OrchClient
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_ID = "bench-worker-1"
@@ -997,7 +998,8 @@ def _door_phase(bench: Bench, label: str, bad_per_s: float) -> dict[str, float]:
                 for thread in threads:
                     thread.join(60)
                 timer.jobs = sum(good_counts)
-            listed = json.loads(_http(f"http://{host}:{port}/v1/jobs?type={DOOR_JOB_TYPE}&limit=100000"))["jobs"]
+            listed = OrchClient(f"http://{host}:{port}").read_pages("jobs.list", {"type": DOOR_JOB_TYPE},
+                                                                   limit=100_000)["jobs"]
         finally:
             stop.set()
             _stop_processes(children)

@@ -10,6 +10,7 @@ import click
 from .. import validation
 from ..errors import InvalidInput
 from .context import command, invoke
+from .paging import invoke_listing
 
 _JOB_NUMBER = re.compile(r"job (\d+)(?=[ .:]|$)")
 _BODY_JOB = re.compile(r"body\.jobs\[(\d+)\]")  # a server's schema check names a spec by its index in the body
@@ -179,10 +180,11 @@ def cancel(job_id: str, reason: str) -> dict:
 @click.option("--state")
 @click.option("--tenant")
 @click.option("--type", "job_type")
-@click.option("--limit", type=int, default=1000, show_default=True)
+@click.option("--limit", type=int, default=1000, show_default=True,
+              help="Jobs to list at most (1 to 100,000), read a page at a time.")
 def list_(state: str | None, tenant: str | None, job_type: str | None, limit: int) -> dict:
     """Jobs, oldest first."""
-    return invoke("jobs.list", {"state": state, "tenant": tenant, "type": job_type, "limit": limit})
+    return invoke_listing("jobs.list", {"state": state, "tenant": tenant, "type": job_type}, limit)
 
 
 @command(group, "show")

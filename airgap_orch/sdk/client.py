@@ -162,3 +162,8 @@ class OrchClient:
             raise from_problem(answer.get("type", ""), answer.get("detail") or answer.get("title") or
                                f"HTTP {status}")
         return answer
+
+    def read_pages(self, name: str, params: dict[str, Any] | None = None, *, limit: int) -> dict[str, Any]:
+        """Up to `limit` rows of a paged listing (jobs.list, deadletter.list, ledger.events, audit.list), following
+        next_cursor page by page (api.read_pages)."""
+        return api.read_pages(self.call, name, params or {}, limit)

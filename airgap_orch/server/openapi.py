@@ -10,9 +10,19 @@ import functools
 import re
 from typing import Any
 
-from .. import __version__, api, schemas
+from .. import __version__, api, schemas, validation
 
 _PATH_PARAM = re.compile(r"{([a-z_]+)}")
+# Listings answer a page at a time (validation.MAX_PAGE_ROWS, MAX_PAGE_PAYLOAD_BYTES).
+_PAGE = (f"One page: at most `limit` rows and at most {validation.MAX_PAGE_ROWS:,} (a page of jobs also ends before "
+         f"its payloads pass {validation.MAX_PAGE_PAYLOAD_BYTES // (1024 * 1024)} MiB), each page read in a short "
+         "read-only transaction of its own; next_cursor continues after it, null when nothing follows")
+_PAGING = {
+    "limit": f"Rows wanted (default 1,000); a page holds at most {validation.MAX_PAGE_ROWS:,}: follow next_cursor "
+             "for the rest",
+    "cursor": "The next_cursor of the previous page, as it was given (opaque); leave out for the first page",
+    "after_seq": "Start after this seq (instead of a cursor)",
+}
 
 
 def _component(name: str) -> dict[str, Any]:
@@ -67,13 +77,21 @@ def document() -> dict[str, Any]:
             "responses": {"200": {"description": "OK", "content": {"application/json": {
                 "schema": {"type": "object"}}}}, **_problem_responses()},
         }
+        paged = any(name == "cursor" for name, _ in route.query)
         for name, kind in route.query:
             schema: dict[str, Any] = {"type": kind}
             if kind == "integer":
                 schema.update(minimum=0 if name == "after_seq" else 1, maximum=100_000)
             else:
-                schema.update(minLength=1, maxLength=128)
-            operation["parameters"].append({"name": name, "in": "query", "required": False, "schema": schema})
+                schema.update(minLength=1, maxLength=512 if name == "cursor" else 128)
+            parameter = {"name": name, "in": "query", "required": False, "schema": schema}
+            if paged and name in _PAGING:
+                parameter["description"] = _PAGING[name]
+            operation["parameters"].append(parameter)
+        if paged:
+            operation["responses"]["200"] = {"description": _PAGE, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["next_cursor"], "properties": {"next_cursor": {
+                    "type": ["string", "null"], "description": "Pass as ?cursor= for the next page; null: no more"}}}}}}
         for needed, header, limit in ((route.needs_reason, "X-Orch-Reason", 256),
                                       (route.needs_ticket, "X-Orch-Ticket", 128)):
             if needed or route.takes_reason:  # operational overrides carry a reason (and a ticket where asked)
