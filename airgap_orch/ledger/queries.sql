@@ -211,8 +211,9 @@ WHERE ($state IS NULL OR state = $state)
   AND ($tenant IS NULL OR tenant = $tenant)
   AND ($job_type IS NULL OR job_type = $job_type)
   AND ($tenants IS NULL OR list_contains($tenants, tenant))
-  AND ($after_created_at IS NULL OR created_at > $after_created_at
-       OR (created_at = $after_created_at AND job_id > $after_job_id))
+  -- The range test alone first: DuckDB skips the row groups before it (min/max per group); an OR would not.
+  AND created_at >= coalesce($after_created_at, '-infinity'::TIMESTAMP)
+  AND ($after_created_at IS NULL OR created_at > $after_created_at OR job_id > $after_job_id)
 ORDER BY created_at, job_id
 LIMIT $limit
 
