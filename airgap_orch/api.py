@@ -9,7 +9,9 @@ query string (GET).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 API_PREFIX = "/v1"
 # An operational override's reason and ticket (DESIGN invariant 8) travel in these headers, not in the body.
@@ -25,7 +27,7 @@ class Route:
     scope_of: str  # key in auth.scopes.OPERATION_SCOPES
     summary: str
     request_schema: str | None = None  # schemas/<name>.schema.json
-    mutating: bool = False  # accepts Idempotency-Key; goes through the writer
+    mutating: bool = False  # accepts Idempotency-Key; goes through the writer (else: a reader, on snapshots)
     query: tuple[tuple[str, str], ...] = ()  # GET parameters: (name, JSON type)
     # Operational overrides (DESIGN invariant 8): the server takes `reason` from the X-Orch-Reason header
     # and `ticket` from X-Orch-Ticket, and answers 400 when a needed one is missing.
@@ -50,20 +52,22 @@ ROUTES: tuple[Route, ...] = (
           "lease-request", True),
     Route("jobs.cancel", "POST", "/v1/jobs/{job_id}/cancel", "cancel", "Cancel or request cancellation",
           "cancel-request", True),
-    Route("jobs.list", "GET", "/v1/jobs", "list", "List jobs",
-          query=(("state", "string"), ("tenant", "string"), ("type", "string"), ("limit", "integer"))),
+    Route("jobs.list", "GET", "/v1/jobs", "list", "List jobs in creation order, a page at a time",
+          query=(("state", "string"), ("tenant", "string"), ("type", "string"), ("limit", "integer"),
+                 ("cursor", "string"))),
     Route("jobs.show", "GET", "/v1/jobs/{job_id}", "show", "One job with its history"),
     Route("jobs.recover", "POST", "/v1/jobs/recover", "recover", "Recover expired leases now", None, True),
-    Route("deadletter.list", "GET", "/v1/deadletter", "deadletter_list", "Dead-lettered jobs",
-          query=(("tenant", "string"), ("type", "string"))),
+    Route("deadletter.list", "GET", "/v1/deadletter", "deadletter_list", "Dead-lettered jobs, a page at a time",
+          query=(("tenant", "string"), ("type", "string"), ("limit", "integer"), ("cursor", "string"))),
     Route("deadletter.replay", "POST", "/v1/deadletter/replay", "replay", "Replay dead-lettered jobs",
           "replay-request", True),
     Route("ledger.info", "GET", "/v1/ledger", "ledger_info", "Ledger identity and counts"),
     Route("ledger.verify", "POST", "/v1/ledger/verify", "ledger_verify", "Verify chain and state tables"),
-    Route("ledger.events", "GET", "/v1/ledger/events", "events", "Transitions as orch.event.v1 envelopes",
-          query=(("after_seq", "integer"), ("limit", "integer"))),
-    Route("audit.list", "GET", "/v1/audit", "audit_list", "Audit log entries, oldest first",
-          query=(("since", "string"), ("after_seq", "integer"), ("limit", "integer"))),
+    Route("ledger.events", "GET", "/v1/ledger/events", "events",
+          "Transitions as orch.event.v1 envelopes, a page at a time",
+          query=(("after_seq", "integer"), ("limit", "integer"), ("cursor", "string"))),
+    Route("audit.list", "GET", "/v1/audit", "audit_list", "Audit log entries, oldest first, a page at a time",
+          query=(("since", "string"), ("after_seq", "integer"), ("limit", "integer"), ("cursor", "string"))),
     Route("audit.verify", "POST", "/v1/audit/verify", "audit_verify", "Verify the audit log's hash chain"),
     Route("jobs.replay", "POST", "/v1/jobs/{job_id}/replay", "replay",
           "Replay a dead-lettered, failed or timed-out job as a new high-priority job", "job-replay-request", True),
@@ -142,3 +146,26 @@ def path_for(route: Route, params: dict) -> tuple[str, dict]:
         key = path[start + 1:end]
         path = path[:start] + str(rest.pop(key)) + path[end + 1:]
     return path, rest
+
+
+# What each paged listing answers its rows under (a page also carries `next_cursor`).
+PAGED_ITEMS = {"jobs.list": "jobs", "deadletter.list": "jobs", "ledger.events": "events", "audit.list": "entries"}
+
+
+def read_pages(call: Callable[[str, dict[str, Any]], dict[str, Any]], name: str, params: dict[str, Any],
+               limit: int) -> dict[str, Any]:
+    """Up to `limit` rows of listing `name`, read page by page with `call(name, params)` (a page holds at most
+    validation.MAX_PAGE_ROWS): the last page's answer with every page's rows, and its `next_cursor` (None: the
+    listing ended before `limit`). `after_seq`, if given, starts the first page; the cursor takes over after it."""
+    items = PAGED_ITEMS[name]
+    rows: list[Any] = []
+    first = {key: value for key, value in params.items() if key != "cursor"}
+    answer = call(name, {**first, "limit": limit})
+    while True:
+        rows.extend(answer[items])
+        cursor = answer.get("next_cursor")
+        if cursor is None or len(rows) >= limit or not answer[items]:
+            break
+        rest = {key: value for key, value in first.items() if key != "after_seq"}
+        answer = call(name, {**rest, "limit": limit - len(rows), "cursor": cursor})
+    return {**answer, items: rows, "next_cursor": cursor}

@@ -276,11 +276,11 @@ def _run(ledger_path: Path, work_dir: Path, lock_timeout: float, step: Callable[
             step(f"worker-B pid {worker_b.pid} started")
             recovered_after, finished_after = _watch(client, len(job_ids), long_scan_id, worker_b, server,
                                                      children, killed_at, step)
-            jobs = client.call("jobs.list", {"limit": 10_000})["jobs"]
-            dead = client.call("deadletter.list")["jobs"]
+            jobs = client.read_pages("jobs.list", limit=10_000)["jobs"]
+            dead = client.read_pages("deadletter.list", limit=10_000)["jobs"]
             recovered = client.call("jobs.show", {"job_id": long_scan_id})
             dependents = [client.call("jobs.show", {"job_id": job_id}) for job_id in reports]
-            peak_scans = _peak(client.call("ledger.events", {"limit": 100_000})["events"], "scan.image")
+            peak_scans = _peak(client.read_pages("ledger.events", limit=100_000)["events"], "scan.image")
         finally:
             client.close()
 

@@ -9,6 +9,8 @@ Every function raises InvalidInput with a one-line message that says what was wr
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -40,6 +42,13 @@ MAX_MESSAGE_CHARS: int = _at("heartbeat-request", "/properties/message/maxLength
 MAX_BULK_REPLAY: int = _at("replay-request", "/properties/job_ids/maxItems")
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_QUEUE = "default"
+# Listings (jobs, events, audit entries) are read a page at a time, each page in a short read transaction of its
+# own: `limit` asks for at most MAX_LIST_LIMIT rows, a page holds at most MAX_PAGE_ROWS of them, and a page of jobs
+# ends before its payloads (up to MAX_PAYLOAD_BYTES each) pass MAX_PAGE_PAYLOAD_BYTES (always at least one job).
+# `next_cursor` continues after the page's last row.
+MAX_LIST_LIMIT = 100_000
+MAX_PAGE_ROWS = 1_000
+MAX_PAGE_PAYLOAD_BYTES = 4 * 1024 * 1024
 
 
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -237,6 +246,48 @@ def number_in(value: float, low: float, high: float, what: str) -> float:
     if not low <= value <= high:
         raise InvalidInput(f"{what} is {value:.12g}; it must be between {low:g} and {high:g}")
     return value
+
+
+def list_limit(value: Any) -> int:
+    """How many rows a listing asks for (1 to MAX_LIST_LIMIT); a page holds at most MAX_PAGE_ROWS of them."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"limit must be a whole number between 1 and {MAX_LIST_LIMIT}")
+    return int(number_in(value, 1, MAX_LIST_LIMIT, "limit"))
+
+
+def page_cursor(listing: str, key: list[Any]) -> str:
+    """The opaque `next_cursor` of a page of `listing` ('jobs', 'events', 'audit'): where the next page starts,
+    as the key of this page's last row (text a client passes back as it is). A datetime goes in as ISO text."""
+    parts = [part.isoformat() if isinstance(part, datetime) else part for part in key]
+    text = json.dumps([listing, *parts], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def cursor(value: Any, listing: str, shape: tuple[type, ...]) -> list[Any]:
+    """The key inside a cursor page_cursor(listing, ...) made, whose parts have the types in `shape` (a datetime
+    as ISO text); anything else (edited, cut short, from another listing) is InvalidInput."""
+    refused = InvalidInput(f"cursor {schemas.shown(str(value), 40)} is not one a page of {listing} gave out; pass "
+                           "the next_cursor of the previous page as it is, or leave cursor out to start at the first "
+                           "page")
+    if not isinstance(value, str) or not 0 < len(value) <= 512:
+        raise refused
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode())
+    except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError, ValueError):
+        raise refused from None
+    if not isinstance(decoded, list) or len(decoded) != len(shape) + 1 or decoded[0] != listing:
+        raise refused
+    key = []
+    for part, kind in zip(decoded[1:], shape, strict=True):
+        if kind is datetime and isinstance(part, str):
+            try:
+                part = datetime.fromisoformat(part)
+            except ValueError:
+                raise refused from None
+        if not isinstance(part, kind) or isinstance(part, bool):
+            raise refused
+        key.append(part)
+    return key
 
 
 def lease_seconds(value: float | None) -> float:

@@ -39,6 +39,9 @@ What is measured (issue 2, "Performance"):
   by side in the same run with the raw pipeline on the same data (DuckDB `COPY (query) TO ... (FORMAT PARQUET,
   COMPRESSION ZSTD)` of the same export queries, plus sha256 of the files). bundle_export_over_raw is the time
   ratio (target <= 2).
+- reads beside claims (issue 14): a large ledger (1M queued jobs; 100k with --quick) behind a real server; claim
+  latency (client-side, one claim+ack at a time) while a second client pages through every job and then runs
+  `ledger verify`, against the same claims alone; and the WAL's size when the reads end.
 - http group commit: DEFAULT_FLEET (eight workers with the SDK's default settings: many small concurrent
   requests) against a server with and without group commit; group_commit_speedup is their ratio.
 - crash restart: a child process opens the ledger, does single enqueues and is
@@ -83,6 +86,7 @@ from airgap_orch.ledger.store import CHECKPOINT_THRESHOLD
 from airgap_orch.operations import jobs as jobs_ops
 from airgap_orch.orchestrator import claims, recovery, reports
 from airgap_orch.orchestrator.states import FINAL_STATES, sources
+from airgap_orch.sdk.client import OrchClient
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_ID = "bench-worker-1"
@@ -109,6 +113,7 @@ REQUIRED_KEYS = (
     "http_end_to_end_jobs_per_s", "http_claim_p50_ms", "http_claim_p99_ms", "http_no_group_commit_jobs_per_s",
     "group_commit_speedup", "in_process_jobs_per_s", "flow_plain_jobs_per_s", "flow_limited_jobs_per_s",
     "flow_limited_over_plain", "flow_10_tenants_jobs_per_s", "bundle_export_jobs_per_s", "bundle_export_over_raw",
+    "http_claim_p99_ms_under_reads", "http_claim_p99_ms_quiet", "wal_mb_after_reads",
 )
 
 
@@ -125,14 +130,15 @@ class Sizes:
     peer_jobs: int  # N for the Huey comparison
     http_jobs: int  # N for the HTTP end-to-end section (each server configuration, and in-process)
     http_small_jobs: int  # N for the HTTP group-commit section (small requests: a few hundred jobs/s at best)
+    reads_jobs: int  # queued jobs in the ledger a reader pages through and verifies beside claims
 
 
 FULL = Sizes(enqueue_total=100_000, enqueue_batch=10_000, claim_jobs=20_000, claim_jobs_batch1=2_000,
              rate_small=10_000, rate_large=1_000_000, rate_measure=5_000, load_batch=100_000,
-             peer_jobs=10_000, http_jobs=20_000, http_small_jobs=3_000)
+             peer_jobs=10_000, http_jobs=20_000, http_small_jobs=3_000, reads_jobs=1_000_000)
 QUICK = Sizes(enqueue_total=20_000, enqueue_batch=10_000, claim_jobs=5_000, claim_jobs_batch1=500,
               rate_small=10_000, rate_large=200_000, rate_measure=2_000, load_batch=100_000,
-              peer_jobs=5_000, http_jobs=3_000, http_small_jobs=1_500)
+              peer_jobs=5_000, http_jobs=3_000, http_small_jobs=1_500, reads_jobs=100_000)
 
 
 # -- harness ---------------------------------------------------------------------------------------
@@ -1007,7 +1013,8 @@ def _door_phase(bench: Bench, label: str, bad_per_s: float) -> dict[str, float]:
                 for thread in threads:
                     thread.join(60)
                 timer.jobs = sum(good_counts)
-            listed = json.loads(_http(f"http://{host}:{port}/v1/jobs?type={DOOR_JOB_TYPE}&limit=100000"))["jobs"]
+            listed = OrchClient(f"http://{host}:{port}").read_pages("jobs.list", {"type": DOOR_JOB_TYPE},
+                                                                   limit=100_000)["jobs"]
         finally:
             stop.set()
             _stop_processes(children)
@@ -1044,6 +1051,177 @@ def bench_door_bad_requests(bench: Bench) -> Samples:
                "which runs first; door_good_refused counts good requests not answered 200 in both phases (must be 0)")
     return samples
 
+
+
+# -- reads beside claims (issue 14, "Reads must not stall writes") ----------------------------------------
+
+READS_QUIET_SECONDS = {True: 10.0, False: 30.0}  # claims alone, half before the reads and half after; by --quick
+
+
+def _serve(bench: Bench, path: Path, log_file: Any) -> tuple[subprocess.Popen, str]:
+    """A `serve --no-auth` subprocess on `path`, and its URL."""
+    server = subprocess.Popen([sys.executable, "-m", "airgap_orch", "--ledger", str(path), "serve", "--port", "0",
+                               "--no-auth"], stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
+                              text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=bench.workdir)
+    match = re.search(r"\bat (http://\S+)", _read_line(server, 120, "the server"))
+    if match is None:
+        raise RuntimeError("no URL in the server's first line")
+    threading.Thread(target=_drain, args=(server.stdout, deque(maxlen=50)), daemon=True).start()
+    return server, match.group(1)
+
+
+def _claims_until(url: str, stop: threading.Event, floor_seconds: float) -> list[float]:
+    """Claim one job and ack it, over and over on one keep-alive connection, until `stop` is set (and at least
+    `floor_seconds` passed); the latency of each claim in ms, measured here (the client's view)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=300)
+    headers = {"Content-Type": "application/json"}
+    claim = json.dumps({"worker_id": "bench-claimer", "limit": 1, "lease_seconds": 600}).encode()
+    latencies: list[float] = []
+    started = time.perf_counter()
+    try:
+        while not stop.is_set() or time.perf_counter() - started < floor_seconds:
+            sent = time.perf_counter()
+            connection.request("POST", "/v1/jobs/claim", claim, headers)
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            latencies.append((time.perf_counter() - sent) * 1000)
+            if response.status != 200 or not answer.get("leases"):
+                raise RuntimeError(f"claim answered {response.status}: {str(answer)[:200]}")
+            lease = answer["leases"][0]
+            connection.request("POST", f"/v1/jobs/{lease['job_id']}/ack",
+                               json.dumps({"lease_id": lease["lease_id"]}).encode(), headers)
+            response = connection.getresponse()
+            if response.status != 200:
+                raise RuntimeError(f"ack answered {response.status}: {response.read()[:200]!r}")
+            response.read()
+    finally:
+        connection.close()
+    return latencies
+
+
+# The reading client (python -c), a process of its own so that its JSON decoding does not share a GIL with the
+# claimer: page through every job (GET /v1/jobs, next_cursor), then POST /v1/ledger/verify; print the figures.
+READER_PROGRAM = """
+import json, sys, time
+from airgap_orch.sdk.client import OrchClient
+client = OrchClient(sys.argv[1])
+started = time.perf_counter()
+cursor, pages, jobs = None, 0, 0
+while True:
+    page = client.call("jobs.list", {"limit": 100_000, "cursor": cursor}, timeout=300)
+    pages += 1
+    jobs += len(page["jobs"])
+    cursor = page.get("next_cursor")  # a server from before paging answers everything at once, without one
+    if cursor is None:
+        break
+listed = time.perf_counter()
+verified = client.call("ledger.verify", {}, timeout=3_600)
+assert verified.get("ok"), verified
+print(json.dumps({"pages": pages, "jobs_listed": jobs, "list_s": listed - started,
+                  "verify_s": time.perf_counter() - listed}))
+"""
+
+
+def _read_everything(url: str, figures: dict[str, float], log_file: Any) -> None:
+    """Run READER_PROGRAM against the server and add its figures."""
+    done = subprocess.run([sys.executable, "-c", READER_PROGRAM, url], stdout=subprocess.PIPE, stderr=log_file,
+                          text=True, timeout=3_600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the reader exited {done.returncode}; see {log_file.name}")
+    figures.update(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _p(latencies: list[float], q: float) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _reads_run(bench: Bench, source: Path, label: str, quiet_seconds: float) -> dict[str, float]:
+    """One server on a copy of the filled ledger: claims alone for `quiet_seconds` / 2, then claims while a reader
+    pages through every job and verifies the ledger, then claims alone again as long (quiet before and after, so a
+    drift in the machine's load hits both alike); the WAL's size when the reads end."""
+    import shutil
+
+    path = bench.new_path(label, ".duckdb")
+    shutil.copyfile(source, path)
+    figures: dict[str, float] = {}
+    quiet_ms: list[float] = []
+    with open(path.with_suffix(".log"), "w", encoding="utf-8") as log_file:
+        server, url = _serve(bench, path, log_file)
+        try:
+            done = threading.Event()
+            done.set()  # a quiet phase claims for its floor only
+            with bench.timed():
+                quiet_ms += _claims_until(url, done, quiet_seconds / 2)
+            stop = threading.Event()
+            claimed: list[list[float]] = []
+            claimer = threading.Thread(target=lambda: claimed.append(_claims_until(url, stop, 0.0)))
+            with bench.timed():
+                started = time.perf_counter()
+                claimer.start()
+                try:
+                    _read_everything(url, figures, log_file)
+                finally:
+                    stop.set()
+                    claimer.join(600)
+                figures["reads_s"] = time.perf_counter() - started
+            wal = path.with_name(path.name + ".wal")
+            figures["wal_mb"] = wal.stat().st_size / 1e6 if wal.exists() else 0.0
+            if not claimed:
+                raise RuntimeError(f"{label}: the claimer failed; see {log_file.name}")
+            with bench.timed():
+                quiet_ms += _claims_until(url, done, quiet_seconds / 2)
+        finally:
+            _stop_processes([server])
+    reads_ms = claimed[0]
+    return {**figures, "claims_quiet": float(len(quiet_ms)), "claims_under_reads": float(len(reads_ms)),
+            "p50_quiet": _p(quiet_ms, 0.5), "p99_quiet": _p(quiet_ms, 0.99), "max_quiet": max(quiet_ms),
+            "p50_under_reads": _p(reads_ms, 0.5), "p99_under_reads": _p(reads_ms, 0.99),
+            "max_under_reads": max(reads_ms)}
+
+
+@section("reads_beside_claims", "claim latency while a reader pages through every job of a large ledger and "
+         "verifies it, against claims alone; the WAL's size after the reads")
+def bench_reads_beside_claims(bench: Bench) -> Samples:
+    n = bench.sizes.reads_jobs
+    source = bench.new_path("reads-source", ".duckdb")
+    with Ledger.open(source, create=True, site_id="bench-site", lock_timeout=1) as ledger:
+        fill(ledger, n, prefix="reads", batch=bench.sizes.load_batch)
+    samples: Samples = {key: [] for key in (
+        "http_claim_p99_ms_under_reads", "http_claim_p99_ms_quiet", "http_claim_p50_ms_under_reads",
+        "http_claim_p50_ms_quiet", "http_claim_max_ms_under_reads", "http_claim_max_ms_quiet", "wal_mb_after_reads",
+        "claims_under_reads", "claims_quiet", "reads_list_s",
+        "reads_verify_s", "claim_p99_under_reads_over_quiet")}
+    quiet_seconds = READS_QUIET_SECONDS[bench.quick]
+    for run in range(bench.runs):
+        figures = _reads_run(bench, source, f"reads{run}", quiet_seconds)
+        if figures["jobs_listed"] < n:
+            raise RuntimeError(f"the reader listed {figures['jobs_listed']:.0f} jobs of {n}")
+        samples["http_claim_p99_ms_under_reads"].append(figures["p99_under_reads"])
+        samples["http_claim_p99_ms_quiet"].append(figures["p99_quiet"])
+        samples["http_claim_p50_ms_under_reads"].append(figures["p50_under_reads"])
+        samples["http_claim_p50_ms_quiet"].append(figures["p50_quiet"])
+        samples["http_claim_max_ms_under_reads"].append(figures["max_under_reads"])
+        samples["http_claim_max_ms_quiet"].append(figures["max_quiet"])
+        samples["wal_mb_after_reads"].append(figures["wal_mb"])
+        samples["claims_under_reads"].append(figures["claims_under_reads"])
+        samples["claims_quiet"].append(figures["claims_quiet"])
+        samples["reads_list_s"].append(figures["list_s"])
+        samples["reads_verify_s"].append(figures["verify_s"])
+        samples["claim_p99_under_reads_over_quiet"].append(figures["p99_under_reads"] / figures["p99_quiet"])
+    bench.note(f"reads beside claims: a fresh `serve --no-auth` per run on a copy of a ledger of {n:,} queued jobs "
+               "(~115-byte payloads); one client claims one job and acks it, over and over on one keep-alive "
+               "connection, latency of each claim measured by the client. 'under reads': while another client pages "
+               "through every job (GET /v1/jobs, 1,000 a page, following next_cursor) and then runs POST "
+               "/v1/ledger/verify; 'quiet': the same claims alone, half of them before the reads and half after, "
+               f"{READS_QUIET_SECONDS[bench.quick]:g} s in all. "
+               "wal_mb_after_reads: the ledger's .wal file when the reads end (the checkpoint threshold is 64 MiB)")
+    if n != 1_000_000:
+        bench.note(f"--quick: the reads ledger holds {n:,} jobs, not 1M")
+    return samples
 
 WRITER_GROUP = 1_000  # acks queued before the writer starts: one group
 
@@ -1550,6 +1728,18 @@ ROWS = (
     ("restart_slowest_of_20_crashes_no_checkpoint_s", "  slowest, without the recovery checkpoint (s)"),
     ("wal_largest_at_restart_bytes", "largest WAL found at those opens (bytes)"),
     ("wal_largest_at_restart_no_checkpoint_bytes", "  without the recovery checkpoint (bytes)"),
+    ("http_claim_p99_ms_quiet", "claim p99, claims alone (ms, client-side)"),
+    ("http_claim_p99_ms_under_reads", "claim p99 beside a reader listing + verifying (ms)"),
+    ("claim_p99_under_reads_over_quiet", "  under reads / quiet (per run)"),
+    ("http_claim_p50_ms_quiet", "claim p50, claims alone (ms)"),
+    ("http_claim_p50_ms_under_reads", "claim p50 beside the reader (ms)"),
+    ("http_claim_max_ms_quiet", "slowest claim, claims alone (ms)"),
+    ("http_claim_max_ms_under_reads", "slowest claim beside the reader (ms)"),
+    ("claims_quiet", "  claims in the quiet phase"),
+    ("claims_under_reads", "  claims while the reader read"),
+    ("reads_list_s", "  reader: every job, page by page (s)"),
+    ("reads_verify_s", "  reader: ledger verify (s)"),
+    ("wal_mb_after_reads", "WAL after the reads (MB)"),
 )
 
 

@@ -94,3 +94,12 @@ def run_cli_on_a_terminal(ledger_path: Path, *args: str, timeout: float = 60) ->
     finally:
         os.close(controller)
     return CliResult(subprocess.CompletedProcess(command, process.returncode, stdout, "")), shown
+
+
+def list_all(ledger: Ledger, name: str = "jobs.list", limit: int = 100_000, **params: object) -> dict:
+    """Every row of a paged listing (jobs.list, ledger.events, ...) run on `ledger` in this process, up to `limit`:
+    a page holds at most validation.MAX_PAGE_ROWS, so this follows next_cursor as the CLI does."""
+    from airgap_orch import api
+    from airgap_orch.operations import dispatch
+
+    return api.read_pages(lambda operation, given: dispatch.run(ledger, operation, given), name, params, limit)

@@ -9,6 +9,7 @@ from collections import Counter
 
 import duckdb
 import pytest
+from conftest import list_all
 
 from airgap_orch.errors import NotFound, StaleLease
 from airgap_orch.ledger import Ledger, Transaction
@@ -115,7 +116,7 @@ def test_claims_over_the_shared_claim_size_are_served_in_turn(ledger):
     assert [len(leases) for leases in answers] == [1_000, 1_000, 500]
     assert ledger_ops.verify(ledger)["ok"] is True
     assert len({lease["job_id"] for leases in answers for lease in leases}) == 2_500
-    counts = Counter(job["worker_id"] for job in ops.list_jobs(ledger, state="leased", limit=5_000)["jobs"])
+    counts = Counter(job["worker_id"] for job in list_all(ledger, state="leased", limit=5_000)["jobs"])
     assert counts == {"w-0": 1_000, "w-1": 1_000, "w-2": 500}
 
 
@@ -238,7 +239,8 @@ def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger
             assert ran == (["ack_and_claim"] if joined else ["ack", "claim"])
             history = ledger.read().fetch("history_page", after_seq=start, limit=100, tenants=None)
             rows = sorted(ledger.read().rows("jobs_list", state=None, tenant=None, job_type=None, tenants=None,
-                                             limit=100), key=lambda row: row["job_id"])
+                                             after_created_at=None, after_job_id=None, limit=100),
+                          key=lambda row: row["job_id"])
             found[joined] = {
                 "outcomes": [_plain(outcome) for outcome in outcomes],
                 "shares": [[{k: v for k, v in lease.items() if k != "lease_id"} for lease in share]

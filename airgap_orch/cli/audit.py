@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .context import command, invoke, settings
+from .paging import invoke_listing
 
 
 @click.group("audit")
@@ -18,7 +19,7 @@ def group() -> None:
 @click.option("--after-seq", type=int, default=0, show_default=True, help="Only entries after this seq (paging).")
 def list_(since: str | None, limit: int, after_seq: int) -> dict | None:
     """Audit entries, oldest first."""
-    result = invoke("audit.list", {"since": since, "limit": limit, "after_seq": after_seq})
+    result = invoke_listing("audit.list", {"since": since, "after_seq": after_seq}, limit)
     if settings().json:
         return result
     if not result["entries"]:

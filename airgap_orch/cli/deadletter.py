@@ -6,6 +6,7 @@ import click
 
 from .. import validation
 from .context import command, invoke
+from .paging import invoke_listing
 
 
 @click.group("deadletter")
@@ -16,9 +17,11 @@ def group() -> None:
 @command(group, "list")
 @click.option("--tenant")
 @click.option("--type", "job_type")
-def list_(tenant: str | None, job_type: str | None) -> dict:
+@click.option("--limit", type=int, default=1000, show_default=True,
+              help="Jobs to list at most (1 to 100,000), read a page at a time.")
+def list_(tenant: str | None, job_type: str | None, limit: int) -> dict:
     """Dead-lettered jobs."""
-    return invoke("deadletter.list", {"tenant": tenant, "type": job_type})
+    return invoke_listing("deadletter.list", {"tenant": tenant, "type": job_type}, limit)
 
 
 @command(group, "replay")

@@ -9,6 +9,7 @@ import click
 from .. import validation
 from ..errors import InvalidInput, OrchError
 from .context import command, invoke
+from .paging import invoke_listing
 
 MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
 
@@ -174,10 +175,11 @@ def cancel(job_id: str, reason: str) -> dict:
 @click.option("--state")
 @click.option("--tenant")
 @click.option("--type", "job_type")
-@click.option("--limit", type=int, default=1000, show_default=True)
+@click.option("--limit", type=int, default=1000, show_default=True,
+              help="Jobs to list at most (1 to 100,000), read a page at a time.")
 def list_(state: str | None, tenant: str | None, job_type: str | None, limit: int) -> dict:
     """Jobs, oldest first."""
-    return invoke("jobs.list", {"state": state, "tenant": tenant, "type": job_type, "limit": limit})
+    return invoke_listing("jobs.list", {"state": state, "tenant": tenant, "type": job_type}, limit)
 
 
 @command(group, "show")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .context import command, invoke, progress_bar, settings
+from .paging import invoke_listing
 
 
 @click.group("ledger")
@@ -39,4 +40,4 @@ def verify() -> dict:
 @click.option("--limit", type=click.IntRange(min=1, max=100_000), default=1000, show_default=True)
 def events(after_seq: int, limit: int) -> dict:
     """Transitions as orch.event.v1 envelopes, oldest first."""
-    return invoke("ledger.events", {"after_seq": after_seq, "limit": limit})
+    return invoke_listing("ledger.events", {"after_seq": after_seq}, limit)

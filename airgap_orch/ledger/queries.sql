@@ -14,6 +14,9 @@ INSERT OR REPLACE INTO ledger_meta VALUES ($key, $value);
 -- The head recorded at commit time of chain $chain ('history' or 'audit'; migration 0008).
 SELECT seq, entry_hash FROM chain_heads WHERE chain = $chain;
 
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM schema_migrations;
+
 -- name: chain_head_record
 UPDATE chain_heads SET seq = $seq, entry_hash = $entry_hash WHERE chain = $chain;
 
@@ -32,9 +35,21 @@ SELECT seq, entry, entry_hash FROM history WHERE job_id = $job_id ORDER BY seq;
 SELECT 1 FROM history WHERE job_id = $job_id AND json_extract_string(entry, '$.lease_id') = $lease_id LIMIT 1;
 
 -- name: history_page
+-- One page of events (operations/ledger.py event_log): entries after $after_seq, the caller's tenants' only.
 SELECT seq, entry, entry_hash FROM history
 WHERE seq > $after_seq AND ($tenants IS NULL OR list_contains($tenants, entry ->> 'tenant'))
 ORDER BY seq LIMIT $limit;
+
+-- name: history_chunk
+-- `ledger verify` reads the chain in chunks, each in a snapshot of its own: every row with $after_seq < seq <=
+-- $upto_seq ($after_seq NULL: from the very start, rows with a seq of 0 or less included), duplicates included.
+SELECT seq, job_id, entry, entry_hash FROM history
+WHERE ($after_seq IS NULL OR seq > $after_seq) AND seq <= $upto_seq
+ORDER BY seq;
+
+-- name: history_past
+-- The last seq of entries past a recorded head (NULL: none), read in one snapshot with that head.
+SELECT max(seq) FROM history WHERE seq > $seq;
 
 -- name: jobs_insert
 -- transitions: python (states.next_state decides create / create_waiting)
@@ -187,14 +202,27 @@ INSERT INTO jobs_finished SELECT * FROM jobs WHERE list_contains($final_states, 
 -- name: archive_delete
 DELETE FROM jobs WHERE list_contains($final_states, state);
 
--- name: jobs_list
-SELECT * FROM all_jobs
+-- fragment: jobs_listed
+-- The jobs a listing shows, in (created_at, job_id) order from after the key ($after_created_at, $after_job_id)
+-- of the previous page's last job (NULL: from the first). A job keeps its key for life (archiving moves it from
+-- jobs to jobs_finished unchanged), so paging by it neither repeats nor skips a job.
+FROM all_jobs
 WHERE ($state IS NULL OR state = $state)
   AND ($tenant IS NULL OR tenant = $tenant)
   AND ($job_type IS NULL OR job_type = $job_type)
   AND ($tenants IS NULL OR list_contains($tenants, tenant))
+  -- The range test alone first: DuckDB skips the row groups before it (min/max per group); an OR would not.
+  AND created_at >= coalesce($after_created_at, '-infinity'::TIMESTAMP)
+  AND ($after_created_at IS NULL OR created_at > $after_created_at OR job_id > $after_job_id)
 ORDER BY created_at, job_id
-LIMIT $limit;
+LIMIT $limit
+
+-- name: jobs_list
+SELECT * {{jobs_listed}};
+
+-- name: jobs_list_sizes
+-- The payload size of each job jobs_list would list, to end a page at its byte budget before reading payloads.
+SELECT strlen(payload) AS payload_bytes {{jobs_listed}};
 
 -- name: state_counts
 SELECT state, count(*) AS jobs FROM all_jobs
@@ -248,9 +276,6 @@ WHERE r.event_types IS NULL OR NOT list_has_any(r.event_types, a.transitions)
 ORDER BY a.seq, a.job_id
 LIMIT 20;
 
--- name: verify_history_scan
-SELECT seq, job_id, entry, entry_hash FROM history ORDER BY seq;
-
 -- Request log (operations/request_log.py; migration 0009) ---------------------------------------------------
 
 -- name: request_log_lookup
@@ -297,6 +322,16 @@ ORDER BY seq LIMIT $limit;
 
 -- name: audit_scan
 SELECT seq, action, entry, entry_hash FROM audit_log ORDER BY seq;
+
+-- name: audit_chunk
+-- history_chunk for the audit log.
+SELECT seq, action, entry, entry_hash FROM audit_log
+WHERE ($after_seq IS NULL OR seq > $after_seq) AND seq <= $upto_seq
+ORDER BY seq;
+
+-- name: audit_past
+-- history_past for the audit log.
+SELECT max(seq) FROM audit_log WHERE seq > $seq;
 
 -- name: audit_count
 SELECT count(*) FROM audit_log;

@@ -1,6 +1,9 @@
-"""Opening the ledger file (one writer, bounded wait for the lock), migrations, transactions.
+"""Opening the ledger file (one writer, bounded wait for the lock), migrations, transactions, snapshots.
 
-Within a process every transaction goes through one lock, so threads share one connection safely.
+Within a process every write transaction goes through one lock on one connection (the writer's).
+Reads that change nothing take a snapshot instead: a read-only transaction on a connection of their own
+(DuckDB MVCC: it sees what was committed when it began, and neither waits for the writer nor makes it wait),
+kept short, one page of a listing each, because an open transaction stops DuckDB from checkpointing.
 Across processes DuckDB's file lock admits one read-write opener; we wait for it up to
 `lock_timeout` seconds and then raise LedgerBusy naming the holder's PID.
 """
@@ -64,6 +67,13 @@ class Ledger:
         self.unarchived = 0  # finished rows still in the hot table
         self.last_sweep = 0.0  # monotonic time of the last expired-lease sweep
         self._open_tx: Transaction | None = None
+        self.schema_version = 0  # set at open, after the migrations (nothing migrates an open ledger)
+        # Read connections (DuckDB cursors of the writer's connection: same database, own transactions), idle
+        # ones here; one is taken per snapshot, so there are as many as snapshots were ever open at once.
+        self._idle_readers: list[duckdb.DuckDBPyConnection] = []
+        self._readers: list[duckdb.DuckDBPyConnection] = []
+        self._readers_lock = threading.Lock()
+        self._snapshots_stopped = False
         # State derived from the ledger that orchestrator modules keep between transactions (flow-control
         # limits, fairness turns), by module name. Cleared on rollback: it is rebuilt from the ledger.
         self.cache: dict[str, Any] = {}
@@ -149,11 +159,7 @@ class Ledger:
         if head is not None:
             self.head_seq, self.head_hash = int(head[0]), head[1]
         self.unarchived = -1  # unknown after open: archive on the next claim
-
-    @property
-    def schema_version(self) -> int:
-        row = self._con.execute("SELECT max(version) FROM schema_migrations").fetchone()
-        return int(row[0] or 0)
+        self.schema_version = int(self._con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0)
 
     # -- use -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -184,29 +190,62 @@ class Ledger:
                     listener(tx.appended)
 
     def read(self) -> Transaction:
-        """A handle for read-only queries outside an explicit transaction (callers hold no lock)."""
+        """Queries on the writer's connection outside an explicit transaction, each statement on its own (for the
+        writer between its transactions; read-only operations take a snapshot())."""
         return Transaction(self)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
-        """One read-only transaction on a DuckDB cursor of its own: every query in it sees the same committed
-        state (DuckDB's MVCC fixes the snapshot at the transaction's first read), while writers go on through
-        the ledger's connection, unblocked and unseen. For long reads that must agree with each other (bundle
-        export). The transaction holds old row versions alive until it ends: keep it as short as the read."""
-        with self._lock:
-            cursor = self._con.cursor()
+        """A read-only transaction on a read connection of its own: what was committed when it began, however
+        long it runs, without waiting for the writer or making it wait. Any thread may hold one. Keep it short
+        (one page of a listing): DuckDB does not checkpoint while a transaction is open, so the WAL would grow."""
+        if self._snapshots_stopped:
+            raise LedgerBusy(f"ledger {self.path} is closing (the server is stopping); retry once it is back")
+        connection = self._reader()
         try:
-            cursor.execute("BEGIN TRANSACTION READ ONLY")
-            try:
-                yield Snapshot(cursor)
-            finally:
-                with contextlib.suppress(duckdb.Error):
-                    cursor.execute("ROLLBACK")  # it wrote nothing; ending it releases the snapshot
-        finally:
-            cursor.close()
+            connection.execute("BEGIN TRANSACTION READ ONLY")
+            yield Snapshot(self, connection)
+        except BaseException:
+            self._retire(connection)
+            raise
+        try:
+            connection.execute("COMMIT")
+        except BaseException:
+            self._retire(connection)
+            raise
+        with self._readers_lock:
+            self._idle_readers.append(connection)
+
+    def stop_snapshots(self) -> None:
+        """Refuse new snapshots from now on (LedgerBusy): reads in progress end at their next page or chunk."""
+        self._snapshots_stopped = True
+
+    def _reader(self) -> duckdb.DuckDBPyConnection:
+        with self._readers_lock:
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        with self._lock:  # a cursor is made from the writer's connection: not while another thread uses it
+            connection = self._con.cursor()
+        with self._readers_lock:
+            self._readers.append(connection)
+        return connection
+
+    def _retire(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Close a read connection whose snapshot failed (its transaction may still be open)."""
+        with self._readers_lock:
+            if connection in self._readers:
+                self._readers.remove(connection)
+        with contextlib.suppress(duckdb.Error):
+            connection.close()
 
     def close(self) -> None:
+        """Close the read connections, then the writer's (stop the threads that take snapshots first)."""
         with self._lock:
+            with self._readers_lock:
+                readers, self._readers, self._idle_readers = self._readers, [], []
+            for connection in readers:
+                with contextlib.suppress(duckdb.Error):
+                    connection.close()
             self._con.close()
 
     def __enter__(self) -> Ledger:
@@ -229,6 +268,11 @@ class Transaction:
         self.unarchived = ledger.unarchived
         self.appended: list[tuple[int, str, str, str]] = []  # (seq, job_id, entry, entry_hash), chained
         self._written = 0  # how many of them are in the history table
+
+    @property
+    def cache(self) -> dict[str, Any]:
+        """State derived from the ledger that orchestrator modules keep between the writer's transactions."""
+        return self.ledger.cache
 
     def write_history(self) -> None:
         """Write the history rows appended since the last write (the ledger does it before COMMIT)."""
@@ -260,19 +304,6 @@ class Transaction:
             columns = [d[0] for d in cursor.description]
             return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
-    def scan(self, name: str, batch: int = 10_000, **params: Any) -> Iterator[tuple]:
-        """Stream the rows of a named query in batches (bounded memory for whole-table checks).
-
-        Reads through its own DuckDB cursor and holds no lock between batches, so a caller that stops
-        early (a failed check) leaves nothing locked. Sees committed data only."""
-        cursor = self.con.cursor()
-        try:
-            cursor.execute(sql.queries()[name], params or None)
-            while rows := cursor.fetchmany(batch):
-                yield from rows
-        finally:
-            cursor.close()
-
     def execute_with(self, name: str, relation: str, table: pa.Table, **params: Any):
         """Run a named query that reads the Arrow `table` under the name `relation`."""
         with self.ledger._lock:
@@ -292,18 +323,32 @@ class Transaction:
 
 
 class Snapshot:
-    """Named queries inside one read-only transaction (Ledger.snapshot); used by one thread at a time."""
+    """Named-query access inside one read-only transaction on a read connection (Ledger.snapshot()): the same
+    reading methods as a Transaction, no lock (one thread uses it), and nothing that writes."""
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection):
-        self._cursor = cursor
+    def __init__(self, ledger: Ledger, connection: duckdb.DuckDBPyConnection):
+        self.ledger = ledger
+        self.con = connection
+        self.site_id = ledger.site_id
+        # Derived state (e.g. flow-control limits) is loaded from this snapshot, never shared with the writer's
+        # cache, which may hold what its open transaction has not committed.
+        self.cache: dict[str, Any] = {}
+
+    def execute(self, name: str, **params: Any) -> duckdb.DuckDBPyConnection:
+        return self.con.execute(sql.queries()[name], params or None)
 
     def fetch(self, name: str, **params: Any) -> list[tuple]:
-        return self._cursor.execute(sql.queries()[name], params or None).fetchall()
+        return self.con.execute(sql.queries()[name], params or None).fetchall()
+
+    def rows(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        cursor = self.con.execute(sql.queries()[name], params or None)
+        columns = [d[0] for d in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
     def batches(self, name: str, batch_rows: int, **params: Any) -> pa.RecordBatchReader:
         """The rows of a named query as Arrow record batches of about `batch_rows` rows (DuckDB decides the
         exact sizes), streamed: memory stays bounded by a few batches whatever the table's size."""
-        return self._cursor.sql(sql.queries()[name], params=params or None).to_arrow_reader(batch_rows)
+        return self.con.sql(sql.queries()[name], params=params or None).to_arrow_reader(batch_rows)
 
 
 def _connect_waiting(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:

@@ -20,33 +20,46 @@ def _whole(value: Any, low: int, high: int, what: str) -> int:
 
 
 def list_entries(ledger: Ledger, *, since: str | None = None, limit: int = 1000, after_seq: int = 0,
-                 actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """Audit entries in order (oldest first), from `since` (ISO 8601) and after `after_seq`, at most `limit`;
-    a caller limited to some tenants sees the entries whose details name one of them."""
-    limit = _whole(limit, 1, MAX_LIST, "limit")
+                 cursor: str | None = None, actor: str = "cli", tenants: Collection[str] | None = None
+                 ) -> dict[str, Any]:
+    """One page of audit entries in order (oldest first), from `since` (ISO 8601) and after `after_seq` (or after
+    where `cursor` says): at most `limit`, and at most validation.MAX_PAGE_ROWS; `next_cursor` continues after it
+    (None: nothing follows yet). A caller limited to some tenants sees the entries whose details name one of them.
+    One snapshot per page."""
+    wanted = min(_whole(limit, 1, MAX_LIST, "limit"), validation.MAX_PAGE_ROWS)
     after_seq = _whole(after_seq, 0, 2**62, "after_seq")
+    if cursor is not None:
+        if after_seq:
+            raise InvalidInput("give cursor or after_seq, not both; cursor continues where the previous page ended")
+        (after_seq,) = validation.cursor(cursor, "audit", (int,))
     since_text = clock.iso(validation.timestamp(since, "--since")) if since is not None else None
-    if tenants is None:
-        rows = ledger.read().rows("audit_page", after_seq=after_seq, since=since_text, limit=limit)
-    else:  # a token sees the actions on its tenants only (entries that name no tenant stay hidden)
-        rows = ledger.read().rows("audit_page_for_tenants", after_seq=after_seq, since=since_text, limit=limit,
-                                  tenants=sorted(tenants))
-    entries = [audit.parse(row["seq"], row["entry"], row["entry_hash"]) for row in rows]
-    return {"entries": entries, "last_seq": entries[-1]["seq"] if entries else after_seq}
+    with ledger.snapshot() as read:
+        if tenants is None:
+            rows = read.rows("audit_page", after_seq=after_seq, since=since_text, limit=wanted + 1)
+        else:  # a token sees the actions on its tenants only (entries that name no tenant stay hidden)
+            rows = read.rows("audit_page_for_tenants", after_seq=after_seq, since=since_text, limit=wanted + 1,
+                             tenants=sorted(tenants))
+    more = len(rows) > wanted
+    entries = [audit.parse(row["seq"], row["entry"], row["entry_hash"]) for row in rows[:wanted]]
+    last_seq = entries[-1]["seq"] if entries else after_seq
+    return {"entries": entries, "last_seq": last_seq,
+            "next_cursor": validation.page_cursor("audit", [last_seq]) if more else None}
 
 
 def verify(ledger: Ledger, *, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Recompute the audit chain and check it ends at the head recorded at commit; VerificationFailed (exit 4)
     names the first bad entry. The whole log is checked for every caller; one limited to some tenants is told
-    how many entries are about its tenants, not the site's head, and no details of another tenant's entry."""
-    read = ledger.read()
-    try:
+    how many entries are about its tenants, not the site's head, and no details of another tenant's entry.
+    Checked beside the writer, in chunks (operations.ledger.chain_in_chunks)."""
+    from .ledger import AUDIT, chain_in_chunks
+
+    with ledger.snapshot() as read:
         recorded = read.fetch("chain_head", chain="audit")
+    try:
         if len(recorded) != 1:
             raise VerificationFailed(f"the ledger records {len(recorded)} heads for its audit log instead of one; "
                                      "the chain_heads table was altered")
-        checked = audit.verify_chain(read.scan("audit_scan"), tenants=tenants)
-        audit.check_head(checked, (int(recorded[0][0]), recorded[0][1]))
+        checked = chain_in_chunks(ledger, AUDIT, (int(recorded[0][0]), recorded[0][1]), tenants=tenants)
     except history.Broken as broken:
         raise broken.told_to(tenants) from None
     return {"ok": True, "audit_entries": checked.counted,

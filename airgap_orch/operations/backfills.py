@@ -93,7 +93,9 @@ def _show(tx: Any, checked_id: str, tenants: Collection[str] | None) -> dict[str
 def show(ledger: Ledger, backfill: Any, *, actor: str = "cli", tenants: Collection[str] | None = None
          ) -> dict[str, Any]:
     """One backfill with its progress (state counts of its jobs) and watermark."""
-    return _show(ledger.read(), backfill_id(backfill), tenants)
+    checked = backfill_id(backfill)
+    with ledger.snapshot() as read:
+        return _show(read, checked, tenants)
 
 
 def list_backfills(ledger: Ledger, *, tenant: str | None = None, job_type: str | None = None,
@@ -105,10 +107,10 @@ def list_backfills(ledger: Ledger, *, tenant: str | None = None, job_type: str |
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise InvalidInput("limit must be a whole number")
     limit = int(validation.number_in(limit, 1, MAX_LIST, "limit"))
-    read = ledger.read()
-    rows = read.rows("backfill_list", tenant=tenant, job_type=job_type, state=state, limit=limit,
-                     tenants=sorted(tenants) if tenants is not None else None)
-    counts = core.progress(read, [row["backfill_id"] for row in rows])
+    with ledger.snapshot() as read:
+        rows = read.rows("backfill_list", tenant=tenant, job_type=job_type, state=state, limit=limit,
+                         tenants=sorted(tenants) if tenants is not None else None)
+        counts = core.progress(read, [row["backfill_id"] for row in rows])
     return {"backfills": [core.render(row, counts[row["backfill_id"]]) for row in rows]}
 
 

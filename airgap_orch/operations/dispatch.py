@@ -62,12 +62,13 @@ def _prepared(name: str) -> Callable[..., dict[str, Any]]:
 
 
 def _list(led: Ledger, *, state: str | None = None, tenant: str | None = None, type: str | None = None,
-          limit: int = 1000, **kw: Any) -> dict:
-    return job_ops.list_jobs(led, state=state, tenant=tenant, job_type=type, limit=limit, **kw)
+          limit: int = 1000, cursor: str | None = None, **kw: Any) -> dict:
+    return job_ops.list_jobs(led, state=state, tenant=tenant, job_type=type, limit=limit, cursor=cursor, **kw)
 
 
-def _deadletters(led: Ledger, *, tenant: str | None = None, type: str | None = None, **kw: Any) -> dict:
-    return job_ops.deadletter_list(led, tenant=tenant, job_type=type, **kw)
+def _deadletters(led: Ledger, *, tenant: str | None = None, type: str | None = None, limit: int = 1000,
+                 cursor: str | None = None, **kw: Any) -> dict:
+    return job_ops.deadletter_list(led, tenant=tenant, job_type=type, limit=limit, cursor=cursor, **kw)
 
 
 def _enqueue_batch(led: Ledger, *, jobs: list[Any], **kw: Any) -> dict:

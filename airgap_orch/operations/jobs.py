@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from .. import clock, schemas, validation
@@ -225,24 +226,53 @@ def recover(ledger: Ledger, *, actor: str = "cli", tenants: Collection[str] | No
 
 
 def list_jobs(ledger: Ledger, *, state: str | None = None, tenant: str | None = None,
-              job_type: str | None = None, limit: int = 1000, actor: str = "cli",
+              job_type: str | None = None, limit: int = 1000, cursor: str | None = None, actor: str = "cli",
               tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """One page of jobs in creation order: at most `limit` of them, and at most a page (validation.MAX_PAGE_ROWS
+    jobs, payloads up to MAX_PAGE_PAYLOAD_BYTES); `next_cursor` continues after it (None: nothing follows). The
+    page is one read transaction of its own (a snapshot: it neither waits for the writer nor holds it up)."""
     state = validation.state(state)
-    limit = int(validation.number_in(limit, 1, 100_000, "limit"))
-    rows = ledger.read().rows("jobs_list", state=state, tenant=tenant, job_type=job_type, limit=limit,
-                              tenants=sorted(tenants) if tenants is not None else None)
+    wanted = min(validation.list_limit(limit), validation.MAX_PAGE_ROWS)
+    after = _job_key(cursor)
+    filters = {"state": state, "tenant": tenant, "job_type": job_type,
+               "tenants": sorted(tenants) if tenants is not None else None,
+               "after_created_at": after[0], "after_job_id": after[1]}
+    with ledger.snapshot() as read:
+        # The page's payload sizes first (no payload read), to end it at the byte budget.
+        sizes = [size for (size,) in read.fetch("jobs_list_sizes", **filters, limit=wanted + 1)]
+        count, total = 0, 0
+        for size in sizes[:wanted]:
+            total += size
+            if count and total > validation.MAX_PAGE_PAYLOAD_BYTES:
+                break
+            count += 1
+        rows = read.rows("jobs_list", **filters, limit=count) if count else []
     now = clock.now()
-    return {"jobs": [render.render(row, now) for row in rows]}
+    more = len(sizes) > len(rows)
+    return {"jobs": [render.render(row, now) for row in rows],
+            "next_cursor": validation.page_cursor("jobs", [rows[-1]["created_at"], rows[-1]["job_id"]])
+            if more and rows else None}
+
+
+def _job_key(cursor: Any) -> tuple[datetime | None, str | None]:
+    """(created_at, job_id) of the last job of the page a jobs cursor continues after; (None, None) without one."""
+    if cursor is None:
+        return None, None
+    created_at, job_id = validation.cursor(cursor, "jobs", (datetime, str))
+    return created_at, job_id
 
 
 def show(ledger: Ledger, job_id: str, *, actor: str = "cli", tenants: Collection[str] | None = None
          ) -> dict[str, Any]:
-    return render.show(ledger.read(), validation.job_id(job_id), tenants)
+    with ledger.snapshot() as read:
+        return render.show(read, validation.job_id(job_id), tenants)
 
 
-def deadletter_list(ledger: Ledger, *, tenant: str | None = None, job_type: str | None = None,
-                    actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
-    return list_jobs(ledger, state=DEAD_LETTER, tenant=tenant, job_type=job_type, tenants=tenants)
+def deadletter_list(ledger: Ledger, *, tenant: str | None = None, job_type: str | None = None, limit: int = 1000,
+                    cursor: str | None = None, actor: str = "cli", tenants: Collection[str] | None = None
+                    ) -> dict[str, Any]:
+    return list_jobs(ledger, state=DEAD_LETTER, tenant=tenant, job_type=job_type, limit=limit, cursor=cursor,
+                     tenants=tenants)
 
 
 def replay(ledger: Ledger, job_ids: list[str], *, again: Any = False, actor: str = "cli",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import clock, ids, validation
 from ..errors import InvalidInput, VerificationFailed
-from ..ledger import Ledger, Transaction
+from ..ledger import Ledger, Snapshot
 from ..orchestrator import audit, events, history
 
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -31,19 +32,20 @@ def info(ledger: Ledger, *, tenants: Collection[str] | None = None, history_coun
     """Identity, schema, history head, and job counts by state. A caller limited to some tenants gets the counts
     of its tenants only: its jobs and their history entries, and no site head (`history_head` None).
     `history_count=False` (the metrics door) skips counting a limited caller's history entries."""
-    read = ledger.read()
-    counts = {row["state"]: row["jobs"] for row in read.rows("state_counts", tenants=_tenant_list(tenants))}
-    if tenants is None:
-        history_entries, history_head = ledger.head_seq, ledger.head_hash
-    else:
-        history_head = None
-        history_entries = (read.fetch("history_count_for_tenants", tenants=_tenant_list(tenants))[0][0]
-                           if history_count else None)
+    with ledger.snapshot() as read:
+        counts = {row["state"]: row["jobs"] for row in read.rows("state_counts", tenants=_tenant_list(tenants))}
+        if tenants is None:
+            history_entries, history_head = _recorded_head(read, "history")
+        else:
+            history_head = None
+            history_entries = (read.fetch("history_count_for_tenants", tenants=_tenant_list(tenants))[0][0]
+                               if history_count else None)
+        created_at = read.fetch("meta_get", key="created_at")[0][0]
     return {
         "ledger": str(ledger.path),
         "site_id": ledger.site_id,
         "schema_version": ledger.schema_version,
-        "created_at": read.fetch("meta_get", key="created_at")[0][0],
+        "created_at": created_at,
         "jobs": counts,
         "history_entries": history_entries,
         "history_head": history_head,
@@ -51,6 +53,7 @@ def info(ledger: Ledger, *, tenants: Collection[str] | None = None, history_coun
 
 
 PROGRESS_EVERY = 10_000  # chain entries between two progress reports
+VERIFY_CHUNK = 10_000  # chain entries (by seq) read and checked per snapshot
 
 
 def verify(ledger: Ledger, *, progress: Callable[[int, int], None] | None = None,
@@ -58,6 +61,12 @@ def verify(ledger: Ledger, *, progress: Callable[[int, int], None] | None = None
     """Schema version, both hash chains against the heads recorded at commit, the audit log against history
     (every audited job action has its transition), and state tables against history. Raises VerificationFailed.
     `progress(done, total)` hears how many chain entries (history, then audit log) have been checked.
+
+    Verify runs beside the writer: it reads in snapshots of its own, never one for its whole run (an open read
+    transaction stops DuckDB's checkpoints). Each chain is checked up to the head recorded when verify began, in
+    chunks of VERIFY_CHUNK entries with the chain's state carried from one to the next; entries committed since
+    are left to the next verify, and any entry past the head recorded at the end is refused. The cross-table
+    checks are each one statement in a snapshot of its own.
 
     The chains are the site's, so a caller limited to some tenants still has the whole ledger verified; it is
     told the counts of its tenants only, and a failure in another tenant's record without that record's
@@ -72,31 +81,88 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None,
             tenants: Collection[str] | None) -> dict[str, Any]:
     from ..ledger import sql
 
-    read = ledger.read()
-    if ledger.schema_version != sql.latest_version():
-        raise VerificationFailed(f"schema version {ledger.schema_version} != expected {sql.latest_version()}")
-    # The recorded heads first: the one writer commits nothing while this runs (the server runs it in its writer
-    # thread), so they and the scans below see the same commits.
-    history_head = _recorded_head(read, "history")
-    audit_head = _recorded_head(read, "audit")
+    with ledger.snapshot() as read:
+        version = read.fetch("schema_version")[0][0]
+        if version != sql.latest_version():
+            raise VerificationFailed(f"schema version {version} != expected {sql.latest_version()}")
+        history_head = _recorded_head(read, "history")
+        audit_head = _recorded_head(read, "audit")
     total = history_head[0] + audit_head[0]
-    chain = history.verify_chain(_counted(read.scan("verify_history_scan"), progress, 0, total), tenants=tenants)
-    history.check_head(chain, history_head)
-    audit_chain = audit.verify_chain(_counted(read.scan("audit_scan"), progress, chain.entries, total),
-                                     tenants=tenants)
-    audit.check_head(audit_chain, audit_head)
+
+    def reporting(start: int) -> Callable[[int], None] | None:
+        """Report every PROGRESS_EVERY entries of one chain (whose entries follow `start` others)."""
+        if progress is None:
+            return None
+        reported = [0]
+
+        def heard(entries: int) -> None:
+            for mark in range(reported[0] + PROGRESS_EVERY, entries + 1, PROGRESS_EVERY):
+                progress(min(start + mark, total), total)
+                reported[0] = mark
+
+        return heard
+
+    chain = chain_in_chunks(ledger, HISTORY, history_head, tenants=tenants, progress=reporting(0))
+    audit_chain = chain_in_chunks(ledger, AUDIT, audit_head, tenants=tenants, progress=reporting(chain.entries))
     if progress is not None:
         progress(total, total)
-    _check_audited_transitions(read)
-    _check_states(read, tenants)
-    jobs = sum(row["jobs"] for row in read.rows("state_counts", tenants=_tenant_list(tenants)))
-    return {"ok": True, "schema_version": ledger.schema_version, "history_entries": chain.counted,
+    with ledger.snapshot() as read:
+        _check_audited_transitions(read)
+    _check_states(ledger, tenants)
+    with ledger.snapshot() as read:
+        jobs = sum(row["jobs"] for row in read.rows("state_counts", tenants=_tenant_list(tenants)))
+    return {"ok": True, "schema_version": version, "history_entries": chain.counted,
             "audit_entries": audit_chain.counted, "jobs": jobs,
             "counts_of": "site" if tenants is None else _tenant_list(tenants),
             "checked_at": clock.iso(clock.now())}
 
 
-def _recorded_head(read: Transaction, chain: str) -> tuple[int, str]:
+@dataclass(frozen=True)
+class Chain:
+    """One hash chain as `chain_in_chunks` reads it: its name in chain_heads, its queries, and its checks."""
+
+    name: str
+    chunk_query: str
+    past_query: str
+    check: Callable[..., history.ChainCheck]
+    check_head: Callable[[history.ChainCheck, tuple[int, str]], None]
+    check_past: Callable[[int, tuple[int, str]], None]
+
+
+HISTORY = Chain("history", "history_chunk", "history_past", history.verify_chain, history.check_head,
+                history.check_past)
+AUDIT = Chain("audit", "audit_chunk", "audit_past", audit.verify_chain, audit.check_head, audit.check_past)
+
+
+def chain_in_chunks(ledger: Ledger, chain: Chain, head: tuple[int, str], *, tenants: Collection[str] | None,
+                    progress: Callable[[int], None] | None = None) -> history.ChainCheck:
+    """Check `chain` up to `head` (the head recorded when the check began) in chunks of VERIFY_CHUNK seqs, each
+    read in a snapshot of its own, carrying the chain's state (entries seen, last hash, entries counted) from one
+    chunk to the next; then, in one last snapshot, that nothing follows the head recorded by then. A chunk takes
+    every row in its range of seqs (the first chunk from the very start), so a repeated, missing or stray seq is
+    found as it is by one pass over the whole chain. `progress(entries)` hears the entries checked so far."""
+    checked = history.ChainCheck(0, history.GENESIS, 0)
+    after: int | None = None
+    while True:
+        upto = min(head[0], (after or 0) + VERIFY_CHUNK)
+        with ledger.snapshot() as read:
+            rows = read.fetch(chain.chunk_query, after_seq=after, upto_seq=upto)
+        checked = chain.check(rows, tenants=tenants, start=checked)
+        if progress is not None:
+            progress(checked.entries)
+        after = upto
+        if upto >= head[0]:
+            break
+    chain.check_head(checked, head)
+    with ledger.snapshot() as read:
+        now = _recorded_head(read, chain.name)
+        past = read.fetch(chain.past_query, seq=now[0])[0][0]
+    if past is not None:
+        chain.check_past(past, now)
+    return checked
+
+
+def _recorded_head(read: Snapshot, chain: str) -> tuple[int, str]:
     rows = read.fetch("chain_head", chain=chain)
     if len(rows) != 1:
         raise VerificationFailed(f"the ledger records {len(rows)} heads for its {chain} chain instead of one; "
@@ -104,7 +170,7 @@ def _recorded_head(read: Transaction, chain: str) -> tuple[int, str]:
     return int(rows[0][0]), rows[0][1]
 
 
-def _check_audited_transitions(read: Transaction) -> None:
+def _check_audited_transitions(read: Snapshot) -> None:
     """Every job action the audit log records has its transition in history."""
     missing = read.rows("verify_audited_transitions")
     if missing:
@@ -116,9 +182,11 @@ def _check_audited_transitions(read: Transaction) -> None:
             redacted=f"audit entry {first['seq']} records a job action outside your tenants that history lacks")
 
 
-def _check_states(read: Transaction, tenants: Collection[str] | None) -> None:
-    """Each job's state, attempt and payload digest against its last history entry; payloads against digests."""
-    mismatched = read.rows("verify_states")
+def _check_states(ledger: Ledger, tenants: Collection[str] | None) -> None:
+    """Each job's state, attempt and payload digest against its last history entry; payloads against digests.
+    Two statements, each in a snapshot of its own (each is consistent in itself)."""
+    with ledger.snapshot() as read:
+        mismatched = read.rows("verify_states")
     if mismatched:
         first = mismatched[0]
         differ = (len(mismatched) if tenants is None
@@ -133,31 +201,30 @@ def _check_states(read: Transaction, tenants: Collection[str] | None) -> None:
             f"history ({first['to_state']!r}/attempt {first['attempt']}); {differ} job(s) differ",
             tenant=first["tenant"],
             redacted="a job outside your tenants does not match its history (state or attempt)")
-    bad_payloads = read.rows("verify_payload_digests")
+    with ledger.snapshot() as read:
+        bad_payloads = read.rows("verify_payload_digests")
     if bad_payloads:
         raise history.Broken(f"job {bad_payloads[0]['job_id']}: payload does not match its digest",
                              tenant=bad_payloads[0]["tenant"],
                              redacted="a job outside your tenants: payload does not match its digest")
 
 
-def _counted(rows: Iterator[tuple], progress: Callable[[int, int], None] | None, start: int, total: int
-             ) -> Iterator[tuple]:
-    """The rows, reporting `start` + rows seen so far every PROGRESS_EVERY rows."""
-    if progress is None:
-        yield from rows
-        return
-    for seen, row in enumerate(rows, 1):
-        yield row
-        if seen % PROGRESS_EVERY == 0:
-            progress(min(start + seen, total), total)
-
-
-def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000,
+def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000, cursor: str | None = None,
               tenants: Collection[str] | None = None) -> dict[str, Any]:
-    """History entries after `after_seq` as orch.event.v1 envelopes (of the caller's tenants only)."""
+    """One page of history entries after `after_seq` (or after where `cursor` says) as orch.event.v1 envelopes,
+    of the caller's tenants only: at most `limit`, and at most validation.MAX_PAGE_ROWS; `next_cursor` continues
+    after it (None: nothing follows yet). One snapshot per page."""
     after_seq = int(validation.number_in(after_seq, 0, 2**62, "after_seq"))
-    limit = int(validation.number_in(limit, 1, 100_000, "limit"))
-    entries = ledger.read().rows("history_page", after_seq=after_seq, limit=limit, tenants=_tenant_list(tenants))
+    wanted = min(validation.list_limit(limit), validation.MAX_PAGE_ROWS)
+    if cursor is not None:
+        if after_seq:
+            raise InvalidInput("give cursor or after_seq, not both; cursor continues where the previous page ended")
+        (after_seq,) = validation.cursor(cursor, "events", (int,))
+    with ledger.snapshot() as read:
+        entries = read.rows("history_page", after_seq=after_seq, limit=wanted + 1, tenants=_tenant_list(tenants))
+    more = len(entries) > wanted
+    entries = entries[:wanted]
     last_seq = entries[-1]["seq"] if entries else after_seq
     return {"events": [events.envelope(history.parse(row["seq"], row["entry"], row["entry_hash"]))
-                       for row in entries], "last_seq": last_seq}
+                       for row in entries], "last_seq": last_seq,
+            "next_cursor": validation.page_cursor("events", [last_seq]) if more else None}

@@ -71,9 +71,9 @@ def quota_delete(ledger: Ledger, *, tenant: Any, reason: Any = None, ticket: Any
 def quota_list(ledger: Ledger, *, tenant: str | None = None, actor: str = "cli",
                tenants: Tenants = None) -> dict[str, Any]:
     """Quotas with their use now: jobs leased or running, and claims left in the per-hour bucket."""
-    read = ledger.read()
-    found, now = flow.limits(read), clock.now()
-    active = flow.active_counts(read)
+    with ledger.snapshot() as read:
+        found, now = flow.limits(read), clock.now()
+        active = flow.active_counts(read)
     out = []
     for name, row in found.quotas.items():
         if (tenant is not None and name != tenant) or not _visible(tenants, tenant=name):
@@ -127,8 +127,8 @@ def ratelimit_delete(ledger: Ledger, *, tenant: Any = None, type: Any = None, ke
 
 def ratelimit_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """Rate limits with the tokens their buckets hold now."""
-    read = ledger.read()
-    found, now = flow.limits(read), clock.now()
+    with ledger.snapshot() as read:
+        found, now = flow.limits(read), clock.now()
     out = []
     for scope, row in found.rates.items():
         if not _visible(tenants, tenant=row["tenant"], key=row["limit_key"]):
@@ -165,10 +165,11 @@ def concurrency_delete(ledger: Ledger, *, key: Any, reason: Any = None, ticket: 
 
 def concurrency_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """Concurrency limits with how many jobs hold each key now."""
-    read = ledger.read()
-    active = flow.active_counts(read)
+    with ledger.snapshot() as read:
+        active = flow.active_counts(read)
+        found = flow.limits(read)
     out = []
-    for key, row in flow.limits(read).concurrency_rows.items():
+    for key, row in found.concurrency_rows.items():
         if _visible(tenants, key=key):
             item = core.public(row)
             assert item is not None
@@ -201,11 +202,12 @@ def queue_resume(ledger: Ledger, *, queue: Any, reason: Any = None, ticket: Any 
 
 def queue_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """Queues with active jobs or a pause: job counts by state, and the pause if any."""
-    read = ledger.read()
     counts: dict[str, dict[str, int]] = {}
-    for queue, state, jobs in read.fetch("queue_counts", tenants=sorted(tenants) if tenants else None):
-        counts.setdefault(queue, {})[state] = jobs
-    paused = {name: row for (kind, name), row in flow.limits(read).paused.items() if kind == core.QUEUE}
+    with ledger.snapshot() as read:
+        for queue, state, jobs in read.fetch("queue_counts", tenants=sorted(tenants) if tenants else None):
+            counts.setdefault(queue, {})[state] = jobs
+        found = flow.limits(read)
+    paused = {name: row for (kind, name), row in found.paused.items() if kind == core.QUEUE}
     return {"queues": [{"queue": name, "jobs": counts.get(name, {}), "paused": core.public(paused.get(name))}
                        for name in sorted(set(counts) | set(paused))]}
 
@@ -237,5 +239,6 @@ def breaker_delete(ledger: Ledger, *, key: Any, reason: Any = None, ticket: Any 
 
 
 def breaker_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
-    rows = flow.limits(ledger.read()).breakers
+    with ledger.snapshot() as read:
+        rows = flow.limits(read).breakers
     return {"breakers": [core.public(row) for key, row in rows.items() if _visible(tenants, key=key)]}

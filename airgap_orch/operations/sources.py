@@ -43,14 +43,16 @@ def list_sources(ledger: Ledger, *, tenant: Any = None, actor: str = "cli", tena
     """Sources by name, each with its pause and next tick."""
     if tenant is not None:
         validation.name(tenant, "tenant")
-    read, now = ledger.read(), clock.now()
-    rows = read.rows("source_list", tenant=tenant, tenants=sorted(tenants) if tenants is not None else None)
-    return {"sources": [core.render(read, row, now) for row in rows]}
+    now = clock.now()
+    with ledger.snapshot() as read:
+        rows = read.rows("source_list", tenant=tenant, tenants=sorted(tenants) if tenants is not None else None)
+        return {"sources": [core.render(read, row, now) for row in rows]}
 
 
 def show(ledger: Ledger, *, name: Any, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
-    read = ledger.read()
-    return core.render(read, core.get(read, validation.source_name(name), tenants), clock.now())
+    checked = validation.source_name(name)
+    with ledger.snapshot() as read:
+        return core.render(read, core.get(read, checked, tenants), clock.now())
 
 
 def pause(ledger: Ledger, *, name: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",

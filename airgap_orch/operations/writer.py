@@ -1,5 +1,6 @@
-"""The one writer path: a thread that owns the ledger and runs every operation the server (or the in-process
-worker runner) hands it.
+"""The one writer path: a thread that owns the ledger's write connection and runs every operation that changes the
+ledger the server (or the in-process worker runner) hands it. Operations that change nothing run beside it, on
+snapshots (operations/readers.py): they never queue here behind claims and acks, nor hold them up.
 
 Group commit: worker reports (heartbeat, ack, fail, release) and claims that arrive together are applied
 in ONE transaction, so the server pays the ledger's per-statement and per-commit cost once per batch
@@ -120,6 +121,9 @@ class LedgerWriter:
 
     def submit(self, name: str, params: dict[str, Any], caller: dispatch.Caller,
                request_key: str | None = None) -> Answer:
+        route = api.BY_NAME.get(name)
+        if route is not None and not route.mutating:
+            raise ValueError(f"{name} changes nothing; run it on LedgerReaders, not on the writer")
         request = Request(name, params, caller, request_key)
         # Work that needs no ledger is done here, in the caller's thread (the event loop), not in the writer's.
         if request_key:
@@ -191,11 +195,8 @@ class LedgerWriter:
                 continue
             if request.name in GROUPABLE:
                 self._run_group([request])
-            elif api.BY_NAME[request.name].mutating:
-                self._run_single(request)
             else:
-                _settle(request, lambda r=request: dispatch.run(self.ledger, r.name, r.params, r.caller,
-                                                                text_checked=True))
+                self._run_single(request)
         self._prune_request_log()
 
     def _replayed(self, batch: list[Request]) -> list[Request]:

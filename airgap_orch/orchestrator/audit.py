@@ -46,14 +46,19 @@ def entry_tenant(entry: dict[str, Any]) -> str | None:
     return details.get("tenant") if isinstance(details, dict) else None
 
 
-def verify_chain(rows: Iterable[tuple[int, str, str, str]], *,
-                 tenants: Collection[str] | None = None) -> history.ChainCheck:
+def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, tenants: Collection[str] | None = None,
+                 start: history.ChainCheck | None = None) -> history.ChainCheck:
     """Recompute the chain over (seq, action, entry, entry_hash) rows, counting the entries about `tenants`
-    (all when None); history.Broken names the first bad entry."""
+    (all when None), going on from `start` (history.verify_chain); history.Broken names the first bad entry."""
     return history.verify_chain(rows, what="audit", key="action", label="{}", whole="audit log",
-                                tenant_of=entry_tenant, tenants=tenants)
+                                tenant_of=entry_tenant, tenants=tenants, start=start)
 
 
 def check_head(check: history.ChainCheck, recorded: tuple[int, str]) -> None:
     """history.Broken unless the log ends at the head recorded at commit time."""
     history.check_head(check, recorded, whole="audit log")
+
+
+def check_past(last_seq: int, recorded: tuple[int, str]) -> None:
+    """history.Broken: the log goes on past the head recorded at commit time."""
+    history.check_past(last_seq, recorded, whole="audit log")

@@ -188,10 +188,10 @@ def _report_blocked(tx: Transaction, walk: flow.Walk, where: dict[str, Any], now
     """When the groups blocked as a whole change, report the next ready job of each (once per reason): the
     claim leaves those groups out, so no claim would pass their jobs over and say so."""
     blocked = walk.blocked()
-    if blocked == tx.ledger.cache.get("blocked") or not any(blocked.values()):
-        tx.ledger.cache["blocked"] = blocked
+    if blocked == tx.cache.get("blocked") or not any(blocked.values()):
+        tx.cache["blocked"] = blocked
         return
-    tx.ledger.cache["blocked"] = blocked
+    tx.cache["blocked"] = blocked
     reasons: set[str] = set()
     for job in tx.rows("blocked_candidates", **where, **blocked, now=now, limit=BLOCKED_REPORT_WINDOW):
         held = walk.admit(job, dry=True)

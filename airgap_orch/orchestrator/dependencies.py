@@ -64,13 +64,13 @@ def add_edges(tx: Transaction, edges: list[tuple[str, str]]) -> None:
     if edges:
         tx.execute_with("dependencies_insert", "incoming", pa.table({
             "job_id": [child for child, _ in edges], "parent_id": [parent for _, parent in edges]}))
-        tx.ledger.cache["waiting"] = True
+        tx.cache["waiting"] = True
 
 
 def any_waiting(tx: Transaction) -> bool:
-    known = tx.ledger.cache.get("waiting")
+    known = tx.cache.get("waiting")
     if known is None:
-        known = tx.ledger.cache["waiting"] = bool(tx.fetch("waiting_count")[0][0])
+        known = tx.cache["waiting"] = bool(tx.fetch("waiting_count")[0][0])
     return known
 
 

@@ -22,7 +22,7 @@ class _Turns:
 
 
 def _turns(tx: Transaction) -> _Turns:
-    turns = tx.ledger.cache.get("fairness")
+    turns = tx.cache.get("fairness")
     if turns is None:
         turns = _Turns()
         queued_turns = []
@@ -31,7 +31,7 @@ def _turns(tx: Transaction) -> _Turns:
             if next_turn is not None:
                 queued_turns.append(int(next_turn))
         turns.reached = min(queued_turns) if queued_turns else max(turns.last.values(), default=0)
-        tx.ledger.cache["fairness"] = turns
+        tx.cache["fairness"] = turns
     return turns
 
 

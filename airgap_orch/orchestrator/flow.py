@@ -52,9 +52,9 @@ class Limits:
 
 
 def limits(tx: Transaction) -> Limits:
-    cached = tx.ledger.cache.get("flow")
+    cached = tx.cache.get("flow")
     if cached is None:
-        generation = tx.ledger.cache.get("flow_generation", 0)
+        generation = tx.cache.get("flow_generation", 0)
         cached = Limits(
             quotas={row["tenant"]: row for row in tx.rows("flow_quotas")},
             rates={row["scope"]: row for row in tx.rows("flow_rate_limits")},
@@ -63,8 +63,8 @@ def limits(tx: Transaction) -> Limits:
             breakers={row["limit_key"]: row for row in tx.rows("flow_breakers")},
             levels={bucket: (tokens, at) for bucket, tokens, at in tx.fetch("flow_bucket_levels")},
         )
-        if tx.ledger.cache.get("flow_generation", 0) == generation:  # no change landed while this loaded
-            tx.ledger.cache["flow"] = cached
+        if tx.cache.get("flow_generation", 0) == generation:  # no change landed while this loaded
+            tx.cache["flow"] = cached
     return cached
 
 
@@ -80,8 +80,8 @@ def active_counts(tx: Transaction) -> collections.Counter[str]:
 def forget(tx: Transaction) -> None:
     """Drop the cached limits after a change to them (they reload on the next claim). The generation stops a
     reader that loaded before the change from caching what it read."""
-    tx.ledger.cache["flow_generation"] = tx.ledger.cache.get("flow_generation", 0) + 1
-    tx.ledger.cache.pop("flow", None)
+    tx.cache["flow_generation"] = tx.cache.get("flow_generation", 0) + 1
+    tx.cache.pop("flow", None)
 
 
 def job_keys(tenant: str, job_type: str, declared: list[str] | None) -> list[str]:
@@ -305,7 +305,7 @@ def explain(tx: Transaction, job: dict[str, Any]) -> dict[str, Any] | None:
 
 def noted(tx: Transaction, job_id: str, throttle: Throttle) -> bool:
     """True the first time a job is held back for this reason (so it is reported once, not every claim)."""
-    seen = tx.ledger.cache.setdefault("throttled", {})
+    seen = tx.cache.setdefault("throttled", {})
     if seen.get(job_id) == throttle.reason:
         return False
     if len(seen) >= _NOTED_MAX:

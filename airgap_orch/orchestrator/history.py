@@ -132,12 +132,12 @@ def _entry_tenant(entry: dict[str, Any]) -> str | None:
 def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, what: str = "history", key: str = "job_id",
                  label: str = "job {}", whole: str = "history",
                  tenant_of: Callable[[dict[str, Any]], str | None] = _entry_tenant,
-                 tenants: Collection[str] | None = None) -> ChainCheck:
+                 tenants: Collection[str] | None = None, start: ChainCheck | None = None) -> ChainCheck:
     """Recompute a hash chain over (seq, key column, entry, entry_hash) rows in seq order: the history
     (key job_id) or the audit log (key action). Counts the entries whose `tenant_of(entry)` is one of
-    `tenants` (every entry when None). Raises Broken naming the first bad entry."""
-    prev = GENESIS
-    count = counted = 0
+    `tenants` (every entry when None). Raises Broken naming the first bad entry. `start`: what the check of the
+    chain's earlier rows found, to go on from there (a chain checked in chunks)."""
+    prev, count, counted = (GENESIS, 0, 0) if start is None else (start.head_hash, start.entries, start.counted)
     for seq, key_value, text, stored_hash in rows:
         count += 1
         if seq != count:
@@ -179,3 +179,12 @@ def check_head(check: ChainCheck, recorded: tuple[int, str], *, whole: str = "hi
                               "added behind the ledger's back")
     if check.head_hash != entry_hash:
         raise Broken(f"{whole} entry {seq} is not the head recorded at commit time; the {whole} was rewritten")
+
+
+def check_past(last_seq: int, recorded: tuple[int, str], *, whole: str = "history") -> None:
+    """Refuse entries past the head recorded at commit time (`last_seq`: the last of them), read with that head in
+    one snapshot: entries added behind the ledger's back."""
+    raise Broken(f"{whole} goes on to seq {last_seq} past the recorded head (seq {recorded[0]}); entries were "
+                 "added behind the ledger's back",
+                 redacted=f"{whole} goes on to seq {last_seq} past the recorded head; entries were added behind the "
+                          "ledger's back")

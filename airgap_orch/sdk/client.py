@@ -186,3 +186,8 @@ class OrchClient:
         status, answer = self.request(call.method, call.path, call.body, idempotency_key=key, timeout=timeout,
                                       extra_headers=call.headers)
         return decode_answer(status, answer)
+
+    def read_pages(self, name: str, params: dict[str, Any] | None = None, *, limit: int) -> dict[str, Any]:
+        """Up to `limit` rows of a paged listing (jobs.list, deadletter.list, ledger.events, audit.list), following
+        next_cursor page by page (api.read_pages)."""
+        return api.read_pages(self.call, name, params or {}, limit)

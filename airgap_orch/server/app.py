@@ -1,4 +1,5 @@
-"""The HTTP door (aiohttp): authenticate, parse, validate, hand to the writer, answer JSON.
+"""The HTTP door (aiohttp): authenticate, parse, validate, hand to the writer (operations that change the ledger) or
+to the readers (operations that do not), answer JSON.
 
 Errors are application/problem+json with a stable `type` (errors.HTTP_PROBLEMS) and the CLI's exit code.
 
@@ -30,6 +31,7 @@ from aiohttp import web
 from .. import api, schemas, validation
 from ..errors import PROBLEM_BASE, Forbidden, InvalidInput, NotAuthorized, OrchError, exit_code_for, http_problem
 from ..operations.dispatch import Caller
+from ..operations.readers import LedgerReaders
 from ..operations.writer import Answer, LedgerWriter, dumps
 from . import connections, openapi
 from .events import EventHub, envelope, matches
@@ -233,11 +235,12 @@ def override_headers(request: web.Request, route: api.Route) -> dict[str, str]:
 
 
 class Door:
-    """Handlers bound to one server's writer, auth and event hub."""
+    """Handlers bound to one server's writer, readers, auth and event hub."""
 
-    def __init__(self, writer: LedgerWriter, *, verifier: Any | None, hub: EventHub, metrics: Metrics,
-                 limits: connections.ConnectionLimits | None = None):
+    def __init__(self, writer: LedgerWriter, readers: LedgerReaders, *, verifier: Any | None, hub: EventHub,
+                 metrics: Metrics, limits: connections.ConnectionLimits | None = None):
         self.writer = writer
+        self.readers = readers
         self.verifier = verifier  # auth.tokens.TokenVerifier, or None with --no-auth
         self.hub = hub
         self.metrics = metrics
@@ -274,8 +277,11 @@ class Door:
             if route.name == "jobs.claim":
                 answer = await self._claim(request, params, caller, request_key)
                 self.metrics.claim_latency_ms.observe((time.monotonic() - started) * 1000)
-            else:
+            elif route.mutating:
                 answer = self.writer.submit(route.name, params, caller, request_key)
+                await asyncio.wrap_future(answer)
+            else:  # a read: on a reader thread, never queued behind the writer's work
+                answer = self.readers.submit(route.name, params, caller)
                 await asyncio.wrap_future(answer)
             return web.Response(text=answer.text or dumps(answer.result()), content_type="application/json")
         except OrchError as error:
@@ -357,7 +363,7 @@ class Door:
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         caller = self.caller(request, "metrics")  # orch:read; the whole site's with orch:admin, else its tenants'
-        info = await asyncio.wrap_future(self.writer.submit("ledger.info", {"history_count": False}, caller))
+        info = await asyncio.wrap_future(self.readers.submit("ledger.info", {"history_count": False}, caller))
         return web.Response(text=self.metrics.render(info["jobs"], tenants=caller.tenants), content_type="text/plain",
                             charset="utf-8")
 

@@ -116,9 +116,15 @@ class EmbeddedWorkers:
         if self.minter is not None:
             server.ledger.commit_listeners.append(self.minter.watch)  # before the scan: miss no new tenant
             for state in (QUEUED, *HELD_STATES):
-                listed = await asyncio.wrap_future(server.writer.submit(
-                    "jobs.list", {"state": state, "limit": 100_000}, Caller(actor="embedded-workers")))
-                self.minter.see(job["tenant"] for job in listed["jobs"])
+                cursor = None
+                while True:  # every page: the tenants of every job queued or held now
+                    listed = await asyncio.wrap_future(server.readers.submit(
+                        "jobs.list", {"state": state, "limit": 100_000, "cursor": cursor},
+                        Caller(actor="embedded-workers")))
+                    self.minter.see(job["tenant"] for job in listed["jobs"])
+                    cursor = listed["next_cursor"]
+                    if cursor is None:
+                        break
             token = self.minter.mint()
             self.minter.changed.clear()
         options.setdefault("claim_wait", CLAIM_WAIT)

@@ -17,6 +17,7 @@ from aiohttp import web
 from ..errors import InvalidInput, PolicyRefused
 from ..ledger import Ledger
 from ..operations.dispatch import Caller
+from ..operations.readers import LedgerReaders
 from ..operations.writer import LedgerWriter
 from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS, SCHEDULER
 from . import discovery
@@ -96,6 +97,7 @@ class Server:
         self.ledger = Ledger.open(config.ledger_path, lock_timeout=config.lock_timeout)
         self.metrics = Metrics()
         self.writer = LedgerWriter(self.ledger, group_commit=config.group_commit)
+        self.readers = LedgerReaders(self.ledger)
         self.writer.batch_observers.append(self.metrics.group_commit_size.observe)
         self._verifier = verifier
 
@@ -108,7 +110,8 @@ class Server:
             self.hub.publish, lambda appended: loop.call_soon_threadsafe(self.metrics.count_entries, appended)]
         self.writer.start()
         limits = self.config.limits
-        door = Door(self.writer, verifier=self._verifier, hub=self.hub, metrics=self.metrics, limits=limits)
+        door = Door(self.writer, self.readers, verifier=self._verifier, hub=self.hub, metrics=self.metrics,
+                    limits=limits)
         self.guards = Guards(limits)
         self._runner = web.AppRunner(create_app(door, gate=self.gate, guards=self.guards), handle_signals=False,
                                      access_log=None, shutdown_timeout=2.0, keepalive_timeout=limits.keepalive_timeout)
@@ -153,7 +156,9 @@ class Server:
             self._listening.close()  # no new connections; the runner then closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
-        await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.readers.stop)
+        await loop.run_in_executor(None, self.writer.stop)
         self.ledger.close()
         discovery.remove(self.config.ledger_path)
 

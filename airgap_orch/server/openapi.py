@@ -36,6 +36,11 @@ QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
     "state": {"enum": list(ALL_STATES)}, "since": {"$ref": _COMMON + "timestamp"},
     "limit": _PAGE, "after_seq": {"type": "integer", "minimum": 0, "maximum": 2**62},
 }
+# A page's next_cursor, passed back as given: opaque (base64url of the last row's key); one the server did not
+# give out is refused (400).
+QUERY_PARAMETERS["cursor"] = {"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[A-Za-z0-9_-]+$",
+                              "description": "The next_cursor of the previous page, as it was given (opaque); leave "
+                                             "out for the first page"}
 QUERY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("backfills.list", "state"): {"enum": [backfills.ACTIVE, backfills.CANCELED]},
     ("backfills.list", "limit"): {**_PAGE, "maximum": backfill_ops.MAX_LIST},
