@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from conftest import list_all
 from server_fixtures import assert_problem, init_ledger, serving
 
 from airgap_orch.errors import InvalidInput, OrchError
@@ -145,7 +146,7 @@ def test_a_large_answer_is_logged_compressed_and_replayed_whole(ledger):
     assert row["stored_bytes"] < len(json.dumps(first)) * 0.6, row["stored_bytes"]
     (again,) = through_writer(ledger, [("jobs.enqueue_batch", {"jobs": specs}, "bulk-1")])
     assert again == first
-    assert len(ops.list_jobs(ledger, limit=10_000)["jobs"]) == 3_000
+    assert len(list_all(ledger, limit=10_000)["jobs"]) == 3_000
 
 
 def test_a_fail_that_schedules_a_retry_names_the_lease_it_ended_in_history(ledger):
@@ -191,7 +192,7 @@ def test_rows_older_than_seven_days_are_pruned_by_the_next_writer(ledger, manual
     through_writer(ledger, [("jobs.enqueue", {"spec": dict(SPEC)}, "newer")])
     assert len(logged(ledger)) == 2
     manual_clock.advance(timedelta(hours=2).total_seconds())
-    through_writer(ledger, [("ledger.info", {}, None)])  # any first batch of a writer prunes
+    through_writer(ledger, [("jobs.recover", {}, None)])  # any first batch of a writer prunes
     assert set(logged(ledger)) == {f"{WORKER.actor} jobs.enqueue newer"}
 
 
@@ -215,7 +216,7 @@ def test_an_ack_many_of_1001_acks_is_refused_alike_locally_and_in_a_group_commit
     grouped, heartbeat = through_writer(ledger, [("jobs.ack_many", params, None), ("jobs.heartbeat", beside, None)])
     assert (type(grouped), str(grouped)) == local
     assert heartbeat["state"] == "running"  # the request beside it in the group was answered
-    assert Counter(job["state"] for job in ops.list_jobs(ledger, limit=2_000)["jobs"]) == {"leased": 1_000,
+    assert Counter(job["state"] for job in list_all(ledger, limit=2_000)["jobs"]) == {"leased": 1_000,
                                                                                            "running": 1}
 
 
@@ -241,7 +242,7 @@ def test_claim_and_report_params_are_refused_alike_locally_and_in_a_group_commit
     params = {key: fill.get(value, value) if isinstance(value, str) else value for key, value in template.items()}
     local = outcome(lambda: dispatch.run(ledger, name, dict(params), WORKER))
     assert isinstance(local, tuple), local  # refused, with a clear error (not a crash)
-    grouped, _ = through_writer(ledger, [(name, dict(params), None), ("ledger.info", {}, None)])
+    grouped, _ = through_writer(ledger, [(name, dict(params), None), ("jobs.recover", {}, None)])
     assert (type(grouped), str(grouped)) == local
     assert ops.show(ledger, job_id)["state"] == "leased"
 
