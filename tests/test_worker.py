@@ -551,3 +551,13 @@ def test_job_of_a_sigkilled_worker_is_recovered_and_completed_by_the_next(ledger
     assert json.loads(_artifact_bytes(artifact))["scanned_by"] == "w-b"
     with Ledger.open(ledger_path, lock_timeout=5) as ledger:
         assert ledger_ops.verify(ledger)["ok"] is True
+
+
+def test_a_queue_worker_is_not_idle_while_its_queue_has_a_job_behind_a_page_of_other_queues(ledger):
+    """Found in review: idleness read one page of jobs (at most 1,000); a job of the worker's queue behind 1,000
+    jobs of other queues went unseen, so `--exit-when-idle --queue Q` could stop with work left."""
+    ops.enqueue_batch(ledger, [{"tenant": "acme", "project": "p", "type": "scan", "queue": "other"}] * 1_001)
+    runner = Runner(ledger, RunnerConfig(handlers={"scan": lambda ctx: None}, worker_id="w-idle", queue="mine"))
+    assert runner._site_idle() is True
+    ops.enqueue(ledger, {"tenant": "acme", "project": "p", "type": "scan", "queue": "mine"})
+    assert runner._site_idle() is False
