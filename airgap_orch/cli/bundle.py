@@ -213,18 +213,23 @@ def plan(bundle_path: Path, root_path: Path | None, staleness: str | None, force
 
     result = _import_step("bundle plan", lambda ledger: ops.plan(
         ledger, bundle_path, trust_path=root_path, staleness=staleness, force=force, reason=reason))
-    if result is None:
-        return None
-    if settings().json:
-        return result
+    if _shown_plan(result):
+        click.echo(f"plan digest: {result['plan_digest']}")
+    return result if settings().json else None
+
+
+def _shown_plan(result: dict | None) -> bool:
+    """For people: the plan and any staleness warning; False (nothing more to say) when refused, already
+    imported, or with --json."""
+    if result is None or settings().json:
+        return False
     if result["already_imported"]:
         click.echo(result["message"])
-        return None
+        return False
     _print_plan(result["plan"])
     if result["staleness"]["warning"]:
         click.echo(f"warning: {result['staleness']['message']}", err=True)
-    click.echo(f"plan digest: {result['plan_digest']}")
-    return None
+    return True
 
 
 def _import_step(what: str, run: Callable[[Any], dict]) -> dict | None:
@@ -260,18 +265,10 @@ def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, 
     result = _import_step("bundle import", lambda ledger: ops.import_bundle(
         ledger, bundle_path, trust_path=root_path, plan_digest_expected=plan_digest, staleness=staleness,
         force=force, reason=reason))
-    if result is None:
-        return None
-    if settings().json:
-        return result
-    if result["already_imported"]:
-        click.echo(result["message"])
-        return None
-    _print_plan(result["plan"])
+    if not _shown_plan(result):
+        return result if settings().json else None
     for message in result["messages"]:
         click.echo(message)
-    if result["staleness"]["warning"]:
-        click.echo(f"warning: {result['staleness']['message']}", err=True)
     click.echo(f"imported bundle {result['bundle_id']} from {result['source_site']}, sequence {result['sequence']}")
     return None
 
