@@ -1,13 +1,25 @@
-"""A small HTTP client for the control plane (stdlib only), shared by the SDK and the CLI's remote mode.
+"""The one HTTP client for the control plane (stdlib only): the SDK's workers and the CLI's remote mode both send
+through OrchClient.request().
 
-`call(name, params)` sends operation `name` (airgap_orch/api.py) and returns the JSON answer, or raises
-the OrchError the server's problem+json stands for. Connection errors and 5xx answers are retried with
-capped exponential backoff and jitter; mutating calls carry an Idempotency-Key, so a retry of a request
-that was applied returns the original answer instead of applying it twice. A caller that retries a
-call itself (after ServerUnavailable) passes the same `idempotency_key` again for the same effect.
+`call(name, params)` sends operation `name` (airgap_orch/api.py) and returns the JSON answer, or raises the
+OrchError the server's problem+json stands for. Mutating calls carry an Idempotency-Key. A client waits in one of
+two ways:
 
-One keep-alive connection per thread. `close()` (from any thread) aborts requests in flight, such as a
-long-polling claim, and refuses new ones with ServerUnavailable.
+- Resending (the SDK's default): one keep-alive connection per thread, each wait bounded by `timeout`; connection
+  errors and 5xx answers are retried `retries` times with capped exponential backoff and jitter, under the same
+  Idempotency-Key, so a retry of a request that was applied returns the original answer instead of applying it
+  twice. A caller that retries a call itself (after ServerUnavailable) passes the same `idempotency_key` again.
+- Bounded (`bound=B`, the CLI's --lock-timeout; README "Control plane"): each request is sent once, on a fresh
+  connection, and the server must show it is alive within B (at least MIN_BOUND_SECONDS) at every step: accept
+  the connection (a refused connect is tried again until B has passed: a server that is starting gets that
+  long), take each piece of the request, start its answer and keep sending it. While an answer takes longer to
+  start (a long-poll claim, a large verify), the client asks the server's GET /healthz every B/2 seconds and
+  waits on as long as that answers within B/2. A server that does none of these raises ServerUnavailable about
+  B seconds after it last showed life, naming the server (`Server.describe`) and saying how it failed (`stage`)
+  and whether it may still apply the request (`may_have_applied`).
+
+`close()` (from any thread) aborts requests in flight, such as a long-polling claim, and refuses new ones with
+ServerUnavailable.
 """
 
 from __future__ import annotations
@@ -15,25 +27,59 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import select
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 from .. import api
 from ..errors import OrchError, from_problem
 
+# Below this the first answer of a healthy server (an interpreter's worth of work away) could miss the bound.
+MIN_BOUND_SECONDS = 1.0
+SEND_CHUNK_BYTES = 64 * 1024  # a body goes out in pieces; in bounded mode each must be taken within the bound
+HEALTH_PATH = "/healthz"
+
+Stage = Literal["unreachable", "silent", "closed"]
+
 
 class ServerUnavailable(OrchError):
-    """The server could not be reached (after retries)."""
+    """The server could not be reached (after retries), or did not show life within a client's bound.
+
+    `stage`: "unreachable" (no connection), "silent" (it stopped taking the request, or did not answer, nor its
+    health check, within the bound) or "closed" (it closed the connection before answering). `may_have_applied`:
+    the request was a change that reached the server, which may still apply it."""
+
+    def __init__(self, message: str, *, stage: Stage = "unreachable", may_have_applied: bool = False):
+        super().__init__(message)
+        self.stage = stage
+        self.may_have_applied = may_have_applied
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where requests go: a URL, and for a server found through its discovery file its pid and ledger."""
+
+    url: str
+    pid: int | None = None
+    ledger: Path | None = None
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return f"server {self.url}"
+        return f"server {self.url} (pid {self.pid}, which owns {self.ledger})"
 
 
 @dataclass(frozen=True)
 class PreparedCall:
-    """One operation as an HTTP request: the one encoding both transports use (this client's and the CLI's,
-    airgap_orch/cli/remote.py). Operational overrides (reason, ticket) travel as X-Orch-Reason/X-Orch-Ticket."""
+    """One operation as an HTTP request: the one encoding, for the one transport (OrchClient.request).
+    Operational overrides (reason, ticket) travel as X-Orch-Reason/X-Orch-Ticket."""
 
     method: str
     path: str
@@ -73,16 +119,24 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 
 class OrchClient:
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0, retries: int = 5,
-                 backoff_cap: float = 5.0):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"server URL {url!r} must look like http://127.0.0.1:8080")
-        self.url = url.rstrip("/")
-        self._host, self._port, self._https = parts.hostname, parts.port, parts.scheme == "https"
+    def __init__(self, server: str | Server, token: str | None = None, *, timeout: float = 30.0, retries: int = 5,
+                 backoff_cap: float = 5.0, bound: float | None = None):
+        """A client of `server` (a URL, or a Server whose description names it in errors). `bound`: send each
+        request once and bound every wait by it (module docstring); `timeout` and `retries` are then unused."""
+        self.server = server if isinstance(server, Server) else Server(server)
+        parts = urlsplit(self.server.url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+            raise ValueError(f"server URL {self.server.url!r} must look like http://127.0.0.1:8080")
+        self.url = self.server.url.rstrip("/")
+        self._host, self._port, self._https = parts.hostname, port, parts.scheme == "https"
         self.token = token
-        self.timeout = timeout
-        self.retries = retries
+        self.bound = None if bound is None else max(bound, MIN_BOUND_SECONDS)
+        self.timeout = timeout if self.bound is None else self.bound
+        self.retries = retries if self.bound is None else 0  # bounded: sent once
         self.backoff_cap = backoff_cap
         self._local = threading.local()  # one keep-alive connection per thread
         self._open: set[http.client.HTTPConnection] = set()  # every thread's connection, for close()
@@ -128,6 +182,9 @@ class OrchClient:
     def request(self, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None,
                 timeout: float | None = None, extra_headers: dict[str, str] | None = None
                 ) -> tuple[int, dict[str, Any]]:
+        """(status, parsed body) of one request, waiting as the module docstring says. A request with an
+        Idempotency-Key is a change (api.Route.mutating). `timeout` (resending mode): this request's wait, e.g. a
+        long-poll's."""
         headers = {"Accept": "application/json", **(extra_headers or {})}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -135,47 +192,93 @@ class OrchClient:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+            headers["Content-Length"] = str(len(data))
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        wanted = self.timeout if timeout is None or self.bound is not None else timeout
+        connect_deadline = None if self.bound is None else time.monotonic() + self.bound
         attempt = 0
         while True:
             attempt += 1
             if self._closed.is_set():
                 self._drop()
                 raise ServerUnavailable(f"client for {self.url} was closed")
+            connected = sent = False
             try:
                 connection = self._connection()
-                wanted = self.timeout if timeout is None else timeout
-                if connection.timeout != wanted:  # a long-poll's longer timeout must not stick
+                if connection.sock is None:
+                    connection.timeout = wanted if connect_deadline is None else \
+                        max(0.01, connect_deadline - time.monotonic())
+                    connection.connect()
+                connected = True
+                if connection.sock.gettimeout() != wanted:  # each send and read from here; a long-poll's must not stick
                     connection.timeout = wanted
-                    if connection.sock is not None:
-                        connection.sock.settimeout(wanted)
-                connection.request(method, path, body=data, headers=headers)
+                    connection.sock.settimeout(wanted)
+                connection.request(method, path, body=_pieces(data) if data is not None else None, headers=headers)
+                sent = True
+                if self.bound is not None:
+                    self._wait_for_answer(connection)
                 response = connection.getresponse()
                 raw = response.read()
                 status = response.status
-                if response.getheader("Connection", "").lower() == "close":
+                # Bounded: a fresh connection per request, since a kept one the server closed meanwhile fails after
+                # the request went out, and a request is not sent twice.
+                if self.bound is not None or response.getheader("Connection", "").lower() == "close":
                     self._drop()
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
                 if self._closed.is_set():
                     raise ServerUnavailable(f"client for {self.url} was closed") from None
-                if attempt > self.retries:
-                    raise ServerUnavailable(f"cannot reach {self.url}: {exc}; is `airgap-orch serve` running?"
-                                            ) from None
-                self._sleep(attempt)
+                pause = self._pause_before_retry(attempt, connected, connect_deadline)
+                if pause is None:
+                    raise self._unavailable(exc, connected, sent, idempotency_key is not None) from None
+                self._closed.wait(pause)
                 continue
-            if status >= 500 and status != 503 and attempt <= self.retries:
-                self._sleep(attempt)
-                continue
-            if status == 503 and attempt <= self.retries:
-                self._sleep(attempt)
+            if status >= 500 and attempt <= self.retries:
+                self._closed.wait(self._backoff(attempt, 0.1, self.backoff_cap))
                 continue
             return status, parse_body(raw)
 
-    def _sleep(self, attempt: int) -> None:
-        ceiling = min(self.backoff_cap, 0.1 * 2 ** (attempt - 1))
-        self._closed.wait(ceiling / 2 + random.uniform(0, ceiling / 2))
+    @staticmethod
+    def _backoff(attempt: int, first: float, cap: float) -> float:
+        ceiling = min(cap, first * 2 ** (attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _pause_before_retry(self, attempt: int, connected: bool, connect_deadline: float | None) -> float | None:
+        """How long to wait before sending again after a failed attempt, or None to give up."""
+        if connect_deadline is None:
+            return self._backoff(attempt, 0.1, self.backoff_cap) if attempt <= self.retries else None
+        if connected:
+            return None  # bounded: the request may have gone out; it is not sent twice
+        pause = self._backoff(attempt, 0.02, 0.25)
+        return pause if time.monotonic() + pause < connect_deadline else None
+
+    def _unavailable(self, exc: BaseException, connected: bool, sent: bool, mutating: bool) -> ServerUnavailable:
+        if self.bound is None:
+            return ServerUnavailable(f"cannot reach {self.url}: {exc}; is `airgap-orch serve` running?")
+        server, bound = self.server.describe(), f"{self.bound:g}s"
+        if not connected:
+            return ServerUnavailable(f"cannot reach {server} within {bound} ({_reason(exc)})")
+        if isinstance(exc, TimeoutError):
+            if isinstance(exc, _NoLifeSign):
+                what = f"did not answer within {bound}, nor did its health check"
+            else:
+                what = f"stopped sending its answer for {bound}" if sent else f"stopped taking the request for {bound}"
+            return ServerUnavailable(f"{server} {what}", stage="silent", may_have_applied=mutating and sent)
+        return ServerUnavailable(f"{server} closed the connection before answering ({_reason(exc)})",
+                                 stage="closed", may_have_applied=mutating)
+
+    def _wait_for_answer(self, connection: http.client.HTTPConnection) -> None:
+        """Return once the answer's first byte can be read; while it has not come, check every bound/2 that the
+        server still answers its health check within bound/2."""
+        assert connection.sock is not None and self.bound is not None
+        half = self.bound / 2
+        while True:
+            readable, _, _ = select.select([connection.sock], [], [], half)
+            if readable:
+                return
+            if not _answers_health_check(connection, half):
+                raise _NoLifeSign
 
     # -- operations ----------------------------------------------------------------------------
     def call(self, name: str, params: dict[str, Any] | None = None, *, timeout: float | None = None,
@@ -191,3 +294,35 @@ class OrchClient:
         """Up to `limit` rows of a paged listing (jobs.list, deadletter.list, ledger.events, audit.list), following
         next_cursor page by page (api.read_pages)."""
         return api.read_pages(self.call, name, params or {}, limit)
+
+
+class _NoLifeSign(TimeoutError):
+    """The answer had not started and the health check did not answer in time."""
+
+
+def _pieces(body: bytes) -> Iterator[bytes]:
+    for start in range(0, len(body), SEND_CHUNK_BYTES):
+        yield body[start:start + SEND_CHUNK_BYTES]
+
+
+def _answers_health_check(connection: http.client.HTTPConnection, within: float) -> bool:
+    deadline = time.monotonic() + within
+    probe = type(connection)(connection.host, connection.port, timeout=within)
+    try:
+        probe.connect()
+        assert probe.sock is not None
+        probe.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        probe.request("GET", HEALTH_PATH, headers={"Accept": "application/json"})
+        response = probe.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        probe.close()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
