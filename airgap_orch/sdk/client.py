@@ -119,11 +119,11 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 
 class OrchClient:
-    def __init__(self, server: str | Server, token: str | None = None, *, timeout: float = 30.0, retries: int = 5,
+    def __init__(self, url: str | Server, token: str | None = None, *, timeout: float = 30.0, retries: int = 5,
                  backoff_cap: float = 5.0, bound: float | None = None):
-        """A client of `server` (a URL, or a Server whose description names it in errors). `bound`: send each
-        request once and bound every wait by it (module docstring); `timeout` and `retries` are then unused."""
-        self.server = server if isinstance(server, Server) else Server(server)
+        """A client of the server at `url` (or a Server, whose description then names it in errors). `bound`: send
+        each request once and bound every wait by it (module docstring); `timeout` and `retries` are then unused."""
+        self.server = url if isinstance(url, Server) else Server(url)
         parts = urlsplit(self.server.url)
         try:
             port = parts.port
