@@ -79,17 +79,19 @@ def mixed_run(tmp_path_factory):
     ledger_path = root / "ledger.duckdb"
     ledger_ops.init(ledger_path, site_id="site-test", lock_timeout=5)
     out = root / "out"
+    # The good jobs finish only once a heartbeat was answered (hold_until_running: a handshake, not a long sleep),
+    # and leases are long enough that no load makes one lapse: nothing here races the wall clock.
     ids = _enqueue(ledger_path, [
         {"tenant": "acme", "project": "feeds", "type": "advisory.ingest",
-         "payload": {"advisory_id": "ADV-1", "out_dir": str(out), "step_seconds": 1.0}},
+         "payload": {"advisory_id": "ADV-1", "out_dir": str(out), "hold_until_running": True}},
         {"tenant": "globex", "project": "feeds", "type": "advisory.ingest",
-         "payload": {"advisory_id": "ADV-2", "out_dir": str(out), "step_seconds": 1.0}},
+         "payload": {"advisory_id": "ADV-2", "out_dir": str(out), "hold_until_running": True}},
         {"tenant": "acme", "project": "mirror", "type": "export.mirror", "max_attempts": 3,
          "payload": {"retry_after": 0.05}},
         {"tenant": "acme", "project": "feeds", "type": "advisory.ingest", "payload": {"out_dir": str(out)}},
     ])
     worker = _worker(ledger_path, "--handler", f"advisory.ingest={SAMPLES}:ingest_advisory",
-                     "--handler", f"export.mirror={SAMPLES}:flaky_export", "--lease-seconds", "2",
+                     "--handler", f"export.mirror={SAMPLES}:flaky_export", "--lease-seconds", "30",
                      "--exit-when-idle", "--worker-id", "w-mixed")
     code, summary, stderr = _finish(worker)
     jobs = {name: _show(ledger_path, job_id)
@@ -115,8 +117,8 @@ def test_handler_success_acks_its_artifacts_with_real_digests(mixed_run):
         assert job["state"] == "succeeded"
         assert job["attempts"] == 1
         assert job["progress"] == 1.0
-        # 3 s of work: the first heartbeat (FIRST_BEAT_SECONDS, 0.2 s) moved it to running before the ack. The
-        # worker process owns the ledger, so the test cannot hold the handler until it sees the job running.
+        # The handler held on until its first heartbeat (FIRST_BEAT_SECONDS) was answered, which moved the job to
+        # running before the ack (the worker process owns the ledger, so the handshake is the handler's own).
         assert _events(job) == ["job.created", "job.leased", "job.started", "job.succeeded"]
         (artifact,) = job["artifacts"]
         assert artifact["mime"] == "application/json"

@@ -76,6 +76,7 @@ class JobContext:
         self.worker_id = worker_id
         self.cancelled = threading.Event()
         self.cancel_reason: str | None = None
+        self.running = threading.Event()  # set once a heartbeat was answered: the orchestrator shows it running
         self._report_progress = report_progress
         self._lock = threading.Lock()
 

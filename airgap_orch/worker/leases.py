@@ -11,7 +11,8 @@ its threads; every rule about a leased attempt lives here:
   waiting lease/3 for a thread is heartbeated; a job whose report waits keeps its lease). Progress rides
   along, at most every `progress_interval` and never before the first beat. A beat that failed (no answer,
   or refused for another reason) goes again within RETRY_BEAT_SECONDS and keeps its progress.
-- A heartbeat answering cancel_requested sets ctx.cancelled; a handler that ignores it for one lease
+- An answered heartbeat sets ctx.running (the job is running in the ledger now); one answering
+  cancel_requested sets ctx.cancelled; a handler that ignores it for one lease
   period is heartbeated no more, so its lease lapses and the orchestrator ends the job canceled.
 - A heartbeat refused as stale (LEASE_REFUSALS) while the handler has the job means another worker may own
   it: the attempt is lost, the handler is told (ctx.cancel_reason lease_lost) and nothing is reported for
@@ -350,6 +351,7 @@ class LeaseTracker:
                 cancel = bool(answer.get("cancel_requested")) and not job.ctx.cancelled.is_set()
                 if cancel:
                     job.cancel_seen_at = self._clock()
+            job.ctx.running.set()
             if cancel:
                 job.ctx.cancel(CANCEL_REQUESTED)
         self._wake()

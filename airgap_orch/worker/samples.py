@@ -3,7 +3,8 @@
 Payload keys they read (all optional unless said):
 - ingest_advisory / ingest_vex: `advisory_id` / `document_id` (required; missing -> PermanentError),
   `out_dir` (where the normalized document is written; default: $TMPDIR/airgap-orch-out, named by the
-  artifact URI each ack records), `steps`, `step_seconds`.
+  artifact URI each ack records), `steps`, `step_seconds`, `hold_until_running` (true: finish only once a
+  heartbeat was answered, ctx.running, so the job's history shows it started whatever the machine's load).
 - flaky_export: `retry_after` (seconds, default 0.2). Always fails with a RetryableError.
 - slow_scan: `image`, `seconds` (default 5), `marker` (a file written when the scan starts),
   `out_dir`. Checks for cancellation between steps.
@@ -57,6 +58,9 @@ def _ingest(ctx: JobContext, kind: str, id_key: str) -> list[dict[str, str]]:
         ctx.check_cancelled()
         time.sleep(step_seconds)
         ctx.progress((step + 1) / (steps + 1), f"{kind} {document_id}: step {step + 1} of {steps}")
+    if payload.get("hold_until_running"):
+        while not ctx.running.wait(0.05):
+            ctx.check_cancelled()
     normalized = {"kind": kind, "id": document_id, "tenant": ctx.tenant, "project": ctx.project,
                   "source": payload.get("source", "sample"), "attempt": ctx.attempt}
     artifact = _write_artifact(ctx, kind, normalized)
