@@ -184,6 +184,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
                f"sequence {plan['sequence']} (floor {plan['floor']}), created {plan['created_at']}")
     for table in plan["tables"]:
         where = f" into {table['mirror']} (replacing {table['replaces']})" if table["mirror"] else ""
+        if table["action"] == "applied":  # the authority's rows are applied and also kept as its mirror
+            where = f", and mirrored{where}"
         note = f" ({table['note']})" if table.get("note") else ""
         changes = table.get("changes")
         applied = (" (" + ", ".join(f"{count} {what.replace('_', ' ')}" for what, count in changes.items()) + ")"
