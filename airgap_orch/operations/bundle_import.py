@@ -8,7 +8,8 @@
  3. answers "already imported" (same payload digest or bundle id): exit 0, nothing but an audit entry;
  4. refuses a sequence at or below the source site's floor (rollback:sequence, exit 5);
  5. recomputes the source's history chain from genesis (chain:*, exit 4) and counts what each table gives;
- 6. writes everything in ONE transaction: the source's mirror rows replaced, the bundle's newer trust roots
+ 6. writes everything in ONE transaction: the source's mirror rows replaced (and, when the source is this site's
+    policy authority, its policies applied: operations/bundle_policies.py), the bundle's newer trust roots
     (and a `--trust` root when nothing was pinned), the floor row, the audit entry.
 A refusal writes one audit entry and a capped quarantine copy `<ledger>.quarantine/<sha256 of the file>.bundle`
 with a `.reason` file beside it; nothing else.
