@@ -105,13 +105,16 @@ def target(tmp_path) -> Path:
 
 # --- not the authority: mirrored only -----------------------------------------------------------------------
 
-def test_without_a_policy_authority_a_bundles_policies_are_mirrored_only_and_local_limits_stay(
-        holders, source, target, root_v1, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("authority", [None, "site-c"], ids=["no-authority", "another-site-is-the-authority"])
+def test_from_a_site_that_is_not_the_policy_authority_policies_are_mirrored_only_and_local_limits_stay(
+        holders, source, target, root_v1, tmp_path, authority):  # noqa: F811
+    if authority is not None:
+        ok(cli("airgap", "authority", "set", authority, "--reason", "site-c issues our limits", ledger=target))
     out = bundle(source, holders, tmp_path / "a.bundle")
     before = policy_state(target)
     planned = ok(cli("bundle", "plan", str(out), "--trust", str(root_v1), "--json", ledger=target))
     tables = plan_tables(planned)
-    assert planned["plan"]["policy_authority"] is None
+    assert planned["plan"]["policy_authority"] == authority
     for name in APPLIED_TABLES:
         assert tables[name]["action"] == "mirrored, not applied"
         assert tables[name]["note"] == ("site-a is not the policy authority; "
@@ -134,7 +137,8 @@ def test_without_a_policy_authority_a_bundles_policies_are_mirrored_only_and_loc
     assert (acme[0]["issuer_site"], acme[0]["issuer_version"]) == ("site-a", 1)
     assert len(mirrors["policies"]) == after["mirror_policies"]
     assert "quotas" in ok(cli("airgap", "policies", ledger=target))
-    assert ok(cli("airgap", "status", "--json", ledger=target))["policy_authority"] is None
+    status = ok(cli("airgap", "status", "--json", ledger=target))["policy_authority"]
+    assert (status["site"] if status else None) == authority
 
 
 # --- the authority: applied and audited -------------------------------------------------------------------
