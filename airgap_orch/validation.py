@@ -526,3 +526,14 @@ def duration_seconds(value: Any, what: str, *, example: str = "15m, 1h, 7d") -> 
         raise InvalidInput(f"{what} {value!r} must be a positive whole number and a unit s, m, h or d: {example}")
     return int(text[:-1]) * _DURATION_UNIT_SECONDS[text[-1]]
 
+
+
+_SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def site_id(value: Any, what: str = "site") -> str:
+    """A site id as manifests and `ledger init` spell it: 1-64 letters, digits, '.', '_' or '-'."""
+    if not isinstance(value, str) or not _SITE_ID.match(value):
+        raise InvalidInput(f"{what} {value!r} is not a site id: 1-64 letters, digits, '.', '_' or '-', starting with "
+                           "a letter or digit")
+    return value

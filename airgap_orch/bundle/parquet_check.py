@@ -21,7 +21,7 @@ repeated a million times is small on disk and large in memory).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -103,10 +103,12 @@ class CheckedParquet:
                                "its footer declares")
 
 
-def open_parquet(source: BinaryIO, *, expected_schema: pa.Schema, rows: int, uncompressed_bytes: int,
+def open_parquet(source: BinaryIO, *, expected_schema: pa.Schema | Sequence[pa.Schema], rows: int,
+                 uncompressed_bytes: int,
                  limits: ParquetLimits = DEFAULT_PARQUET_LIMITS, what: str = "the Parquet member") -> CheckedParquet:
     """Check a Parquet member's footer and page headers (see the module docstring) against the manifest's
-    `rows` and `uncompressed_bytes`, the caps and `expected_schema`; decodes nothing. `source` is a seekable
+    `rows` and `uncompressed_bytes`, the caps and `expected_schema` (or one of several accepted layouts, the
+    current one first: the member is then read in the layout its footer has); decodes nothing. `source` is a seekable
     file object over the member alone (tarfmt.open_member). SizeLimitError size:parquet-*, PayloadError
     payload:parquet-*."""
     size = source.seek(0, 2)
@@ -124,7 +126,7 @@ def open_parquet(source: BinaryIO, *, expected_schema: pa.Schema, rows: int, unc
     if metadata.num_columns > limits.max_columns:
         raise SizeLimitError("parquet-columns", f"{what} has {metadata.num_columns} columns; the cap is "
                              f"{limits.max_columns}")
-    _check_schema(schema, expected_schema, what)
+    expected_schema = _check_schema(schema, expected_schema, what)
     data_end = size - 8 - footer_length
     total_rows = uncompressed = compressed = pages = 0
     for group_index in range(metadata.num_row_groups):
@@ -194,11 +196,14 @@ def _footer_length(source: BinaryIO, size: int, limits: ParquetLimits, what: str
     return length
 
 
-def _check_schema(actual: pa.Schema, expected: pa.Schema, what: str) -> None:
+def _check_schema(actual: pa.Schema, accepted: pa.Schema | Sequence[pa.Schema], what: str) -> pa.Schema:
+    """The accepted layout the footer's schema equals; PayloadError (naming the first, current, layout) if none."""
+    layouts = (accepted,) if isinstance(accepted, pa.Schema) else tuple(accepted)
     have = [(field.name, field.type) for field in actual]
-    want = [(field.name, field.type) for field in expected]
-    if have == want:
-        return
+    for layout in layouts:
+        if have == [(field.name, field.type) for field in layout]:
+            return layout
+    want = [(field.name, field.type) for field in layouts[0]]
     for position, (got, wanted) in enumerate(zip(have, want, strict=False)):
         if got != wanted:
             raise PayloadError("parquet-schema", f"{what}'s column {position} is {got[0]!r} {got[1]}; the table "

@@ -47,6 +47,17 @@ class TableSpec:
     order: tuple[str, ...]
     tenant_rows: str
     schema: pa.Schema
+    # Trailing columns added to the table after its first layout: a member without them (an earlier writer's)
+    # still verifies, and the importer fills them in (operations/bundle_policies.py).
+    added: tuple[str, ...] = ()
+
+    @property
+    def accepted_schemas(self) -> tuple[pa.Schema, ...]:
+        """The footers the verifier accepts: the current layout, then each earlier one (fewer trailing columns)."""
+        layouts = [self.schema]
+        for count in range(1, len(self.added) + 1):
+            layouts.append(pa.schema(list(self.schema)[:len(self.schema) - count]))
+        return tuple(layouts)
 
     @property
     def path(self) -> str:
@@ -62,6 +73,10 @@ class TableSpec:
 def _schema(*columns: tuple[str, pa.DataType]) -> pa.Schema:
     return pa.schema([pa.field(name, kind) for name, kind in columns])
 
+
+# The policy rows' issuing site and per-issuer version (migration 0013), added after version 1's first layout.
+_ISSUER = (("issuer_site", _S), ("issuer_version", _I32))
+_ISSUED = ("issuer_site", "issuer_version")
 
 TABLES: tuple[TableSpec, ...] = (
     TableSpec("jobs", "all_jobs", ("job_id",), "tenant = T", _schema(
@@ -81,14 +96,15 @@ TABLES: tuple[TableSpec, ...] = (
         ("job_id", _S), ("parent_id", _S))),
     TableSpec("quotas", "quotas", ("tenant",), "tenant = T", _schema(
         ("tenant", _S), ("record_version", _I32), ("revision", _I32), ("max_active", _I32), ("max_per_hour", _I32),
-        ("burst", _I32), ("reason", _S), ("ticket", _S), ("updated_at", _T), ("updated_by", _S))),
+        ("burst", _I32), ("reason", _S), ("ticket", _S), ("updated_at", _T), ("updated_by", _S), *_ISSUER),
+        _ISSUED),
     TableSpec("rate_limits", "rate_limits", ("scope",), "tenant = T, or limit_key = 'tenant:T'", _schema(
         ("scope", _S), ("record_version", _I32), ("revision", _I32), ("tenant", _S), ("job_type", _S),
         ("limit_key", _S), ("rate_per_second", _F64), ("burst", _I32), ("reason", _S), ("ticket", _S),
-        ("updated_at", _T), ("updated_by", _S))),
+        ("updated_at", _T), ("updated_by", _S), *_ISSUER), _ISSUED),
     TableSpec("concurrency_limits", "concurrency_limits", ("limit_key",), "limit_key = 'tenant:T'", _schema(
         ("limit_key", _S), ("record_version", _I32), ("revision", _I32), ("max_active", _I32), ("reason", _S),
-        ("ticket", _S), ("updated_at", _T), ("updated_by", _S))),
+        ("ticket", _S), ("updated_at", _T), ("updated_by", _S), *_ISSUER), _ISSUED),
     TableSpec("circuit_breakers", "circuit_breakers", ("limit_key",), "limit_key = 'tenant:T'", _schema(
         ("limit_key", _S), ("record_version", _I32), ("revision", _I32), ("failure_threshold", _I32),
         ("cooldown_seconds", _F64), ("reason", _S), ("ticket", _S), ("state", _S), ("consecutive_failures", _I32),
@@ -114,8 +130,9 @@ TABLES: tuple[TableSpec, ...] = (
         ("seq", _I64), ("action", _S), ("entry", _S), ("entry_hash", _S))),
 )
 BY_NAME: dict[str, TableSpec] = {spec.name: spec for spec in TABLES}
-# What the verifier's table step (verify_bundle(table_schemas=...)) checks each member's footer against.
-TABLE_SCHEMAS: dict[str, pa.Schema] = {spec.name: spec.schema for spec in TABLES}
+# What the verifier's table step (verify_bundle(table_schemas=...)) checks each member's footer against: one of
+# the table's accepted layouts (the current one first).
+TABLE_SCHEMAS: dict[str, tuple[pa.Schema, ...]] = {spec.name: spec.accepted_schemas for spec in TABLES}
 # Ledger tables that stay at their site, and why (tests check every ledger table is exported or listed here).
 LOCAL_TABLES: dict[str, str] = {
     "ledger_meta": "this site's identity",
@@ -129,6 +146,7 @@ LOCAL_TABLES: dict[str, str] = {
     "mirror_jobs": "other sites' jobs, mirrored from their bundles",
     "mirror_history": "other sites' history, mirrored from their bundles",
     "mirror_policies": "other sites' policies, mirrored from their bundles",
+    "policy_authority": "the site whose policies this site applies: this site's own designation",
 }
 
 

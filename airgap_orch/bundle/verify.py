@@ -32,7 +32,7 @@ later (to import them) is only safe if nobody can change the file in between: ve
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -147,7 +147,8 @@ class VerifiedBundle:
 
 def verify_bundle(source: bytes | BinaryIO, *, pinned_root: bytes, target_site: str | None, now: datetime,
                   staleness: StalenessPolicy = DEFAULT_STALENESS, latest_anchor: datetime | None = None,
-                  table_schemas: Mapping[str, pa.Schema] | None = None, limits: TarLimits = DEFAULT_TAR_LIMITS,
+                  table_schemas: Mapping[str, pa.Schema | Sequence[pa.Schema]] | None = None,
+                  limits: TarLimits = DEFAULT_TAR_LIMITS,
                   parquet_limits: ParquetLimits = DEFAULT_PARQUET_LIMITS,
                   require_threshold: bool = True) -> VerifiedBundle:
     """Run the verification sequence (module docstring). `now` is the local clock (naive UTC);
@@ -179,7 +180,7 @@ class _Verification:
         return result
 
     def run(self, *, pinned_root: bytes, target_site: str | None, now: datetime, staleness: StalenessPolicy,
-            latest_anchor: datetime | None, table_schemas: Mapping[str, pa.Schema] | None,
+            latest_anchor: datetime | None, table_schemas: Mapping[str, pa.Schema | Sequence[pa.Schema]] | None,
             parquet_limits: ParquetLimits) -> VerifiedBundle:
         self.step("size", self._size)
         index = self.step("structure", self._structure)
@@ -321,7 +322,7 @@ class _Verification:
 
     # --- 11. tables -----------------------------------------------------------------------------------------
 
-    def _tables(self, members: tuple[VerifiedMember, ...], table_schemas: Mapping[str, pa.Schema],
+    def _tables(self, members: tuple[VerifiedMember, ...], table_schemas: Mapping[str, pa.Schema | Sequence[pa.Schema]],
                 limits: ParquetLimits) -> tuple[dict[str, ParquetFacts], str]:
         from .parquet_check import open_parquet  # pyarrow only for callers that check tables
 

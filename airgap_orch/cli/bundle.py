@@ -184,7 +184,13 @@ def _print_plan(plan: dict[str, Any]) -> None:
                f"sequence {plan['sequence']} (floor {plan['floor']}), created {plan['created_at']}")
     for table in plan["tables"]:
         where = f" into {table['mirror']} (replacing {table['replaces']})" if table["mirror"] else ""
-        click.echo(f"  {table['table']:<20} {table['rows']:>8} rows  {table['action']}{where}")
+        if table["action"] == "applied":  # the authority's rows are applied and also kept as its mirror
+            where = f", and mirrored{where}"
+        note = f" ({table['note']})" if table.get("note") else ""
+        changes = table.get("changes")
+        applied = (" (" + ", ".join(f"{count} {what.replace('_', ' ')}" for what, count in changes.items()) + ")"
+                   if changes else "")
+        click.echo(f"  {table['table']:<20} {table['rows']:>8} rows  {table['action']}{applied}{note}{where}")
     if plan["pin_trust_root"] is not None:
         click.echo(f"pins trust root version {plan['pin_trust_root']} (from --trust)")
     if plan["store_trust_roots"]:
@@ -325,6 +331,10 @@ def status(staleness: str | None) -> dict | None:
                        f"{result['staleness']['message']}")
         for floor in result["floors"]:
             click.echo(f"floor {floor['source_site']}: sequence {floor['sequence']} ({floor['imports']} imports)")
+        authority = result["policy_authority"]
+        click.echo("policy authority: " + ("none (bundles' policies are mirrored, not applied)" if authority is None
+                                           else f"{authority['site']} (set by {authority['set_by']} at "
+                                                f"{authority['set_at']}: {authority['reason']})"))
     if result["refused"]:
         fail(ops.status_refusal(result))
     return None
@@ -342,4 +352,77 @@ def staleness_setting(mode: str, reason: str | None) -> dict | None:
     if settings().json:
         return result
     click.echo(f"staleness mode {result['staleness']} (was {result['previous']})")
+    return None
+
+
+@airgap_group.group("authority")
+def authority_group() -> None:
+    """The site whose bundles' quotas, rate limits and concurrency limits this site APPLIES on import (others'
+    stay mirrors: `airgap policies`)."""
+
+
+def _print_authority(result: dict[str, Any]) -> None:
+    authority = result["policy_authority"]
+    click.echo("policy authority: " + ("none" if authority is None else
+                                       f"{authority['site']} (set by {authority['set_by']} at {authority['set_at']}: "
+                                       f"{authority['reason']})"))
+
+
+@command(authority_group, "set")
+@click.argument("site", metavar="SITE")
+@click.option("--reason", help="Why (required; audited).")
+def authority_set(site: str, reason: str | None) -> dict | None:
+    """Apply the policies of SITE's bundles from the next import on (audited)."""
+    from ..operations import bundle_policies as ops
+
+    with open_local_ledger("airgap authority set") as ledger:
+        result = ops.set_authority(ledger, site, reason=reason)
+    if settings().json:
+        return result
+    _print_authority(result)
+    return None
+
+
+@command(authority_group, "clear")
+@click.option("--reason", help="Why (required; audited).")
+def authority_clear(reason: str | None) -> dict | None:
+    """No policy authority: every bundle's policies stay mirrors (rows applied before stay as they are)."""
+    from ..operations import bundle_policies as ops
+
+    with open_local_ledger("airgap authority clear") as ledger:
+        result = ops.clear_authority(ledger, reason=reason)
+    if settings().json:
+        return result
+    click.echo(f"policy authority cleared (was {result['previous']})")
+    return None
+
+
+@command(authority_group, "show")
+def authority_show() -> dict | None:
+    """This site's policy authority, if any."""
+    from ..operations import bundle_policies as ops
+
+    with open_local_ledger("airgap authority show") as ledger:
+        result = ops.show_authority(ledger)
+    if settings().json:
+        return result
+    _print_authority(result)
+    return None
+
+
+@command(airgap_group, "policies")
+@click.option("--source", "source_site", metavar="SITE", help="Only the policies mirrored from SITE.")
+def policies(source_site: str | None) -> dict | None:
+    """The policies other sites' bundles carried (mirrors), and whether each is the row this site applies."""
+    from ..operations import bundle_policies as ops
+
+    with open_local_ledger("airgap policies") as ledger:
+        result = ops.mirrored(ledger, source_site=source_site)
+    if settings().json:
+        return result
+    _print_authority(result)
+    for item in result["policies"]:
+        issuer = f" issued by {item['issuer_site']} v{item['issuer_version']}" if "issuer_site" in item else ""
+        click.echo(f"  {item['source_site']:<16} {item['table']:<18} {item['key']:<32} "
+                   f"{'applied' if item['applied'] else 'mirrored'}{issuer}")
     return None

@@ -481,22 +481,28 @@ INSERT INTO bucket_levels SELECT unnest($buckets), unnest($tokens), $refilled_at
 DELETE FROM bucket_levels WHERE bucket = $bucket;
 
 -- name: quota_put
-INSERT OR REPLACE INTO quotas VALUES ($tenant, $record_version, $revision, $max_active, $max_per_hour, $burst,
-                                      $reason, $ticket, $updated_at, $updated_by);
+INSERT OR REPLACE INTO quotas (tenant, record_version, revision, max_active, max_per_hour, burst, reason, ticket,
+                               updated_at, updated_by, issuer_site, issuer_version)
+VALUES ($tenant, $record_version, $revision, $max_active, $max_per_hour, $burst, $reason, $ticket, $updated_at,
+        $updated_by, $issuer_site, $issuer_version);
 
 -- name: quota_delete
 DELETE FROM quotas WHERE tenant = $tenant;
 
 -- name: rate_limit_put
-INSERT OR REPLACE INTO rate_limits VALUES ($scope, $record_version, $revision, $tenant, $job_type, $limit_key,
-                                           $rate_per_second, $burst, $reason, $ticket, $updated_at, $updated_by);
+INSERT OR REPLACE INTO rate_limits (scope, record_version, revision, tenant, job_type, limit_key, rate_per_second,
+                                    burst, reason, ticket, updated_at, updated_by, issuer_site, issuer_version)
+VALUES ($scope, $record_version, $revision, $tenant, $job_type, $limit_key, $rate_per_second, $burst, $reason,
+        $ticket, $updated_at, $updated_by, $issuer_site, $issuer_version);
 
 -- name: rate_limit_delete
 DELETE FROM rate_limits WHERE scope = $scope;
 
 -- name: concurrency_limit_put
-INSERT OR REPLACE INTO concurrency_limits VALUES ($limit_key, $record_version, $revision, $max_active, $reason,
-                                                  $ticket, $updated_at, $updated_by);
+INSERT OR REPLACE INTO concurrency_limits (limit_key, record_version, revision, max_active, reason, ticket,
+                                           updated_at, updated_by, issuer_site, issuer_version)
+VALUES ($limit_key, $record_version, $revision, $max_active, $reason, $ticket, $updated_at, $updated_by,
+        $issuer_site, $issuer_version);
 
 -- name: concurrency_limit_delete
 DELETE FROM concurrency_limits WHERE limit_key = $limit_key;
@@ -652,20 +658,22 @@ WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}
 ORDER BY job_id, parent_id;
 
 -- name: bundle_export_quotas
-SELECT tenant, record_version, revision, max_active, max_per_hour, burst, reason, ticket, updated_at, updated_by
+SELECT tenant, record_version, revision, max_active, max_per_hour, burst, reason, ticket, updated_at, updated_by,
+       issuer_site, issuer_version
 FROM quotas
 WHERE $tenant IS NULL OR tenant = $tenant
 ORDER BY tenant;
 
 -- name: bundle_export_rate_limits
 SELECT scope, record_version, revision, tenant, job_type, limit_key, rate_per_second, burst, reason, ticket,
-       updated_at, updated_by
+       updated_at, updated_by, issuer_site, issuer_version
 FROM rate_limits
 WHERE $tenant IS NULL OR tenant = $tenant OR limit_key = {{export_tenant_key}}
 ORDER BY scope;
 
 -- name: bundle_export_concurrency_limits
-SELECT limit_key, record_version, revision, max_active, reason, ticket, updated_at, updated_by
+SELECT limit_key, record_version, revision, max_active, reason, ticket, updated_at, updated_by, issuer_site,
+       issuer_version
 FROM concurrency_limits
 WHERE $tenant IS NULL OR limit_key = {{export_tenant_key}}
 ORDER BY limit_key;
@@ -767,3 +775,19 @@ INSERT INTO mirror_policies SELECT $source_site, kind, key, row_json FROM rows;
 
 -- name: trust_root_versions
 SELECT version, fingerprint FROM trust_roots ORDER BY version;
+
+-- Policy authority (operations/bundle_policies.py; migration 0013) ------------------------------------------
+
+-- name: policy_authority_get
+SELECT authority_site, reason, set_at, set_by FROM policy_authority WHERE slot = 1;
+
+-- name: policy_authority_put
+INSERT OR REPLACE INTO policy_authority VALUES (1, $authority_site, $reason, $set_at, $set_by);
+
+-- name: policy_authority_delete
+DELETE FROM policy_authority;
+
+-- name: mirror_policies_list
+SELECT source_site, kind, key, row_json FROM mirror_policies
+WHERE $source_site IS NULL OR source_site = $source_site
+ORDER BY source_site, kind, key;

@@ -8,7 +8,8 @@
  3. answers "already imported" (same payload digest or bundle id): exit 0, nothing but an audit entry;
  4. refuses a sequence at or below the source site's floor (rollback:sequence, exit 5);
  5. recomputes the source's history chain from genesis (chain:*, exit 4) and counts what each table gives;
- 6. writes everything in ONE transaction: the source's mirror rows replaced, the bundle's newer trust roots
+ 6. writes everything in ONE transaction: the source's mirror rows replaced (and, when the source is this site's
+    policy authority, its policies applied: operations/bundle_policies.py), the bundle's newer trust roots
     (and a `--trust` root when nothing was pinned), the floor row, the audit entry.
 A refusal writes one audit entry and a capped quarantine copy `<ledger>.quarantine/<sha256 of the file>.bundle`
 with a `.reason` file beside it; nothing else.
@@ -42,7 +43,7 @@ from ..bundle.verify import VerifiedBundle, verify_bundle
 from ..errors import Conflict, InvalidInput, NotFound, PolicyRefused
 from ..ledger import Ledger, Transaction
 from ..orchestrator import audit, history
-from . import files
+from . import bundle_policies, files
 from . import trust as trust_ops
 from .bundles import checks as check_list
 from .bundles import staleness_policy
@@ -183,6 +184,10 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
         action, mirror = DESTINATIONS.get(name, ("not imported", None))
         tables.append({"table": name, "rows": rows, "action": action, "mirror": mirror,
                        "replaces": before.get(name, 0) if mirror else 0})
+    policies = bundle_policies.plan(read, ledger.site_id, verified.source_site, _policy_rows(copy, verified))
+    for table in tables:  # applied when the source is this site's policy authority (operations/bundle_policies.py)
+        if table["table"] in policies["tables"]:
+            table.update(policies["tables"][table["table"]])
     pin = to_pin.version if to_pin is not None else None
     new_versions = [trust.root_version(data) for data in verified.new_roots]
     return {
@@ -190,8 +195,18 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
         "source_site": verified.source_site, "target_site": manifest.target_site, "sequence": manifest.sequence,
         "floor": floor, "created_at": format_time(manifest.created_at), "history_entries": chained,
         "trust_root_version": verified.root.version, "pin_trust_root": pin, "store_trust_roots": new_versions,
-        "forced": force, "tables": tables,
+        "forced": force, "tables": tables, "policy_authority": policies["authority"],
     }
+
+
+def _policy_rows(copy: BinaryIO, verified: VerifiedBundle) -> bundle_policies.RowsOf:
+    """The rows of a policy table member as dicts (none when the bundle has no such member)."""
+    def rows_of(table: str) -> Iterator[dict[str, Any]]:
+        if BY_NAME[table].path not in {member.path for member in verified.members}:
+            return
+        for batch in _rows(copy, verified, table):
+            yield from batch.to_pylist()
+    return rows_of
 
 
 def plan_digest(plan: dict[str, Any]) -> str:
@@ -328,6 +343,10 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
         try:  # a member that does not decode is refused like any other verification failure
             with ledger.transaction() as tx:
                 _write_mirrors(tx, copy, verified)
+                applied = bundle_policies.apply(tx, verified.source_site, verified.manifest.sequence,
+                                                _policy_rows(copy, verified), actor=actor)
+                details["policy_rows_applied"] = sum(1 for change in applied if change["change"] in
+                                                     (bundle_policies.ADDED, bundle_policies.REPLACED))
                 _pause("mirrors-written")
                 stored = []
                 if to_pin is not None:
@@ -451,6 +470,7 @@ def status(ledger: Ledger, *, staleness: str | None = None, now: datetime | None
         "trust_root": None if root is None else {"version": root.version, "expires": clock.iso(root.expires),
                                                  "expired": root.is_expired(moment)},
         "latest_anchor": None, "staleness": None, "refused": False,
+        "policy_authority": bundle_policies.authority(read),
         "floors": [{"source_site": site, "sequence": sequence, "created_at": clock.iso(created), "imports": count}
                    for site, sequence, created, count in read.fetch("bundle_import_floors")],
     }

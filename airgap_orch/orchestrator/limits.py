@@ -2,6 +2,9 @@
 breakers. Each change is one audited write inside the caller's transaction; flow.py enforces the rows.
 
 Rows carry record_version (their shape, flow.RECORD_VERSION) and revision (1 on creation, +1 per change).
+Quotas, rate limits and concurrency limits also carry issuer_site and issuer_version (migration 0013): a change
+made here is issued by this site, at version = its revision; operations/bundle_policies.py applies rows issued
+elsewhere (from this site's policy authority).
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ def _stamp(old: dict[str, Any] | None, actor: str) -> dict[str, Any]:
             "updated_by": actor}
 
 
+def _issued_here(tx: Transaction, stamp: dict[str, Any]) -> dict[str, Any]:
+    """A local change is issued by this site; its per-issuer version is the row's revision, which every change
+    here bumps (so it only grows, also after a row applied from a policy authority)."""
+    return {**stamp, "issuer_site": tx.site_id, "issuer_version": stamp["revision"]}
+
+
 def _audit(tx: Transaction, action: str, *, actor: str, reason: str | None, ticket: str | None, target: str,
            details: dict[str, Any]) -> None:
     audit.append(tx, action, actor=actor, reason=reason, ticket=ticket, target=target, details=details)
@@ -42,7 +51,7 @@ def set_quota(tx: Transaction, tenant: str, *, max_active: int | None, max_per_h
         "max_active": max_active if max_active is not None else (old or {}).get("max_active"),
         "max_per_hour": max_per_hour if max_per_hour is not None else (old or {}).get("max_per_hour"),
         "burst": burst if burst is not None else (old or {}).get("burst"),
-        "reason": reason, "ticket": ticket, **_stamp(old, actor),
+        "reason": reason, "ticket": ticket, **_issued_here(tx, _stamp(old, actor)),
     }
     tx.execute("quota_put", **row)
     if old is None or old["max_per_hour"] != row["max_per_hour"] or old["burst"] != row["burst"]:
@@ -72,7 +81,7 @@ def set_rate_limit(tx: Transaction, *, tenant: str | None, job_type: str | None,
     old = flow.limits(tx).rates.get(scope)
     row = {"scope": scope, "tenant": tenant, "job_type": job_type, "limit_key": key,
            "rate_per_second": rate_per_second, "burst": burst, "reason": reason, "ticket": ticket,
-           **_stamp(old, actor)}
+           **_issued_here(tx, _stamp(old, actor))}
     tx.execute("rate_limit_put", **row)
     tx.execute("bucket_level_delete", bucket=f"rate:{scope}")  # a new or changed bucket starts full
     _audit(tx, "ratelimit.set", actor=actor, reason=reason, ticket=ticket, target=scope,
@@ -97,7 +106,8 @@ def delete_rate_limit(tx: Transaction, scope: str, *, reason: str | None, ticket
 def set_concurrency(tx: Transaction, key: str, *, max_active: int, reason: str | None, ticket: str | None,
                     actor: str) -> dict[str, Any]:
     old = flow.limits(tx).concurrency_rows.get(key)
-    row = {"limit_key": key, "max_active": max_active, "reason": reason, "ticket": ticket, **_stamp(old, actor)}
+    row = {"limit_key": key, "max_active": max_active, "reason": reason, "ticket": ticket,
+           **_issued_here(tx, _stamp(old, actor))}
     tx.execute("concurrency_limit_put", **row)
     _audit(tx, "concurrency.set", actor=actor, reason=reason, ticket=ticket, target=key,
            details={"before": public(old), "after": public(row)})
