@@ -47,6 +47,8 @@ class TableSpec:
     order: tuple[str, ...]
     tenant_rows: str
     schema: pa.Schema
+    # Parameters its query takes besides $tenant (the hand-off list: the bundle's target site and sequence).
+    scope_params: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -112,8 +114,18 @@ TABLES: tuple[TableSpec, ...] = (
                       ("window_end", _T), ("job_id", _S), ("created", _B))),
     TableSpec("audit_log", "audit_log", ("seq",), "entries whose details.tenant is T", _schema(
         ("seq", _I64), ("action", _S), ("entry", _S), ("entry_hash", _S))),
+    # The jobs this bundle hands over to its target (`bundle export --handoff`; empty otherwise). Bundles written
+    # before hand-offs existed lack this member: readers take its absence as no hand-off.
+    TableSpec("handoffs", "bundle_handoffs", ("job_id",), "hand-offs of T's jobs", _schema(
+        ("job_id", _S), ("backfill_id", _S), ("window_index", _I32), ("history_seq", _I64), ("entry_hash", _S)),
+        scope_params=("target_site", "sequence")),
 )
 BY_NAME: dict[str, TableSpec] = {spec.name: spec for spec in TABLES}
+# An incremental bundle carries these tables' rows changed since its base (the query
+# `bundle_export_since_<table>`: history and audit entries after the base's high-water marks, the jobs those history
+# entries name, their keys and edges); every other table travels whole (they are small).
+INCREMENTAL_TABLES: frozenset[str] = frozenset({"jobs", "history", "idempotency_keys", "job_dependencies",
+                                                "audit_log"})
 # What the verifier's table step (verify_bundle(table_schemas=...)) checks each member's footer against.
 TABLE_SCHEMAS: dict[str, pa.Schema] = {spec.name: spec.schema for spec in TABLES}
 # Ledger tables that stay at their site, and why (tests check every ledger table is exported or listed here).
@@ -125,6 +137,7 @@ LOCAL_TABLES: dict[str, str] = {
     "chain_heads": "derived from history and audit_log",
     "trust_roots": "what this site pinned",
     "bundle_exports": "this site's export series",
+    "bundle_handoffs": "the jobs this site handed off (each bundle's handoffs member carries its own)",
     "bundle_imports": "what this site imported: its floors and time anchors",
     "mirror_jobs": "other sites' jobs, mirrored from their bundles",
     "mirror_history": "other sites' history, mirrored from their bundles",
