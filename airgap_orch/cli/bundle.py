@@ -300,8 +300,9 @@ def _import_step(what: str, run: Callable[[Any], dict]) -> dict | None:
 @click.option("--reason", help="Why --force.")
 def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, staleness: str | None, force: bool,
             reason: str | None) -> dict | None:
-    """Verify a FULL bundle from another site and import it in one transaction: its jobs, history and policies
-    as read-only mirrors, its floor and time anchor; refusals are audited and quarantined."""
+    """Verify a bundle from another site (full, or incremental on a base imported here) and import it in one
+    transaction: its jobs, history and policies as read-only mirrors, the jobs it hands over as local jobs, its
+    floor and time anchor; refusals are audited and quarantined."""
     from ..operations import bundle_import as ops
 
     result = _import_step("bundle import", lambda ledger: ops.import_bundle(

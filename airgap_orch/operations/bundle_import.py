@@ -1,15 +1,18 @@
-"""Importing FULL bundles into the local ledger: `bundle plan` (dry run) and `bundle import`, `bundle list`,
-`airgap status`. docs/bundle-format.md ("Import") states the rules; in order, an import:
+"""Importing bundles (full and incremental) into the local ledger: `bundle plan` (dry run) and `bundle import`,
+`bundle list`, `airgap status`. docs/bundle-format.md ("Import", "Hand-off") states the rules; in order, an import:
 
  1. copies the file into a private, size-capped temporary file beside the ledger (unlinked at once; nobody else
     can change it), hashing it on the way: verification and every later read use that copy only;
  2. verifies it with verify_bundle against the PINNED root (or, with nothing pinned, `--trust`), this ledger's
     site as the target, and the latest anchor this site imported;
  3. answers "already imported" (same payload digest or bundle id): exit 0, nothing but an audit entry;
- 4. refuses a sequence at or below the source site's floor (rollback:sequence, exit 5);
- 5. recomputes the source's history chain from genesis (chain:*, exit 4) and counts what each table gives;
- 6. writes everything in ONE transaction: the source's mirror rows replaced, the bundle's newer trust roots
-    (and a `--trust` root when nothing was pinned), the floor row, the audit entry.
+ 4. refuses a sequence at or below the source site's floor (rollback:sequence, exit 5), and an incremental
+    bundle whose base this site has not imported (rollback:base-missing, exit 5);
+ 5. checks the source's history: from genesis for a full bundle, as an extension of the chain held here for an
+    incremental one (chain:*, exit 4); counts what each table gives and what a hand-off makes local;
+ 6. writes everything in ONE transaction: the source's mirror rows replaced (full) or merged (incremental), the
+    handed-over jobs made local (orchestrator/handoff.py), the bundle's newer trust roots (and a `--trust` root
+    when nothing was pinned), the floor row, the audit entry.
 A refusal writes one audit entry and a capped quarantine copy `<ledger>.quarantine/<sha256 of the file>.bundle`
 with a `.reason` file beside it; nothing else.
 """
