@@ -328,6 +328,7 @@ def test_a_refused_handoff_changes_nothing(holders, source, tmp_path):  # noqa: 
     refused(export(source, tmp_path / "h.bundle", holders, "--handoff", "--backfill", "nope"), 1, "no backfill nope")
     refused(export(source, tmp_path / "h.bundle", holders, "--handoff", target="site-a"), 1, "is this site")
     refused(export(source, tmp_path / "h.bundle", holders, "--queue", "default"), 1, "add --handoff")
+    refused(export(source, tmp_path / "h.bundle", holders, "--reissue", "1", "--handoff"), 1, "drop --handoff")
     assert state(source) == before and not (tmp_path / "h.bundle").exists()
     assert query(source, "SELECT count(*) FROM bundle_handoffs") == [(0,)]
 
@@ -385,3 +386,44 @@ def test_a_handoff_commits_before_the_file_and_reissue_writes_the_lost_bundle(ho
     shutil.rmtree(Path(f"{source}.exports"))  # the store lost: a reissue says so
     refused(cli("bundle", "export", "--reissue", "1", "--target", "site-b", "--out", str(tmp_path / "x.bundle"),
                 ledger=source), 1, "stored copy")
+
+
+def test_a_full_bundle_written_before_hand_offs_without_the_handoffs_member_verifies_and_imports(  # noqa: F811
+        holders, source, target, root_v1, tmp_path):  # noqa: F811
+    """The format change is additive: a version 1 bundle of 13 data members (as written before member 14 existed),
+    signed with real keys, still verifies and imports as a full bundle."""
+    import contextlib
+
+    from test_bundle_cli import CREATED_AT
+
+    from airgap_orch.auth import load_private_key
+    from airgap_orch.bundle.manifest import BundleHeader
+    from airgap_orch.bundle.writer import write_bundle_bytes
+    from airgap_orch.operations import bundles
+
+    with Ledger.open(source, lock_timeout=5) as ledger, contextlib.ExitStack() as stack:
+        members, _, _, _ = bundles._read_tables(ledger, tmp_path, "site-b", None, stack, None, None, None)
+        old = [member for member in members if member.table != "handoffs"]
+        assert len(old) == 13
+        header = BundleHeader(kind="full", source_site="site-a", target_site="site-b", sequence=1,
+                              base_sequence=None, created_at=CREATED_AT.replace(tzinfo=None), tool_version="0.1.0")
+        data = write_bundle_bytes(header, old, signing_keys=[load_private_key(Path(holders.private("a1")))],
+                                  timestamp_keys=[load_private_key(Path(holders.private("ts")))])
+    path = tmp_path / "old.bundle"
+    path.write_bytes(data)
+    ok(cli("bundle", "verify", str(path), "--trust", str(root_v1), "--target", "site-b"))
+    done = ok(cli("bundle", "import", str(path), "--json", ledger=target))
+    assert done["plan"]["handoff"] is None
+    assert "handoffs" not in {table["table"] for table in done["plan"]["tables"]}
+    assert state(target)["mirror_jobs"] == query(source, "SELECT count(*) FROM all_jobs")[0][0]
+
+
+def test_a_handoff_bundle_addressed_to_another_site_is_refused_and_makes_no_job(holders, source, target,  # noqa: F811
+                                                                               tmp_path):
+    handed = pending(source)
+    made = bundle(source, holders, tmp_path / "c.bundle", "--handoff", target="site-c")
+    assert made["handed_off"] == len(handed)
+    before = state(target)
+    refused(cli("bundle", "import", str(tmp_path / "c.bundle"), ledger=target), 5, "site-c")
+    assert state(target) == before
+    assert last_audit(target)["details"]["reason_code"] == "target:wrong-site"

@@ -99,6 +99,9 @@ def export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequenc
     bundle of that sequence again. Returns what was written."""
     try:
         if reissue is not None:
+            if handoff or handoff_backfills or handoff_queues:
+                raise InvalidInput("--reissue writes a bundle already cut (its hand-off included); drop --handoff, "
+                                   "--queue and --backfill")
             return _reissue(ledger, out=out, target_site=target_site, sequence=reissue, signing_keys=signing_keys,
                             timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at,
                             root_paths=root_paths, actor=actor, progress=progress, incremental=incremental,
