@@ -346,23 +346,54 @@ def test_a_job_whose_key_a_local_job_holds_is_not_received_twice(holders, source
     assert done["plan"]["handoff"]["jobs"] == len(handed) - 1
 
 
-@pytest.mark.parametrize("point", ["handed-off"])
-def test_a_handoff_commits_before_the_file_and_reissue_writes_the_lost_bundle(holders, source, target,  # noqa: F811
-                                                                            tmp_path, point):
-    handed = pending(source)
-    marker = tmp_path / "paused"
-    out = tmp_path / "lost.bundle"
+def paused_handoff_export(source: Path, holders, out: Path, marker: Path) -> subprocess.Popen:  # noqa: F811
+    """`bundle export --handoff` in a subprocess, paused once its hand-off committed (until `marker` is gone)."""
     command = [sys.executable, "-m", "airgap_orch", "--ledger", str(source), "bundle", "export", "--out", str(out),
                "--target", "site-b", "--key", holders.private("a1"), "--timestamp-key", holders.private("ts"),
                "--handoff"]
-    env = {**os.environ, "AIRGAP_ORCH_TEST_EXPORT_PAUSE": f"{point}:{marker}"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, "AIRGAP_ORCH_TEST_EXPORT_PAUSE": f"handed-off:{marker}"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read())
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return process
+
+
+def test_an_export_failing_after_its_hand_off_committed_says_how_to_write_the_bundle(holders, source, target,  # noqa: F811
+                                                                                     tmp_path):
+    handed = pending(source)
+    out, marker = tmp_path / "h.bundle", tmp_path / "paused"
+    process = paused_handoff_export(source, holders, out, marker)
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        out.write_bytes(b"someone else's file")  # --out taken while the bundle was being written
+        marker.unlink()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, stderr
+    [line] = stderr.strip().splitlines()
+    assert "appeared while it was being written" in line and "committed as sequence 1" in line
+    assert "bundle export --reissue 1 --target site-b" in line
+    assert out.read_bytes() == b"someone else's file"
+    assert query(source, "SELECT count(*) FROM bundle_exports") == [(0,)]
+    written = tmp_path / "written.bundle"
+    made = ok(export(source, written, holders, "--reissue", "1", "--json"))
+    assert (made["sequence"], made["handed_off"]) == (1, len(handed))
+    ok(cli("bundle", "import", str(written), ledger=target))
+    assert query(target, "SELECT count(*) FROM jobs WHERE list_contains(?, job_id)", handed) == [(len(handed),)]
+
+
+def test_a_handoff_commits_before_the_file_and_reissue_writes_the_lost_bundle(holders, source, target,  # noqa: F811
+                                                                            tmp_path):
+    handed = pending(source)
+    marker = tmp_path / "paused"
+    out = tmp_path / "lost.bundle"
+    process = paused_handoff_export(source, holders, out, marker)
+    try:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:

@@ -65,16 +65,20 @@ from . import files
 from . import trust as trust_ops
 
 Progress = Callable[[int, int], None]  # (rows written, rows in all)
-# Test-only: "handed-off:marker-file" makes an export with --handoff write the marker and sleep once its hand-off
-# committed, before the bundle is written (the SIGKILL test of lost media).
+# Test-only: "handed-off:marker-file" makes an export with --handoff write the marker once its hand-off committed,
+# before the bundle is written, and wait until the marker is removed (tests of lost media: SIGKILL meanwhile, or a
+# file put at --out meanwhile).
 PAUSE_ENV = "AIRGAP_ORCH_TEST_EXPORT_PAUSE"
 
 
 def _pause(point: str) -> None:
     spec = os.environ.get(PAUSE_ENV)
     if spec and spec.partition(":")[0] == point:
-        Path(spec.partition(":")[2]).write_text(point)
-        time.sleep(3600)
+        marker = Path(spec.partition(":")[2])
+        marker.write_text(point)
+        deadline = time.monotonic() + 3600
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 PROGRESS_EVERY_ROWS = 65_536
 
 
