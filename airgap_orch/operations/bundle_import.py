@@ -68,7 +68,7 @@ DESTINATIONS: dict[str, tuple[str, str | None]] = {
     "backfills": ("not imported", None),
     "backfill_windows": ("not imported", None),
     "audit_log": ("not imported", None),
-    "handoffs": ("handed over: local jobs", "jobs"),
+    "handoffs": ("handed over: become local jobs (see handoff)", None),
 }
 # Test-only: "point:marker-file" makes an import write the marker and sleep at that point (SIGKILL tests).
 PAUSE_ENV = "AIRGAP_ORCH_TEST_IMPORT_PAUSE"
@@ -285,8 +285,6 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
         entry = {"table": name, "rows": rows, "action": action, "mirror": mirror,
                  "replaces": before.get(name, 0) if mirror and not (incremental and name in ("jobs", "history"))
                  else 0}
-        if name == "handoffs":
-            entry["replaces"] = 0
         if incremental and name == "jobs":
             entry.update(action="merged", adds=rows - known, updates=known)
         if incremental and name == "history":
