@@ -93,6 +93,7 @@ def test_an_incremental_bundle_carries_what_changed_since_its_base_and_extends_t
     work(source)
     second = bundle(source, holders, tmp_path / "2.bundle", "--incremental")
     assert (second["kind"], second["base_sequence"], second["sequence"]) == ("incremental", 1, 2)
+    assert "site-b #2 incremental (base 1)" in ok(cli("bundle", "list", ledger=source))
     changed = {row[0] for row in query(source, "SELECT DISTINCT job_id FROM history WHERE seq > ?", history_before)}
     jobs = read_table(tmp_path / "2.bundle", "jobs")
     assert set(jobs.column("job_id").to_pylist()) == changed and len(changed) == 3  # 2 new, 1 acked
@@ -246,6 +247,7 @@ def test_handed_off_jobs_end_at_the_source_and_run_at_the_target_with_their_hist
     assert handed and not {row[0] for row in waiting_parents} & set(handed)  # a parent with a waiting child stays
     made = bundle(source, holders, tmp_path / "h.bundle", "--handoff")
     assert made["handed_off"] == len(handed) and made["sequence"] == 1
+    assert f"hands over {len(handed)} jobs" in ok(cli("bundle", "list", ledger=source))
     assert read_table(tmp_path / "h.bundle", "handoffs").column("job_id").to_pylist() == handed
     # at the source: handed_off, with a history entry naming the target; never claimed again
     states = dict(query(source, "SELECT job_id, state FROM all_jobs"))

@@ -331,8 +331,10 @@ def list_() -> dict | None:
                    f"at {row['imported_at']}")
     click.echo(f"exports: {len(result['exports'])}")
     for row in result["exports"]:
-        click.echo(f"  {row['target_site']} #{row['sequence']} {row['kind']} {row['bundle_id']} at "
-                   f"{row['exported_at']}")
+        base = f" (base {row['base_sequence']})" if row.get("base_sequence") else ""
+        handed = f", hands over {row['handed_off']} jobs" if row.get("handed_off") else ""
+        click.echo(f"  {row['target_site']} #{row['sequence']} {row['kind']}{base} {row['bundle_id']} at "
+                   f"{row['exported_at']}{handed}")
     for site, counts in result["mirrors"].items():
         click.echo(f"mirror of {site}: {counts['jobs']} jobs, {counts['history']} history entries, "
                    f"{counts['policies']} policies")
