@@ -460,3 +460,21 @@ def test_a_handoff_bundle_addressed_to_another_site_is_refused_and_makes_no_job(
     refused(cli("bundle", "import", str(tmp_path / "c.bundle"), ledger=target), 5, "site-c")
     assert state(target) == before
     assert last_audit(target)["details"]["reason_code"] == "target:wrong-site"
+
+
+def test_handoff_of_a_queue_takes_its_due_and_scheduled_jobs_only(holders, source, target, tmp_path):  # noqa: F811
+    due = ok(cli("jobs", "enqueue", "--tenant", "acme", "--project", "web", "--type", "scan", "--queue", "away",
+                 "--json", ledger=source))["job_id"]
+    later = ok(cli("jobs", "enqueue", "--tenant", "acme", "--project", "web", "--type", "scan", "--queue", "away",
+                   "--run-at", "2099-01-01T00:00:00Z", "--json", ledger=source))["job_id"]
+    others = set(pending(source)) - {due, later}
+    made = bundle(source, holders, tmp_path / "h.bundle", "--handoff", "--queue", "away")
+    assert made["handed_off"] == 2
+    assert read_table(tmp_path / "h.bundle", "handoffs").column("job_id").to_pylist() == sorted([due, later])
+    assert set(pending(source)) == others  # the other queues' jobs stay
+    ok(cli("bundle", "import", str(tmp_path / "h.bundle"), ledger=target))
+    rows = dict(query(target, "SELECT job_id, run_at FROM jobs WHERE queue = 'away'"))
+    assert set(rows) == {due, later} and rows[later].year == 2099  # still scheduled
+    claimed = ok(cli("jobs", "claim", "--worker-id", "w", "--queue", "away", "--limit", "10", "--json",
+                     ledger=target))
+    assert [lease["job_id"] for lease in claimed["leases"]] == [due]
