@@ -53,11 +53,19 @@ def test_each_export_query_returns_its_members_columns_in_a_type_that_casts(ledg
     populate(ledger_path)
     with Ledger.open(ledger_path, lock_timeout=5) as ledger, ledger.snapshot() as snapshot:
         for spec in tables.TABLES:
-            reader = snapshot.batches(spec.query, 1000, tenant=None)
+            reader = snapshot.batches(spec.query, 1000, tenant=None, **{name: None for name in spec.scope_params})
             assert reader.schema.names == spec.schema.names, spec.name
             for batch in reader:
                 assert batch.cast(spec.schema).schema == spec.schema
             assert f"ORDER BY {', '.join(spec.order)}" in sql.queries()[spec.query], spec.name
+        for name in tables.INCREMENTAL_TABLES:  # an incremental bundle's queries: the same columns and order
+            spec, query = tables.BY_NAME[name], f"bundle_export_since_{name}"
+            mark = "after_audit_seq" if name == "audit_log" else "after_history_seq"
+            reader = snapshot.batches(query, 1000, tenant=None, **{mark: 0})
+            assert reader.schema.names == spec.schema.names, query
+            for batch in reader:
+                assert batch.cast(spec.schema).schema == spec.schema
+            assert f"ORDER BY {', '.join(spec.order)}" in sql.queries()[query], query
 
 
 def test_a_snapshot_does_not_see_a_commit_made_while_it_reads(ledger):

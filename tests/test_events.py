@@ -11,11 +11,12 @@ import pytest
 from jsonschema import Draft7Validator, FormatChecker
 from referencing import Registry, Resource
 
+from airgap_orch import ids
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
 from airgap_orch.operations import limits as limit_ops
-from airgap_orch.orchestrator import events
+from airgap_orch.orchestrator import events, handoff
 from airgap_orch.orchestrator.states import EVENT_TYPES
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -87,6 +88,17 @@ def every_transition(ledger: Ledger, manual_clock) -> dict[str, str]:
 
     roles["released"] = job_id = enqueue()
     ops.release(ledger, job_id, lease(job_id))
+
+    roles["handed_off"] = job_id = enqueue(queue="away")  # bundle export --handoff (tests/test_bundle_handoff.py)
+    with ledger.transaction() as tx:
+        assert handoff.hand_off(tx, target_site="site-b", sequence=1, tenant=None, queues=["away"], backfills=[],
+                                actor="operator") == [job_id]
+    roles["received"] = received = ids.uuid7s(1)[0]  # a job another site handed over (bundle import)
+    with ledger.transaction() as tx:
+        row = dict(tx.rows("job_any", job_id=job_id)[0], job_id=received)
+        handoff.receive(tx, source_site="site-b", jobs={received: row}, keys=[], backfills={}, windows={},
+                        handoffs=[{"job_id": received, "backfill_id": None, "window_index": None, "history_seq": 9,
+                                   "entry_hash": "ab" * 32}], actor="bundle import")
 
     ops.replay(ledger, [roles["retried"]])  # last: the replay is queued with a high priority
     return roles

@@ -20,7 +20,7 @@ from airgap_orch.ledger import Ledger
 from airgap_orch.operations import audit as audit_ops
 from airgap_orch.operations import jobs as ops
 from airgap_orch.operations import ledger as ledger_ops
-from airgap_orch.orchestrator import backoff, recovery, reports
+from airgap_orch.orchestrator import backoff, handoff, recovery, reports
 from airgap_orch.orchestrator.states import FINAL_STATES, TRANSITIONS
 
 LEASE = 60.0
@@ -73,6 +73,12 @@ def requeue_and_wait(ledger: Ledger, manual_clock: clock.ManualClock, job_id: st
 def finish(ledger: Ledger, manual_clock: clock.ManualClock, state: str) -> str:
     """A job that ended in `state` (one of FINAL_STATES)."""
     job_id = enqueue(ledger, max_attempts=1, timeout_seconds=10)
+    if state == "handed_off":  # a hand-off takes never-started jobs (tests/test_bundle_handoff.py)
+        with ledger.transaction() as tx:
+            assert handoff.hand_off(tx, target_site="site-b", sequence=1, tenant=None, queues=[], backfills=[],
+                                    actor="test") == [job_id]
+        assert job(ledger, job_id)["state"] == state
+        return job_id
     lease = claim_one(ledger)
     if state == "succeeded":
         ops.ack(ledger, job_id, lease["lease_id"])
@@ -96,7 +102,9 @@ def test_every_event_in_the_transition_table_has_a_test_below():
     # A new edge in states.py should come with a new test in this file.
     assert set(TRANSITIONS) == {"create", "claim", "start", "ack", "retry", "fail", "exhaust", "time_out",
                                 "request_cancel", "cancel", "release", "replay", "create_waiting", "unblock",
-                                "throttle"}  # the last three: tests/test_dependencies.py, test_flow_control.py
+                                "throttle", "hand_off", "receive"}
+    # create_waiting, unblock: tests/test_dependencies.py; throttle: test_flow_control.py; hand_off, receive:
+    # tests/test_bundle_handoff.py (and a handed_off job in the final-state tests below).
 
 
 def test_enqueue_creates_a_queued_job_with_one_history_entry(ledger, manual_clock):

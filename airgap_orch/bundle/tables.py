@@ -59,6 +59,9 @@ class TableSpec:
             layouts.append(pa.schema(list(self.schema)[:len(self.schema) - count]))
         return tuple(layouts)
 
+    # Parameters its query takes besides $tenant (the hand-off list: the bundle's target site and sequence).
+    scope_params: tuple[str, ...] = ()
+
     @property
     def path(self) -> str:
         return f"data/{self.name}.parquet"
@@ -128,8 +131,18 @@ TABLES: tuple[TableSpec, ...] = (
                       ("window_end", _T), ("job_id", _S), ("created", _B))),
     TableSpec("audit_log", "audit_log", ("seq",), "entries whose details.tenant is T", _schema(
         ("seq", _I64), ("action", _S), ("entry", _S), ("entry_hash", _S))),
+    # The jobs this bundle hands over to its target (`bundle export --handoff`; empty otherwise). Bundles written
+    # before hand-offs existed lack this member: readers take its absence as no hand-off.
+    TableSpec("handoffs", "bundle_handoffs", ("job_id",), "hand-offs of T's jobs", _schema(
+        ("job_id", _S), ("backfill_id", _S), ("window_index", _I32), ("history_seq", _I64), ("entry_hash", _S)),
+        scope_params=("target_site", "sequence")),
 )
 BY_NAME: dict[str, TableSpec] = {spec.name: spec for spec in TABLES}
+# An incremental bundle carries these tables' rows changed since its base (the query
+# `bundle_export_since_<table>`: history and audit entries after the base's high-water marks, the jobs those history
+# entries name, their keys and edges); every other table travels whole (they are small).
+INCREMENTAL_TABLES: frozenset[str] = frozenset({"jobs", "history", "idempotency_keys", "job_dependencies",
+                                                "audit_log"})
 # What the verifier's table step (verify_bundle(table_schemas=...)) checks each member's footer against: one of
 # the table's accepted layouts (the current one first).
 TABLE_SCHEMAS: dict[str, tuple[pa.Schema, ...]] = {spec.name: spec.accepted_schemas for spec in TABLES}
@@ -142,6 +155,7 @@ LOCAL_TABLES: dict[str, str] = {
     "chain_heads": "derived from history and audit_log",
     "trust_roots": "what this site pinned",
     "bundle_exports": "this site's export series",
+    "bundle_handoffs": "the jobs this site handed off (each bundle's handoffs member carries its own)",
     "bundle_imports": "what this site imported: its floors and time anchors",
     "mirror_jobs": "other sites' jobs, mirrored from their bundles",
     "mirror_history": "other sites' history, mirrored from their bundles",

@@ -27,36 +27,68 @@ def group() -> None:
 @click.option("--out", required=True, type=FILE, help="The bundle file to write (never replaces a file).")
 @click.option("--target", "target_site", required=True, metavar="SITE",
               help="The site the bundle is for (each target has its own sequence).")
-@click.option("--key", "key_paths", multiple=True, required=True, type=FILE,
-              help="A PRIVATE key of this site that signs the manifest (repeat; more later with `bundle sign`).")
-@click.option("--timestamp-key", "timestamp_paths", multiple=True, required=True, type=FILE,
-              help="A PRIVATE key of the trust root's timestamp role that signs the time anchor (repeat).")
+@click.option("--key", "key_paths", multiple=True, type=FILE,
+              help="A PRIVATE key of this site that signs the manifest (repeat; more later with `bundle sign`). "
+                   "Required, except for --reissue of a bundle already written.")
+@click.option("--timestamp-key", "timestamp_paths", multiple=True, type=FILE,
+              help="A PRIVATE key of the trust root's timestamp role that signs the time anchor (repeat). "
+                   "Required, except for --reissue of a bundle already written.")
 @click.option("--tenant", help="Export this tenant's rows only.")
 @click.option("--created-at", help="The bundle's time (ISO 8601, UTC if no offset; default now): the time anchor's.")
 @click.option("--trust", "root_paths", multiple=True, type=FILE, metavar="ROOT.json",
               help="A trust root to carry (repeat): the rotations the target may not hold yet.")
+@click.option("--incremental", is_flag=True,
+              help="Carry only what changed since the latest export to --target (its base); default: a full bundle.")
+@click.option("--base", "base_sequence", type=click.IntRange(min=1), metavar="SEQ",
+              help="Cut an incremental bundle from this earlier export to --target (implies --incremental).")
+@click.option("--handoff", is_flag=True,
+              help="Hand pending, never-started jobs over to --target first: they become handed_off here (committed "
+                   "before the file is written) and claimable jobs there.")
+@click.option("--backfill", "backfills", multiple=True, metavar="ID",
+              help="With --handoff: hand over this backfill's pending windows (repeat).")
+@click.option("--queue", "queues", multiple=True, metavar="Q",
+              help="With --handoff: hand over this queue's pending jobs (repeat). Neither --queue nor --backfill: "
+                   "every pending job.")
+@click.option("--reissue", type=click.IntRange(min=1), metavar="SEQ",
+              help="Write the bundle of this sequence to --target again, byte for byte (lost media).")
 @passphrase_file_option
 @passphrase_prompt_option
 def export(out: Path, target_site: str, key_paths: tuple[Path, ...], timestamp_paths: tuple[Path, ...],
-           tenant: str | None, created_at: str | None, root_paths: tuple[Path, ...], passphrase_file: Path | None,
-           passphrase_prompt: bool) -> dict | None:
-    """Write a FULL bundle of the ledger (jobs, history, idempotency keys, limits, sources, backfills, audit log),
-    read in one consistent snapshot, signed by this site's keys with a signed time anchor."""
+           tenant: str | None, created_at: str | None, root_paths: tuple[Path, ...], incremental: bool,
+           base_sequence: int | None, handoff: bool, backfills: tuple[str, ...], queues: tuple[str, ...],
+           reissue: int | None, passphrase_file: Path | None, passphrase_prompt: bool) -> dict | None:
+    """Write a bundle of the ledger (jobs, history, idempotency keys, limits, sources, backfills, audit log),
+    read in one consistent snapshot, signed by this site's keys with a signed time anchor: FULL by default,
+    INCREMENTAL with --incremental or --base; --handoff hands pending jobs to the target; --reissue writes an
+    earlier bundle again."""
     from ..operations import bundles as ops
 
-    keys = load_private_keys([*key_paths, *timestamp_paths], passphrase_file, passphrase_prompt)
+    if reissue is None and not key_paths:
+        raise click.UsageError("Missing option '--key'.")
+    if reissue is None and not timestamp_paths:
+        raise click.UsageError("Missing option '--timestamp-key'.")
+    keys = (load_private_keys([*key_paths, *timestamp_paths], passphrase_file, passphrase_prompt)
+            if key_paths or timestamp_paths else [])
     signing = [ops.SigningKey(str(path), key) for path, key in keys[:len(key_paths)]]
     timestamp = [ops.SigningKey(str(path), key) for path, key in keys[len(key_paths):]]
     with open_local_ledger("bundle export") as ledger, progress_bar("exporting rows") as bar:
         result = ops.export(ledger, out=out, target_site=target_site, signing_keys=signing,
                             timestamp_keys=timestamp, tenant=tenant, created_at=created_at, root_paths=root_paths,
-                            progress=bar)
+                            progress=bar, incremental=incremental, base_sequence=base_sequence, handoff=handoff,
+                            handoff_backfills=backfills, handoff_queues=queues, reissue=reissue)
     if settings().json:
         return result
-    click.echo(f"wrote {result['bundle']} ({result['size']} bytes): {result['kind']} bundle {result['bundle_id']}")
+    if result["reissued"] and not result.get("first_file"):
+        click.echo(f"wrote {result['bundle']} ({result['size']} bytes): bundle {result['sequence']} to "
+                   f"{result['target_site']} again, sha256 {result['file_sha256']} as recorded at export")
+        return None
+    kind = result["kind"] + (f" (base {result['base_sequence']})" if result["base_sequence"] else "")
+    click.echo(f"wrote {result['bundle']} ({result['size']} bytes): {kind} bundle {result['bundle_id']}")
     click.echo(f"{result['source_site']} -> {result['target_site']}, sequence {result['sequence']}, created "
                f"{result['created_at']}" + (f", tenant {result['tenant']}" if result["tenant"] else ""))
     click.echo("rows: " + ", ".join(f"{table} {rows}" for table, rows in result["row_counts"].items()))
+    if result["handed_off"]:
+        click.echo(f"handed over {result['handed_off']} jobs to {result['target_site']} (handed_off here)")
     if result["trust_roots"]:
         click.echo("carries trust root versions " + ", ".join(map(str, result["trust_roots"])))
     click.echo(f"self-check: {result['self_check']}")
@@ -180,10 +212,15 @@ _STALENESS = click.Choice(["strict", "warn", "disabled"])
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
+    base = f" on base {plan['base_sequence']}" if plan.get("base_sequence") else ""
     click.echo(f"{plan['kind']} bundle {plan['bundle_id']}: {plan['source_site']} -> {plan['target_site']}, "
-               f"sequence {plan['sequence']} (floor {plan['floor']}), created {plan['created_at']}")
+               f"sequence {plan['sequence']}{base} (floor {plan['floor']}), created {plan['created_at']}")
     for table in plan["tables"]:
-        where = f" into {table['mirror']} (replacing {table['replaces']})" if table["mirror"] else ""
+        if "adds" in table:
+            more = f"updates {table['updates']}" if "updates" in table else f"already held {table['already_held']}"
+            where = f" into {table['mirror']} (adds {table['adds']}, {more})"
+        else:
+            where = f" into {table['mirror']} (replacing {table['replaces']})" if table["mirror"] else ""
         if table["action"] == "applied":  # the authority's rows are applied and also kept as its mirror
             where = f", and mirrored{where}"
         note = f" ({table['note']})" if table.get("note") else ""
@@ -191,6 +228,11 @@ def _print_plan(plan: dict[str, Any]) -> None:
         applied = (" (" + ", ".join(f"{count} {what.replace('_', ' ')}" for what, count in changes.items()) + ")"
                    if changes else "")
         click.echo(f"  {table['table']:<20} {table['rows']:>8} rows  {table['action']}{applied}{note}{where}")
+    handoff = plan.get("handoff")
+    if handoff:
+        click.echo(f"hands over {handoff['jobs']} jobs as local jobs here ({handoff['backfill_windows']} backfill "
+                   f"windows); {handoff['already_local']} already local, {len(handoff['key_held'])} whose "
+                   "idempotency key a local job holds")
     if plan["pin_trust_root"] is not None:
         click.echo(f"pins trust root version {plan['pin_trust_root']} (from --trust)")
     if plan["store_trust_roots"]:
@@ -264,8 +306,9 @@ def _import_step(what: str, run: Callable[[Any], dict]) -> dict | None:
 @click.option("--reason", help="Why --force.")
 def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, staleness: str | None, force: bool,
             reason: str | None) -> dict | None:
-    """Verify a FULL bundle from another site and import it in one transaction: its jobs, history and policies
-    as read-only mirrors, its floor and time anchor; refusals are audited and quarantined."""
+    """Verify a bundle from another site (full, or incremental on a base imported here) and import it in one
+    transaction: its jobs, history and policies as read-only mirrors, the jobs it hands over as local jobs, its
+    floor and time anchor; refusals are audited and quarantined."""
     from ..operations import bundle_import as ops
 
     result = _import_step("bundle import", lambda ledger: ops.import_bundle(
@@ -294,8 +337,10 @@ def list_() -> dict | None:
                    f"at {row['imported_at']}")
     click.echo(f"exports: {len(result['exports'])}")
     for row in result["exports"]:
-        click.echo(f"  {row['target_site']} #{row['sequence']} {row['kind']} {row['bundle_id']} at "
-                   f"{row['exported_at']}")
+        base = f" (base {row['base_sequence']})" if row.get("base_sequence") else ""
+        handed = f", hands over {row['handed_off']} jobs" if row.get("handed_off") else ""
+        click.echo(f"  {row['target_site']} #{row['sequence']} {row['kind']}{base} {row['bundle_id']} at "
+                   f"{row['exported_at']}{handed}")
     for site, counts in result["mirrors"].items():
         click.echo(f"mirror of {site}: {counts['jobs']} jobs, {counts['history']} history entries, "
                    f"{counts['policies']} policies")

@@ -52,7 +52,7 @@ ORDER BY seq;
 SELECT max(seq) FROM history WHERE seq > $seq;
 
 -- name: jobs_insert
--- transitions: python (states.next_state decides create / create_waiting)
+-- transitions: python (states.next_state decides create / create_waiting / receive)
 INSERT INTO jobs SELECT * FROM incoming;
 
 -- name: idempotency_reserve
@@ -176,7 +176,7 @@ SELECT * FROM all_jobs WHERE job_id = $job_id;
 SELECT * FROM all_jobs WHERE list_contains($job_ids, job_id);
 
 -- name: jobs_update
--- transitions: python (states.next_state decides every row's new state)
+-- transitions: python (states.next_state decides every row's new state: retry, cancel, hand_off, ...)
 -- Write back rows whose new values were decided in Python (orchestrator/rows.py write_back).
 UPDATE jobs SET
     state = updates.state, run_at = updates.run_at, attempts = updates.attempts, lease_id = updates.lease_id,
@@ -601,12 +601,42 @@ INSERT INTO trust_roots VALUES ($version, $root_json, $fingerprint, $expires_at,
 ('tenant:' || $tenant)
 
 -- name: bundle_export_next_sequence
-SELECT coalesce(max(sequence), 0) + 1 FROM bundle_exports WHERE target_site = $target_site;
+-- The next number of the target's series: after every export recorded and every sequence a hand-off reserved.
+SELECT greatest((SELECT coalesce(max(sequence), 0) FROM bundle_exports WHERE target_site = $target_site),
+                (SELECT coalesce(max(sequence), 0) FROM bundle_handoffs WHERE target_site = $target_site)) + 1;
 
 -- name: bundle_export_record
-INSERT INTO bundle_exports VALUES ($target_site, $sequence, $kind, $base_sequence, $tenant, $bundle_id,
-                                   $payload_sha256, $merkle_root, $created_at, $size_bytes, $exported_at,
-                                   $exported_by);
+INSERT INTO bundle_exports (target_site, sequence, kind, base_sequence, tenant, bundle_id, payload_sha256,
+                            merkle_root, created_at, size_bytes, exported_at, exported_by, history_seq, audit_seq,
+                            file_sha256, handed_off)
+VALUES ($target_site, $sequence, $kind, $base_sequence, $tenant, $bundle_id, $payload_sha256, $merkle_root,
+        $created_at, $size_bytes, $exported_at, $exported_by, $history_seq, $audit_seq, $file_sha256, $handed_off);
+
+-- name: bundle_export_marks
+-- The high-water marks an export records (read in its snapshot): the last history and audit seq.
+SELECT (SELECT coalesce(max(seq), 0) FROM history), (SELECT coalesce(max(seq), 0) FROM audit_log);
+
+-- name: bundle_export_get
+-- One recorded export of a target's series (an incremental bundle's base; a reissue).
+SELECT sequence, kind, base_sequence, tenant, bundle_id, history_seq, audit_seq, file_sha256, size_bytes, created_at
+FROM bundle_exports WHERE target_site = $target_site AND sequence = $sequence;
+
+-- name: bundle_export_latest
+-- The latest export to a target of the same scope ($tenant NULL: every tenant): `--incremental`'s base.
+SELECT max(sequence) FROM bundle_exports WHERE target_site = $target_site AND tenant IS NOT DISTINCT FROM $tenant;
+
+-- name: bundle_export_sequences
+-- What a target's series holds: exports recorded, and sequences reserved by a hand-off whose export never finished.
+SELECT sequence, 'exported' AS status FROM bundle_exports WHERE target_site = $target_site
+UNION ALL
+SELECT DISTINCT sequence, 'handed-off, not exported' FROM bundle_handoffs h
+WHERE target_site = $target_site
+  AND NOT EXISTS (SELECT 1 FROM bundle_exports e WHERE e.target_site = h.target_site AND e.sequence = h.sequence)
+ORDER BY 1;
+
+-- name: bundle_export_handoff_reserved
+-- Jobs handed off under a sequence of a target's series.
+SELECT count(*) FROM bundle_handoffs WHERE target_site = $target_site AND sequence = $sequence;
 
 -- name: bundle_export_counts
 -- Rows each member will hold (for progress), in the same snapshot as the members.
@@ -629,7 +659,9 @@ SELECT
     (SELECT count(*) FROM backfill_windows
      WHERE $tenant IS NULL OR backfill_id IN (SELECT backfill_id FROM backfills WHERE tenant = $tenant))
         AS backfill_windows,
-    (SELECT count(*) FROM audit_log WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant) AS audit_log;
+    (SELECT count(*) FROM audit_log WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant) AS audit_log,
+    -- every hand-off this site made: a bound (the member holds the bundle's own)
+    (SELECT count(*) FROM bundle_handoffs WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS handoffs;
 
 -- name: bundle_export_jobs
 -- Hot and finished jobs (all_jobs), by job_id.
@@ -718,6 +750,76 @@ SELECT seq, action, entry, entry_hash FROM audit_log
 WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant
 ORDER BY seq;
 
+-- name: bundle_export_handoffs
+-- The jobs handed over by the bundle of sequence $sequence to $target_site (empty for a bundle without hand-off).
+SELECT job_id, backfill_id, window_index, history_seq, entry_hash FROM bundle_handoffs
+WHERE target_site = $target_site AND sequence = $sequence AND ($tenant IS NULL OR job_id IN {{export_tenant_jobs}})
+ORDER BY job_id;
+
+-- Incremental bundles: what changed after the base's high-water marks ($after_history_seq, $after_audit_seq), in
+-- the same columns and order as the full queries above. A job changed when a history entry of it came after the
+-- base (every state change writes one); its idempotency keys and dependency edges travel with it.
+
+-- fragment: export_changed_jobs
+(SELECT DISTINCT job_id FROM history WHERE seq > $after_history_seq)
+
+-- name: bundle_export_since_jobs
+SELECT job_id, site_id, tenant, project, job_type, queue, priority, payload, payload_digest, idempotency_key, state,
+       run_at, attempts, max_attempts, timeout_seconds, correlation_id, lease_id, worker_id, lease_seconds, leased_at,
+       lease_expires_at, started_at, progress, progress_message, artifacts, last_error, cancel_requested, replay_of,
+       created_at, updated_at, finished_at, limit_keys, fair_seq
+FROM all_jobs
+WHERE job_id IN {{export_changed_jobs}} AND ($tenant IS NULL OR tenant = $tenant)
+ORDER BY job_id;
+
+-- name: bundle_export_since_history
+SELECT seq, job_id, entry, entry_hash FROM history
+WHERE seq > $after_history_seq AND ($tenant IS NULL OR job_id IN {{export_tenant_jobs}})
+ORDER BY seq;
+
+-- name: bundle_export_since_idempotency_keys
+SELECT site_id, tenant, idempotency_key, job_id, spec_digest FROM idempotency_keys
+WHERE job_id IN {{export_changed_jobs}} AND ($tenant IS NULL OR tenant = $tenant)
+ORDER BY site_id, tenant, idempotency_key;
+
+-- name: bundle_export_since_job_dependencies
+SELECT job_id, parent_id FROM job_dependencies
+WHERE job_id IN {{export_changed_jobs}} AND ($tenant IS NULL OR job_id IN {{export_tenant_jobs}})
+ORDER BY job_id, parent_id;
+
+-- name: bundle_export_since_audit_log
+SELECT seq, action, entry, entry_hash FROM audit_log
+WHERE seq > $after_audit_seq AND ($tenant IS NULL OR entry ->> '$.details.tenant' = $tenant)
+ORDER BY seq;
+
+-- Hand-off at the source (operations/bundles.py handoff): pending, never-started jobs of this site.
+
+-- name: handoff_candidates
+-- Queued (due or scheduled) jobs never claimed, of this site, not asked to cancel; of the listed queues or
+-- backfills' windows (both NULL: every such job); never one whose children wait on it (they would be canceled).
+SELECT j.* FROM jobs j
+WHERE j.state = 'queued' AND j.attempts = 0 AND j.site_id = $site_id AND NOT j.cancel_requested
+  AND ($tenant IS NULL OR j.tenant = $tenant)
+  AND (($queues IS NULL AND $backfills IS NULL)
+       OR list_contains(coalesce($queues, []::VARCHAR[]), j.queue)
+       OR j.job_id IN (SELECT job_id FROM backfill_windows
+                       WHERE list_contains(coalesce($backfills, []::VARCHAR[]), backfill_id) AND created))
+  AND NOT EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs c ON c.job_id = d.job_id
+                  WHERE d.parent_id = j.job_id AND c.state = 'waiting')
+ORDER BY j.job_id;
+
+-- name: handoff_windows
+-- The windows of the listed backfills, by the job that covers them.
+SELECT job_id, backfill_id, window_index FROM backfill_windows
+WHERE list_contains($backfills, backfill_id) AND created
+ORDER BY backfill_id, window_index;
+
+-- name: backfills_known
+SELECT backfill_id FROM backfills WHERE list_contains($backfills, backfill_id);
+
+-- name: bundle_handoffs_insert
+INSERT INTO bundle_handoffs SELECT * FROM incoming;
+
 -- Bundle import (operations/bundle_import.py; migration 0011).
 
 -- name: bundle_import_floor
@@ -743,8 +845,8 @@ SELECT source_site, sequence, kind, bundle_id, payload_digest, created_at, impor
 FROM bundle_imports ORDER BY imported_at, source_site, sequence;
 
 -- name: bundle_export_list
-SELECT target_site, sequence, kind, tenant, bundle_id, payload_sha256, created_at, size_bytes, exported_at,
-       exported_by
+SELECT target_site, sequence, kind, base_sequence, tenant, bundle_id, payload_sha256, created_at, size_bytes,
+       exported_at, exported_by, handed_off
 FROM bundle_exports ORDER BY exported_at, target_site, sequence;
 
 -- name: mirror_counts
@@ -757,6 +859,40 @@ SELECT kind, count(*) FROM mirror_policies WHERE source_site = $source_site GROU
 
 -- name: mirror_jobs_delete
 DELETE FROM mirror_jobs WHERE source_site = $source_site;
+
+-- name: mirror_jobs_delete_listed
+-- An incremental bundle's jobs replace their earlier mirror rows.
+DELETE FROM mirror_jobs WHERE source_site = $source_site AND job_id IN (SELECT job_id FROM rows);
+
+-- name: mirror_jobs_known
+-- How many of the listed jobs the mirror of their source already holds (an incremental plan's updates).
+SELECT count(*) FROM mirror_jobs WHERE source_site = $source_site AND list_contains($job_ids, job_id);
+
+-- name: mirror_history_head
+-- The last entry of a source's history this site holds (0 and NULL: none).
+SELECT coalesce(max(seq), 0), arg_max(entry_hash, seq) FROM mirror_history WHERE source_site = $source_site;
+
+-- name: mirror_history_hashes
+-- The held entries of a source's history from $from_seq to $to_seq (an incremental bundle's overlap and the
+-- entry it chains onto).
+SELECT seq, entry_hash FROM mirror_history
+WHERE source_site = $source_site AND seq BETWEEN $from_seq AND $to_seq ORDER BY seq;
+
+-- name: bundle_import_has
+SELECT count(*) FROM bundle_imports WHERE source_site = $source_site AND sequence = $sequence;
+
+-- Hand-off at the target (operations/bundle_import.py): handed-over jobs become local.
+
+-- name: jobs_known_any
+SELECT job_id FROM all_jobs WHERE list_contains($job_ids, job_id);
+
+-- name: idempotency_holders
+-- Which job holds each (tenant, key) of this site among the listed ones.
+SELECT k.tenant, k.idempotency_key, k.job_id FROM idempotency_keys k
+WHERE k.site_id = $site_id AND list_contains($pairs, k.tenant || chr(0) || k.idempotency_key);
+
+-- name: backfill_windows_known
+SELECT backfill_id, window_index FROM backfill_windows WHERE list_contains($backfills, backfill_id);
 
 -- name: mirror_history_delete
 DELETE FROM mirror_history WHERE source_site = $source_site;

@@ -1,16 +1,19 @@
-"""Importing FULL bundles into the local ledger: `bundle plan` (dry run) and `bundle import`, `bundle list`,
-`airgap status`. docs/bundle-format.md ("Import") states the rules; in order, an import:
+"""Importing bundles (full and incremental) into the local ledger: `bundle plan` (dry run) and `bundle import`,
+`bundle list`, `airgap status`. docs/bundle-format.md ("Import", "Hand-off") states the rules; in order, an import:
 
  1. copies the file into a private, size-capped temporary file beside the ledger (unlinked at once; nobody else
     can change it), hashing it on the way: verification and every later read use that copy only;
  2. verifies it with verify_bundle against the PINNED root (or, with nothing pinned, `--trust`), this ledger's
     site as the target, and the latest anchor this site imported;
  3. answers "already imported" (same payload digest or bundle id): exit 0, nothing but an audit entry;
- 4. refuses a sequence at or below the source site's floor (rollback:sequence, exit 5);
- 5. recomputes the source's history chain from genesis (chain:*, exit 4) and counts what each table gives;
- 6. writes everything in ONE transaction: the source's mirror rows replaced (and, when the source is this site's
-    policy authority, its policies applied: operations/bundle_policies.py), the bundle's newer trust roots
-    (and a `--trust` root when nothing was pinned), the floor row, the audit entry.
+ 4. refuses a sequence at or below the source site's floor (rollback:sequence, exit 5), and an incremental
+    bundle whose base this site has not imported (rollback:base-missing, exit 5);
+ 5. checks the source's history: from genesis for a full bundle, as an extension of the chain held here for an
+    incremental one (chain:*, exit 4); counts what each table gives and what a hand-off makes local;
+ 6. writes everything in ONE transaction: the source's mirror rows replaced (full) or merged (incremental), the
+    handed-over jobs made local (orchestrator/handoff.py), when the source is this site's policy authority its
+    policies applied (operations/bundle_policies.py), the bundle's newer trust roots (and a `--trust` root when
+    nothing was pinned), the floor row, the audit entry.
 A refusal writes one audit entry and a capped quarantine copy `<ledger>.quarantine/<sha256 of the file>.bundle`
 with a `.reason` file beside it; nothing else.
 """
@@ -19,16 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import clock, validation
@@ -43,6 +49,7 @@ from ..bundle.verify import VerifiedBundle, verify_bundle
 from ..errors import Conflict, InvalidInput, NotFound, PolicyRefused
 from ..ledger import Ledger, Transaction
 from ..orchestrator import audit, history
+from ..orchestrator import handoff as handoff_ops
 from . import bundle_policies, files
 from . import trust as trust_ops
 from .bundles import checks as check_list
@@ -62,6 +69,7 @@ DESTINATIONS: dict[str, tuple[str, str | None]] = {
     "backfills": ("not imported", None),
     "backfill_windows": ("not imported", None),
     "audit_log": ("not imported", None),
+    "handoffs": ("handed over: become local jobs (see handoff)", None),
 }
 # Test-only: "point:marker-file" makes an import write the marker and sleep at that point (SIGKILL tests).
 PAUSE_ENV = "AIRGAP_ORCH_TEST_IMPORT_PAUSE"
@@ -148,25 +156,107 @@ def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str) -> Iterator[pa.R
             yield batch
 
 
+def _history_rows(copy: BinaryIO, verified: VerifiedBundle) -> Iterator[tuple[int, str, str, str]]:
+    for batch in _rows(copy, verified, "history"):
+        columns = [batch.column(name).to_pylist() for name in ("seq", "job_id", "entry", "entry_hash")]
+        yield from zip(*columns, strict=True)
+
+
 def _check_history(copy: BinaryIO, verified: VerifiedBundle) -> int:
     """Recompute the history chain from genesis over the bundle's rows; ChainError chain:* when it breaks."""
-    def rows() -> Iterator[tuple[int, str, str, str]]:
-        for batch in _rows(copy, verified, "history"):
-            columns = [batch.column(name).to_pylist() for name in ("seq", "job_id", "entry", "entry_hash")]
-            yield from zip(*columns, strict=True)
-
     try:
-        return history.verify_chain(rows()).entries
+        return history.verify_chain(_history_rows(copy, verified)).entries
     except history.Broken as broken:
         raise ChainError("history", f"the bundle's history from {verified.source_site} is broken: {broken}") from None
+
+
+def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Transaction) -> tuple[int, int, int]:
+    """An incremental bundle's history must extend the chain this site holds for its source: its first entry
+    chains onto the held entry before it, entries this site holds already must be the same, the rest follow on.
+    Returns (entries in the bundle, entries new here, the last seq held before)."""
+    site = verified.source_site
+    held_seq = int(read.fetch("mirror_history_head", source_site=site)[0][0])
+    rows = _history_rows(copy, verified)
+    first = next(rows, None)
+    if first is None:
+        return 0, 0, held_seq
+    start = int(first[0])
+    if start < 1 or start - 1 > held_seq:
+        raise ChainError("head", f"the bundle's history from {site} starts at entry {start}, but this site holds "
+                         f"that history up to entry {held_seq}: it does not chain onto the held head")
+    held = dict(read.fetch("mirror_history_hashes", source_site=site, from_seq=start - 1, to_seq=held_seq))
+    prev = history.GENESIS if start == 1 else held[start - 1]
+
+    def checked() -> Iterator[tuple[int, str, str, str]]:
+        for row in itertools.chain([first], rows):
+            if row[0] <= held_seq and held.get(row[0]) != row[3]:
+                raise ChainError("head", f"history entry {row[0]} from {site} differs from the entry this site "
+                                 "holds: the source's history forked")
+            yield row
+
+    try:
+        check = history.verify_chain(checked(), start=history.ChainCheck(start - 1, prev, 0))
+    except history.Broken as broken:
+        raise ChainError("history", f"the bundle's history from {site} does not extend the chain held here: "
+                         f"{broken}") from None
+    entries = check.entries - (start - 1)
+    return entries, max(0, check.entries - held_seq), held_seq
+
+
+@dataclass
+class _Handoff:
+    """What a bundle hands over: its handoffs rows and, of the other members, the rows they need."""
+
+    handoffs: list[dict[str, Any]]
+    jobs: dict[str, dict[str, Any]]
+    keys: list[dict[str, Any]]
+    backfills: dict[str, dict[str, Any]]
+    windows: dict[tuple[str, int], dict[str, Any]]
+
+
+def _handoff(copy: BinaryIO, verified: VerifiedBundle) -> _Handoff | None:
+    """The bundle's hand-off (None: none; bundles written before hand-offs have no handoffs member)."""
+    if not _has(verified, "handoffs") or not verified.manifest.row_counts.get("handoffs"):
+        return None
+    handoffs = [row for batch in _rows(copy, verified, "handoffs") for row in batch.to_pylist()]
+    wanted = {row["job_id"] for row in handoffs}
+    backfill_ids = {row["backfill_id"] for row in handoffs if row["backfill_id"] is not None}
+
+    def rows_of(table: str, keep: Any) -> list[dict[str, Any]]:
+        return [row for batch in _rows(copy, verified, table) for row in batch.to_pylist() if keep(row)]
+
+    return _Handoff(
+        handoffs=handoffs,
+        jobs={row["job_id"]: row for row in rows_of("jobs", lambda row: row["job_id"] in wanted)},
+        keys=rows_of("idempotency_keys", lambda row: row["job_id"] in wanted),
+        backfills={row["backfill_id"]: row for row in rows_of("backfills",
+                                                               lambda row: row["backfill_id"] in backfill_ids)},
+        windows={(row["backfill_id"], row["window_index"]): row for row in
+                 rows_of("backfill_windows", lambda row: row["backfill_id"] in backfill_ids)})
+
+
+def _receive(tx: Transaction, verified: VerifiedBundle, handed: _Handoff, actor: str, write: bool
+             ) -> dict[str, Any]:
+    return handoff_ops.receive(tx, source_site=verified.source_site, handoffs=handed.handoffs, jobs=handed.jobs,
+                               keys=handed.keys, backfills=handed.backfills, windows=handed.windows, actor=actor,
+                               write=write)
+
+
+def _handoff_plan(summary: dict[str, Any]) -> dict[str, Any]:
+    """The plan's view of a hand-off (counts, and the first ids of each kind)."""
+    return {"jobs": len(summary["received"]), "job_ids": summary["received"][:100],
+            "already_local": len(summary["already_local"]), "key_held": summary["key_held"][:100],
+            "backfill_windows": summary["windows"]}
+
+
+def _has(verified: VerifiedBundle, table: str) -> bool:
+    return any(member.path == BY_NAME[table].path for member in verified.members)
 
 
 def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trust.TrustedRoot | None,
           force: bool) -> dict[str, Any]:
     """The canonical plan (no time-dependent field: its digest only changes when the outcome would)."""
     manifest = verified.manifest
-    if manifest.kind != "full":
-        raise PayloadError("kind", f"a {manifest.kind} bundle cannot be imported yet; export a full bundle")
     if verified.source_site == ledger.site_id:
         raise TargetError("own-site", f"the bundle comes from this site ({ledger.site_id}); a site never imports "
                           "its own bundles")
@@ -175,27 +265,47 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
     if manifest.sequence <= floor:
         raise RollbackError("sequence", f"bundle sequence {manifest.sequence} from {verified.source_site} is not "
                             f"above the floor {floor} (the latest imported); a replayed or older bundle is refused")
-    chained = _check_history(copy, verified)
+    incremental = manifest.kind == "incremental"
+    if incremental:
+        base = manifest.base_sequence
+        if not read.fetch("bundle_import_has", source_site=verified.source_site, sequence=base)[0][0]:
+            raise RollbackError("base-missing", f"incremental bundle {manifest.sequence} from "
+                                f"{verified.source_site} applies on sequence {base}, which this site has not "
+                                f"imported: import bundle {base} first, or ask {verified.source_site} for a full "
+                                "bundle or one cut with --base from a sequence imported here")
+        chained, new_entries, _ = _check_increment(copy, verified, read)
+    else:
+        chained = new_entries = _check_history(copy, verified)
     jobs, entries, policies = read.fetch("mirror_counts", source_site=verified.source_site)[0]
     policy_counts = dict(read.fetch("mirror_policy_counts", source_site=verified.source_site))
     before = {"jobs": jobs, "history": entries, **{name: policy_counts.get(name, 0) for name in POLICY_TABLES}}
+    known = _known_jobs(copy, verified, read) if incremental else 0
     tables = []
     for name, rows in sorted(manifest.row_counts.items()):
         action, mirror = DESTINATIONS.get(name, ("not imported", None))
-        tables.append({"table": name, "rows": rows, "action": action, "mirror": mirror,
-                       "replaces": before.get(name, 0) if mirror else 0})
+        entry = {"table": name, "rows": rows, "action": action, "mirror": mirror,
+                 "replaces": before.get(name, 0) if mirror and not (incremental and name in ("jobs", "history"))
+                 else 0}
+        if incremental and name == "jobs":
+            entry.update(action="merged", adds=rows - known, updates=known)
+        if incremental and name == "history":
+            entry.update(action="appended", adds=new_entries, already_held=rows - new_entries)
+        tables.append(entry)
     policies = bundle_policies.plan(read, ledger.site_id, verified.source_site, _policy_rows(copy, verified))
     for table in tables:  # applied when the source is this site's policy authority (operations/bundle_policies.py)
         if table["table"] in policies["tables"]:
             table.update(policies["tables"][table["table"]])
+    handed = _handoff(copy, verified)
     pin = to_pin.version if to_pin is not None else None
     new_versions = [trust.root_version(data) for data in verified.new_roots]
     return {
         "bundle_id": verified.bundle_id, "payload_sha256": verified.payload_sha256, "kind": manifest.kind,
-        "source_site": verified.source_site, "target_site": manifest.target_site, "sequence": manifest.sequence,
+        "base_sequence": manifest.base_sequence, "source_site": verified.source_site,
+        "target_site": manifest.target_site, "sequence": manifest.sequence,
         "floor": floor, "created_at": format_time(manifest.created_at), "history_entries": chained,
         "trust_root_version": verified.root.version, "pin_trust_root": pin, "store_trust_roots": new_versions,
         "forced": force, "tables": tables, "policy_authority": policies["authority"],
+        "handoff": None if handed is None else _handoff_plan(_receive(read, verified, handed, "plan", False)),
     }
 
 
@@ -207,6 +317,15 @@ def _policy_rows(copy: BinaryIO, verified: VerifiedBundle) -> bundle_policies.Ro
         for batch in _rows(copy, verified, table):
             yield from batch.to_pylist()
     return rows_of
+
+
+def _known_jobs(copy: BinaryIO, verified: VerifiedBundle, read: Transaction) -> int:
+    """How many of an incremental bundle's jobs the mirror of its source holds already (updates, not adds)."""
+    known = 0
+    for batch in _rows(copy, verified, "jobs"):
+        known += int(read.fetch("mirror_jobs_known", source_site=verified.source_site,
+                                job_ids=batch.column("job_id").to_pylist())[0][0])
+    return known
 
 
 def plan_digest(plan: dict[str, Any]) -> str:
@@ -347,6 +466,9 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
                                                 _policy_rows(copy, verified), actor=actor)
                 details["policy_rows_applied"] = sum(1 for change in applied if change["change"] in
                                                      (bundle_policies.ADDED, bundle_policies.REPLACED))
+                handed = _handoff(copy, verified)
+                if handed is not None:
+                    details["handoff"] = _handoff_plan(_receive(tx, verified, handed, actor, True))
                 _pause("mirrors-written")
                 stored = []
                 if to_pin is not None:
@@ -396,16 +518,25 @@ def _json_row(row: dict[str, Any]) -> str:
 
 
 def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) -> None:
-    """Replace the source site's mirror rows with the bundle's (inside the caller's transaction)."""
+    """Write the bundle into the source site's mirror rows (inside the caller's transaction): a full bundle
+    replaces them all; an incremental one replaces the rows of the jobs it carries and appends the history
+    entries after the held head (its chain was checked against it). Policies travel whole either way."""
     site = verified.source_site
+    incremental = verified.manifest.kind == "incremental"
+    held_seq = int(tx.fetch("mirror_history_head", source_site=site)[0][0]) if incremental else 0
     for name in ("mirror_jobs", "mirror_history", "mirror_policies"):
-        tx.execute(f"{name}_delete", source_site=site)
+        if not incremental or name == "mirror_policies":
+            tx.execute(f"{name}_delete", source_site=site)
     for batch in _rows(copy, verified, "jobs"):
         rows = batch.to_pylist()
         table = pa.table({"job_id": [r["job_id"] for r in rows], "tenant": [r["tenant"] for r in rows],
                           "state": [r["state"] for r in rows], "row_json": [_json_row(r) for r in rows]})
+        if incremental:
+            tx.execute_with("mirror_jobs_delete_listed", "rows", table, source_site=site)
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
     for batch in _rows(copy, verified, "history"):
+        if held_seq:
+            batch = batch.filter(pc.greater(batch.column("seq"), held_seq))
         tx.execute_with("mirror_history_insert", "rows", pa.Table.from_batches([batch]), source_site=site)
     for name in POLICY_TABLES:
         order = BY_NAME[name].order

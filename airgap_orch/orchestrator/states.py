@@ -20,6 +20,10 @@
 | leased, running   | release        | queued       | graceful worker shutdown; attempt not consumed  |
 |                   |                |              | (cancel requested: `cancel` instead, canceled)  |
 | dead_letter, failed, timed_out | replay | (unchanged) | a new queued job is created with replay_of  |
+| queued (attempts 0) | hand_off     | handed_off   | `bundle export --handoff`: the job moves to the |
+|                   |                |              | target site; never claimed here again           |
+| (new)             | receive        | queued       | `bundle import` of a hand-off: the job, handed  |
+|                   |                |              | over by its source site, is local here          |
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ from __future__ import annotations
 from ..errors import IllegalTransition
 
 WAITING, QUEUED, LEASED, RUNNING = "waiting", "queued", "leased", "running"
-SUCCEEDED, FAILED, DEAD_LETTER, TIMED_OUT, CANCELED = (
-    "succeeded", "failed", "dead_letter", "timed_out", "canceled"
+SUCCEEDED, FAILED, DEAD_LETTER, TIMED_OUT, CANCELED, HANDED_OFF = (
+    "succeeded", "failed", "dead_letter", "timed_out", "canceled", "handed_off"
 )
 ACTIVE_STATES = (WAITING, QUEUED, LEASED, RUNNING)
 HELD_STATES = (LEASED, RUNNING)
-FINAL_STATES = (SUCCEEDED, FAILED, DEAD_LETTER, TIMED_OUT, CANCELED)
+FINAL_STATES = (SUCCEEDED, FAILED, DEAD_LETTER, TIMED_OUT, CANCELED, HANDED_OFF)
 REPLAYABLE_STATES = (DEAD_LETTER, FAILED, TIMED_OUT)
 ALL_STATES = ACTIVE_STATES + FINAL_STATES
 _SAME = None  # marker: the event leaves the state unchanged
@@ -53,6 +57,8 @@ TRANSITIONS: dict[str, dict[str | None, str | None]] = {
     "cancel": {WAITING: CANCELED, QUEUED: CANCELED, LEASED: CANCELED, RUNNING: CANCELED},
     "release": {LEASED: QUEUED, RUNNING: QUEUED},
     "replay": {DEAD_LETTER: _SAME, FAILED: _SAME, TIMED_OUT: _SAME},
+    "hand_off": {QUEUED: HANDED_OFF},
+    "receive": {None: QUEUED},
 }
 
 # History/event type recorded for each transition event.
@@ -72,6 +78,8 @@ EVENT_TYPES: dict[str, str] = {
     "cancel": "job.canceled",
     "release": "job.released",
     "replay": "job.replayed",
+    "hand_off": "job.handed_off",
+    "receive": "job.received",
 }
 
 
