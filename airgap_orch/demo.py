@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import airgap_orch
 
+from .demo_airgap import run_airgap
 from .errors import InvalidInput, OrchError
 from .ledger import Ledger
 from .operations import ledger as ledger_ops
@@ -221,7 +222,12 @@ def run_demo(ledger_path: Path | None = None, *, work_dir: Path | None = None, l
     else:  # handler output, markers and process logs go beside the ledger
         ledger_path.parent.mkdir(parents=True, exist_ok=True)
         work_dir = Path(tempfile.mkdtemp(prefix=f"{ledger_path.name}.demo-", dir=ledger_path.parent))
-    result = _run(ledger_path, work_dir, lock_timeout, on_step or (lambda _line: None))
+    step = on_step or (lambda _line: None)
+    result = _run(ledger_path, work_dir, lock_timeout, step)
+    airgap = run_airgap(ledger_path, work_dir, step)
+    result["airgap"] = airgap
+    for key in ("bundles", "trust_root", "source_ledger", "target_ledger", "bundle_public_key", "bundle_signing_key"):
+        result[key] = airgap[key]
     result["files_kept"] = not temporary
     if temporary:
         shutil.rmtree(work_dir, ignore_errors=True)

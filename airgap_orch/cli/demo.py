@@ -13,6 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from ..demo_airgap import describe as describe_airgap
 from ..errors import OrchError
 from .context import fail, json_option, settings
 
@@ -33,7 +34,8 @@ def demo(ledger_path: Path | None, work_dir: Path | None) -> None:
     if ledger_path is None and root.get_parameter_source("ledger_path") == ParameterSource.COMMANDLINE:
         ledger_path = settings().ledger_path  # `airgap-orch --ledger PATH demo` means the same
     started = time.monotonic()
-    header = ["running the demo (about 15 s): a server, two SDK workers, one of them killed with SIGKILL mid-job"]
+    header = ["running the demo (about 25 s): a server, two SDK workers, one of them killed with SIGKILL mid-job; "
+              "then the site's state crosses an air gap in two signed bundles"]
 
     def narrate(line: str) -> None:  # the header waits for the first step: a refused path prints one line
         while header:
@@ -90,6 +92,7 @@ def render(result: dict[str, Any]) -> str:
         outcome = "requeued" if attempt["outcome"] == "queued" else attempt["outcome"]
         reason = f" ({attempt['reason']})" if attempt["reason"] else ""
         lines.append(f"  attempt {attempt['attempt']}: leased by {attempt['worker_id']} -> {outcome}{reason}")
+    lines += describe_airgap(result["airgap"])
     verify = result["verify"]
     lines += ["", f"ledger verify: {'ok' if verify['ok'] else 'FAILED'} ({verify['history_entries']} history "
                   f"entries, {verify['jobs']} jobs)", f"demo took {result['seconds']:.1f}s"]
