@@ -223,11 +223,13 @@ def run_demo(ledger_path: Path | None = None, *, work_dir: Path | None = None, l
         ledger_path.parent.mkdir(parents=True, exist_ok=True)
         work_dir = Path(tempfile.mkdtemp(prefix=f"{ledger_path.name}.demo-", dir=ledger_path.parent))
     step = on_step or (lambda _line: None)
+    started = time.monotonic()
     result = _run(ledger_path, work_dir, lock_timeout, step)
     airgap = run_airgap(ledger_path, work_dir, step)
     result["airgap"] = airgap
     for key in ("bundles", "trust_root", "source_ledger", "target_ledger", "bundle_public_key", "bundle_signing_key"):
         result[key] = airgap[key]
+    result["total_seconds"] = round(time.monotonic() - started, 3)
     result["files_kept"] = not temporary
     if temporary:
         shutil.rmtree(work_dir, ignore_errors=True)

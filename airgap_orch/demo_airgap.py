@@ -106,7 +106,7 @@ def run_airgap(source_ledger: Path, work_dir: Path, step: Callable[[str], None])
               say="the root key holder signs it (on their own machine)")
     pinned = shell.run("trust", "pin", str(root), ledger=source_ledger,
                        say="the connected site pins it; the fingerprint is read out for an out-of-band check")
-    queued = _queue_offline_work(shell, source_ledger)
+    queued = _queue_offline_work(shell, source_ledger, str(work_dir / "out"))
 
     bundles_dir = work_dir / "bundles"
     bundles_dir.mkdir()
@@ -122,7 +122,7 @@ def run_airgap(source_ledger: Path, work_dir: Path, step: Callable[[str], None])
 
     handoff = bundles_dir / "0002-handoff.bundle"
     exported_handoff = shell.run(
-        "bundle", "export", "--out", str(handoff), "--target", TARGET_SITE, *sign, "--handoff",
+        "bundle", "export", "--out", str(handoff), "--target", TARGET_SITE, *sign, "--incremental", "--handoff",
         "--backfill", queued["backfill_id"], "--queue", OFFLINE_QUEUE, ledger=source_ledger,
         say=f"incremental bundle with a hand-off: the backfill's pending windows and the {OFFLINE_QUEUE} queue's "
             "pending jobs are handed to the air-gapped site (committed at the connected site first)")
@@ -173,16 +173,16 @@ def _source_site(shell: _Shell, ledger: Path) -> str:
     return shell.run("ledger", "info", ledger=ledger)["site_id"]
 
 
-def _queue_offline_work(shell: _Shell, ledger: Path) -> dict[str, Any]:
+def _queue_offline_work(shell: _Shell, ledger: Path, out_dir: str) -> dict[str, Any]:
     """A backfill and a few jobs in the offline queue, left pending at the connected site."""
     backfill = shell.run("backfill", "create", "--tenant", "acme-corp", "--project", "feeds", "--type", "vex.ingest",
                          "--from", BACKFILL_FROM, "--to", BACKFILL_TO, "--step", BACKFILL_STEP,
-                         "--queue", OFFLINE_QUEUE, "--payload", '{"document_id": "VEX-backfill"}',
+                         "--queue", OFFLINE_QUEUE, "--payload", json.dumps({"document_id": "VEX-backfill", "out_dir": out_dir}),
                          "--reason", "re-ingest VEX for the air-gapped site", "--ticket", "OPS-1207",
                          ledger=ledger, say="a backfill of hourly VEX windows, queued for the air-gapped site")
     for number in range(HANDOFF_JOBS):
         shell.run("jobs", "enqueue", "--tenant", "globex", "--project", "feeds", "--type", "advisory.ingest",
-                         "--queue", OFFLINE_QUEUE, "--payload", json.dumps({"advisory_id": f"ADV-OFFLINE-{number}"}),
+                         "--queue", OFFLINE_QUEUE, "--payload", json.dumps({"advisory_id": f"ADV-OFFLINE-{number}", "out_dir": out_dir}),
                          ledger=ledger)
     shell.step(f"{HANDOFF_JOBS} advisory jobs queued in {OFFLINE_QUEUE!r} for the air-gapped site")
     job_ids = [job["job_id"] for job in _jobs(shell, ledger) if job["queue"] == OFFLINE_QUEUE]
@@ -222,4 +222,6 @@ def describe(result: dict[str, Any]) -> Sequence[str]:
                  + ", ".join(f"{state} {n}" for state, n in sorted(handed["at_source"].items()))
                  + "; at the air-gapped site " + ", ".join(f"{state} {n}" for state, n in
                                                         sorted(handed["at_target"].items())))
+    lines.append(f"  trust root {result['trust_root']}; bundle signing key {result['bundle_signing_key']} (public "
+                 f"{result['bundle_public_key']}); air-gapped ledger {result['target_ledger']}")
     return lines

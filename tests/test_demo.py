@@ -150,7 +150,9 @@ def test_demo_json_shows_dead_letters_the_recovered_job_and_a_verified_ledger(tm
     assert processes_mentioning(str(ledger_path)) == []
     verify = run_cli(ledger_path, "ledger", "verify", "--json")
     assert verify.code == 0, verify
-    assert verify.json["history_entries"] == report["verify"]["history_entries"]
+    # the air-gap act added to the connected site's chain: each handed-over job's creation and its hand-off
+    assert verify.json["history_entries"] == report["airgap"]["verify"]["connected"]["history_entries"]
+    assert verify.json["history_entries"] == report["verify"]["history_entries"] + 2 * handed["jobs"]
 
 
 def test_demo_human_output_tells_the_same_story(tmp_path):
