@@ -246,7 +246,7 @@ class Door:
         self.metrics = metrics
         self.limits = limits or connections.ConnectionLimits()
 
-    def caller(self, request: web.Request, scope_of: str) -> Caller:
+    def caller(self, request: web.Request, operation: str) -> Caller:
         if self.verifier is None:
             return Caller(actor="http:no-auth")
         from ..auth import scopes
@@ -256,15 +256,15 @@ class Door:
             raise NotAuthorized("this server needs a token: pass --token or set $AIRGAP_ORCH_TOKEN (over HTTP: "
                                 "Authorization: Bearer <token>)")
         principal = self.verifier.verify(header[7:].strip())
-        scopes.require(principal, scopes.scope_for(scope_of))
-        return Caller(actor=f"token:{principal.subject}", tenants=scopes.tenant_reach(principal, scope_of))
+        scopes.require(principal, scopes.scope_for(operation))
+        return Caller(actor=f"token:{principal.subject}", tenants=scopes.tenant_reach(principal, operation))
 
     async def operation(self, request: web.Request) -> web.Response:
         route: api.Route = request.match_info.route.resource_route  # type: ignore[attr-defined]
         started = time.monotonic()
         status = 200
         try:
-            caller = self.caller(request, route.scope_of)
+            caller = self.caller(request, route.name)
             params = await self._params(request, route)
             if route.needs_reason or route.needs_ticket or route.takes_reason:
                 params.update(override_headers(request, route))
