@@ -16,10 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .bundle.limits import MAX_ARCHIVE_BYTES
+
 API_PREFIX = "/v1"
 # An operational override's reason and ticket (DESIGN invariant 8) travel in these headers, not in the body.
 OVERRIDE_HEADERS = (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket"))
 MAX_BODY_BYTES = 8 * 1024 * 1024  # documented in README "Limits"; larger bodies get 413
+# A bundle streamed to an `upload` route (bundle plan, bundle import): the bundle format's own cap on a file, never
+# held in memory (`serve --max-bundle-bytes` lowers it); larger uploads get 413.
+MAX_BUNDLE_BYTES = MAX_ARCHIVE_BYTES
 
 # The scopes routes need. auth/scopes.py documents each (SCOPES, the README table) and adds orch:admin, which no
 # route needs on its own; a new scope is a constant here and a line there.
@@ -28,6 +33,7 @@ OPERATE = "orch:operate"
 QUOTA = "orch:quota"
 BACKFILL = "orch:backfill"
 WORKER = "orch:worker"
+AIRGAP = "orch:airgap"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,10 @@ class Route:
     needs_reason: bool = False
     needs_ticket: bool = False
     takes_reason: bool = False  # X-Orch-Reason / X-Orch-Ticket accepted, not required (recorded in the audit log)
+    # The body is a bundle file (Content-Type: application/octet-stream, up to MAX_BUNDLE_BYTES), streamed to a
+    # temporary file the operation gets as its `bundle` param; the other params travel in the query string. It runs
+    # on the server's bundle thread: not queued behind the writer, nor holding it up until its final transaction.
+    upload: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
@@ -143,6 +153,27 @@ ROUTES: tuple[Route, ...] = (
           takes_reason=True),
     Route("schedules.run_due", "POST", "/v1/schedules/run-due", OPERATE,
           "Enqueue the due ticks of every schedule now (the server also does this every few seconds)", None, True),
+    Route("trust.show", "GET", "/v1/trust", AIRGAP,
+          "The pinned trust root: version, fingerprint, expiry, roles and sites with thresholds and key ids"),
+    Route("trust.pin", "POST", "/v1/trust/pin", AIRGAP,
+          "Verify trust roots (root.json documents, as text) and pin them; audited with X-Orch-Reason",
+          "trust-pin-request", True, takes_reason=True),
+    Route("bundles.list", "GET", "/v1/bundles", AIRGAP,
+          "The bundles this ledger imported and exported, and the mirrors per source site"),
+    Route("bundles.plan", "POST", "/v1/bundles/plan", AIRGAP,
+          "Dry run of an import: the bundle is the body (application/octet-stream); verify it, answer the plan and "
+          "its digest; writes nothing", query=(("staleness", "string"), ("force", "boolean")), takes_reason=True,
+          upload=True),
+    Route("bundles.import", "POST", "/v1/bundles/import", AIRGAP,
+          "Verify and import the bundle in the body (application/octet-stream) in one transaction; a refusal is "
+          "audited and quarantined", query=(("plan_digest", "string"), ("staleness", "string"), ("force", "boolean")),
+          takes_reason=True, upload=True),
+    Route("airgap.status", "GET", "/v1/airgap/status", AIRGAP,
+          "Pinned trust root, latest time anchor (drift, staleness, budget left), floor per source site",
+          query=(("staleness", "string"),)),
+    Route("airgap.staleness", "POST", "/v1/airgap/staleness", AIRGAP,
+          "Set this ledger's default staleness mode (audited with X-Orch-Reason)", "airgap-staleness-request", True,
+          takes_reason=True),
 )
 
 BY_NAME = {route.name: route for route in ROUTES}

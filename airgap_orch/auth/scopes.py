@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from ..api import BACKFILL, OPERATE, QUOTA, READ, ROUTES, WORKER
+from ..api import AIRGAP, BACKFILL, OPERATE, QUOTA, READ, ROUTES, WORKER
 from ..errors import Forbidden, InvalidInput
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ SCOPES = MappingProxyType({
            "(X-Orch-Reason).",
     BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
     WORKER: "Run jobs and nothing else: claim, heartbeat, ack, fail and release under a lease (least privilege).",
+    AIRGAP: "Move state across the air gap: show and pin the trust root, plan and import bundles, list them, see and "
+            "set the air-gap status and staleness mode (every change is audited).",
     ADMIN: "Nothing on its own: it makes the totals of the operations listed here cover every tenant (site-wide "
            "metrics and ledger info, whole-ledger verify counts and failure details); without it they cover the "
            "token's tenants.",

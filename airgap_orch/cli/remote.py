@@ -8,20 +8,26 @@ of these (stopped with SIGSTOP, hung, gone, nothing listening at the address) en
 (exit 6) about B seconds after it last showed life, naming the server.
 
 The request is sent once: unlike the SDK's client, the CLI never resends (an operator retries on exit 6).
+
+A bundle (`upload`) is streamed from its file in pieces, never read whole, after the server has answered
+`Expect: 100-continue`: a refusal (no token or scope, a bad option, a bundle over its cap) comes before any of it is
+sent.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import select
+import socket
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from ..errors import InvalidInput, LedgerBusy, OrchError
@@ -66,9 +72,26 @@ def call(server: Server, token: str | None, name: str, params: dict[str, Any], *
     return decode_answer(status, parse_body(raw))
 
 
-def request(server: Server, method: str, path: str, body: bytes | None, headers: dict[str, str], *, bound: float,
-            mutating: bool = False) -> tuple[int, bytes]:
-    """(status, body) of one request, each wait bounded as the module docstring says."""
+def upload(server: Server, token: str | None, name: str, params: dict[str, Any], bundle: Path, *,
+           bound: float) -> dict[str, Any]:
+    """Run upload operation `name` (api.Route.upload) on `server` with the file `bundle` as its body."""
+    from ..operations.files import open_readable
+    from ..sdk.client import decode_answer, parse_body, prepare_call
+
+    prepared = prepare_call(name, params)
+    headers = {"Accept": "application/json", **prepared.headers, "Content-Type": "application/octet-stream",
+               "Expect": "100-continue"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    with open_readable(bundle, "bundle") as source:
+        status, raw = request(server, prepared.method, prepared.path, source, headers, bound=bound, mutating=True)
+    return decode_answer(status, parse_body(raw))
+
+
+def request(server: Server, method: str, path: str, body: bytes | BinaryIO | None, headers: dict[str, str], *,
+            bound: float, mutating: bool = False) -> tuple[int, bytes]:
+    """(status, body) of one request, each wait bounded as the module docstring says. A file body goes out in pieces
+    once the server has answered Expect: 100-continue (and not at all when it answers with a refusal)."""
     bound = max(bound, MIN_BOUND_SECONDS)
     parts = urlsplit(server.url)
     try:
@@ -82,10 +105,13 @@ def request(server: Server, method: str, path: str, body: bytes | None, headers:
     sent = False
     try:
         try:
-            if body is not None:
-                headers = {**headers, "Content-Length": str(len(body))}
-            connection.request(method, path, body=_pieces(body) if body is not None else None, headers=headers)
-            sent = True
+            if body is not None and not isinstance(body, bytes):
+                sent = _send_file(server, connection, method, path, body, headers, bound)
+            else:
+                if body is not None:
+                    headers = {**headers, "Content-Length": str(len(body))}
+                connection.request(method, path, body=_pieces(body) if body is not None else None, headers=headers)
+                sent = True
             _wait_for_answer(server, connection, bound, mutating)
             response = connection.getresponse()  # the socket's timeout is the bound for every read from here on
             return response.status, response.read()
@@ -124,6 +150,40 @@ def _connect(server: Server, scheme: str, host: str, port: int | None, bound: fl
         assert connection.sock is not None
         connection.sock.settimeout(bound)  # each send and each read from now on
         return connection
+
+
+def _send_file(server: Server, connection: http.client.HTTPConnection, method: str, path: str, body: BinaryIO,
+               headers: dict[str, str], bound: float) -> bool:
+    """Send the head; once the server answers 100 Continue, the file in pieces (True). False: the server answered
+    with its final answer instead (a refusal), and nothing of the file was sent."""
+    connection.putrequest(method, path, skip_accept_encoding=True)
+    for name, value in {**headers, "Content-Length": str(os.fstat(body.fileno()).st_size)}.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    _wait_for_answer(server, connection, bound, False)
+    if not _continues(connection):
+        return False
+    while piece := body.read(SEND_CHUNK_BYTES):
+        connection.send(piece)
+    return True
+
+
+def _continues(connection: http.client.HTTPConnection) -> bool:
+    """Whether the answer waiting on the socket is a 100 Continue; if so it is read off the socket (so that the wait
+    for the final answer starts afresh), else left there for getresponse."""
+    assert connection.sock is not None
+    sock = connection.sock
+    while True:
+        head = sock.recv(4096, socket.MSG_PEEK)
+        if not head:
+            return False  # closed: getresponse says so
+        if len(head) >= 12 and head[9:12] != b"100":
+            return False
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            sock.recv(end + 4)
+            return True
+        time.sleep(0.005)  # the rest of a head that came in pieces
 
 
 def _pieces(body: bytes) -> Iterator[bytes]:

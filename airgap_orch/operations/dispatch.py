@@ -23,7 +23,7 @@ from ..ledger import Ledger
 
 # Each operation module registers its operations (registry.operation) as it is imported: this line is the one place
 # that names them, once per module, never per operation.
-from . import audit, backfills, jobs, ledger, limits, replays, sources  # noqa: F401
+from . import airgap, audit, backfills, jobs, ledger, limits, replays, sources  # noqa: F401
 from .registry import OPERATIONS, PREPARED
 
 

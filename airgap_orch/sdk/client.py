@@ -49,9 +49,10 @@ def prepare_call(name: str, params: dict[str, Any] | None) -> PreparedCall:
     if route.takes_reason or route.needs_reason or route.needs_ticket:
         headers = {header: str(rest.pop(field)) for field, header in api.OVERRIDE_HEADERS if field in rest}
     body = None
-    if route.method == "GET":
+    if route.method == "GET" or route.upload:  # an upload's body is its file: the params go in the query
         if rest:
-            path += "?" + urlencode(rest)
+            path += "?" + urlencode({key: str(value).lower() if isinstance(value, bool) else value
+                                     for key, value in rest.items()})
     else:
         body = rest["spec"] if name == "jobs.enqueue" else rest
     return PreparedCall(route.method, path, body, headers, route.mutating)
