@@ -222,3 +222,29 @@ def test_the_airgap_limits_have_one_source():
     roots = schemas.load("trust-pin-request")["properties"]["roots"]
     assert roots["items"]["maxLength"] == limits.MAX_ROOT_BYTES
     assert roots["maxItems"] * limits.MAX_ROOT_BYTES <= api.MAX_BODY_BYTES  # a full request fits in a body
+
+
+def test_a_bundle_larger_than_any_json_body_streams_to_the_server_and_is_planned(holders, target, root_v1, keys,  # noqa: F811
+                                                                                tmp_path):
+    """A bundle over api.MAX_BODY_BYTES (the cap on a JSON body, which the server reads whole) still reaches the
+    server: it is streamed to a file, not read into memory."""
+    import base64
+    import os
+
+    from airgap_orch import api
+
+    source = new_ledger(tmp_path / "site-a.duckdb", "site-a")
+    with Ledger.open(source, lock_timeout=5) as opened:  # incompressible payloads: the bundle stays large
+        for start in range(0, 240, 60):
+            job_ops.enqueue_batch(opened, [{"tenant": "big", "project": "p", "type": "t",
+                                            "payload": {"blob": base64.b64encode(os.urandom(45_000)).decode()}}
+                                           for _ in range(start, start + 60)])
+    ok(cli("trust", "pin", str(root_v1), ledger=source))
+    out = bundle_of(source, holders, tmp_path / "big.bundle")
+    assert out.stat().st_size > api.MAX_BODY_BYTES
+    ok(cli("trust", "pin", str(root_v1), ledger=target))
+    token = keys.issue("operator", ["local"], AIRGAP_SCOPES)
+    with serving(target, "--token-key", str(keys.public_key)):
+        planned = ok(run(target, token, "bundle", "plan", str(out), "--json"))
+    assert {table["table"]: table["rows"] for table in planned["plan"]["tables"]}["jobs"] == 240
+    assert not uploads_left(target)
