@@ -155,6 +155,8 @@ ROUTES: tuple[Route, ...] = (
           "Enqueue the due ticks of every schedule now (the server also does this every few seconds)", None, True),
     Route("trust.show", "GET", "/v1/trust", AIRGAP,
           "The pinned trust root: version, fingerprint, expiry, roles and sites with thresholds and key ids"),
+    Route("trust.root", "GET", "/v1/trust/root", AIRGAP,
+          "The pinned trust root document (root.json as text) and this site's id: what `bundle verify` checks with"),
     Route("trust.pin", "POST", "/v1/trust/pin", AIRGAP,
           "Verify trust roots (root.json documents, as text) and pin them; audited with X-Orch-Reason",
           "trust-pin-request", True, takes_reason=True),

@@ -69,6 +69,9 @@ def test_trust_bundle_and_airgap_commands_go_through_the_server_that_owns_the_le
         pinned = ok(run(target, token, "trust", "pin", str(root_v1), "--reason", "first root", "--json"))
         assert pinned["pinned"] is True and pinned["version"] == 1
         assert ok(run(target, token, "trust", "show", "--json"))["fingerprint"] == pinned["fingerprint"]
+        # bundle verify without --trust verifies with the root the server's ledger pinned, for this site.
+        verified = ok(run(target, token, "bundle", "verify", str(out), "--json"))
+        assert (verified["source_site"], verified["target_site"]) == ("site-a", "site-b")
         planned = ok(run(target, token, "bundle", "plan", str(out), "--json"))
         assert ok(run(target, token, "bundle", "list", "--json"))["imports"] == []  # a dry run writes nothing
         assert planned["plan"]["source_site"] == "site-a" and planned["plan"]["sequence"] == 1

@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from .. import clock, validation
-from ..errors import OrchError
 from .context import command, fail, invoke, progress_bar, settings
 from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
 from .trust import open_local_ledger
@@ -112,7 +111,7 @@ def verify(bundle_path: Path, root_path: Path | None, target_site: str | None, s
     from ..operations import bundles as ops
 
     moment = validation.timestamp(now, "--now") if now is not None else clock.now()
-    pinned, target_site = _trust(root_path, target_site, "bundle verify")
+    pinned, target_site = _trust(root_path, target_site)
     try:
         verified = ops.verify(bundle_path, pinned_root=pinned, target_site=target_site, now=moment,
                               staleness=staleness)
@@ -145,7 +144,7 @@ def sign(bundle_path: Path, key_path: Path, out: Path, root_path: Path | None, p
     for sites whose threshold needs more than one key."""
     from ..operations import bundles as ops
 
-    pinned, _ = _trust(root_path, None, "bundle sign")
+    pinned, _ = _trust(root_path, None)
     [(path, key)] = load_private_keys([key_path], passphrase_file, passphrase_prompt)
     result = ops.sign(bundle_path, out, key=ops.SigningKey(str(path), key), pinned_root=pinned, now=clock.now())
     if settings().json:
@@ -156,24 +155,15 @@ def sign(bundle_path: Path, key_path: Path, out: Path, root_path: Path | None, p
     return None
 
 
-def _trust(root_path: Path | None, target_site: str | None, command_name: str) -> tuple[bytes, str | None]:
+def _trust(root_path: Path | None, target_site: str | None) -> tuple[bytes, str | None]:
     """(the root to verify from, the target site): --trust needs no ledger; otherwise the pinned root and this
-    site."""
+    site, from the ledger or the server that owns it."""
     from ..operations import trust as trust_ops
 
     if root_path is not None:
         return trust_ops.read_root(root_path), target_site
-    with open_local_ledger(command_name) as ledger:
-        root = trust_ops.pinned(ledger)
-        if root is None:
-            raise _no_root()
-        return root.data, target_site or ledger.site_id
-
-
-def _no_root() -> OrchError:
-    from ..errors import NotFound
-
-    return NotFound("no trust root is pinned in this ledger; pass --trust ROOT.json or pin one with `trust pin`")
+    pinned = invoke("trust.root", {})
+    return pinned["root"].encode("utf-8"), target_site or pinned["site_id"]
 
 
 def _print_checks(checks: list[dict[str, Any]], failure: dict[str, Any] | None) -> None:

@@ -19,9 +19,8 @@ THRESHOLD = click.IntRange(min=1, max=32)
 
 
 def open_local_ledger(command_name: str) -> Ledger:
-    """The ledger, opened here, for the commands that do not go through a server (`bundle export`, which signs with
-    keys that stay here; `bundle verify` and `bundle sign` without --trust): a ledger a server owns is refused at
-    once (exit 6) instead of waiting for its lock."""
+    """The ledger, opened here, for the command that does not go through a server (`bundle export`, which signs with
+    keys that stay here): a ledger a server owns is refused at once (exit 6) instead of waiting for its lock."""
     current = settings()
     url = current.server()
     if url is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.limits import MAX_ROOT_BYTES
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from ..ledger import Ledger
 from .registry import operation
 
@@ -27,6 +27,19 @@ def trust_show(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> di
     from . import trust
 
     return trust.show(ledger)
+
+
+@operation("trust.root")
+def trust_root(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
+    """The pinned root itself (checked again against its own threshold) and this site: `bundle verify` and `bundle
+    sign` verify with it when no --trust is given."""
+    from . import trust
+
+    root = trust.pinned(ledger)
+    if root is None:
+        raise NotFound("no trust root is pinned in this ledger; pass --trust ROOT.json or pin one with `trust pin`")
+    return {"site_id": ledger.site_id, "version": root.version, "fingerprint": trust.fingerprint(root),
+            "root": root.data.decode("utf-8")}
 
 
 @operation("trust.pin")
