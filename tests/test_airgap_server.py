@@ -127,6 +127,11 @@ def test_a_bundle_over_the_servers_cap_is_refused_with_413_and_the_ledger_is_unc
         answer = _chunked_upload(server.url, token, out.read_bytes(), piece=4096)
         assert_problem(answer, 413, "payload-too-large", 1)
         assert server.request("GET", "/healthz").status == 200
+        # A bundle is octet-stream, and its options are the route's query parameters only (never a path).
+        assert_problem(server.request("POST", "/v1/bundles/plan", {"bundle": str(out)}, token=token), 415,
+                       "unsupported-media-type", 1)
+        assert_problem(server.request("POST", "/v1/bundles/plan", raw=b"x", token=token, query={"bundle": str(out)},
+                                      headers={"Content-Type": "application/octet-stream"}), 400, None, 1)
     # The same bundle, within the cap of the next server, is planned.
     with serving(target, "--token-key", str(keys.public_key), "--max-bundle-bytes", str(size)):
         ok(run(target, token, "bundle", "plan", str(out), "--json"))
