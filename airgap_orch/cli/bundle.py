@@ -244,7 +244,9 @@ def _import_step(name: str, bundle_path: Path, root_path: Path | None, params: d
                                "ROOT.json` (it goes through the server), then run this again without --trust")
         params = {**params, "trust": str(root_path)}
     try:
-        return invoke(name, {key: value for key, value in params.items() if value is not None}, upload=bundle_path)
+        with progress_bar("sending bundle") as bar:  # to a server; the local operations take no progress
+            return invoke(name, {key: value for key, value in params.items() if value is not None}, upload=bundle_path,
+                          progress=bar if settings().server() is not None else None)
     except BundleError as error:
         _refused_checks(error)
         fail(error)

@@ -24,7 +24,7 @@ import select
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -73,8 +73,9 @@ def call(server: Server, token: str | None, name: str, params: dict[str, Any], *
 
 
 def upload(server: Server, token: str | None, name: str, params: dict[str, Any], bundle: Path, *,
-           bound: float) -> dict[str, Any]:
-    """Run upload operation `name` (api.Route.upload) on `server` with the file `bundle` as its body."""
+           bound: float, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run upload operation `name` (api.Route.upload) on `server` with the file `bundle` as its body;
+    `progress(sent, size)` hears how much of it has gone."""
     from ..operations.files import open_readable
     from ..sdk.client import decode_answer, parse_body, prepare_call
 
@@ -84,12 +85,14 @@ def upload(server: Server, token: str | None, name: str, params: dict[str, Any],
     if token:
         headers["Authorization"] = f"Bearer {token}"
     with open_readable(bundle, "bundle") as source:
-        status, raw = request(server, prepared.method, prepared.path, source, headers, bound=bound, mutating=True)
+        status, raw = request(server, prepared.method, prepared.path, source, headers, bound=bound, mutating=True,
+                              progress=progress)
     return decode_answer(status, parse_body(raw))
 
 
 def request(server: Server, method: str, path: str, body: bytes | BinaryIO | None, headers: dict[str, str], *,
-            bound: float, mutating: bool = False) -> tuple[int, bytes]:
+            bound: float, mutating: bool = False, progress: Callable[[int, int], None] | None = None
+            ) -> tuple[int, bytes]:
     """(status, body) of one request, each wait bounded as the module docstring says. A file body goes out in pieces
     once the server has answered Expect: 100-continue (and not at all when it answers with a refusal)."""
     bound = max(bound, MIN_BOUND_SECONDS)
@@ -106,7 +109,7 @@ def request(server: Server, method: str, path: str, body: bytes | BinaryIO | Non
     try:
         try:
             if body is not None and not isinstance(body, bytes):
-                sent = _send_file(server, connection, method, path, body, headers, bound)
+                sent = _send_file(server, connection, method, path, body, headers, bound, progress)
             else:
                 if body is not None:
                     headers = {**headers, "Content-Length": str(len(body))}
@@ -153,18 +156,23 @@ def _connect(server: Server, scheme: str, host: str, port: int | None, bound: fl
 
 
 def _send_file(server: Server, connection: http.client.HTTPConnection, method: str, path: str, body: BinaryIO,
-               headers: dict[str, str], bound: float) -> bool:
+               headers: dict[str, str], bound: float, progress: Callable[[int, int], None] | None) -> bool:
     """Send the head; once the server answers 100 Continue, the file in pieces (True). False: the server answered
     with its final answer instead (a refusal), and nothing of the file was sent."""
+    size = os.fstat(body.fileno()).st_size
     connection.putrequest(method, path, skip_accept_encoding=True)
-    for name, value in {**headers, "Content-Length": str(os.fstat(body.fileno()).st_size)}.items():
+    for name, value in {**headers, "Content-Length": str(size)}.items():
         connection.putheader(name, value)
     connection.endheaders()
     _wait_for_answer(server, connection, bound, False)
     if not _continues(connection):
         return False
+    sent = 0
     while piece := body.read(SEND_CHUNK_BYTES):
         connection.send(piece)
+        sent += len(piece)
+        if progress is not None:
+            progress(sent, size)
     return True
 
 
