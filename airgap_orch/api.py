@@ -1,10 +1,13 @@
 """The HTTP contract of the control plane: one row per operation.
 
 Pure data, imported by the server (to route), by the client used by the CLI and the SDK (to call), and
-by the OpenAPI builder (to document). Each row names the operation in airgap_orch/operations/, the
-scope it needs (auth/scopes.py OPERATION_SCOPES, keyed by `scope_of`) and the schemas of its bodies.
-Path parameters are written {name}; every other parameter travels in the JSON body (POST) or the
-query string (GET).
+by the OpenAPI builder (to document). Each row names the operation (registered under that name in
+airgap_orch/operations/ with @registry.operation), the scope it needs (one of the constants below; auth/scopes.py
+SCOPES says what each allows) and the schemas of its bodies. Path parameters are written {name}; every other
+parameter travels in the JSON body (POST) or the query string (GET).
+
+Adding an operation touches four files: a row here, its request schema in schemas/, the function in
+airgap_orch/operations/<area>.py (decorated with @operation("<name>")), and its command in airgap_orch/cli/.
 """
 
 from __future__ import annotations
@@ -13,10 +16,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .bundle.limits import MAX_ARCHIVE_BYTES
+
 API_PREFIX = "/v1"
 # An operational override's reason and ticket (DESIGN invariant 8) travel in these headers, not in the body.
 OVERRIDE_HEADERS = (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket"))
 MAX_BODY_BYTES = 8 * 1024 * 1024  # documented in README "Limits"; larger bodies get 413
+# A bundle streamed to an `upload` route (bundle plan, bundle import): the bundle format's own cap on a file, never
+# held in memory (`serve --max-bundle-bytes` lowers it); larger uploads get 413.
+MAX_BUNDLE_BYTES = MAX_ARCHIVE_BYTES
+
+# The scopes routes need. auth/scopes.py documents each (SCOPES, the README table) and adds orch:admin, which no
+# route needs on its own; a new scope is a constant here and a line there.
+READ = "orch:read"
+OPERATE = "orch:operate"
+QUOTA = "orch:quota"
+BACKFILL = "orch:backfill"
+WORKER = "orch:worker"
+AIRGAP = "orch:airgap"
 
 
 @dataclass(frozen=True)
@@ -24,7 +41,7 @@ class Route:
     name: str  # operation name, e.g. "jobs.claim"
     method: str
     path: str
-    scope_of: str  # key in auth.scopes.OPERATION_SCOPES
+    scope: str  # the scope a token needs for it: one of the constants above
     summary: str
     request_schema: str | None = None  # schemas/<name>.schema.json
     mutating: bool = False  # accepts Idempotency-Key; goes through the writer (else: a reader, on snapshots)
@@ -34,104 +51,131 @@ class Route:
     needs_reason: bool = False
     needs_ticket: bool = False
     takes_reason: bool = False  # X-Orch-Reason / X-Orch-Ticket accepted, not required (recorded in the audit log)
+    # The body is a bundle file (Content-Type: application/octet-stream, up to MAX_BUNDLE_BYTES), streamed to a
+    # temporary file the operation gets as its `bundle` param; the other params travel in the query string. It runs
+    # on the server's bundle thread: not queued behind the writer, nor holding it up until its final transaction.
+    upload: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("jobs.enqueue", "POST", "/v1/jobs", "enqueue", "Enqueue one job", "job-spec", True),
-    Route("jobs.enqueue_batch", "POST", "/v1/jobs/batch", "enqueue", "Enqueue many jobs in one transaction",
+    Route("jobs.enqueue", "POST", "/v1/jobs", OPERATE, "Enqueue one job", "job-spec", True),
+    Route("jobs.enqueue_batch", "POST", "/v1/jobs/batch", OPERATE, "Enqueue many jobs in one transaction",
           "enqueue-batch-request", True),
-    Route("jobs.claim", "POST", "/v1/jobs/claim", "claim", "Lease ready jobs (long-poll with wait)",
+    Route("jobs.claim", "POST", "/v1/jobs/claim", WORKER, "Lease ready jobs (long-poll with wait)",
           "claim-request", True),
-    Route("jobs.heartbeat", "POST", "/v1/jobs/{job_id}/heartbeat", "heartbeat",
+    Route("jobs.heartbeat", "POST", "/v1/jobs/{job_id}/heartbeat", WORKER,
           "Extend a lease, report progress; answers cancel_requested", "heartbeat-request", True),
-    Route("jobs.ack", "POST", "/v1/jobs/{job_id}/ack", "ack", "Complete a job under its lease", "ack-request", True),
-    Route("jobs.ack_many", "POST", "/v1/acks", "ack", "Complete many jobs, each under its lease",
+    Route("jobs.ack", "POST", "/v1/jobs/{job_id}/ack", WORKER, "Complete a job under its lease", "ack-request", True),
+    Route("jobs.ack_many", "POST", "/v1/acks", WORKER, "Complete many jobs, each under its lease",
           "ack-many-request", True),
-    Route("jobs.fail", "POST", "/v1/jobs/{job_id}/fail", "fail", "Report a failed attempt", "fail-request", True),
-    Route("jobs.release", "POST", "/v1/jobs/{job_id}/release", "release", "Give a lease back unused",
+    Route("jobs.fail", "POST", "/v1/jobs/{job_id}/fail", WORKER, "Report a failed attempt", "fail-request", True),
+    Route("jobs.release", "POST", "/v1/jobs/{job_id}/release", WORKER, "Give a lease back unused",
           "lease-request", True),
-    Route("jobs.cancel", "POST", "/v1/jobs/{job_id}/cancel", "cancel", "Cancel or request cancellation",
+    Route("jobs.cancel", "POST", "/v1/jobs/{job_id}/cancel", OPERATE, "Cancel or request cancellation",
           "cancel-request", True),
-    Route("jobs.list", "GET", "/v1/jobs", "list", "List jobs in creation order, a page at a time",
+    Route("jobs.list", "GET", "/v1/jobs", READ, "List jobs in creation order, a page at a time",
           query=(("state", "string"), ("tenant", "string"), ("type", "string"), ("limit", "integer"),
                  ("cursor", "string"))),
-    Route("jobs.show", "GET", "/v1/jobs/{job_id}", "show", "One job with its history"),
-    Route("jobs.recover", "POST", "/v1/jobs/recover", "recover", "Recover expired leases now", None, True),
-    Route("deadletter.list", "GET", "/v1/deadletter", "deadletter_list", "Dead-lettered jobs, a page at a time",
+    Route("jobs.show", "GET", "/v1/jobs/{job_id}", READ, "One job with its history"),
+    Route("jobs.recover", "POST", "/v1/jobs/recover", OPERATE, "Recover expired leases now", None, True),
+    Route("deadletter.list", "GET", "/v1/deadletter", READ, "Dead-lettered jobs, a page at a time",
           query=(("tenant", "string"), ("type", "string"), ("limit", "integer"), ("cursor", "string"))),
-    Route("deadletter.replay", "POST", "/v1/deadletter/replay", "replay", "Replay dead-lettered jobs",
+    Route("deadletter.replay", "POST", "/v1/deadletter/replay", OPERATE, "Replay dead-lettered jobs",
           "replay-request", True),
-    Route("ledger.info", "GET", "/v1/ledger", "ledger_info", "Ledger identity and counts"),
-    Route("ledger.verify", "POST", "/v1/ledger/verify", "ledger_verify", "Verify chain and state tables"),
-    Route("ledger.events", "GET", "/v1/ledger/events", "events",
+    Route("ledger.info", "GET", "/v1/ledger", READ, "Ledger identity and counts"),
+    Route("ledger.verify", "POST", "/v1/ledger/verify", READ, "Verify chain and state tables"),
+    Route("ledger.events", "GET", "/v1/ledger/events", READ,
           "Transitions as orch.event.v1 envelopes, a page at a time",
           query=(("after_seq", "integer"), ("limit", "integer"), ("cursor", "string"))),
-    Route("audit.list", "GET", "/v1/audit", "audit_list", "Audit log entries, oldest first, a page at a time",
+    Route("audit.list", "GET", "/v1/audit", READ, "Audit log entries, oldest first, a page at a time",
           query=(("since", "string"), ("after_seq", "integer"), ("limit", "integer"), ("cursor", "string"))),
-    Route("audit.verify", "POST", "/v1/audit/verify", "audit_verify", "Verify the audit log's hash chain"),
-    Route("jobs.replay", "POST", "/v1/jobs/{job_id}/replay", "replay",
+    Route("audit.verify", "POST", "/v1/audit/verify", READ, "Verify the audit log's hash chain"),
+    Route("jobs.replay", "POST", "/v1/jobs/{job_id}/replay", OPERATE,
           "Replay a dead-lettered, failed or timed-out job as a new high-priority job", "job-replay-request", True),
-    Route("deadletter.replay_bulk", "POST", "/v1/deadletter/replay-bulk", "replay",
+    Route("deadletter.replay_bulk", "POST", "/v1/deadletter/replay-bulk", OPERATE,
           "Replay a tenant's dead letters of one type since a time (dry_run to preview)",
           "deadletter-replay-bulk-request", True),
-    Route("backfills.create", "POST", "/v1/backfills", "backfill_create",
+    Route("backfills.create", "POST", "/v1/backfills", BACKFILL,
           "Create a backfill: one job per window (needs X-Orch-Reason and X-Orch-Ticket)",
           "backfill-create-request", True, needs_reason=True, needs_ticket=True),
-    Route("backfills.list", "GET", "/v1/backfills", "backfill_list", "Backfills with their progress",
+    Route("backfills.list", "GET", "/v1/backfills", READ, "Backfills with their progress",
           query=(("tenant", "string"), ("type", "string"), ("state", "string"), ("limit", "integer"))),
-    Route("backfills.show", "GET", "/v1/backfills/{backfill_id}", "backfill_show",
+    Route("backfills.show", "GET", "/v1/backfills/{backfill_id}", READ,
           "One backfill with its progress and watermark"),
-    Route("backfills.cancel", "POST", "/v1/backfills/{backfill_id}/cancel", "backfill_cancel",
+    Route("backfills.cancel", "POST", "/v1/backfills/{backfill_id}/cancel", BACKFILL,
           "Cancel a backfill's queued jobs, request cancellation of its running ones (needs X-Orch-Reason)",
           None, True, needs_reason=True),
-    Route("quotas.set", "POST", "/v1/quotas/{tenant}", "limits_set",
+    Route("quotas.set", "POST", "/v1/quotas/{tenant}", QUOTA,
           "Set a tenant's quota: max_active, max_per_hour, burst (needs X-Orch-Reason)", "quota-set-request", True,
           needs_reason=True, takes_reason=True),
-    Route("quotas.delete", "POST", "/v1/quotas/{tenant}/delete", "limits_set", "Remove a tenant's quota "
+    Route("quotas.delete", "POST", "/v1/quotas/{tenant}/delete", QUOTA, "Remove a tenant's quota "
           "(needs X-Orch-Reason)", None, True, needs_reason=True, takes_reason=True),
-    Route("quotas.list", "GET", "/v1/quotas", "limits_read", "Quotas with their use now",
+    Route("quotas.list", "GET", "/v1/quotas", READ, "Quotas with their use now",
           query=(("tenant", "string"),)),
-    Route("ratelimits.set", "POST", "/v1/ratelimits", "limits_set",
+    Route("ratelimits.set", "POST", "/v1/ratelimits", QUOTA,
           "Set a token bucket on {tenant, type} or on a declared key (needs X-Orch-Reason)",
           "ratelimit-set-request", True, needs_reason=True, takes_reason=True),
-    Route("ratelimits.delete", "POST", "/v1/ratelimits/delete", "limits_set",
+    Route("ratelimits.delete", "POST", "/v1/ratelimits/delete", QUOTA,
           "Remove a rate limit (needs X-Orch-Reason)", "ratelimit-target", True, needs_reason=True,
           takes_reason=True),
-    Route("ratelimits.list", "GET", "/v1/ratelimits", "limits_read", "Rate limits with their tokens now"),
-    Route("concurrency.set", "POST", "/v1/concurrency", "limits_set",
+    Route("ratelimits.list", "GET", "/v1/ratelimits", READ, "Rate limits with their tokens now"),
+    Route("concurrency.set", "POST", "/v1/concurrency", QUOTA,
           "Limit how many jobs carrying a key are leased or running at once (needs X-Orch-Reason)",
           "concurrency-set-request", True, needs_reason=True, takes_reason=True),
-    Route("concurrency.delete", "POST", "/v1/concurrency/delete", "limits_set",
+    Route("concurrency.delete", "POST", "/v1/concurrency/delete", QUOTA,
           "Remove a concurrency limit (needs X-Orch-Reason)", "key-target", True, needs_reason=True,
           takes_reason=True),
-    Route("concurrency.list", "GET", "/v1/concurrency", "limits_read", "Concurrency limits with their use now"),
-    Route("breakers.set", "POST", "/v1/breakers", "limits_set",
+    Route("concurrency.list", "GET", "/v1/concurrency", READ, "Concurrency limits with their use now"),
+    Route("breakers.set", "POST", "/v1/breakers", QUOTA,
           "Set a circuit breaker on a key: failures to open, cool-down before one probe (needs X-Orch-Reason)",
           "breaker-set-request", True, needs_reason=True, takes_reason=True),
-    Route("breakers.delete", "POST", "/v1/breakers/delete", "limits_set",
+    Route("breakers.delete", "POST", "/v1/breakers/delete", QUOTA,
           "Remove a circuit breaker (needs X-Orch-Reason)", "key-target", True, needs_reason=True,
           takes_reason=True),
-    Route("breakers.list", "GET", "/v1/breakers", "limits_read", "Circuit breakers and their state"),
-    Route("queues.pause", "POST", "/v1/queues/{queue}/pause", "queue_pause",
+    Route("breakers.list", "GET", "/v1/breakers", READ, "Circuit breakers and their state"),
+    Route("queues.pause", "POST", "/v1/queues/{queue}/pause", OPERATE,
           "Pause a queue: its jobs stay queued, none is claimed (needs X-Orch-Reason)", None, True,
           needs_reason=True, takes_reason=True),
-    Route("queues.resume", "POST", "/v1/queues/{queue}/resume", "queue_pause", "Resume a paused queue", None,
+    Route("queues.resume", "POST", "/v1/queues/{queue}/resume", OPERATE, "Resume a paused queue", None,
           True, takes_reason=True),
-    Route("queues.list", "GET", "/v1/queues", "limits_read", "Queues: active job counts and pauses"),
-    Route("sources.add", "POST", "/v1/sources", "source_add",
+    Route("queues.list", "GET", "/v1/queues", READ, "Queues: active job counts and pauses"),
+    Route("sources.add", "POST", "/v1/sources", OPERATE,
           "Add a source: an upstream feed its jobs ingest from, with an optional cron schedule (UTC)",
           "source-add-request", True, takes_reason=True),
-    Route("sources.list", "GET", "/v1/sources", "source_list", "Sources with their pause and next tick",
+    Route("sources.list", "GET", "/v1/sources", READ, "Sources with their pause and next tick",
           query=(("tenant", "string"),)),
-    Route("sources.show", "GET", "/v1/sources/{name}", "source_show", "One source with its pause and next tick"),
-    Route("sources.pause", "POST", "/v1/sources/{name}/pause", "source_pause",
+    Route("sources.show", "GET", "/v1/sources/{name}", READ, "One source with its pause and next tick"),
+    Route("sources.pause", "POST", "/v1/sources/{name}/pause", OPERATE,
           "Pause a source: its jobs stay queued and are not claimed, its schedule waits (needs X-Orch-Reason)",
           None, True, needs_reason=True, takes_reason=True),
-    Route("sources.resume", "POST", "/v1/sources/{name}/resume", "source_pause",
+    Route("sources.resume", "POST", "/v1/sources/{name}/resume", OPERATE,
           "Resume a paused source; ticks missed meanwhile meet its missed-tick policy", None, True,
           takes_reason=True),
-    Route("schedules.run_due", "POST", "/v1/schedules/run-due", "schedules_run",
+    Route("schedules.run_due", "POST", "/v1/schedules/run-due", OPERATE,
           "Enqueue the due ticks of every schedule now (the server also does this every few seconds)", None, True),
+    Route("trust.show", "GET", "/v1/trust", AIRGAP,
+          "The pinned trust root: version, fingerprint, expiry, roles and sites with thresholds and key ids"),
+    Route("trust.root", "GET", "/v1/trust/root", AIRGAP,
+          "The pinned trust root document (root.json as text) and this site's id: what `bundle verify` checks with"),
+    Route("trust.pin", "POST", "/v1/trust/pin", AIRGAP,
+          "Verify trust roots (root.json documents, as text) and pin them; audited with X-Orch-Reason",
+          "trust-pin-request", True, takes_reason=True),
+    Route("bundles.list", "GET", "/v1/bundles", AIRGAP,
+          "The bundles this ledger imported and exported, and the mirrors per source site"),
+    Route("bundles.plan", "POST", "/v1/bundles/plan", AIRGAP,
+          "Dry run of an import: the bundle is the body (application/octet-stream); verify it, answer the plan and "
+          "its digest; writes nothing", query=(("staleness", "string"), ("force", "boolean")), takes_reason=True,
+          upload=True),
+    Route("bundles.import", "POST", "/v1/bundles/import", AIRGAP,
+          "Verify and import the bundle in the body (application/octet-stream) in one transaction; a refusal is "
+          "audited and quarantined", query=(("plan_digest", "string"), ("staleness", "string"), ("force", "boolean")),
+          takes_reason=True, upload=True),
+    Route("airgap.status", "GET", "/v1/airgap/status", AIRGAP,
+          "Pinned trust root, latest time anchor (drift, staleness, budget left), floor per source site",
+          query=(("staleness", "string"),)),
+    Route("airgap.staleness", "POST", "/v1/airgap/staleness", AIRGAP,
+          "Set this ledger's default staleness mode (audited with X-Orch-Reason)", "airgap-staleness-request", True,
+          takes_reason=True),
 )
 
 BY_NAME = {route.name: route for route in ROUTES}

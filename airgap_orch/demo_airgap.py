@@ -177,12 +177,14 @@ def _queue_offline_work(shell: _Shell, ledger: Path, out_dir: str) -> dict[str, 
     """A backfill and a few jobs in the offline queue, left pending at the connected site."""
     backfill = shell.run("backfill", "create", "--tenant", "acme-corp", "--project", "feeds", "--type", "vex.ingest",
                          "--from", BACKFILL_FROM, "--to", BACKFILL_TO, "--step", BACKFILL_STEP,
-                         "--queue", OFFLINE_QUEUE, "--payload", json.dumps({"document_id": "VEX-backfill", "out_dir": out_dir}),
+                         "--queue", OFFLINE_QUEUE,
+                         "--payload", json.dumps({"document_id": "VEX-backfill", "out_dir": out_dir}),
                          "--reason", "re-ingest VEX for the air-gapped site", "--ticket", "OPS-1207",
                          ledger=ledger, say="a backfill of hourly VEX windows, queued for the air-gapped site")
     for number in range(HANDOFF_JOBS):
         shell.run("jobs", "enqueue", "--tenant", "globex", "--project", "feeds", "--type", "advisory.ingest",
-                         "--queue", OFFLINE_QUEUE, "--payload", json.dumps({"advisory_id": f"ADV-OFFLINE-{number}", "out_dir": out_dir}),
+                         "--queue", OFFLINE_QUEUE,
+                         "--payload", json.dumps({"advisory_id": f"ADV-OFFLINE-{number}", "out_dir": out_dir}),
                          ledger=ledger)
     shell.step(f"{HANDOFF_JOBS} advisory jobs queued in {OFFLINE_QUEUE!r} for the air-gapped site")
     job_ids = [job["job_id"] for job in _jobs(shell, ledger) if job["queue"] == OFFLINE_QUEUE]

@@ -17,7 +17,7 @@ from conftest import run_cli
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap_orch import schemas
+from airgap_orch import api, schemas
 from airgap_orch.auth import (
     MAX_TOKEN_CHARS,
     OPERATION_SCOPES,
@@ -486,22 +486,18 @@ def test_missing_scope_raises_scope_missing_a_not_authorized(signer, verifier):
 
 def test_worker_scope_allows_only_lease_operations():
     allowed = {operation for operation, scope in OPERATION_SCOPES.items() if scope == "orch:worker"}
-    assert allowed == {"claim", "heartbeat", "ack", "fail", "release"}
+    assert allowed == {"jobs.claim", "jobs.heartbeat", "jobs.ack", "jobs.ack_many", "jobs.fail", "jobs.release"}
 
 
 def test_every_operation_has_one_known_scope():
-    assert set(OPERATION_SCOPES) == {
-        "enqueue", "claim", "heartbeat", "ack", "fail", "release", "cancel", "list", "show", "recover",
-        "deadletter_list", "replay", "ledger_info", "ledger_verify", "events", "audit_list", "audit_verify",
-        "backfill_create", "backfill_list", "backfill_show", "backfill_cancel", "limits_set", "limits_read",
-        "queue_pause", "source_add", "source_pause", "source_list", "source_show", "schedules_run", "metrics"}
+    assert set(OPERATION_SCOPES) == {route.name for route in api.ROUTES} | {"events", "metrics"}
     assert set(OPERATION_SCOPES.values()) <= set(SCOPES)
-    assert scope_for("list") == "orch:read"
-    assert scope_for("enqueue") == "orch:operate"
+    assert scope_for("jobs.list") == "orch:read"
+    assert scope_for("jobs.enqueue") == "orch:operate"
     with pytest.raises(ValueError):
         scope_for("drop_table")
     with pytest.raises(TypeError):
-        OPERATION_SCOPES["claim"] = "orch:read"  # type: ignore[index]
+        OPERATION_SCOPES["jobs.claim"] = "orch:read"  # type: ignore[index]
 
 
 def test_scope_schema_enum_matches_the_scope_table():
@@ -522,7 +518,7 @@ def test_readme_scope_table_matches_the_code():
     rows = re.findall(r"^\| `(orch:[a-z]+)` \| ([^|]+) \| ([^|]+) \|$", section, flags=re.MULTILINE)
     assert [scope for scope, _, _ in rows] == list(SCOPES)
     for scope, operations, allows in rows:
-        documented = set(re.findall(r"`([a-z_]+)`", operations))
+        documented = set(re.findall(r"`([a-z_.]+)`", operations))
         if scope == "orch:admin":  # no operation of its own: the ones whose totals it widens to the whole site
             assert documented == SITE_WIDE_OPERATIONS, scope
             continue

@@ -4,7 +4,7 @@ For the server, the whole surface is:
 
     verifier = TokenVerifier([Path("ops.pub.pem")])     # once, from `serve --token-key` (repeatable)
     principal = verifier.verify(token)                  # NotAuthorized -> 401
-    require(principal, scope_for("claim"))              # ScopeMissing  -> 403
+    require(principal, scope_for("jobs.claim"))         # ScopeMissing  -> 403
     can_see_tenant(principal, job["tenant"])            # False         -> 404 (not 403)
 
 Issuing (`issue_token`) and key files (`generate_key_pair`, `load_private_key`) serve the CLI.

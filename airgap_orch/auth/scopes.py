@@ -1,4 +1,5 @@
-"""Scopes: what a token may do. The two tables below are the documentation and the code at once.
+"""Scopes: what a token may do. SCOPES below is the documentation and the code at once; each operation's scope is
+named by its route (api.py), and OPERATION_SCOPES collects them.
 
 Scopes do not imply one another: an operator who also lists jobs carries `orch:operate` and `orch:read`.
 A request is allowed when the token carries the operation's scope (`require`) and names the job's tenant
@@ -14,17 +15,13 @@ from collections.abc import Iterable
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from ..api import AIRGAP, BACKFILL, OPERATE, QUOTA, READ, ROUTES, WORKER
 from ..errors import Forbidden, InvalidInput
 
 if TYPE_CHECKING:
     from .tokens import Principal
 
-READ = "orch:read"
-OPERATE = "orch:operate"
-QUOTA = "orch:quota"
-BACKFILL = "orch:backfill"
-WORKER = "orch:worker"
-ADMIN = "orch:admin"
+ADMIN = "orch:admin"  # no route needs it on its own (see SCOPES)
 
 # scope -> one line on what it allows. The order is the order of the README table.
 SCOPES = MappingProxyType({
@@ -35,47 +32,22 @@ SCOPES = MappingProxyType({
            "(X-Orch-Reason).",
     BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
     WORKER: "Run jobs and nothing else: claim, heartbeat, ack, fail and release under a lease (least privilege).",
+    AIRGAP: "Move state across the air gap: show and pin the trust root, plan and import bundles, list them, see and "
+            "set the air-gap status and staleness mode (every change is audited).",
     ADMIN: "Nothing on its own: it makes the totals of the operations listed here cover every tenant (site-wide "
            "metrics and ledger info, whole-ledger verify counts and failure details); without it they cover the "
            "token's tenants.",
 })
 
-# operation (the function name in airgap_orch/operations/) -> the scope it needs.
-OPERATION_SCOPES = MappingProxyType({
-    "enqueue": OPERATE,
-    "claim": WORKER,
-    "heartbeat": WORKER,
-    "ack": WORKER,
-    "fail": WORKER,
-    "release": WORKER,
-    "cancel": OPERATE,
-    "list": READ,
-    "show": READ,
-    "recover": OPERATE,
-    "deadletter_list": READ,
-    "replay": OPERATE,
-    "ledger_info": READ,
-    "ledger_verify": READ,
-    "events": READ,
-    "audit_list": READ,
-    "audit_verify": READ,
-    "backfill_create": BACKFILL,
-    "backfill_list": READ,
-    "backfill_show": READ,
-    "backfill_cancel": BACKFILL,
-    "limits_set": QUOTA,
-    "limits_read": READ,
-    "queue_pause": OPERATE,
-    "source_add": OPERATE,
-    "source_pause": OPERATE,
-    "source_list": READ,
-    "source_show": READ,
-    "schedules_run": OPERATE,
-    "metrics": READ,
-})
+# The server's endpoints that are not operations, and the scope each needs.
+ENDPOINT_SCOPES = {"events": READ, "metrics": READ}  # GET /events (the SSE stream), GET /metrics
+
+# operation (api.Route.name, or an endpoint above) -> the scope it needs: read from the routes, which name their
+# scope, so a new operation needs no line here.
+OPERATION_SCOPES = MappingProxyType({**{route.name: route.scope for route in ROUTES}, **ENDPOINT_SCOPES})
 
 # Operations whose totals an orch:admin token reads for the whole site; any other token reads its tenants' only.
-SITE_WIDE_OPERATIONS = frozenset({"ledger_info", "ledger_verify", "audit_verify", "metrics"})
+SITE_WIDE_OPERATIONS = frozenset({"ledger.info", "ledger.verify", "audit.verify", "metrics"})
 
 
 class ScopeMissing(Forbidden):
@@ -83,7 +55,8 @@ class ScopeMissing(Forbidden):
 
 
 def scope_for(operation: str) -> str:
-    """The scope `operation` needs; ValueError for an operation the table does not name (a server bug)."""
+    """The scope `operation` (a route's name, or an ENDPOINT_SCOPES endpoint) needs; ValueError for one the table
+    does not name (a server bug)."""
     try:
         return OPERATION_SCOPES[operation]
     except KeyError:

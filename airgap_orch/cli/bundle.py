@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import clock, validation
-from ..errors import OrchError
-from .context import command, fail, progress_bar, settings
+from .context import command, fail, invoke, progress_bar, settings
 from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
 from .trust import open_local_ledger
 
@@ -63,6 +61,7 @@ def export(out: Path, target_site: str, key_paths: tuple[Path, ...], timestamp_p
     earlier bundle again."""
     from ..operations import bundles as ops
 
+    _refuse_export_through_server()
     if reissue is None and not key_paths:
         raise click.UsageError("Missing option '--key'.")
     if reissue is None and not timestamp_paths:
@@ -93,6 +92,18 @@ def export(out: Path, target_site: str, key_paths: tuple[Path, ...], timestamp_p
         click.echo("carries trust root versions " + ", ".join(map(str, result["trust_roots"])))
     click.echo(f"self-check: {result['self_check']}")
     return None
+
+
+def _refuse_export_through_server() -> None:
+    """`bundle export` signs with private keys that stay with the operator, so it does not go through a server:
+    refused at once (exit 6), before any passphrase is asked for, while one owns the ledger."""
+    from ..errors import LedgerBusy
+
+    target = settings().server_target()
+    if target is not None:
+        raise LedgerBusy(f"`bundle export` does not go through a server ({target.describe()} owns the ledger): its "
+                         "signing keys stay on this machine; stop the server and retry, or export from a copy of "
+                         "the ledger", holder_pid=target.pid)
 
 
 @command(group, "inspect")
@@ -132,7 +143,7 @@ def verify(bundle_path: Path, root_path: Path | None, target_site: str | None, s
     from ..operations import bundles as ops
 
     moment = validation.timestamp(now, "--now") if now is not None else clock.now()
-    pinned, target_site = _trust(root_path, target_site, "bundle verify")
+    pinned, target_site = _trust(root_path, target_site)
     try:
         verified = ops.verify(bundle_path, pinned_root=pinned, target_site=target_site, now=moment,
                               staleness=staleness)
@@ -165,7 +176,7 @@ def sign(bundle_path: Path, key_path: Path, out: Path, root_path: Path | None, p
     for sites whose threshold needs more than one key."""
     from ..operations import bundles as ops
 
-    pinned, _ = _trust(root_path, None, "bundle sign")
+    pinned, _ = _trust(root_path, None)
     [(path, key)] = load_private_keys([key_path], passphrase_file, passphrase_prompt)
     result = ops.sign(bundle_path, out, key=ops.SigningKey(str(path), key), pinned_root=pinned, now=clock.now())
     if settings().json:
@@ -176,24 +187,15 @@ def sign(bundle_path: Path, key_path: Path, out: Path, root_path: Path | None, p
     return None
 
 
-def _trust(root_path: Path | None, target_site: str | None, command_name: str) -> tuple[bytes, str | None]:
+def _trust(root_path: Path | None, target_site: str | None) -> tuple[bytes, str | None]:
     """(the root to verify from, the target site): --trust needs no ledger; otherwise the pinned root and this
-    site."""
+    site, from the ledger or the server that owns it."""
     from ..operations import trust as trust_ops
 
     if root_path is not None:
         return trust_ops.read_root(root_path), target_site
-    with open_local_ledger(command_name) as ledger:
-        root = trust_ops.pinned(ledger)
-        if root is None:
-            raise _no_root()
-        return root.data, target_site or ledger.site_id
-
-
-def _no_root() -> OrchError:
-    from ..errors import NotFound
-
-    return NotFound("no trust root is pinned in this ledger; pass --trust ROOT.json or pin one with `trust pin`")
+    pinned = invoke("trust.root", {})
+    return pinned["root"].encode("utf-8"), target_site or pinned["site_id"]
 
 
 def _print_checks(checks: list[dict[str, Any]], failure: dict[str, Any] | None) -> None:
@@ -257,10 +259,8 @@ def plan(bundle_path: Path, root_path: Path | None, staleness: str | None, force
          reason: str | None) -> dict | None:
     """Dry run of `bundle import`: verify BUNDLE fully, then print what would be mirrored or skipped per table,
     and the plan digest to pass to `bundle import --plan-digest`. Writes nothing."""
-    from ..operations import bundle_import as ops
-
-    result = _import_step("bundle plan", lambda ledger: ops.plan(
-        ledger, bundle_path, trust_path=root_path, staleness=staleness, force=force, reason=reason))
+    result = _import_step("bundles.plan", bundle_path, root_path,
+                          {"staleness": staleness, "force": force, "reason": reason})
     if _shown_plan(result):
         click.echo(f"plan digest: {result['plan_digest']}")
     return result if settings().json else None
@@ -280,17 +280,25 @@ def _shown_plan(result: dict | None) -> bool:
     return True
 
 
-def _import_step(what: str, run: Callable[[Any], dict]) -> dict | None:
-    """Run a plan or import on the local ledger; a refusal prints its checks and the one-line error."""
+def _import_step(name: str, bundle_path: Path, root_path: Path | None, params: dict[str, Any]) -> dict | None:
+    """Run a plan or import where the ledger lives: the server that owns it (the bundle streams to it as the
+    request body), else the local ledger. A local refusal prints its checks, then the one-line error."""
     from ..bundle.errors import BundleError
+    from ..errors import InvalidInput
 
-    with open_local_ledger(what) as ledger:
-        try:
-            return run(ledger)
-        except BundleError as error:
-            _refused_checks(error)
-            fail(error)
-            return None
+    if root_path is not None:
+        if settings().server() is not None:
+            raise InvalidInput("--trust does not travel to a server: pin the root with `airgap-orch trust pin "
+                               "ROOT.json` (it goes through the server), then run this again without --trust")
+        params = {**params, "trust": str(root_path)}
+    try:
+        with progress_bar("sending bundle") as bar:  # to a server; the local operations take no progress
+            return invoke(name, {key: value for key, value in params.items() if value is not None}, upload=bundle_path,
+                          progress=bar if settings().server() is not None else None)
+    except BundleError as error:
+        _refused_checks(error)
+        fail(error)
+        return None
 
 
 @command(group, "import")
@@ -309,11 +317,8 @@ def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, 
     """Verify a bundle from another site (full, or incremental on a base imported here) and import it in one
     transaction: its jobs, history and policies as read-only mirrors, the jobs it hands over as local jobs, its
     floor and time anchor; refusals are audited and quarantined."""
-    from ..operations import bundle_import as ops
-
-    result = _import_step("bundle import", lambda ledger: ops.import_bundle(
-        ledger, bundle_path, trust_path=root_path, plan_digest_expected=plan_digest, staleness=staleness,
-        force=force, reason=reason))
+    result = _import_step("bundles.import", bundle_path, root_path,
+                          {"plan_digest": plan_digest, "staleness": staleness, "force": force, "reason": reason})
     if not _shown_plan(result):
         return result if settings().json else None
     for message in result["messages"]:
@@ -325,10 +330,7 @@ def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, 
 @command(group, "list")
 def list_() -> dict | None:
     """The bundles this ledger imported and exported, and the mirrors per source site."""
-    from ..operations import bundle_import as ops
-
-    with open_local_ledger("bundle list") as ledger:
-        result = ops.list_bundles(ledger)
+    result = invoke("bundles.list", {})
     if settings().json:
         return result
     click.echo(f"imports: {len(result['imports'])}")
@@ -361,8 +363,7 @@ def status(staleness: str | None) -> dict | None:
     floor of each source site; exit 5 past the budget in mode strict."""
     from ..operations import bundle_import as ops
 
-    with open_local_ledger("airgap status") as ledger:
-        result = ops.status(ledger, staleness=staleness)
+    result = invoke("airgap.status", {"staleness": staleness} if staleness is not None else {})
     if settings().json:
         click.echo(json.dumps(result, default=str))
     else:
@@ -390,10 +391,7 @@ def status(staleness: str | None) -> dict | None:
 @click.option("--reason", help="Why (audited).")
 def staleness_setting(mode: str, reason: str | None) -> dict | None:
     """Set this ledger's default staleness mode for `bundle plan | import` and `airgap status` (audited)."""
-    from ..operations import bundle_import as ops
-
-    with open_local_ledger("airgap staleness") as ledger:
-        result = ops.set_staleness(ledger, mode, reason=reason)
+    result = invoke("airgap.staleness", {"mode": mode, "reason": reason} if reason else {"mode": mode})
     if settings().json:
         return result
     click.echo(f"staleness mode {result['staleness']} (was {result['previous']})")

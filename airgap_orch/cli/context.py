@@ -57,19 +57,26 @@ class Settings:
         return remote.Server(record["url"], record["pid"], Path(record.get("ledger") or self.ledger_path))
 
 
-def invoke(name: str, params: dict[str, Any], *, progress: Callable[[int, int], None] | None = None
-           ) -> dict[str, Any]:
+def invoke(name: str, params: dict[str, Any], *, progress: Callable[[int, int], None] | None = None,
+           upload: Path | None = None) -> dict[str, Any]:
     """Run operation `name` where it lives: on the server that owns the ledger, else on the ledger. Locally,
     `progress(done, total)` hears how long work goes (a server does the work out of sight). A server that does
-    not show life within --lock-timeout ends the command with exit 6, as a held ledger does (cli/remote.py)."""
+    not show life within --lock-timeout ends the command with exit 6, as a held ledger does (cli/remote.py).
+    `upload`: the bundle file of an upload operation (api.Route.upload), streamed to a server as the body (then
+    `progress` hears how much of it was sent), or named to the local operation as its `bundle` param."""
     current = settings()
     target = current.server_target()
     if target is not None:
         from . import remote
 
+        if upload is not None:
+            return remote.upload(target, current.token, name, params, upload, bound=current.lock_timeout,
+                                 progress=progress)
         return remote.call(target, current.token, name, params, bound=current.lock_timeout)
     from ..operations import dispatch
 
+    if upload is not None:
+        params = {**params, "bundle": str(upload)}
     with current.open_ledger() as ledger:
         return dispatch.run(ledger, name, {**params, "progress": progress} if progress is not None else params)
 

@@ -2,29 +2,53 @@
 (sdk/client.py OrchClient) in its bounded mode, every wait bounded by --lock-timeout (README "Control plane"), and
 its failures told as the CLI tells them: a server that does not show life within the bound is LedgerBusy (exit 6)
 naming the server, saying what to check and whether it may still apply the command. The request is sent once:
-unlike the SDK's workers, the CLI never resends (an operator retries on exit 6)."""
+unlike the SDK's workers, the CLI never resends (an operator retries on exit 6).
+
+A bundle (`upload`) is streamed from its file in pieces, never read whole, after the server has answered
+`Expect: 100-continue`: a refusal (no token or scope, a bad option, a bundle over its cap) comes before any of it is
+sent."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput, LedgerBusy
 from ..sdk.client import OrchClient, Server, ServerUnavailable
 
-__all__ = ["Server", "call"]
+__all__ = ["Server", "call", "upload"]
 
 
 def call(server: Server, token: str | None, name: str, params: dict[str, Any], *, bound: float) -> dict[str, Any]:
     """Run operation `name` on `server`; raises the OrchError its problem+json stands for, or LedgerBusy when it
     does not show life within `bound`."""
-    try:
-        client = OrchClient(server, token, bound=bound)
-    except ValueError as error:
-        raise InvalidInput(f"{error}; check --server or $AIRGAP_ORCH_SERVER") from None
+    client = _client(server, token, bound)
     try:
         return client.call(name, params)
     except ServerUnavailable as error:
         raise LedgerBusy(f"{error}{_advice(server, error)}", holder_pid=server.pid) from None
+
+
+def upload(server: Server, token: str | None, name: str, params: dict[str, Any], bundle: Path, *,
+           bound: float, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run upload operation `name` (api.Route.upload) on `server` with the file `bundle` as its body;
+    `progress(sent, size)` hears how much of it has gone."""
+    from ..operations.files import open_readable
+
+    client = _client(server, token, bound)
+    with open_readable(bundle, "bundle") as source:
+        try:
+            return client.upload(name, params, source, progress=progress)
+        except ServerUnavailable as error:
+            raise LedgerBusy(f"{error}{_advice(server, error)}", holder_pid=server.pid) from None
+
+
+def _client(server: Server, token: str | None, bound: float) -> OrchClient:
+    try:
+        return OrchClient(server, token, bound=bound)
+    except ValueError as error:
+        raise InvalidInput(f"{error}; check --server or $AIRGAP_ORCH_SERVER") from None
 
 
 def _advice(server: Server, error: ServerUnavailable) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .. import api
 from ..errors import OrchError
 from .context import fail, json_option, settings
 
@@ -48,11 +49,14 @@ _TIMEOUT = click.FloatRange(min=0.1, max=3600.0)
               help="Seconds an idle connection (no request in progress) stays open.")
 @click.option("--max-connections", type=click.IntRange(1, 100_000), default=1024, show_default=True,
               help="Open connections at most; the next one gets 503 and is closed.")
+@click.option("--max-bundle-bytes", type=click.IntRange(min=1, max=api.MAX_BUNDLE_BYTES), default=api.MAX_BUNDLE_BYTES,
+              show_default=True, help="Largest bundle `bundle plan` and `bundle import` may send (default: the bundle "
+                                      "format's cap); a larger one gets 413.")
 @json_option
 def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, group_commit: bool,
           handlers: tuple[str, ...], workers: int | None, allow_hosts: tuple[str, ...],
           allow_origins: tuple[str, ...], header_timeout: float, body_timeout: float, keepalive_timeout: float,
-          max_connections: int) -> None:
+          max_connections: int, max_bundle_bytes: int) -> None:
     """Own the ledger and serve the operations over HTTP until SIGTERM."""
     from ..server.connections import ConnectionLimits
     from ..server.main import ServerConfig, serve_forever
@@ -62,7 +66,8 @@ def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, gro
 
     current = settings()
     limits = ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
-                              keepalive_timeout=keepalive_timeout, max_connections=max_connections)
+                              keepalive_timeout=keepalive_timeout, max_connections=max_connections,
+                              max_bundle_bytes=max_bundle_bytes)
     config = ServerConfig(ledger_path=current.ledger_path, host=host, port=port, token_keys=list(token_keys),
                           no_auth=no_auth, group_commit=group_commit, lock_timeout=current.lock_timeout,
                           limits=limits, allow_hosts=list(allow_hosts), allow_origins=list(allow_origins))

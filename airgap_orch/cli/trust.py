@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import LedgerBusy
-from .context import command, settings
+from ..errors import InvalidInput, LedgerBusy
+from .context import command, invoke, settings
 from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
 
 if TYPE_CHECKING:
@@ -19,8 +19,8 @@ THRESHOLD = click.IntRange(min=1, max=32)
 
 
 def open_local_ledger(command_name: str) -> Ledger:
-    """The ledger, opened here: these commands do not go through a server yet, so a ledger a server owns is
-    refused at once (exit 6) instead of waiting for its lock."""
+    """The ledger, opened here, for the command that does not go through a server (`bundle export`, which signs with
+    keys that stay here): a ledger a server owns is refused at once (exit 6) instead of waiting for its lock."""
     current = settings()
     url = current.server()
     if url is not None:
@@ -137,18 +137,20 @@ def pin(root_paths: tuple[Path, ...], reason: str | None) -> dict | None:
     printed fingerprint with the issuer out of band); a later version must rotate from the pinned one."""
     from ..operations import trust as ops
 
-    with open_local_ledger("trust pin") as ledger:
-        result = ops.pin(ledger, root_paths, reason=reason)
+    roots = []
+    for path in root_paths:  # read here (capped): a server is sent the documents, never a path
+        try:
+            roots.append(ops.read_root(path).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"trust root {path} is not UTF-8 JSON") from None
+    result = invoke("trust.pin", {"roots": roots, "reason": reason} if reason else {"roots": roots})
     return _show(result, result["message"])
 
 
 @command(group, "show")
 def show() -> dict | None:
     """The pinned trust root: version, fingerprint, expiry, roles and sites with thresholds and key ids."""
-    from ..operations import trust as ops
-
-    with open_local_ledger("trust show") as ledger:
-        result = ops.show(ledger)
+    result = invoke("trust.show", {})
     heading = f"pinned by {result['pinned_by']} at {result['pinned_at']}" + (" (EXPIRED)" if result["expired"] else "")
     return _show(result, heading)
 

@@ -9,6 +9,7 @@ from .. import clock, validation
 from ..errors import InvalidInput, VerificationFailed
 from ..ledger import Ledger
 from ..orchestrator import audit, history
+from .registry import operation
 
 MAX_LIST = 100_000
 
@@ -19,6 +20,7 @@ def _whole(value: Any, low: int, high: int, what: str) -> int:
     return int(validation.number_in(value, low, high, what))
 
 
+@operation("audit.list")
 def list_entries(ledger: Ledger, *, since: str | None = None, limit: int = 1000, after_seq: int = 0,
                  cursor: str | None = None, actor: str = "cli", tenants: Collection[str] | None = None
                  ) -> dict[str, Any]:
@@ -46,6 +48,7 @@ def list_entries(ledger: Ledger, *, since: str | None = None, limit: int = 1000,
             "next_cursor": validation.page_cursor("audit", [last_seq]) if more else None}
 
 
+@operation("audit.verify")
 def verify(ledger: Ledger, *, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Recompute the audit chain and check it ends at the head recorded at commit; VerificationFailed (exit 4)
     names the first bad entry. The whole log is checked for every caller; one limited to some tenants is told

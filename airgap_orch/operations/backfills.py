@@ -13,6 +13,7 @@ from .. import clock, ids, schemas, validation
 from ..errors import Forbidden, InvalidInput
 from ..ledger import Ledger
 from ..orchestrator import backfills as core
+from .registry import operation
 
 Progress = Callable[[int, int], None]  # (records built, records in all)
 _PROGRESS_EVERY = 500
@@ -81,6 +82,12 @@ def create(ledger: Ledger, request: dict[str, Any], *, reason: Any = None, ticke
         return _show(tx, checked.backfill_id, tenants)
 
 
+@operation("backfills.create")
+def _create(ledger: Ledger, *, reason: Any = None, ticket: Any = None, progress: Progress | None = None,
+            actor: str, tenants: Collection[str] | None, **request: Any) -> dict[str, Any]:  # the body is the request
+    return create(ledger, request, reason=reason, ticket=ticket, progress=progress, actor=actor, tenants=tenants)
+
+
 def _show(tx: Any, checked_id: str, tenants: Collection[str] | None) -> dict[str, Any]:
     row = core.get(tx, checked_id, tenants)
     result = core.render(row, core.progress(tx, [checked_id])[checked_id])
@@ -90,12 +97,22 @@ def _show(tx: Any, checked_id: str, tenants: Collection[str] | None) -> dict[str
     return result
 
 
+@operation("backfills.show")
+def _show_by_id(ledger: Ledger, *, backfill_id: Any, **kw: Any) -> dict[str, Any]:  # the path's {backfill_id}
+    return show(ledger, backfill_id, **kw)
+
+
 def show(ledger: Ledger, backfill: Any, *, actor: str = "cli", tenants: Collection[str] | None = None
          ) -> dict[str, Any]:
     """One backfill with its progress (state counts of its jobs) and watermark."""
     checked = backfill_id(backfill)
     with ledger.snapshot() as read:
         return _show(read, checked, tenants)
+
+
+@operation("backfills.list")
+def _list(ledger: Ledger, *, type: str | None = None, **kw: Any) -> dict[str, Any]:  # `type` over HTTP
+    return list_backfills(ledger, job_type=type, **kw)
 
 
 def list_backfills(ledger: Ledger, *, tenant: str | None = None, job_type: str | None = None,
@@ -112,6 +129,11 @@ def list_backfills(ledger: Ledger, *, tenant: str | None = None, job_type: str |
                          tenants=sorted(tenants) if tenants is not None else None)
         counts = core.progress(read, [row["backfill_id"] for row in rows])
     return {"backfills": [core.render(row, counts[row["backfill_id"]]) for row in rows]}
+
+
+@operation("backfills.cancel")
+def _cancel_by_id(ledger: Ledger, *, backfill_id: Any, **kw: Any) -> dict[str, Any]:  # the path's {backfill_id}
+    return cancel(ledger, backfill_id, **kw)
 
 
 def cancel(ledger: Ledger, backfill: Any, *, reason: Any = None, ticket: Any = None, actor: str = "cli",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +14,7 @@ from ..ledger import Ledger, Transaction
 from ..orchestrator import claims, operator, recovery, render, reports
 from ..orchestrator.enqueue import enqueue as enqueue_records
 from ..orchestrator.states import DEAD_LETTER
+from .registry import operation, prepared
 
 
 def _single(outcomes: list[dict[str, Any] | OrchError]) -> dict[str, Any]:
@@ -27,6 +29,7 @@ def _allowed(record: dict[str, Any], tenants: Collection[str] | None) -> None:
         raise Forbidden(f"this caller may not enqueue for tenant {record['tenant']!r}")
 
 
+@operation("jobs.enqueue")
 def enqueue(ledger: Ledger, spec: Any, *, actor: str = "cli", tenants: Collection[str] | None = None
             ) -> dict[str, Any]:
     record = validation.job_spec(spec)
@@ -55,6 +58,11 @@ def enqueue_batch(ledger: Ledger, specs: list[Any], *, actor: str = "cli",
         results = enqueue_records(tx, records, actor=actor)
     created = sum(1 for _, was_created in results if was_created)
     return {"job_ids": [job_id for job_id, _ in results], "created": created, "existing": len(results) - created}
+
+
+@operation("jobs.enqueue_batch")
+def _enqueue_batch(ledger: Ledger, *, jobs: list[Any], **kw: Any) -> dict[str, Any]:  # the body's `jobs`
+    return enqueue_batch(ledger, jobs, **kw)
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,14 @@ def claim_request(*, worker_id: str, limit: int = 1, lease_seconds: float | None
     validation.text(worker_id, validation.MAX_WORKER_ID_CHARS, "worker id", required=True)
     return ClaimRequest(worker_id, validation.claim_limit(limit), validation.lease_seconds(lease_seconds), queue,
                         job_type, tenants)
+
+
+@prepared("jobs.claim")
+def _claim_request(*, worker_id: str, limit: int = 1, lease_seconds: float | None = None, queue: str | None = None,
+                   type: str | None = None, wait: float | None = None, **kw: Any) -> ClaimRequest:
+    # `wait` (long-poll) is the server's business (its door checks it); locally a claim answers at once.
+    return claim_request(worker_id=worker_id, limit=limit, lease_seconds=lease_seconds, queue=queue, job_type=type,
+                         **kw)
 
 
 def claim(ledger: Ledger, *, worker_id: str, limit: int = 1, lease_seconds: float | None = None,
@@ -155,6 +171,11 @@ def report(kind: str, job_id: str, lease_id: str, *, actor: str = "cli", tenants
     return Reports(kind, [BATCHED[kind][0](job_id, lease_id, **fields, tenants=tenants)])
 
 
+for _kind in BATCHED:
+    prepared(f"jobs.{_kind}")(functools.partial(report, _kind))
+
+
+@prepared("jobs.ack_many")
 def ack_many_reports(acks: list[dict[str, Any]], *, actor: str = "cli",
                      tenants: Collection[str] | None = None) -> Reports:
     """The acks of one jobs.ack_many, validated: at most MAX_CLAIM_LIMIT (a claim's most), each an object."""
@@ -210,6 +231,7 @@ def outcome_dict(item: dict[str, Any], outcome: dict[str, Any] | OrchError) -> d
     return outcome
 
 
+@operation("jobs.cancel")
 def cancel(ledger: Ledger, job_id: str, *, reason: str, actor: str = "cli",
            tenants: Collection[str] | None = None) -> dict[str, Any]:
     job_id = validation.job_id(job_id)
@@ -218,6 +240,7 @@ def cancel(ledger: Ledger, job_id: str, *, reason: str, actor: str = "cli",
         return operator.cancel(tx, job_id, reason=reason, actor=actor, tenants=tenants)
 
 
+@operation("jobs.recover")
 def recover(ledger: Ledger, *, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Recover every expired lease now (site-wide housekeeping); the count covers the caller's tenants only."""
     with ledger.transaction() as tx:
@@ -254,6 +277,11 @@ def list_jobs(ledger: Ledger, *, state: str | None = None, tenant: str | None = 
             if more and rows else None}
 
 
+@operation("jobs.list")
+def _list(ledger: Ledger, *, type: str | None = None, **kw: Any) -> dict[str, Any]:  # `type` over HTTP
+    return list_jobs(ledger, job_type=type, **kw)
+
+
 def _job_key(cursor: Any) -> tuple[datetime | None, str | None]:
     """(created_at, job_id) of the last job of the page a jobs cursor continues after; (None, None) without one."""
     if cursor is None:
@@ -262,6 +290,7 @@ def _job_key(cursor: Any) -> tuple[datetime | None, str | None]:
     return created_at, job_id
 
 
+@operation("jobs.show")
 def show(ledger: Ledger, job_id: str, *, actor: str = "cli", tenants: Collection[str] | None = None
          ) -> dict[str, Any]:
     with ledger.snapshot() as read:
@@ -275,6 +304,12 @@ def deadletter_list(ledger: Ledger, *, tenant: str | None = None, job_type: str 
                      tenants=tenants)
 
 
+@operation("deadletter.list")
+def _deadletters(ledger: Ledger, *, type: str | None = None, **kw: Any) -> dict[str, Any]:  # `type` over HTTP
+    return deadletter_list(ledger, job_type=type, **kw)
+
+
+@operation("deadletter.replay")
 def replay(ledger: Ledger, job_ids: list[str], *, again: Any = False, actor: str = "cli",
            tenants: Collection[str] | None = None) -> dict[str, Any]:
     if not job_ids:

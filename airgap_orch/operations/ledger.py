@@ -12,6 +12,7 @@ from .. import clock, ids, validation
 from ..errors import InvalidInput, VerificationFailed
 from ..ledger import Ledger, Snapshot
 from ..orchestrator import audit, events, history
+from .registry import operation
 
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -28,7 +29,9 @@ def _tenant_list(tenants: Collection[str] | None) -> list[str] | None:
     return sorted(tenants) if tenants is not None else None
 
 
-def info(ledger: Ledger, *, tenants: Collection[str] | None = None, history_count: bool = True) -> dict[str, Any]:
+@operation("ledger.info")
+def info(ledger: Ledger, *, tenants: Collection[str] | None = None, history_count: bool = True,
+         actor: str = "cli") -> dict[str, Any]:
     """Identity, schema, history head, and job counts by state. A caller limited to some tenants gets the counts
     of its tenants only: its jobs and their history entries, and no site head (`history_head` None).
     `history_count=False` (the metrics door) skips counting a limited caller's history entries."""
@@ -56,8 +59,9 @@ PROGRESS_EVERY = 10_000  # chain entries between two progress reports
 VERIFY_CHUNK = 10_000  # chain entries (by seq) read and checked per snapshot
 
 
+@operation("ledger.verify")
 def verify(ledger: Ledger, *, progress: Callable[[int, int], None] | None = None,
-           tenants: Collection[str] | None = None) -> dict[str, Any]:
+           tenants: Collection[str] | None = None, actor: str = "cli") -> dict[str, Any]:
     """Schema version, both hash chains against the heads recorded at commit, the audit log against history
     (every audited job action has its transition), and state tables against history. Raises VerificationFailed.
     `progress(done, total)` hears how many chain entries (history, then audit log) have been checked.
@@ -209,8 +213,9 @@ def _check_states(ledger: Ledger, tenants: Collection[str] | None) -> None:
                              redacted="a job outside your tenants: payload does not match its digest")
 
 
+@operation("ledger.events")
 def event_log(ledger: Ledger, *, after_seq: int = 0, limit: int = 1000, cursor: str | None = None,
-              tenants: Collection[str] | None = None) -> dict[str, Any]:
+              tenants: Collection[str] | None = None, actor: str = "cli") -> dict[str, Any]:
     """One page of history entries after `after_seq` (or after where `cursor` says) as orch.event.v1 envelopes,
     of the caller's tenants only: at most `limit`, and at most validation.MAX_PAGE_ROWS; `next_cursor` continues
     after it (None: nothing follows yet). One snapshot per page."""

@@ -14,6 +14,7 @@ from ..errors import Forbidden, InvalidInput
 from ..ledger import Ledger
 from ..orchestrator import flow
 from ..orchestrator import limits as core
+from .registry import operation
 
 Tenants = Collection[str] | None
 
@@ -43,6 +44,7 @@ def _name(value: Any, what: str) -> str:
 
 # -- quotas ------------------------------------------------------------------------------------------------
 
+@operation("quotas.set")
 def quota_set(ledger: Ledger, *, tenant: Any, max_active: Any = None, max_per_hour: Any = None, burst: Any = None,
               reason: Any = None, ticket: Any = None, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """Set a tenant's quota (fields not given keep their value); needs a reason."""
@@ -58,6 +60,7 @@ def quota_set(ledger: Ledger, *, tenant: Any, max_active: Any = None, max_per_ho
         return core.set_quota(tx, tenant, **values, reason=checked_reason, ticket=checked_ticket, actor=actor)
 
 
+@operation("quotas.delete")
 def quota_delete(ledger: Ledger, *, tenant: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
                  tenants: Tenants = None) -> dict[str, Any]:
     _name(tenant, "tenant")
@@ -68,6 +71,7 @@ def quota_delete(ledger: Ledger, *, tenant: Any, reason: Any = None, ticket: Any
         return core.delete_quota(tx, tenant, reason=checked_reason, ticket=checked_ticket, actor=actor)
 
 
+@operation("quotas.list")
 def quota_list(ledger: Ledger, *, tenant: str | None = None, actor: str = "cli",
                tenants: Tenants = None) -> dict[str, Any]:
     """Quotas with their use now: jobs leased or running, and claims left in the per-hour bucket."""
@@ -100,6 +104,7 @@ def _rate_target(tenant: Any, job_type: Any, key: Any) -> tuple[str | None, str 
     return _name(tenant, "tenant"), _name(job_type, "type"), None
 
 
+@operation("ratelimits.set")
 def ratelimit_set(ledger: Ledger, *, tenant: Any = None, type: Any = None, key: Any = None, rate: Any = None,
                   burst: Any = None, reason: Any = None, ticket: Any = None, actor: str = "cli",
                   tenants: Tenants = None) -> dict[str, Any]:
@@ -115,6 +120,7 @@ def ratelimit_set(ledger: Ledger, *, tenant: Any = None, type: Any = None, key: 
                                    ticket=checked_ticket, actor=actor)
 
 
+@operation("ratelimits.delete")
 def ratelimit_delete(ledger: Ledger, *, tenant: Any = None, type: Any = None, key: Any = None, reason: Any = None,
                      ticket: Any = None, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     target = _rate_target(tenant, type, key)
@@ -125,6 +131,7 @@ def ratelimit_delete(ledger: Ledger, *, tenant: Any = None, type: Any = None, ke
                                       actor=actor)
 
 
+@operation("ratelimits.list")
 def ratelimit_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """Rate limits with the tokens their buckets hold now."""
     with ledger.snapshot() as read:
@@ -142,6 +149,7 @@ def ratelimit_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = Non
 
 # -- concurrency limits ------------------------------------------------------------------------------------
 
+@operation("concurrency.set")
 def concurrency_set(ledger: Ledger, *, key: Any, max: Any = None, reason: Any = None, ticket: Any = None,
                     actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """At most `max` jobs carrying `key` leased or running at once, across all workers."""
@@ -154,6 +162,7 @@ def concurrency_set(ledger: Ledger, *, key: Any, max: Any = None, reason: Any = 
                                     actor=actor)
 
 
+@operation("concurrency.delete")
 def concurrency_delete(ledger: Ledger, *, key: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
                        tenants: Tenants = None) -> dict[str, Any]:
     checked_key = validation.flow_key(key)
@@ -163,6 +172,7 @@ def concurrency_delete(ledger: Ledger, *, key: Any, reason: Any = None, ticket: 
         return core.delete_concurrency(tx, checked_key, reason=checked_reason, ticket=checked_ticket, actor=actor)
 
 
+@operation("concurrency.list")
 def concurrency_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """Concurrency limits with how many jobs hold each key now."""
     with ledger.snapshot() as read:
@@ -180,6 +190,7 @@ def concurrency_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = N
 
 # -- queues ------------------------------------------------------------------------------------------------
 
+@operation("queues.pause")
 def queue_pause(ledger: Ledger, *, queue: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
                 tenants: Tenants = None) -> dict[str, Any]:
     """Pause a queue: its jobs stay queued and are not claimed until it is resumed."""
@@ -191,6 +202,7 @@ def queue_pause(ledger: Ledger, *, queue: Any, reason: Any = None, ticket: Any =
         return core.pause(tx, core.QUEUE, queue, reason=checked_reason, ticket=checked_ticket, actor=actor)
 
 
+@operation("queues.resume")
 def queue_resume(ledger: Ledger, *, queue: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
                  tenants: Tenants = None) -> dict[str, Any]:
     _name(queue, "queue")
@@ -200,6 +212,7 @@ def queue_resume(ledger: Ledger, *, queue: Any, reason: Any = None, ticket: Any 
         return core.resume(tx, core.QUEUE, queue, reason=checked_reason, ticket=checked_ticket, actor=actor)
 
 
+@operation("queues.list")
 def queue_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """Queues with active jobs or a pause: job counts by state, and the pause if any."""
     counts: dict[str, dict[str, int]] = {}
@@ -214,6 +227,7 @@ def queue_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -
 
 # -- circuit breakers --------------------------------------------------------------------------------------
 
+@operation("breakers.set")
 def breaker_set(ledger: Ledger, *, key: Any, failures: Any = None, cooldown: Any = None, reason: Any = None,
                 ticket: Any = None, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """A breaker on `key`: opens after `failures` consecutive failures, lets one probe job through after
@@ -229,6 +243,7 @@ def breaker_set(ledger: Ledger, *, key: Any, failures: Any = None, cooldown: Any
                                 reason=checked_reason, ticket=checked_ticket, actor=actor)
 
 
+@operation("breakers.delete")
 def breaker_delete(ledger: Ledger, *, key: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
                    tenants: Tenants = None) -> dict[str, Any]:
     checked_key = validation.flow_key(key)
@@ -238,6 +253,7 @@ def breaker_delete(ledger: Ledger, *, key: Any, reason: Any = None, ticket: Any 
         return core.delete_breaker(tx, checked_key, reason=checked_reason, ticket=checked_ticket, actor=actor)
 
 
+@operation("breakers.list")
 def breaker_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     with ledger.snapshot() as read:
         rows = flow.limits(read).breakers

@@ -14,11 +14,13 @@ from ..errors import InvalidInput
 from ..ledger import Ledger
 from ..orchestrator import operator, rows
 from ..orchestrator.states import next_state
+from .registry import operation
 
 REPLAY_PRIORITY = 100  # replays jump ahead of ordinary work (job priorities run -1000..1000)
 MAX_BULK_REPLAY = validation.MAX_BULK_REPLAY
 
 
+@operation("jobs.replay")
 def replay_job(ledger: Ledger, job_id: Any, *, reason: Any = None, again: Any = False, actor: str = "cli",
                tenants: Collection[str] | None = None) -> dict[str, Any]:
     """Replay one dead-lettered, failed or timed-out job (once, unless `again`)."""
@@ -30,6 +32,7 @@ def replay_job(ledger: Ledger, job_id: Any, *, reason: Any = None, again: Any = 
     return {**replay, "priority": REPLAY_PRIORITY, "state": "queued"}
 
 
+@operation("deadletter.replay_bulk")
 def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str | None = None,
                 type: str | None = None, since: str | None = None, dry_run: bool = False, reason: Any = None,
                 again: Any = False, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:

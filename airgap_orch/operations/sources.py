@@ -13,10 +13,12 @@ from .. import clock, validation
 from ..errors import Forbidden
 from ..ledger import Ledger
 from ..orchestrator import sources as core
+from .registry import operation
 
 Tenants = Collection[str] | None
 
 
+@operation("sources.add")
 def add(ledger: Ledger, *, tenant: Any, name: Any, type: Any, project: Any = None, queue: Any = None,
         host: Any = None, schedule: Any = None, missed: Any = core.SKIP, payload: Any = None, reason: Any = None,
         ticket: Any = None, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
@@ -39,6 +41,7 @@ def add(ledger: Ledger, *, tenant: Any, name: Any, type: Any, project: Any = Non
                         payload=checked_payload, reason=checked_reason, ticket=checked_ticket, actor=actor)
 
 
+@operation("sources.list")
 def list_sources(ledger: Ledger, *, tenant: Any = None, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     """Sources by name, each with its pause and next tick."""
     if tenant is not None:
@@ -49,12 +52,14 @@ def list_sources(ledger: Ledger, *, tenant: Any = None, actor: str = "cli", tena
         return {"sources": [core.render(read, row, now) for row in rows]}
 
 
+@operation("sources.show")
 def show(ledger: Ledger, *, name: Any, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
     checked = validation.source_name(name)
     with ledger.snapshot() as read:
         return core.render(read, core.get(read, checked, tenants), clock.now())
 
 
+@operation("sources.pause")
 def pause(ledger: Ledger, *, name: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
           tenants: Tenants = None) -> dict[str, Any]:
     """Pause a source: its jobs stay queued and are not claimed, its schedule stops until `resume`."""
@@ -66,6 +71,7 @@ def pause(ledger: Ledger, *, name: Any, reason: Any = None, ticket: Any = None, 
                           tenants=tenants)
 
 
+@operation("sources.resume")
 def resume(ledger: Ledger, *, name: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
            tenants: Tenants = None) -> dict[str, Any]:
     checked_name = validation.source_name(name)
@@ -75,6 +81,7 @@ def resume(ledger: Ledger, *, name: Any, reason: Any = None, ticket: Any = None,
                            tenants=tenants)
 
 
+@operation("schedules.run_due")
 def run_due(ledger: Ledger, *, actor: str = core.SCHEDULER, tenants: Tenants = None) -> dict[str, Any]:
     """Enqueue every due tick now (the server and the worker loop call this every few seconds)."""
     with ledger.transaction() as tx:

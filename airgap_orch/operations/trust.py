@@ -218,15 +218,17 @@ def pinned(ledger: Ledger) -> trust.TrustedRoot | None:
     return root
 
 
-def pin(ledger: Ledger, paths: Sequence[Path], *, reason: str | None = None, actor: str = "cli",
+def pin(ledger: Ledger, paths: Sequence[Path | bytes], *, reason: str | None = None, actor: str = "cli",
         now: datetime | None = None) -> dict[str, Any]:
-    """Verify and pin the roots in `paths` (one, or a chain of rotations in any order) and audit it. With a root
+    """Verify and pin the roots in `paths` (files, or documents as bytes: one, or a chain of rotations in any order)
+    and audit it. With a root
     pinned already, each must be the next version, signed by a threshold of the pinned root keys and of its own;
     otherwise the lowest version must meet its own threshold and the rest rotate from it. The newest must not be
     expired. A root already pinned is a no-op; an older one is refused (exit 5)."""
     reason = validation.text(reason, validation.MAX_REASON_CHARS, "--reason")
     now = now or clock.now()
-    documents = sorted(((trust.root_version(data), data) for data in (read_root(path) for path in paths)),
+    documents = sorted(((trust.root_version(data), data)
+                        for data in (path if isinstance(path, bytes) else read_root(path) for path in paths)),
                        key=lambda item: item[0])
     current = pinned(ledger)
     new: list[trust.TrustedRoot] = []

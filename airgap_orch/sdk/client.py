@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import select
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import urlencode, urlsplit
 
 from .. import api
@@ -95,9 +96,10 @@ def prepare_call(name: str, params: dict[str, Any] | None) -> PreparedCall:
     if route.takes_reason or route.needs_reason or route.needs_ticket:
         headers = {header: str(rest.pop(field)) for field, header in api.OVERRIDE_HEADERS if field in rest}
     body = None
-    if route.method == "GET":
+    if route.method == "GET" or route.upload:  # an upload's body is its file: the params go in the query
         if rest:
-            path += "?" + urlencode(rest)
+            path += "?" + urlencode({key: str(value).lower() if isinstance(value, bool) else value
+                                     for key, value in rest.items()})
     else:
         body = rest["spec"] if name == "jobs.enqueue" else rest
     return PreparedCall(route.method, path, body, headers, route.mutating)
@@ -180,11 +182,14 @@ class OrchClient:
         return self._closed.is_set()
 
     def request(self, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None,
-                timeout: float | None = None, extra_headers: dict[str, str] | None = None
+                timeout: float | None = None, extra_headers: dict[str, str] | None = None,
+                stream: BinaryIO | None = None, progress: Callable[[int, int], None] | None = None
                 ) -> tuple[int, dict[str, Any]]:
         """(status, parsed body) of one request, waiting as the module docstring says. A request with an
         Idempotency-Key is a change (api.Route.mutating). `timeout` (resending mode): this request's wait, e.g. a
-        long-poll's."""
+        long-poll's. `stream`: a file sent as the body (application/octet-stream) from its current position, in
+        pieces, once the server has answered `Expect: 100-continue` (none of it when the server refuses at once);
+        `progress(sent, size)` hears how much has gone."""
         headers = {"Accept": "application/json", **(extra_headers or {})}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -195,6 +200,7 @@ class OrchClient:
             headers["Content-Length"] = str(len(data))
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        start = stream.tell() if stream is not None else 0
         wanted = self.timeout if timeout is None or self.bound is not None else timeout
         connect_deadline = None if self.bound is None else time.monotonic() + self.bound
         attempt = 0
@@ -214,8 +220,13 @@ class OrchClient:
                 if connection.sock.gettimeout() != wanted:  # each send and read from here; a long-poll's must not stick
                     connection.timeout = wanted
                     connection.sock.settimeout(wanted)
-                connection.request(method, path, body=_pieces(data) if data is not None else None, headers=headers)
-                sent = True
+                if stream is not None:
+                    stream.seek(start)
+                    sent = self._send_stream(connection, method, path, headers, stream, progress, wanted)
+                else:
+                    connection.request(method, path, body=_pieces(data) if data is not None else None,
+                                       headers=headers)
+                    sent = True
                 if self.bound is not None:
                     self._wait_for_answer(connection)
                 response = connection.getresponse()
@@ -238,6 +249,30 @@ class OrchClient:
                 self._closed.wait(self._backoff(attempt, 0.1, self.backoff_cap))
                 continue
             return status, parse_body(raw)
+
+    def _send_stream(self, connection: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str],
+                     stream: BinaryIO, progress: Callable[[int, int], None] | None, wanted: float) -> bool:
+        """Send the head; once the server answers 100 Continue, the file in pieces (True). False: the server
+        answered with its final answer instead (a refusal), and nothing of the file was sent."""
+        size = os.fstat(stream.fileno()).st_size - stream.tell()
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in {**headers, "Content-Type": "application/octet-stream", "Expect": "100-continue",
+                            "Content-Length": str(size)}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        if self.bound is not None:
+            self._wait_for_answer(connection)
+        elif not select.select([connection.sock], [], [], wanted)[0]:
+            raise TimeoutError("no answer to Expect: 100-continue")
+        if not _continues(connection):
+            return False
+        sent = 0
+        while piece := stream.read(SEND_CHUNK_BYTES):
+            connection.send(piece)
+            sent += len(piece)
+            if progress is not None:
+                progress(sent, size)
+        return True
 
     @staticmethod
     def _backoff(attempt: int, first: float, cap: float) -> float:
@@ -290,6 +325,15 @@ class OrchClient:
                                       extra_headers=call.headers)
         return decode_answer(status, answer)
 
+    def upload(self, name: str, params: dict[str, Any] | None, stream: BinaryIO, *,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Run upload operation `name` (api.Route.upload: bundle plan and import) with the file `stream` as its
+        body; its params travel in the query string."""
+        call = prepare_call(name, params)
+        status, answer = self.request(call.method, call.path, extra_headers=call.headers, stream=stream,
+                                      progress=progress)
+        return decode_answer(status, answer)
+
     def read_pages(self, name: str, params: dict[str, Any] | None = None, *, limit: int) -> dict[str, Any]:
         """Up to `limit` rows of a paged listing (jobs.list, deadletter.list, ledger.events, audit.list), following
         next_cursor page by page (api.read_pages)."""
@@ -303,6 +347,24 @@ class _NoLifeSign(TimeoutError):
 def _pieces(body: bytes) -> Iterator[bytes]:
     for start in range(0, len(body), SEND_CHUNK_BYTES):
         yield body[start:start + SEND_CHUNK_BYTES]
+
+
+def _continues(connection: http.client.HTTPConnection) -> bool:
+    """Whether the answer waiting on the socket is a 100 Continue; if so it is read off the socket (so that the wait
+    for the final answer starts afresh), else left there for getresponse."""
+    assert connection.sock is not None
+    sock = connection.sock
+    while True:
+        head = sock.recv(4096, socket.MSG_PEEK)
+        if not head:
+            return False  # closed: getresponse says so
+        if len(head) >= 12 and head[9:12] != b"100":
+            return False
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            sock.recv(end + 4)
+            return True
+        time.sleep(0.005)  # the rest of a head that came in pieces
 
 
 def _answers_health_check(connection: http.client.HTTPConnection, within: float) -> bool:

@@ -11,18 +11,27 @@ connections.py's):
 - a body is `Content-Type: application/json` (a page can post text/plain without asking the browser first):
   else 415; it arrives within the body deadline: else 408; it is one strict JSON document
   (validation.parse_json: UTF-8, no NaN or Infinity, no key twice, no lone surrogate): else 400.
+- except a bundle upload (api.Route.upload): `Content-Type: application/octet-stream` (a page cannot send that
+  unasked either), else 415; written piece by piece to a temporary file beside the ledger, never held whole in
+  memory, each piece arriving within the body deadline (else 408) and all of it within the bundle cap (else 413,
+  refused as soon as Content-Length or the bytes received pass it); then run on the bundle thread
+  (operations/uploads.py), not the writer's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
+import os
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +41,7 @@ from .. import api, schemas, validation
 from ..errors import PROBLEM_BASE, Forbidden, InvalidInput, NotAuthorized, OrchError, exit_code_for, http_problem
 from ..operations.dispatch import Caller
 from ..operations.readers import LedgerReaders
+from ..operations.uploads import LedgerUploads
 from ..operations.writer import Answer, LedgerWriter, dumps
 from . import connections, openapi
 from .events import EventHub, envelope, matches
@@ -39,6 +49,7 @@ from .metrics import Metrics
 
 MAX_IDEMPOTENCY_KEY = 128
 MAX_CLAIM_WAIT = 60.0
+UPLOAD_WRITE_BYTES = 1024 * 1024  # an upload is written to its file in pieces of about this size, off the event loop
 
 
 def problem(status: int, slug_or_type: str, detail: str, exit_code: int | None = None, *, index: int | None = None,
@@ -238,15 +249,18 @@ class Door:
     """Handlers bound to one server's writer, readers, auth and event hub."""
 
     def __init__(self, writer: LedgerWriter, readers: LedgerReaders, *, verifier: Any | None, hub: EventHub,
-                 metrics: Metrics, limits: connections.ConnectionLimits | None = None):
+                 metrics: Metrics, limits: connections.ConnectionLimits | None = None,
+                 uploads: LedgerUploads | None = None):
         self.writer = writer
         self.readers = readers
+        self.uploads = uploads or LedgerUploads(writer.ledger)
         self.verifier = verifier  # auth.tokens.TokenVerifier, or None with --no-auth
         self.hub = hub
         self.metrics = metrics
         self.limits = limits or connections.ConnectionLimits()
+        self.gate: Gate | None = None  # create_app's: the expect handler runs before the middlewares
 
-    def caller(self, request: web.Request, scope_of: str) -> Caller:
+    def caller(self, request: web.Request, operation: str) -> Caller:
         if self.verifier is None:
             return Caller(actor="http:no-auth")
         from ..auth import scopes
@@ -256,15 +270,15 @@ class Door:
             raise NotAuthorized("this server needs a token: pass --token or set $AIRGAP_ORCH_TOKEN (over HTTP: "
                                 "Authorization: Bearer <token>)")
         principal = self.verifier.verify(header[7:].strip())
-        scopes.require(principal, scopes.scope_for(scope_of))
-        return Caller(actor=f"token:{principal.subject}", tenants=scopes.tenant_reach(principal, scope_of))
+        scopes.require(principal, scopes.scope_for(operation))
+        return Caller(actor=f"token:{principal.subject}", tenants=scopes.tenant_reach(principal, operation))
 
     async def operation(self, request: web.Request) -> web.Response:
         route: api.Route = request.match_info.route.resource_route  # type: ignore[attr-defined]
         started = time.monotonic()
         status = 200
         try:
-            caller = self.caller(request, route.scope_of)
+            caller = self.caller(request, route.name)
             params = await self._params(request, route)
             if route.needs_reason or route.needs_ticket or route.takes_reason:
                 params.update(override_headers(request, route))
@@ -277,6 +291,9 @@ class Door:
             if route.name == "jobs.claim":
                 answer = await self._claim(request, params, caller, request_key)
                 self.metrics.claim_latency_ms.observe((time.monotonic() - started) * 1000)
+            elif route.upload:  # a bundle: to a file, then on the bundle thread (its transaction: the write lock)
+                answer = self.uploads.submit(route.name, params, caller, await self._upload(request))
+                await asyncio.wrap_future(answer)
             elif route.mutating:
                 answer = self.writer.submit(route.name, params, caller, request_key)
                 await asyncio.wrap_future(answer)
@@ -295,7 +312,7 @@ class Door:
 
     async def _params(self, request: web.Request, route: api.Route) -> dict[str, Any]:
         params: dict[str, Any] = dict(request.match_info)
-        if route.method == "GET":
+        if route.method == "GET" or route.upload:  # an upload's body is the bundle: its params are the query's
             allowed = dict(route.query)
             for name, value in request.query.items():
                 if name not in allowed:
@@ -305,6 +322,10 @@ class Door:
                         params[name] = int(value)
                     except ValueError:
                         raise InvalidInput(f"query parameter {name} must be a whole number") from None
+                elif allowed[name] == "boolean":
+                    if value not in ("true", "false"):
+                        raise InvalidInput(f"query parameter {name} must be true or false")
+                    params[name] = value == "true"
                 else:
                     params[name] = value
             return params
@@ -331,6 +352,83 @@ class Door:
         else:
             params.update(body)
         return params
+
+    async def expect_upload(self, request: web.Request) -> web.StreamResponse | None:
+        """Answer `Expect: 100-continue` on an upload route: the checks that need no body (token and scope, query,
+        override headers, content type, declared size) first, so a refused bundle is never sent; 100 Continue
+        when they pass. The handler runs them again on the request itself."""
+        route: api.Route = request.match_info.route.resource_route  # type: ignore[attr-defined]
+        try:
+            if self.gate is not None:
+                self.gate.check(request)
+            check_text(request)
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                raise InvalidInput("the only Expect this server answers is 100-continue")
+            self.caller(request, route.name)
+            await self._params(request, route)
+            if route.needs_reason or route.needs_ticket or route.takes_reason:
+                override_headers(request, route)
+            self._check_upload_head(request)
+        except Refusal as refusal:
+            response = problem(refusal.status, refusal.slug, refusal.detail, refusal.exit_code)
+        except OrchError as error:
+            response = error_response(error)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            response = problem(500, "internal", "internal error; the server log has the details")
+        else:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer proper has not started
+            return None
+        self.metrics.count_request(route.name, response.status)
+        response.force_close()  # the body will not come
+        return response
+
+    def _check_upload_head(self, request: web.BaseRequest) -> None:
+        cap = self.limits.max_bundle_bytes
+        if request.headers.get("Content-Type") is None or request.content_type != "application/octet-stream":
+            raise Refusal(415, "unsupported-media-type", "a bundle is sent as the body with Content-Type: "
+                          "application/octet-stream", 1, close=True)
+        if request.content_length is not None and request.content_length > cap:
+            raise self._too_large()
+
+    def _too_large(self) -> Refusal:
+        return Refusal(413, "payload-too-large", f"bundle over the limit of {self.limits.max_bundle_bytes} bytes "
+                       "(serve --max-bundle-bytes); nothing was imported", 1, close=True)
+
+    async def _upload(self, request: web.Request) -> Path:
+        """The body, a bundle, in a new temporary file beside the ledger (mode 0600), read and written a piece at a
+        time; the caller hands the file to the bundle thread, which removes it. Refused (and removed) when it is not
+        application/octet-stream, passes the bundle cap, or a piece does not arrive within the body deadline."""
+        cap = self.limits.max_bundle_bytes
+        self._check_upload_head(request)
+        ledger_path = Path(self.writer.ledger.path)
+        descriptor, name = tempfile.mkstemp(dir=ledger_path.parent, prefix=f".{ledger_path.name}.upload-",
+                                            suffix=".bundle")
+        loop = asyncio.get_running_loop()
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                received, pending = 0, bytearray()
+                while True:
+                    try:
+                        piece = await asyncio.wait_for(request.content.readany(), self.limits.body_timeout)
+                    except TimeoutError:
+                        raise Refusal(408, "request-timeout", f"the bundle stopped arriving for "
+                                      f"{self.limits.body_timeout:g} s", 1, close=True) from None
+                    received += len(piece)
+                    if received > cap:
+                        raise self._too_large()
+                    pending += piece
+                    if pending and (not piece or len(pending) >= UPLOAD_WRITE_BYTES):
+                        await loop.run_in_executor(None, out.write, bytes(pending))
+                        pending.clear()
+                    if not piece:
+                        break
+            return Path(name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
 
     async def _body(self, request: web.Request) -> bytes:
         """The whole body, within the body deadline from the start of the handler."""
@@ -403,8 +501,10 @@ def create_app(door: Door, *, gate: Gate | None = None, guards: connections.Guar
                ) -> web.Application:
     app = web.Application(middlewares=[connections.track(guards), problems, gate_middleware(gate)],
                           client_max_size=api.MAX_BODY_BYTES)
+    door.gate = gate
     for route in api.ROUTES:
-        resource = app.router.add_route(route.method, route.path, door.operation)
+        resource = app.router.add_route(route.method, route.path, door.operation,
+                                        expect_handler=door.expect_upload if route.upload else None)
         resource.resource_route = route  # type: ignore[attr-defined]
     app.router.add_get("/.well-known/openapi", door.openapi_document)
     app.router.add_get("/healthz", door.health)

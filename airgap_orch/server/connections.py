@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import api
 from ..errors import PROBLEM_BASE
 
 # What a connection over the cap gets before it is closed: the SDK retries a 503 with backoff.
@@ -37,9 +38,11 @@ class ConnectionLimits:
     --max-connections` set them."""
 
     header_timeout: float = 10.0  # from the first byte of a request head to its last
-    body_timeout: float = 60.0  # from the start of a request's handler to the last byte of its body
+    body_timeout: float = 60.0  # from the start of a request's handler to the last byte of its body (a bundle
+    # upload, which may take longer: between two pieces of it)
     keepalive_timeout: float = 30.0  # silence allowed on a connection with no request being handled
     max_connections: int = 1024  # open connections; the next one gets 503 and is closed
+    max_bundle_bytes: int = api.MAX_BUNDLE_BYTES  # a bundle uploaded to bundle plan/import; larger: 413
 
 
 class Guards:

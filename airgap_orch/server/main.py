@@ -18,6 +18,7 @@ from ..errors import InvalidInput, PolicyRefused
 from ..ledger import Ledger
 from ..operations.dispatch import Caller
 from ..operations.readers import LedgerReaders
+from ..operations.uploads import LedgerUploads
 from ..operations.writer import LedgerWriter
 from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS, SCHEDULER
 from . import discovery
@@ -98,6 +99,7 @@ class Server:
         self.metrics = Metrics()
         self.writer = LedgerWriter(self.ledger, group_commit=config.group_commit)
         self.readers = LedgerReaders(self.ledger)
+        self.uploads = LedgerUploads(self.ledger)
         self.writer.batch_observers.append(self.metrics.group_commit_size.observe)
         self._verifier = verifier
 
@@ -111,7 +113,7 @@ class Server:
         self.writer.start()
         limits = self.config.limits
         door = Door(self.writer, self.readers, verifier=self._verifier, hub=self.hub, metrics=self.metrics,
-                    limits=limits)
+                    limits=limits, uploads=self.uploads)
         self.guards = Guards(limits)
         self._runner = web.AppRunner(create_app(door, gate=self.gate, guards=self.guards), handle_signals=False,
                                      access_log=None, shutdown_timeout=2.0, keepalive_timeout=limits.keepalive_timeout)
@@ -158,6 +160,7 @@ class Server:
             await self._runner.cleanup()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.readers.stop)
+        await loop.run_in_executor(None, self.uploads.stop)
         await loop.run_in_executor(None, self.writer.stop)
         self.ledger.close()
         discovery.remove(self.config.ledger_path)

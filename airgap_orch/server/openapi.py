@@ -35,6 +35,8 @@ QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
     "tenant": {"$ref": _COMMON + "name"}, "type": {"$ref": _COMMON + "name"},
     "state": {"enum": list(ALL_STATES)}, "since": {"$ref": _COMMON + "timestamp"},
     "limit": _PAGE, "after_seq": {"type": "integer", "minimum": 0, "maximum": 2**62},
+    "staleness": {"enum": ["strict", "warn", "disabled"]}, "force": {"type": "boolean"},
+    "plan_digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
 }
 # A page's next_cursor, passed back as given: opaque (base64url of the last row's key); one the server did not
 # give out is refused (400).
@@ -114,7 +116,7 @@ def _problem_responses() -> dict[str, Any]:
         (404, "Unknown route or job"), (408, "Body not received within the body timeout"),
         (409, "Stale lease, illegal transition, a replayed job without again, or an idempotency key reused "
                "with another job spec or request"), (413, "Body over the size limit"),
-        (415, "Body not sent as Content-Type: application/json"),
+        (415, "Body not sent as Content-Type: application/json (a bundle: application/octet-stream)"),
         (421, "Host header names neither the server's address nor a serve --allow-host name"),
         (503, "Ledger busy, or a connection over serve --max-connections"))}
 
@@ -166,6 +168,9 @@ def document() -> dict[str, Any]:
             "parameters": _parameters(route),
             "responses": {"200": answer, **_problem_responses()},
         }
+        if route.upload:  # the bundle file itself, streamed (api.MAX_BUNDLE_BYTES, or serve --max-bundle-bytes)
+            operation["requestBody"] = {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary", "maxLength": api.MAX_BUNDLE_BYTES}}}}
         if route.request_schema:
             used.add(route.request_schema)
             operation["requestBody"] = {"required": True, "content": {"application/json": {

@@ -1,0 +1,118 @@
+"""The air-gap operations both doors reach by name: trust root show and pin, bundle plan, import and list, air-gap
+status and staleness mode. Each calls the public function of operations/trust.py or operations/bundle_import.py;
+these adapters only map the JSON params (a root as text, a bundle as a file path) to their arguments.
+
+`bundle` (plan, import) is a path the door chose: the CLI's file on the local path, the server's temporary copy
+of the uploaded body (api.Route.upload) on the HTTP path. HTTP never names a file: the server sets `bundle` itself
+and takes no other params but the route's query. Reading, verifying and planning a bundle write nothing; an import
+writes in one transaction at its end (Ledger.transaction, which the server's writer takes for each of its own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..bundle.limits import MAX_ROOT_BYTES
+from ..errors import InvalidInput, NotFound
+from ..ledger import Ledger
+from .registry import operation
+
+# trust.py and bundle_import.py load TUF, cryptography and pyarrow: imported in the functions below, so that the
+# CLI's other commands (which load this module through dispatch.py) stay quick.
+
+
+@operation("trust.show")
+def trust_show(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
+    from . import trust
+
+    return trust.show(ledger)
+
+
+@operation("trust.root")
+def trust_root(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
+    """The pinned root itself (checked again against its own threshold) and this site: `bundle verify` and `bundle
+    sign` verify with it when no --trust is given."""
+    from . import trust
+
+    root = trust.pinned(ledger)
+    if root is None:
+        raise NotFound("no trust root is pinned in this ledger; pass --trust ROOT.json or pin one with `trust pin`")
+    return {"site_id": ledger.site_id, "version": root.version, "fingerprint": trust.fingerprint(root),
+            "root": root.data.decode("utf-8")}
+
+
+@operation("trust.pin")
+def trust_pin(ledger: Ledger, *, roots: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
+              tenants: Any = None) -> dict[str, Any]:
+    """`roots`: root.json documents as text (the CLI reads them from files; HTTP carries them in the body)."""
+    from . import trust
+
+    if not isinstance(roots, list) or not roots or not all(isinstance(root, str) for root in roots):
+        raise InvalidInput("roots must be a list of root.json documents as text")
+    documents = []
+    for index, text in enumerate(roots):
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"trust root {index + 1} is not UTF-8 text").at(index) from None
+        if len(data) > MAX_ROOT_BYTES:
+            raise InvalidInput(f"trust root {index + 1} is larger than {MAX_ROOT_BYTES} bytes").at(index)
+        documents.append(data)
+    return trust.pin(ledger, documents, reason=reason, actor=actor)
+
+
+@operation("bundles.list")
+def bundles_list(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_import
+
+    return bundle_import.list_bundles(ledger)
+
+
+@operation("bundles.plan")
+def bundles_plan(ledger: Ledger, *, bundle: str, trust: str | None = None, staleness: str | None = None,
+                 force: Any = False, reason: Any = None, ticket: Any = None, actor: str = "cli",
+                 tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_import
+
+    return bundle_import.plan(ledger, Path(bundle), trust_path=Path(trust) if trust else None,
+                              staleness=_mode(staleness), force=_flag(force), reason=reason)
+
+
+@operation("bundles.import")
+def bundles_import(ledger: Ledger, *, bundle: str, trust: str | None = None, plan_digest: str | None = None,
+                   staleness: str | None = None, force: Any = False, reason: Any = None, ticket: Any = None,
+                   actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_import
+
+    return bundle_import.import_bundle(ledger, Path(bundle), trust_path=Path(trust) if trust else None,
+                                       plan_digest_expected=plan_digest, staleness=_mode(staleness),
+                                       force=_flag(force), reason=reason, actor=actor)
+
+
+@operation("airgap.status")
+def airgap_status(ledger: Ledger, *, staleness: str | None = None, actor: str = "cli",
+                  tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_import
+
+    return bundle_import.status(ledger, staleness=_mode(staleness))
+
+
+@operation("airgap.staleness")
+def airgap_staleness(ledger: Ledger, *, mode: str, reason: Any = None, ticket: Any = None, actor: str = "cli",
+                     tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_import
+
+    return bundle_import.set_staleness(ledger, _mode(mode), reason=reason, actor=actor)
+
+
+def _mode(value: Any) -> str | None:
+    if value is not None and value not in ("strict", "warn", "disabled"):
+        raise InvalidInput(f"staleness mode {str(value)[:40]!r} must be strict, warn or disabled")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput("force must be true or false")
+    return value
