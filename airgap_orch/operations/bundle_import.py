@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import clock, validation
@@ -371,9 +372,56 @@ def _verdict(verified: VerifiedBundle) -> dict[str, Any]:
     return {"state": verdict.state, "mode": verdict.mode, "warning": verdict.warning, "message": verdict.message}
 
 
-def _json_row(row: dict[str, Any]) -> str:
-    return json.dumps(row, default=lambda value: value.isoformat() if isinstance(value, datetime) else str(value),
-                      separators=(",", ":"), ensure_ascii=False)
+def _json_default(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+# A mirror row's `row_json`: json.dumps(row, default=_json_default, separators=(",", ":"), ensure_ascii=False).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
+_NEEDS_PYTHON = "[\\x00-\\x1f]"  # control characters (escaped by json.dumps as \\n, \\u0001, ...): left to it
+
+
+def _json_strings(values: pa.Array) -> pa.Array:
+    """Each string as json.dumps writes it (ensure_ascii=False: only backslash, quote and control characters are
+    escaped); nulls stay null."""
+    if pc.any(pc.match_substring_regex(values, _NEEDS_PYTHON)).as_py():
+        return pa.array([None if value is None else _encode(value) for value in values.to_pylist()], pa.string())
+    escaped = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
+    return pc.binary_join_element_wise('"', escaped, '"', "")
+
+
+def _json_values(values: pa.Array) -> pa.Array:
+    """Each value of a column as json.dumps (with _json_default) writes it inside a row; "null" for nulls. Strings,
+    integers, flags, times and lists of strings in Arrow compute; anything else value by value in Python."""
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        out = _json_strings(values)
+    elif pa.types.is_integer(kind):
+        out = pc.cast(values, pa.string())
+    elif pa.types.is_boolean(kind):
+        out = pc.if_else(values, "true", "false")
+    elif pa.types.is_timestamp(kind) and kind.tz is None and kind.unit == "us":
+        # "YYYY-MM-DD HH:MM:SS.ffffff" as datetime.isoformat() writes it: a T, microseconds only when not zero
+        text = pc.replace_substring(pc.cast(values, pa.string()), " ", "T", max_replacements=1)
+        out = pc.binary_join_element_wise('"', pc.replace_substring(text, ".000000", ""), '"', "")
+    elif pa.types.is_float64(kind) and pc.all(pc.is_finite(values)).as_py() is not False:
+        out = pa.array([None if value is None else float.__repr__(value) for value in values.to_pylist()],
+                       pa.string())  # as json.dumps writes a finite float
+    elif pa.types.is_list(kind) and pa.types.is_string(kind.value_type):
+        items = pa.ListArray.from_arrays(values.offsets, pc.fill_null(_json_strings(values.values), "null"))
+        joined = pc.binary_join_element_wise("[", pc.binary_join(items, ","), "]", "")
+        out = pc.if_else(values.is_null(), pa.scalar(None, pa.string()), joined)
+    else:
+        out = pa.array([_encode(value) for value in values.to_pylist()], pa.string())
+    return pc.fill_null(out, "null")
+
+
+def _json_rows(batch: pa.RecordBatch) -> pa.Array:
+    """Each row of the batch as its `row_json` (keys in column order), built column by column."""
+    pieces: list[Any] = []
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        pieces += [("{" if not pieces else ",") + f"{_encode(name)}:", _json_values(column)]
+    return pc.binary_join_element_wise(*pieces, "}", "")
 
 
 def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) -> None:
@@ -382,9 +430,8 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
     for name in ("mirror_jobs", "mirror_history", "mirror_policies"):
         tx.execute(f"{name}_delete", source_site=site)
     for batch in _rows(copy, verified, "jobs"):
-        rows = batch.to_pylist()
-        table = pa.table({"job_id": [r["job_id"] for r in rows], "tenant": [r["tenant"] for r in rows],
-                          "state": [r["state"] for r in rows], "row_json": [_json_row(r) for r in rows]})
+        table = pa.table({"job_id": batch.column("job_id"), "tenant": batch.column("tenant"),
+                          "state": batch.column("state"), "row_json": _json_rows(batch)})
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
     for batch in _rows(copy, verified, "history"):
         tx.execute_with("mirror_history_insert", "rows", pa.Table.from_batches([batch]), source_site=site)
@@ -394,7 +441,7 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
             rows = batch.to_pylist()
             table = pa.table({"kind": [name] * len(rows),
                               "key": ["/".join(str(r[column]) for column in order) for r in rows],
-                              "row_json": [_json_row(r) for r in rows]}, schema=pa.schema(
+                              "row_json": _json_rows(batch)}, schema=pa.schema(
                                   [("kind", pa.string()), ("key", pa.string()), ("row_json", pa.string())]))
             tx.execute_with("mirror_policies_insert", "rows", table, source_site=site)
 
