@@ -2,6 +2,7 @@
 import benchmark (scripts/bench.py, section bundle_export) that run outside the benchmark's own process.
 
     python scripts/bench_bundle.py [--mb 100] [--members 200] [--tables]
+    python scripts/bench_bundle.py --import BUNDLE ROOT SITE [--memory-limit 256MB] [--profile-out FILE]
 
 Makes MEMBERS Parquet members of incompressible rows adding up to about MB megabytes, writes the bundle to a
 temporary file, then verifies it from the file in a fresh subprocess (so its peak RSS is its own), with the
@@ -59,7 +60,8 @@ def _max_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def _import_child(ledger: str, bundle: str, root: str, site: str, profile_out: str | None) -> None:
+def _import_child(ledger: str, bundle: str, root: str, site: str, profile_out: str | None,
+                  memory_limit: str | None) -> None:
     """The child of run_import_child: open a fresh ledger, import the bundle, report (one JSON line)."""
     from airgap_orch.ledger import Ledger
     from airgap_orch.operations import bundle_import
@@ -68,6 +70,8 @@ def _import_child(ledger: str, bundle: str, root: str, site: str, profile_out: s
     max_start = _max_rss_kib()
     profiler = cProfile.Profile() if profile_out else None
     with Ledger.open(Path(ledger), create=True, site_id=site, lock_timeout=5) as opened:
+        if memory_limit:  # an experiment: DuckDB's buffer limit (default 80% of RAM) on this connection
+            opened._con.execute(f"SET memory_limit = '{memory_limit}'")
         if profiler is not None:
             profiler.enable()
         started = time.perf_counter()
@@ -82,8 +86,8 @@ def _import_child(ledger: str, bundle: str, root: str, site: str, profile_out: s
                       "hwm_kib": _status_kib("VmHWM")}))
 
 
-def run_import_child(ledger: Path, bundle: Path, root: Path, site: str, profile_out: Path | None = None
-                     ) -> dict[str, float]:
+def run_import_child(ledger: Path, bundle: Path, root: Path, site: str, profile_out: Path | None = None,
+                     memory_limit: str | None = None) -> dict[str, float]:
     """Import `bundle` into a fresh ledger at `ledger` (site `site`, pinning `root`) in a child process; returns
     import_seconds and peak_rss_mb: the child's ru_maxrss minus its RSS at start. The child is started by a
     shell that stays its parent: ru_maxrss carries over an exec (Linux keeps the high-water mark of the memory
@@ -91,6 +95,8 @@ def run_import_child(ledger: Path, bundle: Path, root: Path, site: str, profile_
     command = [sys.executable, __file__, "--import-child", str(ledger), str(bundle), str(root), site]
     if profile_out is not None:
         command += ["--profile-out", str(profile_out)]
+    if memory_limit is not None:
+        command += ["--memory-limit", memory_limit]
     done = subprocess.run(["/bin/sh", "-c", '"$@"; exit $?', "sh", *command], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the import child failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -145,10 +151,21 @@ def main() -> None:
     parser.add_argument("--tables", action="store_true")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--import-child", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--profile-out", help=argparse.SUPPRESS)
+    parser.add_argument("--import", dest="import_", nargs=3, metavar=("BUNDLE", "ROOT", "SITE"),
+                        help="import BUNDLE (pinning ROOT) into a fresh ledger of site SITE in a child process; "
+                             "print its time and peak RSS")
+    parser.add_argument("--profile-out", help="with --import: write the child's cProfile stats here")
+    parser.add_argument("--memory-limit", help="with --import: SET memory_limit on the child's ledger connection")
     args = parser.parse_args()
     if args.import_child:
-        _import_child(*args.import_child, profile_out=args.profile_out)
+        _import_child(*args.import_child, profile_out=args.profile_out, memory_limit=args.memory_limit)
+        return
+    if args.import_:
+        bundle, root, site = args.import_
+        with tempfile.TemporaryDirectory(dir=Path(bundle).resolve().parent) as directory:
+            print(json.dumps(run_import_child(Path(directory, "import.duckdb"), Path(bundle), Path(root), site,
+                                              Path(args.profile_out) if args.profile_out else None,
+                                              args.memory_limit), indent=1))
         return
     if args.child:
         _verify_child(args.child[0], args.child[1], args.child[2] == "1")

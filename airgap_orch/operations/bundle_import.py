@@ -424,17 +424,35 @@ def _json_rows(batch: pa.RecordBatch) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, "}", "")
 
 
+INSERT_ROWS = 65_536  # mirror rows per INSERT: each statement costs a fixed time besides its rows
+
+
+def _grouped(batches: Iterator[pa.RecordBatch]) -> Iterator[list[pa.RecordBatch]]:
+    """Consecutive batches, INSERT_ROWS rows or more at a time (the last group less)."""
+    group: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        group.append(batch)
+        rows += batch.num_rows
+        if rows >= INSERT_ROWS:
+            yield group
+            group, rows = [], 0
+    if group:
+        yield group
+
+
 def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) -> None:
     """Replace the source site's mirror rows with the bundle's (inside the caller's transaction)."""
     site = verified.source_site
     for name in ("mirror_jobs", "mirror_history", "mirror_policies"):
         tx.execute(f"{name}_delete", source_site=site)
-    for batch in _rows(copy, verified, "jobs"):
-        table = pa.table({"job_id": batch.column("job_id"), "tenant": batch.column("tenant"),
-                          "state": batch.column("state"), "row_json": _json_rows(batch)})
+    for group in _grouped(_rows(copy, verified, "jobs")):
+        table = pa.Table.from_batches([pa.RecordBatch.from_arrays(
+            [batch.column("job_id"), batch.column("tenant"), batch.column("state"), _json_rows(batch)],
+            names=["job_id", "tenant", "state", "row_json"]) for batch in group])
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
-    for batch in _rows(copy, verified, "history"):
-        tx.execute_with("mirror_history_insert", "rows", pa.Table.from_batches([batch]), source_site=site)
+    for group in _grouped(_rows(copy, verified, "history")):
+        tx.execute_with("mirror_history_insert", "rows", pa.Table.from_batches(group), source_site=site)
     for name in POLICY_TABLES:
         order = BY_NAME[name].order
         for batch in _rows(copy, verified, name):
