@@ -17,6 +17,7 @@ with a `.reason` file beside it; nothing else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -381,13 +382,20 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_j
 _NEEDS_PYTHON = "[\\x00-\\x1f]"  # control characters (escaped by json.dumps as \\n, \\u0001, ...): left to it
 
 
+@functools.cache
+def _text(value: str) -> pa.StringScalar:
+    """A string scalar for Arrow compute, made once (converting a Python str, pyarrow tries to import dateutil
+    every time: a search of sys.path per call when it is not installed)."""
+    return pa.scalar(value, pa.string())
+
+
 def _json_strings(values: pa.Array) -> pa.Array:
     """Each string as json.dumps writes it (ensure_ascii=False: only backslash, quote and control characters are
     escaped); nulls stay null."""
     if pc.any(pc.match_substring_regex(values, _NEEDS_PYTHON)).as_py():
         return pa.array([None if value is None else _encode(value) for value in values.to_pylist()], pa.string())
     escaped = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
-    return pc.binary_join_element_wise('"', escaped, '"', "")
+    return pc.binary_join_element_wise(_text('"'), escaped, _text('"'), _text(""))
 
 
 def _json_values(values: pa.Array) -> pa.Array:
@@ -399,29 +407,30 @@ def _json_values(values: pa.Array) -> pa.Array:
     elif pa.types.is_integer(kind):
         out = pc.cast(values, pa.string())
     elif pa.types.is_boolean(kind):
-        out = pc.if_else(values, "true", "false")
+        out = pc.if_else(values, _text("true"), _text("false"))
     elif pa.types.is_timestamp(kind) and kind.tz is None and kind.unit == "us":
         # "YYYY-MM-DD HH:MM:SS.ffffff" as datetime.isoformat() writes it: a T, microseconds only when not zero
         text = pc.replace_substring(pc.cast(values, pa.string()), " ", "T", max_replacements=1)
-        out = pc.binary_join_element_wise('"', pc.replace_substring(text, ".000000", ""), '"', "")
+        out = pc.binary_join_element_wise(_text('"'), pc.replace_substring(text, ".000000", ""), _text('"'),
+                                          _text(""))
     elif pa.types.is_float64(kind) and pc.all(pc.is_finite(values)).as_py() is not False:
         out = pa.array([None if value is None else float.__repr__(value) for value in values.to_pylist()],
                        pa.string())  # as json.dumps writes a finite float
     elif pa.types.is_list(kind) and pa.types.is_string(kind.value_type):
-        items = pa.ListArray.from_arrays(values.offsets, pc.fill_null(_json_strings(values.values), "null"))
-        joined = pc.binary_join_element_wise("[", pc.binary_join(items, ","), "]", "")
+        items = pa.ListArray.from_arrays(values.offsets, pc.fill_null(_json_strings(values.values), _text("null")))
+        joined = pc.binary_join_element_wise(_text("["), pc.binary_join(items, _text(",")), _text("]"), _text(""))
         out = pc.if_else(values.is_null(), pa.scalar(None, pa.string()), joined)
     else:
         out = pa.array([_encode(value) for value in values.to_pylist()], pa.string())
-    return pc.fill_null(out, "null")
+    return pc.fill_null(out, _text("null"))
 
 
 def _json_rows(batch: pa.RecordBatch) -> pa.Array:
     """Each row of the batch as its `row_json` (keys in column order), built column by column."""
     pieces: list[Any] = []
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
-        pieces += [("{" if not pieces else ",") + f"{_encode(name)}:", _json_values(column)]
-    return pc.binary_join_element_wise(*pieces, "}", "")
+        pieces += [_text(("{" if not pieces else ",") + f"{_encode(name)}:"), _json_values(column)]
+    return pc.binary_join_element_wise(*pieces, _text("}"), _text(""))
 
 
 INSERT_ROWS = 65_536  # mirror rows per INSERT: each statement costs a fixed time besides its rows
