@@ -38,7 +38,11 @@ What is measured (issue 2, "Performance"):
   finished jobs, 1 or 3 history entries each) with a pinned root, so the export self-checks what it wrote; side
   by side in the same run with the raw pipeline on the same data (DuckDB `COPY (query) TO ... (FORMAT PARQUET,
   COMPRESSION ZSTD)` of the same export queries, plus sha256 of the files). bundle_export_over_raw is the time
-  ratio (target <= 2).
+  ratio (target <= 2). Then `bundle import` of that bundle (private copy, verification, plan, one write
+  transaction) into a fresh ledger, in a child process that does only that (scripts/bench_bundle.py), against
+  the raw load of the raw files (`INSERT ... FROM read_parquet` into a fresh DuckDB file):
+  bundle_import_over_raw (target <= 3), and bundle_peak_rss_mb, the child's ru_maxrss minus its RSS at start
+  (target < 400). 1M jobs; 100k with --quick.
 - reads beside claims (issue 14): a large ledger (1M queued jobs; 100k with --quick) behind a real server; claim
   latency (client-side, one claim+ack at a time) while a second client pages through every job and then runs
   `ledger verify`, against the same claims alone; and the WAL's size when the reads end.
@@ -54,6 +58,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import datetime as dt
 import io
 import itertools
@@ -103,6 +108,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "group_commit_speedup": (">=", 3.0),
     "flow_limited_over_plain": (">=", 0.75),
     "bundle_export_over_raw": ("<=", 2.0),
+    "bundle_import_over_raw": ("<=", 3.0),
+    "bundle_peak_rss_mb": ("<=", 400),
 }
 
 
@@ -113,6 +120,7 @@ REQUIRED_KEYS = (
     "http_end_to_end_jobs_per_s", "http_claim_p50_ms", "http_claim_p99_ms", "http_no_group_commit_jobs_per_s",
     "group_commit_speedup", "in_process_jobs_per_s", "flow_plain_jobs_per_s", "flow_limited_jobs_per_s",
     "flow_limited_over_plain", "flow_10_tenants_jobs_per_s", "bundle_export_jobs_per_s", "bundle_export_over_raw",
+    "bundle_import_jobs_per_s", "bundle_import_over_raw", "bundle_peak_rss_mb",
     "http_claim_p99_ms_under_reads", "http_claim_p99_ms_quiet", "wal_mb_after_reads",
 )
 
@@ -131,14 +139,17 @@ class Sizes:
     http_jobs: int  # N for the HTTP end-to-end section (each server configuration, and in-process)
     http_small_jobs: int  # N for the HTTP group-commit section (small requests: a few hundred jobs/s at best)
     reads_jobs: int  # queued jobs in the ledger a reader pages through and verifies beside claims
+    bundle_jobs: int  # jobs in the ledger the bundle section exports and imports
 
 
 FULL = Sizes(enqueue_total=100_000, enqueue_batch=10_000, claim_jobs=20_000, claim_jobs_batch1=2_000,
              rate_small=10_000, rate_large=1_000_000, rate_measure=5_000, load_batch=100_000,
-             peer_jobs=10_000, http_jobs=20_000, http_small_jobs=3_000, reads_jobs=1_000_000)
+             peer_jobs=10_000, http_jobs=20_000, http_small_jobs=3_000, reads_jobs=1_000_000,
+             bundle_jobs=1_000_000)
 QUICK = Sizes(enqueue_total=20_000, enqueue_batch=10_000, claim_jobs=5_000, claim_jobs_batch1=500,
               rate_small=10_000, rate_large=200_000, rate_measure=2_000, load_batch=100_000,
-              peer_jobs=5_000, http_jobs=3_000, http_small_jobs=1_500, reads_jobs=100_000)
+              peer_jobs=5_000, http_jobs=3_000, http_small_jobs=1_500, reads_jobs=100_000,
+              bundle_jobs=100_000)
 
 
 # -- harness ---------------------------------------------------------------------------------------
@@ -1310,7 +1321,10 @@ def _raw_export(ledger: Ledger, folder: Path) -> int:
     folder.mkdir()
     total = 0
     for spec in TABLES:
-        query = sql.queries()[spec.query].replace("$tenant", "NULL::VARCHAR").rstrip().rstrip(";")
+        lines = sql.queries()[spec.query].replace("$tenant", "NULL::VARCHAR").strip().splitlines()
+        while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("--")):
+            lines.pop()  # a comment that opens the next block of queries.sql ends up after the last one
+        query = "\n".join(lines).rstrip().rstrip(";")
         target = folder / f"{spec.name}.parquet"
         ledger._con.execute(f"COPY ({query}) TO '{target}' (FORMAT PARQUET, COMPRESSION ZSTD)")
         digest = hashlib.sha256()
@@ -1321,39 +1335,88 @@ def _raw_export(ledger: Ledger, folder: Path) -> int:
     return total
 
 
-@section("bundle_export", "bundle export (ledger snapshot -> Parquet zstd members -> signed bundle, self-checked) "
-         "vs the raw pipeline (DuckDB COPY of the same queries to Parquet zstd + sha256), same ledger, same run")
+def _bundle_bench() -> Any:
+    """scripts/bench_bundle.py (beside this file): the import child and the raw load."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_bundle
+
+    return bench_bundle
+
+
+@section("bundle_export", "bundle export and import (ledger snapshot -> Parquet zstd members -> signed bundle, "
+         "self-checked; then verify + import into a fresh ledger in a child process, with its peak RSS) vs the raw "
+         "pipeline (DuckDB COPY of the same queries to Parquet zstd + sha256; INSERT ... FROM read_parquet), same "
+         "ledger, same run")
 def bench_bundle_export(bench: Bench) -> Samples:
+    from airgap_orch.operations import bundle_import
     from airgap_orch.operations import bundles as bundle_ops
     from airgap_orch.operations import trust as trust_ops
 
-    jobs = bench.sizes.enqueue_total
-    samples: Samples = {"bundle_export_jobs_per_s": [], "bundle_raw_jobs_per_s": []}
+    helper = _bundle_bench()
+    jobs = bench.sizes.bundle_jobs
+    samples: Samples = {"bundle_export_jobs_per_s": [], "bundle_raw_jobs_per_s": [], "bundle_import_jobs_per_s": [],
+                        "bundle_raw_load_jobs_per_s": [], "bundle_peak_rss_mb": []}
     keys, root = _bundle_keys_and_root(bench.workdir)
+    started = time.perf_counter()
     with bench.new_ledger("bundle-export") as ledger:
         fill(ledger, jobs, prefix="bundle", batch=bench.sizes.load_batch)
         claim_ack(ledger, jobs // BUNDLE_FINISHED_SHARE, 1_000, Timer())
         trust_ops.pin(ledger, [root])
         ledger._con.execute("CHECKPOINT")
+        built = time.perf_counter() - started
         sizes = {}
         for run in range(bench.runs):
-            # The two take turns, so load on a shared machine hits them alike.
+            # Bundle and raw take turns, so load on a shared machine hits them alike.
+            out = bench.new_path(f"export-{run}", ".bundle")
             with bench.timed() as timer:
-                written = bundle_ops.export(ledger, out=bench.new_path(f"export-{run}", ".bundle"),
-                                            target_site="bench-target",
+                written = bundle_ops.export(ledger, out=out, target_site="bench-target",
                                             signing_keys=[bundle_ops.SigningKey("site", keys["site"])],
                                             timestamp_keys=[bundle_ops.SigningKey("ts", keys["ts"])])
                 timer.jobs = jobs
             samples["bundle_export_jobs_per_s"].append(timer.rate())
             sizes["bundle"] = written["size"]
+            raw = bench.new_path(f"raw-{run}", "")
             with bench.timed() as timer:
-                sizes["raw"] = _raw_export(ledger, bench.new_path(f"raw-{run}", ""))
+                sizes["raw"] = _raw_export(ledger, raw)
                 timer.jobs = jobs
             samples["bundle_raw_jobs_per_s"].append(timer.rate())
+            target = bench.new_path(f"import-{run}", ".duckdb")
+            if bench.profiling:  # in this process, so cProfile and the statement timer see it
+                with Ledger.open(target, create=True, site_id="bench-target", lock_timeout=1) as imported:
+                    with bench.timed() as timer:
+                        bundle_import.import_bundle(imported, out, trust_path=root, actor="bench")
+                        timer.jobs = jobs
+                samples["bundle_import_jobs_per_s"].append(timer.rate())
+            else:
+                child = helper.run_import_child(target, out, root, "bench-target")
+                if child["mirror_jobs"] != jobs:
+                    raise RuntimeError(f"the import mirrored {child['mirror_jobs']} jobs of {jobs}")
+                samples["bundle_import_jobs_per_s"].append(jobs / child["import_seconds"])
+                samples["bundle_peak_rss_mb"].append(child["peak_rss_mb"])
+                sizes["rss_start_mb"], sizes["hwm_rss_mb"] = child["rss_start_mb"], child["hwm_rss_mb"]
+                if child["inherited_max_rss"]:
+                    bench.note("bundle import: the child's ru_maxrss at start was far above its RSS (inherited "
+                               "over exec); bundle_peak_rss_mb overstates")
+            raw_db = bench.new_path(f"raw-load-{run}", ".duckdb")
+            with bench.timed() as timer:
+                loaded = helper.raw_load(raw, raw_db)
+                timer.jobs = jobs
+            samples["bundle_raw_load_jobs_per_s"].append(timer.rate())
+            for used in (out, target, raw_db, *raw.iterdir()):  # disk: a 1M-job run writes ~1 GB per round
+                used.unlink(missing_ok=True)
+                Path(f"{used}.wal").unlink(missing_ok=True)
         rows = written["rows"]
     bench.note(f"bundle export: {jobs:,} jobs ({jobs // BUNDLE_FINISHED_SHARE:,} finished), {rows:,} rows in all "
-               f"tables; bundle {sizes['bundle'] / 1e6:.1f} MB (self-checked against the pinned root), raw Parquet "
-               f"{sizes['raw'] / 1e6:.1f} MB; jobs/s = jobs in the ledger / seconds for the whole export")
+               f"tables (ledger built in {built:.0f} s, outside the figures); bundle {sizes['bundle'] / 1e6:.1f} MB "
+               f"(self-checked against the pinned root), raw Parquet {sizes['raw'] / 1e6:.1f} MB; jobs/s = jobs in "
+               "the ledger / seconds for the whole export")
+    if "rss_start_mb" in sizes:
+        bench.note(f"bundle import: `import_bundle` (private copy, verification against the root, plan with the "
+                   f"history chain recomputed, one write transaction) into a fresh ledger, in a child process "
+                   f"started for it and timed inside it; bundle_peak_rss_mb = its ru_maxrss minus its RSS at start "
+                   f"({sizes['rss_start_mb']:.0f} MB, after its imports, before the ledger opens; VmHWM gives "
+                   f"{sizes['hwm_rss_mb']:.0f} MB above it). Raw load: INSERT ... FROM read_parquet of the raw "
+                   f"Parquet files ({loaded:,} rows) into a fresh DuckDB file, one transaction")
     return samples
 
 
@@ -1472,7 +1535,9 @@ def derive(medians: dict[str, float]) -> dict[str, float]:
               ("claim_ack_batch100_over_floor", "claim_ack_batch100_jobs_per_s",
                "floor_claim_ack_batch100_jobs_per_s"),
               # export time / raw time (rates: raw over ours)
-              ("bundle_export_over_raw", "bundle_raw_jobs_per_s", "bundle_export_jobs_per_s"))
+              ("bundle_export_over_raw", "bundle_raw_jobs_per_s", "bundle_export_jobs_per_s"),
+              # verify + import time / raw load time
+              ("bundle_import_over_raw", "bundle_raw_load_jobs_per_s", "bundle_import_jobs_per_s"))
     for ratio, top, bottom in ratios:
         if medians.get(bottom) and top in medians:
             out[ratio] = medians[top] / medians[bottom]
@@ -1722,6 +1787,10 @@ ROWS = (
     ("bundle_export_jobs_per_s", "bundle export, full (jobs/s)"),
     ("bundle_raw_jobs_per_s", "  raw: DuckDB COPY to Parquet zstd + sha256 (jobs/s)"),
     ("bundle_export_over_raw", "bundle export time / raw time"),
+    ("bundle_import_jobs_per_s", "bundle verify + import, full (jobs/s)"),
+    ("bundle_raw_load_jobs_per_s", "  raw: INSERT ... FROM read_parquet (jobs/s)"),
+    ("bundle_import_over_raw", "bundle verify + import time / raw load time"),
+    ("bundle_peak_rss_mb", "bundle import peak RSS above its start (MB)"),
     ("restart_after_1_crash_s", "ledger open after the 1st SIGKILL (s)"),
     ("restart_median_of_20_crashes_s", "  median of the opens after 20 SIGKILLs (s)"),
     ("restart_slowest_of_20_crashes_s", "  slowest of those 20 (s)"),
@@ -1790,6 +1859,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run one section once under cProfile and print where the time goes")
     parser.add_argument("--profile-out", type=Path, metavar="FILE",
                         help="with --profile: also write the raw cProfile stats (for pstats/snakeviz)")
+    parser.add_argument("--bundle-jobs", type=int, metavar="N",
+                        help="jobs in the bundle section's ledger (default 1M; 100k with --quick)")
     parser.add_argument("--workdir", type=Path, help="directory for ledger files (default: a fresh temp dir)")
     parser.add_argument("--list", action="store_true", help="list sections and exit")
     args = parser.parse_args(argv)
@@ -1804,6 +1875,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     sizes = QUICK if args.quick else FULL
+    if args.bundle_jobs:
+        sizes = dataclasses.replace(sizes, bundle_jobs=args.bundle_jobs)
     # SIGTERM unwinds like Ctrl-C, so finally blocks stop child processes (http_end_to_end) and temp dirs go.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 

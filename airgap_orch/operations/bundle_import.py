@@ -21,6 +21,7 @@ with a `.reason` file beside it; nothing else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -512,9 +513,81 @@ def _verdict(verified: VerifiedBundle) -> dict[str, Any]:
     return {"state": verdict.state, "mode": verdict.mode, "warning": verdict.warning, "message": verdict.message}
 
 
-def _json_row(row: dict[str, Any]) -> str:
-    return json.dumps(row, default=lambda value: value.isoformat() if isinstance(value, datetime) else str(value),
-                      separators=(",", ":"), ensure_ascii=False)
+def _json_default(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+# A mirror row's `row_json`: json.dumps(row, default=_json_default, separators=(",", ":"), ensure_ascii=False).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
+_NEEDS_PYTHON = "[\\x00-\\x1f]"  # control characters (escaped by json.dumps as \\n, \\u0001, ...): left to it
+
+
+@functools.cache
+def _text(value: str) -> pa.StringScalar:
+    """A string scalar for Arrow compute, made once (converting a Python str, pyarrow tries to import dateutil
+    every time: a search of sys.path per call when it is not installed)."""
+    return pa.scalar(value, pa.string())
+
+
+def _json_strings(values: pa.Array) -> pa.Array:
+    """Each string as json.dumps writes it (ensure_ascii=False: only backslash, quote and control characters are
+    escaped); nulls stay null."""
+    if pc.any(pc.match_substring_regex(values, _NEEDS_PYTHON)).as_py():
+        return pa.array([None if value is None else _encode(value) for value in values.to_pylist()], pa.string())
+    escaped = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
+    return pc.binary_join_element_wise(_text('"'), escaped, _text('"'), _text(""))
+
+
+def _json_values(values: pa.Array) -> pa.Array:
+    """Each value of a column as json.dumps (with _json_default) writes it inside a row; "null" for nulls. Strings,
+    integers, flags, times and lists of strings in Arrow compute; anything else value by value in Python."""
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        out = _json_strings(values)
+    elif pa.types.is_integer(kind):
+        out = pc.cast(values, pa.string())
+    elif pa.types.is_boolean(kind):
+        out = pc.if_else(values, _text("true"), _text("false"))
+    elif pa.types.is_timestamp(kind) and kind.tz is None and kind.unit == "us":
+        # "YYYY-MM-DD HH:MM:SS.ffffff" as datetime.isoformat() writes it: a T, microseconds only when not zero
+        text = pc.replace_substring(pc.cast(values, pa.string()), " ", "T", max_replacements=1)
+        out = pc.binary_join_element_wise(_text('"'), pc.replace_substring(text, ".000000", ""), _text('"'),
+                                          _text(""))
+    elif pa.types.is_float64(kind) and pc.all(pc.is_finite(values)).as_py() is not False:
+        out = pa.array([None if value is None else float.__repr__(value) for value in values.to_pylist()],
+                       pa.string())  # as json.dumps writes a finite float
+    elif pa.types.is_list(kind) and pa.types.is_string(kind.value_type):
+        items = pa.ListArray.from_arrays(values.offsets, pc.fill_null(_json_strings(values.values), _text("null")))
+        joined = pc.binary_join_element_wise(_text("["), pc.binary_join(items, _text(",")), _text("]"), _text(""))
+        out = pc.if_else(values.is_null(), pa.scalar(None, pa.string()), joined)
+    else:
+        out = pa.array([_encode(value) for value in values.to_pylist()], pa.string())
+    return pc.fill_null(out, _text("null"))
+
+
+def _json_rows(batch: pa.RecordBatch) -> pa.Array:
+    """Each row of the batch as its `row_json` (keys in column order), built column by column."""
+    pieces: list[Any] = []
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        pieces += [_text(("{" if not pieces else ",") + f"{_encode(name)}:"), _json_values(column)]
+    return pc.binary_join_element_wise(*pieces, _text("}"), _text(""))
+
+
+INSERT_ROWS = 65_536  # mirror rows per INSERT: each statement costs a fixed time besides its rows
+
+
+def _grouped(batches: Iterator[pa.RecordBatch]) -> Iterator[list[pa.RecordBatch]]:
+    """Consecutive batches, INSERT_ROWS rows or more at a time (the last group less)."""
+    group: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        group.append(batch)
+        rows += batch.num_rows
+        if rows >= INSERT_ROWS:
+            yield group
+            group, rows = [], 0
+    if group:
+        yield group
 
 
 def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) -> None:
@@ -527,24 +600,25 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
     for name in ("mirror_jobs", "mirror_history", "mirror_policies"):
         if not incremental or name == "mirror_policies":
             tx.execute(f"{name}_delete", source_site=site)
-    for batch in _rows(copy, verified, "jobs"):
-        rows = batch.to_pylist()
-        table = pa.table({"job_id": [r["job_id"] for r in rows], "tenant": [r["tenant"] for r in rows],
-                          "state": [r["state"] for r in rows], "row_json": [_json_row(r) for r in rows]})
+    for group in _grouped(_rows(copy, verified, "jobs")):
+        table = pa.Table.from_batches([pa.RecordBatch.from_arrays(
+            [batch.column("job_id"), batch.column("tenant"), batch.column("state"), _json_rows(batch)],
+            names=["job_id", "tenant", "state", "row_json"]) for batch in group])
         if incremental:
             tx.execute_with("mirror_jobs_delete_listed", "rows", table, source_site=site)
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
-    for batch in _rows(copy, verified, "history"):
+    for group in _grouped(_rows(copy, verified, "history")):
+        table = pa.Table.from_batches(group)
         if held_seq:
-            batch = batch.filter(pc.greater(batch.column("seq"), held_seq))
-        tx.execute_with("mirror_history_insert", "rows", pa.Table.from_batches([batch]), source_site=site)
+            table = table.filter(pc.greater(table.column("seq"), held_seq))
+        tx.execute_with("mirror_history_insert", "rows", table, source_site=site)
     for name in POLICY_TABLES:
         order = BY_NAME[name].order
         for batch in _rows(copy, verified, name):
             rows = batch.to_pylist()
             table = pa.table({"kind": [name] * len(rows),
                               "key": ["/".join(str(r[column]) for column in order) for r in rows],
-                              "row_json": [_json_row(r) for r in rows]}, schema=pa.schema(
+                              "row_json": _json_rows(batch)}, schema=pa.schema(
                                   [("kind", pa.string()), ("key", pa.string()), ("row_json", pa.string())]))
             tx.execute_with("mirror_policies_insert", "rows", table, source_site=site)
 
