@@ -157,6 +157,7 @@ LOCAL_TABLES: dict[str, str] = {
     "bundle_exports": "this site's export series",
     "bundle_handoffs": "the jobs this site handed off (each bundle's handoffs member carries its own)",
     "bundle_imports": "what this site imported: its floors and time anchors",
+    "bundle_imports_superseded": "imports whose floor a key rotation reset (fast-forward recovery)",
     "mirror_jobs": "other sites' jobs, mirrored from their bundles",
     "mirror_history": "other sites' history, mirrored from their bundles",
     "mirror_policies": "other sites' policies, mirrored from their bundles",

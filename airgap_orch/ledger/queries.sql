@@ -830,7 +830,23 @@ SELECT source_site, sequence, bundle_id, payload_digest, imported_at, outcome FR
 WHERE payload_digest = $payload_digest OR bundle_id = $bundle_id;
 
 -- name: bundle_import_latest_anchor
-SELECT max(created_at) FROM bundle_imports;
+-- Imports a key rotation superseded (bundle_imports_superseded) still count: the latest anchor never moves back.
+SELECT max(created_at) FROM (SELECT created_at FROM bundle_imports
+                             UNION ALL SELECT created_at FROM bundle_imports_superseded);
+
+-- name: bundle_import_supersede
+-- A rotation replaced $source_site's keys (operations/trust.py store_roots): its floor rows move aside.
+INSERT INTO bundle_imports_superseded
+SELECT source_site, sequence, kind, bundle_id, payload_digest, created_at, imported_at, imported_by, outcome,
+       $root_version, $superseded_at
+FROM bundle_imports WHERE source_site = $source_site;
+
+-- name: bundle_import_supersede_delete
+DELETE FROM bundle_imports WHERE source_site = $source_site;
+
+-- name: bundle_import_superseded_list
+SELECT source_site, sequence, kind, bundle_id, superseded_by_root, superseded_at FROM bundle_imports_superseded
+ORDER BY superseded_at, source_site, sequence;
 
 -- name: bundle_import_floors
 SELECT source_site, max(sequence), max(created_at), count(*) FROM bundle_imports GROUP BY source_site

@@ -263,6 +263,9 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
                           "its own bundles")
     read = ledger.read()
     floor = int(read.fetch("bundle_import_floor", source_site=verified.source_site)[0][0])
+    resets = _resets(ledger, verified)
+    if verified.source_site in {reset["site"] for reset in resets}:
+        floor = 0  # the bundle's rotation replaces its site's keys: that floor starts again (fast-forward recovery)
     if manifest.sequence <= floor:
         raise RollbackError("sequence", f"bundle sequence {manifest.sequence} from {verified.source_site} is not "
                             f"above the floor {floor} (the latest imported); a replayed or older bundle is refused")
@@ -305,7 +308,7 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
         "target_site": manifest.target_site, "sequence": manifest.sequence,
         "floor": floor, "created_at": format_time(manifest.created_at), "history_entries": chained,
         "trust_root_version": verified.root.version, "pin_trust_root": pin, "store_trust_roots": new_versions,
-        "forced": force, "tables": tables, "policy_authority": policies["authority"],
+        "forced": force, "tables": tables, "policy_authority": policies["authority"], "floors_reset": resets,
         "handoff": None if handed is None else _handoff_plan(_receive(read, verified, handed, "plan", False)),
     }
 
@@ -460,6 +463,7 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
                            "run `bundle plan` again and review it")
         _pause("verified")
         details = {**run.evidence("forced" if force else "imported", None, file_sha256), "plan_digest": digest}
+        rotating_from = to_pin or trust_ops.pinned(ledger)
         try:  # a member that does not decode is refused like any other verification failure
             with ledger.transaction() as tx:
                 _write_mirrors(tx, copy, verified)
@@ -473,11 +477,13 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
                 _pause("mirrors-written")
                 stored = []
                 if to_pin is not None:
-                    _store_root(tx, to_pin, run.now, f"{actor} (bundle import --trust)")
+                    trust_ops.store_roots(tx, None, [to_pin], now=run.now,
+                                          pinned_by=f"{actor} (bundle import --trust)")
                     stored.append(to_pin.version)
-                for data in verified.new_roots:  # each verified as a rotation from the one before it
-                    _store_root(tx, trust.load_trusted_root(data), run.now, f"{actor} (bundle import)")
-                    stored.append(trust.root_version(data))
+                rotations = [trust.load_trusted_root(data) for data in verified.new_roots]  # each verified
+                details["floors_reset"] = trust_ops.store_roots(tx, rotating_from, rotations,
+                                                                now=run.now, pinned_by=f"{actor} (bundle import)")
+                stored += [root.version for root in rotations]
                 tx.execute("bundle_import_record", source_site=verified.source_site,
                            sequence=verified.manifest.sequence, kind=verified.manifest.kind,
                            bundle_id=verified.bundle_id, payload_digest=verified.payload_sha256,
@@ -496,6 +502,8 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
         messages.append(f"pinned trust root version {to_pin.version} (from --trust) with this import")
     if len(stored) > (1 if to_pin is not None else 0):
         messages.append("stored trust root versions " + ", ".join(map(str, stored)))
+    if details["floors_reset"]:
+        messages.append(trust_ops.floors_reset_message(details["floors_reset"]))
     return {"imported": True, "already_imported": False, "bundle_id": verified.bundle_id,
             "payload_sha256": verified.payload_sha256, "source_site": verified.source_site,
             "sequence": verified.manifest.sequence, "plan_digest": digest, "plan": found,
@@ -503,9 +511,16 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
             "staleness": _verdict(verified), "messages": messages}
 
 
-def _store_root(tx: Transaction, root: trust.TrustedRoot, now: datetime, pinned_by: str) -> None:
-    tx.execute("trust_root_insert", version=root.version, root_json=root.data.decode("utf-8"),
-               fingerprint=trust_ops.fingerprint(root), expires_at=root.expires, pinned_at=now, pinned_by=pinned_by)
+def _resets(ledger: Ledger, verified: VerifiedBundle) -> list[dict[str, Any]]:
+    """The floors the bundle's rotations would reset (trust_ops.store_roots), site by site, as the plan shows them."""
+    previous, resets = trust_ops.pinned(ledger), []
+    for data in verified.new_roots:
+        root = trust.load_trusted_root(data)
+        for site in trust_ops.replaced_sites(previous, root):
+            floor = int(ledger.read().fetch("bundle_import_floor", source_site=site)[0][0])
+            resets.append({"site": site, "root_version": root.version, "floor_before": floor})
+        previous = root
+    return resets
 
 
 def _verdict(verified: VerifiedBundle) -> dict[str, Any]:
@@ -659,7 +674,9 @@ def list_bundles(ledger: Ledger) -> dict[str, Any]:
     for row in read.fetch("bundle_import_floors"):
         jobs, entries, policies = read.fetch("mirror_counts", source_site=row[0])[0]
         mirrors[row[0]] = {"jobs": jobs, "history": entries, "policies": policies}
-    return {"imports": imports, "exports": exports, "mirrors": mirrors}
+    superseded = [{**row, "superseded_at": clock.iso(row["superseded_at"])}
+                  for row in read.rows("bundle_import_superseded_list")]
+    return {"imports": imports, "exports": exports, "mirrors": mirrors, "superseded_imports": superseded}
 
 
 def status(ledger: Ledger, *, staleness: str | None = None, now: datetime | None = None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from ..bundle.errors import RollbackError, RotationError
 from ..bundle.keys import KeyRole
 from ..bundle.limits import MAX_ROOT_BYTES
 from ..errors import InvalidInput, NotFound, VerificationFailed
-from ..ledger import Ledger
+from ..ledger import Ledger, Transaction
 from ..orchestrator import audit
 from . import files
 
@@ -230,7 +230,7 @@ def pin(ledger: Ledger, paths: Sequence[Path | bytes], *, reason: str | None = N
     documents = sorted(((trust.root_version(data), data)
                         for data in (path if isinstance(path, bytes) else read_root(path) for path in paths)),
                        key=lambda item: item[0])
-    current = pinned(ledger)
+    current = before = pinned(ledger)
     new: list[trust.TrustedRoot] = []
     for version, data in documents:
         if current is None:
@@ -253,15 +253,58 @@ def pin(ledger: Ledger, paths: Sequence[Path | bytes], *, reason: str | None = N
     if not new:
         return {**result, "pinned": False, "message": f"trust root version {current.version} is already pinned"}
     with ledger.transaction() as tx:
-        for root in new:
-            tx.execute("trust_root_insert", version=root.version, root_json=root.data.decode("utf-8"),
-                       fingerprint=fingerprint(root), expires_at=root.expires, pinned_at=now, pinned_by=actor)
+        resets = store_roots(tx, before, new, now=now, pinned_by=actor)
         audit.append(tx, "trust.pin", actor=actor, reason=reason, target=f"trust-root-{current.version}",
                      details={"versions": [root.version for root in new], "fingerprint": fingerprint(current),
-                              "expires": clock.iso(current.expires)})
-    return {**result, "pinned": True, "pinned_versions": [root.version for root in new],
-            "message": f"pinned trust root version {current.version}; compare its fingerprint with the issuer's "
-                       "out of band"}
+                              "expires": clock.iso(current.expires), "floors_reset": resets})
+    message = (f"pinned trust root version {current.version}; compare its fingerprint with the issuer's out of "
+               "band")
+    if resets:
+        message += "; " + floors_reset_message(resets)
+    return {**result, "pinned": True, "pinned_versions": [root.version for root in new], "floors_reset": resets,
+            "message": message}
+
+
+def replaced_sites(before: trust.TrustedRoot | None, after: trust.TrustedRoot) -> list[str]:
+    """The source sites whose bundle keys the rotation from `before` to `after` replaced: a key of the site's
+    binding in `before` is gone in `after` (or the site is). Keys only added replace nothing."""
+    if before is None:
+        return []
+    replaced = []
+    for site, role in sorted(before.sites.items()):
+        kept = after.sites.get(site)
+        if kept is None or not {key.public_bytes for key in role.keys} <= {key.public_bytes for key in kept.keys}:
+            replaced.append(site)
+    return replaced
+
+
+def store_roots(tx: Transaction, before: trust.TrustedRoot | None, roots: Sequence[trust.TrustedRoot], *,
+                now: datetime, pinned_by: str) -> list[dict[str, Any]]:
+    """Pin `roots` (each verified: a chain of rotations from `before`, or a first root) and recover from a
+    fast-forward attack as TUF's client workflow does (specification 5.3.11): for each source site whose keys a
+    rotation replaced, the imports that set its anti-rollback floor move to bundle_imports_superseded, so its
+    floor starts again from 0 under the new keys (the replaced keys may have signed a bundle with a sequence far
+    ahead of the site's real one). Returns one entry per reset: site, root version, the floor it had."""
+    resets = []
+    previous = before
+    for root in roots:
+        tx.execute("trust_root_insert", version=root.version, root_json=root.data.decode("utf-8"),
+                   fingerprint=fingerprint(root), expires_at=root.expires, pinned_at=now, pinned_by=pinned_by)
+        for site in replaced_sites(previous, root):
+            floor = int(tx.fetch("bundle_import_floor", source_site=site)[0][0])
+            if floor:
+                tx.execute("bundle_import_supersede", source_site=site, root_version=root.version,
+                           superseded_at=now)
+                tx.execute("bundle_import_supersede_delete", source_site=site)
+            resets.append({"site": site, "root_version": root.version, "floor_before": floor})
+        previous = root
+    return resets
+
+
+def floors_reset_message(resets: Sequence[dict[str, Any]]) -> str:
+    return "; ".join(f"trust root version {reset['root_version']} replaced the keys of site {reset['site']}: its "
+                     f"sequence floor {reset['floor_before']} is reset to 0 (fast-forward recovery)"
+                     for reset in resets)
 
 
 def show(ledger: Ledger, *, now: datetime | None = None) -> dict[str, Any]:
