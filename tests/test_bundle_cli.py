@@ -417,3 +417,24 @@ def test_a_ledger_a_server_owns_is_refused_at_once_with_exit_6(holders, source, 
     ok(export(source, tmp_path / "y.bundle", holders, "--json"))
     with serving(source, "--no-auth"):
         ok(cli("bundle", "verify", str(tmp_path / "y.bundle"), "--trust", str(root_v1), "--json", ledger=source))
+
+
+def test_verify_plan_and_import_show_progress_on_a_terminal_only(holders, source, root_v1, tmp_path):
+    out = tmp_path / "for-b.bundle"
+    ok(export(source, out, holders, "--json"))
+    target = new_ledger(tmp_path / "site-b.duckdb", "site-b")
+    result, shown = run_cli_on_a_terminal(target, "bundle", "verify", str(out), "--trust", str(root_v1), "--target",
+                                          "site-b")
+    assert result.code == 0, result
+    size = out.stat().st_size
+    assert b"verifying bundle" in shown and f"{size}/{size}".encode() in shown  # every byte of it read
+    for command in ("plan", "import"):
+        result, shown = run_cli_on_a_terminal(target, "bundle", command, str(out), "--trust", str(root_v1))
+        assert result.code == 0, result
+        assert b"copying and verifying bundle" in shown and f"{2 * size}/{2 * size}".encode() in shown
+    # --json on a terminal, or no terminal at all: nothing on stderr
+    result, shown = run_cli_on_a_terminal(target, "--json", "bundle", "verify", str(out), "--trust", str(root_v1),
+                                          "--target", "site-b")
+    assert result.code == 0 and b"verifying bundle" not in shown
+    quiet = cli("bundle", "verify", str(out), "--trust", str(root_v1), "--target", "site-b")
+    assert quiet.code == 0 and quiet.stderr == ""

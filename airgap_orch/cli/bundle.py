@@ -145,8 +145,9 @@ def verify(bundle_path: Path, root_path: Path | None, target_site: str | None, s
     moment = validation.timestamp(now, "--now") if now is not None else clock.now()
     pinned, target_site = _trust(root_path, target_site)
     try:
-        verified = ops.verify(bundle_path, pinned_root=pinned, target_site=target_site, now=moment,
-                              staleness=staleness)
+        with progress_bar("verifying bundle") as bar:
+            verified = ops.verify(bundle_path, pinned_root=pinned, target_site=target_site, now=moment,
+                                  staleness=staleness, progress=bar)
     except BundleError as error:
         _print_checks(ops.checks(error.checks), {"ok": False, "reason_code": error.reason_code})
         fail(error)
@@ -292,9 +293,10 @@ def _import_step(name: str, bundle_path: Path, root_path: Path | None, params: d
                                "ROOT.json` (it goes through the server), then run this again without --trust")
         params = {**params, "trust": str(root_path)}
     try:
-        with progress_bar("sending bundle") as bar:  # to a server; the local operations take no progress
+        remote = settings().server() is not None
+        with progress_bar("sending bundle" if remote else "copying and verifying bundle") as bar:
             return invoke(name, {key: value for key, value in params.items() if value is not None}, upload=bundle_path,
-                          progress=bar if settings().server() is not None else None)
+                          progress=bar)
     except BundleError as error:
         _refused_checks(error)
         fail(error)

@@ -72,22 +72,23 @@ def bundles_list(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> 
 @operation("bundles.plan")
 def bundles_plan(ledger: Ledger, *, bundle: str, trust: str | None = None, staleness: str | None = None,
                  force: Any = False, reason: Any = None, ticket: Any = None, actor: str = "cli",
-                 tenants: Any = None) -> dict[str, Any]:
+                 tenants: Any = None, progress: Any = None) -> dict[str, Any]:
+    """`progress` (local only: a callable the CLI's bar is; HTTP carries no such param)."""
     from . import bundle_import
 
     return bundle_import.plan(ledger, Path(bundle), trust_path=Path(trust) if trust else None,
-                              staleness=_mode(staleness), force=_flag(force), reason=reason)
+                              staleness=_mode(staleness), force=_flag(force), reason=reason, progress=progress)
 
 
 @operation("bundles.import")
 def bundles_import(ledger: Ledger, *, bundle: str, trust: str | None = None, plan_digest: str | None = None,
                    staleness: str | None = None, force: Any = False, reason: Any = None, ticket: Any = None,
-                   actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
+                   actor: str = "cli", tenants: Any = None, progress: Any = None) -> dict[str, Any]:
     from . import bundle_import
 
     return bundle_import.import_bundle(ledger, Path(bundle), trust_path=Path(trust) if trust else None,
                                        plan_digest_expected=plan_digest, staleness=_mode(staleness),
-                                       force=_flag(force), reason=reason, actor=actor)
+                                       force=_flag(force), reason=reason, actor=actor, progress=progress)
 
 
 @operation("airgap.status")

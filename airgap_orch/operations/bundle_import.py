@@ -90,10 +90,12 @@ def _pause(point: str) -> None:
 # --- the private copy ---------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def private_copy(path: Path, ledger: Ledger, cap: int) -> Iterator[tuple[BinaryIO, str, int]]:
+def private_copy(path: Path, ledger: Ledger, cap: int, progress: files.Progress | None = None
+                 ) -> Iterator[tuple[BinaryIO, str, int]]:
     """(an unlinked temporary copy of the file's first cap+1 bytes, their sha256, their count) in the ledger's
-    folder."""
+    folder. `progress(done, total)` hears the copy as the first half of copying and verifying."""
     with files.open_readable(path, "bundle") as source:
+        expected = min(os.fstat(source.fileno()).st_size, cap + 1)
         folder = Path(ledger.path).resolve().parent
         try:
             copy = tempfile.TemporaryFile(dir=folder, prefix=f".{Path(ledger.path).name}.import-")
@@ -108,6 +110,8 @@ def private_copy(path: Path, ledger: Ledger, cap: int) -> Iterator[tuple[BinaryI
                 copy.write(chunk)
                 digest.update(chunk)
                 total += len(chunk)
+                if progress is not None:
+                    progress(min(total, expected), 2 * expected)
             copy.flush()
             copy.seek(0)
             yield copy, digest.hexdigest(), total
@@ -350,8 +354,11 @@ class _Run:
         self.now = now or clock.now()
         self.verified: VerifiedBundle | None = None
 
-    def verify(self, copy: BinaryIO, size: int) -> tuple[VerifiedBundle, trust.TrustedRoot | None]:
+    def verify(self, copy: BinaryIO, size: int, progress: files.Progress | None = None
+               ) -> tuple[VerifiedBundle, trust.TrustedRoot | None]:
         start, to_pin = _start_root(self.ledger, self.trust_path)
+        if progress is not None:  # the second half of copying and verifying
+            copy = files.Watched(copy, progress, start=size, total=2 * size)
         # A file over the cap was copied up to cap+1 bytes: verify_bundle's size step refuses it.
         self.verified = verify_bundle(copy, pinned_root=start, target_site=self.ledger.site_id, now=self.now,
                                       staleness=self.policy, latest_anchor=_latest_anchor(self.ledger.read()),
@@ -421,11 +428,12 @@ def _quarantine(ledger: Ledger, copy: BinaryIO, file_sha256: str, reason_code: s
 # --- plan and import ----------------------------------------------------------------------------------------
 
 def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, staleness: str | None = None,
-         force: bool = False, reason: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+         force: bool = False, reason: str | None = None, now: datetime | None = None,
+         progress: files.Progress | None = None) -> dict[str, Any]:
     """The dry run: verify fully, then what `bundle import` would do, with its digest. Writes nothing."""
     run = _Run(ledger, path, trust_path, staleness, force, reason or ("plan" if force else None), now, "cli")
-    with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes) as (copy, file_sha256, size):
-        verified, to_pin = run.verify(copy, size)
+    with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes, progress) as (copy, file_sha256, size):
+        verified, to_pin = run.verify(copy, size, progress)
         done = run.already()
         if done is not None:
             return {"already_imported": True, **done, "payload_sha256": verified.payload_sha256,
@@ -437,12 +445,13 @@ def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, stalenes
 
 def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
                   plan_digest_expected: str | None = None, staleness: str | None = None, force: bool = False,
-                  reason: str | None = None, now: datetime | None = None, actor: str = "cli") -> dict[str, Any]:
+                  reason: str | None = None, now: datetime | None = None, actor: str = "cli",
+                  progress: files.Progress | None = None) -> dict[str, Any]:
     run = _Run(ledger, path, trust_path, staleness, force, reason, now, actor)
-    with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes) as (copy, file_sha256, size):
+    with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes, progress) as (copy, file_sha256, size):
         _pause("copied")
         try:
-            verified, to_pin = run.verify(copy, size)
+            verified, to_pin = run.verify(copy, size, progress)
             done = run.already()
             if done is not None:
                 details = {**run.evidence("already-imported", None, file_sha256), "first_import": done}

@@ -512,13 +512,14 @@ def staleness_policy(mode: str) -> StalenessPolicy:
 
 
 def verify(path: Path, *, pinned_root: bytes, target_site: str | None, now: datetime, staleness: str = "warn",
-           require_threshold: bool = True) -> VerifiedBundle:
+           require_threshold: bool = True, progress: Progress | None = None) -> VerifiedBundle:
     """Run the verification sequence on the file (every table's footer checked too); the BundleError of the
-    first failing step carries the checks so far."""
+    first failing step carries the checks so far. `progress(done, total)` hears how far into the file it got."""
     policy = staleness_policy(staleness)
     if target_site is not None:
         trust_ops.check_site_id(target_site, "--target")
-    with files.open_readable(path, "bundle") as source:
+    with files.open_readable(path, "bundle") as opened:
+        source = opened if progress is None else files.Watched(opened, progress)
         return verify_bundle(source, pinned_root=pinned_root, target_site=target_site, now=now, staleness=policy,
                              table_schemas=TABLE_SCHEMAS, require_threshold=require_threshold)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import InvalidInput
+
+Progress = Callable[[int, int], None]  # (done, total): a terminal's progress bar
 
 
 def read_capped(path: Path, cap: int, what: str) -> bytes:
@@ -82,3 +84,37 @@ def write_file(path: Path, data: bytes, *, replace: bool = False) -> None:
         file.flush()
         os.fsync(file.fileno())
         publish(partial, path, replace=replace)
+
+
+class Watched:
+    """A file being read (verified), reporting how far into it reads have reached: `progress(start + furthest,
+    total)`, at most once per REPORT_BYTES and at the end. Everything else goes to the file itself."""
+
+    REPORT_BYTES = 1024 * 1024
+
+    def __init__(self, file: BinaryIO, progress: Progress, *, start: int = 0,
+                 total: int | None = None):
+        self._file, self._progress, self._start = file, progress, start
+        self._size = os.fstat(file.fileno()).st_size
+        self._total = start + self._size if total is None else total
+        self._furthest = self._reported = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self._seen()
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._file.readinto(buffer)  # type: ignore[attr-defined]
+        self._seen()
+        return count
+
+    def _seen(self) -> None:
+        furthest = max(self._furthest, self._file.tell())
+        self._furthest = furthest
+        if furthest - self._reported >= self.REPORT_BYTES or (furthest >= self._size > self._reported):
+            self._reported = furthest
+            self._progress(self._start + furthest, self._total)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
