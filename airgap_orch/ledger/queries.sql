@@ -880,6 +880,10 @@ DELETE FROM mirror_jobs WHERE source_site = $source_site;
 -- An incremental bundle's jobs replace their earlier mirror rows.
 DELETE FROM mirror_jobs WHERE source_site = $source_site AND job_id IN (SELECT job_id FROM rows);
 
+-- name: mirror_job_owner
+-- A job id this site holds only as a mirror of another site's job (orchestrator/rows.no_job says so).
+SELECT source_site, tenant FROM mirror_jobs WHERE job_id = $job_id ORDER BY source_site LIMIT 1;
+
 -- name: mirror_jobs_known
 -- How many of the listed jobs the mirror of their source already holds (an incremental plan's updates).
 SELECT count(*) FROM mirror_jobs WHERE source_site = $source_site AND list_contains($job_ids, job_id);

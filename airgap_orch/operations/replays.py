@@ -51,7 +51,7 @@ def replay_bulk(ledger: Ledger, *, job_ids: list[Any] | None = None, tenant: str
         if dry_run:
             read = ledger.read()
             for job_id in chosen:  # the checks operator.replay makes, without writing
-                next_state(rows.any_job(read, job_id, tenants)["state"], "replay")
+                next_state(rows.any_job(read, job_id, tenants, doing="replayed")["state"], "replay")
             if not again:
                 operator.refuse_replayed(read, chosen)
     else:

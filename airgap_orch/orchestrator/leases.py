@@ -53,7 +53,8 @@ def check_lease(job: dict[str, Any] | None, item: dict[str, Any], now: datetime,
     """The active row for the item's (job_id, lease_id), or the error that refuses it."""
     job_id, lease_id, tenants = item["job_id"], item["lease_id"], item.get("tenants")
     if job is None:
-        raise StaleLease(f"job {job_id} is already {rows.any_job(tx, job_id, tenants)['state']}; lease {lease_id} "
+        raise StaleLease(f"job {job_id} is already {rows.any_job(tx, job_id, tenants, doing='leased')['state']}; "
+                         f"lease {lease_id} "
                          "can no longer change it")
     if not rows.visible(job, tenants):
         raise rows.no_job(job_id)

@@ -21,7 +21,7 @@ def cancel(tx: Transaction, job_id: str, *, reason: str, actor: str,
     job = rows.load(tx, [job_id]).get(job_id)
     if job is None:
         # Raises IllegalTransition for a finished job.
-        next_state(rows.any_job(tx, job_id, tenants)["state"], "cancel")
+        next_state(rows.any_job(tx, job_id, tenants, doing="cancelled")["state"], "cancel")
     if not rows.visible(job, tenants):
         raise rows.no_job(job_id)
     if job["cancel_requested"] and job["state"] in HELD_STATES:
@@ -56,7 +56,7 @@ def replay(tx: Transaction, job_ids: list[str], *, actor: str, priority: int | N
     for job_id in job_ids:
         job = found.get(job_id)
         if job is None or not rows.visible(job, tenants):
-            raise rows.no_job(job_id)
+            raise rows.no_job(job_id, tx, tenants, doing="replayed")
         next_state(job["state"], "replay")  # only dead_letter, failed, timed_out may be replayed
         if job["state"] not in REPLAYABLE_STATES:  # pragma: no cover - next_state already refused
             continue

@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import NotFound
+from ..errors import NotFound, OrchError, PolicyRefused
 from ..ledger import Transaction
 from . import history
 from .states import EVENT_TYPES
@@ -50,15 +50,28 @@ def entry(job: dict[str, Any], event: str, from_state: str | None, to_state: str
     }
 
 
-def no_job(job_id: str) -> NotFound:
+def no_job(job_id: str, tx: Transaction | None = None, tenants: Collection[str] | None = None, *,
+           doing: str | None = None) -> OrchError:
+    """NotFound; or, for an id this site holds only as a read-only mirror of another site's job (imported in a
+    bundle), an error that says so: PolicyRefused when `doing` (cancelled, replayed, ...) would change it, since a
+    mirror is never claimed, cancelled or replayed here."""
+    mirrored = tx.fetch("mirror_job_owner", job_id=job_id) if tx is not None else []
+    if mirrored and (tenants is None or mirrored[0][1] in tenants):
+        site = mirrored[0][0]
+        what = f"job {job_id} is a read-only mirror of site {site}'s job (imported in a bundle)"
+        if doing is not None:
+            return PolicyRefused(f"{what}: it is never {doing} here; do it at {site}, which owns it")
+        return NotFound(f"no local job {job_id}: {what}; `bundle list` shows the mirrors")
     return NotFound(f"no job {job_id}; check the id (`jobs list` shows the jobs)")
 
 
-def any_job(tx: Transaction, job_id: str, tenants: Collection[str] | None) -> dict[str, Any]:
-    """The job's row, active or finished, if a caller limited to `tenants` may see it; otherwise NotFound."""
+def any_job(tx: Transaction, job_id: str, tenants: Collection[str] | None, *,
+            doing: str | None = None) -> dict[str, Any]:
+    """The job's row, active or finished, if a caller limited to `tenants` may see it; otherwise NotFound (or
+    what no_job says of a mirror)."""
     found = tx.rows("job_any", job_id=job_id)
     if not visible(found[0] if found else None, tenants):
-        raise no_job(job_id)
+        raise no_job(job_id, tx, tenants, doing=doing)
     return found[0]
 
 
