@@ -32,8 +32,8 @@ SCOPES = MappingProxyType({
            "(X-Orch-Reason).",
     BACKFILL: "Create and manage backfills; each needs a reason and a ticket (X-Orch-Reason, X-Orch-Ticket).",
     WORKER: "Run jobs and nothing else: claim, heartbeat, ack, fail and release under a lease (least privilege).",
-    AIRGAP: "Move state across the air gap: show and pin the trust root, plan and import bundles, list them, see and "
-            "set the air-gap status and staleness mode (every change is audited).",
+    AIRGAP: "Move state across the air gap: show and pin the trust root, export, plan and import bundles, list them, "
+            "see and set the air-gap status, staleness mode and policy authority (every change is audited).",
     ADMIN: "Nothing on its own: it makes the totals of the operations listed here cover every tenant (site-wide "
            "metrics and ledger info, whole-ledger verify counts and failure details, a bundle export of every tenant); "
            "without it they cover the token's tenants.",

@@ -18,6 +18,10 @@ two ways:
   B seconds after it last showed life, naming the server (`Server.describe`) and saying how it failed (`stage`)
   and whether it may still apply the request (`may_have_applied`).
 
+`upload(name, params, file)` streams a file as the request body (bundle plan, import); `download(name, params, sink)`
+writes a file the server answers (bundle export) into `sink` as it arrives and returns the operation's result (the
+X-Orch-Export header). Both are sent once, never resent: an export may hand jobs off.
+
 `close()` (from any thread) aborts requests in flight, such as a long-polling claim, and refuses new ones with
 ServerUnavailable.
 """
