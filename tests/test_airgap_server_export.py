@@ -70,6 +70,8 @@ def test_an_export_through_the_server_is_byte_identical_to_a_local_export_of_the
         # --reissue through the server: the same bytes again, from the server's export store.
         again = ok(run(source, token, "bundle", "export", "--out", str(tmp_path / "again.bundle"), "--target",
                        "site-b", "--reissue", "1", "--json"))
+        # --out is never replaced: refused before the request is sent, so the server exports nothing.
+        refused(run(source, token, "bundle", "export", "--out", str(out), "--target", "site-b"), 1, "already exists")
         listed = ok(run(source, token, "bundle", "list", "--json"))
         people = ok(run(source, token, "bundle", "export", "--out", str(tmp_path / "people.bundle"), "--target",
                         "site-c", "--created-at", CREATED))
@@ -235,3 +237,29 @@ def test_an_export_through_the_server_shows_progress_on_a_terminal_only(holders,
         assert b"receiving bundle" in shown
         piped = run(source, token, "bundle", "export", "--out", str(tmp_path / "p.bundle"), "--target", "site-c")
     assert piped.code == 0 and "receiving bundle" not in piped.stderr
+
+
+def test_a_bundle_larger_than_any_json_body_streams_back_from_the_server(holders, root_v1, keys, tmp_path):  # noqa: F811
+    """An export over api.MAX_BODY_BYTES comes back whole: the server sends it from its file a piece at a time, the
+    CLI writes it as it arrives and checks it against the size and sha256 the summary states."""
+    import base64
+    import os
+
+    from airgap_orch import api
+    from airgap_orch.operations import jobs as job_ops
+
+    source = new_ledger(tmp_path / "site-a.duckdb", "site-a")
+    with Ledger.open(source, lock_timeout=5) as opened:  # incompressible payloads: the bundle stays large
+        for _ in range(4):
+            job_ops.enqueue_batch(opened, [{"tenant": "big", "project": "p", "type": "t",
+                                            "payload": {"blob": base64.b64encode(os.urandom(45_000)).decode()}}
+                                           for _ in range(60)])
+    ok(cli("trust", "pin", str(root_v1), ledger=source))
+    token = keys.issue("operator", ["big"], (*AIRGAP_SCOPES, "orch:admin"))
+    out = tmp_path / "big.bundle"
+    with serving(source, *with_keys(keys, holders)):
+        done = ok(run(source, token, "bundle", "export", "--out", str(out), "--target", "site-b", "--json"))
+    assert out.stat().st_size == done["size"] > api.MAX_BODY_BYTES
+    verified = ok(cli("bundle", "verify", str(out), "--trust", str(root_v1), "--target", "site-b", "--json"))
+    assert verified["row_counts"]["jobs"] == 240
+    assert not exports_left(source) and not list(tmp_path.glob(".big.bundle.partial-*"))

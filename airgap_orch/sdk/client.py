@@ -20,7 +20,7 @@ two ways:
 
 `upload(name, params, file)` streams a file as the request body (bundle plan, import); `download(name, params, sink)`
 writes a file the server answers (bundle export) into `sink` as it arrives and returns the operation's result (the
-X-Orch-Export header). Both are sent once, never resent: an export may hand jobs off.
+X-Orch-Export header); a download is sent once, never resent, in either mode: an export may hand jobs off.
 
 `close()` (from any thread) aborts requests in flight, such as a long-polling claim, and refuses new ones with
 ServerUnavailable.
