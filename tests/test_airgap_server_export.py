@@ -60,13 +60,14 @@ def test_an_export_through_the_server_is_byte_identical_to_a_local_export_of_the
     copy.parent.mkdir()
     shutil.copyfile(source, copy)
     local = ok(cli("bundle", "export", "--out", str(tmp_path / "local.bundle"), "--target", "site-b", "--key",
-                   holders.private("a1"), "--timestamp-key", holders.private("ts"), "--created-at", CREATED, "--json",
-                   ledger=copy))
+                   holders.private("a1"), "--timestamp-key", holders.private("ts"), "--created-at", CREATED,
+                   "--trust", str(root_v1), "--json", ledger=copy))
     token = keys.issue("operator", ["acme"], (*AIRGAP_SCOPES, "orch:admin"))
     out = tmp_path / "served.bundle"
     with serving(source, *with_keys(keys, holders)):
+        # --trust travels as text (the server never gets a path): the bundle carries the same root.
         served = ok(run(source, token, "bundle", "export", "--out", str(out), "--target", "site-b", "--created-at",
-                        CREATED, "--json"))
+                        CREATED, "--trust", str(root_v1), "--json"))
         # --reissue through the server: the same bytes again, from the server's export store.
         again = ok(run(source, token, "bundle", "export", "--out", str(tmp_path / "again.bundle"), "--target",
                        "site-b", "--reissue", "1", "--json"))
@@ -77,6 +78,7 @@ def test_an_export_through_the_server_is_byte_identical_to_a_local_export_of_the
                         "site-c", "--created-at", CREATED))
     assert out.read_bytes() == (tmp_path / "local.bundle").read_bytes()
     assert {**served, "bundle": None} == {**local, "bundle": None} and served["bundle"] == str(out)
+    assert served["trust_roots"] == [1]
     assert served["row_counts"]["jobs"] > 0 and served["self_check"].startswith("verified against trust root")
     assert (tmp_path / "again.bundle").read_bytes() == out.read_bytes()
     assert again["reissued"] is True and again["file_sha256"] == served["file_sha256"]

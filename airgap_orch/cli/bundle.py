@@ -81,7 +81,7 @@ def export(out: Path, target_site: str, key_paths: tuple[Path, ...], timestamp_p
     params = {"target": target_site, "tenant": tenant, "created_at": created_at, "incremental": incremental,
               "base": base_sequence, "reissue": reissue, "handoff": handoff, "backfills": list(backfills),
               "queues": list(queues), "reason": reason,
-              "roots": [trust_ops.read_root(path).decode("utf-8") for path in root_paths]}
+              "roots": [_root_text(trust_ops.read_root(path), path) for path in root_paths]}
     params = {key: value for key, value in params.items() if value not in (None, False, [])}
     with progress_bar("receiving bundle" if through_server else "exporting rows") as bar:
         result = invoke("bundles.export", params, download=out, local=local, progress=bar)
@@ -102,6 +102,14 @@ def export(out: Path, target_site: str, key_paths: tuple[Path, ...], timestamp_p
         click.echo("carries trust root versions " + ", ".join(map(str, result["trust_roots"])))
     click.echo(f"self-check: {result['self_check']}")
     return None
+
+
+def _root_text(data: bytes, path: Path) -> str:
+    """A root to carry, as the text a server is sent (read here, capped: a server never gets a path)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"trust root {path} is not UTF-8 JSON") from None
 
 
 @command(group, "inspect")

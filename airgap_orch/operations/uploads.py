@@ -66,8 +66,12 @@ class LedgerUploads:
                                 "--timestamp-key KEY, or stop the server and export with --key and --timestamp-key")
         ledger_path = Path(self.ledger.path)
         folder = Path(tempfile.mkdtemp(dir=ledger_path.parent, prefix=f".{ledger_path.name}.export-"))
-        answer = self._submit(name, {**params, **self._keys, "out": str(folder / "export.bundle")}, caller,
-                              lambda: None, encode=False)
+        try:
+            answer = self._submit(name, {**params, **self._keys, "out": str(folder / "export.bundle")}, caller,
+                                  lambda: None, encode=False)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return answer, folder
 
     @staticmethod
