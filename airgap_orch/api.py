@@ -22,6 +22,8 @@ API_PREFIX = "/v1"
 # An operational override's reason and ticket (DESIGN invariant 8) travel in these headers, not in the body.
 OVERRIDE_HEADERS = (("reason", "X-Orch-Reason"), ("ticket", "X-Orch-Ticket"))
 MAX_BODY_BYTES = 8 * 1024 * 1024  # documented in README "Limits"; larger bodies get 413
+# The header of a `download` route's answer that carries the operation's JSON result (base64url, no padding).
+DOWNLOAD_RESULT_HEADER = "X-Orch-Export"
 # A bundle streamed to an `upload` route (bundle plan, bundle import): the bundle format's own cap on a file, never
 # held in memory (`serve --max-bundle-bytes` lowers it); larger uploads get 413.
 MAX_BUNDLE_BYTES = MAX_ARCHIVE_BYTES
@@ -55,6 +57,10 @@ class Route:
     # temporary file the operation gets as its `bundle` param; the other params travel in the query string. It runs
     # on the server's bundle thread: not queued behind the writer, nor holding it up until its final transaction.
     upload: bool = False
+    # The answer is a bundle file (application/octet-stream, streamed from a temporary file beside the ledger, never
+    # held in memory) with the operation's JSON result in the X-Orch-Export header (base64url, no padding): the
+    # request is JSON as usual; the operation runs on the bundle thread, as an upload's does.
+    download: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
@@ -170,12 +176,27 @@ ROUTES: tuple[Route, ...] = (
           "Verify and import the bundle in the body (application/octet-stream) in one transaction; a refusal is "
           "audited and quarantined", query=(("plan_digest", "string"), ("staleness", "string"), ("force", "boolean")),
           takes_reason=True, upload=True),
+    Route("bundles.export", "POST", "/v1/bundles/export", AIRGAP,
+          "Export a bundle signed with the keys serve holds (serve --bundle-key, --timestamp-key): the answer is the "
+          "bundle (application/octet-stream), its summary in the X-Orch-Export header; a hand-off commits first "
+          "(audited with X-Orch-Reason)", "bundle-export-request", takes_reason=True, download=True),
     Route("airgap.status", "GET", "/v1/airgap/status", AIRGAP,
           "Pinned trust root, latest time anchor (drift, staleness, budget left), floor per source site",
           query=(("staleness", "string"),)),
     Route("airgap.staleness", "POST", "/v1/airgap/staleness", AIRGAP,
           "Set this ledger's default staleness mode (audited with X-Orch-Reason)", "airgap-staleness-request", True,
           takes_reason=True),
+    Route("airgap.authority_show", "GET", "/v1/airgap/authority", AIRGAP,
+          "The site whose bundles' quotas, rate limits and concurrency limits this site applies, if any"),
+    Route("airgap.authority_set", "POST", "/v1/airgap/authority", AIRGAP,
+          "Apply the policies of a site's bundles from the next import on (needs X-Orch-Reason; audited)",
+          "airgap-authority-set-request", True, needs_reason=True, takes_reason=True),
+    Route("airgap.authority_clear", "POST", "/v1/airgap/authority/clear", AIRGAP,
+          "No policy authority: every bundle's policies stay mirrors (needs X-Orch-Reason; audited)", None, True,
+          needs_reason=True, takes_reason=True),
+    Route("airgap.policies", "GET", "/v1/airgap/policies", AIRGAP,
+          "The policies other sites' bundles carried (mirrors), and whether each is the row this site applies",
+          query=(("source", "string"),)),
 )
 
 BY_NAME = {route.name: route for route in ROUTES}

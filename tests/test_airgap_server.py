@@ -213,10 +213,17 @@ def _cli(ledger: Path, token: str) -> list[str]:
     return [sys.executable, "-m", "airgap_orch", "--ledger", str(ledger), "--token", token]
 
 
-def test_bundle_export_is_refused_at_once_while_a_server_owns_the_ledger(holders, source, keys, tmp_path):  # noqa: F811
-    with serving(source, "--token-key", str(keys.public_key)) as server:
-        line = refused(export(source, tmp_path / "x.bundle", holders), 6, "does not go through a server",
-                       server.url, "signing keys stay on this machine")
+def test_bundle_export_with_the_clis_keys_is_refused_at_once_while_a_server_owns_the_ledger(holders, source, keys,  # noqa: F811
+                                                                                          tmp_path):
+    """bundle export goes through the server now, signing with the keys serve holds (test_airgap_server_export.py):
+    the CLI's own keys never travel, so they are refused in one line before anything is sent (exit 1; it was exit 6
+    while export did not go through a server), and a server started without keys refuses the export (exit 5)."""
+    token = keys.issue("operator", ["local"], (*AIRGAP_SCOPES, "orch:admin"))
+    with serving(source, "--token-key", str(keys.public_key)):
+        line = refused(export(source, tmp_path / "x.bundle", holders), 1, "--key and --timestamp-key stay off a server",
+                       "the server that owns the ledger signs")
+        refused(run(source, token, "bundle", "export", "--out", str(tmp_path / "x.bundle"), "--target", "site-b"), 5,
+                "--bundle-key")
     assert json.dumps(line)  # one line, printable
     assert not (tmp_path / "x.bundle").exists()
 

@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from .. import clock, validation
+from ..errors import InvalidInput
 from .context import command, fail, invoke, progress_bar, settings
 from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
-from .trust import open_local_ledger
 
 FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -49,32 +49,42 @@ def group() -> None:
                    "every pending job.")
 @click.option("--reissue", type=click.IntRange(min=1), metavar="SEQ",
               help="Write the bundle of this sequence to --target again, byte for byte (lost media).")
+@click.option("--reason", help="Why --handoff (recorded in the hand-off's audit entry).")
 @passphrase_file_option
 @passphrase_prompt_option
 def export(out: Path, target_site: str, key_paths: tuple[Path, ...], timestamp_paths: tuple[Path, ...],
            tenant: str | None, created_at: str | None, root_paths: tuple[Path, ...], incremental: bool,
            base_sequence: int | None, handoff: bool, backfills: tuple[str, ...], queues: tuple[str, ...],
-           reissue: int | None, passphrase_file: Path | None, passphrase_prompt: bool) -> dict | None:
+           reissue: int | None, reason: str | None, passphrase_file: Path | None,
+           passphrase_prompt: bool) -> dict | None:
     """Write a bundle of the ledger (jobs, history, idempotency keys, limits, sources, backfills, audit log),
     read in one consistent snapshot, signed by this site's keys with a signed time anchor: FULL by default,
     INCREMENTAL with --incremental or --base; --handoff hands pending jobs to the target; --reissue writes an
-    earlier bundle again."""
+    earlier bundle again. While `serve` owns the ledger the server exports, signing with the keys it was started
+    with (serve --bundle-key, --timestamp-key), and the bundle streams back to --out."""
     from ..operations import bundles as ops
+    from ..operations import trust as trust_ops
 
-    _refuse_export_through_server()
-    if reissue is None and not key_paths:
+    through_server = settings().server_target() is not None
+    if through_server and (key_paths or timestamp_paths):
+        raise InvalidInput("--key and --timestamp-key stay off a server: the server that owns the ledger signs with "
+                           "the keys it was started with (serve --bundle-key, --timestamp-key); drop them, or stop "
+                           "the server and export locally")
+    if not through_server and reissue is None and not key_paths:
         raise click.UsageError("Missing option '--key'.")
-    if reissue is None and not timestamp_paths:
+    if not through_server and reissue is None and not timestamp_paths:
         raise click.UsageError("Missing option '--timestamp-key'.")
     keys = (load_private_keys([*key_paths, *timestamp_paths], passphrase_file, passphrase_prompt)
             if key_paths or timestamp_paths else [])
-    signing = [ops.SigningKey(str(path), key) for path, key in keys[:len(key_paths)]]
-    timestamp = [ops.SigningKey(str(path), key) for path, key in keys[len(key_paths):]]
-    with open_local_ledger("bundle export") as ledger, progress_bar("exporting rows") as bar:
-        result = ops.export(ledger, out=out, target_site=target_site, signing_keys=signing,
-                            timestamp_keys=timestamp, tenant=tenant, created_at=created_at, root_paths=root_paths,
-                            progress=bar, incremental=incremental, base_sequence=base_sequence, handoff=handoff,
-                            handoff_backfills=backfills, handoff_queues=queues, reissue=reissue)
+    local = {"signing_keys": [ops.SigningKey(str(path), key) for path, key in keys[:len(key_paths)]],
+             "timestamp_keys": [ops.SigningKey(str(path), key) for path, key in keys[len(key_paths):]]}
+    params = {"target": target_site, "tenant": tenant, "created_at": created_at, "incremental": incremental,
+              "base": base_sequence, "reissue": reissue, "handoff": handoff, "backfills": list(backfills),
+              "queues": list(queues), "reason": reason,
+              "roots": [_root_text(trust_ops.read_root(path), path) for path in root_paths]}
+    params = {key: value for key, value in params.items() if value not in (None, False, [])}
+    with progress_bar("receiving bundle" if through_server else "exporting rows") as bar:
+        result = invoke("bundles.export", params, download=out, local=local, progress=bar)
     if settings().json:
         return result
     if result["reissued"] and not result.get("first_file"):
@@ -94,16 +104,12 @@ def export(out: Path, target_site: str, key_paths: tuple[Path, ...], timestamp_p
     return None
 
 
-def _refuse_export_through_server() -> None:
-    """`bundle export` signs with private keys that stay with the operator, so it does not go through a server:
-    refused at once (exit 6), before any passphrase is asked for, while one owns the ledger."""
-    from ..errors import LedgerBusy
-
-    target = settings().server_target()
-    if target is not None:
-        raise LedgerBusy(f"`bundle export` does not go through a server ({target.describe()} owns the ledger): its "
-                         "signing keys stay on this machine; stop the server and retry, or export from a copy of "
-                         "the ledger", holder_pid=target.pid)
+def _root_text(data: bytes, path: Path) -> str:
+    """A root to carry, as the text a server is sent (read here, capped: a server never gets a path)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"trust root {path} is not UTF-8 JSON") from None
 
 
 @command(group, "inspect")
@@ -418,10 +424,7 @@ def _print_authority(result: dict[str, Any]) -> None:
 @click.option("--reason", help="Why (required; audited).")
 def authority_set(site: str, reason: str | None) -> dict | None:
     """Apply the policies of SITE's bundles from the next import on (audited)."""
-    from ..operations import bundle_policies as ops
-
-    with open_local_ledger("airgap authority set") as ledger:
-        result = ops.set_authority(ledger, site, reason=reason)
+    result = invoke("airgap.authority_set", {"site": site, "reason": reason} if reason else {"site": site})
     if settings().json:
         return result
     _print_authority(result)
@@ -432,10 +435,7 @@ def authority_set(site: str, reason: str | None) -> dict | None:
 @click.option("--reason", help="Why (required; audited).")
 def authority_clear(reason: str | None) -> dict | None:
     """No policy authority: every bundle's policies stay mirrors (rows applied before stay as they are)."""
-    from ..operations import bundle_policies as ops
-
-    with open_local_ledger("airgap authority clear") as ledger:
-        result = ops.clear_authority(ledger, reason=reason)
+    result = invoke("airgap.authority_clear", {"reason": reason} if reason else {})
     if settings().json:
         return result
     click.echo(f"policy authority cleared (was {result['previous']})")
@@ -445,10 +445,7 @@ def authority_clear(reason: str | None) -> dict | None:
 @command(authority_group, "show")
 def authority_show() -> dict | None:
     """This site's policy authority, if any."""
-    from ..operations import bundle_policies as ops
-
-    with open_local_ledger("airgap authority show") as ledger:
-        result = ops.show_authority(ledger)
+    result = invoke("airgap.authority_show", {})
     if settings().json:
         return result
     _print_authority(result)
@@ -459,10 +456,7 @@ def authority_show() -> dict | None:
 @click.option("--source", "source_site", metavar="SITE", help="Only the policies mirrored from SITE.")
 def policies(source_site: str | None) -> dict | None:
     """The policies other sites' bundles carried (mirrors), and whether each is the row this site applies."""
-    from ..operations import bundle_policies as ops
-
-    with open_local_ledger("airgap policies") as ledger:
-        result = ops.mirrored(ledger, source_site=source_site)
+    result = invoke("airgap.policies", {"source": source_site} if source_site is not None else {})
     if settings().json:
         return result
     _print_authority(result)

@@ -58,12 +58,16 @@ class Settings:
 
 
 def invoke(name: str, params: dict[str, Any], *, progress: Callable[[int, int], None] | None = None,
-           upload: Path | None = None) -> dict[str, Any]:
+           upload: Path | None = None, download: Path | None = None,
+           local: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run operation `name` where it lives: on the server that owns the ledger, else on the ledger. Locally,
     `progress(done, total)` hears how long work goes (a server does the work out of sight). A server that does
     not show life within --lock-timeout ends the command with exit 6, as a held ledger does (cli/remote.py).
     `upload`: the bundle file of an upload operation (api.Route.upload), streamed to a server as the body (then
-    `progress` hears how much of it was sent), or named to the local operation as its `bundle` param."""
+    `progress` hears how much of it was sent), or named to the local operation as its `bundle` param. `download`: the
+    file a download operation (api.Route.download) writes: the server's answer, written there as it arrives (then
+    `progress` hears how much came), or named to the local operation as its `out` param. `local`: params only the
+    local operation takes (objects that do not travel, such as the keys the CLI loaded)."""
     current = settings()
     target = current.server_target()
     if target is not None:
@@ -72,11 +76,17 @@ def invoke(name: str, params: dict[str, Any], *, progress: Callable[[int, int], 
         if upload is not None:
             return remote.upload(target, current.token, name, params, upload, bound=current.lock_timeout,
                                  progress=progress)
+        if download is not None:
+            return remote.download(target, current.token, name, params, download, bound=current.lock_timeout,
+                                   progress=progress)
         return remote.call(target, current.token, name, params, bound=current.lock_timeout)
     from ..operations import dispatch
 
     if upload is not None:
         params = {**params, "bundle": str(upload)}
+    if download is not None:
+        params = {**params, "out": str(download)}
+    params = {**params, **(local or {})}
     with current.open_ledger() as ledger:
         return dispatch.run(ledger, name, {**params, "progress": progress} if progress is not None else params)
 

@@ -6,10 +6,15 @@ unlike the SDK's workers, the CLI never resends (an operator retries on exit 6).
 
 A bundle (`upload`) is streamed from its file in pieces, never read whole, after the server has answered
 `Expect: 100-continue`: a refusal (no token or scope, a bad option, a bundle over its cap) comes before any of it is
-sent."""
+sent.
+
+A bundle the server answers (`download`: bundle export) is written as it arrives to a hidden file beside its
+destination, checked against the size and sha256 the server's summary states, and only then given its name (never
+replacing a file)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from typing import Any
 from ..errors import InvalidInput, LedgerBusy
 from ..sdk.client import OrchClient, Server, ServerUnavailable
 
-__all__ = ["Server", "call", "upload"]
+__all__ = ["Server", "call", "download", "upload"]
 
 
 def call(server: Server, token: str | None, name: str, params: dict[str, Any], *, bound: float) -> dict[str, Any]:
@@ -42,6 +47,45 @@ def upload(server: Server, token: str | None, name: str, params: dict[str, Any],
             return client.upload(name, params, source, progress=progress)
         except ServerUnavailable as error:
             raise LedgerBusy(f"{error}{_advice(server, error)}", holder_pid=server.pid) from None
+
+
+def download(server: Server, token: str | None, name: str, params: dict[str, Any], out: Path, *,
+             bound: float, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run download operation `name` (api.Route.download) on `server` and write the file it answers to `out`
+    (refused before anything is sent if `out` exists); its result, with `bundle` naming `out`."""
+    import hashlib
+
+    from ..errors import VerificationFailed
+    from ..operations import files
+
+    files.refuse_existing(out, "bundle export")
+    client = _client(server, token, bound)
+    with files.partial_file(out) as (partial, sink):
+        digest = _Hashing(sink, hashlib.sha256())
+        try:
+            result = client.download(name, params, digest, progress=progress)  # type: ignore[arg-type]
+        except ServerUnavailable as error:
+            raise LedgerBusy(f"{error}{_advice(server, error)}", holder_pid=server.pid) from None
+        if result.get("size") != result["received"] or result.get("file_sha256") != digest.hash.hexdigest():
+            raise VerificationFailed(f"the bundle {server.describe()} sent does not match the size and sha256 it "
+                                     "states; nothing was written: run the export again with --reissue "
+                                     f"{result.get('sequence')}")
+        sink.flush()
+        os.fsync(sink.fileno())
+        files.publish(partial, out)
+    result.pop("received")
+    return {**result, "bundle": str(out)}
+
+
+class _Hashing:
+    """A file that hashes what is written to it."""
+
+    def __init__(self, file: Any, hash: Any):
+        self.file, self.hash = file, hash
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return self.file.write(data)
 
 
 def _client(server: Server, token: str | None, bound: float) -> OrchClient:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
+import stat
 import sys
 from pathlib import Path
 
 import click
 
 from .. import api
-from ..errors import OrchError
+from ..errors import InvalidInput, OrchError
 from .context import fail, json_option, settings
+from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
 
 
 def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -52,11 +55,21 @@ _TIMEOUT = click.FloatRange(min=0.1, max=3600.0)
 @click.option("--max-bundle-bytes", type=click.IntRange(min=1, max=api.MAX_BUNDLE_BYTES), default=api.MAX_BUNDLE_BYTES,
               show_default=True, help="Largest bundle `bundle plan` and `bundle import` may send (default: the bundle "
                                       "format's cap); a larger one gets 413.")
+@click.option("--bundle-key", "bundle_key_paths", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A PRIVATE key of this site that signs bundles `bundle export` writes through the server (repeat; "
+                   "an online key, as TUF's timestamp key is). The file must be mode 0600.")
+@click.option("--timestamp-key", "timestamp_key_paths", multiple=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="A PRIVATE key of the trust root's timestamp role that signs the bundles' time anchors (repeat; "
+                   "mode 0600). Without --bundle-key and --timestamp-key, `bundle export` is refused while serving.")
+@passphrase_file_option
+@passphrase_prompt_option
 @json_option
 def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, group_commit: bool,
           handlers: tuple[str, ...], workers: int | None, allow_hosts: tuple[str, ...],
           allow_origins: tuple[str, ...], header_timeout: float, body_timeout: float, keepalive_timeout: float,
-          max_connections: int, max_bundle_bytes: int) -> None:
+          max_connections: int, max_bundle_bytes: int, bundle_key_paths: tuple[Path, ...],
+          timestamp_key_paths: tuple[Path, ...], passphrase_file: Path | None, passphrase_prompt: bool) -> None:
     """Own the ledger and serve the operations over HTTP until SIGTERM."""
     from ..server.connections import ConnectionLimits
     from ..server.main import ServerConfig, serve_forever
@@ -64,13 +77,21 @@ def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, gro
     if workers is not None and not handlers:
         raise click.UsageError("--workers runs embedded workers: name their handlers with --handler")
 
+    if bool(bundle_key_paths) != bool(timestamp_key_paths):
+        raise click.UsageError("--bundle-key and --timestamp-key go together: a bundle is signed by both")
+    try:
+        bundle_keys, timestamp_keys = _online_keys(bundle_key_paths, timestamp_key_paths, passphrase_file,
+                                                   passphrase_prompt)
+    except OrchError as error:
+        fail(error)
     current = settings()
     limits = ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
                               keepalive_timeout=keepalive_timeout, max_connections=max_connections,
                               max_bundle_bytes=max_bundle_bytes)
     config = ServerConfig(ledger_path=current.ledger_path, host=host, port=port, token_keys=list(token_keys),
                           no_auth=no_auth, group_commit=group_commit, lock_timeout=current.lock_timeout,
-                          limits=limits, allow_hosts=list(allow_hosts), allow_origins=list(allow_origins))
+                          limits=limits, allow_hosts=list(allow_hosts), allow_origins=list(allow_origins),
+                          bundle_keys=bundle_keys, timestamp_keys=timestamp_keys)
 
     def announce(line: str) -> None:
         print(line, flush=True)
@@ -86,3 +107,24 @@ def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, gro
     except OrchError as error:
         fail(error)
     sys.exit(0)
+
+
+def _online_keys(bundle_paths: tuple[Path, ...], timestamp_paths: tuple[Path, ...], passphrase_file: Path | None,
+                 prompt: bool) -> tuple[list, list]:
+    """The bundle and timestamp keys `serve` signs exports with; each file must be its owner's only (mode 0600 or
+    stricter), since a server keeps them loaded for as long as it runs."""
+    if not bundle_paths:
+        return [], []
+    from ..operations.bundles import SigningKey
+
+    for path in (*bundle_paths, *timestamp_paths):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise InvalidInput(f"cannot read key {path}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise InvalidInput(f"key {path} is readable by others (mode {stat.S_IMODE(mode):04o}); an online key "
+                               "must be its owner's only: chmod 600 it")
+    loaded = load_private_keys([*bundle_paths, *timestamp_paths], passphrase_file, prompt)
+    keys = [SigningKey(str(path), key) for path, key in loaded]
+    return keys[:len(bundle_paths)], keys[len(bundle_paths):]

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from ..errors import InvalidInput, LedgerBusy
+from ..errors import InvalidInput
 from .context import command, invoke, settings
 from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
 
-if TYPE_CHECKING:
-    from ..ledger import Ledger
-
 FILE = click.Path(dir_okay=False, path_type=Path)
 THRESHOLD = click.IntRange(min=1, max=32)
-
-
-def open_local_ledger(command_name: str) -> Ledger:
-    """The ledger, opened here, for the command that does not go through a server (`bundle export`, which signs with
-    keys that stay here): a ledger a server owns is refused at once (exit 6) instead of waiting for its lock."""
-    current = settings()
-    url = current.server()
-    if url is not None:
-        raise LedgerBusy(f"the server at {url} owns the ledger; `{command_name}` does not go through a server yet: "
-                         "stop the server (or point --ledger at a copy) and retry")
-    return current.open_ledger()
 
 
 @click.group("trust")

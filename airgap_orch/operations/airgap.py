@@ -1,10 +1,14 @@
-"""The air-gap operations both doors reach by name: trust root show and pin, bundle plan, import and list, air-gap
-status and staleness mode. Each calls the public function of operations/trust.py or operations/bundle_import.py;
-these adapters only map the JSON params (a root as text, a bundle as a file path) to their arguments.
+"""The air-gap operations both doors reach by name: trust root show and pin, bundle export, plan, import and list,
+air-gap status and staleness mode, the policy authority and the mirrored policies. Each calls the public function of
+operations/trust.py, bundles.py, bundle_import.py or bundle_policies.py; these adapters only map the JSON params (a
+root as text, a bundle as a file path) to their arguments.
 
 `bundle` (plan, import) is a path the door chose: the CLI's file on the local path, the server's temporary copy
 of the uploaded body (api.Route.upload) on the HTTP path. HTTP never names a file: the server sets `bundle` itself
-and takes no other params but the route's query. Reading, verifying and planning a bundle write nothing; an import
+and takes no other params but the route's query. So for `bundles.export` (api.Route.download): `out` is the CLI's
+--out locally and a private temporary file on the server, which streams it back; `signing_keys` and `timestamp_keys`
+are the keys the CLI loaded (--key, --timestamp-key) or those `serve` holds (--bundle-key, --timestamp-key), never
+a request's. Reading, verifying and planning a bundle write nothing; an import
 writes in one transaction at its end (Ledger.transaction, which the server's writer takes for each of its own).
 """
 
@@ -14,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.limits import MAX_ROOT_BYTES
-from ..errors import InvalidInput, NotFound
+from ..errors import Forbidden, InvalidInput, NotFound
 from ..ledger import Ledger
 from .registry import operation
 
@@ -69,6 +73,34 @@ def bundles_list(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> 
     return bundle_import.list_bundles(ledger)
 
 
+@operation("bundles.export")
+def bundles_export(ledger: Ledger, *, out: str, target: Any, signing_keys: Any = (), timestamp_keys: Any = (),
+                   tenant: Any = None, created_at: Any = None, incremental: Any = False, base: Any = None,
+                   reissue: Any = None, handoff: Any = False, backfills: Any = (), queues: Any = (),
+                   roots: Any = (), reason: Any = None, ticket: Any = None, progress: Any = None, actor: str = "cli",
+                   tenants: Any = None) -> dict[str, Any]:
+    """`roots`: root.json documents as text to carry (the CLI reads them from --trust files)."""
+    from . import bundles
+
+    if tenants is not None:  # a token's tenants only (auth/scopes.py: orch:admin reaches the whole site)
+        if tenant is None:
+            raise Forbidden("a bundle of every tenant needs a token with orch:admin; or export one of the token's "
+                            "tenants with --tenant")
+        if tenant not in tenants:
+            raise NotFound(f"no tenant {str(tenant)[:128]!r} among the token's tenants")
+    if not isinstance(roots, list | tuple) or not all(isinstance(root, str) for root in roots):
+        raise InvalidInput("roots must be a list of root.json documents as text")
+    for index, text in enumerate(roots):
+        if len(text.encode("utf-8")) > MAX_ROOT_BYTES:
+            raise InvalidInput(f"trust root {index + 1} is larger than {MAX_ROOT_BYTES} bytes").at(index)
+    return bundles.export(ledger, out=Path(out), target_site=target, signing_keys=list(signing_keys),
+                          timestamp_keys=list(timestamp_keys), tenant=tenant, created_at=created_at,
+                          progress=progress, incremental=_flag(incremental, "incremental"), base_sequence=base,
+                          handoff=_flag(handoff, "handoff"), handoff_backfills=list(backfills),
+                          handoff_queues=list(queues), reissue=reissue,
+                          roots=[root.encode("utf-8") for root in roots], reason=reason, actor=actor)
+
+
 @operation("bundles.plan")
 def bundles_plan(ledger: Ledger, *, bundle: str, trust: str | None = None, staleness: str | None = None,
                  force: Any = False, reason: Any = None, ticket: Any = None, actor: str = "cli",
@@ -113,7 +145,37 @@ def _mode(value: Any) -> str | None:
     return value
 
 
-def _flag(value: Any) -> bool:
+def _flag(value: Any, what: str = "force") -> bool:
     if not isinstance(value, bool):
-        raise InvalidInput("force must be true or false")
+        raise InvalidInput(f"{what} must be true or false")
     return value
+
+
+@operation("airgap.authority_show")
+def airgap_authority_show(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_policies
+
+    return bundle_policies.show_authority(ledger)
+
+
+@operation("airgap.authority_set")
+def airgap_authority_set(ledger: Ledger, *, site: Any, reason: Any = None, ticket: Any = None, actor: str = "cli",
+                         tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_policies
+
+    return bundle_policies.set_authority(ledger, site, reason=reason, actor=actor)
+
+
+@operation("airgap.authority_clear")
+def airgap_authority_clear(ledger: Ledger, *, reason: Any = None, ticket: Any = None, actor: str = "cli",
+                           tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_policies
+
+    return bundle_policies.clear_authority(ledger, reason=reason, actor=actor)
+
+
+@operation("airgap.policies")
+def airgap_policies(ledger: Ledger, *, source: Any = None, actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_policies
+
+    return bundle_policies.mirrored(ledger, source_site=source)

@@ -97,10 +97,14 @@ def export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequenc
            root_paths: Sequence[Path] = (), actor: str = "cli", progress: Progress | None = None,
            incremental: bool = False, base_sequence: int | None = None, handoff: bool = False,
            handoff_backfills: Sequence[str] = (), handoff_queues: Sequence[str] = (),
-           reissue: int | None = None) -> dict[str, Any]:
+           reissue: int | None = None, roots: Sequence[bytes] = (), reason: str | None = None) -> dict[str, Any]:
     """Export a bundle of the ledger to `out` (module docstring): full, or with `incremental` / `base_sequence`
-    what changed since that export to the target; `handoff` hands pending jobs over first; `reissue` writes the
-    bundle of that sequence again. Returns what was written."""
+    what changed since that export to the target; `handoff` hands pending jobs over first (`reason` goes to its audit
+    entry); `reissue` writes the bundle of that sequence again. The trust roots to carry are the files `root_paths`
+    and the documents `roots` (a server gets them as text). Returns what was written."""
+    carried = [*roots, *(trust_ops.read_root(path) for path in root_paths)]
+    if reason is not None:
+        reason, _ = validation.reason_and_ticket(reason, None)
     try:
         if reissue is not None:
             if handoff or handoff_backfills or handoff_queues:
@@ -108,14 +112,15 @@ def export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequenc
                                    "--queue and --backfill")
             return _reissue(ledger, out=out, target_site=target_site, sequence=reissue, signing_keys=signing_keys,
                             timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at,
-                            root_paths=root_paths, actor=actor, progress=progress, incremental=incremental,
+                            carried=carried, actor=actor, progress=progress, incremental=incremental,
                             base_sequence=base_sequence)
         if (handoff_backfills or handoff_queues) and not handoff:
             raise InvalidInput("--backfill and --queue choose the jobs --handoff hands over; add --handoff")
         return _export(ledger, out=out, target_site=target_site, signing_keys=signing_keys,
-                       timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at, root_paths=root_paths,
+                       timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at, carried=carried,
                        actor=actor, progress=progress, incremental=incremental, base_sequence=base_sequence,
-                       handoff=(handoff_backfills, handoff_queues) if handoff else None, reserved=None)
+                       handoff=(handoff_backfills, handoff_queues) if handoff else None, reserved=None,
+                       reason=reason)
     except OSError as exc:  # the folder of --out: not writable, full, gone
         raise InvalidInput(f"cannot write the bundle {out}: {exc.strerror or exc}") from None
 
@@ -175,9 +180,9 @@ def _stored(ledger: Ledger, target_site: str, sequence: int) -> Path:
 
 def _export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequence[SigningKey],
             timestamp_keys: Sequence[SigningKey], tenant: str | None, created_at: str | None,
-            root_paths: Sequence[Path], actor: str, progress: Progress | None, incremental: bool,
+            carried: list[bytes], actor: str, progress: Progress | None, incremental: bool,
             base_sequence: int | None, handoff: tuple[Sequence[str], Sequence[str]] | None,
-            reserved: int | None) -> dict[str, Any]:
+            reserved: int | None, reason: str | None = None) -> dict[str, Any]:
     trust_ops.check_site_id(target_site, "--target")
     if tenant is not None:
         tenant = validation.name(tenant, "--tenant")
@@ -189,7 +194,6 @@ def _export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequen
         raise InvalidInput("give --timestamp-key: a private key of the trust root's timestamp role")
     if target_site == ledger.site_id and handoff is not None:
         raise InvalidInput(f"--handoff hands jobs to another site; {target_site} is this site")
-    carried = [trust_ops.read_root(path) for path in root_paths]
     start, newest = _root_chain(ledger, carried, created)
     threshold = _check_keys(newest, ledger.site_id, signing_keys, timestamp_keys) if newest else None
     base = _base(ledger, target_site, tenant, incremental, base_sequence)
@@ -202,7 +206,7 @@ def _export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequen
             reserved = int(tx.fetch("bundle_export_next_sequence", target_site=target_site)[0][0])
             handed = handoff_ops.hand_off(tx, target_site=target_site, sequence=reserved, tenant=tenant,
                                           queues=[validation.name(q, "--queue") for q in queues],
-                                          backfills=list(backfills), actor=actor)
+                                          backfills=list(backfills), actor=actor, reason=reason)
         if not handed:
             reserved = None  # nothing was handed off: an ordinary export
         _pause("handed-off")
@@ -311,7 +315,7 @@ def _keep(ledger: Ledger, file: BinaryIO, target_site: str, sequence: int) -> st
 
 def _reissue(ledger: Ledger, *, out: Path, target_site: str, sequence: int, signing_keys: Sequence[SigningKey],
              timestamp_keys: Sequence[SigningKey], tenant: str | None, created_at: str | None,
-             root_paths: Sequence[Path], actor: str, progress: Progress | None, incremental: bool,
+             carried: list[bytes], actor: str, progress: Progress | None, incremental: bool,
              base_sequence: int | None) -> dict[str, Any]:
     """The bundle of `sequence` to `target_site` again: the stored bytes, checked against the sha256 recorded at
     export (byte-identical to the first file). A sequence a hand-off reserved whose export never finished is
@@ -323,7 +327,7 @@ def _reissue(ledger: Ledger, *, out: Path, target_site: str, sequence: int, sign
         if ledger.read().fetch("bundle_export_handoff_reserved", target_site=target_site, sequence=sequence)[0][0]:
             return {**_export(ledger, out=out, target_site=target_site, signing_keys=signing_keys,
                               timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at,
-                              root_paths=root_paths, actor=actor, progress=progress, incremental=incremental,
+                              carried=carried, actor=actor, progress=progress, incremental=incremental,
                               base_sequence=base_sequence, handoff=None, reserved=sequence),
                     "reissued": True, "first_file": True}
         raise NotFound(f"no bundle {sequence} was exported to {target_site}; {_series(ledger, target_site)}")

@@ -18,12 +18,17 @@ two ways:
   B seconds after it last showed life, naming the server (`Server.describe`) and saying how it failed (`stage`)
   and whether it may still apply the request (`may_have_applied`).
 
+`upload(name, params, file)` streams a file as the request body (bundle plan, import); `download(name, params, sink)`
+writes a file the server answers (bundle export) into `sink` as it arrives and returns the operation's result (the
+X-Orch-Export header); a download is sent once, never resent, in either mode: an export may hand jobs off.
+
 `close()` (from any thread) aborts requests in flight, such as a long-polling claim, and refuses new ones with
 ServerUnavailable.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -183,13 +188,16 @@ class OrchClient:
 
     def request(self, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None,
                 timeout: float | None = None, extra_headers: dict[str, str] | None = None,
-                stream: BinaryIO | None = None, progress: Callable[[int, int], None] | None = None
-                ) -> tuple[int, dict[str, Any]]:
+                stream: BinaryIO | None = None, progress: Callable[[int, int], None] | None = None,
+                sink: BinaryIO | None = None, resend: bool = True) -> tuple[int, dict[str, Any]]:
         """(status, parsed body) of one request, waiting as the module docstring says. A request with an
         Idempotency-Key is a change (api.Route.mutating). `timeout` (resending mode): this request's wait, e.g. a
         long-poll's. `stream`: a file sent as the body (application/octet-stream) from its current position, in
         pieces, once the server has answered `Expect: 100-continue` (none of it when the server refuses at once);
-        `progress(sent, size)` hears how much has gone."""
+        `progress(sent, size)` hears how much has gone. `sink`: a successful answer's body is written there in pieces
+        (never held whole; `progress(received, size)` hears how much has come, each piece within the wait) and the
+        answer is {"headers": {lowercased name: value}, "received": bytes}; a broken answer is never resent.
+        `resend=False`: once the connection is made, the request is not sent again (in resending mode too)."""
         headers = {"Accept": "application/json", **(extra_headers or {})}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -230,8 +238,10 @@ class OrchClient:
                 if self.bound is not None:
                     self._wait_for_answer(connection)
                 response = connection.getresponse()
-                raw = response.read()
                 status = response.status
+                if sink is not None and status < 400:
+                    return status, self._receive(response, sink, progress, idempotency_key is not None)
+                raw = response.read()
                 # Bounded: a fresh connection per request, since a kept one the server closed meanwhile fails after
                 # the request went out, and a request is not sent twice.
                 if self.bound is not None or response.getheader("Connection", "").lower() == "close":
@@ -240,12 +250,13 @@ class OrchClient:
                 self._drop()
                 if self._closed.is_set():
                     raise ServerUnavailable(f"client for {self.url} was closed") from None
-                pause = self._pause_before_retry(attempt, connected, connect_deadline)
+                pause = (None if connected and not resend
+                         else self._pause_before_retry(attempt, connected, connect_deadline))
                 if pause is None:
                     raise self._unavailable(exc, connected, sent, idempotency_key is not None) from None
                 self._closed.wait(pause)
                 continue
-            if status >= 500 and attempt <= self.retries:
+            if status >= 500 and attempt <= self.retries and resend:
                 self._closed.wait(self._backoff(attempt, 0.1, self.backoff_cap))
                 continue
             return status, parse_body(raw)
@@ -273,6 +284,25 @@ class OrchClient:
             if progress is not None:
                 progress(sent, size)
         return True
+
+    def _receive(self, response: http.client.HTTPResponse, sink: BinaryIO,
+                 progress: Callable[[int, int], None] | None, mutating: bool) -> dict[str, Any]:
+        """Copy the answer's body into `sink` a piece at a time. An answer that breaks off is not asked for again
+        (it may have been a change, such as an export's hand-off): ServerUnavailable, the connection dropped."""
+        size = response.length or 0
+        received = 0
+        try:
+            while piece := response.read(SEND_CHUNK_BYTES):
+                sink.write(piece)
+                received += len(piece)
+                if progress is not None:
+                    progress(received, max(size, received))
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop()
+            raise self._unavailable(exc, True, True, True) from None
+        if self.bound is not None or response.getheader("Connection", "").lower() == "close":
+            self._drop()
+        return {"headers": {name.lower(): value for name, value in response.getheaders()}, "received": received}
 
     @staticmethod
     def _backoff(attempt: int, first: float, cap: float) -> float:
@@ -333,6 +363,28 @@ class OrchClient:
         status, answer = self.request(call.method, call.path, extra_headers=call.headers, stream=stream,
                                       progress=progress)
         return decode_answer(status, answer)
+
+    def download(self, name: str, params: dict[str, Any] | None, sink: BinaryIO, *,
+                 progress: Callable[[int, int], None] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Run download operation `name` (api.Route.download: bundle export): its answer, a file, is written to
+        `sink` in pieces as it arrives (`progress(received, size)`); returns the operation's result, which the server
+        sends in the api.DOWNLOAD_RESULT_HEADER header. Sent once, in either mode: an export is not repeated.
+        `timeout` (resending mode): the wait for the answer to start, which comes once the bundle is written."""
+        call = prepare_call(name, params)
+        status, answer = self.request(call.method, call.path, call.body, extra_headers=call.headers, sink=sink,
+                                      progress=progress, resend=False, timeout=timeout)
+        if status >= 400:
+            return decode_answer(status, answer)
+        encoded = answer["headers"].get(api.DOWNLOAD_RESULT_HEADER.lower(), "")
+        try:
+            result = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        except (ValueError, UnicodeDecodeError):
+            raise ServerUnavailable(f"{self.server.describe()} sent a bundle without a readable "
+                                    f"{api.DOWNLOAD_RESULT_HEADER} header", stage="closed") from None
+        if not isinstance(result, dict):
+            raise ServerUnavailable(f"{self.server.describe()} sent an unreadable {api.DOWNLOAD_RESULT_HEADER} header",
+                                    stage="closed")
+        return {**result, "received": answer["received"]}
 
     def read_pages(self, name: str, params: dict[str, Any] | None = None, *, limit: int) -> dict[str, Any]:
         """Up to `limit` rows of a paged listing (jobs.list, deadletter.list, ledger.events, audit.list), following

@@ -11,6 +11,8 @@ connections.py's):
 - a body is `Content-Type: application/json` (a page can post text/plain without asking the browser first):
   else 415; it arrives within the body deadline: else 408; it is one strict JSON document
   (validation.parse_json: UTF-8, no NaN or Infinity, no key twice, no lone surrogate): else 400.
+- a bundle export (api.Route.download) takes a JSON body as above and answers the bundle itself, streamed from a
+  private temporary file beside the ledger that the bundle thread wrote (the server's own keys sign it);
 - except a bundle upload (api.Route.upload): `Content-Type: application/octet-stream` (a page cannot send that
   unasked either), else 415; written piece by piece to a temporary file beside the ledger, never held whole in
   memory, each piece arriving within the body deadline (else 408) and all of it within the bundle cap (else 413,
@@ -21,6 +23,7 @@ connections.py's):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
@@ -291,6 +294,8 @@ class Door:
             if route.name == "jobs.claim":
                 answer = await self._claim(request, params, caller, request_key)
                 self.metrics.claim_latency_ms.observe((time.monotonic() - started) * 1000)
+            elif route.download:  # a bundle back: written on the bundle thread, then streamed from its file
+                return await self._download(request, route, params, caller)
             elif route.upload:  # a bundle: to a file, then on the bundle thread (its transaction: the write lock)
                 answer = self.uploads.submit(route.name, params, caller, await self._upload(request))
                 await asyncio.wrap_future(answer)
@@ -429,6 +434,38 @@ class Door:
             with contextlib.suppress(OSError):
                 os.unlink(name)
             raise
+
+    async def _download(self, request: web.Request, route: api.Route, params: dict[str, Any],
+                        caller: Caller) -> web.StreamResponse:
+        """Run download operation `route` on the bundle thread, then answer its bundle as the body
+        (application/octet-stream with Content-Length), read and sent a piece at a time, never whole in memory, each
+        piece taken by the client within the body deadline; the operation's result (less the server's path of the
+        file) rides in the api.DOWNLOAD_RESULT_HEADER header as base64url JSON. The file's folder is removed after."""
+        answer, folder = self.uploads.export(route.name, params, caller)
+        try:
+            result = dict(await asyncio.wrap_future(answer))
+            path = Path(result.pop("bundle"))
+            loop = asyncio.get_running_loop()
+            source = await loop.run_in_executor(None, path.open, "rb")
+            try:
+                size = os.fstat(source.fileno()).st_size
+                summary = base64.urlsafe_b64encode(dumps(result).encode()).rstrip(b"=").decode()
+                response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                                       api.DOWNLOAD_RESULT_HEADER: summary})
+                response.content_length = size
+                await response.prepare(request)
+                while piece := await loop.run_in_executor(None, source.read, UPLOAD_WRITE_BYTES):
+                    try:
+                        await asyncio.wait_for(response.write(piece), self.limits.body_timeout)
+                    except (TimeoutError, ConnectionError):  # the client stopped taking the bundle, or left
+                        request.protocol.force_close()  # it sees a body shorter than Content-Length
+                        return response
+                await response.write_eof()
+                return response
+            finally:
+                source.close()
+        finally:
+            self.uploads.discard(answer, folder)
 
     async def _body(self, request: web.Request) -> bytes:
         """The whole body, within the body deadline from the start of the handler."""

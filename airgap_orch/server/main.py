@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -59,6 +60,10 @@ class ServerConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     allow_hosts: list[str] = field(default_factory=list)  # Host names answered besides the bind address
     allow_origins: list[str] = field(default_factory=list)  # browser origins (Origin header) let through
+    # Online keys for `bundle export` through the server (serve --bundle-key, --timestamp-key), loaded by the CLI:
+    # operations.bundles.SigningKey items (a label and the private key; the key is never printed nor logged).
+    bundle_keys: list[Any] = field(default_factory=list, repr=False)
+    timestamp_keys: list[Any] = field(default_factory=list, repr=False)
 
 
 def is_loopback(host: str) -> bool:
@@ -99,7 +104,8 @@ class Server:
         self.metrics = Metrics()
         self.writer = LedgerWriter(self.ledger, group_commit=config.group_commit)
         self.readers = LedgerReaders(self.ledger)
-        self.uploads = LedgerUploads(self.ledger)
+        self.uploads = LedgerUploads(self.ledger, signing_keys=config.bundle_keys,
+                                     timestamp_keys=config.timestamp_keys)
         self.writer.batch_observers.append(self.metrics.group_commit_size.observe)
         self._verifier = verifier
 

@@ -168,6 +168,14 @@ def document() -> dict[str, Any]:
             "parameters": _parameters(route),
             "responses": {"200": answer, **_problem_responses()},
         }
+        if route.download:  # the bundle file itself, streamed back; the operation's result in a header
+            operation["responses"]["200"] = {
+                "description": "The bundle, streamed (Content-Length set); the export's result is the JSON object "
+                               f"in the {api.DOWNLOAD_RESULT_HEADER} header, base64url-encoded without padding",
+                "headers": {api.DOWNLOAD_RESULT_HEADER: {"required": True, "schema": {
+                    "type": "string", "pattern": "^[A-Za-z0-9_-]+$"}}},
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                                    "maxLength": api.MAX_BUNDLE_BYTES}}}}
         if route.upload:  # the bundle file itself, streamed (api.MAX_BUNDLE_BYTES, or serve --max-bundle-bytes)
             operation["requestBody"] = {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary", "maxLength": api.MAX_BUNDLE_BYTES}}}}
