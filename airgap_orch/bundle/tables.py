@@ -159,6 +159,9 @@ LOCAL_TABLES: dict[str, str] = {
     "bundle_imports": "what this site imported: its floors and time anchors",
     "mirror_jobs": "other sites' jobs, mirrored from their bundles",
     "mirror_history": "other sites' history, mirrored from their bundles",
+    "mirror_audit_log": "other sites' audit logs, mirrored from their bundles",
+    "mirror_chain_heads": "the head of each mirrored chain, recorded by the import that brought it",
+    "site_chains": "a view: every chain this site holds (its own and the mirrors) by site, chain and sequence",
     "mirror_policies": "other sites' policies, mirrored from their bundles",
     "policy_authority": "the site whose policies this site applies: this site's own designation",
 }

@@ -852,7 +852,8 @@ FROM bundle_exports ORDER BY exported_at, target_site, sequence;
 -- name: mirror_counts
 SELECT (SELECT count(*) FROM mirror_jobs WHERE source_site = $source_site),
        (SELECT count(*) FROM mirror_history WHERE source_site = $source_site),
-       (SELECT count(*) FROM mirror_policies WHERE source_site = $source_site);
+       (SELECT count(*) FROM mirror_policies WHERE source_site = $source_site),
+       (SELECT count(*) FROM mirror_audit_log WHERE source_site = $source_site);
 
 -- name: mirror_policy_counts
 SELECT kind, count(*) FROM mirror_policies WHERE source_site = $source_site GROUP BY kind;
@@ -868,15 +869,46 @@ DELETE FROM mirror_jobs WHERE source_site = $source_site AND job_id IN (SELECT j
 -- How many of the listed jobs the mirror of their source already holds (an incremental plan's updates).
 SELECT count(*) FROM mirror_jobs WHERE source_site = $source_site AND list_contains($job_ids, job_id);
 
--- name: mirror_history_head
--- The last entry of a source's history this site holds (0 and NULL: none).
-SELECT coalesce(max(seq), 0), arg_max(entry_hash, seq) FROM mirror_history WHERE source_site = $source_site;
+-- name: mirror_chain_head
+-- The head of a source's chain $chain ('history' | 'audit') recorded by the import that brought it (migration
+-- 0014; no row: this site holds no such chain of that source).
+SELECT seq, entry_hash FROM mirror_chain_heads WHERE source_site = $source_site AND chain = $chain;
+
+-- name: mirror_chain_head_put
+INSERT OR REPLACE INTO mirror_chain_heads VALUES ($source_site, $chain, $seq, $entry_hash);
+
+-- name: mirror_chain_heads_all
+-- Every mirrored chain's recorded head, by site (`ledger verify`).
+SELECT source_site, chain, seq, entry_hash FROM mirror_chain_heads ORDER BY source_site, chain;
 
 -- name: mirror_history_hashes
 -- The held entries of a source's history from $from_seq to $to_seq (an incremental bundle's overlap and the
 -- entry it chains onto).
 SELECT seq, entry_hash FROM mirror_history
 WHERE source_site = $source_site AND seq BETWEEN $from_seq AND $to_seq ORDER BY seq;
+
+-- name: mirror_audit_hashes
+-- mirror_history_hashes for the source's audit log.
+SELECT seq, entry_hash FROM mirror_audit_log
+WHERE source_site = $source_site AND seq BETWEEN $from_seq AND $to_seq ORDER BY seq;
+
+-- name: mirror_history_chunk
+-- history_chunk for a mirrored site's history (`ledger verify`).
+SELECT seq, job_id, entry, entry_hash FROM mirror_history
+WHERE source_site = $source_site AND ($after_seq IS NULL OR seq > $after_seq) AND seq <= $upto_seq
+ORDER BY seq;
+
+-- name: mirror_history_past
+SELECT max(seq) FROM mirror_history WHERE source_site = $source_site AND seq > $seq;
+
+-- name: mirror_audit_chunk
+-- history_chunk for a mirrored site's audit log (`ledger verify`).
+SELECT seq, action, entry, entry_hash FROM mirror_audit_log
+WHERE source_site = $source_site AND ($after_seq IS NULL OR seq > $after_seq) AND seq <= $upto_seq
+ORDER BY seq;
+
+-- name: mirror_audit_past
+SELECT max(seq) FROM mirror_audit_log WHERE source_site = $source_site AND seq > $seq;
 
 -- name: bundle_import_has
 SELECT count(*) FROM bundle_imports WHERE source_site = $source_site AND sequence = $sequence;
@@ -904,7 +936,13 @@ DELETE FROM mirror_policies WHERE source_site = $source_site;
 INSERT INTO mirror_jobs SELECT $source_site, job_id, tenant, state, row_json FROM rows;
 
 -- name: mirror_history_insert
-INSERT INTO mirror_history SELECT $source_site, seq, job_id, entry, entry_hash FROM rows;
+INSERT INTO mirror_history SELECT $source_site, seq, job_id, entry, entry_hash, hash_only FROM rows;
+
+-- name: mirror_audit_log_delete
+DELETE FROM mirror_audit_log WHERE source_site = $source_site;
+
+-- name: mirror_audit_log_insert
+INSERT INTO mirror_audit_log SELECT $source_site, seq, action, entry, entry_hash, hash_only FROM rows;
 
 -- name: mirror_policies_insert
 INSERT INTO mirror_policies SELECT $source_site, kind, key, row_json FROM rows;
