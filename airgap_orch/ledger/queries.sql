@@ -642,7 +642,7 @@ SELECT count(*) FROM bundle_handoffs WHERE target_site = $target_site AND sequen
 -- Rows each member will hold (for progress), in the same snapshot as the members.
 SELECT
     (SELECT count(*) FROM all_jobs WHERE $tenant IS NULL OR tenant = $tenant) AS jobs,
-    (SELECT count(*) FROM history WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS history,
+    (SELECT count(*) FROM history) AS history,  -- whole: other tenants' entries travel as hashes
     (SELECT count(*) FROM idempotency_keys WHERE $tenant IS NULL OR tenant = $tenant) AS idempotency_keys,
     (SELECT count(*) FROM job_dependencies WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}})
         AS job_dependencies,
@@ -659,7 +659,7 @@ SELECT
     (SELECT count(*) FROM backfill_windows
      WHERE $tenant IS NULL OR backfill_id IN (SELECT backfill_id FROM backfills WHERE tenant = $tenant))
         AS backfill_windows,
-    (SELECT count(*) FROM audit_log WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant) AS audit_log,
+    (SELECT count(*) FROM audit_log) AS audit_log,  -- whole, as history
     -- every hand-off this site made: a bound (the member holds the bundle's own)
     (SELECT count(*) FROM bundle_handoffs WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS handoffs;
 
@@ -674,9 +674,12 @@ WHERE $tenant IS NULL OR tenant = $tenant
 ORDER BY job_id;
 
 -- name: bundle_export_history
--- The hash chain, by seq; with $tenant, the entries of that tenant's jobs only (the chain has gaps then).
-SELECT seq, job_id, entry, entry_hash FROM history
-WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}
+-- The hash chain, by seq; with $tenant, the other tenants' entries as hashes only (no job_id, no entry): the chain
+-- stays whole without revealing them.
+SELECT seq, CASE WHEN shown THEN job_id END AS job_id, CASE WHEN shown THEN entry END AS entry, entry_hash,
+       NOT shown AS hash_only
+FROM (SELECT seq, job_id, entry, entry_hash, ($tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS shown
+      FROM history)
 ORDER BY seq;
 
 -- name: bundle_export_idempotency_keys
@@ -745,9 +748,12 @@ WHERE $tenant IS NULL OR backfill_id IN (SELECT backfill_id FROM backfills WHERE
 ORDER BY backfill_id, window_index;
 
 -- name: bundle_export_audit_log
--- The audit chain, by seq; with $tenant, the entries whose details name that tenant (the chain has gaps then).
-SELECT seq, action, entry, entry_hash FROM audit_log
-WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant
+-- The audit chain, by seq; with $tenant, the entries whose details do not name that tenant as hashes only.
+SELECT seq, CASE WHEN shown THEN action END AS action, CASE WHEN shown THEN entry END AS entry, entry_hash,
+       NOT shown AS hash_only
+FROM (SELECT seq, action, entry, entry_hash,
+             ($tenant IS NULL OR coalesce(entry ->> '$.details.tenant' = $tenant, false)) AS shown
+      FROM audit_log)
 ORDER BY seq;
 
 -- name: bundle_export_handoffs
@@ -773,8 +779,10 @@ WHERE job_id IN {{export_changed_jobs}} AND ($tenant IS NULL OR tenant = $tenant
 ORDER BY job_id;
 
 -- name: bundle_export_since_history
-SELECT seq, job_id, entry, entry_hash FROM history
-WHERE seq > $after_history_seq AND ($tenant IS NULL OR job_id IN {{export_tenant_jobs}})
+SELECT seq, CASE WHEN shown THEN job_id END AS job_id, CASE WHEN shown THEN entry END AS entry, entry_hash,
+       NOT shown AS hash_only
+FROM (SELECT seq, job_id, entry, entry_hash, ($tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS shown
+      FROM history WHERE seq > $after_history_seq)
 ORDER BY seq;
 
 -- name: bundle_export_since_idempotency_keys
@@ -788,8 +796,11 @@ WHERE job_id IN {{export_changed_jobs}} AND ($tenant IS NULL OR job_id IN {{expo
 ORDER BY job_id, parent_id;
 
 -- name: bundle_export_since_audit_log
-SELECT seq, action, entry, entry_hash FROM audit_log
-WHERE seq > $after_audit_seq AND ($tenant IS NULL OR entry ->> '$.details.tenant' = $tenant)
+SELECT seq, CASE WHEN shown THEN action END AS action, CASE WHEN shown THEN entry END AS entry, entry_hash,
+       NOT shown AS hash_only
+FROM (SELECT seq, action, entry, entry_hash,
+             ($tenant IS NULL OR coalesce(entry ->> '$.details.tenant' = $tenant, false)) AS shown
+      FROM audit_log WHERE seq > $after_audit_seq)
 ORDER BY seq;
 
 -- Hand-off at the source (operations/bundles.py handoff): pending, never-started jobs of this site.

@@ -188,6 +188,9 @@ def _chain_batches(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable) 
         if not pc.all(pc.fill_null(pc.equal(flags, pc.is_null(batch.column("entry"))), False)).as_py():
             raise ChainError(spec.chain, f"the bundle's {spec.table} from {site} has an entry whose hash_only flag "
                              "does not say whether its text is there")
+        if verified.manifest.tenant is None and pc.any(flags).as_py():
+            raise ChainError(spec.chain, f"the bundle's {spec.table} from {site} carries entries as hashes only, but "
+                             "its manifest names no tenant (only a --tenant bundle leaves other tenants' entries out)")
         yield batch
 
 
@@ -375,7 +378,7 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
         "base_sequence": manifest.base_sequence, "source_site": verified.source_site,
         "target_site": manifest.target_site, "sequence": manifest.sequence,
         "floor": floor, "created_at": format_time(manifest.created_at), "history_entries": chained,
-        "chains": {name: found.plan() for name, found in chains.items()},
+        "tenant": manifest.tenant, "chains": {name: found.plan() for name, found in chains.items()},
         "trust_root_version": verified.root.version, "pin_trust_root": pin, "store_trust_roots": new_versions,
         "forced": force, "tables": tables, "policy_authority": policies["authority"],
         "handoff": None if handed is None else _handoff_plan(_receive(read, verified, handed, "plan", False)),
