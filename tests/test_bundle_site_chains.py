@@ -5,15 +5,23 @@ real keys, a source ledger (site-a) exporting to a target ledger (site-b)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 from export_fixtures import read_table
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
 from test_bundle_import import audit_entries, bundle, source, target  # noqa: F401 (fixtures)
 
-from airgap_orch.bundle.tables import TABLES
+from airgap_orch.auth import load_private_key
+from airgap_orch.bundle import dsse
+from airgap_orch.bundle.manifest import ENVELOPE_MEMBER, BundleHeader, parse_manifest
+from airgap_orch.bundle.tables import BY_NAME, TABLES, write_table_member
+from airgap_orch.bundle.tarfmt import open_member, read_index
+from airgap_orch.bundle.writer import DataMember, write_bundle
 from airgap_orch.ledger import Ledger
 from airgap_orch.orchestrator.history import chain, event_id
 
@@ -144,16 +152,47 @@ def test_an_incremental_bundle_whose_audit_log_forks_from_the_held_one_is_refuse
 
 
 def _rewrite_audit_entry(ledger: Path, seq: int, old: str, new: str) -> None:
-    """Change one audit entry's text and re-chain it and everything after it (and the recorded head): a
-    consistent rewritten log, as a source that forked its log would hold."""
-    rows = query(ledger, "SELECT seq, entry, entry_hash FROM audit_log WHERE seq >= ? - 1 ORDER BY seq", seq)
-    prev = rows[0][2]
+    _rechain(ledger, "audit_log", "audit", seq, old, new)
+
+
+def _rechain(ledger: Path, table: str, head: str, seq: int, old: str, new: str) -> None:
+    """Change one entry's text and re-chain it and everything after it (and the recorded head): a consistent
+    rewritten chain, as a site that forked it would hold."""
+    rows = query(ledger, f"SELECT seq, entry, entry_hash FROM {table} WHERE seq >= ? - 1 ORDER BY seq", seq)
+    prev = rows[0][2] if rows[0][0] == seq - 1 else "0" * 64
     with Ledger.open(ledger, lock_timeout=5) as opened:
-        for row_seq, entry, _ in rows[1:]:
+        for row_seq, entry, _ in rows if rows[0][0] == seq else rows[1:]:
             text = entry.replace(old, new) if row_seq == seq else entry
+            assert row_seq != seq or text != entry
             prev = chain(prev, text)
-            opened._con.execute("UPDATE audit_log SET entry = ?, entry_hash = ? WHERE seq = ?", [text, prev, row_seq])
-        opened._con.execute("UPDATE chain_heads SET entry_hash = ? WHERE chain = 'audit'", [prev])
+            opened._con.execute(f"UPDATE {table} SET entry = ?, entry_hash = ? WHERE seq = ?", [text, prev, row_seq])
+        opened._con.execute("UPDATE chain_heads SET entry_hash = ? WHERE chain = ?", [prev, head])
+
+
+def test_a_full_bundle_whose_history_forks_from_the_held_one_is_refused(holders, source, target, root_v1,  # noqa: F811
+                                                                       tmp_path):
+    imported(bundle(source, holders, tmp_path / "1.bundle"), target, root_v1)
+    _rechain(source, "history", "history", 2, '"scan"', '"scam"')  # the source rewrote its history, consistently
+    ok(cli("ledger", "verify", ledger=source))
+    out = bundle(source, holders, tmp_path / "2.bundle")
+    before = state(target)
+    refused(cli("bundle", "import", str(out), "--trust", str(root_v1), ledger=target), 4, "forked")
+    assert state(target) == before
+    assert audit_entries(target)[-1]["details"]["reason_code"] == "chain:head"
+
+
+def test_a_received_job_whose_entry_no_longer_names_the_held_source_entry_fails_ledger_verify(
+        holders, source, target, root_v1, tmp_path):  # noqa: F811
+    out = tmp_path / "handoff.bundle"
+    made = ok(export(source, out, holders, "--handoff", "--json"))
+    assert made["handed_off"] > 0
+    imported(out, target, root_v1)
+    ok(cli("ledger", "verify", ledger=target))
+    seq, reason = query(target, "SELECT seq, entry ->> 'reason' FROM history "
+                                "WHERE entry ->> 'event_type' = 'job.received' ORDER BY seq LIMIT 1")[0]
+    forged = reason[:-1] + ("0" if reason[-1] != "0" else "1")
+    _rechain(target, "history", "history", seq, reason, forged)  # consistent chain, wrong link to the source
+    refused(cli("ledger", "verify", ledger=target), 4, f"history entry {seq}", "hand-off")
 
 
 # --- tenant bundles: other tenants' entries as hashes only --------------------------------------------------
@@ -267,3 +306,101 @@ def test_migrating_a_ledger_keeps_every_chain_verifying_and_event_ids_unchanged(
     imported(bundle(source, holders, tmp_path / "3.bundle"), target, root_v1)
     verified = ok(cli("ledger", "verify", "--json", ledger=target))
     assert verified["sites"]["site-a"]["audit_head"] == source_audit_head_before_last_export(source)
+
+
+# --- signed bundles whose chain members were changed before signing (a source's exporter gone wrong) ----------
+
+def _resigned(original: Path, out: Path, holders, change, *, tenant: str | None = "same") -> Path:  # noqa: F811
+    """`original` rewritten with `change(table name, pa.Table) -> pa.Table` applied to each table member and signed
+    again with the source site's key: it verifies, so the import's own checks must find what changed."""
+    with original.open("rb") as file:
+        index = read_index(file)
+        envelope = dsse.parse_envelope(_member_bytes(file, index, ENVELOPE_MEMBER))
+        manifest = parse_manifest(envelope.payload)
+        members = []
+        for member in manifest.table_members:
+            table = pq.read_table(open_member(file, index.member(member.path)))
+            table = change(member.table, table)
+            buffer = io.BytesIO()
+            write_table_member(BY_NAME[member.table], table.to_batches(), buffer)
+            members.append(DataMember(member.path, member.media_type, buffer.getvalue(), table=member.table))
+    header = BundleHeader(kind=manifest.kind, source_site=manifest.source_site, target_site=manifest.target_site,
+                          sequence=manifest.sequence, base_sequence=manifest.base_sequence,
+                          created_at=manifest.created_at, tool_version=manifest.tool_version,
+                          tenant=manifest.tenant if tenant == "same" else tenant)
+    with out.open("wb") as written:
+        write_bundle(written, header, members, signing_keys=[load_private_key(Path(holders.private("a1")))],
+                     timestamp_keys=[load_private_key(Path(holders.private("ts")))])
+    return out
+
+
+def _member_bytes(file, index, name: str) -> bytes:
+    with open_member(file, index.member(name)) as member:
+        return member.read()
+
+
+def _hide(seq: int):
+    """A change that makes history entry `seq` hashes-only."""
+    def change(name: str, table: pa.Table) -> pa.Table:
+        if name != "history":
+            return table
+        rows = table.to_pylist()
+        rows[seq - 1].update(job_id=None, entry=None, hash_only=True)
+        return pa.Table.from_pylist(rows, schema=table.schema)
+    return change
+
+
+def test_a_tenant_bundles_chain_with_a_changed_hashes_only_hash_is_refused(holders, source, target, root_v1,  # noqa: F811
+                                                                          tmp_path):
+    out = tmp_path / "acme.bundle"
+    ok(export(source, out, holders, "--tenant", "acme", "--json"))
+    rows = read_table(out, "history").to_pylist()
+    # the last of a run of hashes-only entries: the next entry's hash, computed over its text, binds it (the ones
+    # before it in the run are bound by the source's signature only: docs/bundle-format.md, "Tenant bundles")
+    seq = next(row["seq"] for row, after in zip(rows, rows[1:], strict=False)
+               if row["hash_only"] and not after["hash_only"])
+
+    def change(name: str, table: pa.Table) -> pa.Table:
+        if name != "history":
+            return table
+        rows = table.to_pylist()
+        rows[seq - 1]["entry_hash"] = "e" * 64
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
+    forged = _resigned(out, tmp_path / "forged.bundle", holders, change)
+    before = state(target)
+    refused(cli("bundle", "import", str(forged), "--trust", str(root_v1), ledger=target), 4, "history")
+    assert state(target) == before
+    assert audit_entries(target)[-1]["details"]["reason_code"] == "chain:history"
+
+
+def test_hashes_only_entries_in_a_bundle_that_names_no_tenant_are_refused(holders, source, target, root_v1,  # noqa: F811
+                                                                         tmp_path):
+    out = bundle(source, holders, tmp_path / "a.bundle")
+    forged = _resigned(out, tmp_path / "forged.bundle", holders, _hide(3), tenant=None)
+    before = state(target)
+    refused(cli("bundle", "import", str(forged), "--trust", str(root_v1), ledger=target), 4, "names no tenant")
+    assert state(target) == before
+    # the same entry hidden in a bundle that names its tenant: the chain still verifies
+    named = _resigned(out, tmp_path / "named.bundle", holders, _hide(3), tenant="acme")
+    imported(named, target, root_v1)
+    ok(cli("ledger", "verify", ledger=target))
+
+
+def test_a_hand_off_naming_an_entry_its_history_does_not_hold_is_refused(holders, source, target, root_v1,  # noqa: F811
+                                                                        tmp_path):
+    out = tmp_path / "handoff.bundle"
+    ok(export(source, out, holders, "--handoff", "--json"))
+
+    def change(name: str, table: pa.Table) -> pa.Table:
+        if name != "handoffs":
+            return table
+        rows = table.to_pylist()
+        rows[0]["entry_hash"] = "d" * 64
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
+    forged = _resigned(out, tmp_path / "forged.bundle", holders, change)
+    before = state(target)
+    refused(cli("bundle", "import", str(forged), "--trust", str(root_v1), ledger=target), 4, "hand-off")
+    assert state(target) == before
+    assert audit_entries(target)[-1]["details"]["reason_code"] == "payload:handoff"

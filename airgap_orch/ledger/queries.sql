@@ -251,6 +251,20 @@ LIMIT 20;
 -- name: verify_payload_digests
 SELECT job_id, tenant FROM all_jobs WHERE 'sha256:' || sha256(payload) <> payload_digest ORDER BY job_id LIMIT 20;
 
+-- name: verify_handoff_links
+-- Local `job.received` entries (a handed-over job's first entry here) whose reason does not name an entry the
+-- mirror of its source site holds with that hash (`handed_off_from:<site>#<seq>:<entry_hash>`): the hand-off no
+-- longer continues the source's chain. The first few, oldest first.
+SELECT h.seq, h.job_id, h.entry ->> 'tenant' AS tenant, h.entry ->> 'reason' AS reason
+FROM (SELECT seq, job_id, entry,
+             regexp_extract(entry ->> 'reason', '^handed_off_from:(.+)#([0-9]+):([0-9a-f]{64})$',
+                            ['site', 'seq', 'hash']) AS link
+      FROM history
+      WHERE contains(entry, '"event_type":"job.received"') AND entry ->> 'event_type' = 'job.received') h
+LEFT JOIN mirror_history m ON m.source_site = h.link.site AND m.seq = TRY_CAST(h.link.seq AS BIGINT)
+WHERE m.entry_hash IS NULL OR m.entry_hash <> h.link.hash
+ORDER BY h.seq LIMIT 20;
+
 -- name: verify_audited_transitions
 -- Audited job actions that history lacks the transition of: a job.cancel needs a job.canceled or
 -- job.cancel_requested entry of its job, a job.replay a job.replayed entry of each job it lists (details.replays

@@ -227,6 +227,32 @@ def _check_history(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable =
     return _Chained(check.entries, check.entries, check.hash_only, (check.entries, check.head_hash))
 
 
+def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Transaction, spec: _ChainTable,
+                        checked: _Chained) -> None:
+    """A full bundle's chain (checked from genesis) must extend the head this site holds for its source: the held
+    chain is a prefix of it, i.e. its entry at the held head's seq has the held hash (hashes chain, so that entry
+    binds every one before it). ChainError chain:head when the source's chain is shorter or forked."""
+    site = verified.source_site
+    recorded = read.fetch("mirror_chain_head", source_site=site, chain=spec.chain)
+    if not recorded or int(recorded[0][0]) == 0:
+        return
+    held_seq, held_hash = int(recorded[0][0]), recorded[0][1]
+    if checked.entries < held_seq:
+        raise ChainError("head", f"the bundle's {spec.table} from {site} ends at entry {checked.entries}, but this "
+                         f"site holds it up to entry {held_seq}: the source's chain lost entries")
+    found = checked.head[1] if checked.head is not None and checked.entries == held_seq else None
+    if found is None:
+        wanted = pa.array([held_seq], pa.int64())
+        for batch in _rows(copy, verified, spec.table):
+            picked = batch.filter(pc.is_in(batch.column("seq"), wanted))
+            if picked.num_rows:
+                found = picked.column("entry_hash")[0].as_py()
+                break
+    if found != held_hash:
+        raise ChainError("head", f"{spec.table} entry {held_seq} from {site} differs from the head this site holds: "
+                         "the source's chain forked")
+
+
 def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Transaction,
                      spec: _ChainTable = HISTORY_CHAIN) -> _Chained:
     """An incremental bundle's chain member must extend the chain this site holds for its source (the head the
@@ -286,6 +312,7 @@ def _handoff(copy: BinaryIO, verified: VerifiedBundle) -> _Handoff | None:
     if not _has(verified, "handoffs") or not verified.manifest.row_counts.get("handoffs"):
         return None
     handoffs = [row for batch in _rows(copy, verified, "handoffs") for row in batch.to_pylist()]
+    _check_handoff_entries(copy, verified, handoffs)
     wanted = {row["job_id"] for row in handoffs}
     backfill_ids = {row["backfill_id"] for row in handoffs if row["backfill_id"] is not None}
 
@@ -300,6 +327,22 @@ def _handoff(copy: BinaryIO, verified: VerifiedBundle) -> _Handoff | None:
                                                                lambda row: row["backfill_id"] in backfill_ids)},
         windows={(row["backfill_id"], row["window_index"]): row for row in
                  rows_of("backfill_windows", lambda row: row["backfill_id"] in backfill_ids)})
+
+
+def _check_handoff_entries(copy: BinaryIO, verified: VerifiedBundle, handoffs: list[dict[str, Any]]) -> None:
+    """Each hand-off must name its job's entry in the bundle's (verified) history: the entry at `history_seq` has
+    that hash and is of that job, so the `job.received` entry here, which names it, continues the source's chain.
+    PayloadError payload:handoff otherwise."""
+    named = {row["history_seq"]: row for row in handoffs}
+    held: dict[int, dict[str, Any]] = {}
+    wanted = pa.array(list(named), pa.int64())
+    for batch in _rows(copy, verified, "history"):
+        held.update((row["seq"], row) for row in batch.filter(pc.is_in(batch.column("seq"), wanted)).to_pylist())
+    for seq, handed in named.items():
+        entry = held.get(seq)
+        if entry is None or entry["entry_hash"] != handed["entry_hash"] or entry["job_id"] != handed["job_id"]:
+            raise PayloadError("handoff", f"the hand-off of job {handed['job_id']} names history entry {seq} of "
+                               f"{verified.source_site}, which is not that job's entry in the bundle's history")
 
 
 def _receive(tx: Transaction, verified: VerifiedBundle, handed: _Handoff, actor: str, write: bool
@@ -343,6 +386,8 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
         chains = {spec.chain: _check_increment(copy, verified, read, spec) for spec in CHAIN_TABLES}
     else:
         chains = {spec.chain: _check_history(copy, verified, spec) for spec in CHAIN_TABLES}
+        for spec in CHAIN_TABLES:
+            _check_extends_held(copy, verified, read, spec, chains[spec.chain])
     chained = chains["history"].entries
     jobs, entries, policies, audit_entries = read.fetch("mirror_counts", source_site=verified.source_site)[0]
     policy_counts = dict(read.fetch("mirror_policy_counts", source_site=verified.source_site))

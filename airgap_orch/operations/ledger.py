@@ -115,6 +115,7 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None,
         progress(total, total)
     with ledger.snapshot() as read:
         _check_audited_transitions(read)
+        _check_handoff_links(read)
     _check_states(ledger, tenants)
     with ledger.snapshot() as read:
         jobs = sum(row["jobs"] for row in read.rows("state_counts", tenants=_tenant_list(tenants)))
@@ -231,6 +232,20 @@ def _check_audited_transitions(read: Snapshot) -> None:
             f"audit entry {first['seq']} records {first['action']} of job {first['job_id']} but history has no "
             f"{kind} transition for {first['job_id']}", tenant=first["tenant"],
             redacted=f"audit entry {first['seq']} records a job action outside your tenants that history lacks")
+
+
+def _check_handoff_links(read: Snapshot) -> None:
+    """Every job handed over to this site continues its source's chain: its `job.received` entry names an entry
+    the mirror of that source holds with that hash."""
+    broken = read.rows("verify_handoff_links")
+    if broken:
+        first = broken[0]
+        raise history.Broken(
+            f"history entry {first['seq']} (job {first['job_id']}): its hand-off names a source entry "
+            f"({first['reason'][:120]}) that the mirror of that site does not hold with that hash; the hand-off no "
+            "longer continues the source's chain", tenant=first["tenant"],
+            redacted=f"history entry {first['seq']} (outside your tenants): its hand-off names a source entry the "
+                     "mirror does not hold")
 
 
 def _check_states(ledger: Ledger, tenants: Collection[str] | None) -> None:
