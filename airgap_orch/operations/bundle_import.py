@@ -142,11 +142,13 @@ def _latest_anchor(tx: Transaction) -> datetime | None:
     return tx.fetch("bundle_import_latest_anchor")[0][0]
 
 
-def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str) -> Iterator[pa.RecordBatch]:
-    """The rows of a verified table member, decoded (a signed member whose pages do not decode: payload:decode)."""
+def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str, columns: list[str] | None = None
+          ) -> Iterator[pa.RecordBatch]:
+    """The rows of a verified table member (only `columns`, when given), decoded (a signed member whose pages do not
+    decode: payload:decode)."""
     member = verified.member(BY_NAME[table].path)
     with open_member(copy, member.tar) as file:
-        batches = pq.ParquetFile(file).iter_batches(batch_size=8192)
+        batches = pq.ParquetFile(file).iter_batches(batch_size=8192, columns=columns)
         while True:
             try:
                 batch = next(batches)
@@ -243,7 +245,7 @@ def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Transact
     found = checked.head[1] if checked.head is not None and checked.entries == held_seq else None
     if found is None:
         wanted = pa.array([held_seq], pa.int64())
-        for batch in _rows(copy, verified, spec.table):
+        for batch in _rows(copy, verified, spec.table, ["seq", "entry_hash"]):
             picked = batch.filter(pc.is_in(batch.column("seq"), wanted))
             if picked.num_rows:
                 found = picked.column("entry_hash")[0].as_py()
@@ -336,7 +338,7 @@ def _check_handoff_entries(copy: BinaryIO, verified: VerifiedBundle, handoffs: l
     named = {row["history_seq"]: row for row in handoffs}
     held: dict[int, dict[str, Any]] = {}
     wanted = pa.array(list(named), pa.int64())
-    for batch in _rows(copy, verified, "history"):
+    for batch in _rows(copy, verified, "history", ["seq", "job_id", "entry_hash"]):
         held.update((row["seq"], row) for row in batch.filter(pc.is_in(batch.column("seq"), wanted)).to_pylist())
     for seq, handed in named.items():
         entry = held.get(seq)
