@@ -10,6 +10,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 from conftest import run_cli, run_cli_on_a_terminal
 from export_fixtures import copy_ledger, populate, read_table
@@ -273,15 +274,20 @@ def test_a_tenant_export_holds_that_tenants_rows_only(holders, source, tmp_path)
     assert made["tenant"] == "acme" and made["self_check"].startswith("verified")
     jobs = read_table(out, "jobs")
     assert set(jobs.column("tenant").to_pylist()) == {"acme"} and set(jobs.column("job_id").to_pylist()) == acme_jobs
-    history = read_table(out, "history")
-    assert history.num_rows > 0 and set(history.column("job_id").to_pylist()) <= acme_jobs
+    history = read_table(out, "history")  # the whole chain; other tenants' entries as hashes only
+    shown = history.filter(pc.invert(history.column("hash_only")))
+    assert shown.num_rows > 0 and set(shown.column("job_id").to_pylist()) <= acme_jobs
+    hidden = history.filter(history.column("hash_only"))
+    assert hidden.num_rows > 0 and set(hidden.column("job_id").to_pylist()) == {None}
+    assert set(hidden.column("entry").to_pylist()) == {None}
     assert read_table(out, "quotas").column("tenant").to_pylist() == ["acme"]
     assert read_table(out, "rate_limits").column("scope").to_pylist() == ["tenant:acme/type:scan"]
     assert read_table(out, "concurrency_limits").num_rows == 0  # 'tenant:globex' and 'type:scan' are not acme's
     assert read_table(out, "idempotency_keys").column("tenant").to_pylist() == ["acme"] * 5
     assert read_table(out, "sources").column("tenant").to_pylist() == ["acme"]
     assert read_table(out, "backfills").num_rows == read_table(out, "backfill_windows").num_rows == 0
-    audited = [json.loads(entry) for entry in read_table(out, "audit_log").column("entry").to_pylist()]
+    audited = [json.loads(entry) for entry in read_table(out, "audit_log").column("entry").to_pylist()
+               if entry is not None]
     assert audited and {entry["details"]["tenant"] for entry in audited} == {"acme"}
 
 

@@ -98,7 +98,8 @@ def test_a_full_bundle_is_planned_then_imported_as_mirrors_and_pins_the_trust_ro
     assert after["floors"] == [("site-a", 1)] and after["trust_roots"] == [1]
     listed = ok(cli("bundle", "list", "--json", ledger=target))
     assert [(row["source_site"], row["sequence"]) for row in listed["imports"]] == [("site-a", 1)]
-    assert listed["mirrors"]["site-a"] == {"jobs": jobs, "history": entries, "policies": after["mirror_policies"]}
+    assert listed["mirrors"]["site-a"] == {"jobs": jobs, "history": entries, "policies": after["mirror_policies"],
+                                           "audit_log": tables["audit_log"]["rows"]}
     status = ok(cli("airgap", "status", "--json", ledger=target))
     assert status["trust_root"]["version"] == 1 and status["floors"][0]["sequence"] == 1
     assert status["staleness"]["state"] == "fresh"

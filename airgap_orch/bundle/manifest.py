@@ -112,6 +112,7 @@ class BundleHeader:
     base_sequence: int | None  # None exactly for a full bundle
     created_at: datetime  # naive UTC; microseconds are kept
     tool_version: str
+    tenant: str | None = None  # a --tenant bundle's tenant (the manifest has the field only then)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ class Manifest:
     members: tuple[ManifestMember, ...]
     merkle_root: str
     payload: bytes = field(repr=False)
+    # The tenant a `--tenant` bundle covers (None: every tenant); its history and audit_log members carry the other
+    # tenants' entries as hashes only.
+    tenant: str | None = None
 
     @property
     def payload_sha256(self) -> str:
@@ -182,6 +186,8 @@ def build_manifest(header: BundleHeader, members: Sequence[ManifestMember], merk
         "members": [member.to_document() for member in members],
         "merkle_root": merkle_root,
     }
+    if header.tenant is not None:  # only then: every other bundle's manifest is as before
+        document["tenant"] = header.tenant
     document["bundle_id"] = bundle_id_of(document)
     try:
         return parse_manifest(canonical_json(document))
@@ -231,6 +237,7 @@ def parse_manifest(payload: bytes) -> Manifest:
         ) for m in document["members"]),
         merkle_root=document["merkle_root"],
         payload=bytes(payload),
+        tenant=document.get("tenant"),
     )
     _check_rules(manifest)
     if bundle_id_of(document) != manifest.bundle_id:

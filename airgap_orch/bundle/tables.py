@@ -61,6 +61,8 @@ class TableSpec:
 
     # Parameters its query takes besides $tenant (the hand-off list: the bundle's target site and sequence).
     scope_params: tuple[str, ...] = ()
+    # Columns the export query computes that the ledger table does not store (hash_only of the chains).
+    computed: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -80,6 +82,9 @@ def _schema(*columns: tuple[str, pa.DataType]) -> pa.Schema:
 # The policy rows' issuing site and per-issuer version (migration 0013), added after version 1's first layout.
 _ISSUER = (("issuer_site", _S), ("issuer_version", _I32))
 _ISSUED = ("issuer_site", "issuer_version")
+# The chains' hashes-only flag (a --tenant bundle's other tenants' entries: entry and key NULL), added after version
+# 1's first layout; a member without it has every entry's text.
+_HASH_ONLY = ("hash_only",)
 
 TABLES: tuple[TableSpec, ...] = (
     TableSpec("jobs", "all_jobs", ("job_id",), "tenant = T", _schema(
@@ -90,8 +95,9 @@ TABLES: tuple[TableSpec, ...] = (
         ("lease_expires_at", _T), ("started_at", _T), ("progress", _F64), ("progress_message", _S),
         ("artifacts", _S), ("last_error", _S), ("cancel_requested", _B), ("replay_of", _S), ("created_at", _T),
         ("updated_at", _T), ("finished_at", _T), ("limit_keys", pa.list_(_S)), ("fair_seq", _I64))),
-    TableSpec("history", "history", ("seq",), "entries of T's jobs", _schema(
-        ("seq", _I64), ("job_id", _S), ("entry", _S), ("entry_hash", _S))),
+    TableSpec("history", "history", ("seq",), "every entry; other tenants' as hashes only", _schema(
+        ("seq", _I64), ("job_id", _S), ("entry", _S), ("entry_hash", _S), ("hash_only", _B)), _HASH_ONLY,
+        computed=_HASH_ONLY),
     TableSpec("idempotency_keys", "idempotency_keys", ("site_id", "tenant", "idempotency_key"), "tenant = T",
               _schema(("site_id", _S), ("tenant", _S), ("idempotency_key", _S), ("job_id", _S),
                       ("spec_digest", _S))),
@@ -129,8 +135,9 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("backfill_windows", "backfill_windows", ("backfill_id", "window_index"), "windows of T's backfills",
               _schema(("backfill_id", _S), ("record_version", _I32), ("window_index", _I32), ("window_start", _T),
                       ("window_end", _T), ("job_id", _S), ("created", _B))),
-    TableSpec("audit_log", "audit_log", ("seq",), "entries whose details.tenant is T", _schema(
-        ("seq", _I64), ("action", _S), ("entry", _S), ("entry_hash", _S))),
+    TableSpec("audit_log", "audit_log", ("seq",), "every entry; those whose details.tenant is not T as hashes only",
+              _schema(("seq", _I64), ("action", _S), ("entry", _S), ("entry_hash", _S), ("hash_only", _B)),
+              _HASH_ONLY, computed=_HASH_ONLY),
     # The jobs this bundle hands over to its target (`bundle export --handoff`; empty otherwise). Bundles written
     # before hand-offs existed lack this member: readers take its absence as no hand-off.
     TableSpec("handoffs", "bundle_handoffs", ("job_id",), "hand-offs of T's jobs", _schema(
@@ -160,6 +167,9 @@ LOCAL_TABLES: dict[str, str] = {
     "bundle_imports_superseded": "imports whose floor a key rotation reset (fast-forward recovery)",
     "mirror_jobs": "other sites' jobs, mirrored from their bundles",
     "mirror_history": "other sites' history, mirrored from their bundles",
+    "mirror_audit_log": "other sites' audit logs, mirrored from their bundles",
+    "mirror_chain_heads": "the head of each mirrored chain, recorded by the import that brought it",
+    "site_chains": "a view: every chain this site holds (its own and the mirrors) by site, chain and sequence",
     "mirror_policies": "other sites' policies, mirrored from their bundles",
     "policy_authority": "the site whose policies this site applies: this site's own designation",
 }

@@ -224,6 +224,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
     base = f" on base {plan['base_sequence']}" if plan.get("base_sequence") else ""
     click.echo(f"{plan['kind']} bundle {plan['bundle_id']}: {plan['source_site']} -> {plan['target_site']}, "
                f"sequence {plan['sequence']}{base} (floor {plan['floor']}), created {plan['created_at']}")
+    if plan.get("tenant"):
+        click.echo(f"tenant bundle: {plan['tenant']} only; the other tenants' history and audit entries are hashes "
+                   "only")
     for table in plan["tables"]:
         if "adds" in table:
             more = f"updates {table['updates']}" if "updates" in table else f"already held {table['already_held']}"
@@ -353,7 +356,7 @@ def list_() -> dict | None:
                    f"{row['exported_at']}{handed}")
     for site, counts in result["mirrors"].items():
         click.echo(f"mirror of {site}: {counts['jobs']} jobs, {counts['history']} history entries, "
-                   f"{counts['policies']} policies")
+                   f"{counts.get('audit_log', 0)} audit entries, {counts['policies']} policies")
     return None
 
 

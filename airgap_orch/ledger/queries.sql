@@ -251,6 +251,20 @@ LIMIT 20;
 -- name: verify_payload_digests
 SELECT job_id, tenant FROM all_jobs WHERE 'sha256:' || sha256(payload) <> payload_digest ORDER BY job_id LIMIT 20;
 
+-- name: verify_handoff_links
+-- Local `job.received` entries (a handed-over job's first entry here) whose reason does not name an entry the
+-- mirror of its source site holds with that hash (`handed_off_from:<site>#<seq>:<entry_hash>`): the hand-off no
+-- longer continues the source's chain. The first few, oldest first.
+SELECT h.seq, h.job_id, h.entry ->> 'tenant' AS tenant, h.entry ->> 'reason' AS reason
+FROM (SELECT seq, job_id, entry,
+             regexp_extract(entry ->> 'reason', '^handed_off_from:(.+)#([0-9]+):([0-9a-f]{64})$',
+                            ['site', 'seq', 'hash']) AS link
+      FROM history
+      WHERE contains(entry, '"event_type":"job.received"') AND entry ->> 'event_type' = 'job.received') h
+LEFT JOIN mirror_history m ON m.source_site = h.link.site AND m.seq = TRY_CAST(h.link.seq AS BIGINT)
+WHERE m.entry_hash IS NULL OR m.entry_hash <> h.link.hash
+ORDER BY h.seq LIMIT 20;
+
 -- name: verify_audited_transitions
 -- Audited job actions that history lacks the transition of: a job.cancel needs a job.canceled or
 -- job.cancel_requested entry of its job, a job.replay a job.replayed entry of each job it lists (details.replays
@@ -642,7 +656,7 @@ SELECT count(*) FROM bundle_handoffs WHERE target_site = $target_site AND sequen
 -- Rows each member will hold (for progress), in the same snapshot as the members.
 SELECT
     (SELECT count(*) FROM all_jobs WHERE $tenant IS NULL OR tenant = $tenant) AS jobs,
-    (SELECT count(*) FROM history WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS history,
+    (SELECT count(*) FROM history) AS history,  -- whole: other tenants' entries travel as hashes
     (SELECT count(*) FROM idempotency_keys WHERE $tenant IS NULL OR tenant = $tenant) AS idempotency_keys,
     (SELECT count(*) FROM job_dependencies WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}})
         AS job_dependencies,
@@ -659,7 +673,7 @@ SELECT
     (SELECT count(*) FROM backfill_windows
      WHERE $tenant IS NULL OR backfill_id IN (SELECT backfill_id FROM backfills WHERE tenant = $tenant))
         AS backfill_windows,
-    (SELECT count(*) FROM audit_log WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant) AS audit_log,
+    (SELECT count(*) FROM audit_log) AS audit_log,  -- whole, as history
     -- every hand-off this site made: a bound (the member holds the bundle's own)
     (SELECT count(*) FROM bundle_handoffs WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS handoffs;
 
@@ -674,9 +688,12 @@ WHERE $tenant IS NULL OR tenant = $tenant
 ORDER BY job_id;
 
 -- name: bundle_export_history
--- The hash chain, by seq; with $tenant, the entries of that tenant's jobs only (the chain has gaps then).
-SELECT seq, job_id, entry, entry_hash FROM history
-WHERE $tenant IS NULL OR job_id IN {{export_tenant_jobs}}
+-- The hash chain, by seq; with $tenant, the other tenants' entries as hashes only (no job_id, no entry): the chain
+-- stays whole without revealing them.
+SELECT seq, CASE WHEN shown THEN job_id END AS job_id, CASE WHEN shown THEN entry END AS entry, entry_hash,
+       NOT shown AS hash_only
+FROM (SELECT seq, job_id, entry, entry_hash, ($tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS shown
+      FROM history)
 ORDER BY seq;
 
 -- name: bundle_export_idempotency_keys
@@ -745,9 +762,12 @@ WHERE $tenant IS NULL OR backfill_id IN (SELECT backfill_id FROM backfills WHERE
 ORDER BY backfill_id, window_index;
 
 -- name: bundle_export_audit_log
--- The audit chain, by seq; with $tenant, the entries whose details name that tenant (the chain has gaps then).
-SELECT seq, action, entry, entry_hash FROM audit_log
-WHERE $tenant IS NULL OR entry ->> '$.details.tenant' = $tenant
+-- The audit chain, by seq; with $tenant, the entries whose details do not name that tenant as hashes only.
+SELECT seq, CASE WHEN shown THEN action END AS action, CASE WHEN shown THEN entry END AS entry, entry_hash,
+       NOT shown AS hash_only
+FROM (SELECT seq, action, entry, entry_hash,
+             ($tenant IS NULL OR coalesce(entry ->> '$.details.tenant' = $tenant, false)) AS shown
+      FROM audit_log)
 ORDER BY seq;
 
 -- name: bundle_export_handoffs
@@ -773,8 +793,10 @@ WHERE job_id IN {{export_changed_jobs}} AND ($tenant IS NULL OR tenant = $tenant
 ORDER BY job_id;
 
 -- name: bundle_export_since_history
-SELECT seq, job_id, entry, entry_hash FROM history
-WHERE seq > $after_history_seq AND ($tenant IS NULL OR job_id IN {{export_tenant_jobs}})
+SELECT seq, CASE WHEN shown THEN job_id END AS job_id, CASE WHEN shown THEN entry END AS entry, entry_hash,
+       NOT shown AS hash_only
+FROM (SELECT seq, job_id, entry, entry_hash, ($tenant IS NULL OR job_id IN {{export_tenant_jobs}}) AS shown
+      FROM history WHERE seq > $after_history_seq)
 ORDER BY seq;
 
 -- name: bundle_export_since_idempotency_keys
@@ -788,8 +810,11 @@ WHERE job_id IN {{export_changed_jobs}} AND ($tenant IS NULL OR job_id IN {{expo
 ORDER BY job_id, parent_id;
 
 -- name: bundle_export_since_audit_log
-SELECT seq, action, entry, entry_hash FROM audit_log
-WHERE seq > $after_audit_seq AND ($tenant IS NULL OR entry ->> '$.details.tenant' = $tenant)
+SELECT seq, CASE WHEN shown THEN action END AS action, CASE WHEN shown THEN entry END AS entry, entry_hash,
+       NOT shown AS hash_only
+FROM (SELECT seq, action, entry, entry_hash,
+             ($tenant IS NULL OR coalesce(entry ->> '$.details.tenant' = $tenant, false)) AS shown
+      FROM audit_log WHERE seq > $after_audit_seq)
 ORDER BY seq;
 
 -- Hand-off at the source (operations/bundles.py handoff): pending, never-started jobs of this site.
@@ -868,7 +893,8 @@ FROM bundle_exports ORDER BY exported_at, target_site, sequence;
 -- name: mirror_counts
 SELECT (SELECT count(*) FROM mirror_jobs WHERE source_site = $source_site),
        (SELECT count(*) FROM mirror_history WHERE source_site = $source_site),
-       (SELECT count(*) FROM mirror_policies WHERE source_site = $source_site);
+       (SELECT count(*) FROM mirror_policies WHERE source_site = $source_site),
+       (SELECT count(*) FROM mirror_audit_log WHERE source_site = $source_site);
 
 -- name: mirror_policy_counts
 SELECT kind, count(*) FROM mirror_policies WHERE source_site = $source_site GROUP BY kind;
@@ -888,15 +914,46 @@ SELECT source_site, tenant FROM mirror_jobs WHERE job_id = $job_id ORDER BY sour
 -- How many of the listed jobs the mirror of their source already holds (an incremental plan's updates).
 SELECT count(*) FROM mirror_jobs WHERE source_site = $source_site AND list_contains($job_ids, job_id);
 
--- name: mirror_history_head
--- The last entry of a source's history this site holds (0 and NULL: none).
-SELECT coalesce(max(seq), 0), arg_max(entry_hash, seq) FROM mirror_history WHERE source_site = $source_site;
+-- name: mirror_chain_head
+-- The head of a source's chain $chain ('history' | 'audit') recorded by the import that brought it (migration
+-- 0014; no row: this site holds no such chain of that source).
+SELECT seq, entry_hash FROM mirror_chain_heads WHERE source_site = $source_site AND chain = $chain;
+
+-- name: mirror_chain_head_put
+INSERT OR REPLACE INTO mirror_chain_heads VALUES ($source_site, $chain, $seq, $entry_hash);
+
+-- name: mirror_chain_heads_all
+-- Every mirrored chain's recorded head, by site (`ledger verify`).
+SELECT source_site, chain, seq, entry_hash FROM mirror_chain_heads ORDER BY source_site, chain;
 
 -- name: mirror_history_hashes
 -- The held entries of a source's history from $from_seq to $to_seq (an incremental bundle's overlap and the
 -- entry it chains onto).
 SELECT seq, entry_hash FROM mirror_history
 WHERE source_site = $source_site AND seq BETWEEN $from_seq AND $to_seq ORDER BY seq;
+
+-- name: mirror_audit_hashes
+-- mirror_history_hashes for the source's audit log.
+SELECT seq, entry_hash FROM mirror_audit_log
+WHERE source_site = $source_site AND seq BETWEEN $from_seq AND $to_seq ORDER BY seq;
+
+-- name: mirror_history_chunk
+-- history_chunk for a mirrored site's history (`ledger verify`).
+SELECT seq, job_id, entry, entry_hash FROM mirror_history
+WHERE source_site = $source_site AND ($after_seq IS NULL OR seq > $after_seq) AND seq <= $upto_seq
+ORDER BY seq;
+
+-- name: mirror_history_past
+SELECT max(seq) FROM mirror_history WHERE source_site = $source_site AND seq > $seq;
+
+-- name: mirror_audit_chunk
+-- history_chunk for a mirrored site's audit log (`ledger verify`).
+SELECT seq, action, entry, entry_hash FROM mirror_audit_log
+WHERE source_site = $source_site AND ($after_seq IS NULL OR seq > $after_seq) AND seq <= $upto_seq
+ORDER BY seq;
+
+-- name: mirror_audit_past
+SELECT max(seq) FROM mirror_audit_log WHERE source_site = $source_site AND seq > $seq;
 
 -- name: bundle_import_has
 SELECT count(*) FROM bundle_imports WHERE source_site = $source_site AND sequence = $sequence;
@@ -924,7 +981,13 @@ DELETE FROM mirror_policies WHERE source_site = $source_site;
 INSERT INTO mirror_jobs SELECT $source_site, job_id, tenant, state, row_json FROM rows;
 
 -- name: mirror_history_insert
-INSERT INTO mirror_history SELECT $source_site, seq, job_id, entry, entry_hash FROM rows;
+INSERT INTO mirror_history SELECT $source_site, seq, job_id, entry, entry_hash, hash_only FROM rows;
+
+-- name: mirror_audit_log_delete
+DELETE FROM mirror_audit_log WHERE source_site = $source_site;
+
+-- name: mirror_audit_log_insert
+INSERT INTO mirror_audit_log SELECT $source_site, seq, action, entry, entry_hash, hash_only FROM rows;
 
 -- name: mirror_policies_insert
 INSERT INTO mirror_policies SELECT $source_site, kind, key, row_json FROM rows;

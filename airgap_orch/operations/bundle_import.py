@@ -28,7 +28,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -69,7 +69,7 @@ DESTINATIONS: dict[str, tuple[str, str | None]] = {
     "sources": ("not imported", None),
     "backfills": ("not imported", None),
     "backfill_windows": ("not imported", None),
-    "audit_log": ("not imported", None),
+    "audit_log": ("mirrored", "mirror_audit_log"),
     "handoffs": ("handed over: become local jobs (see handoff)", None),
 }
 # Test-only: "point:marker-file" makes an import write the marker and sleep at that point (SIGKILL tests).
@@ -146,11 +146,13 @@ def _latest_anchor(tx: Transaction) -> datetime | None:
     return tx.fetch("bundle_import_latest_anchor")[0][0]
 
 
-def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str) -> Iterator[pa.RecordBatch]:
-    """The rows of a verified table member, decoded (a signed member whose pages do not decode: payload:decode)."""
+def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str, columns: list[str] | None = None
+          ) -> Iterator[pa.RecordBatch]:
+    """The rows of a verified table member (only `columns`, when given), decoded (a signed member whose pages do not
+    decode: payload:decode)."""
     member = verified.member(BY_NAME[table].path)
     with open_member(copy, member.tar) as file:
-        batches = pq.ParquetFile(file).iter_batches(batch_size=8192)
+        batches = pq.ParquetFile(file).iter_batches(batch_size=8192, columns=columns)
         while True:
             try:
                 batch = next(batches)
@@ -161,51 +163,143 @@ def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str) -> Iterator[pa.R
             yield batch
 
 
-def _history_rows(copy: BinaryIO, verified: VerifiedBundle) -> Iterator[tuple[int, str, str, str]]:
-    for batch in _rows(copy, verified, "history"):
-        columns = [batch.column(name).to_pylist() for name in ("seq", "job_id", "entry", "entry_hash")]
+@dataclass(frozen=True)
+class _ChainTable:
+    """A bundle table that is a source site's hash chain, and where this site keeps it."""
+
+    table: str  # the bundle table: history | audit_log
+    chain: str  # its name in mirror_chain_heads: history | audit
+    key: str  # the key column: job_id | action
+    mirror: str  # mirror_history | mirror_audit_log
+    hashes_query: str  # the held entries' hashes in a range of seqs
+    verify: Callable[..., history.ChainCheck]
+
+
+HISTORY_CHAIN = _ChainTable("history", "history", "job_id", "mirror_history", "mirror_history_hashes",
+                            history.verify_chain)
+AUDIT_CHAIN = _ChainTable("audit_log", "audit", "action", "mirror_audit_log", "mirror_audit_hashes",
+                          audit.verify_chain)
+CHAIN_TABLES = (HISTORY_CHAIN, AUDIT_CHAIN)
+
+
+def _chain_batches(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable) -> Iterator[pa.RecordBatch]:
+    """The chain member's batches with a `hash_only` column (false for a member written before it existed), each
+    checked: a hashes-only entry has no text and no key, every other entry has its text, and only a bundle whose
+    manifest names a tenant carries hashes-only entries (ChainError chain:<chain>)."""
+    site = verified.source_site
+    for batch in _rows(copy, verified, spec.table):
+        if "hash_only" not in batch.schema.names:
+            batch = batch.append_column("hash_only", pa.array([False] * batch.num_rows, pa.bool_()))
+        flags = batch.column("hash_only")
+        if not pc.all(pc.fill_null(pc.equal(flags, pc.is_null(batch.column("entry"))), False)).as_py():
+            raise ChainError(spec.chain, f"the bundle's {spec.table} from {site} has an entry whose hash_only flag "
+                             "does not say whether its text is there")
+        if verified.manifest.tenant is None and pc.any(flags).as_py():
+            raise ChainError(spec.chain, f"the bundle's {spec.table} from {site} carries entries as hashes only, but "
+                             "its manifest names no tenant (only a --tenant bundle leaves other tenants' entries out)")
+        yield batch
+
+
+def _chain_rows(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable) -> Iterator[tuple[int, str, str, str]]:
+    for batch in _chain_batches(copy, verified, spec):
+        columns = [batch.column(name).to_pylist() for name in ("seq", spec.key, "entry", "entry_hash")]
         yield from zip(*columns, strict=True)
 
 
-def _check_history(copy: BinaryIO, verified: VerifiedBundle) -> int:
-    """Recompute the history chain from genesis over the bundle's rows; ChainError chain:* when it breaks."""
+@dataclass(frozen=True)
+class _Chained:
+    """What the chain check of one chain member found: its entries, how many are new here, how many are hashes
+    only, and the head this site holds for the source's chain once it is imported (None: not imported)."""
+
+    entries: int
+    new: int
+    hash_only: int
+    head: tuple[int, str] | None
+
+    def plan(self) -> dict[str, Any]:
+        return {"entries": self.entries, "new": self.new, "hash_only": self.hash_only,
+                "head_seq": None if self.head is None else self.head[0],
+                "head_hash": None if self.head is None else self.head[1]}
+
+
+def _check_history(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable = HISTORY_CHAIN) -> _Chained:
+    """Recompute a chain member (history or audit log) from genesis over the bundle's rows; ChainError
+    chain:<chain> when it breaks."""
     try:
-        return history.verify_chain(_history_rows(copy, verified)).entries
+        check = spec.verify(_chain_rows(copy, verified, spec), hash_only=True)
     except history.Broken as broken:
-        raise ChainError("history", f"the bundle's history from {verified.source_site} is broken: {broken}") from None
+        raise ChainError(spec.chain, f"the bundle's {spec.table} from {verified.source_site} is broken: "
+                         f"{broken}") from None
+    return _Chained(check.entries, check.entries, check.hash_only, (check.entries, check.head_hash))
 
 
-def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Transaction) -> tuple[int, int, int]:
-    """An incremental bundle's history must extend the chain this site holds for its source: its first entry
-    chains onto the held entry before it, entries this site holds already must be the same, the rest follow on.
-    Returns (entries in the bundle, entries new here, the last seq held before)."""
+def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Transaction, spec: _ChainTable,
+                        checked: _Chained) -> None:
+    """A full bundle's chain (checked from genesis) must extend the head this site holds for its source: the held
+    chain is a prefix of it, i.e. its entry at the held head's seq has the held hash (hashes chain, so that entry
+    binds every one before it). ChainError chain:head when the source's chain is shorter or forked."""
     site = verified.source_site
-    held_seq = int(read.fetch("mirror_history_head", source_site=site)[0][0])
-    rows = _history_rows(copy, verified)
+    recorded = read.fetch("mirror_chain_head", source_site=site, chain=spec.chain)
+    if not recorded or int(recorded[0][0]) == 0:
+        return
+    held_seq, held_hash = int(recorded[0][0]), recorded[0][1]
+    if checked.entries < held_seq:
+        raise ChainError("head", f"the bundle's {spec.table} from {site} ends at entry {checked.entries}, but this "
+                         f"site holds it up to entry {held_seq}: the source's chain lost entries")
+    found = checked.head[1] if checked.head is not None and checked.entries == held_seq else None
+    if found is None:
+        wanted = pa.array([held_seq], pa.int64())
+        for batch in _rows(copy, verified, spec.table, ["seq", "entry_hash"]):
+            picked = batch.filter(pc.is_in(batch.column("seq"), wanted))
+            if picked.num_rows:
+                found = picked.column("entry_hash")[0].as_py()
+                break
+    if found != held_hash:
+        raise ChainError("head", f"{spec.table} entry {held_seq} from {site} differs from the head this site holds: "
+                         "the source's chain forked")
+
+
+def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Transaction,
+                     spec: _ChainTable = HISTORY_CHAIN) -> _Chained:
+    """An incremental bundle's chain member must extend the chain this site holds for its source (the head the
+    import that brought it recorded): its first entry chains onto the held entry before it, entries this site
+    holds already must be the same (by hash: either may be hashes only), the rest follow on. A chain this site
+    holds no head for (an audit log mirrored before migration 0014) is not imported (head None) until a full
+    bundle brings it whole."""
+    site = verified.source_site
+    recorded = read.fetch("mirror_chain_head", source_site=site, chain=spec.chain)
+    if not recorded:
+        return _Chained(verified.manifest.row_counts.get(spec.table, 0), 0, 0, None)
+    held_seq, held_hash = int(recorded[0][0]), recorded[0][1]
+    rows = _chain_rows(copy, verified, spec)
     first = next(rows, None)
     if first is None:
-        return 0, 0, held_seq
+        return _Chained(0, 0, 0, (held_seq, held_hash))
     start = int(first[0])
     if start < 1 or start - 1 > held_seq:
-        raise ChainError("head", f"the bundle's history from {site} starts at entry {start}, but this site holds "
-                         f"that history up to entry {held_seq}: it does not chain onto the held head")
-    held = dict(read.fetch("mirror_history_hashes", source_site=site, from_seq=start - 1, to_seq=held_seq))
-    prev = history.GENESIS if start == 1 else held[start - 1]
+        raise ChainError("head", f"the bundle's {spec.table} from {site} starts at entry {start}, but this site "
+                         f"holds it up to entry {held_seq}: it does not chain onto the held head")
+    held = dict(read.fetch(spec.hashes_query, source_site=site, from_seq=start - 1, to_seq=held_seq))
+    held[held_seq] = held_hash  # the recorded head is what the chain goes on from
+    prev = history.GENESIS if start == 1 else held.get(start - 1)
+    if prev is None:
+        raise ChainError("head", f"this site's mirror of {site}'s {spec.table} lacks entry {start - 1}; run "
+                         "`ledger verify`")
 
     def checked() -> Iterator[tuple[int, str, str, str]]:
         for row in itertools.chain([first], rows):
             if row[0] <= held_seq and held.get(row[0]) != row[3]:
-                raise ChainError("head", f"history entry {row[0]} from {site} differs from the entry this site "
-                                 "holds: the source's history forked")
+                raise ChainError("head", f"{spec.table} entry {row[0]} from {site} differs from the entry this site "
+                                 "holds: the source's chain forked")
             yield row
 
     try:
-        check = history.verify_chain(checked(), start=history.ChainCheck(start - 1, prev, 0))
+        check = spec.verify(checked(), start=history.ChainCheck(start - 1, prev, 0), hash_only=True)
     except history.Broken as broken:
-        raise ChainError("history", f"the bundle's history from {site} does not extend the chain held here: "
+        raise ChainError(spec.chain, f"the bundle's {spec.table} from {site} does not extend the chain held here: "
                          f"{broken}") from None
-    entries = check.entries - (start - 1)
-    return entries, max(0, check.entries - held_seq), held_seq
+    head = (check.entries, check.head_hash) if check.entries > held_seq else (held_seq, held_hash)
+    return _Chained(check.entries - (start - 1), max(0, check.entries - held_seq), check.hash_only, head)
 
 
 @dataclass
@@ -224,6 +318,7 @@ def _handoff(copy: BinaryIO, verified: VerifiedBundle) -> _Handoff | None:
     if not _has(verified, "handoffs") or not verified.manifest.row_counts.get("handoffs"):
         return None
     handoffs = [row for batch in _rows(copy, verified, "handoffs") for row in batch.to_pylist()]
+    _check_handoff_entries(copy, verified, handoffs)
     wanted = {row["job_id"] for row in handoffs}
     backfill_ids = {row["backfill_id"] for row in handoffs if row["backfill_id"] is not None}
 
@@ -238,6 +333,22 @@ def _handoff(copy: BinaryIO, verified: VerifiedBundle) -> _Handoff | None:
                                                                lambda row: row["backfill_id"] in backfill_ids)},
         windows={(row["backfill_id"], row["window_index"]): row for row in
                  rows_of("backfill_windows", lambda row: row["backfill_id"] in backfill_ids)})
+
+
+def _check_handoff_entries(copy: BinaryIO, verified: VerifiedBundle, handoffs: list[dict[str, Any]]) -> None:
+    """Each hand-off must name its job's entry in the bundle's (verified) history: the entry at `history_seq` has
+    that hash and is of that job, so the `job.received` entry here, which names it, continues the source's chain.
+    PayloadError payload:handoff otherwise."""
+    named = {row["history_seq"]: row for row in handoffs}
+    held: dict[int, dict[str, Any]] = {}
+    wanted = pa.array(list(named), pa.int64())
+    for batch in _rows(copy, verified, "history", ["seq", "job_id", "entry_hash"]):
+        held.update((row["seq"], row) for row in batch.filter(pc.is_in(batch.column("seq"), wanted)).to_pylist())
+    for seq, handed in named.items():
+        entry = held.get(seq)
+        if entry is None or entry["entry_hash"] != handed["entry_hash"] or entry["job_id"] != handed["job_id"]:
+            raise PayloadError("handoff", f"the hand-off of job {handed['job_id']} names history entry {seq} of "
+                               f"{verified.source_site}, which is not that job's entry in the bundle's history")
 
 
 def _receive(tx: Transaction, verified: VerifiedBundle, handed: _Handoff, actor: str, write: bool
@@ -268,7 +379,8 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
     read = ledger.read()
     floor = int(read.fetch("bundle_import_floor", source_site=verified.source_site)[0][0])
     resets = _resets(ledger, verified)
-    if verified.source_site in {reset["site"] for reset in resets}:
+    fresh = verified.source_site in {reset["site"] for reset in resets}
+    if fresh:
         floor = 0  # the bundle's rotation replaces its site's keys: that floor starts again (fast-forward recovery)
     if manifest.sequence <= floor:
         raise RollbackError("sequence", f"bundle sequence {manifest.sequence} from {verified.source_site} is not "
@@ -276,28 +388,39 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
     incremental = manifest.kind == "incremental"
     if incremental:
         base = manifest.base_sequence
-        if not read.fetch("bundle_import_has", source_site=verified.source_site, sequence=base)[0][0]:
+        if fresh or not read.fetch("bundle_import_has", source_site=verified.source_site, sequence=base)[0][0]:
             raise RollbackError("base-missing", f"incremental bundle {manifest.sequence} from "
                                 f"{verified.source_site} applies on sequence {base}, which this site has not "
                                 f"imported: import bundle {base} first, or ask {verified.source_site} for a full "
                                 "bundle or one cut with --base from a sequence imported here")
-        chained, new_entries, _ = _check_increment(copy, verified, read)
+        chains = {spec.chain: _check_increment(copy, verified, read, spec) for spec in CHAIN_TABLES}
     else:
-        chained = new_entries = _check_history(copy, verified)
-    jobs, entries, policies = read.fetch("mirror_counts", source_site=verified.source_site)[0]
+        chains = {spec.chain: _check_history(copy, verified, spec) for spec in CHAIN_TABLES}
+        for spec in CHAIN_TABLES:
+            if floor:  # with no import of the site standing (none yet, or reset by a key rotation), chains start afresh
+                _check_extends_held(copy, verified, read, spec, chains[spec.chain])
+    chained = chains["history"].entries
+    jobs, entries, policies, audit_entries = read.fetch("mirror_counts", source_site=verified.source_site)[0]
     policy_counts = dict(read.fetch("mirror_policy_counts", source_site=verified.source_site))
-    before = {"jobs": jobs, "history": entries, **{name: policy_counts.get(name, 0) for name in POLICY_TABLES}}
+    before = {"jobs": jobs, "history": entries, "audit_log": audit_entries,
+              **{name: policy_counts.get(name, 0) for name in POLICY_TABLES}}
     known = _known_jobs(copy, verified, read) if incremental else 0
     tables = []
     for name, rows in sorted(manifest.row_counts.items()):
         action, mirror = DESTINATIONS.get(name, ("not imported", None))
         entry = {"table": name, "rows": rows, "action": action, "mirror": mirror,
-                 "replaces": before.get(name, 0) if mirror and not (incremental and name in ("jobs", "history"))
+                 "replaces": before.get(name, 0) if mirror and not (incremental and name in ("jobs", "history",
+                                                                                            "audit_log"))
                  else 0}
         if incremental and name == "jobs":
             entry.update(action="merged", adds=rows - known, updates=known)
-        if incremental and name == "history":
-            entry.update(action="appended", adds=new_entries, already_held=rows - new_entries)
+        if incremental and name in ("history", "audit_log"):
+            found = chains["history" if name == "history" else "audit"]
+            if found.head is None:
+                entry.update(action="not imported: this site holds no audit chain of the source yet (mirrored "
+                             "before migration 0014); its next full bundle brings it", mirror=None)
+            else:
+                entry.update(action="appended", adds=found.new, already_held=rows - found.new)
         tables.append(entry)
     policies = bundle_policies.plan(read, ledger.site_id, verified.source_site, _policy_rows(copy, verified))
     for table in tables:  # applied when the source is this site's policy authority (operations/bundle_policies.py)
@@ -311,6 +434,7 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
         "base_sequence": manifest.base_sequence, "source_site": verified.source_site,
         "target_site": manifest.target_site, "sequence": manifest.sequence,
         "floor": floor, "created_at": format_time(manifest.created_at), "history_entries": chained,
+        "tenant": manifest.tenant, "chains": {name: found.plan() for name, found in chains.items()},
         "trust_root_version": verified.root.version, "pin_trust_root": pin, "store_trust_roots": new_versions,
         "forced": force, "tables": tables, "policy_authority": policies["authority"], "floors_reset": resets,
         "handoff": None if handed is None else _handoff_plan(_receive(read, verified, handed, "plan", False)),
@@ -476,6 +600,7 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
         try:  # a member that does not decode is refused like any other verification failure
             with ledger.transaction() as tx:
                 _write_mirrors(tx, copy, verified)
+                _record_heads(tx, verified.source_site, found)
                 applied = bundle_policies.apply(tx, verified.source_site, verified.manifest.sequence,
                                                 _policy_rows(copy, verified), actor=actor)
                 details["policy_rows_applied"] = sum(1 for change in applied if change["change"] in
@@ -620,8 +745,7 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
     entries after the held head (its chain was checked against it). Policies travel whole either way."""
     site = verified.source_site
     incremental = verified.manifest.kind == "incremental"
-    held_seq = int(tx.fetch("mirror_history_head", source_site=site)[0][0]) if incremental else 0
-    for name in ("mirror_jobs", "mirror_history", "mirror_policies"):
+    for name in ("mirror_jobs", "mirror_history", "mirror_audit_log", "mirror_policies"):
         if not incremental or name == "mirror_policies":
             tx.execute(f"{name}_delete", source_site=site)
     for group in _grouped(_rows(copy, verified, "jobs")):
@@ -631,11 +755,8 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
         if incremental:
             tx.execute_with("mirror_jobs_delete_listed", "rows", table, source_site=site)
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
-    for group in _grouped(_rows(copy, verified, "history")):
-        table = pa.Table.from_batches(group)
-        if held_seq:
-            table = table.filter(pc.greater(table.column("seq"), held_seq))
-        tx.execute_with("mirror_history_insert", "rows", table, source_site=site)
+    for spec in CHAIN_TABLES:
+        _write_chain_mirror(tx, copy, verified, spec, incremental)
     for name in POLICY_TABLES:
         order = BY_NAME[name].order
         for batch in _rows(copy, verified, name):
@@ -645,6 +766,34 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
                               "row_json": _json_rows(batch)}, schema=pa.schema(
                                   [("kind", pa.string()), ("key", pa.string()), ("row_json", pa.string())]))
             tx.execute_with("mirror_policies_insert", "rows", table, source_site=site)
+
+
+def _write_chain_mirror(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable,
+                        incremental: bool) -> None:
+    """Append a chain member's entries past the held head to its mirror (a full bundle's mirror was emptied; an
+    incremental bundle's entries up to the held head were checked equal to the held ones). An incremental bundle
+    of a chain this site holds no head for writes nothing (_check_increment)."""
+    site = verified.source_site
+    held_seq = 0
+    if incremental:
+        recorded = tx.fetch("mirror_chain_head", source_site=site, chain=spec.chain)
+        if not recorded:
+            return
+        held_seq = int(recorded[0][0])
+    for group in _grouped(_chain_batches(copy, verified, spec)):
+        table = pa.Table.from_batches(group)
+        if held_seq:
+            table = table.filter(pc.greater(table.column("seq"), held_seq))
+        tx.execute_with(f"{spec.mirror}_insert", "rows", table, source_site=site)
+
+
+def _record_heads(tx: Transaction, site: str, found: dict[str, Any]) -> None:
+    """Record the head of each chain of `site` that the import brought (from its plan's chain checks): the next
+    import extends it and `ledger verify` matches the mirror against it."""
+    for chain, checked in found["chains"].items():
+        if checked["head_seq"] is not None:
+            tx.execute("mirror_chain_head_put", source_site=site, chain=chain, seq=checked["head_seq"],
+                       entry_hash=checked["head_hash"])
 
 
 # --- the staleness setting ---------------------------------------------------------------------------------
@@ -681,8 +830,8 @@ def list_bundles(ledger: Ledger) -> dict[str, Any]:
                for row in read.rows("bundle_export_list")]
     mirrors = {}
     for row in read.fetch("bundle_import_floors"):
-        jobs, entries, policies = read.fetch("mirror_counts", source_site=row[0])[0]
-        mirrors[row[0]] = {"jobs": jobs, "history": entries, "policies": policies}
+        jobs, entries, policies, audit_entries = read.fetch("mirror_counts", source_site=row[0])[0]
+        mirrors[row[0]] = {"jobs": jobs, "history": entries, "policies": policies, "audit_log": audit_entries}
     superseded = [{**row, "superseded_at": clock.iso(row["superseded_at"])}
                   for row in read.rows("bundle_import_superseded_list")]
     return {"imports": imports, "exports": exports, "mirrors": mirrors, "superseded_imports": superseded}

@@ -245,7 +245,7 @@ def _write(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequenc
         header = BundleHeader(kind="full" if base is None else "incremental", source_site=ledger.site_id,
                               target_site=target_site, sequence=sequence,
                               base_sequence=None if base is None else base.sequence, created_at=created,
-                              tool_version=__version__)
+                              tool_version=__version__, tenant=tenant)
         partial, file = stack.enter_context(files.partial_file(out))
         try:
             written = write_bundle(file, header, members, roots=carried,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -108,22 +109,56 @@ def _verify(ledger: Ledger, progress: Callable[[int, int], None] | None,
 
     chain = chain_in_chunks(ledger, HISTORY, history_head, tenants=tenants, progress=reporting(0))
     audit_chain = chain_in_chunks(ledger, AUDIT, audit_head, tenants=tenants, progress=reporting(chain.entries))
+    sites = {ledger.site_id: {"mirror": False, "history_entries": chain.counted, "audit_entries": audit_chain.counted}}
+    sites.update(_verify_mirrors(ledger, tenants))
     if progress is not None:
         progress(total, total)
     with ledger.snapshot() as read:
         _check_audited_transitions(read)
+        _check_handoff_links(read)
     _check_states(ledger, tenants)
     with ledger.snapshot() as read:
         jobs = sum(row["jobs"] for row in read.rows("state_counts", tenants=_tenant_list(tenants)))
     return {"ok": True, "schema_version": version, "history_entries": chain.counted,
-            "audit_entries": audit_chain.counted, "jobs": jobs,
+            "audit_entries": audit_chain.counted, "jobs": jobs, "sites": sites,
             "counts_of": "site" if tenants is None else _tenant_list(tenants),
             "checked_at": clock.iso(clock.now())}
 
 
+def _verify_mirrors(ledger: Ledger, tenants: Collection[str] | None) -> dict[str, dict[str, Any]]:
+    """Each mirrored site's history and audit chains (the other sites' chains this site imported), recomputed and
+    matched against the heads their imports recorded (mirror_chain_heads; hashes-only entries taken as links).
+    history.Broken names the site."""
+    with ledger.snapshot() as read:
+        heads: dict[str, dict[str, tuple[int, str]]] = {}
+        for site, chain, seq, entry_hash in read.fetch("mirror_chain_heads_all"):
+            heads.setdefault(site, {})[chain] = (int(seq), entry_hash)
+        for row in read.fetch("bundle_import_floors"):  # an imported site whose heads were removed: checked too
+            heads.setdefault(row[0], {})
+    found: dict[str, dict[str, Any]] = {}
+    for site in sorted(heads):
+        report: dict[str, Any] = {"mirror": True}
+        for chain in (MIRROR_HISTORY, MIRROR_AUDIT):
+            # No recorded head: nothing of that chain may be held (an audit log mirrored before migration 0014).
+            head = heads[site].get(chain.name, (0, history.GENESIS))
+            try:
+                checked = chain_in_chunks(ledger, chain, head, tenants=tenants, site=site)
+            except history.Broken as broken:
+                raise history.Broken(f"site {site}: {broken}", tenant=broken.tenant,
+                                     redacted=f"site {site}: {broken.redacted}") from None
+            prefix = "history" if chain is MIRROR_HISTORY else "audit"
+            report[f"{prefix}_entries"] = checked.counted
+            report[f"{prefix}_hash_only"] = checked.hash_only
+            if tenants is None:
+                report[f"{prefix}_head"] = list(head) if chain.name in heads[site] else None
+        found[site] = report
+    return found
+
+
 @dataclass(frozen=True)
 class Chain:
-    """One hash chain as `chain_in_chunks` reads it: its name in chain_heads, its queries, and its checks."""
+    """One hash chain as `chain_in_chunks` reads it: its name in chain_heads (or mirror_chain_heads), its queries,
+    and its checks."""
 
     name: str
     chunk_query: str
@@ -136,21 +171,30 @@ class Chain:
 HISTORY = Chain("history", "history_chunk", "history_past", history.verify_chain, history.check_head,
                 history.check_past)
 AUDIT = Chain("audit", "audit_chunk", "audit_past", audit.verify_chain, audit.check_head, audit.check_past)
+# Another site's chains as mirrored here (chain_in_chunks with site=...): a --tenant bundle's hashes-only entries
+# are links.
+MIRROR_HISTORY = Chain("history", "mirror_history_chunk", "mirror_history_past",
+                       functools.partial(history.verify_chain, hash_only=True), history.check_head,
+                       history.check_past)
+MIRROR_AUDIT = Chain("audit", "mirror_audit_chunk", "mirror_audit_past",
+                     functools.partial(audit.verify_chain, hash_only=True), audit.check_head, audit.check_past)
 
 
 def chain_in_chunks(ledger: Ledger, chain: Chain, head: tuple[int, str], *, tenants: Collection[str] | None,
-                    progress: Callable[[int], None] | None = None) -> history.ChainCheck:
+                    progress: Callable[[int], None] | None = None, site: str | None = None) -> history.ChainCheck:
     """Check `chain` up to `head` (the head recorded when the check began) in chunks of VERIFY_CHUNK seqs, each
     read in a snapshot of its own, carrying the chain's state (entries seen, last hash, entries counted) from one
     chunk to the next; then, in one last snapshot, that nothing follows the head recorded by then. A chunk takes
     every row in its range of seqs (the first chunk from the very start), so a repeated, missing or stray seq is
-    found as it is by one pass over the whole chain. `progress(entries)` hears the entries checked so far."""
+    found as it is by one pass over the whole chain. `progress(entries)` hears the entries checked so far. `site`:
+    the chain is that site's mirror (its queries take source_site; its head is in mirror_chain_heads)."""
     checked = history.ChainCheck(0, history.GENESIS, 0)
     after: int | None = None
+    where = {} if site is None else {"source_site": site}
     while True:
         upto = min(head[0], (after or 0) + VERIFY_CHUNK)
         with ledger.snapshot() as read:
-            rows = read.fetch(chain.chunk_query, after_seq=after, upto_seq=upto)
+            rows = read.fetch(chain.chunk_query, after_seq=after, upto_seq=upto, **where)
         checked = chain.check(rows, tenants=tenants, start=checked)
         if progress is not None:
             progress(checked.entries)
@@ -159,8 +203,12 @@ def chain_in_chunks(ledger: Ledger, chain: Chain, head: tuple[int, str], *, tena
             break
     chain.check_head(checked, head)
     with ledger.snapshot() as read:
-        now = _recorded_head(read, chain.name)
-        past = read.fetch(chain.past_query, seq=now[0])[0][0]
+        if site is None:
+            now = _recorded_head(read, chain.name)
+        else:
+            recorded = read.fetch("mirror_chain_head", source_site=site, chain=chain.name)
+            now = (int(recorded[0][0]), recorded[0][1]) if recorded else head
+        past = read.fetch(chain.past_query, seq=now[0], **where)[0][0]
     if past is not None:
         chain.check_past(past, now)
     return checked
@@ -184,6 +232,20 @@ def _check_audited_transitions(read: Snapshot) -> None:
             f"audit entry {first['seq']} records {first['action']} of job {first['job_id']} but history has no "
             f"{kind} transition for {first['job_id']}", tenant=first["tenant"],
             redacted=f"audit entry {first['seq']} records a job action outside your tenants that history lacks")
+
+
+def _check_handoff_links(read: Snapshot) -> None:
+    """Every job handed over to this site continues its source's chain: its `job.received` entry names an entry
+    the mirror of that source holds with that hash."""
+    broken = read.rows("verify_handoff_links")
+    if broken:
+        first = broken[0]
+        raise history.Broken(
+            f"history entry {first['seq']} (job {first['job_id']}): its hand-off names a source entry "
+            f"({first['reason'][:120]}) that the mirror of that site does not hold with that hash; the hand-off no "
+            "longer continues the source's chain", tenant=first["tenant"],
+            redacted=f"history entry {first['seq']} (outside your tenants): its hand-off names a source entry the "
+                     "mirror does not hold")
 
 
 def _check_states(ledger: Ledger, tenants: Collection[str] | None) -> None:

@@ -47,11 +47,12 @@ def entry_tenant(entry: dict[str, Any]) -> str | None:
 
 
 def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, tenants: Collection[str] | None = None,
-                 start: history.ChainCheck | None = None) -> history.ChainCheck:
+                 start: history.ChainCheck | None = None, hash_only: bool = False) -> history.ChainCheck:
     """Recompute the chain over (seq, action, entry, entry_hash) rows, counting the entries about `tenants`
-    (all when None), going on from `start` (history.verify_chain); history.Broken names the first bad entry."""
+    (all when None), going on from `start`, hashes-only entries allowed with `hash_only` (history.verify_chain);
+    history.Broken names the first bad entry."""
     return history.verify_chain(rows, what="audit", key="action", label="{}", whole="audit log",
-                                tenant_of=entry_tenant, tenants=tenants, start=start)
+                                tenant_of=entry_tenant, tenants=tenants, start=start, hash_only=hash_only)
 
 
 def check_head(check: history.ChainCheck, recorded: tuple[int, str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # what _encode() uses for a str
@@ -22,6 +23,7 @@ from ..errors import VerificationFailed
 from ..ledger import Transaction
 
 GENESIS = "0" * 64
+_HASH = re.compile("[0-9a-f]{64}")
 ENTRY_FIELDS = (
     "seq", "job_id", "event_type", "from_state", "to_state", "attempt", "lease_id", "worker_id", "actor",
     "reason", "tenant", "project", "job_type", "correlation_id", "payload_digest", "artifacts", "occurred_at",
@@ -123,6 +125,7 @@ class ChainCheck:
     entries: int
     head_hash: str
     counted: int
+    hash_only: int = 0  # entries carried as hashes only (another tenant's, in a --tenant bundle or its mirror)
 
 
 def _entry_tenant(entry: dict[str, Any]) -> str | None:
@@ -132,16 +135,28 @@ def _entry_tenant(entry: dict[str, Any]) -> str | None:
 def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, what: str = "history", key: str = "job_id",
                  label: str = "job {}", whole: str = "history",
                  tenant_of: Callable[[dict[str, Any]], str | None] = _entry_tenant,
-                 tenants: Collection[str] | None = None, start: ChainCheck | None = None) -> ChainCheck:
+                 tenants: Collection[str] | None = None, start: ChainCheck | None = None,
+                 hash_only: bool = False) -> ChainCheck:
     """Recompute a hash chain over (seq, key column, entry, entry_hash) rows in seq order: the history
     (key job_id) or the audit log (key action). Counts the entries whose `tenant_of(entry)` is one of
     `tenants` (every entry when None). Raises Broken naming the first bad entry. `start`: what the check of the
-    chain's earlier rows found, to go on from there (a chain checked in chunks)."""
+    chain's earlier rows found, to go on from there (a chain checked in chunks). `hash_only`: the chain may hold
+    entries carried as hashes only (entry None: another tenant's, in a --tenant bundle or its mirror); such an
+    entry's stored hash is taken as the link, and the next entry's hash, computed over it, binds it."""
     prev, count, counted = (GENESIS, 0, 0) if start is None else (start.head_hash, start.entries, start.counted)
+    hidden = 0 if start is None else start.hash_only
     for seq, key_value, text, stored_hash in rows:
         count += 1
         if seq != count:
             raise Broken(f"{what} entry {count}: found seq {seq}; entries are missing or reordered")
+        if text is None:
+            if not hash_only:
+                raise Broken(f"{what} entry {seq}: has no content; only a --tenant bundle carries entries as hashes")
+            if key_value is not None or not _HASH.fullmatch(stored_hash or ""):
+                raise Broken(f"{what} entry {seq} (hashes only): it must carry a 64-hex-digit hash and nothing else")
+            prev = stored_hash
+            hidden += 1
+            continue
         expected = chain(prev, text)
         try:
             inner = json.loads(text)
@@ -159,7 +174,7 @@ def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, what: str = "hist
         if tenants is None or owner in tenants:
             counted += 1
         prev = expected
-    return ChainCheck(count, prev, counted)
+    return ChainCheck(count, prev, counted, hidden)
 
 
 def check_head(check: ChainCheck, recorded: tuple[int, str], *, whole: str = "history") -> None:
