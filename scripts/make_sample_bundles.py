@@ -3,7 +3,8 @@
     python scripts/make_sample_bundles.py bundles/v1
 
 Runs `airgap-orch demo` in a temporary directory (its air-gap act makes keys, a trust root, a full bundle and an
-incremental one with a hand-off), then keeps only what a verifier needs: the PUBLIC trust root and the bundles.
+incremental one with a hand-off) and exports one more bundle from its connected site, of one tenant only (`--tenant`,
+for another target site), then keeps only what a verifier needs: the PUBLIC trust root and the bundles.
 The private keys are deleted with the temporary directory, so nobody can sign another bundle under this root.
 `samples.json` records, per bundle, what tests/test_bundle_samples.py checks it against: the file's sha256, the
 manifest's ids, sequence and row counts, and the time to judge it at (the bundles' created_at plus a minute: the
@@ -25,6 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 JUDGE_AFTER = timedelta(minutes=1)
+TENANT_TARGET = "airgapped-tenant-site"
 
 
 def airgap_orch(*args: str, cwd: Path | None = None) -> dict:
@@ -46,8 +48,13 @@ def main() -> None:
         report = airgap_orch("demo", "--workdir", str(work))
         out.mkdir(parents=True)
         shutil.copyfile(report["trust_root"], out / "root.json")
+        # One more kind: a --tenant bundle (one tenant's rows; the other tenants' chain entries as hashes only).
+        tenant_bundle = work / "bundles" / "0001-tenant-acme-corp.bundle"
+        airgap_orch("--ledger", report["source_ledger"], "bundle", "export", "--out", str(tenant_bundle),
+                    "--target", TENANT_TARGET, "--tenant", "acme-corp", "--key", report["bundle_signing_key"],
+                    "--timestamp-key", str(Path(report["bundle_signing_key"]).with_name("timestamp.key.pem")))
         samples = []
-        for path in map(Path, report["bundles"]):
+        for path in [*map(Path, report["bundles"]), tenant_bundle]:
             shutil.copyfile(path, out / path.name)
             manifest = airgap_orch("bundle", "inspect", str(path))["manifest"]
             created = datetime.fromisoformat(manifest["created_at"].replace("Z", "+00:00"))
@@ -56,6 +63,7 @@ def main() -> None:
                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                 "bundle_id": manifest["bundle_id"],
                 "kind": manifest["kind"],
+                "tenant": manifest.get("tenant"),
                 "source_site": manifest["source_site"],
                 "target_site": manifest["target_site"],
                 "sequence": manifest["sequence"],

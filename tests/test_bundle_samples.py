@@ -47,28 +47,32 @@ def test_every_sample_bundle_is_unchanged_and_verifies_offline_with_its_root(fol
         assert result.code == 0, result
         assert all(check["ok"] for check in result.json["checks"]), result.json["checks"]
         assert (result.json["bundle_id"], result.json["sequence"]) == (sample["bundle_id"], sample["sequence"])
+        manifest = run_cli(None, "bundle", "inspect", str(path), "--json").json["manifest"]
+        assert (manifest["kind"], manifest.get("tenant"), manifest["row_counts"]) == (
+            sample["kind"], sample.get("tenant"), sample["row_counts"])
 
 
 @pytest.mark.parametrize("folder", SETS, ids=[folder.name for folder in SETS])
 def test_the_samples_import_in_order_and_the_handed_over_jobs_are_claimable_here(folder, tmp_path):
-    first = samples(folder)[0]
-    ledger_path = tmp_path / "target.duckdb"
-    ledger_ops.init(ledger_path, site_id=first["target_site"], lock_timeout=5)
-    handed = 0
-    with Ledger.open(ledger_path, lock_timeout=5) as ledger:
-        for number, sample in enumerate(samples(folder)):
-            done = bundle_import.import_bundle(
-                ledger, folder / sample["file"], trust_path=folder / "root.json" if number == 0 else None,
-                staleness="strict", now=judged(sample))
-            assert done["imported"] is True and done["sequence"] == sample["sequence"]
-            handed += sample["handed_over_jobs"]
-        verified = ledger_ops.verify(ledger)
-    assert verified["ok"] is True
-    jobs = run_cli(ledger_path, "jobs", "list", "--json").json["jobs"]
-    assert len(jobs) == handed and {job["state"] for job in jobs} <= {"queued"}  # local and claimable here
-    if handed:
-        claimed = run_cli(ledger_path, "jobs", "claim", "--worker-id", "w", "--limit", "100", "--json")
-        assert claimed.code == 0 and len(claimed.json["leases"]) == handed, claimed
+    targets = sorted({sample["target_site"] for sample in samples(folder)})
+    for target in targets:  # each target site's series into a fresh ledger of that site, in order
+        ledger_path = tmp_path / f"{target}.duckdb"
+        ledger_ops.init(ledger_path, site_id=target, lock_timeout=5)
+        handed = 0
+        with Ledger.open(ledger_path, lock_timeout=5) as ledger:
+            for number, sample in enumerate(s for s in samples(folder) if s["target_site"] == target):
+                done = bundle_import.import_bundle(
+                    ledger, folder / sample["file"], trust_path=folder / "root.json" if number == 0 else None,
+                    staleness="strict", now=judged(sample))
+                assert done["imported"] is True and done["sequence"] == sample["sequence"]
+                handed += sample["handed_over_jobs"]
+            verified = ledger_ops.verify(ledger)
+        assert verified["ok"] is True
+        jobs = run_cli(ledger_path, "jobs", "list", "--json").json["jobs"]
+        assert len(jobs) == handed and {job["state"] for job in jobs} <= {"queued"}  # local and claimable here
+        if handed:
+            claimed = run_cli(ledger_path, "jobs", "claim", "--worker-id", "w", "--limit", "100", "--json")
+            assert claimed.code == 0 and len(claimed.json["leases"]) == handed, claimed
 
 
 @pytest.mark.parametrize("folder", SETS, ids=[folder.name for folder in SETS])
