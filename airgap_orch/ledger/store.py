@@ -177,6 +177,7 @@ class Ledger:
             try:
                 yield tx
                 tx.write_history()
+                tx.restore_memory_limit()  # the COMMIT runs under the database's own limit (see cap_memory)
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")
@@ -184,6 +185,7 @@ class Ledger:
                 raise
             finally:
                 self._open_tx = None
+                tx.restore_memory_limit()
             self.head_seq, self.head_hash = tx.head_seq, tx.head_hash
             self.unarchived = tx.unarchived
             if tx.appended:
@@ -269,6 +271,29 @@ class Transaction:
         self.unarchived = ledger.unarchived
         self.appended: list[tuple[int, str, str, str]] = []  # (seq, job_id, entry, entry_hash), chained
         self._written = 0  # how many of them are in the history table
+        self._memory_capped = False  # cap_memory holds
+
+    def cap_memory(self, limit: int) -> None:
+        """Cap DuckDB's buffer pool at `limit` bytes until this transaction ends, for bulk writes (a bundle import).
+
+        Under its default limit (80% of RAM) DuckDB keeps what a large transaction writes in memory up to that
+        limit; under a cap it writes it out to the ledger file (or spills to `<ledger>.tmp`) as it goes, at little
+        cost in time. The cap must hold the transaction's new primary-key index entries (DuckDB keeps them in
+        memory: ~30 bytes a row), or an INSERT fails for want of memory. It is lifted before COMMIT, which needs
+        the indexes whole and fails FATALLY (the database unusable until reopened) when it lacks memory, and
+        after a rollback. The setting is the database's, so reads running meanwhile (snapshots) work under the
+        cap too: they page and stream, and spill past it."""
+        with self.ledger._lock:
+            self.con.execute(sql.queries()["memory_limit_set"], {"limit": f"{max(1, limit // 1024)}KiB"})
+            self._memory_capped = True
+
+    def restore_memory_limit(self) -> None:
+        """Lift cap_memory's cap: back to DuckDB's default, the limit the ledger runs at (no-op without a cap).
+        Not in an aborted transaction: the ledger calls it before COMMIT and after ROLLBACK."""
+        if self._memory_capped:
+            with self.ledger._lock:
+                self.con.execute(sql.queries()["memory_limit_reset"])
+            self._memory_capped = False
 
     @property
     def cache(self) -> dict[str, Any]:
