@@ -595,6 +595,9 @@ def _json_rows(batch: pa.RecordBatch) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, _text("}"), _text(""))
 
 
+# Arrow's allocator (mimalloc) keeps freed memory for reuse; handed back after each INSERT, it is not counted
+# on top of DuckDB's.
+_ARROW_POOL = pa.default_memory_pool()
 INSERT_ROWS = 16_384  # mirror rows per INSERT (a fixed cost per statement; ~25 MB of Arrow for the jobs)
 
 
@@ -629,11 +632,15 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
         if incremental:
             tx.execute_with("mirror_jobs_delete_listed", "rows", table, source_site=site)
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
+        del table
+        _ARROW_POOL.release_unused()
     for group in _grouped(_rows(copy, verified, "history")):
         table = pa.Table.from_batches(group)
         if held_seq:
             table = table.filter(pc.greater(table.column("seq"), held_seq))
         tx.execute_with("mirror_history_insert", "rows", table, source_site=site)
+        del table
+        _ARROW_POOL.release_unused()
     for name in POLICY_TABLES:
         order = BY_NAME[name].order
         for batch in _rows(copy, verified, name):
