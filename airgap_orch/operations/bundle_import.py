@@ -10,7 +10,8 @@
     bundle whose base this site has not imported (rollback:base-missing, exit 5);
  5. checks the source's history: from genesis for a full bundle, as an extension of the chain held here for an
     incremental one (chain:*, exit 4); counts what each table gives and what a hand-off makes local;
- 6. writes everything in ONE transaction: the source's mirror rows replaced (full) or merged (incremental), the
+ 6. writes everything in ONE transaction (DuckDB's memory capped while the mirror rows go in: import_memory_cap;
+    members read a row group at a time): the source's mirror rows replaced (full) or merged (incremental), the
     handed-over jobs made local (orchestrator/handoff.py), when the source is this site's policy authority its
     policies applied (operations/bundle_policies.py), the bundle's newer trust roots (and a `--trust` root when
     nothing was pinned), the floor row, the audit entry.
