@@ -282,7 +282,9 @@ class Transaction:
         memory: ~30 bytes a row), or an INSERT fails for want of memory. It is lifted before COMMIT, which needs
         the indexes whole and fails FATALLY (the database unusable until reopened) when it lacks memory, and
         after a rollback. The setting is the database's, so reads running meanwhile (snapshots) work under the
-        cap too: they page and stream, and spill past it."""
+        cap too: they page and stream, and spill past it. Setting a cap below what DuckDB holds makes it evict or
+        spill the rest; should that fail, the error aborts the transaction (DuckDB does so for any failed
+        statement in one), so this is called first, before anything is written."""
         with self.ledger._lock:
             self.con.execute(sql.queries()["memory_limit_set"], {"limit": f"{max(1, limit // 1024)}KiB"})
             self._memory_capped = True
