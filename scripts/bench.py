@@ -1321,7 +1321,10 @@ def _raw_export(ledger: Ledger, folder: Path) -> int:
     folder.mkdir()
     total = 0
     for spec in TABLES:
-        lines = sql.queries()[spec.query].replace("$tenant", "NULL::VARCHAR").strip().splitlines()
+        # The handoffs query names the bundle it belongs to: none here (a bundle without hand-off: no rows).
+        text = (sql.queries()[spec.query].replace("$tenant", "NULL::VARCHAR")
+                .replace("$target_site", "'bench-target'").replace("$sequence", "0"))
+        lines = text.strip().splitlines()
         while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("--")):
             lines.pop()  # a comment that opens the next block of queries.sql ends up after the last one
         query = "\n".join(lines).rstrip().rstrip(";")

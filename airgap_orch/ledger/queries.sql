@@ -1,5 +1,5 @@
 -- Every query the ledger runs, by name. Parameters are named ($name). Relations called
--- `incoming`, `updates` and `entries` are Arrow tables registered for one statement.
+-- `incoming`, `updates`, `entries` and `rows` are Arrow tables the statement reads (Transaction.execute_with).
 -- A `-- fragment:` is a piece of SQL that several queries share; they include it as {{fragment_name}}.
 -- A query that changes a job's state names the transitions (orchestrator/states.py) it makes in a
 -- `-- transitions:` line; tests/test_state_literals.py checks every state it writes or reads against them.
@@ -13,6 +13,14 @@ INSERT OR REPLACE INTO ledger_meta VALUES ($key, $value);
 -- name: chain_head
 -- The head recorded at commit time of chain $chain ('history' or 'audit'; migration 0008).
 SELECT seq, entry_hash FROM chain_heads WHERE chain = $chain;
+
+-- name: memory_limit_set
+-- DuckDB's buffer-pool limit: one setting for the whole database, every connection (Transaction.cap_memory).
+SET memory_limit = $limit;
+
+-- name: memory_limit_reset
+-- Back to DuckDB's default (80% of RAM), the limit the ledger runs at.
+RESET memory_limit;
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;

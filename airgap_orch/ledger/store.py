@@ -11,12 +11,13 @@ Across processes DuckDB's file lock admits one read-write opener; we wait for it
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,7 @@ class Ledger:
             try:
                 yield tx
                 tx.write_history()
+                tx.restore_memory_limit()  # the COMMIT runs under the database's own limit (see cap_memory)
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")
@@ -183,6 +185,7 @@ class Ledger:
                 raise
             finally:
                 self._open_tx = None
+                tx.restore_memory_limit()
             self.head_seq, self.head_hash = tx.head_seq, tx.head_hash
             self.unarchived = tx.unarchived
             if tx.appended:
@@ -268,6 +271,31 @@ class Transaction:
         self.unarchived = ledger.unarchived
         self.appended: list[tuple[int, str, str, str]] = []  # (seq, job_id, entry, entry_hash), chained
         self._written = 0  # how many of them are in the history table
+        self._memory_capped = False  # cap_memory holds
+
+    def cap_memory(self, limit: int) -> None:
+        """Cap DuckDB's buffer pool at `limit` bytes until this transaction ends, for bulk writes (a bundle import).
+
+        Under its default limit (80% of RAM) DuckDB keeps what a large transaction writes in memory up to that
+        limit; under a cap it writes it out to the ledger file (or spills to `<ledger>.tmp`) as it goes, at little
+        cost in time. The cap must hold the transaction's new primary-key index entries (DuckDB keeps them in
+        memory: ~30 bytes a row), or an INSERT fails for want of memory. It is lifted before COMMIT, which needs
+        the indexes whole and fails FATALLY (the database unusable until reopened) when it lacks memory, and
+        after a rollback. The setting is the database's, so reads running meanwhile (snapshots) work under the
+        cap too: they page and stream, and spill past it. Setting a cap below what DuckDB holds makes it evict or
+        spill the rest; should that fail, the error aborts the transaction (DuckDB does so for any failed
+        statement in one), so this is called first, before anything is written."""
+        with self.ledger._lock:
+            self.con.execute(sql.queries()["memory_limit_set"], {"limit": f"{max(1, limit // 1024)}KiB"})
+            self._memory_capped = True
+
+    def restore_memory_limit(self) -> None:
+        """Lift cap_memory's cap: back to DuckDB's default, the limit the ledger runs at (no-op without a cap).
+        Not in an aborted transaction: the ledger calls it before COMMIT and after ROLLBACK."""
+        if self._memory_capped:
+            with self.ledger._lock:
+                self.con.execute(sql.queries()["memory_limit_reset"])
+            self._memory_capped = False
 
     @property
     def cache(self) -> dict[str, Any]:
@@ -305,14 +333,14 @@ class Transaction:
             return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
     def execute_with(self, name: str, relation: str, table: pa.Table, **params: Any):
-        """Run a named query that reads the Arrow `table` under the name `relation`."""
+        """Run a named query that reads the Arrow `table` under the name `relation`.
+
+        The table is found by DuckDB's replacement scan (a local variable of that name in the frame that runs
+        the statement), not registered as a view: inside a transaction DuckDB drops a registered view only at
+        COMMIT, and keeps each Arrow table registered under it alive until then (an import of 1M jobs held
+        ~2.4 GB of them). Read this way, a table is released when the statement ends."""
         with self.ledger._lock:
-            self.con.register(relation, table)
-            try:
-                return self.con.execute(sql.queries()[name], params or None)
-            finally:
-                with contextlib.suppress(duckdb.Error):  # in an aborted transaction: keep the real error
-                    self.con.unregister(relation)
+            return _reading(relation)(self.con, sql.queries()[name], params or None, table)
 
     def append(self, table: str, rows: Iterable[Sequence[Any]]) -> None:
         """Append rows (every column of `table`, in order) through DuckDB's appender, inside this transaction.
@@ -320,6 +348,17 @@ class Transaction:
         half as fast for 10,000."""
         with self.ledger._lock, self.con.appender(table) as appender:
             appender.append_rows(rows)
+
+
+@functools.cache
+def _reading(relation: str) -> Callable[[duckdb.DuckDBPyConnection, str, Any, pa.Table], duckdb.DuckDBPyConnection]:
+    """A function (con, query, params, table) that runs the query with `table` in a local variable named
+    `relation`, where DuckDB's replacement scan finds it (it looks in the frame calling execute: this one's)."""
+    if not relation.isidentifier() or relation in ("con", "query", "params"):
+        raise ValueError(f"not a relation name for execute_with: {relation!r}")
+    scope: dict[str, Any] = {}
+    exec(f"def run(con, query, params, {relation}):\n    return con.execute(query, params)\n", scope)
+    return scope["run"]
 
 
 class Snapshot:

@@ -10,7 +10,8 @@
     bundle whose base this site has not imported (rollback:base-missing, exit 5);
  5. checks the source's history: from genesis for a full bundle, as an extension of the chain held here for an
     incremental one (chain:*, exit 4); counts what each table gives and what a hand-off makes local;
- 6. writes everything in ONE transaction: the source's mirror rows replaced (full) or merged (incremental), the
+ 6. writes everything in ONE transaction (DuckDB's memory capped while the mirror rows go in: import_memory_cap;
+    members read a row group at a time): the source's mirror rows replaced (full) or merged (incremental), the
     handed-over jobs made local (orchestrator/handoff.py), when the source is this site's policy authority its
     policies applied (operations/bundle_policies.py), the bundle's newer trust roots (and a `--trust` root when
     nothing was pinned), the floor row, the audit entry.
@@ -57,6 +58,19 @@ from .bundles import checks as check_list
 from .bundles import staleness_policy
 
 COPY_CHUNK = 1024 * 1024
+READ_ROWS = 8192  # rows per record batch read from a member
+# DuckDB's buffer pool while an import writes (Transaction.cap_memory): a base plus room for the primary-key
+# index entries of the rows it inserts, which DuckDB keeps in memory (~27 bytes a row measured at 1M jobs: 82 MB
+# for 3M rows; 48 MB was too little there, 128 MB enough). At the default (80% of RAM) a 1M-job import held
+# ~2 GB of DuckDB's memory.
+IMPORT_MEMORY_BASE = 64 * 1024 * 1024
+IMPORT_MEMORY_PER_ROW = 32
+
+
+def import_memory_cap(verified: VerifiedBundle) -> int:
+    """DuckDB's memory cap while writing this bundle's mirror rows (jobs and history carry the indexed keys)."""
+    counts = verified.manifest.row_counts
+    return IMPORT_MEMORY_BASE + IMPORT_MEMORY_PER_ROW * (counts.get("jobs", 0) + counts.get("history", 0))
 QUARANTINE_CAP = 64 * 1024 * 1024  # bytes of a refused file kept as evidence
 POLICY_TABLES = ("quotas", "rate_limits", "concurrency_limits", "circuit_breakers", "pauses")
 # Where each table of a full bundle goes: (action, mirror table).
@@ -149,18 +163,26 @@ def _latest_anchor(tx: Transaction) -> datetime | None:
 def _rows(copy: BinaryIO, verified: VerifiedBundle, table: str, columns: list[str] | None = None
           ) -> Iterator[pa.RecordBatch]:
     """The rows of a verified table member (only `columns`, when given), decoded (a signed member whose pages do not
-    decode: payload:decode)."""
+    decode: payload:decode).
+
+    One row group at a time: pyarrow's reader over a whole file keeps the pages of every row group it has read
+    until it is done (~200 MB for the history of 1M jobs), a reader per row group only that group's."""
     member = verified.member(BY_NAME[table].path)
     with open_member(copy, member.tar) as file:
-        batches = pq.ParquetFile(file).iter_batches(batch_size=8192, columns=columns)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except (pa.ArrowException, OSError, ValueError) as exc:
-                raise PayloadError("decode", f"table {table} does not decode: {str(exc)[:160]}") from None
-            yield batch
+        try:
+            parquet = pq.ParquetFile(file)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise PayloadError("decode", f"table {table} does not decode: {str(exc)[:160]}") from None
+        for group in range(parquet.metadata.num_row_groups):
+            batches = parquet.iter_batches(batch_size=READ_ROWS, row_groups=[group], columns=columns)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except (pa.ArrowException, OSError, ValueError) as exc:
+                    raise PayloadError("decode", f"table {table} does not decode: {str(exc)[:160]}") from None
+                yield batch
 
 
 @dataclass(frozen=True)
@@ -599,6 +621,7 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
         rotating_from = to_pin or trust_ops.pinned(ledger)
         try:  # a member that does not decode is refused like any other verification failure
             with ledger.transaction() as tx:
+                tx.cap_memory(import_memory_cap(verified))
                 _write_mirrors(tx, copy, verified)
                 _record_heads(tx, verified.source_site, found)
                 applied = bundle_policies.apply(tx, verified.source_site, verified.manifest.sequence,
@@ -722,7 +745,10 @@ def _json_rows(batch: pa.RecordBatch) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, _text("}"), _text(""))
 
 
-INSERT_ROWS = 65_536  # mirror rows per INSERT: each statement costs a fixed time besides its rows
+# Arrow's allocator (mimalloc) keeps freed memory for reuse; handed back after each INSERT, it is not counted
+# on top of DuckDB's.
+_ARROW_POOL = pa.default_memory_pool()
+INSERT_ROWS = 16_384  # mirror rows per INSERT (a fixed cost per statement; ~25 MB of Arrow for the jobs)
 
 
 def _grouped(batches: Iterator[pa.RecordBatch]) -> Iterator[list[pa.RecordBatch]]:
@@ -755,6 +781,8 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
         if incremental:
             tx.execute_with("mirror_jobs_delete_listed", "rows", table, source_site=site)
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
+        del table
+        _ARROW_POOL.release_unused()
     for spec in CHAIN_TABLES:
         _write_chain_mirror(tx, copy, verified, spec, incremental)
     for name in POLICY_TABLES:
@@ -785,6 +813,8 @@ def _write_chain_mirror(tx: Transaction, copy: BinaryIO, verified: VerifiedBundl
         if held_seq:
             table = table.filter(pc.greater(table.column("seq"), held_seq))
         tx.execute_with(f"{spec.mirror}_insert", "rows", table, source_site=site)
+        del table
+        _ARROW_POOL.release_unused()
 
 
 def _record_heads(tx: Transaction, site: str, found: dict[str, Any]) -> None:
