@@ -10,7 +10,9 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from export_fixtures import populate  # noqa: F401 (used by the source fixture)
+from server_fixtures import ALL_SCOPES, Keys, serving
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
 from test_bundle_import import bundle, source, state, target  # noqa: F401 (fixtures)
 
@@ -142,3 +144,25 @@ def test_a_refused_import_leaves_the_mirrored_rows_unchanged(holders, source, ta
     refused(cli("bundle", "import", str(other), ledger=target), 5)
     assert state(target) == before and "mirror_rows" in before
     assert mirrored(target) == rows_before and set(rows_before["sources"]) == {"nvd"}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> Keys:
+    return Keys(tmp_path_factory.mktemp("server-keys"))
+
+
+def test_bundle_mirrors_goes_through_the_server_that_owns_the_ledger(holders, source, target, root_v1,  # noqa: F811
+                                                                     keys, tmp_path):
+    ok(cli("bundle", "import", str(bundle(source, holders, tmp_path / "1.bundle")), "--trust", str(root_v1),
+           ledger=target))
+    windows = source_rows(source, "backfill_windows")
+    assert len(windows) > 2
+    token = keys.issue("operator", ["local"], (*ALL_SCOPES, "orch:airgap"))
+    reader = keys.issue("reader", ["local"], ALL_SCOPES)
+    with serving(target, "--token-key", str(keys.public_key)):
+        shown = ok(cli("--token", token, "bundle", "mirrors", "--kind", "backfill_windows", "--limit", "2", "--json",
+                       ledger=target))
+        assert shown["counts"] == {"site-a": {"backfill_windows": len(windows)}} and shown["truncated"] is True
+        assert [(row["key"], row["row"]) for row in shown["rows"]] == sorted(windows.items())[:2]
+        refused(cli("--token", token, "bundle", "mirrors", "--kind", "jobs", ledger=target), 1, "--kind")
+        refused(cli("--token", reader, "bundle", "mirrors", ledger=target), 7)
