@@ -168,6 +168,9 @@ ROUTES: tuple[Route, ...] = (
           "trust-pin-request", True, takes_reason=True),
     Route("bundles.list", "GET", "/v1/bundles", AIRGAP,
           "The bundles this ledger imported and exported, and the mirrors per source site"),
+    Route("bundles.mirrors", "GET", "/v1/bundles/mirrors", AIRGAP,
+          "Other sites' idempotency keys, dependencies, sources, backfills and windows, mirrored from their bundles",
+          query=(("source", "string"), ("kind", "string"), ("limit", "integer"))),
     Route("bundles.plan", "POST", "/v1/bundles/plan", AIRGAP,
           "Dry run of an import: the bundle is the body (application/octet-stream); verify it, answer the plan and "
           "its digest; writes nothing", query=(("staleness", "string"), ("force", "boolean")), takes_reason=True,

@@ -28,6 +28,7 @@ STATE_QUERIES = {
     "mirror_jobs": "SELECT count(*) FROM mirror_jobs",
     "mirror_history": "SELECT count(*) FROM mirror_history",
     "mirror_policies": "SELECT count(*) FROM mirror_policies",
+    "mirror_rows": "SELECT list((source_site, kind, key) ORDER BY source_site, kind, key) FROM mirror_rows",
 }
 
 
@@ -99,7 +100,10 @@ def test_a_full_bundle_is_planned_then_imported_as_mirrors_and_pins_the_trust_ro
     listed = ok(cli("bundle", "list", "--json", ledger=target))
     assert [(row["source_site"], row["sequence"]) for row in listed["imports"]] == [("site-a", 1)]
     assert listed["mirrors"]["site-a"] == {"jobs": jobs, "history": entries, "policies": after["mirror_policies"],
-                                           "audit_log": tables["audit_log"]["rows"]}
+                                           "audit_log": tables["audit_log"]["rows"],
+                                           **{name: tables[name]["rows"] for name in
+                                              ("idempotency_keys", "job_dependencies", "sources", "backfills",
+                                               "backfill_windows")}}
     status = ok(cli("airgap", "status", "--json", ledger=target))
     assert status["trust_root"]["version"] == 1 and status["floors"][0]["sequence"] == 1
     assert status["staleness"]["state"] == "fresh"

@@ -171,6 +171,7 @@ LOCAL_TABLES: dict[str, str] = {
     "mirror_chain_heads": "the head of each mirrored chain, recorded by the import that brought it",
     "site_chains": "a view: every chain this site holds (its own and the mirrors) by site, chain and sequence",
     "mirror_policies": "other sites' policies, mirrored from their bundles",
+    "mirror_rows": "other sites' idempotency keys, dependencies, sources, backfills and windows, mirrored",
     "policy_authority": "the site whose policies this site applies: this site's own designation",
 }
 

@@ -356,7 +356,35 @@ def list_() -> dict | None:
                    f"{row['exported_at']}{handed}")
     for site, counts in result["mirrors"].items():
         click.echo(f"mirror of {site}: {counts['jobs']} jobs, {counts['history']} history entries, "
-                   f"{counts.get('audit_log', 0)} audit entries, {counts['policies']} policies")
+                   f"{counts.get('audit_log', 0)} audit entries, {counts['policies']} policies, "
+                   f"{counts.get('idempotency_keys', 0)} idempotency keys, {counts.get('job_dependencies', 0)} "
+                   f"dependencies, {counts.get('sources', 0)} sources, {counts.get('backfills', 0)} backfills, "
+                   f"{counts.get('backfill_windows', 0)} backfill windows")
+    return None
+
+
+@command(group, "mirrors")
+@click.option("--source", "source_site", metavar="SITE", help="Only the rows mirrored from SITE.")
+@click.option("--kind", metavar="TABLE", help="Only one table: idempotency_keys, job_dependencies, sources, "
+              "backfills or backfill_windows.")
+@click.option("--limit", type=int, default=1000, show_default=True, help="At most this many rows (1000 at most).")
+def mirrors(source_site: str | None, kind: str | None, limit: int) -> dict | None:
+    """Other sites' idempotency keys, dependencies, sources, backfills and windows, mirrored (read-only) from
+    their bundles; policies: `airgap policies`."""
+    params: dict[str, Any] = {"limit": limit}
+    if source_site is not None:
+        params["source"] = source_site
+    if kind is not None:
+        params["kind"] = kind
+    result = invoke("bundles.mirrors", params)
+    if settings().json:
+        return result
+    for site, tables in result["counts"].items():
+        click.echo(f"mirror of {site}: " + ", ".join(f"{count} {table}" for table, count in tables.items()))
+    for item in result["rows"]:
+        click.echo(f"  {item['source_site']:<16} {item['table']:<18} {item['key']}")
+    if result["truncated"]:
+        click.echo(f"  (first {len(result['rows'])} rows; narrow with --source / --kind)")
     return None
 
 

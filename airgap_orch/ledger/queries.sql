@@ -1000,6 +1000,40 @@ INSERT INTO mirror_audit_log SELECT $source_site, seq, action, entry, entry_hash
 -- name: mirror_policies_insert
 INSERT INTO mirror_policies SELECT $source_site, kind, key, row_json FROM rows;
 
+-- name: mirror_rows_counts
+-- The source's mirrored rows of migration 0016 per bundle table (idempotency_keys, job_dependencies, ...).
+SELECT kind, count(*) FROM mirror_rows WHERE source_site = $source_site GROUP BY kind;
+
+-- name: mirror_rows_delete
+DELETE FROM mirror_rows WHERE source_site = $source_site;
+
+-- name: mirror_rows_delete_kind
+-- A table that travels whole in an incremental bundle replaces the source's rows of that table.
+DELETE FROM mirror_rows WHERE source_site = $source_site AND kind = $kind;
+
+-- name: mirror_rows_delete_listed
+-- An incremental bundle's keys and edges replace their earlier mirror rows (merged by key).
+DELETE FROM mirror_rows WHERE source_site = $source_site AND kind = $kind AND key IN (SELECT key FROM rows);
+
+-- name: mirror_rows_insert
+INSERT INTO mirror_rows SELECT $source_site, $kind, key, row_json FROM rows;
+
+-- name: mirror_rows_known
+-- How many of the listed keys the mirror of their source already holds (an incremental plan's updates).
+SELECT count(*) FROM mirror_rows WHERE source_site = $source_site AND kind = $kind AND list_contains($keys, key);
+
+-- name: mirror_rows_list
+-- `bundle mirrors`: the mirrored rows, by source site, table and key, at most $limit of them.
+SELECT source_site, kind, key, row_json FROM mirror_rows
+WHERE ($source_site IS NULL OR source_site = $source_site) AND ($kind IS NULL OR kind = $kind)
+ORDER BY source_site, kind, key
+LIMIT $limit;
+
+-- name: mirror_rows_totals
+SELECT source_site, kind, count(*) FROM mirror_rows
+WHERE ($source_site IS NULL OR source_site = $source_site) AND ($kind IS NULL OR kind = $kind)
+GROUP BY source_site, kind ORDER BY source_site, kind;
+
 -- name: trust_root_versions
 SELECT version, fingerprint FROM trust_roots ORDER BY version;
 

@@ -73,6 +73,14 @@ def bundles_list(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> 
     return bundle_import.list_bundles(ledger)
 
 
+@operation("bundles.mirrors")
+def bundles_mirrors(ledger: Ledger, *, source: Any = None, kind: Any = None, limit: Any = 1000, actor: str = "cli",
+                    tenants: Any = None) -> dict[str, Any]:
+    from . import bundle_import
+
+    return bundle_import.list_mirrors(ledger, source_site=source, kind=kind, limit=limit)
+
+
 @operation("bundles.export")
 def bundles_export(ledger: Ledger, *, out: str, target: Any, signing_keys: Any = (), timestamp_keys: Any = (),
                    tenant: Any = None, created_at: Any = None, incremental: Any = False, base: Any = None,

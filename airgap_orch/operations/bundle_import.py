@@ -45,7 +45,7 @@ from ..bundle.anchor import StalenessPolicy, assess_time
 from ..bundle.errors import BundleError, ChainError, PayloadError, RollbackError, RotationError, TargetError
 from ..bundle.limits import DEFAULT_TAR_LIMITS
 from ..bundle.manifest import canonical_json, format_time
-from ..bundle.tables import BY_NAME, TABLE_SCHEMAS
+from ..bundle.tables import BY_NAME, INCREMENTAL_TABLES, TABLE_SCHEMAS
 from ..bundle.tarfmt import open_member
 from ..bundle.verify import VerifiedBundle, verify_bundle
 from ..errors import Conflict, InvalidInput, NotFound, PolicyRefused
@@ -70,19 +70,19 @@ IMPORT_MEMORY_PER_ROW = 32
 def import_memory_cap(verified: VerifiedBundle) -> int:
     """DuckDB's memory cap while writing this bundle's mirror rows (jobs and history carry the indexed keys)."""
     counts = verified.manifest.row_counts
-    return IMPORT_MEMORY_BASE + IMPORT_MEMORY_PER_ROW * (counts.get("jobs", 0) + counts.get("history", 0))
+    return IMPORT_MEMORY_BASE + IMPORT_MEMORY_PER_ROW * sum(counts.get(name, 0) for name in INDEXED_TABLES)
 QUARANTINE_CAP = 64 * 1024 * 1024  # bytes of a refused file kept as evidence
 POLICY_TABLES = ("quotas", "rate_limits", "concurrency_limits", "circuit_breakers", "pauses")
+# The other tables mirrored row by row into mirror_rows (migration 0016): kind = the table, key = its order columns.
+ROW_TABLES = ("idempotency_keys", "job_dependencies", "sources", "backfills", "backfill_windows")
+# The tables that can be large (their mirror rows' primary-key index entries count in import_memory_cap).
+INDEXED_TABLES = ("jobs", "history", "idempotency_keys", "job_dependencies")
 # Where each table of a full bundle goes: (action, mirror table).
 DESTINATIONS: dict[str, tuple[str, str | None]] = {
     "jobs": ("mirrored", "mirror_jobs"),
     "history": ("mirrored", "mirror_history"),
     **{name: ("mirrored, not applied", "mirror_policies") for name in POLICY_TABLES},
-    "idempotency_keys": ("not imported", None),
-    "job_dependencies": ("not imported", None),
-    "sources": ("not imported", None),
-    "backfills": ("not imported", None),
-    "backfill_windows": ("not imported", None),
+    **{name: ("mirrored", "mirror_rows") for name in ROW_TABLES},
     "audit_log": ("mirrored", "mirror_audit_log"),
     "handoffs": ("handed over: become local jobs (see handoff)", None),
 }
@@ -424,18 +424,22 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
     chained = chains["history"].entries
     jobs, entries, policies, audit_entries = read.fetch("mirror_counts", source_site=verified.source_site)[0]
     policy_counts = dict(read.fetch("mirror_policy_counts", source_site=verified.source_site))
+    row_counts = dict(read.fetch("mirror_rows_counts", source_site=verified.source_site))
     before = {"jobs": jobs, "history": entries, "audit_log": audit_entries,
-              **{name: policy_counts.get(name, 0) for name in POLICY_TABLES}}
-    known = _known_jobs(copy, verified, read) if incremental else 0
+              **{name: policy_counts.get(name, 0) for name in POLICY_TABLES},
+              **{name: row_counts.get(name, 0) for name in ROW_TABLES}}
+    known = {"jobs": _known_jobs(copy, verified, read)} if incremental else {}
+    if incremental:
+        known.update({name: _known_rows(copy, verified, read, name) for name in ROW_TABLES
+                      if name in INCREMENTAL_TABLES and _has(verified, name)})
     tables = []
     for name, rows in sorted(manifest.row_counts.items()):
         action, mirror = DESTINATIONS.get(name, ("not imported", None))
         entry = {"table": name, "rows": rows, "action": action, "mirror": mirror,
-                 "replaces": before.get(name, 0) if mirror and not (incremental and name in ("jobs", "history",
-                                                                                            "audit_log"))
+                 "replaces": before.get(name, 0) if mirror and not (incremental and name in INCREMENTAL_TABLES)
                  else 0}
-        if incremental and name == "jobs":
-            entry.update(action="merged", adds=rows - known, updates=known)
+        if name in known:
+            entry.update(action="merged", adds=rows - known[name], updates=known[name])
         if incremental and name in ("history", "audit_log"):
             found = chains["history" if name == "history" else "audit"]
             if found.head is None:
@@ -479,6 +483,15 @@ def _known_jobs(copy: BinaryIO, verified: VerifiedBundle, read: Transaction) -> 
     for batch in _rows(copy, verified, "jobs"):
         known += int(read.fetch("mirror_jobs_known", source_site=verified.source_site,
                                 job_ids=batch.column("job_id").to_pylist())[0][0])
+    return known
+
+
+def _known_rows(copy: BinaryIO, verified: VerifiedBundle, read: Transaction, name: str) -> int:
+    """How many of an incremental bundle's rows of a mirror_rows table the mirror of its source holds already."""
+    known = 0
+    for batch in _rows(copy, verified, name):
+        known += int(read.fetch("mirror_rows_known", source_site=verified.source_site, kind=name,
+                                keys=_row_keys(batch, name).to_pylist())[0][0])
     return known
 
 
@@ -785,6 +798,7 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
         _ARROW_POOL.release_unused()
     for spec in CHAIN_TABLES:
         _write_chain_mirror(tx, copy, verified, spec, incremental)
+    _write_row_mirrors(tx, copy, verified, incremental)
     for name in POLICY_TABLES:
         order = BY_NAME[name].order
         for batch in _rows(copy, verified, name):
@@ -794,6 +808,38 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) ->
                               "row_json": _json_rows(batch)}, schema=pa.schema(
                                   [("kind", pa.string()), ("key", pa.string()), ("row_json", pa.string())]))
             tx.execute_with("mirror_policies_insert", "rows", table, source_site=site)
+
+
+def _row_keys(batch: pa.RecordBatch, name: str) -> pa.Array:
+    """Each row's mirror key: its table's order columns joined by '/' (only the last of them may hold a '/': ids,
+    tenants and site ids cannot)."""
+    columns = [pc.cast(batch.column(column), pa.string()) for column in BY_NAME[name].order]
+    if len(columns) == 1:
+        return columns[0]
+    return pc.binary_join_element_wise(*columns, _text("/"))
+
+
+def _write_row_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, incremental: bool) -> None:
+    """Write ROW_TABLES into mirror_rows: a full bundle replaces the source's rows; an incremental one replaces the
+    tables that travel whole and merges the incremental ones (idempotency keys, job dependencies) by key. Bounded
+    batches, as the jobs."""
+    site = verified.source_site
+    if not incremental:
+        tx.execute("mirror_rows_delete", source_site=site)
+    for name in ROW_TABLES:
+        if not _has(verified, name):
+            continue
+        merged = incremental and name in INCREMENTAL_TABLES
+        if incremental and not merged:
+            tx.execute("mirror_rows_delete_kind", source_site=site, kind=name)
+        for group in _grouped(_rows(copy, verified, name)):
+            table = pa.Table.from_batches([pa.RecordBatch.from_arrays(
+                [_row_keys(batch, name), _json_rows(batch)], names=["key", "row_json"]) for batch in group])
+            if merged:
+                tx.execute_with("mirror_rows_delete_listed", "rows", table, source_site=site, kind=name)
+            tx.execute_with("mirror_rows_insert", "rows", table, source_site=site, kind=name)
+            del table
+            _ARROW_POOL.release_unused()
 
 
 def _write_chain_mirror(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable,
@@ -861,10 +907,34 @@ def list_bundles(ledger: Ledger) -> dict[str, Any]:
     mirrors = {}
     for row in read.fetch("bundle_import_floors"):
         jobs, entries, policies, audit_entries = read.fetch("mirror_counts", source_site=row[0])[0]
-        mirrors[row[0]] = {"jobs": jobs, "history": entries, "policies": policies, "audit_log": audit_entries}
+        rows = dict(read.fetch("mirror_rows_counts", source_site=row[0]))
+        mirrors[row[0]] = {"jobs": jobs, "history": entries, "policies": policies, "audit_log": audit_entries,
+                           **{name: rows.get(name, 0) for name in ROW_TABLES}}
     superseded = [{**row, "superseded_at": clock.iso(row["superseded_at"])}
                   for row in read.rows("bundle_import_superseded_list")]
     return {"imports": imports, "exports": exports, "mirrors": mirrors, "superseded_imports": superseded}
+
+
+def list_mirrors(ledger: Ledger, *, source_site: str | None = None, kind: str | None = None,
+                 limit: Any = validation.MAX_PAGE_ROWS) -> dict[str, Any]:
+    """`bundle mirrors`: the mirrored idempotency keys, dependencies, sources, backfills and windows (mirror_rows),
+    by source site, table and key: at most `limit` rows (and at most validation.MAX_PAGE_ROWS), with each source's
+    count per table. Policies are shown by `airgap policies`."""
+    if source_site is not None:
+        validation.site_id(source_site, "--source")
+    if kind is not None and kind not in ROW_TABLES:
+        raise InvalidInput(f"--kind must be one of {', '.join(ROW_TABLES)}, not {str(kind)[:40]!r} (policies: "
+                           "`airgap policies`)")
+    wanted = min(validation.list_limit(limit), validation.MAX_PAGE_ROWS)
+    read = ledger.read()
+    counts: dict[str, dict[str, int]] = {}
+    for site, table, count in read.fetch("mirror_rows_totals", source_site=source_site, kind=kind):
+        counts.setdefault(site, {})[table] = count
+    rows = [{"source_site": site, "table": table, "key": key, "row": json.loads(row_json)}
+            for site, table, key, row_json in read.fetch("mirror_rows_list", source_site=source_site, kind=kind,
+                                                         limit=wanted)]
+    total = sum(sum(tables.values()) for tables in counts.values())
+    return {"site_id": ledger.site_id, "counts": counts, "rows": rows, "truncated": total > len(rows)}
 
 
 def status(ledger: Ledger, *, staleness: str | None = None, now: datetime | None = None) -> dict[str, Any]:
