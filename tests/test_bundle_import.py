@@ -211,14 +211,11 @@ def test_a_later_full_bundle_replaces_the_mirror_of_its_source(holders, source, 
         jobs, entries, [("site-a", 1), ("site-a", 2)])
 
 
-@pytest.mark.parametrize("point", ["copied", "verified", "mirrors-written", "before-commit", "committed"])
-def test_sigkill_during_an_import_leaves_the_ledger_before_or_after_never_between(holders, source, target,  # noqa: F811
-                                                                                  root_v1, tmp_path, point):  # noqa: F811
-    out = bundle(source, holders, tmp_path / "a.bundle")
-    before = state(target)
-    marker = tmp_path / "paused"
+def kill_import_at(point: str, target: Path, out: Path, root: Path, marker: Path) -> None:
+    """Run `bundle import` in a real subprocess, held at pause `point` (bundle_import.PAUSE_POINTS), and SIGKILL it
+    there."""
     command = [sys.executable, "-m", "airgap_orch", "--ledger", str(target), "bundle", "import", str(out),
-               "--trust", str(root_v1)]
+               "--trust", str(root)]
     env = {**os.environ, "AIRGAP_ORCH_TEST_IMPORT_PAUSE": f"{point}:{marker}"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -232,6 +229,14 @@ def test_sigkill_during_an_import_leaves_the_ledger_before_or_after_never_betwee
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("point", ["copied", "verified", "mirrors-written", "before-commit", "committed"])
+def test_sigkill_during_an_import_leaves_the_ledger_before_or_after_never_between(holders, source, target,  # noqa: F811
+                                                                                  root_v1, tmp_path, point):  # noqa: F811
+    out = bundle(source, holders, tmp_path / "a.bundle")
+    before = state(target)
+    kill_import_at(point, target, out, root_v1, tmp_path / "paused")
     after = state(target)
     if point == "committed":
         assert after["floors"] == [("site-a", 1)] and after["trust_roots"] == [1]

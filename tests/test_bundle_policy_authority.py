@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -19,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from export_fixtures import populate
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
+from test_bundle_import import kill_import_at
 
 from airgap_orch.auth import load_private_key
 from airgap_orch.bundle.dsse import parse_canonical_envelope
@@ -283,22 +279,7 @@ def test_sigkill_after_policies_are_applied_but_before_commit_leaves_them_as_the
     out = bundle(source, holders, tmp_path / "a.bundle")
     ok(cli("airgap", "authority", "set", "site-a", "--reason", "central", ledger=target))
     before = policy_state(target)
-    marker = tmp_path / "paused"
-    command = [sys.executable, "-m", "airgap_orch", "--ledger", str(target), "bundle", "import", str(out),
-               "--trust", str(root_v1)]
-    env = {**os.environ, "AIRGAP_ORCH_TEST_IMPORT_PAUSE": f"before-commit:{marker}"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    kill_import_at("before-commit", target, out, root_v1, tmp_path / "paused")
     assert policy_state(target) == before
     ok(cli("bundle", "import", str(out), "--trust", str(root_v1), ledger=target))
     assert quota(target, "acme") == 5
