@@ -69,3 +69,14 @@ def test_dispatch_names_no_operation_of_its_own():
     strings = {node.value for node in ast.walk(ast.parse(source))
                if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert not strings & {route.name for route in api.ROUTES}
+
+
+def test_the_openapi_document_names_each_operations_scope_as_its_security_role():
+    from airgap_orch.server import openapi
+
+    document = openapi.document()
+    found = {operation["operationId"]: operation["security"]
+             for methods in document["paths"].values() for operation in methods.values()}
+    for route in api.ROUTES:
+        assert found[route.name.replace(".", "_")] == [{"bearer": [route.scope]}], route.name
+    assert found["metrics"] == [{"bearer": [OPERATION_SCOPES["metrics"]]}]

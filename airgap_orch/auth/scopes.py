@@ -34,9 +34,9 @@ SCOPES = MappingProxyType({
     WORKER: "Run jobs and nothing else: claim, heartbeat, ack, fail and release under a lease (least privilege).",
     AIRGAP: "Move state across the air gap: show and pin the trust root, export, plan and import bundles, list them, "
             "see and set the air-gap status, staleness mode and policy authority (every change is audited).",
-    ADMIN: "Nothing on its own: it makes the totals of the operations listed here cover every tenant (site-wide "
-           "metrics and ledger info, whole-ledger verify counts and failure details, a bundle export of every tenant); "
-           "without it they cover the token's tenants.",
+    ADMIN: "Nothing on its own: it makes the totals of `ledger.info`, `ledger.verify`, `audit.verify`, `metrics` and "
+           "`bundles.export` cover every tenant (site-wide metrics and ledger info, whole-ledger verify counts and "
+           "failure details, a bundle export of every tenant); without it they cover the token's tenants.",
 })
 
 # The server's endpoints that are not operations, and the scope each needs.
@@ -46,7 +46,8 @@ ENDPOINT_SCOPES = {"events": READ, "metrics": READ}  # GET /events (the SSE stre
 # scope, so a new operation needs no line here.
 OPERATION_SCOPES = MappingProxyType({**{route.name: route.scope for route in ROUTES}, **ENDPOINT_SCOPES})
 
-# Operations whose totals an orch:admin token reads for the whole site; any other token reads its tenants' only.
+# Operations whose totals an orch:admin token reads for the whole site; any other token reads its tenants' only
+# (named in SCOPES[ADMIN] too: a test keeps the two equal).
 SITE_WIDE_OPERATIONS = frozenset({"ledger.info", "ledger.verify", "audit.verify", "metrics", "bundles.export"})
 
 

@@ -164,7 +164,7 @@ def document() -> dict[str, Any]:
         operation: dict[str, Any] = {
             "operationId": _operation_id(route.name),
             "summary": route.summary,
-            "security": [{"bearer": []}],
+            "security": [{"bearer": [route.scope]}],  # OpenAPI 3.1: the role (scope) a token needs
             "parameters": _parameters(route),
             "responses": {"200": answer, **_problem_responses()},
         }
@@ -184,7 +184,7 @@ def document() -> dict[str, Any]:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{route.request_schema}"}}}}
         paths.setdefault(route.path, {})[route.method.lower()] = operation
-    paths["/metrics"] = {"get": {"operationId": "metrics", "security": [{"bearer": []}],
+    paths["/metrics"] = {"get": {"operationId": "metrics", "security": [{"bearer": [api.READ]}],
                                  "summary": "Prometheus metrics (orch:read: the token's tenants; orch:admin: the site)",
                                  "responses": {"200": {"description": "text/plain exposition",
                                                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
