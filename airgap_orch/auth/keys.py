@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import InvalidInput
+from ..operations.files import read_capped
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_KEY_FILE_BYTES = 16 * 1024
@@ -132,14 +133,7 @@ def _check_passphrase(passphrase: bytes, what: str = "passphrase") -> None:
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise InvalidInput(f"{what} {path} is larger than {MAX_KEY_FILE_BYTES} bytes; not a PEM key")
-    return data
+    return read_capped(path, MAX_KEY_FILE_BYTES, what, hint="not a PEM key")
 
 
 def _write_exclusive(path: Path, data: bytes, mode: int) -> None:

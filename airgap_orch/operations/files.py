@@ -14,15 +14,16 @@ from ..errors import InvalidInput
 Progress = Callable[[int, int], None]  # (done, total): a terminal's progress bar
 
 
-def read_capped(path: Path, cap: int, what: str) -> bytes:
-    """The file's bytes; InvalidInput (one line) when it cannot be read or is larger than `cap`."""
+def read_capped(path: Path, cap: int, what: str, hint: str = "") -> bytes:
+    """The file's bytes; InvalidInput (one line, ending with `hint` when given) when it cannot be read or is
+    larger than `cap`."""
     try:
         with Path(path).open("rb") as file:
             data = file.read(cap + 1)
     except OSError as exc:
         raise InvalidInput(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(data) > cap:
-        raise InvalidInput(f"{what} {path} is larger than {cap} bytes")
+        raise InvalidInput(f"{what} {path} is larger than {cap} bytes{'; ' + hint if hint else ''}")
     return data
 
 

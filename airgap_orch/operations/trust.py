@@ -37,7 +37,7 @@ ROLE_NAMES = trust.TOP_LEVEL_ROLES
 def public_key(path: Path) -> Ed25519PublicKey:
     """An Ed25519 PUBLIC key file; a private key file is refused without reading it as a key (a trust root is
     written from public keys only, so private keys never need to leave their holders' machines)."""
-    data = files.read_capped(path, MAX_KEY_FILE_BYTES, "public key")
+    data = files.read_capped(path, MAX_KEY_FILE_BYTES, "public key", hint="not a PEM key")
     if b"PRIVATE KEY-----" in data:
         raise InvalidInput(f"{path} holds a PRIVATE key; give the PUBLIC key (the .pub.pem beside it): trust roots "
                            "are written from public keys only")
