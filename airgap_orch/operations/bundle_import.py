@@ -133,15 +133,15 @@ def private_copy(path: Path, ledger: Ledger, cap: int, progress: files.Progress 
 
 # --- trust --------------------------------------------------------------------------------------------------
 
-def _start_root(ledger: Ledger, trust_path: Path | None) -> tuple[bytes, trust.TrustedRoot | None]:
+def _start_root(ledger: Ledger, trust_path: Path | None) -> tuple[trust.TrustedRoot, trust.TrustedRoot | None]:
     """(the root to verify from, the root to pin with the import: only when nothing is pinned)."""
     pinned = trust_ops.pinned(ledger)
     if pinned is None:
         if trust_path is None:
             raise NotFound("no trust root is pinned in this ledger; pass --trust ROOT.json (pinned by a successful "
                            "import) or pin one with `trust pin`")
-        data = trust_ops.read_root(trust_path)
-        return data, trust.load_trusted_root(data)
+        given = trust.load_trusted_root(trust_ops.read_root(trust_path))
+        return given, given
     if trust_path is not None:
         given = trust.load_trusted_root(trust_ops.read_root(trust_path))
         if given.version > pinned.version:
@@ -151,7 +151,7 @@ def _start_root(ledger: Ledger, trust_path: Path | None) -> tuple[bytes, trust.T
         if stored.get(given.version) != trust_ops.fingerprint(given):
             raise RotationError("fork", f"--trust version {given.version} is not the root this ledger pinned as "
                                 f"version {given.version}")
-    return pinned.data, None
+    return pinned, None
 
 
 # --- plan ---------------------------------------------------------------------------------------------------
@@ -391,8 +391,8 @@ def _has(verified: VerifiedBundle, table: str) -> bool:
     return any(member.path == BY_NAME[table].path for member in verified.members)
 
 
-def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trust.TrustedRoot | None,
-          force: bool) -> dict[str, Any]:
+def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, start: trust.TrustedRoot,
+          to_pin: trust.TrustedRoot | None, force: bool) -> dict[str, Any]:
     """The canonical plan (no time-dependent field: its digest only changes when the outcome would)."""
     manifest = verified.manifest
     if verified.source_site == ledger.site_id:
@@ -400,7 +400,7 @@ def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, to_pin: trus
                           "its own bundles")
     read = ledger.read()
     floor = int(read.fetch("bundle_import_floor", source_site=verified.source_site)[0][0])
-    resets = _resets(ledger, verified)
+    resets = _resets(read, verified, start)
     fresh = verified.source_site in {reset["site"] for reset in resets}
     if fresh:
         floor = 0  # the bundle's rotation replaces its site's keys: that floor starts again (fast-forward recovery)
@@ -512,14 +512,15 @@ class _Run:
                        else staleness_policy(staleness_mode(ledger, staleness)))
         self.now = now or clock.now()
         self.verified: VerifiedBundle | None = None
+        self.start: trust.TrustedRoot | None = None  # the root verification starts from (pinned, or --trust)
 
     def verify(self, copy: BinaryIO, size: int, progress: files.Progress | None = None
                ) -> tuple[VerifiedBundle, trust.TrustedRoot | None]:
-        start, to_pin = _start_root(self.ledger, self.trust_path)
+        self.start, to_pin = _start_root(self.ledger, self.trust_path)
         if progress is not None:  # the second half of copying and verifying
             copy = files.Watched(copy, progress, start=size, total=2 * size)
         # A file over the cap was copied up to cap+1 bytes: verify_bundle's size step refuses it.
-        self.verified = verify_bundle(copy, pinned_root=start, target_site=self.ledger.site_id, now=self.now,
+        self.verified = verify_bundle(copy, pinned_root=self.start.data, target_site=self.ledger.site_id, now=self.now,
                                       staleness=self.policy, latest_anchor=_latest_anchor(self.ledger.read()),
                                       table_schemas=TABLE_SCHEMAS)
         return self.verified, to_pin
@@ -597,7 +598,7 @@ def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, stalenes
         if done is not None:
             return {"already_imported": True, **done, "payload_sha256": verified.payload_sha256,
                     "message": f"bundle {verified.bundle_id} is already imported; importing it again does nothing"}
-        found = _plan(ledger, copy, verified, to_pin, force)
+        found = _plan(ledger, copy, verified, run.start, to_pin, force)
     return {"already_imported": False, "plan": found, "plan_digest": plan_digest(found), "file_sha256": file_sha256,
             "staleness": _verdict(verified), "checks": check_list(verified.checks)}
 
@@ -621,7 +622,7 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
                         "payload_sha256": verified.payload_sha256,
                         "message": f"bundle {verified.bundle_id} from {done['source_site']} sequence "
                                    f"{done['sequence']} is already imported; nothing to do"}
-            found = _plan(ledger, copy, verified, to_pin, force)
+            found = _plan(ledger, copy, verified, run.start, to_pin, force)
         except BundleError as error:
             run.refuse(error, copy, file_sha256)
             raise
@@ -631,7 +632,6 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
                            "run `bundle plan` again and review it")
         _pause("verified")
         details = {**run.evidence("forced" if force else "imported", None, file_sha256), "plan_digest": digest}
-        rotating_from = to_pin or trust_ops.pinned(ledger)
         try:  # a member that does not decode is refused like any other verification failure
             with ledger.transaction() as tx:
                 tx.cap_memory(import_memory_cap(verified))
@@ -651,7 +651,7 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
                                           pinned_by=f"{actor} (bundle import --trust)")
                     stored.append(to_pin.version)
                 rotations = [trust.load_trusted_root(data) for data in verified.new_roots]  # each verified
-                details["floors_reset"] = trust_ops.store_roots(tx, rotating_from, rotations,
+                details["floors_reset"] = trust_ops.store_roots(tx, run.start, rotations,
                                                                 now=run.now, pinned_by=f"{actor} (bundle import)")
                 stored += [root.version for root in rotations]
                 tx.execute("bundle_import_record", source_site=verified.source_site,
@@ -681,13 +681,14 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
             "staleness": _verdict(verified), "messages": messages}
 
 
-def _resets(ledger: Ledger, verified: VerifiedBundle) -> list[dict[str, Any]]:
-    """The floors the bundle's rotations would reset (trust_ops.store_roots), site by site, as the plan shows them."""
-    previous, resets = trust_ops.pinned(ledger), []
+def _resets(read: Transaction, verified: VerifiedBundle, start: trust.TrustedRoot) -> list[dict[str, Any]]:
+    """The floors the bundle's rotations (from `start`, the root verification started from) would reset
+    (trust_ops.store_roots), site by site, as the plan shows them."""
+    previous, resets = start, []
     for data in verified.new_roots:
         root = trust.load_trusted_root(data)
         for site in trust_ops.replaced_sites(previous, root):
-            floor = int(ledger.read().fetch("bundle_import_floor", source_site=site)[0][0])
+            floor = int(read.fetch("bundle_import_floor", source_site=site)[0][0])
             resets.append({"site": site, "root_version": root.version, "floor_before": floor})
         previous = root
     return resets
