@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from export_fixtures import copy_ledger, populate, read_table
+from export_fixtures import copy_ledger, read_table
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
+from test_bundle_import import source  # noqa: F401 (fixture: site-a, filled, version 1 pinned)
 
 from airgap_orch.ledger import Ledger
 from airgap_orch.operations import jobs as job_ops
@@ -44,14 +45,6 @@ def state(ledger: Path) -> dict:
 def last_audit(ledger: Path, action: str = "bundle.import") -> dict:
     rows = query(ledger, "SELECT entry FROM audit_log WHERE action = ? ORDER BY seq DESC LIMIT 1", action)
     return json.loads(rows[0][0])
-
-
-@pytest.fixture
-def source(tmp_path, root_v1) -> Path:  # noqa: F811
-    ledger = new_ledger(tmp_path / "site-a.duckdb", "site-a")
-    populate(ledger)
-    ok(cli("trust", "pin", str(root_v1), ledger=ledger))
-    return ledger
 
 
 @pytest.fixture

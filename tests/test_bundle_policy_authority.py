@@ -12,9 +12,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from export_fixtures import populate
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
-from test_bundle_import import kill_import_at
+from test_bundle_import import kill_import_at, source  # noqa: F401 (fixture: site-a, filled, version 1 pinned)
 
 from airgap_orch.auth import load_private_key
 from airgap_orch.bundle.dsse import parse_canonical_envelope
@@ -76,16 +75,6 @@ def bundle(source: Path, holders, path: Path, *extra: str, key: str = "a1", targ
 
 def plan_tables(result: dict) -> dict[str, dict]:
     return {table["table"]: table for table in result["plan"]["tables"]}
-
-
-@pytest.fixture
-def source(tmp_path, root_v1) -> Path:  # noqa: F811
-    """site-a: jobs, quotas acme 5 and globex 7, rate limits, concurrency tenant:globex 3 and type:scan 9, a
-    breaker and a pause (export_fixtures.populate), version 1 pinned."""
-    ledger = new_ledger(tmp_path / "site-a.duckdb", "site-a")
-    populate(ledger)
-    ok(cli("trust", "pin", str(root_v1), ledger=ledger))
-    return ledger
 
 
 @pytest.fixture
@@ -312,13 +301,13 @@ def _in_the_earlier_layout(bundle_path: Path, out: Path, holders) -> Path:  # no
     """The same ledger bundle as a writer before migration 0013 made it: its quotas, rate_limits and
     concurrency_limits members lack issuer_site and issuer_version; every other member is copied byte for byte;
     signed by a1 and ts like the original."""
-    with bundle_path.open("rb") as source:
-        index = read_index(source)
+    with bundle_path.open("rb") as original:
+        index = read_index(original)
         manifest = parse_manifest(parse_canonical_envelope(
-            open_member(source, index.member(ENVELOPE_MEMBER)).read()).payload)
+            open_member(original, index.member(ENVELOPE_MEMBER)).read()).payload)
         members = []
         for entry in manifest.data_members:
-            raw = open_member(source, index.member(entry.path)).read()
+            raw = open_member(original, index.member(entry.path)).read()
             if entry.table in APPLIED_TABLES:
                 spec = BY_NAME[entry.table]
                 earlier = spec.accepted_schemas[-1]
