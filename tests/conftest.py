@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,13 @@ def list_all(ledger: Ledger, name: str = "jobs.list", limit: int = 100_000, **pa
     from airgap_orch.operations import dispatch
 
     return api.read_pages(lambda operation, given: dispatch.run(ledger, operation, given), name, params, limit)
+
+
+def wait_for_marker(process: subprocess.Popen, marker: Path, what: str, timeout: float = 120) -> None:
+    """Wait until `process` (a real subprocess held at a test pause point) writes `marker`; fail with its output if
+    it exits first, or with `what` if `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{what} within {timeout:g}s"
+        time.sleep(0.05)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import wait_for_marker
 from export_fixtures import populate
 from server_fixtures import ALL_SCOPES, Keys, Server, assert_problem, cli_env, serving
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
@@ -180,11 +180,7 @@ def test_workers_claim_and_ack_while_an_import_is_verified_and_planned_off_the_w
         [*_cli(target, token), "bundle", "import", str(out), "--json"], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=cli_env({"AIRGAP_ORCH_TEST_IMPORT_PAUSE": ""}))
     try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert importing.poll() is None, importing.communicate()
-            assert time.monotonic() < deadline, "the import never reached its verified point"
-            time.sleep(0.05)
+        wait_for_marker(importing, marker, "the import never reached its verified point")
         done = []
         for _ in range(10):  # a worker's loop: claim one, ack it
             claim = server.request("POST", "/v1/jobs/claim", {"worker_id": "w1", "limit": 1}, token=token)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for_marker
 from export_fixtures import populate
 from server_fixtures import ALL_SCOPES, Keys, Server, cli_env, serving
 from test_bundle_cli import cli, exports_recorded, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
@@ -177,11 +177,7 @@ def test_workers_claim_and_ack_while_an_export_runs_off_the_writer(holders, sour
          str(out), "--target", "site-b", "--handoff", "--queue", "slow", "--json"], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=cli_env({"AIRGAP_ORCH_TEST_EXPORT_PAUSE": ""}))
     try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert exporting.poll() is None, exporting.communicate()
-            assert time.monotonic() < deadline, "the export never reached its hand-off"
-            time.sleep(0.05)
+        wait_for_marker(exporting, marker, "the export never reached its hand-off")
         done = []
         for _ in range(5):  # a worker's loop: claim one of queue fast, ack it
             claim = server.request("POST", "/v1/jobs/claim", {"worker_id": "w1", "limit": 1, "queue": "fast"},

@@ -10,10 +10,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for_marker
 from export_fixtures import copy_ledger, read_table
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
 from test_bundle_import import source  # noqa: F401 (fixture: site-a, filled, version 1 pinned)
@@ -348,12 +348,7 @@ def paused_handoff_export(source: Path, holders, out: Path, marker: Path) -> sub
                "--handoff"]
     env = {**os.environ, "AIRGAP_ORCH_TEST_EXPORT_PAUSE": f"handed-off:{marker}"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        if process.poll() is not None:
-            raise AssertionError(process.stderr.read())
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_marker(process, marker, "the export never reached its hand-off", timeout=60)
     return process
 
 

@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for_marker
 from export_fixtures import populate
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
 
@@ -219,11 +219,7 @@ def kill_import_at(point: str, target: Path, out: Path, root: Path, marker: Path
     env = {**os.environ, "AIRGAP_ORCH_TEST_IMPORT_PAUSE": f"{point}:{marker}"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for_marker(process, marker, f"the import never reached {point}", timeout=60)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
