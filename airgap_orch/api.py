@@ -170,7 +170,7 @@ ROUTES: tuple[Route, ...] = (
           "The bundles this ledger imported and exported, and the mirrors per source site"),
     Route("bundles.mirrors", "GET", "/v1/bundles/mirrors", AIRGAP,
           "Other sites' idempotency keys, dependencies, sources, backfills and windows, mirrored from their bundles",
-          query=(("source", "string"), ("kind", "string"), ("limit", "integer"))),
+          query=(("source", "string"), ("kind", "string"), ("limit", "integer"), ("cursor", "string"))),
     Route("bundles.plan", "POST", "/v1/bundles/plan", AIRGAP,
           "Dry run of an import: the bundle is the body (application/octet-stream); verify it, answer the plan and "
           "its digest; writes nothing", query=(("staleness", "string"), ("force", "boolean")), takes_reason=True,
@@ -217,7 +217,8 @@ def path_for(route: Route, params: dict) -> tuple[str, dict]:
 
 
 # What each paged listing answers its rows under (a page also carries `next_cursor`).
-PAGED_ITEMS = {"jobs.list": "jobs", "deadletter.list": "jobs", "ledger.events": "events", "audit.list": "entries"}
+PAGED_ITEMS = {"jobs.list": "jobs", "deadletter.list": "jobs", "ledger.events": "events", "audit.list": "entries",
+               "bundles.mirrors": "rows"}
 
 
 def read_pages(call: Callable[[str, dict[str, Any]], dict[str, Any]], name: str, params: dict[str, Any],

@@ -166,3 +166,31 @@ def test_bundle_mirrors_goes_through_the_server_that_owns_the_ledger(holders, so
         assert [(row["key"], row["row"]) for row in shown["rows"]] == sorted(windows.items())[:2]
         refused(cli("--token", token, "bundle", "mirrors", "--kind", "jobs", ledger=target), 1, "--kind")
         refused(cli("--token", reader, "bundle", "mirrors", ledger=target), 7)
+
+
+def test_bundle_mirrors_pages_with_a_cursor_that_ends_where_the_rows_end(holders, source, target, root_v1,  # noqa: F811
+                                                                         keys, tmp_path):
+    """GET /v1/bundles/mirrors answers a page and a next_cursor; following the cursors lists every mirrored row
+    once, in (source site, table, key) order, and the last page has no cursor. An edited cursor is refused."""
+    ok(cli("bundle", "import", str(bundle(source, holders, tmp_path / "1.bundle")), "--trust", str(root_v1),
+           ledger=target))
+    every = sorted((kind, key) for kind, rows in mirrored(target).items() for key in rows)
+    assert len(every) > 5
+    token = keys.issue("operator", ["local"], (*ALL_SCOPES, "orch:airgap"))
+    with serving(target, "--token-key", str(keys.public_key)) as server:
+        seen, cursor, pages = [], None, 0
+        while True:
+            query = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+            answer = server.request("GET", "/v1/bundles/mirrors", token=token, query=query)
+            assert answer.status == 200, answer
+            page = answer.json
+            assert len(page["rows"]) <= 2
+            seen += [(row["table"], row["key"]) for row in page["rows"]]
+            pages += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == every and pages == -(-len(every) // 2)
+        edited = server.request("GET", "/v1/bundles/mirrors", token=token,
+                                query={"limit": "2", "cursor": "WyJqb2JzIiwiYSJd"})
+        assert edited.status == 400 and "cursor" in edited.json["detail"]

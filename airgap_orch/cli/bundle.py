@@ -12,6 +12,7 @@ from .. import clock, validation
 from ..errors import InvalidInput
 from .context import command, fail, invoke, progress_bar, settings
 from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
+from .paging import invoke_listing
 
 FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -367,16 +368,13 @@ def list_() -> dict | None:
 @click.option("--source", "source_site", metavar="SITE", help="Only the rows mirrored from SITE.")
 @click.option("--kind", metavar="TABLE", help="Only one table: idempotency_keys, job_dependencies, sources, "
               "backfills or backfill_windows.")
-@click.option("--limit", type=int, default=1000, show_default=True, help="At most this many rows (1000 at most).")
+@click.option("--limit", type=int, default=1000, show_default=True,
+              help="Rows to list at most (1 to 100,000), read a page at a time.")
 def mirrors(source_site: str | None, kind: str | None, limit: int) -> dict | None:
     """Other sites' idempotency keys, dependencies, sources, backfills and windows, mirrored (read-only) from
     their bundles; policies: `airgap policies`."""
-    params: dict[str, Any] = {"limit": limit}
-    if source_site is not None:
-        params["source"] = source_site
-    if kind is not None:
-        params["kind"] = kind
-    result = invoke("bundles.mirrors", params)
+    result = invoke_listing("bundles.mirrors", {"source": source_site, "kind": kind}, limit)
+    result["truncated"] = sum(sum(tables.values()) for tables in result["counts"].values()) > len(result["rows"])
     if settings().json:
         return result
     for site, tables in result["counts"].items():
@@ -384,7 +382,7 @@ def mirrors(source_site: str | None, kind: str | None, limit: int) -> dict | Non
     for item in result["rows"]:
         click.echo(f"  {item['source_site']:<16} {item['table']:<18} {item['key']}")
     if result["truncated"]:
-        click.echo(f"  (first {len(result['rows'])} rows; narrow with --source / --kind)")
+        click.echo(f"  (first {len(result['rows'])} rows; raise --limit, or narrow with --source / --kind)")
     return None
 
 

@@ -1023,9 +1023,12 @@ INSERT INTO mirror_rows SELECT $source_site, $kind, key, row_json FROM rows;
 SELECT count(*) FROM mirror_rows WHERE source_site = $source_site AND kind = $kind AND list_contains($keys, key);
 
 -- name: mirror_rows_list
--- `bundle mirrors`: the mirrored rows, by source site, table and key, at most $limit of them.
+-- `bundle mirrors`: the mirrored rows, by source site, table and key, at most $limit of them, after the row
+-- ($after_site, $after_kind, $after_key) a cursor names (all NULL: from the first).
 SELECT source_site, kind, key, row_json FROM mirror_rows
 WHERE ($source_site IS NULL OR source_site = $source_site) AND ($kind IS NULL OR kind = $kind)
+  AND ($after_site IS NULL OR source_site > $after_site
+       OR (source_site = $after_site AND (kind > $after_kind OR (kind = $after_kind AND key > $after_key))))
 ORDER BY source_site, kind, key
 LIMIT $limit;
 

@@ -74,11 +74,11 @@ def bundles_list(ledger: Ledger, *, actor: str = "cli", tenants: Any = None) -> 
 
 
 @operation("bundles.mirrors")
-def bundles_mirrors(ledger: Ledger, *, source: Any = None, kind: Any = None, limit: Any = 1000, actor: str = "cli",
-                    tenants: Any = None) -> dict[str, Any]:
+def bundles_mirrors(ledger: Ledger, *, source: Any = None, kind: Any = None, limit: Any = 1000, cursor: Any = None,
+                    actor: str = "cli", tenants: Any = None) -> dict[str, Any]:
     from . import bundle_import
 
-    return bundle_import.list_mirrors(ledger, source_site=source, kind=kind, limit=limit)
+    return bundle_import.list_mirrors(ledger, source_site=source, kind=kind, limit=limit, cursor=cursor)
 
 
 @operation("bundles.export")

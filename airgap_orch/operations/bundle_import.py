@@ -917,25 +917,30 @@ def list_bundles(ledger: Ledger) -> dict[str, Any]:
 
 
 def list_mirrors(ledger: Ledger, *, source_site: str | None = None, kind: str | None = None,
-                 limit: Any = validation.MAX_PAGE_ROWS) -> dict[str, Any]:
-    """`bundle mirrors`: the mirrored idempotency keys, dependencies, sources, backfills and windows (mirror_rows),
-    by source site, table and key: at most `limit` rows (and at most validation.MAX_PAGE_ROWS), with each source's
-    count per table. Policies are shown by `airgap policies`."""
+                 limit: Any = validation.MAX_PAGE_ROWS, cursor: Any = None) -> dict[str, Any]:
+    """`bundle mirrors`, one page: the mirrored idempotency keys, dependencies, sources, backfills and windows
+    (mirror_rows) by source site, table and key, at most `limit` rows (and at most validation.MAX_PAGE_ROWS), with
+    each source's count per table; `next_cursor` continues after the page (None: nothing follows). One snapshot.
+    Policies are shown by `airgap policies`."""
     if source_site is not None:
         validation.site_id(source_site, "--source")
     if kind is not None and kind not in ROW_TABLES:
         raise InvalidInput(f"--kind must be one of {', '.join(ROW_TABLES)}, not {str(kind)[:40]!r} (policies: "
                            "`airgap policies`)")
     wanted = min(validation.list_limit(limit), validation.MAX_PAGE_ROWS)
-    read = ledger.read()
+    after = [None, None, None] if cursor is None else validation.cursor(cursor, "mirrors", (str, str, str))
     counts: dict[str, dict[str, int]] = {}
-    for site, table, count in read.fetch("mirror_rows_totals", source_site=source_site, kind=kind):
-        counts.setdefault(site, {})[table] = count
+    with ledger.snapshot() as read:
+        for site, table, count in read.fetch("mirror_rows_totals", source_site=source_site, kind=kind):
+            counts.setdefault(site, {})[table] = count
+        found = read.fetch("mirror_rows_list", source_site=source_site, kind=kind, after_site=after[0],
+                           after_kind=after[1], after_key=after[2], limit=wanted + 1)
+    page = found[:wanted]
     rows = [{"source_site": site, "table": table, "key": key, "row": json.loads(row_json)}
-            for site, table, key, row_json in read.fetch("mirror_rows_list", source_site=source_site, kind=kind,
-                                                         limit=wanted)]
-    total = sum(sum(tables.values()) for tables in counts.values())
-    return {"site_id": ledger.site_id, "counts": counts, "rows": rows, "truncated": total > len(rows)}
+            for site, table, key, row_json in page]
+    more = len(found) > wanted
+    return {"site_id": ledger.site_id, "counts": counts, "rows": rows,
+            "next_cursor": validation.page_cursor("mirrors", list(page[-1][:3])) if more else None}
 
 
 def status(ledger: Ledger, *, staleness: str | None = None, now: datetime | None = None) -> dict[str, Any]:
