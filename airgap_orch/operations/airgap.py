@@ -88,8 +88,9 @@ def bundles_export(ledger: Ledger, *, out: str, target: Any, signing_keys: Any =
                    tenant: Any = None, created_at: Any = None, incremental: Any = False, base: Any = None,
                    reissue: Any = None, handoff: Any = False, backfills: Any = (), queues: Any = (),
                    roots: Any = (), reason: Any = None, ticket: Any = None, progress: Any = None, actor: str = "cli",
-                   tenants: Any = None) -> dict[str, Any]:
-    """`roots`: root.json documents as text to carry (the CLI reads them from --trust files)."""
+                   tenants: Any = None, server_keys: Any = False) -> dict[str, Any]:
+    """`roots`: root.json documents as text to carry (the CLI reads them from --trust files). `server_keys` (set by
+    the server, never a request's: the body's schema has no such field): the keys are the server's."""
     from . import bundles
 
     if tenants is not None:  # a token's tenants only (auth/scopes.py: orch:admin reaches the whole site)
@@ -108,7 +109,8 @@ def bundles_export(ledger: Ledger, *, out: str, target: Any, signing_keys: Any =
                           progress=progress, incremental=_flag(incremental, "incremental"), base_sequence=base,
                           handoff=_flag(handoff, "handoff"), handoff_backfills=list(backfills),
                           handoff_queues=list(queues), reissue=reissue,
-                          roots=[root.encode("utf-8") for root in roots], reason=reason, actor=actor)
+                          roots=[root.encode("utf-8") for root in roots], reason=reason, actor=actor,
+                          server_keys=server_keys is True)
 
 
 @operation("bundles.plan")
