@@ -27,6 +27,12 @@ DOWNLOAD_RESULT_HEADER = "X-Orch-Export"
 # A bundle streamed to an `upload` route (bundle plan, bundle import): the bundle format's own cap on a file, never
 # held in memory (`serve --max-bundle-bytes` lowers it); larger uploads get 413.
 MAX_BUNDLE_BYTES = MAX_ARCHIVE_BYTES
+# An upload route's body may start with a trust root (`bundle plan | import --trust ROOT.json`): query parameter
+# trust_bytes=N (1 to the root cap, bundle/limits.py MAX_ROOT_BYTES) says its first N bytes are the root.json
+# document, the rest the bundle. The server holds those N bytes in memory (the root cap bounds them), streams the rest
+# to the upload's file, and hands the root to the operation as its `trust_root` param (bytes, never a path).
+UPLOAD_ROOT_LENGTH = "trust_bytes"
+UPLOAD_ROOT = "trust_root"
 
 # The scopes routes need. auth/scopes.py documents each (SCOPES, the README table) and adds orch:admin, which no
 # route needs on its own; a new scope is a constant here and a line there.
@@ -54,8 +60,9 @@ class Route:
     needs_ticket: bool = False
     takes_reason: bool = False  # X-Orch-Reason / X-Orch-Ticket accepted, not required (recorded in the audit log)
     # The body is a bundle file (Content-Type: application/octet-stream, up to MAX_BUNDLE_BYTES), streamed to a
-    # temporary file the operation gets as its `bundle` param; the other params travel in the query string. It runs
-    # on the server's bundle thread: not queued behind the writer, nor holding it up until its final transaction.
+    # temporary file the operation gets as its `bundle` param, after a trust root when the query names one
+    # (UPLOAD_ROOT_LENGTH); the other params travel in the query string. It runs on the server's bundle thread: not
+    # queued behind the writer, nor holding it up until its final transaction.
     upload: bool = False
     # The answer is a bundle file (application/octet-stream, streamed from a temporary file beside the ledger, never
     # held in memory) with the operation's JSON result in the X-Orch-Export header (base64url, no padding): the
@@ -173,12 +180,15 @@ ROUTES: tuple[Route, ...] = (
           query=(("source", "string"), ("kind", "string"), ("limit", "integer"), ("cursor", "string"))),
     Route("bundles.plan", "POST", "/v1/bundles/plan", AIRGAP,
           "Dry run of an import: the bundle is the body (application/octet-stream); verify it, answer the plan and "
-          "its digest; writes nothing", query=(("staleness", "string"), ("force", "boolean")), takes_reason=True,
+          "its digest; writes nothing; with trust_bytes=N the body's first N bytes are a trust root (--trust)",
+          query=(("staleness", "string"), ("force", "boolean"), (UPLOAD_ROOT_LENGTH, "integer")), takes_reason=True,
           upload=True),
     Route("bundles.import", "POST", "/v1/bundles/import", AIRGAP,
           "Verify and import the bundle in the body (application/octet-stream) in one transaction; a refusal is "
-          "audited and quarantined", query=(("plan_digest", "string"), ("staleness", "string"), ("force", "boolean")),
-          takes_reason=True, upload=True),
+          "audited and quarantined; with trust_bytes=N the body's first N bytes are a trust root (--trust), pinned by "
+          "a successful import when nothing is pinned",
+          query=(("plan_digest", "string"), ("staleness", "string"), ("force", "boolean"),
+                 (UPLOAD_ROOT_LENGTH, "integer")), takes_reason=True, upload=True),
     Route("bundles.export", "POST", "/v1/bundles/export", AIRGAP,
           "Export a bundle signed with the keys serve holds (serve --bundle-key, --timestamp-key): the answer is the "
           "bundle (application/octet-stream), its summary in the X-Orch-Export header; a hand-off commits first "

@@ -248,6 +248,19 @@ def number_in(value: float, low: float, high: float, what: str) -> float:
     return value
 
 
+_TRUST_BYTES = schemas.definition("trust-bytes")
+MAX_UPLOAD_ROOT_BYTES: int = _TRUST_BYTES["maximum"]  # bundle/limits.py MAX_ROOT_BYTES (a test holds them equal)
+
+
+def upload_root_length(value: int) -> int:
+    """An upload's trust_bytes query parameter (api.UPLOAD_ROOT_LENGTH): how many of the body's first bytes are a
+    trust root, 1 to the root cap."""
+    if not _TRUST_BYTES["minimum"] <= value <= MAX_UPLOAD_ROOT_BYTES:
+        raise InvalidInput(f"query parameter trust_bytes is {value}; a trust root ahead of the bundle is 1 to "
+                           f"{MAX_UPLOAD_ROOT_BYTES} bytes")
+    return value
+
+
 def list_limit(value: Any) -> int:
     """How many rows a listing asks for (1 to MAX_LIST_LIMIT); a page holds at most MAX_PAGE_ROWS of them."""
     if isinstance(value, bool) or not isinstance(value, int):

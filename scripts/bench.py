@@ -1387,7 +1387,7 @@ def bench_bundle_export(bench: Bench) -> Samples:
             if bench.profiling:  # in this process, so cProfile and the statement timer see it
                 with Ledger.open(target, create=True, site_id="bench-target", lock_timeout=1) as imported:
                     with bench.timed() as timer:
-                        bundle_import.import_bundle(imported, out, trust_path=root, actor="bench")
+                        bundle_import.import_bundle(imported, out, trust_root=Path(root).read_bytes(), actor="bench")
                         timer.jobs = jobs
                 samples["bundle_import_jobs_per_s"].append(timer.rate())
             else:

@@ -75,7 +75,7 @@ def _import_child(ledger: str, bundle: str, root: str, site: str, profile_out: s
         if profiler is not None:
             profiler.enable()
         started = time.perf_counter()
-        result = bundle_import.import_bundle(opened, Path(bundle), trust_path=Path(root), actor="bench")
+        result = bundle_import.import_bundle(opened, Path(bundle), trust_root=Path(root).read_bytes(), actor="bench")
         elapsed = time.perf_counter() - started
         if profiler is not None:
             profiler.disable()

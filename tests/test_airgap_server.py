@@ -64,8 +64,7 @@ def test_trust_bundle_and_airgap_commands_go_through_the_server_that_owns_the_le
     out = bundle_of(source, holders, tmp_path / "a.bundle")
     token = keys.issue("operator", ["local"], AIRGAP_SCOPES)
     with serving(target, "--token-key", str(keys.public_key)):
-        # --trust does not travel to a server: pin first (through the server), then plan and import.
-        refused(run(target, token, "bundle", "plan", str(out), "--trust", str(root_v1)), 1, "pin the root")
+        # Pin first (through the server), then plan and import without --trust (test_airgap_server_trust.py: with it).
         pinned = ok(run(target, token, "trust", "pin", str(root_v1), "--reason", "first root", "--json"))
         assert pinned["pinned"] is True and pinned["version"] == 1
         assert ok(run(target, token, "trust", "show", "--json"))["fingerprint"] == pinned["fingerprint"]
@@ -232,6 +231,7 @@ def test_the_airgap_limits_have_one_source():
     assert api.MAX_BUNDLE_BYTES == limits.MAX_ARCHIVE_BYTES
     roots = schemas.load("trust-pin-request")["properties"]["roots"]
     assert roots["items"]["maxLength"] == limits.MAX_ROOT_BYTES
+    assert schemas.definition("trust-bytes")["maximum"] == limits.MAX_ROOT_BYTES  # a root ahead of an upload
     assert roots["maxItems"] * limits.MAX_ROOT_BYTES <= api.MAX_BODY_BYTES  # a full request fits in a body
 
 

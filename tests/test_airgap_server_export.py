@@ -261,3 +261,44 @@ def test_a_bundle_larger_than_any_json_body_streams_back_from_the_server(holders
     verified = ok(cli("bundle", "verify", str(out), "--trust", str(root_v1), "--target", "site-b", "--json"))
     assert verified["row_counts"]["jobs"] == 240
     assert not exports_left(source) and not list(tmp_path.glob(".big.bundle.partial-*"))
+
+
+def test_a_handoff_export_failing_after_its_commit_through_the_server_says_reissue_without_keys(
+        holders, source, keys, tmp_path, monkeypatch):  # noqa: F811
+    """The server's export stops (test hook) once its hand-off committed; a file then takes the server's own output
+    name, so writing the bundle fails. The advice says how to write it through the server: --reissue, no --key or
+    --timestamp-key (the server signs with its own); and following it writes the bundle that hands the jobs over."""
+    with Ledger.open(source, lock_timeout=5) as opened:
+        from airgap_orch.operations import jobs as job_ops
+
+        job_ops.enqueue_batch(opened, [{"tenant": "acme", "project": "p", "type": "t", "queue": "handed"}
+                                       for _ in range(3)])
+    token = keys.issue("operator", ["acme", "globex"], (*AIRGAP_SCOPES, "orch:admin"))
+    marker = tmp_path / "handed-off"
+    monkeypatch.setenv("AIRGAP_ORCH_TEST_EXPORT_PAUSE", f"handed-off:{marker}")  # read by the server's export
+    server = Server(source, with_keys(keys, holders)).start()
+    exporting = subprocess.Popen(
+        [sys.executable, "-m", "airgap_orch", "--ledger", str(source), "--token", token, "bundle", "export", "--out",
+         str(tmp_path / "h.bundle"), "--target", "site-b", "--handoff", "--queue", "handed"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=cli_env({"AIRGAP_ORCH_TEST_EXPORT_PAUSE": ""}))
+    try:
+        wait_for_marker(exporting, marker, "the export never reached its hand-off")
+        [folder] = exports_left(source)
+        (folder / "export.bundle").write_bytes(b"someone else's file")  # the server's output name, taken
+        marker.unlink()
+        _, stderr = exporting.communicate(timeout=120)
+        assert exporting.returncode == 1, stderr
+        [line] = stderr.strip().splitlines()
+        assert "committed as sequence 1" in line, line
+        assert line.endswith("write its bundle with `bundle export --reissue 1 --target site-b --out FILE`"), line
+        assert "--key" not in line and "--timestamp-key" not in line
+        written = tmp_path / "written.bundle"
+        made = ok(run(source, token, "bundle", "export", "--reissue", "1", "--target", "site-b", "--out",
+                      str(written), "--json"))
+        assert (made["sequence"], made["handed_off"], made["reissued"]) == (1, 3, True)
+    finally:
+        if exporting.poll() is None:
+            exporting.kill()
+            exporting.wait(30)
+        server.stop()
+    assert job_states(source)["handed_off"] == 3

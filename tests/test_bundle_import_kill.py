@@ -113,7 +113,7 @@ def test_sigkill_at_random_moments_of_an_import_leaves_the_state_before_or_after
         assert not list(tmp_path.glob(f".{target.name}.import-*")), seen  # the private copy was never named
         # ... and the import runs to its end afterwards (an import the kill let commit: "already imported").
         with Ledger.open(target, lock_timeout=10) as ledger:
-            result = bundle_import.import_bundle(ledger, bundle, trust_path=root_v1)
+            result = bundle_import.import_bundle(ledger, bundle, trust_root=root_v1.read_bytes())
         assert result["imported"] == (outcome == "before") and result["already_imported"] == (outcome == "after")
         final = state(target)
         audits = final.pop("import_audit_entries")

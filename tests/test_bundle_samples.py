@@ -62,7 +62,8 @@ def test_the_samples_import_in_order_and_the_handed_over_jobs_are_claimable_here
         with Ledger.open(ledger_path, lock_timeout=5) as ledger:
             for number, sample in enumerate(s for s in samples(folder) if s["target_site"] == target):
                 done = bundle_import.import_bundle(
-                    ledger, folder / sample["file"], trust_path=folder / "root.json" if number == 0 else None,
+                    ledger, folder / sample["file"],
+                    trust_root=(folder / "root.json").read_bytes() if number == 0 else None,
                     staleness="strict", now=judged(sample))
                 assert done["imported"] is True and done["sequence"] == sample["sequence"]
                 handed += sample["handed_over_jobs"]

@@ -31,7 +31,8 @@ SCHEMATHESIS_TIMEOUT = 240
 # makes generated bodies keep: a backfill's `to` comes after its `from`, at most 100,000 steps on; a source's
 # cron expression names times that exist (ranges upwards, days a month has). It changes nothing else: every
 # operation and every phase runs, and every other value is schemathesis's own, except a listing's `cursor`: the
-# server's own opaque text, which no generator can guess, is left out.
+# server's own opaque text, which no generator can guess, is left out; and an upload's `trust_bytes`, which says the
+# body's first bytes are a trust root that a generated body is not (test_airgap_server_trust.py sends real ones).
 HOOKS = textwrap.dedent('''
     import math
     from datetime import timedelta
@@ -72,6 +73,7 @@ HOOKS = textwrap.dedent('''
     def before_call(context, case, **kwargs):
         if isinstance(case.query, dict):
             case.query.pop("cursor", None)  # opaque: only a page makes one (test_reads_beside_writes.py tests them)
+            case.query.pop("trust_bytes", None)  # frames the body: only a real trust root fills it
         body = case.body
         if not isinstance(body, dict):
             return

@@ -293,15 +293,13 @@ def _shown_plan(result: dict | None) -> bool:
 
 def _import_step(name: str, bundle_path: Path, root_path: Path | None, params: dict[str, Any]) -> dict | None:
     """Run a plan or import where the ledger lives: the server that owns it (the bundle streams to it as the
-    request body), else the local ledger. A local refusal prints its checks, then the one-line error."""
+    request body, a --trust root ahead of it), else the local ledger. Either way the operation gets the root's
+    bytes, read here (capped), never its path. A local refusal prints its checks, then the one-line error."""
     from ..bundle.errors import BundleError
-    from ..errors import InvalidInput
+    from ..operations import trust as trust_ops
 
     if root_path is not None:
-        if settings().server() is not None:
-            raise InvalidInput("--trust does not travel to a server: pin the root with `airgap-orch trust pin "
-                               "ROOT.json` (it goes through the server), then run this again without --trust")
-        params = {**params, "trust": str(root_path)}
+        params = {**params, "trust_root": trust_ops.read_root(root_path)}
     try:
         remote = settings().server() is not None
         with progress_bar("sending bundle" if remote else "copying and verifying bundle") as bar:

@@ -5,11 +5,13 @@ root as text, a bundle as a file path) to their arguments.
 
 `bundle` (plan, import) is a path the door chose: the CLI's file on the local path, the server's temporary copy
 of the uploaded body (api.Route.upload) on the HTTP path. HTTP never names a file: the server sets `bundle` itself
-and takes no other params but the route's query. So for `bundles.export` (api.Route.download): `out` is the CLI's
---out locally and a private temporary file on the server, which streams it back; `signing_keys` and `timestamp_keys`
-are the keys the CLI loaded (--key, --timestamp-key) or those `serve` holds (--bundle-key, --timestamp-key), never
-a request's. Reading, verifying and planning a bundle write nothing; an import
-writes in one transaction at its end (Ledger.transaction, which the server's writer takes for each of its own).
+and takes no other params but the route's query. `trust_root` (plan, import: --trust) is a root document's bytes,
+never a path: the CLI reads its file; a server takes them from the head of the body (api.UPLOAD_ROOT_LENGTH).
+So for `bundles.export` (api.Route.download): `out` is the CLI's --out locally and a private temporary file on the
+server, which streams it back; `signing_keys` and `timestamp_keys` are the keys the CLI loaded (--key,
+--timestamp-key) or those `serve` holds (--bundle-key, --timestamp-key), never a request's. Reading, verifying and
+planning a bundle write nothing; an import writes in one transaction at its end (Ledger.transaction, which the
+server's writer takes for each of its own).
 """
 
 from __future__ import annotations
@@ -86,8 +88,9 @@ def bundles_export(ledger: Ledger, *, out: str, target: Any, signing_keys: Any =
                    tenant: Any = None, created_at: Any = None, incremental: Any = False, base: Any = None,
                    reissue: Any = None, handoff: Any = False, backfills: Any = (), queues: Any = (),
                    roots: Any = (), reason: Any = None, ticket: Any = None, progress: Any = None, actor: str = "cli",
-                   tenants: Any = None) -> dict[str, Any]:
-    """`roots`: root.json documents as text to carry (the CLI reads them from --trust files)."""
+                   tenants: Any = None, server_keys: Any = False) -> dict[str, Any]:
+    """`roots`: root.json documents as text to carry (the CLI reads them from --trust files). `server_keys` (set by
+    the server, never a request's: the body's schema has no such field): the keys are the server's."""
     from . import bundles
 
     if tenants is not None:  # a token's tenants only (auth/scopes.py: orch:admin reaches the whole site)
@@ -106,27 +109,28 @@ def bundles_export(ledger: Ledger, *, out: str, target: Any, signing_keys: Any =
                           progress=progress, incremental=_flag(incremental, "incremental"), base_sequence=base,
                           handoff=_flag(handoff, "handoff"), handoff_backfills=list(backfills),
                           handoff_queues=list(queues), reissue=reissue,
-                          roots=[root.encode("utf-8") for root in roots], reason=reason, actor=actor)
+                          roots=[root.encode("utf-8") for root in roots], reason=reason, actor=actor,
+                          server_keys=server_keys is True)
 
 
 @operation("bundles.plan")
-def bundles_plan(ledger: Ledger, *, bundle: str, trust: str | None = None, staleness: str | None = None,
+def bundles_plan(ledger: Ledger, *, bundle: str, trust_root: Any = None, staleness: str | None = None,
                  force: Any = False, reason: Any = None, ticket: Any = None, actor: str = "cli",
                  tenants: Any = None, progress: Any = None) -> dict[str, Any]:
     """`progress` (local only: a callable the CLI's bar is; HTTP carries no such param)."""
     from . import bundle_import
 
-    return bundle_import.plan(ledger, Path(bundle), trust_path=Path(trust) if trust else None,
+    return bundle_import.plan(ledger, Path(bundle), trust_root=_root_bytes(trust_root),
                               staleness=_mode(staleness), force=_flag(force), reason=reason, progress=progress)
 
 
 @operation("bundles.import")
-def bundles_import(ledger: Ledger, *, bundle: str, trust: str | None = None, plan_digest: str | None = None,
+def bundles_import(ledger: Ledger, *, bundle: str, trust_root: Any = None, plan_digest: str | None = None,
                    staleness: str | None = None, force: Any = False, reason: Any = None, ticket: Any = None,
                    actor: str = "cli", tenants: Any = None, progress: Any = None) -> dict[str, Any]:
     from . import bundle_import
 
-    return bundle_import.import_bundle(ledger, Path(bundle), trust_path=Path(trust) if trust else None,
+    return bundle_import.import_bundle(ledger, Path(bundle), trust_root=_root_bytes(trust_root),
                                        plan_digest_expected=plan_digest, staleness=_mode(staleness),
                                        force=_flag(force), reason=reason, actor=actor, progress=progress)
 
@@ -150,6 +154,17 @@ def airgap_staleness(ledger: Ledger, *, mode: str, reason: Any = None, ticket: A
 def _mode(value: Any) -> str | None:
     if value is not None and value not in ("strict", "warn", "disabled"):
         raise InvalidInput(f"staleness mode {str(value)[:40]!r} must be strict, warn or disabled")
+    return value
+
+
+def _root_bytes(value: Any) -> bytes | None:
+    """A --trust root as bytes (never a path: nothing here reads a file a request names), within the root cap."""
+    if value is None:
+        return None
+    if not isinstance(value, bytes):
+        raise InvalidInput("trust_root must be a root.json document's bytes")
+    if not value or len(value) > MAX_ROOT_BYTES:
+        raise InvalidInput(f"the --trust root must be 1 to {MAX_ROOT_BYTES} bytes, not {len(value)}")
     return value
 
 

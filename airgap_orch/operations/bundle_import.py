@@ -133,17 +133,18 @@ def private_copy(path: Path, ledger: Ledger, cap: int, progress: files.Progress 
 
 # --- trust --------------------------------------------------------------------------------------------------
 
-def _start_root(ledger: Ledger, trust_path: Path | None) -> tuple[trust.TrustedRoot, trust.TrustedRoot | None]:
-    """(the root to verify from, the root to pin with the import: only when nothing is pinned)."""
+def _start_root(ledger: Ledger, trust_root: bytes | None) -> tuple[trust.TrustedRoot, trust.TrustedRoot | None]:
+    """(the root to verify from, the root to pin with the import: only when nothing is pinned). `trust_root`: the
+    --trust document's bytes (the CLI read its file; a server got them ahead of the bundle in the body)."""
     pinned = trust_ops.pinned(ledger)
     if pinned is None:
-        if trust_path is None:
+        if trust_root is None:
             raise NotFound("no trust root is pinned in this ledger; pass --trust ROOT.json (pinned by a successful "
                            "import) or pin one with `trust pin`")
-        given = trust.load_trusted_root(trust_ops.read_root(trust_path))
+        given = trust.load_trusted_root(trust_root)
         return given, given
-    if trust_path is not None:
-        given = trust.load_trusted_root(trust_ops.read_root(trust_path))
+    if trust_root is not None:
+        given = trust.load_trusted_root(trust_root)
         if given.version > pinned.version:
             raise InvalidInput(f"--trust is version {given.version}, newer than the pinned version {pinned.version}; "
                                "pin it with `trust pin` or let the bundle carry it")
@@ -502,11 +503,11 @@ def plan_digest(plan: dict[str, Any]) -> str:
 # --- the shared front half of plan and import ---------------------------------------------------------------
 
 class _Run:
-    def __init__(self, ledger: Ledger, path: Path, trust_path: Path | None, staleness: str | None, force: bool,
+    def __init__(self, ledger: Ledger, path: Path, trust_root: bytes | None, staleness: str | None, force: bool,
                  reason: str | None, now: datetime | None, actor: str):
         if force and not reason:
             raise InvalidInput("--force needs --reason R: overriding staleness is audited with its reason")
-        self.ledger, self.path, self.trust_path, self.force, self.actor = ledger, path, trust_path, force, actor
+        self.ledger, self.path, self.trust_root, self.force, self.actor = ledger, path, trust_root, force, actor
         self.reason = validation.text(reason, validation.MAX_REASON_CHARS, "--reason")
         self.policy = (StalenessPolicy(mode="disabled", allow_future_anchor=True) if force
                        else staleness_policy(staleness_mode(ledger, staleness)))
@@ -516,7 +517,7 @@ class _Run:
 
     def verify(self, copy: BinaryIO, size: int, progress: files.Progress | None = None
                ) -> tuple[VerifiedBundle, trust.TrustedRoot | None]:
-        self.start, to_pin = _start_root(self.ledger, self.trust_path)
+        self.start, to_pin = _start_root(self.ledger, self.trust_root)
         if progress is not None:  # the second half of copying and verifying
             copy = files.Watched(copy, progress, start=size, total=2 * size)
         # A file over the cap was copied up to cap+1 bytes: verify_bundle's size step refuses it.
@@ -587,11 +588,11 @@ def _quarantine(ledger: Ledger, copy: BinaryIO, file_sha256: str, reason_code: s
 
 # --- plan and import ----------------------------------------------------------------------------------------
 
-def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, staleness: str | None = None,
+def plan(ledger: Ledger, path: Path, *, trust_root: bytes | None = None, staleness: str | None = None,
          force: bool = False, reason: str | None = None, now: datetime | None = None,
          progress: files.Progress | None = None) -> dict[str, Any]:
     """The dry run: verify fully, then what `bundle import` would do, with its digest. Writes nothing."""
-    run = _Run(ledger, path, trust_path, staleness, force, reason or ("plan" if force else None), now, "cli")
+    run = _Run(ledger, path, trust_root, staleness, force, reason or ("plan" if force else None), now, "cli")
     with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes, progress) as (copy, file_sha256, size):
         verified, to_pin = run.verify(copy, size, progress)
         done = run.already()
@@ -603,11 +604,11 @@ def plan(ledger: Ledger, path: Path, *, trust_path: Path | None = None, stalenes
             "staleness": _verdict(verified), "checks": check_list(verified.checks)}
 
 
-def import_bundle(ledger: Ledger, path: Path, *, trust_path: Path | None = None,
+def import_bundle(ledger: Ledger, path: Path, *, trust_root: bytes | None = None,
                   plan_digest_expected: str | None = None, staleness: str | None = None, force: bool = False,
                   reason: str | None = None, now: datetime | None = None, actor: str = "cli",
                   progress: files.Progress | None = None) -> dict[str, Any]:
-    run = _Run(ledger, path, trust_path, staleness, force, reason, now, actor)
+    run = _Run(ledger, path, trust_root, staleness, force, reason, now, actor)
     with private_copy(path, ledger, DEFAULT_TAR_LIMITS.max_archive_bytes, progress) as (copy, file_sha256, size):
         _pause("copied")
         try:

@@ -97,11 +97,13 @@ def export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequenc
            root_paths: Sequence[Path] = (), actor: str = "cli", progress: Progress | None = None,
            incremental: bool = False, base_sequence: int | None = None, handoff: bool = False,
            handoff_backfills: Sequence[str] = (), handoff_queues: Sequence[str] = (),
-           reissue: int | None = None, roots: Sequence[bytes] = (), reason: str | None = None) -> dict[str, Any]:
+           reissue: int | None = None, roots: Sequence[bytes] = (), reason: str | None = None,
+           server_keys: bool = False) -> dict[str, Any]:
     """Export a bundle of the ledger to `out` (module docstring): full, or with `incremental` / `base_sequence`
     what changed since that export to the target; `handoff` hands pending jobs over first (`reason` goes to its audit
     entry); `reissue` writes the bundle of that sequence again. The trust roots to carry are the files `root_paths`
-    and the documents `roots` (a server gets them as text). Returns what was written."""
+    and the documents `roots` (a server gets them as text). `server_keys`: the keys are those `serve` holds, so the
+    advice after a failed hand-off export names no --key. Returns what was written."""
     carried = [*roots, *(trust_ops.read_root(path) for path in root_paths)]
     if reason is not None:
         reason, _ = validation.reason_and_ticket(reason, None)
@@ -113,14 +115,14 @@ def export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequenc
             return _reissue(ledger, out=out, target_site=target_site, sequence=reissue, signing_keys=signing_keys,
                             timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at,
                             carried=carried, actor=actor, progress=progress, incremental=incremental,
-                            base_sequence=base_sequence)
+                            base_sequence=base_sequence, server_keys=server_keys)
         if (handoff_backfills or handoff_queues) and not handoff:
             raise InvalidInput("--backfill and --queue choose the jobs --handoff hands over; add --handoff")
         return _export(ledger, out=out, target_site=target_site, signing_keys=signing_keys,
                        timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at, carried=carried,
                        actor=actor, progress=progress, incremental=incremental, base_sequence=base_sequence,
                        handoff=(handoff_backfills, handoff_queues) if handoff else None, reserved=None,
-                       reason=reason)
+                       reason=reason, server_keys=server_keys)
     except OSError as exc:  # the folder of --out: not writable, full, gone
         raise InvalidInput(f"cannot write the bundle {out}: {exc.strerror or exc}") from None
 
@@ -182,7 +184,7 @@ def _export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequen
             timestamp_keys: Sequence[SigningKey], tenant: str | None, created_at: str | None,
             carried: list[bytes], actor: str, progress: Progress | None, incremental: bool,
             base_sequence: int | None, handoff: tuple[Sequence[str], Sequence[str]] | None,
-            reserved: int | None, reason: str | None = None) -> dict[str, Any]:
+            reserved: int | None, reason: str | None = None, server_keys: bool = False) -> dict[str, Any]:
     trust_ops.check_site_id(target_site, "--target")
     if tenant is not None:
         tenant = validation.name(tenant, "--tenant")
@@ -216,15 +218,16 @@ def _export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequen
                       threshold=threshold, actor=actor, progress=progress, base=base, reserved=reserved)
     except BaseException as error:
         if handed and reserved is not None and not isinstance(error, KeyboardInterrupt):
-            raise _unfinished(error, target_site, reserved, len(handed)) from error
+            raise _unfinished(error, target_site, reserved, len(handed), server_keys) from error
         raise
 
 
-def _unfinished(error: BaseException, target_site: str, sequence: int, jobs: int) -> Exception:
-    """The error of an export whose hand-off committed: it says how to write the bundle that carries them."""
+def _unfinished(error: BaseException, target_site: str, sequence: int, jobs: int, server_keys: bool) -> Exception:
+    """The error of an export whose hand-off committed: it says how to write the bundle that carries them (with
+    the keys again locally; through a server, which signs with its own, with none)."""
+    keys = "" if server_keys else " --key ... --timestamp-key ..."
     message = (f"{error}; the hand-off of {jobs} jobs to {target_site} committed as sequence {sequence}: write its "
-               f"bundle with `bundle export --reissue {sequence} --target {target_site} --out FILE --key ... "
-               "--timestamp-key ...`")
+               f"bundle with `bundle export --reissue {sequence} --target {target_site} --out FILE{keys}`")
     if isinstance(error, OrchError):
         made = type(error).__new__(type(error))
         made.__dict__.update(error.__dict__)
@@ -316,7 +319,7 @@ def _keep(ledger: Ledger, file: BinaryIO, target_site: str, sequence: int) -> st
 def _reissue(ledger: Ledger, *, out: Path, target_site: str, sequence: int, signing_keys: Sequence[SigningKey],
              timestamp_keys: Sequence[SigningKey], tenant: str | None, created_at: str | None,
              carried: list[bytes], actor: str, progress: Progress | None, incremental: bool,
-             base_sequence: int | None) -> dict[str, Any]:
+             base_sequence: int | None, server_keys: bool = False) -> dict[str, Any]:
     """The bundle of `sequence` to `target_site` again: the stored bytes, checked against the sha256 recorded at
     export (byte-identical to the first file). A sequence a hand-off reserved whose export never finished is
     written now (its first file), with the given keys."""
@@ -328,7 +331,8 @@ def _reissue(ledger: Ledger, *, out: Path, target_site: str, sequence: int, sign
             return {**_export(ledger, out=out, target_site=target_site, signing_keys=signing_keys,
                               timestamp_keys=timestamp_keys, tenant=tenant, created_at=created_at,
                               carried=carried, actor=actor, progress=progress, incremental=incremental,
-                              base_sequence=base_sequence, handoff=None, reserved=sequence),
+                              base_sequence=base_sequence, handoff=None, reserved=sequence,
+                              server_keys=server_keys),
                     "reissued": True, "first_file": True}
         raise NotFound(f"no bundle {sequence} was exported to {target_site}; {_series(ledger, target_site)}")
     row = found[0]

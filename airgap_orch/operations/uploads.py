@@ -67,8 +67,8 @@ class LedgerUploads:
         ledger_path = Path(self.ledger.path)
         folder = Path(tempfile.mkdtemp(dir=ledger_path.parent, prefix=f".{ledger_path.name}.export-"))
         try:
-            answer = self._submit(name, {**params, **self._keys, "out": str(folder / "export.bundle")}, caller,
-                                  lambda: None, encode=False)
+            answer = self._submit(name, {**params, **self._keys, "server_keys": True,
+                                         "out": str(folder / "export.bundle")}, caller, lambda: None, encode=False)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -18,7 +18,8 @@ two ways:
   B seconds after it last showed life, naming the server (`Server.describe`) and saying how it failed (`stage`)
   and whether it may still apply the request (`may_have_applied`).
 
-`upload(name, params, file)` streams a file as the request body (bundle plan, import); `download(name, params, sink)`
+`upload(name, params, file)` streams a file as the request body (bundle plan, import), after the bytes of a
+`trust_root` param when there is one (api.UPLOAD_ROOT_LENGTH says how many); `download(name, params, sink)`
 writes a file the server answers (bundle export) into `sink` as it arrives and returns the operation's result (the
 X-Orch-Export header); a download is sent once, never resent, in either mode: an export may hand jobs off.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
 import os
 import random
@@ -188,15 +190,17 @@ class OrchClient:
 
     def request(self, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None,
                 timeout: float | None = None, extra_headers: dict[str, str] | None = None,
-                stream: BinaryIO | None = None, progress: Callable[[int, int], None] | None = None,
-                sink: BinaryIO | None = None, resend: bool = True) -> tuple[int, dict[str, Any]]:
+                stream: BinaryIO | None = None, head: bytes = b"",
+                progress: Callable[[int, int], None] | None = None, sink: BinaryIO | None = None,
+                resend: bool = True) -> tuple[int, dict[str, Any]]:
         """(status, parsed body) of one request, waiting as the module docstring says. A request with an
         Idempotency-Key is a change (api.Route.mutating). `timeout` (resending mode): this request's wait, e.g. a
-        long-poll's. `stream`: a file sent as the body (application/octet-stream) from its current position, in
-        pieces, once the server has answered `Expect: 100-continue` (none of it when the server refuses at once);
-        `progress(sent, size)` hears how much has gone. `sink`: a successful answer's body is written there in pieces
-        (never held whole; `progress(received, size)` hears how much has come, each piece within the wait) and the
-        answer is {"headers": {lowercased name: value}, "received": bytes}; a broken answer is never resent.
+        long-poll's. `stream`: a file sent as the body (application/octet-stream) from its current position, after
+        the bytes `head`, in pieces, once the server has answered `Expect: 100-continue` (none of it when the server
+        refuses at once); `progress(sent, size)` hears how much has gone. `sink`: a successful answer's body is
+        written there in pieces (never held whole; `progress(received, size)` hears how much has come, each piece
+        within the wait) and the answer is {"headers": {lowercased name: value}, "received": bytes}; a broken answer
+        is never resent.
         `resend=False`: once the connection is made, the request is not sent again (in resending mode too)."""
         headers = {"Accept": "application/json", **(extra_headers or {})}
         if self.token:
@@ -230,7 +234,7 @@ class OrchClient:
                     connection.sock.settimeout(wanted)
                 if stream is not None:
                     stream.seek(start)
-                    sent = self._send_stream(connection, method, path, headers, stream, progress, wanted)
+                    sent = self._send_stream(connection, method, path, headers, head, stream, progress, wanted)
                 else:
                     connection.request(method, path, body=_pieces(data) if data is not None else None,
                                        headers=headers)
@@ -262,10 +266,12 @@ class OrchClient:
             return status, parse_body(raw)
 
     def _send_stream(self, connection: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str],
-                     stream: BinaryIO, progress: Callable[[int, int], None] | None, wanted: float) -> bool:
-        """Send the head; once the server answers 100 Continue, the file in pieces (True). False: the server
-        answered with its final answer instead (a refusal), and nothing of the file was sent."""
-        size = os.fstat(stream.fileno()).st_size - stream.tell()
+                     head: bytes, stream: BinaryIO, progress: Callable[[int, int], None] | None,
+                     wanted: float) -> bool:
+        """Send the request's head; once the server answers 100 Continue, the body: the bytes `head`, then the file,
+        in pieces (True). False: the server answered with its final answer instead (a refusal), and nothing of the
+        body was sent."""
+        size = len(head) + os.fstat(stream.fileno()).st_size - stream.tell()
         connection.putrequest(method, path, skip_accept_encoding=True)
         for name, value in {**headers, "Content-Type": "application/octet-stream", "Expect": "100-continue",
                             "Content-Length": str(size)}.items():
@@ -278,7 +284,7 @@ class OrchClient:
         if not _continues(connection):
             return False
         sent = 0
-        while piece := stream.read(SEND_CHUNK_BYTES):
+        for piece in itertools.chain(_pieces(head), iter(lambda: stream.read(SEND_CHUNK_BYTES), b"")):
             connection.send(piece)
             sent += len(piece)
             if progress is not None:
@@ -358,10 +364,15 @@ class OrchClient:
     def upload(self, name: str, params: dict[str, Any] | None, stream: BinaryIO, *,
                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Run upload operation `name` (api.Route.upload: bundle plan and import) with the file `stream` as its
-        body; its params travel in the query string."""
+        body; its params travel in the query string, except a `trust_root` (api.UPLOAD_ROOT: a root.json document's
+        bytes), which goes ahead of the file in the body, its length in the query (api.UPLOAD_ROOT_LENGTH)."""
+        params = dict(params or {})
+        root = params.pop(api.UPLOAD_ROOT, None)
+        if root is not None:
+            params[api.UPLOAD_ROOT_LENGTH] = len(root)
         call = prepare_call(name, params)
         status, answer = self.request(call.method, call.path, extra_headers=call.headers, stream=stream,
-                                      progress=progress)
+                                      head=root or b"", progress=progress)
         return decode_answer(status, answer)
 
     def download(self, name: str, params: dict[str, Any] | None, sink: BinaryIO, *,

@@ -16,8 +16,9 @@ connections.py's):
 - except a bundle upload (api.Route.upload): `Content-Type: application/octet-stream` (a page cannot send that
   unasked either), else 415; written piece by piece to a temporary file beside the ledger, never held whole in
   memory, each piece arriving within the body deadline (else 408) and all of it within the bundle cap (else 413,
-  refused as soon as Content-Length or the bytes received pass it); then run on the bundle thread
-  (operations/uploads.py), not the writer's.
+  refused as soon as Content-Length or the bytes received pass it); a trust root ahead of it (query trust_bytes=N,
+  api.UPLOAD_ROOT_LENGTH: 1 to the root cap, else 400) is held in memory and handed to the operation as bytes (a
+  body that ends inside it: 400); then run on the bundle thread (operations/uploads.py), not the writer's.
 """
 
 from __future__ import annotations
@@ -248,6 +249,11 @@ def override_headers(request: web.Request, route: api.Route) -> dict[str, str]:
     return found
 
 
+def _short_of_root(received: int, wanted: int) -> InvalidInput:
+    return InvalidInput(f"the body ends after {received} bytes, inside the {wanted} bytes of trust root that query "
+                        "parameter trust_bytes names; send the root.json document's bytes, then the bundle")
+
+
 class Door:
     """Handlers bound to one server's writer, readers, auth and event hub."""
 
@@ -297,7 +303,10 @@ class Door:
             elif route.download:  # a bundle back: written on the bundle thread, then streamed from its file
                 return await self._download(request, route, params, caller)
             elif route.upload:  # a bundle: to a file, then on the bundle thread (its transaction: the write lock)
-                answer = self.uploads.submit(route.name, params, caller, await self._upload(request))
+                upload, root = await self._upload(request, params.pop(api.UPLOAD_ROOT_LENGTH, None))
+                if root is not None:
+                    params[api.UPLOAD_ROOT] = root
+                answer = self.uploads.submit(route.name, params, caller, upload)
                 await asyncio.wrap_future(answer)
             elif route.mutating:
                 answer = self.writer.submit(route.name, params, caller, request_key)
@@ -370,10 +379,10 @@ class Door:
             if request.headers.get("Expect", "").lower() != "100-continue":
                 raise InvalidInput("the only Expect this server answers is 100-continue")
             self.caller(request, route.name)
-            await self._params(request, route)
+            params = await self._params(request, route)
             if route.needs_reason or route.needs_ticket or route.takes_reason:
                 override_headers(request, route)
-            self._check_upload_head(request)
+            self._check_upload_head(request, params.get(api.UPLOAD_ROOT_LENGTH))
         except Refusal as refusal:
             response = problem(refusal.status, refusal.slug, refusal.detail, refusal.exit_code)
         except OrchError as error:
@@ -389,47 +398,65 @@ class Door:
         response.force_close()  # the body will not come
         return response
 
-    def _check_upload_head(self, request: web.BaseRequest) -> None:
+    def _check_upload_head(self, request: web.BaseRequest, root_length: int | None) -> None:
+        """The checks of an upload that need no body: its content type, the length of a trust root ahead of the
+        bundle (api.UPLOAD_ROOT_LENGTH: 1 to the root cap, within a declared body), the declared size."""
         cap = self.limits.max_bundle_bytes
         if request.headers.get("Content-Type") is None or request.content_type != "application/octet-stream":
             raise Refusal(415, "unsupported-media-type", "a bundle is sent as the body with Content-Type: "
                           "application/octet-stream", 1, close=True)
-        if request.content_length is not None and request.content_length > cap:
+        if root_length is not None:
+            validation.upload_root_length(root_length)
+            if request.content_length is not None and request.content_length < root_length:
+                raise _short_of_root(request.content_length, root_length)
+        if request.content_length is not None and request.content_length > cap + (root_length or 0):
             raise self._too_large()
 
     def _too_large(self) -> Refusal:
         return Refusal(413, "payload-too-large", f"bundle over the limit of {self.limits.max_bundle_bytes} bytes "
                        "(serve --max-bundle-bytes); nothing was imported", 1, close=True)
 
-    async def _upload(self, request: web.Request) -> Path:
-        """The body, a bundle, in a new temporary file beside the ledger (mode 0600), read and written a piece at a
-        time; the caller hands the file to the bundle thread, which removes it. Refused (and removed) when it is not
-        application/octet-stream, passes the bundle cap, or a piece does not arrive within the body deadline."""
+    async def _upload(self, request: web.Request, root_length: int | None) -> tuple[Path, bytes | None]:
+        """(the body's bundle in a new temporary file beside the ledger (mode 0600), read and written a piece at a
+        time, which the caller hands to the bundle thread, which removes it; the trust root ahead of it, when
+        `root_length` (api.UPLOAD_ROOT_LENGTH) names one: its bytes, held in memory, at most the root cap). Refused
+        (and removed) when it is not application/octet-stream, ends inside the root, passes the bundle cap, or a piece
+        does not arrive within the body deadline."""
         cap = self.limits.max_bundle_bytes
-        self._check_upload_head(request)
+        self._check_upload_head(request, root_length)
+        wanted = root_length or 0
         ledger_path = Path(self.writer.ledger.path)
         descriptor, name = tempfile.mkstemp(dir=ledger_path.parent, prefix=f".{ledger_path.name}.upload-",
                                             suffix=".bundle")
         loop = asyncio.get_running_loop()
         try:
             with os.fdopen(descriptor, "wb") as out:
-                received, pending = 0, bytearray()
+                root, received, pending = bytearray(), 0, bytearray()
                 while True:
                     try:
                         piece = await asyncio.wait_for(request.content.readany(), self.limits.body_timeout)
                     except TimeoutError:
                         raise Refusal(408, "request-timeout", f"the bundle stopped arriving for "
                                       f"{self.limits.body_timeout:g} s", 1, close=True) from None
+                    ended = not piece
+                    if len(root) < wanted:  # the trust root comes first
+                        if ended:
+                            raise _short_of_root(len(root), wanted)
+                        taken = wanted - len(root)
+                        root += piece[:taken]
+                        piece = piece[taken:]
+                        if not piece:
+                            continue
                     received += len(piece)
                     if received > cap:
                         raise self._too_large()
                     pending += piece
-                    if pending and (not piece or len(pending) >= UPLOAD_WRITE_BYTES):
+                    if pending and (ended or len(pending) >= UPLOAD_WRITE_BYTES):
                         await loop.run_in_executor(None, out.write, bytes(pending))
                         pending.clear()
-                    if not piece:
+                    if ended:
                         break
-            return Path(name)
+            return Path(name), bytes(root) if root_length is not None else None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(name)

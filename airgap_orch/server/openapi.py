@@ -37,6 +37,7 @@ QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
     "limit": _PAGE, "after_seq": {"type": "integer", "minimum": 0, "maximum": 2**62},
     "staleness": {"enum": ["strict", "warn", "disabled"]}, "force": {"type": "boolean"},
     "plan_digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    api.UPLOAD_ROOT_LENGTH: {"$ref": _COMMON + "trust-bytes"},
 }
 # A page's next_cursor, passed back as given: opaque (base64url of the last row's key); one the server did not
 # give out is refused (400).
@@ -177,8 +178,11 @@ def document() -> dict[str, Any]:
                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary",
                                                                     "maxLength": api.MAX_BUNDLE_BYTES}}}}
         if route.upload:  # the bundle file itself, streamed (api.MAX_BUNDLE_BYTES, or serve --max-bundle-bytes)
-            operation["requestBody"] = {"required": True, "content": {"application/octet-stream": {
-                "schema": {"type": "string", "format": "binary", "maxLength": api.MAX_BUNDLE_BYTES}}}}
+            operation["requestBody"] = {"required": True, "description": (
+                f"The bundle file; with query parameter {api.UPLOAD_ROOT_LENGTH}=N, the N bytes of a trust root "
+                "(root.json) first, then the bundle"), "content": {"application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary",
+                               "maxLength": api.MAX_BUNDLE_BYTES + validation.MAX_UPLOAD_ROOT_BYTES}}}}
         if route.request_schema:
             used.add(route.request_schema)
             operation["requestBody"] = {"required": True, "content": {"application/json": {
