@@ -27,6 +27,9 @@ DOWNLOAD_RESULT_HEADER = "X-Orch-Export"
 # A bundle streamed to an `upload` route (bundle plan, bundle import): the bundle format's own cap on a file, never
 # held in memory (`serve --max-bundle-bytes` lowers it); larger uploads get 413.
 MAX_BUNDLE_BYTES = MAX_ARCHIVE_BYTES
+# A follower of a job's log (GET /v1/jobs/{id}/logs?follow=1) gets a comment line this often while nothing happens:
+# the CLI takes a silence of this plus --lock-timeout for a server gone.
+LOG_FOLLOW_KEEPALIVE_SECONDS = 5.0
 
 # The scopes routes need. auth/scopes.py documents each (SCOPES, the README table) and adds orch:admin, which no
 # route needs on its own; a new scope is a constant here and a line there.

@@ -301,7 +301,7 @@ def logs(ledger: Ledger, job_id: str, *, after_seq: int = 0, limit: int = 1000, 
     state, and `last_seq` (where to continue: the page's last line, else after_seq). Another tenant's job is not
     found, as for jobs.show. `follow` is the server's (GET ...?follow=1 streams the lines as SSE); here a page."""
     job_id = validation.job_id(job_id)
-    after_seq = int(validation.number_in(after_seq, 0, 2**62, "after_seq"))
+    after_seq = int(validation.number_in(after_seq or 0, 0, 2**62, "after_seq"))
     wanted = min(validation.list_limit(limit), joblogs.MAX_PAGE_LINES)
     if cursor is not None:
         if after_seq:

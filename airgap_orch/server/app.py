@@ -52,9 +52,6 @@ from .metrics import Metrics
 
 MAX_IDEMPOTENCY_KEY = 128
 MAX_CLAIM_WAIT = 60.0
-# A follower of a job's log (GET /v1/jobs/{id}/logs?follow=1) gets a comment line this often while nothing happens:
-# the CLI takes a silence of this plus --lock-timeout for a server gone.
-LOG_FOLLOW_KEEPALIVE_SECONDS = 5.0
 UPLOAD_WRITE_BYTES = 1024 * 1024  # an upload is written to its file in pieces of about this size, off the event loop
 
 
@@ -501,7 +498,7 @@ class Door:
         """GET /v1/jobs/{id}/logs?follow=1: the job's lines as Server-Sent Events (`event: line`, `id:` its seq, the
         line as JSON data), from after Last-Event-ID (else after_seq, else the first), as they are stored, then one
         `event: end` (data: job_id, state, last_seq) once the job is in a final state and every line is sent. A
-        comment line every LOG_FOLLOW_KEEPALIVE_SECONDS while nothing happens. Each read is a page on a reader
+        comment line every api.LOG_FOLLOW_KEEPALIVE_SECONDS while nothing happens. Each read is a page on a reader
         thread, taken when the log hub says the job changed; a job the caller may not see is a 404 before the stream
         starts."""
         if params.get("cursor") is not None:
@@ -539,7 +536,7 @@ class Door:
                 if page["next_cursor"] is not None:
                     continue
                 try:
-                    await asyncio.wait_for(waiter.wait(), LOG_FOLLOW_KEEPALIVE_SECONDS)
+                    await asyncio.wait_for(waiter.wait(), api.LOG_FOLLOW_KEEPALIVE_SECONDS)
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
         except ConnectionError:  # the client left
