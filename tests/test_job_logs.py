@@ -75,7 +75,8 @@ def server(tmp_path: Path) -> Iterator[Any]:
 
 
 class RunningWorker:
-    def __init__(self, worker: Worker):
+    def __init__(self, worker: Worker, job_type: str, handler: Any):
+        worker.add_handler(job_type, handler)
         self.worker = worker
         self.thread = threading.Thread(target=worker.run, daemon=True)
         self.thread.start()
@@ -109,8 +110,7 @@ def test_handler_log_lines_are_stored_in_order_with_job_attempt_lease_tenant_pro
         ctx.log("one advisory had no CVE id", level="warning")
         return None
 
-    running = RunningWorker(Worker(server.url, None, concurrency=1, claim_wait=1))
-    running.worker.add_handler("logs.demo", handler)
+    running = RunningWorker(Worker(server.url, None, concurrency=1, claim_wait=1), "logs.demo", handler)
     try:
         page = _wait_for(lambda: (p := _logs(server.url, job_id))["final"] and p, 20, "the job to end")
     finally:
@@ -138,8 +138,8 @@ def test_a_running_jobs_lines_reach_the_server_within_a_second(server):
         release.wait(30)
         return None
 
-    running = RunningWorker(Worker(server.url, None, concurrency=1, claim_wait=1, lease_seconds=30))
-    running.worker.add_handler("logs.demo", handler)
+    running = RunningWorker(Worker(server.url, None, concurrency=1, claim_wait=1, lease_seconds=30), "logs.demo",
+                            handler)
     try:
         page = _wait_for(lambda: (p := _logs(server.url, job_id))["lines"] and p, 20, "the line")
         arrived = time.monotonic()
