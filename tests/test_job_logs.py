@@ -339,3 +339,99 @@ def test_stored_log_lines_use_the_servers_time_for_retention_and_the_workers_for
         assert line["stored_at"] == clock.iso(manual_clock.current)
     finally:
         ledger.close()
+
+
+# -- the lease tracker's rules (settable clock; answers handed in as a transport would) ---------------------------
+
+class SettableClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _tracked(clock_: SettableClock) -> tuple[Any, Any]:
+    from airgap_orch.worker.leases import LeaseTracker
+
+    tracker = LeaseTracker(30.0, clock=clock_)
+    lease = {"job_id": "job-1", "lease_id": "lease-1", "attempt": 1, "max_attempts": 3, "payload": {},
+             "tenant": "acme", "project": "p", "type": "work", "queue": "default"}
+    job = tracker.track(lease, lambda ctx: None, "w")
+    assert tracker.start(job)
+    beats, _ = tracker.due_beats()
+    assert beats == []
+    clock_.advance(0.25)  # the first beat (0.2 s) goes, with no line yet
+    (first,) = tracker.due_beats()[0]
+    assert tracker.beat_wanted(first) and "logs" not in first.params
+    tracker.beat_sent(first, {"state": "running", "cancel_requested": False})
+    return tracker, job
+
+
+def test_a_logged_line_makes_a_heartbeat_due_within_half_a_second_that_carries_it():
+    from airgap_orch.worker.leases import LOG_FLUSH_SECONDS
+
+    clock_ = SettableClock()
+    tracker, job = _tracked(clock_)
+    assert tracker.due_beats()[1] > 9  # nothing logged: the next beat is lease/3 away
+    job.ctx.log("hello")
+    beats, wait = tracker.due_beats()
+    assert beats == [] and wait == pytest.approx(LOG_FLUSH_SECONDS)
+    clock_.advance(LOG_FLUSH_SECONDS)
+    (beat,) = tracker.due_beats()[0]
+    assert tracker.beat_wanted(beat)
+    assert [line["message"] for line in beat.params["logs"]] == ["hello"]
+
+
+def test_the_report_takes_back_the_lines_of_a_beat_not_sent_yet_and_keeps_their_order():
+    from airgap_orch.worker.leases import report_request
+
+    clock_ = SettableClock()
+    tracker, job = _tracked(clock_)
+    job.ctx.log("one")
+    clock_.advance(0.5)
+    (beat,) = tracker.due_beats()[0]  # taken, not sent yet (queued behind other requests)
+    job.ctx.log("two")
+    tracker.handler_returned(job)
+    from airgap_orch.worker.context import Outcome
+
+    name, params = report_request(job, Outcome("ack"), tracker.final_logs(job))
+    assert name == "jobs.ack" and [line["message"] for line in params["logs"]] == ["one", "two"]
+    assert tracker.beat_wanted(beat) and "logs" not in beat.params  # the beat goes without them
+
+
+def test_a_failed_heartbeat_gives_its_lines_back_and_a_refused_one_drops_them():
+    from airgap_orch.errors import StaleLease
+
+    clock_ = SettableClock()
+    tracker, job = _tracked(clock_)
+    job.ctx.log("kept")
+    clock_.advance(0.5)
+    (beat,) = tracker.due_beats()[0]
+    assert tracker.beat_wanted(beat)
+    tracker.beat_sent(beat, ConnectionError("server away"))
+    clock_.advance(1.0)
+    (again,) = tracker.due_beats()[0]
+    assert tracker.beat_wanted(again) and [line["message"] for line in again.params["logs"]] == ["kept"]
+    tracker.beat_sent(again, StaleLease("lease lost"))
+    assert job.ctx.cancel_reason == "lease_lost"
+    job.ctx.log("after the lease was lost")
+    assert tracker.final_logs(job) == []
+
+
+def test_a_handler_logging_faster_than_a_report_carries_keeps_the_newest_lines_after_a_marker():
+    from airgap_orch import validation
+
+    clock_ = SettableClock()
+    tracker, job = _tracked(clock_)
+    for n in range(validation.MAX_LOG_LINES + 50):
+        job.ctx.log(f"line {n}")
+    job.ctx.log("x" * (validation.MAX_LOG_LINE_CHARS + 10))
+    lines = tracker.final_logs(job)
+    assert len(lines) == validation.MAX_LOG_LINES
+    assert lines[0]["level"] == "warning" and "52 lines dropped by the worker" in lines[0]["message"]
+    assert lines[-1]["message"].endswith("…") and len(lines[-1]["message"]) == validation.MAX_LOG_LINE_CHARS
+    assert validation.log_lines(lines)  # what the worker sends, the server takes
