@@ -33,6 +33,9 @@ MAX_BUNDLE_BYTES = MAX_ARCHIVE_BYTES
 # to the upload's file, and hands the root to the operation as its `trust_root` param (bytes, never a path).
 UPLOAD_ROOT_LENGTH = "trust_bytes"
 UPLOAD_ROOT = "trust_root"
+# A follower of a job's log (GET /v1/jobs/{id}/logs?follow=1) gets a comment line this often while nothing happens:
+# the CLI takes a silence of this plus --lock-timeout for a server gone.
+LOG_FOLLOW_KEEPALIVE_SECONDS = 5.0
 
 # The scopes routes need. auth/scopes.py documents each (SCOPES, the README table) and adds orch:admin, which no
 # route needs on its own; a new scope is a constant here and a line there.
@@ -90,6 +93,10 @@ ROUTES: tuple[Route, ...] = (
           query=(("state", "string"), ("tenant", "string"), ("type", "string"), ("limit", "integer"),
                  ("cursor", "string"))),
     Route("jobs.show", "GET", "/v1/jobs/{job_id}", READ, "One job with its history"),
+    Route("jobs.logs", "GET", "/v1/jobs/{job_id}/logs", READ,
+          "A job's log lines, oldest first, a page at a time; follow=1 streams them as Server-Sent Events (id: the "
+          "line's seq, resumable with Last-Event-ID) until the job ends",
+          query=(("after_seq", "integer"), ("limit", "integer"), ("cursor", "string"), ("follow", "string"))),
     Route("jobs.recover", "POST", "/v1/jobs/recover", OPERATE, "Recover expired leases now", None, True),
     Route("deadletter.list", "GET", "/v1/deadletter", READ, "Dead-lettered jobs, a page at a time",
           query=(("tenant", "string"), ("type", "string"), ("limit", "integer"), ("cursor", "string"))),
@@ -228,7 +235,7 @@ def path_for(route: Route, params: dict) -> tuple[str, dict]:
 
 # What each paged listing answers its rows under (a page also carries `next_cursor`).
 PAGED_ITEMS = {"jobs.list": "jobs", "deadletter.list": "jobs", "ledger.events": "events", "audit.list": "entries",
-               "bundles.mirrors": "rows"}
+               "bundles.mirrors": "rows", "jobs.logs": "lines"}
 
 
 def read_pages(call: Callable[[str, dict[str, Any]], dict[str, Any]], name: str, params: dict[str, Any],

@@ -40,6 +40,14 @@ MAX_ERROR_CHARS: int = _at("fail-request", "/properties/error/maxLength")
 MAX_REASON_CHARS: int = schemas.definition("reason")["maxLength"]
 MAX_MESSAGE_CHARS: int = _at("heartbeat-request", "/properties/message/maxLength")
 MAX_BULK_REPLAY: int = _at("replay-request", "/properties/job_ids/maxItems")
+# Job log lines (ctx.log) a heartbeat, ack or fail carries: how many at most, and how long each may be.
+MAX_LOG_LINES: int = _at("log-lines", "/maxItems")
+MAX_LOG_LINE_CHARS: int = _at("log-lines", "/items/properties/message/maxLength")
+LOG_LEVELS: tuple[str, ...] = tuple(_at("log-lines", "/items/properties/level/enum"))
+# What a job keeps of its log (serve / worker run --job-log-lines, --job-log-retention; orchestrator/joblogs.py).
+DEFAULT_JOB_LOG_LINES = 10_000
+MIN_JOB_LOG_LINES, MAX_JOB_LOG_LINES = 10, 1_000_000
+DEFAULT_JOB_LOG_RETENTION = "7d"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_QUEUE = "default"
 # Listings (jobs, events, audit entries) are read a page at a time, each page in a short read transaction of its
@@ -227,6 +235,18 @@ def artifacts(items: Any, what: str = "artifacts") -> list[dict[str, str]]:
         schemas.validate("artifact", item, f"{what}[{index}]")
     utf8_text(items, what)
     return items
+
+
+def log_lines(items: Any, what: str = "logs") -> list[dict[str, Any]]:
+    """The job log lines a report carries (schemas/log-lines.schema.json), each as {message, level, at} with `at` a
+    datetime or None (the server's time then); [] for none."""
+    if items is None:
+        return []
+    schemas.validate("log-lines", items, what)
+    utf8_text(items, what)
+    return [{"message": item["message"], "level": item.get("level") or "info",
+             "at": timestamp(item["at"], f"{what}[{index}].at") if item.get("at") is not None else None}
+            for index, item in enumerate(items)]
 
 
 def artifact_from_text(text: str) -> dict[str, str]:

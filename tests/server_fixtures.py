@@ -294,11 +294,12 @@ def serving(ledger: Path, *options: str) -> Iterator[Server]:
 
 # -- Server-Sent Events --------------------------------------------------------------------------------------
 class SseStream:
-    """GET /events on its own connection; `next()` returns {"id", "event", "data"} or raises TimeoutError."""
+    """GET /events (or another stream: `path`) on its own connection; `next()` returns {"id", "event", "data"} or
+    raises TimeoutError."""
 
     def __init__(self, url: str, *, token: str | None = None, query: dict[str, str] | None = None,
                  last_event_id: int | str | None = None, headers: dict[str, str] | None = None,
-                 timeout: float = 20):
+                 timeout: float = 20, path: str = "/events"):
         parts = urlsplit(url)
         self.connection = http_client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         headers = {"Accept": "text/event-stream", **(headers or {})}
@@ -306,7 +307,7 @@ class SseStream:
             headers["Authorization"] = f"Bearer {token}"
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
-        path = "/events" + ("?" + urlencode(query) if query else "")
+        path = path + ("?" + urlencode(query) if query else "")
         self.connection.request("GET", path, headers=headers)
         self.response = self.connection.getresponse()
         self.status = self.response.status

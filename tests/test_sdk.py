@@ -658,6 +658,9 @@ def test_the_readme_worker_example_runs_against_a_live_server(live, tmp_path):
         assert json.loads(data) == {"id": job["payload"]["advisory_id"], "tenant": "initech", "attempt": 1}
         if "job.started" in events_of(job):  # a heartbeat carried the handler's progress
             assert re.fullmatch(r"ADV-\d: step [1-3] of 3", job["progress_message"])
+        lines = operator.call("jobs.logs", {"job_id": job_id})["lines"]  # ctx.log, on heartbeats and the ack
+        advisory = job["payload"]["advisory_id"]
+        assert [line["message"] for line in lines] == [f"{advisory}: step {n} done" for n in (1, 2, 3)]
 
 
 def test_importing_the_sdk_loads_neither_duckdb_nor_pyarrow():

@@ -173,6 +173,7 @@ LOCAL_TABLES: dict[str, str] = {
     "mirror_policies": "other sites' policies, mirrored from their bundles",
     "mirror_rows": "other sites' idempotency keys, dependencies, sources, backfills and windows, mirrored",
     "policy_authority": "the site whose policies this site applies: this site's own designation",
+    "job_logs": "the lines handlers logged here: a bounded, pruned buffer per job (README \"Job logs\")",
 }
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from .. import validation
-from ..errors import InvalidInput, OrchError
-from .context import command, invoke
+from .. import api, validation
+from ..errors import InvalidInput, LedgerBusy, OrchError
+from .context import command, invoke, settings
+from .output import log_line
 from .paging import invoke_listing
 
 MAX_INPUT_FILE_BYTES = 64 * 1024 * 1024
+LOCAL_FOLLOW_SECONDS = 0.5  # `jobs logs --follow` without a server reads the ledger this often
 
 
 @click.group("jobs")
@@ -135,10 +140,14 @@ def claim(worker_id: str | None, worker_alias: str | None, queue: str | None, jo
 @click.option("--lease", "lease_id", required=True, help="The lease id the claim answered.")
 @click.option("--progress", type=float, help="Fraction done, 0 to 1.")
 @click.option("--message", help=f"What the job is doing (at most {validation.MAX_MESSAGE_CHARS:,} characters).")
-def heartbeat(job_id: str, lease_id: str, progress: float | None, message: str | None) -> dict:
+@click.option("--log", "log_lines", multiple=True,
+              help=f"A line for the job's log (repeatable, at most {validation.MAX_LOG_LINES} of "
+                   f"{validation.MAX_LOG_LINE_CHARS:,} characters).")
+def heartbeat(job_id: str, lease_id: str, progress: float | None, message: str | None,
+              log_lines: tuple[str, ...]) -> dict:
     """Extend a lease and report progress; answers whether cancellation was requested."""
     return invoke("jobs.heartbeat", {"job_id": job_id, "lease_id": lease_id, "progress": progress,
-                                     "message": message})
+                                     "message": message, "logs": [{"message": line} for line in log_lines] or None})
 
 
 @command(group, "ack")
@@ -187,6 +196,65 @@ def list_(state: str | None, tenant: str | None, job_type: str | None, limit: in
 def show(job_id: str) -> dict:
     """One job with its full history."""
     return invoke("jobs.show", {"job_id": job_id})
+
+
+@command(group, "logs")
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True,
+              help="Print lines as they are stored, until the job ends (through the server that owns the ledger; "
+                   "locally by reading the ledger every half second).")
+@click.option("--after-seq", type=click.IntRange(min=0), default=0, help="Only lines after this seq (to resume).")
+@click.option("--limit", type=click.IntRange(1, validation.MAX_LIST_LIMIT), default=10_000, show_default=True,
+              help="Lines to list at most (without --follow), read a page at a time.")
+def logs(job_id: str, follow: bool, after_seq: int, limit: int) -> dict | None:
+    """A job's log lines (what its handlers wrote with ctx.log), oldest first; --follow prints them as they come."""
+    params = {"job_id": job_id, "after_seq": after_seq or None}
+    if not follow:
+        return invoke_listing("jobs.logs", params, limit)
+    current = settings()
+    for kind, item in _followed(job_id, after_seq):
+        if current.json:
+            click.echo(json.dumps(item if kind == "line" else {"end": item}))
+        elif kind == "line":
+            click.echo(log_line(item))
+        else:
+            click.echo(f"-- job {item['job_id']} is {item['state']}; its log ends here")
+    return None
+
+
+def _followed(job_id: str, after_seq: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("line", line) as the job's lines are stored, then ("end", {job_id, state, last_seq})."""
+    current = settings()
+    target = current.server_target()
+    last = after_seq
+    if target is None:  # no server: read the ledger (opened for each read, so workers can use it between reads)
+        while True:
+            page = invoke("jobs.logs", {"job_id": job_id, "after_seq": last or None})
+            for line in page["lines"]:
+                yield "line", line
+            last = page["last_seq"]
+            if page["final"] and page["next_cursor"] is None:
+                yield "end", {"job_id": page["job_id"], "state": page["state"], "last_seq": last}
+                return
+            if page["next_cursor"] is None:
+                time.sleep(LOCAL_FOLLOW_SECONDS)
+    from . import remote
+
+    params = {"job_id": job_id, "follow": "1", "after_seq": last or None}
+    idle = api.LOG_FOLLOW_KEEPALIVE_SECONDS + current.lock_timeout
+    for event in remote.events(target, current.token, "jobs.logs", params, bound=current.lock_timeout, idle=idle):
+        data = json.loads(event.get("data") or "{}")
+        if event.get("event") == "line":
+            last = data["seq"]
+            yield "line", data
+        elif event.get("event") == "end":
+            yield "end", data
+            return
+        elif event.get("event") == "error":
+            raise LedgerBusy(f"{target.describe()} ended the stream: {data.get('message')}; resume with "
+                             f"--after-seq {last}", holder_pid=target.pid)
+    raise LedgerBusy(f"{target.describe()} closed the stream before job {job_id} ended; resume with --after-seq {last}",
+                     holder_pid=target.pid)
 
 
 @command(group, "recover")

@@ -17,6 +17,8 @@ def human(result: dict[str, Any]) -> str:
         if not result["leases"]:
             return "no jobs ready"
         return _table(result["leases"], ("job_id", "lease_id", "attempt", "type", "lease_expires_at"))
+    if "lines" in result and isinstance(result["lines"], list):
+        return "\n".join(log_line(line) for line in result["lines"]) or "no log lines"
     if "events" in result:
         return "\n".join(json.dumps(event) for event in result["events"])
     lines = []
@@ -46,3 +48,8 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     header = "  ".join(column.upper().ljust(widths[i]) for i, column in enumerate(columns))
     body = ["  ".join(cell[i].ljust(widths[i]) for i in range(len(columns))).rstrip() for cell in cells]
     return "\n".join([header, *body])
+
+
+def log_line(line: dict[str, Any]) -> str:
+    """One job log line: seq, time, level, attempt, message."""
+    return f"{line['seq']:>6}  {line['at']}  {line['level']:<7}  attempt {line['attempt']}  {line['message']}"

@@ -15,14 +15,14 @@ replacing a file)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput, LedgerBusy
 from ..sdk.client import OrchClient, Server, ServerUnavailable
 
-__all__ = ["Server", "call", "download", "upload"]
+__all__ = ["Server", "call", "download", "events", "upload"]
 
 
 def call(server: Server, token: str | None, name: str, params: dict[str, Any], *, bound: float) -> dict[str, Any]:
@@ -31,6 +31,17 @@ def call(server: Server, token: str | None, name: str, params: dict[str, Any], *
     client = _client(server, token, bound)
     try:
         return client.call(name, params)
+    except ServerUnavailable as error:
+        raise LedgerBusy(f"{error}{_advice(server, error)}", holder_pid=server.pid) from None
+
+
+def events(server: Server, token: str | None, name: str, params: dict[str, Any], *, bound: float, idle: float,
+           last_event_id: int | None = None) -> Iterator[dict[str, str]]:
+    """The Server-Sent Events of streaming operation `name` on `server` (OrchClient.events), as they come; LedgerBusy
+    when the server does not answer within `bound` or the stream stays silent longer than `idle`."""
+    client = _client(server, token, bound)
+    try:
+        yield from client.events(name, params, last_event_id=last_event_id, idle=idle)
     except ServerUnavailable as error:
         raise LedgerBusy(f"{error}{_advice(server, error)}", holder_pid=server.pid) from None
 

@@ -12,7 +12,9 @@ import click
 
 from .. import api
 from ..errors import InvalidInput, OrchError
+from . import job_logs
 from .context import fail, json_option, settings
+from .job_logs import job_log_options
 from .keys import load_private_keys, passphrase_file_option, passphrase_prompt_option
 
 
@@ -62,6 +64,7 @@ _TIMEOUT = click.FloatRange(min=0.1, max=3600.0)
               type=click.Path(dir_okay=False, path_type=Path),
               help="A PRIVATE key of the trust root's timestamp role that signs the bundles' time anchors (repeat; "
                    "mode 0600). Without --bundle-key and --timestamp-key, `bundle export` is refused while serving.")
+@job_log_options
 @passphrase_file_option
 @passphrase_prompt_option
 @json_option
@@ -69,7 +72,8 @@ def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, gro
           handlers: tuple[str, ...], workers: int | None, allow_hosts: tuple[str, ...],
           allow_origins: tuple[str, ...], header_timeout: float, body_timeout: float, keepalive_timeout: float,
           max_connections: int, max_bundle_bytes: int, bundle_key_paths: tuple[Path, ...],
-          timestamp_key_paths: tuple[Path, ...], passphrase_file: Path | None, passphrase_prompt: bool) -> None:
+          timestamp_key_paths: tuple[Path, ...], passphrase_file: Path | None, passphrase_prompt: bool,
+          job_log_lines: int, job_log_retention: str) -> None:
     """Own the ledger and serve the operations over HTTP until SIGTERM."""
     from ..server.connections import ConnectionLimits
     from ..server.main import ServerConfig, serve_forever
@@ -85,13 +89,17 @@ def serve(host: str, port: int, token_keys: tuple[Path, ...], no_auth: bool, gro
     except OrchError as error:
         fail(error)
     current = settings()
+    try:
+        log_limits = job_logs.limits(job_log_lines, job_log_retention)
+    except OrchError as error:
+        fail(error)
     limits = ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
                               keepalive_timeout=keepalive_timeout, max_connections=max_connections,
                               max_bundle_bytes=max_bundle_bytes)
     config = ServerConfig(ledger_path=current.ledger_path, host=host, port=port, token_keys=list(token_keys),
                           no_auth=no_auth, group_commit=group_commit, lock_timeout=current.lock_timeout,
                           limits=limits, allow_hosts=list(allow_hosts), allow_origins=list(allow_origins),
-                          bundle_keys=bundle_keys, timestamp_keys=timestamp_keys)
+                          bundle_keys=bundle_keys, timestamp_keys=timestamp_keys, job_log_limits=log_limits)
 
     def announce(line: str) -> None:
         print(line, flush=True)

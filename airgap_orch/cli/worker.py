@@ -11,7 +11,9 @@ import click
 
 from .. import validation
 from ..errors import InvalidInput
+from . import job_logs
 from .context import command, settings
+from .job_logs import job_log_options
 
 
 @click.group("worker")
@@ -39,15 +41,19 @@ def _print_finished(finished) -> None:
               help="Exit once no job of a handled type is queued, leased or running.")
 @click.option("--grace-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="On SIGTERM/SIGINT, wait this long for running handlers before releasing their jobs.")
+@job_log_options
 def run(handlers: tuple[str, ...], worker_id: str | None, concurrency: int, lease_seconds: float,
-        queue: str | None, max_jobs: int | None, exit_when_idle: bool, grace_seconds: float) -> dict:
-    """Claim jobs and run their handlers until stopped (SIGTERM/SIGINT), idle, or --max-jobs are done."""
+        queue: str | None, max_jobs: int | None, exit_when_idle: bool, grace_seconds: float, job_log_lines: int,
+        job_log_retention: str) -> dict:
+    """Claim jobs and run their handlers until stopped (SIGTERM/SIGINT), idle, or --max-jobs are done. The
+    --job-log-* bounds apply to a ledger this process opens (a server applies its own)."""
     from ..worker import Runner, RunnerConfig, load_handlers  # here: keeps other commands free of DuckDB
 
     config = RunnerConfig(handlers=load_handlers(handlers),
                           worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
                           concurrency=concurrency, lease_seconds=lease_seconds, queue=queue, max_jobs=max_jobs,
-                          exit_when_idle=exit_when_idle, grace_seconds=grace_seconds)
+                          exit_when_idle=exit_when_idle, grace_seconds=grace_seconds,
+                          job_log_limits=job_logs.limits(job_log_lines, job_log_retention))
     current = settings()
     url = current.server()
     if url is not None:  # a server owns the ledger (or --server names one): work through it

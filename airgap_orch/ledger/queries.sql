@@ -1055,3 +1055,34 @@ DELETE FROM policy_authority;
 SELECT source_site, kind, key, row_json FROM mirror_policies
 WHERE $source_site IS NULL OR source_site = $source_site
 ORDER BY source_site, kind, key;
+
+-- Job logs (orchestrator/joblogs.py; migration 0017) ---------------------------------------------------------
+
+-- name: job_log_heads
+-- The first and last line of each job in the hot table that has lines: what the writer starts from (a job not
+-- listed has none; only a job in the hot table can get lines).
+SELECT l.job_id, min(l.seq) AS first_seq, max(l.seq) AS last_seq
+FROM job_logs l SEMI JOIN jobs j ON j.job_id = l.job_id
+GROUP BY l.job_id;
+
+-- name: job_log_cut
+-- Drop a job's lines before $first_seq (its buffer is full); the line at $first_seq becomes the marker.
+-- The job's lines are found through the index first (one equality), then filtered by seq.
+WITH mine AS MATERIALIZED (SELECT rowid AS row_id, seq FROM job_logs WHERE job_id = $job_id)
+DELETE FROM job_logs WHERE rowid IN (SELECT row_id FROM mine WHERE seq < $first_seq);
+
+-- name: job_log_mark
+WITH mine AS MATERIALIZED (SELECT rowid AS row_id, seq FROM job_logs WHERE job_id = $job_id)
+UPDATE job_logs SET level = 'warning', message = $message, dropped = $first_seq
+WHERE rowid IN (SELECT row_id FROM mine WHERE seq = $first_seq);
+
+-- name: job_log_page
+-- A job's lines after $after_seq, oldest first.
+WITH mine AS MATERIALIZED (
+    SELECT seq, attempt, lease_id, tenant, project, correlation_id, level, message, logged_at, stored_at, dropped
+    FROM job_logs WHERE job_id = $job_id)
+SELECT * FROM mine WHERE seq > $after_seq ORDER BY seq LIMIT $limit;
+
+-- name: job_log_prune
+-- Lines stored before the retention window.
+DELETE FROM job_logs WHERE stored_at < $cutoff;

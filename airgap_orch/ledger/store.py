@@ -80,6 +80,11 @@ class Ledger:
         self.cache: dict[str, Any] = {}
         # Called after each commit with the history entries it appended: [(seq, job_id, entry, hash)].
         self.commit_listeners: list = []
+        # Called after each commit that stored job log lines, with {job_id: its last seq} (orchestrator/joblogs.py).
+        self.log_listeners: list = []
+        # The job log bounds of the process that opened the ledger (serve, worker run flags; orchestrator/joblogs.py
+        # Limits), None: the defaults.
+        self.job_log_limits: Any = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -176,6 +181,8 @@ class Ledger:
             self._con.execute("BEGIN")
             try:
                 yield tx
+                for hook in tx.before_commit:  # e.g. the job log lines the transaction's reports staged
+                    hook(tx)
                 tx.write_history()
                 tx.restore_memory_limit()  # the COMMIT runs under the database's own limit (see cap_memory)
                 self._con.execute("COMMIT")
@@ -191,6 +198,9 @@ class Ledger:
             if tx.appended:
                 for listener in self.commit_listeners:
                     listener(tx.appended)
+            if tx.logged:
+                for listener in self.log_listeners:
+                    listener(tx.logged)
 
     def read(self) -> Transaction:
         """Queries on the writer's connection outside an explicit transaction, each statement on its own (for the
@@ -271,6 +281,11 @@ class Transaction:
         self.unarchived = ledger.unarchived
         self.appended: list[tuple[int, str, str, str]] = []  # (seq, job_id, entry, entry_hash), chained
         self._written = 0  # how many of them are in the history table
+        # Work staged by orchestrator modules for the end of the transaction: `before_commit` hooks run (in order)
+        # just before the history is written and COMMIT; `staged` holds what they write, by module.
+        self.before_commit: list[Callable[[Transaction], None]] = []
+        self.staged: dict[str, Any] = {}
+        self.logged: dict[str, int] = {}  # job id -> last job log seq this transaction stored (for log_listeners)
         self._memory_capped = False  # cap_memory holds
 
     def cap_memory(self, limit: int) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 from .. import clock, schemas, validation
 from ..errors import Forbidden, OrchError, exit_code_for
 from ..ledger import Ledger, Transaction
-from ..orchestrator import claims, operator, recovery, render, reports
+from ..orchestrator import claims, joblogs, operator, recovery, render, reports
 from ..orchestrator.enqueue import enqueue as enqueue_records
-from ..orchestrator.states import DEAD_LETTER
+from ..orchestrator.states import DEAD_LETTER, FINAL_STATES
 from .registry import operation, prepared
 
 
@@ -115,23 +115,26 @@ def claim(ledger: Ledger, *, worker_id: str, limit: int = 1, lease_seconds: floa
 
 
 def heartbeat_item(job_id: str, lease_id: str, *, progress: float | None = None, message: str | None = None,
-                   tenants: Collection[str] | None = None) -> dict[str, Any]:
+                   logs: list[Any] | None = None, tenants: Collection[str] | None = None) -> dict[str, Any]:
     return {"job_id": validation.job_id(job_id), "lease_id": validation.lease_id(lease_id), "tenants": tenants,
             "progress": validation.progress(progress),
-            "message": validation.text(message, validation.MAX_MESSAGE_CHARS, "message")}
+            "message": validation.text(message, validation.MAX_MESSAGE_CHARS, "message"),
+            "logs": validation.log_lines(logs)}
 
 
 def ack_item(job_id: str, lease_id: str, *, artifacts: list[dict[str, str]] | None = None,
-             tenants: Collection[str] | None = None) -> dict[str, Any]:
+             logs: list[Any] | None = None, tenants: Collection[str] | None = None) -> dict[str, Any]:
     return {"job_id": validation.job_id(job_id), "lease_id": validation.lease_id(lease_id), "tenants": tenants,
-            "artifacts": validation.artifacts(artifacts or [])}
+            "artifacts": validation.artifacts(artifacts or []), "logs": validation.log_lines(logs)}
 
 
 def fail_item(job_id: str, lease_id: str, *, error: str, retry_after: float | None = None,
-              no_retry: bool = False, tenants: Collection[str] | None = None) -> dict[str, Any]:
+              no_retry: bool = False, logs: list[Any] | None = None,
+              tenants: Collection[str] | None = None) -> dict[str, Any]:
     return {"job_id": validation.job_id(job_id), "lease_id": validation.lease_id(lease_id), "tenants": tenants,
             "error": validation.text(error, validation.MAX_ERROR_CHARS, "error", required=True),
-            "retry_after": validation.retry_after(retry_after), "no_retry": bool(no_retry)}
+            "retry_after": validation.retry_after(retry_after), "no_retry": bool(no_retry),
+            "logs": validation.log_lines(logs)}
 
 
 def release_item(job_id: str, lease_id: str, *, tenants: Collection[str] | None = None) -> dict[str, Any]:
@@ -187,7 +190,7 @@ def ack_many_reports(acks: list[dict[str, Any]], *, actor: str = "cli",
             raise validation.InvalidInput(f"ack {index + 1} must be an object with job_id and lease_id").at(index)
         try:
             items.append(ack_item(given.get("job_id"), given.get("lease_id"), artifacts=given.get("artifacts"),
-                                  tenants=tenants))
+                                  logs=given.get("logs"), tenants=tenants))
         except OrchError as error:
             raise error.at(index) from None
     return Reports("ack", items, many=True)
@@ -288,6 +291,30 @@ def _job_key(cursor: Any) -> tuple[datetime | None, str | None]:
         return None, None
     created_at, job_id = validation.cursor(cursor, "jobs", (datetime, str))
     return created_at, job_id
+
+
+@operation("jobs.logs")
+def logs(ledger: Ledger, job_id: str, *, after_seq: int = 0, limit: int = 1000, cursor: str | None = None,
+         follow: Any = None, actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """One page of a job's log lines after `after_seq` (or where `cursor` says), oldest first: at most `limit`, and
+    at most joblogs.MAX_PAGE_LINES; `next_cursor` continues after it (None: nothing follows yet). With the job's
+    state, and `last_seq` (where to continue: the page's last line, else after_seq). Another tenant's job is not
+    found, as for jobs.show. `follow` is the server's (GET ...?follow=1 streams the lines as SSE); here a page."""
+    job_id = validation.job_id(job_id)
+    after_seq = int(validation.number_in(after_seq or 0, 0, 2**62, "after_seq"))
+    wanted = min(validation.list_limit(limit), joblogs.MAX_PAGE_LINES)
+    if cursor is not None:
+        if after_seq:
+            raise validation.InvalidInput("give cursor or after_seq, not both; cursor continues where the previous "
+                                          "page ended")
+        (after_seq,) = validation.cursor(cursor, "logs", (int,))
+    with ledger.snapshot() as read:
+        job, lines = joblogs.page(read, job_id, after_seq=after_seq, limit=wanted + 1, tenants=tenants)
+    more = len(lines) > wanted
+    lines = lines[:wanted]
+    last_seq = lines[-1]["seq"] if lines else after_seq
+    return {"job_id": job_id, "state": job["state"], "final": job["state"] in FINAL_STATES, "lines": lines,
+            "last_seq": last_seq, "next_cursor": validation.page_cursor("logs", [last_seq]) if more else None}
 
 
 @operation("jobs.show")

@@ -33,7 +33,7 @@ from typing import Any
 from .. import api, clock
 from ..errors import Conflict, OrchError
 from ..ledger import Ledger, Transaction
-from ..orchestrator import claims
+from ..orchestrator import claims, joblogs
 from ..orchestrator import reports as lease_reports
 from . import dispatch, request_log
 from . import jobs as job_ops
@@ -105,6 +105,7 @@ class LedgerWriter:
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self.batch_observers: list[Callable[[int], None]] = []  # metrics: size of each group commit
         self._last_prune: float | None = None  # monotonic time of the last request log prune (None: not yet)
+        self._last_log_prune: float | None = None  # ... and of the last job log prune (orchestrator/joblogs.py)
         self._logged_rows = self._logged_bytes = 0  # logged since then
         self._stopped = False
         self._accepting = threading.Lock()  # orders submit() against stop(): nothing queued after the end mark
@@ -198,6 +199,7 @@ class LedgerWriter:
             else:
                 self._run_single(request)
         self._prune_request_log()
+        self._prune_job_logs()
 
     def _replayed(self, batch: list[Request]) -> list[Request]:
         """Resolve requests whose Idempotency-Key is logged already (with the answer rebuilt from the log and the
@@ -372,6 +374,16 @@ class LedgerWriter:
         self._logged_rows = self._logged_bytes = 0
         with self.ledger.transaction() as tx:
             request_log.prune(tx, clock.now(), limits)
+
+
+    def _prune_job_logs(self) -> None:
+        """Delete job log lines stored before the retention window: at the first batch, then at most every
+        joblogs.PRUNE_EVERY_SECONDS."""
+        if self._last_log_prune is not None and time.monotonic() - self._last_log_prune < joblogs.PRUNE_EVERY_SECONDS:
+            return
+        self._last_log_prune = time.monotonic()
+        with self.ledger.transaction() as tx:
+            joblogs.prune(tx, clock.now())
 
 
 def _chunks(members: list[tuple[Request, job_ops.ClaimRequest]],

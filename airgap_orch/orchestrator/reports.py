@@ -10,12 +10,13 @@ from typing import Any
 from .. import clock
 from ..errors import OrchError, StaleLease
 from ..ledger import Transaction
-from . import dependencies, flow, history, leases, rows
+from . import dependencies, flow, history, joblogs, leases, rows
 from .states import QUEUED, SUCCEEDED, next_state, sources
 
 
 def heartbeat(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
-    """items: {job_id, lease_id, progress?, message?}. Extends each lease; first one starts the job."""
+    """items: {job_id, lease_id, progress?, message?, logs?}. Extends each lease; first one starts the job. The log
+    lines of each accepted item are stored with it (joblogs.py)."""
     now = clock.now()
     outcomes: list[dict[str, Any] | OrchError] = []
     changed: dict[str, dict[str, Any]] = {}
@@ -34,6 +35,7 @@ def heartbeat(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, An
             row["progress_message"] = item["message"]
         row["updated_at"] = now
         changed[row["job_id"]] = row
+        joblogs.add(tx, job, item.get("logs"), state=row["state"])
         outcomes.append({"job_id": job["job_id"], "state": row["state"],
                          "lease_expires_at": clock.iso(row["lease_expires_at"]),
                          "cancel_requested": bool(job["cancel_requested"])})
@@ -42,7 +44,7 @@ def heartbeat(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, An
 
 
 def ack(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
-    """items: {job_id, lease_id, artifacts?}. Completes each job held by that current lease
+    """items: {job_id, lease_id, artifacts?, logs?}. Completes each job held by that current lease
     (canceled instead of succeeded when cancellation had been requested)."""
     now = clock.now()
     done: dict[str, dict[str, Any]] = {}
@@ -98,6 +100,7 @@ def acked(tx: Transaction, items: list[dict[str, Any]], done: dict[str, dict[str
                 outcomes.append(error)
             continue
         job = done[item["job_id"]]
+        joblogs.add(tx, job, item.get("logs"), state=job["state"])
         event = "cancel" if job["state"] == "canceled" else "ack"
         from_state = "running" if job["started_at"] is not None else "leased"  # started_at marks 'start'
         entries.append(rows.entry({**job, "artifacts": item.get("artifacts")}, event, from_state, job["state"],
@@ -119,7 +122,7 @@ def _encode_artifacts(artifacts: list | None) -> str:
 
 
 def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | OrchError]:
-    """items: {job_id, lease_id, error, retry_after?, no_retry?}. Retries with backoff while attempts
+    """items: {job_id, lease_id, error, retry_after?, no_retry?, logs?}. Retries with backoff while attempts
     remain, else dead-letters; no_retry fails the job for good."""
     now = clock.now()
     outcomes: list[dict[str, Any] | OrchError] = []
@@ -136,6 +139,7 @@ def fail(tx: Transaction, items: list[dict[str, Any]]) -> list[dict[str, Any] | 
             event, reason = "retry", "worker_error"
         row = leases.settle(job, event, now, error=item["error"], retry_after=item.get("retry_after"))
         changed[row["job_id"]] = row
+        joblogs.add(tx, job, item.get("logs"), state=row["state"])
         ended.append((row, flow.NEUTRAL if event == "cancel" else flow.FAILURE))
         # The entry names the lease this report ended (as release and recovery do; the row after a retry has none):
         # the request log answers a retried fail from it.

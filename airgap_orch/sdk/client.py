@@ -397,6 +397,61 @@ class OrchClient:
                                     stage="closed")
         return {**result, "received": answer["received"]}
 
+    def events(self, name: str, params: dict[str, Any] | None = None, *, last_event_id: int | str | None = None,
+               idle: float | None = None) -> Iterator[dict[str, str]]:
+        """The Server-Sent Events a streaming GET answers (jobs.logs with follow=1), as they come: {"id", "event",
+        "data"} (comments skipped), until the server ends the stream. `last_event_id` resumes after that event.
+        Opened on a connection of its own, sent once; `idle`: how long the stream may stay silent (the server sends a
+        comment line now and then) before ServerUnavailable (stage "silent")."""
+        call = prepare_call(name, params)
+        headers = {"Accept": "text/event-stream", **call.headers}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        wait = idle if idle is not None else self.timeout
+        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        connection = kind(self._host, self._port, timeout=self.bound or wait)
+        with self._open_lock:
+            self._open.add(connection)
+        connected = False
+        try:
+            try:
+                connection.connect()
+                connected = True
+                connection.request("GET", call.path, headers=headers)
+                if self.bound is not None:
+                    self._wait_for_answer(connection)
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unavailable(exc, connected, True, False) from None
+            if response.status >= 400:
+                decode_answer(response.status, parse_body(response.read()))
+            assert connection.sock is not None
+            connection.sock.settimeout(wait)
+            message: dict[str, str] = {}
+            while True:
+                try:
+                    line = response.readline()
+                except (OSError, http.client.HTTPException) as exc:
+                    raise ServerUnavailable(f"{self.server.describe()} stopped sending the stream ({_reason(exc)})",
+                                            stage="silent") from None
+                if not line:
+                    return
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                if not text:
+                    if message:
+                        yield message
+                    message = {}
+                elif not text.startswith(":"):
+                    field, _, value = text.partition(":")
+                    value = value.removeprefix(" ")
+                    message[field] = message[field] + "\n" + value if field == "data" and field in message else value
+        finally:
+            connection.close()
+            with self._open_lock:
+                self._open.discard(connection)
+
     def read_pages(self, name: str, params: dict[str, Any] | None = None, *, limit: int) -> dict[str, Any]:
         """Up to `limit` rows of a paged listing (jobs.list, deadletter.list, ledger.events, audit.list), following
         next_cursor page by page (api.read_pages)."""

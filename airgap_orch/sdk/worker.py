@@ -33,6 +33,8 @@ Threads (all daemons, so a handler that never returns cannot keep the process al
 - the reporter sends outcomes. Successes are acked together through jobs.ack_many, flushed `ack_flush_seconds`
   after the first one or when `ack_batch_size` have gathered (while one batch is in flight the next one
   gathers); failures go one request each (jobs.fail), through the sender threads.
+- job logs (ctx.log) ride on the heartbeats and reports above (the tracker holds the rules: a line goes within a
+  second), so logging adds no request per line.
 
 A handler slot frees as soon as the handler returns; its report follows asynchronously (at most
 `max_unreported` reports wait before claiming pauses).
@@ -87,6 +89,9 @@ MAX_ACK_BATCH = validation.MAX_ACKS  # schemas/ack-many-request.schema.json maxI
 MAX_PREFETCH = validation.MAX_CLAIM_LIMIT  # one claim can fill it
 RETRY_CAP_SECONDS = 5.0  # longest pause between the worker's own retries (after the client's retries)
 RELEASE_THREADS = 8  # concurrent jobs.release requests when giving back many jobs at once
+# Log text one jobs.ack_many carries at most (a batch with more goes in parts): JSON escaping can make a character
+# six bytes, and the server takes bodies up to api.MAX_BODY_BYTES.
+ACK_BATCH_LOG_CHARS = 500_000
 
 JobResult = FinishedJob  # the SDK's name for it
 
@@ -353,12 +358,23 @@ class Worker:
                 return
 
     def _send_acks(self, acks: list[tuple[TrackedJob, Outcome]]) -> None:
-        body = [report_request(job, outcome)[1] for job, outcome in acks]
+        body = [report_request(job, outcome, self._leases.final_logs(job))[1] for job, outcome in acks]
+        # Log lines can make a batch large: send it in parts of at most ACK_BATCH_LOG_CHARS of log text each.
+        start, chars = 0, 0
+        for index, item in enumerate(body):
+            size = sum(len(line["message"]) for line in item.get("logs", ()))
+            if index > start and chars + size > ACK_BATCH_LOG_CHARS:
+                self._send_ack_batch(acks[start:index], body[start:index])
+                start, chars = index, 0
+            chars += size
+        self._send_ack_batch(acks[start:], body[start:])
+
+    def _send_ack_batch(self, acks: list[tuple[TrackedJob, Outcome]], body: list[dict[str, Any]]) -> None:
         try:
             answer = self._deliver("jobs.ack_many", {"acks": body})
         except InvalidInput:  # one handler returned malformed artifacts: ack one by one to single it out
-            for job, outcome in acks:
-                self._send_one(job, outcome)
+            for (job, outcome), item in zip(acks, body, strict=True):
+                self._record(self._leases.report(job, outcome, self._deliver, logs=item.get("logs", [])))
             return
         except OrchError as error:
             for job, _outcome in acks:

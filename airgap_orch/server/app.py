@@ -48,7 +48,7 @@ from ..operations.readers import LedgerReaders
 from ..operations.uploads import LedgerUploads
 from ..operations.writer import Answer, LedgerWriter, dumps
 from . import connections, openapi
-from .events import EventHub, envelope, matches
+from .events import EventHub, LogHub, envelope, matches
 from .metrics import Metrics
 
 MAX_IDEMPOTENCY_KEY = 128
@@ -259,12 +259,13 @@ class Door:
 
     def __init__(self, writer: LedgerWriter, readers: LedgerReaders, *, verifier: Any | None, hub: EventHub,
                  metrics: Metrics, limits: connections.ConnectionLimits | None = None,
-                 uploads: LedgerUploads | None = None):
+                 uploads: LedgerUploads | None = None, log_hub: LogHub | None = None):
         self.writer = writer
         self.readers = readers
         self.uploads = uploads or LedgerUploads(writer.ledger)
         self.verifier = verifier  # auth.tokens.TokenVerifier, or None with --no-auth
         self.hub = hub
+        self.log_hub = log_hub or LogHub(asyncio.get_event_loop())
         self.metrics = metrics
         self.limits = limits or connections.ConnectionLimits()
         self.gate: Gate | None = None  # create_app's: the expect handler runs before the middlewares
@@ -297,6 +298,9 @@ class Door:
                 if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
                     raise InvalidInput(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
                 request_key = f"{caller.actor} {route.name} {key}"
+            if route.name == "jobs.logs" and params.get("follow") is not None:
+                if _follows(params.pop("follow")):
+                    return await self._follow_logs(request, params, caller)
             if route.name == "jobs.claim":
                 answer = await self._claim(request, params, caller, request_key)
                 self.metrics.claim_latency_ms.observe((time.monotonic() - started) * 1000)
@@ -517,6 +521,64 @@ class Door:
                 return answer
             await self.hub.wait(min(remaining, 0.25))
 
+    async def _follow_logs(self, request: web.Request, params: dict[str, Any], caller: Caller) -> web.StreamResponse:
+        """GET /v1/jobs/{id}/logs?follow=1: the job's lines as Server-Sent Events (`event: line`, `id:` its seq, the
+        line as JSON data), from after Last-Event-ID (else after_seq, else the first), as they are stored, then one
+        `event: end` (data: job_id, state, last_seq) once the job is in a final state and every line is sent. A
+        comment line every api.LOG_FOLLOW_KEEPALIVE_SECONDS while nothing happens. Each read is a page on a reader
+        thread, taken when the log hub says the job changed; a job the caller may not see is a 404 before the stream
+        starts."""
+        if params.get("cursor") is not None:
+            raise InvalidInput("follow resumes with after_seq or the Last-Event-ID header, not a cursor")
+        after = params.get("after_seq") or 0
+        last_header = request.headers.get("Last-Event-ID")
+        if last_header:
+            try:
+                after = int(last_header)
+            except ValueError:
+                raise InvalidInput("Last-Event-ID must be the id (seq) of a line this stream sent") from None
+        job_id = params["job_id"]
+        waiter = self.log_hub.watch(job_id)
+        response: web.StreamResponse | None = None
+        try:
+            while True:
+                waiter.clear()  # before the read: a change committed after its snapshot sets it again
+                page = await asyncio.wrap_future(self.readers.submit(
+                    "jobs.logs", {"job_id": job_id, "after_seq": after, "limit": validation.MAX_PAGE_ROWS}, caller))
+                if response is None:
+                    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                           "Cache-Control": "no-cache"})
+                    await response.prepare(request)
+                text = "".join(f"id: {line['seq']}\nevent: line\ndata: {dumps(line)}\n\n" for line in page["lines"])
+                after = page["last_seq"]
+                ended = page["final"] and page["next_cursor"] is None
+                if ended:
+                    end = {"job_id": job_id, "state": page["state"], "last_seq": after}
+                    text += f"event: end\ndata: {dumps(end)}\n\n"
+                if text:
+                    await response.write(text.encode())
+                if ended:
+                    await response.write_eof()
+                    return response
+                if page["next_cursor"] is not None:
+                    continue
+                try:
+                    await asyncio.wait_for(waiter.wait(), api.LOG_FOLLOW_KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+        except ConnectionError:  # the client left
+            if response is None:
+                raise
+            return response
+        except OrchError as error:  # e.g. the server is stopping (LedgerBusy): once streaming, say so as an event
+            if response is None:
+                raise
+            with contextlib.suppress(ConnectionError):
+                await response.write(f"event: error\ndata: {dumps({'message': str(error)})}\n\n".encode())
+            return response
+        finally:
+            self.log_hub.unwatch(job_id, waiter)
+
     async def openapi_document(self, _request: web.Request) -> web.Response:
         return web.json_response(openapi.document())
 
@@ -559,6 +621,15 @@ class Door:
                     await response.write(b": keep-alive\n\n")
 
 
+
+
+def _follows(value: str) -> bool:
+    """?follow=1 (or true) streams a job's log; follow=0 (or false) answers a page."""
+    if value in ("1", "true"):
+        return True
+    if value in ("0", "false"):
+        return False
+    raise InvalidInput("query parameter follow must be 1 or 0 (true or false)")
 
 
 def create_app(door: Door, *, gate: Gate | None = None, guards: connections.Guards | None = None

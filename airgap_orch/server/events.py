@@ -69,3 +69,51 @@ def matches(envelope_: dict[str, Any], *, tenants: frozenset[str] | None, tenant
     if job_type is not None and envelope_["job"]["type"] != job_type:
         return False
     return correlation_id is None or envelope_["correlationId"] == correlation_id
+
+
+class LogHub:
+    """Wakes the followers of job logs (GET /v1/jobs/{id}/logs?follow=1) when their job changes: it stored log lines
+    (Ledger.log_listeners) or a history entry (Ledger.commit_listeners: a state change, such as its end).
+
+    The writer's thread only looks the committed job ids up in the set of followed jobs (nothing more when nobody
+    follows) and pokes the event loop; each follower then reads its job's new lines from a snapshot itself."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._waiters: dict[str, set[asyncio.Event]] = {}  # job id -> its followers (touched on the loop only)
+        self._followed: frozenset[str] = frozenset()  # the keys of _waiters, read by the writer's thread
+
+    def watch(self, job_id: str) -> asyncio.Event:
+        """An event set whenever the job changes from now on (clear it before each read); unwatch it when done."""
+        waiter = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(waiter)
+        self._followed = frozenset(self._waiters)
+        return waiter
+
+    def unwatch(self, job_id: str, waiter: asyncio.Event) -> None:
+        waiters = self._waiters.get(job_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[job_id]
+        self._followed = frozenset(self._waiters)
+
+    # called in the writer's thread after each commit
+    def logs_stored(self, logged: dict[str, int]) -> None:
+        self._changed(logged)
+
+    def history_appended(self, appended: Iterable[tuple[int, str, str, str]]) -> None:
+        self._changed(item[1] for item in appended)
+
+    def _changed(self, job_ids: Iterable[str]) -> None:
+        followed = self._followed
+        if not followed:
+            return
+        touched = [job_id for job_id in job_ids if job_id in followed]
+        if touched:
+            self._loop.call_soon_threadsafe(self._wake, touched)
+
+    def _wake(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            for waiter in self._waiters.get(job_id, ()):
+                waiter.set()

@@ -25,7 +25,7 @@ from ..orchestrator.sources import SCHEDULE_EVERY_SECONDS, SCHEDULER
 from . import discovery
 from .app import Door, Gate, create_app
 from .connections import ConnectionLimits, Guards
-from .events import EventHub
+from .events import EventHub, LogHub
 from .metrics import Metrics
 
 RECOVER_EVERY_SECONDS = 1.0
@@ -64,6 +64,7 @@ class ServerConfig:
     # operations.bundles.SigningKey items (a label and the private key; the key is never printed nor logged).
     bundle_keys: list[Any] = field(default_factory=list, repr=False)
     timestamp_keys: list[Any] = field(default_factory=list, repr=False)
+    job_log_limits: Any = None  # joblogs.Limits (serve --job-log-lines, --job-log-retention); None: defaults
 
 
 def is_loopback(host: str) -> bool:
@@ -101,6 +102,7 @@ class Server:
 
             verifier = TokenVerifier(config.token_keys)
         self.ledger = Ledger.open(config.ledger_path, lock_timeout=config.lock_timeout)
+        self.ledger.job_log_limits = config.job_log_limits
         self.metrics = Metrics()
         self.writer = LedgerWriter(self.ledger, group_commit=config.group_commit)
         self.readers = LedgerReaders(self.ledger)
@@ -112,14 +114,17 @@ class Server:
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
         self.hub = EventHub(loop)
+        self.log_hub = LogHub(loop)
         # Counting parses every entry: done on the event loop, off the writer thread (it runs before the loop
         # resumes the requests of that commit, so an answered request is already counted).
         self.ledger.commit_listeners += [
-            self.hub.publish, lambda appended: loop.call_soon_threadsafe(self.metrics.count_entries, appended)]
+            self.hub.publish, lambda appended: loop.call_soon_threadsafe(self.metrics.count_entries, appended),
+            self.log_hub.history_appended]
+        self.ledger.log_listeners.append(self.log_hub.logs_stored)
         self.writer.start()
         limits = self.config.limits
         door = Door(self.writer, self.readers, verifier=self._verifier, hub=self.hub, metrics=self.metrics,
-                    limits=limits, uploads=self.uploads)
+                    limits=limits, uploads=self.uploads, log_hub=self.log_hub)
         self.guards = Guards(limits)
         self._runner = web.AppRunner(create_app(door, gate=self.gate, guards=self.guards), handle_signals=False,
                                      access_log=None, shutdown_timeout=2.0, keepalive_timeout=limits.keepalive_timeout)

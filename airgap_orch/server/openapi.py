@@ -47,6 +47,7 @@ QUERY_PARAMETERS["cursor"] = {"type": "string", "minLength": 1, "maxLength": 512
 QUERY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("backfills.list", "state"): {"enum": [backfills.ACTIVE, backfills.CANCELED]},
     ("backfills.list", "limit"): {**_PAGE, "maximum": backfill_ops.MAX_LIST},
+    ("jobs.logs", "follow"): {"enum": ["1", "0", "true", "false"]},  # 1: a Server-Sent Events stream, not a page
 }
 # A header value is visible ASCII with no space at either end (HTTP drops such spaces; the server trims them).
 _HEADER_TEXT = "^[!-~]([ -~]*[!-~])?$"

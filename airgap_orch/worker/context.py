@@ -5,6 +5,7 @@
             ctx.check_cancelled()          # raises JobCanceled once the job should stop
             ...
             ctx.progress((step + 1) / 10, f"step {step + 1}")
+            ctx.log(f"step {step + 1} done")   # a job log line: sent with the next heartbeat or the ack/fail
 
 How a handler ends decides what the runner reports under the job's lease:
 - returns            -> ack with the returned artifacts
@@ -62,7 +63,8 @@ class JobContext:
     """One attempt of one job, as handed to a handler. Thread-safe."""
 
     def __init__(self, lease: dict[str, Any], worker_id: str,
-                 report_progress: Callable[[float, str | None], None]):
+                 report_progress: Callable[[float, str | None], None],
+                 report_log: Callable[[str, str], None] | None = None):
         self.job_id: str = lease["job_id"]
         self.lease_id: str = lease["lease_id"]
         self.attempt: int = lease["attempt"]
@@ -78,6 +80,7 @@ class JobContext:
         self.cancel_reason: str | None = None
         self.running = threading.Event()  # set once a heartbeat was answered: the orchestrator shows it running
         self._report_progress = report_progress
+        self._report_log = report_log
         self._lock = threading.Lock()
 
     def progress(self, fraction: float, message: str | None = None) -> None:
@@ -85,6 +88,24 @@ class JobContext:
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
             raise ValueError(f"progress must be a number between 0 and 1, not {fraction!r}")
         self._report_progress(float(fraction), message)
+
+    def log(self, message: str, level: str = "info") -> None:
+        """Write a line to the job's log (README "Job logs"): kept in this worker and sent with the next heartbeat
+        (one goes within a second of the line) or with the job's ack or fail, never in a request of its own. The
+        orchestrator stamps it with the job, attempt, lease, tenant, project, correlation id and a sequence number.
+        `level`: debug, info, warning or error. A line longer than the limit is cut (ending in "…"); never log
+        secrets. Lines written once the attempt is over (reported, lost or given back) are not stored."""
+        from ..validation import LOG_LEVELS, MAX_LOG_LINE_CHARS
+
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+        text = message if isinstance(message, str) else str(message)
+        if not text.isascii():  # a lone surrogate would have the report refused: store a replacement instead
+            text = text.encode("utf-8", "replace").decode("utf-8")
+        if len(text) > MAX_LOG_LINE_CHARS:
+            text = text[:MAX_LOG_LINE_CHARS - 1] + "…"
+        if self._report_log is not None:
+            self._report_log(text, level)
 
     def check_cancelled(self) -> None:
         """Raise JobCanceled if this job should stop (canceled, lease lost, or worker shutting down)."""

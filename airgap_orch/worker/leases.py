@@ -19,6 +19,12 @@ its threads; every rule about a leased attempt lives here:
   it. Once its report is under way the report's answer decides.
 - Reports: how a handler's end maps to jobs.ack / jobs.fail and their error texts, the fallback when an ack
   is refused for the handler's artifacts, and which answers mean the attempt is lost.
+- Job logs (ctx.log): lines wait here and ride on the next heartbeat, which falls due LOG_FLUSH_SECONDS after the
+  oldest waiting line at the latest (a running job that logs costs at most two beats a second, none when it logs
+  nothing), or on the ack or fail, which carries every line not sent yet (`final_logs`: it takes back the lines of a
+  beat not sent yet, and waits for one on the wire, so lines are stored in the order they were written). A beat that
+  failed gives its lines back for the next one; a refused (stale) one drops them with the attempt. At most
+  validation.MAX_LOG_LINES wait per attempt: past that the oldest go, and a marker line says how many.
 
 Times come from `clock` (time.monotonic unless a test passes its own). Loads neither DuckDB nor pyarrow:
 the SDK imports it.
@@ -33,8 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import clock as wall_clock
 from ..errors import Conflict, IllegalTransition, InvalidInput, NotFound, StaleLease
-from ..validation import MAX_MESSAGE_CHARS
+from ..validation import MAX_LOG_LINES, MAX_MESSAGE_CHARS
 from .context import (
     CANCEL_REQUESTED,
     FIRST_BEAT_SECONDS,
@@ -63,6 +70,7 @@ LEASE_REFUSAL_NAMES = frozenset(kind.__name__ for kind in (Conflict, StaleLease,
 
 CANCELED_MESSAGE = "canceled on request; handler stopped"
 RETRY_BEAT_SECONDS = 1.0  # a heartbeat that failed goes again within this
+LOG_FLUSH_SECONDS = 0.5  # a log line waits at most this long for a heartbeat (README: "within a second")
 
 WAITING, RUNNING, REPORTING, DONE = "waiting", "running", "reporting", "done"
 _HANDLING = (WAITING, RUNNING)
@@ -90,6 +98,11 @@ class TrackedJob:
         self.retry_at = 0.0  # after a failed beat, not even progress goes before this
         self.pending: tuple[float, str | None] | None = None  # progress not sent yet
         self.cancel_seen_at: float | None = None
+        self.logs: list[dict[str, Any]] = []  # log lines not sent yet, oldest first
+        self.logs_since: float | None = None  # when the oldest of them was written
+        self.logs_dropped = 0  # lines dropped from `logs` (it was full) since the last report took them
+        self.logs_beat: Beat | None = None  # the beat carrying lines, until it is answered
+        self.logs_sending = False  # ... and it is on the wire (its lines can no longer be taken back)
 
     @property
     def job_id(self) -> str:
@@ -100,25 +113,34 @@ class TrackedJob:
         return self.lease["lease_id"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Beat:
-    """One heartbeat taken from the tracker: send `params` as jobs.heartbeat, then hand the answer (or the error)
-    to LeaseTracker.beat_sent."""
+    """One heartbeat taken from the tracker: call LeaseTracker.beat_wanted, send `params` as jobs.heartbeat, then
+    hand the answer (or the error) to LeaseTracker.beat_sent. `logs` may be taken back by the job's report until
+    beat_wanted is called."""
 
     job: TrackedJob
     taken_at: float
     progress: float | None = None
     message: str | None = None
+    logs: list[dict[str, Any]] | None = None
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"job_id": self.job.job_id, "lease_id": self.job.lease_id, "progress": self.progress,
-                "message": self.message}
+        params = {"job_id": self.job.job_id, "lease_id": self.job.lease_id, "progress": self.progress,
+                  "message": self.message}
+        if self.logs:
+            params["logs"] = self.logs
+        return params
 
 
-def report_request(job: TrackedJob, outcome: Outcome) -> tuple[str, dict[str, Any]]:
-    """The request that reports how the handler ended: an ack with its artifacts, or a fail with its error text."""
-    ids = {"job_id": job.job_id, "lease_id": job.lease_id}
+def report_request(job: TrackedJob, outcome: Outcome,
+                   logs: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+    """The request that reports how the handler ended: an ack with its artifacts, or a fail with its error text;
+    with the log lines not sent yet (LeaseTracker.final_logs), if any."""
+    ids: dict[str, Any] = {"job_id": job.job_id, "lease_id": job.lease_id}
+    if logs:
+        ids["logs"] = logs
     if outcome.kind == "ack":
         return "jobs.ack", {**ids, "artifacts": outcome.artifacts or []}
     if outcome.kind == "stopped" and job.ctx.cancel_reason == CANCEL_REQUESTED:
@@ -128,10 +150,15 @@ def report_request(job: TrackedJob, outcome: Outcome) -> tuple[str, dict[str, An
                          "retry_after": bounded_retry_after(outcome.retry_after), "no_retry": outcome.no_retry}
 
 
-def invalid_artifacts_request(job: TrackedJob, refusal: InvalidInput) -> tuple[str, dict[str, Any]]:
-    """What is reported instead of an ack refused for the handler's artifacts: a fail, since retrying cannot help."""
-    return "jobs.fail", {"job_id": job.job_id, "lease_id": job.lease_id,
-                         "error": clip_error(f"invalid artifacts: {refusal}"), "no_retry": True}
+def invalid_artifacts_request(job: TrackedJob, refusal: InvalidInput,
+                              logs: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+    """What is reported instead of an ack refused for the handler's artifacts: a fail, since retrying cannot help
+    (with the ack's log lines, which the refused ack did not store)."""
+    params: dict[str, Any] = {"job_id": job.job_id, "lease_id": job.lease_id,
+                              "error": clip_error(f"invalid artifacts: {refusal}"), "no_retry": True}
+    if logs:
+        params["logs"] = logs
+    return "jobs.fail", params
 
 
 class LeaseTracker:
@@ -173,8 +200,22 @@ class LeaseTracker:
                 job.pending = (fraction, message[:MAX_MESSAGE_CHARS] if message else None)
             self._wake()
 
+        def note_log(message: str, level: str) -> None:
+            line = {"message": message, "level": level, "at": wall_clock.iso(wall_clock.now())}
+            with self.changed:
+                if job.phase not in _HANDLING or job.lost or job.released:
+                    return  # the attempt is over: its lines have gone with its report, or are not ours to store
+                if len(job.logs) >= MAX_LOG_LINES - 1:  # room for the marker line
+                    del job.logs[0]
+                    job.logs_dropped += 1
+                if not job.logs:
+                    job.logs_since = self._clock()
+                job.logs.append(line)
+            self._wake()
+
         now = self._clock()
-        job = TrackedJob(lease, handler, JobContext(lease, worker_id, note_progress), now, now + self.interval)
+        job = TrackedJob(lease, handler, JobContext(lease, worker_id, note_progress, note_log), now,
+                         now + self.interval)
         with self.changed:
             self._jobs[job.lease_id] = job
             self.handling += 1
@@ -230,24 +271,44 @@ class LeaseTracker:
         job.ctx.cancel(SHUTDOWN)
         return True
 
-    def report(self, job: TrackedJob, outcome: Outcome,
-               send: Callable[[str, dict[str, Any]], dict[str, Any]]) -> FinishedJob | None:
+    def report(self, job: TrackedJob, outcome: Outcome, send: Callable[[str, dict[str, Any]], dict[str, Any]], *,
+               logs: list[dict[str, Any]] | None = None) -> FinishedJob | None:
         """Report how the handler ended through `send` (the worker's transport: it raises what the operation
-        raises) and finish the attempt with the answer."""
-        name, params = report_request(job, outcome)
+        raises) and finish the attempt with the answer. The report carries `logs`, else final_logs(job)."""
+        name, params = report_request(job, outcome, self.final_logs(job) if logs is None else logs)
         try:
             try:
                 state = send(name, params)["state"]
             except InvalidInput as refused:
                 if name != "jobs.ack" or isinstance(refused, NotFound):
                     raise
-                state = send(*invalid_artifacts_request(job, refused))["state"]
+                state = send(*invalid_artifacts_request(job, refused, params.get("logs")))["state"]
         except LEASE_REFUSALS as refused:
             return self.finish(job, LOST, str(refused))
         except Exception as failure:  # the transport gave up or the ledger broke: the lease lapses, the job retries
             log.error("could not report job %s: %s", job.job_id, failure)
             return self.finish(job, ERROR, str(failure))
         return self.finish(job, state, outcome.error)
+
+    def final_logs(self, job: TrackedJob) -> list[dict[str, Any]]:
+        """The log lines the attempt's report carries: every line not stored yet, oldest first (at most
+        MAX_LOG_LINES, a marker line first when some were dropped). Lines of a beat not yet sent are taken back
+        from it; a beat on the wire is waited for (up to lease/3), so its lines are stored before the report's."""
+        deadline = self._clock() + self.interval
+        with self.changed:
+            while job.logs_beat is not None and job.logs_sending and self._clock() < deadline:
+                self.changed.wait(max(0.0, min(0.1, deadline - self._clock())))
+            lines, dropped = list(job.logs), job.logs_dropped
+            beat = job.logs_beat
+            if beat is not None and not job.logs_sending and beat.logs:
+                lines = beat.logs + lines
+                beat.logs = None
+                job.logs_beat = None
+            job.logs, job.logs_since, job.logs_dropped = [], None, 0
+        if len(lines) > MAX_LOG_LINES - 1:
+            dropped += len(lines) - (MAX_LOG_LINES - 1)
+            lines = lines[-(MAX_LOG_LINES - 1):]
+        return _with_marker(lines, dropped)
 
     def finish_acked(self, job: TrackedJob, result: dict[str, Any]) -> FinishedJob | None:
         """Finish an attempt from its jobs.ack_many result: {job_id, state} or {job_id, error: {type, message}}."""
@@ -305,7 +366,12 @@ class LeaseTracker:
                 progress, message = job.pending if job.pending is not None and job.phase == RUNNING else (None, None)
                 job.pending = None
                 job.beating = True
-                due.append(Beat(job, now, progress, message))
+                beat = Beat(job, now, progress, message)
+                if job.logs and job.phase == RUNNING:  # once the handler returned, its report carries them
+                    beat.logs = _with_marker(job.logs, job.logs_dropped)
+                    job.logs, job.logs_since, job.logs_dropped = [], None, 0
+                    job.logs_beat, job.logs_sending = beat, False
+                due.append(beat)
         return due, max(0.0, wake_at - now)
 
     def _beat_due_at(self, job: TrackedJob, now: float) -> float | None:
@@ -319,6 +385,8 @@ class LeaseTracker:
         at = job.next_beat
         if job.pending is not None and job.phase == RUNNING:
             at = min(at, max(job.last_beat + self.progress_interval, job.started + FIRST_BEAT_SECONDS, job.retry_at))
+        if job.logs_since is not None and job.phase == RUNNING:
+            at = min(at, max(job.logs_since + LOG_FLUSH_SECONDS, job.retry_at))
         return at
 
     def beat_wanted(self, beat: Beat) -> bool:
@@ -326,8 +394,11 @@ class LeaseTracker:
         was given back meanwhile)."""
         with self.changed:
             if beat.job.phase != DONE and not beat.job.released:
+                if beat.logs and beat.job.logs_beat is beat:
+                    beat.job.logs_sending = True  # from now on the report waits for this beat's answer
                 return True
             beat.job.beating = False
+            self._lines_answered(beat)
         self._wake()
         return False
 
@@ -335,6 +406,8 @@ class LeaseTracker:
         """Take a heartbeat's answer, or the error it raised."""
         job = beat.job
         if isinstance(answer, LEASE_REFUSALS):
+            with self.changed:
+                self._lines_answered(beat)
             self._beat_refused(beat, answer)
         elif isinstance(answer, BaseException):
             log.warning("heartbeat for job %s failed: %s", job.job_id, answer)
@@ -343,8 +416,16 @@ class LeaseTracker:
                 job.next_beat = job.retry_at = self._clock() + min(self.interval, RETRY_BEAT_SECONDS)
                 if job.pending is None and beat.progress is not None:
                     job.pending = (beat.progress, beat.message)
+                if beat.logs and job.logs_beat is beat and job.phase != DONE:  # the next beat (or report) takes them
+                    job.logs[:0] = beat.logs
+                    over = max(0, len(job.logs) - (MAX_LOG_LINES - 1))
+                    del job.logs[:over]
+                    job.logs_dropped += over
+                    job.logs_since = job.logs_since if job.logs_since is not None else self._clock()
+                self._lines_answered(beat)
         else:
             with self.changed:
+                self._lines_answered(beat)
                 job.beating = False
                 job.last_beat = beat.taken_at
                 job.next_beat = beat.taken_at + self.interval
@@ -356,6 +437,12 @@ class LeaseTracker:
                 job.ctx.cancel(CANCEL_REQUESTED)
         self._wake()
 
+    def _lines_answered(self, beat: Beat) -> None:
+        """Under the lock: the beat's lines are stored, refused or given back; a report waiting for them goes on."""
+        if beat.job.logs_beat is beat:
+            beat.job.logs_beat, beat.job.logs_sending = None, False
+            self.changed.notify_all()
+
     def _beat_refused(self, beat: Beat, refused: BaseException) -> None:
         job = beat.job
         with self.changed:
@@ -366,3 +453,13 @@ class LeaseTracker:
             job.lost = True
         log.warning("job %s: %s", job.job_id, refused)
         job.ctx.cancel(LEASE_LOST)
+
+
+def _with_marker(lines: list[dict[str, Any]], dropped: int) -> list[dict[str, Any]]:
+    """The lines with, when the worker dropped some (it kept at most MAX_LOG_LINES waiting), a marker line first."""
+    if not dropped:
+        return list(lines)
+    marker = {"message": f"... {dropped} lines dropped by the worker: the handler logged faster than "
+                         f"{MAX_LOG_LINES} lines per report", "level": "warning",
+              "at": wall_clock.iso(wall_clock.now())}
+    return [marker, *lines]

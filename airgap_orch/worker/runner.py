@@ -109,6 +109,7 @@ class RunnerConfig:
     grace_seconds: float = 10.0
     poll_seconds: float = 0.2  # how long the main loop sleeps when nothing can be claimed
     progress_interval: float = 0.25  # at most one progress write per job per this many seconds
+    job_log_limits: Any = None  # orchestrator/joblogs.Limits (worker run --job-log-lines, --job-log-retention)
 
     def __post_init__(self) -> None:
         if not self.handlers:
@@ -145,6 +146,8 @@ class Runner:
         self._claimed = 0
         self._type_offset = 0
         self._scheduled_at: float | None = None  # monotonic time of the last run of due schedules
+        if config.job_log_limits is not None:
+            ledger.job_log_limits = config.job_log_limits
         self._writer = LedgerWriter(ledger)
 
     # -- public ------------------------------------------------------------------------------------
@@ -304,6 +307,8 @@ class Runner:
             self._beat_wake.clear()
 
     def _send_beat(self, beat: Beat) -> None:
+        if not self._leases.beat_wanted(beat):
+            return
         try:
             answer = self._writer.submit("jobs.heartbeat", beat.params, Caller())
         except RuntimeError as stopped:  # the writer has stopped: the runner is ending

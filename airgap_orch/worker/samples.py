@@ -58,6 +58,7 @@ def _ingest(ctx: JobContext, kind: str, id_key: str) -> list[dict[str, str]]:
         ctx.check_cancelled()
         time.sleep(step_seconds)
         ctx.progress((step + 1) / (steps + 1), f"{kind} {document_id}: step {step + 1} of {steps}")
+        ctx.log(f"{kind} {document_id}: step {step + 1} of {steps} done")
     if payload.get("hold_until_running"):
         while not ctx.running.wait(0.05):
             ctx.check_cancelled()
@@ -65,6 +66,7 @@ def _ingest(ctx: JobContext, kind: str, id_key: str) -> list[dict[str, str]]:
                   "source": payload.get("source", "sample"), "attempt": ctx.attempt}
     artifact = _write_artifact(ctx, kind, normalized)
     ctx.progress(1.0, f"{kind} {document_id}: stored")
+    ctx.log(f"{kind} {document_id}: stored as {artifact['uri']}")
     return [artifact]
 
 
@@ -82,6 +84,7 @@ def flaky_export(ctx: JobContext) -> None:
     """An export whose downstream never answers: always a retryable error, so it ends dead-lettered."""
     payload = _payload(ctx)
     ctx.progress(0.1, "connecting to the export target")
+    ctx.log(f"export target {payload.get('target', 'mirror')} did not answer", level="warning")
     raise RetryableError(f"export target {payload.get('target', 'mirror')} unreachable "
                          f"(attempt {ctx.attempt} of {ctx.max_attempts})",
                          retry_after=float(payload.get("retry_after", 0.2)))
@@ -97,11 +100,13 @@ def slow_scan(ctx: JobContext) -> list[dict[str, str]]:
                                       "pid": os.getpid()}))
     seconds = float(payload.get("seconds", 5))
     steps = max(1, int(seconds / 0.1))
+    ctx.log(f"scanning {payload.get('image', 'unknown')} in {steps} layers")
     for step in range(steps):
         ctx.check_cancelled()
         time.sleep(seconds / steps)
         ctx.progress((step + 1) / steps, f"scanned {step + 1} of {steps} layers")
     ctx.check_cancelled()
+    ctx.log("scan finished: no findings")
     report = {"image": payload.get("image", "unknown"), "findings": [], "scanned_by": ctx.worker_id,
               "attempt": ctx.attempt}
     return [_write_artifact(ctx, "scan", report)]
