@@ -64,6 +64,8 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
+    Route("auth.whoami", "GET", "/v1/whoami", READ,
+          "Who the token speaks for: subject, tenants and scopes, and whether the server checks tokens at all"),
     Route("jobs.enqueue", "POST", "/v1/jobs", OPERATE, "Enqueue one job", "job-spec", True),
     Route("jobs.enqueue_batch", "POST", "/v1/jobs/batch", OPERATE, "Enqueue many jobs in one transaction",
           "enqueue-batch-request", True),

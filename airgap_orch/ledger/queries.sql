@@ -577,6 +577,20 @@ WHERE state IN ('waiting', 'queued', 'leased', 'running')
   AND ($tenants IS NULL OR list_contains($tenants, tenant))
 GROUP BY ALL ORDER BY ALL;
 
+-- name: queue_oldest_ready
+-- The ready job that has waited longest per queue (what the console shows as a queue's oldest age).
+SELECT queue, min(run_at) AS oldest_ready_at FROM jobs
+WHERE state = 'queued' AND run_at <= $now AND ($tenants IS NULL OR list_contains($tenants, tenant))
+GROUP BY queue ORDER BY queue;
+
+-- name: queue_finished_since
+-- Jobs per queue that reached a final state since $since (a queue's throughput), in both job tables.
+SELECT queue, count(*) AS finished FROM (
+    SELECT queue, tenant FROM jobs WHERE finished_at >= $since
+    UNION ALL SELECT queue, tenant FROM jobs_finished WHERE finished_at >= $since)
+WHERE $tenants IS NULL OR list_contains($tenants, tenant)
+GROUP BY queue ORDER BY queue;
+
 -- Sources and schedules (orchestrator/sources.py) -------------------------------------------------------
 
 -- name: source_insert
