@@ -218,6 +218,8 @@ FROM all_jobs
 WHERE ($state IS NULL OR state = $state)
   AND ($tenant IS NULL OR tenant = $tenant)
   AND ($job_type IS NULL OR job_type = $job_type)
+  AND ($project IS NULL OR project = $project)
+  AND ($queue IS NULL OR queue = $queue)
   AND ($tenants IS NULL OR list_contains($tenants, tenant))
   -- The range test alone first: DuckDB skips the row groups before it (min/max per group); an OR would not.
   AND created_at >= coalesce($after_created_at, '-infinity'::TIMESTAMP)
