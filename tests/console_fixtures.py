@@ -84,7 +84,7 @@ def seed(t1: OrchClient, t2: OrchClient) -> Seeded:
     backfill = t1.call("backfills.create", {"tenant": T1, "project": "feeds", "type": "advisory.backfill",
                                             "from": "2026-01-01T00:00:00Z", "to": "2026-01-01T04:00:00Z",
                                             "step": "1h", "reason": "missed feed window", "ticket": "OPS-101"})
-    t1.call("quotas.set", {"tenant": T1, "max_active": 50, "reason": "baseline"})
+    t1.call("quotas.set", {"tenant": T1, "max_active": 1, "reason": "baseline"})  # the queued jobs: throttled
     t1.call("ratelimits.set", {"tenant": T1, "type": "vex.ingest", "rate": 5, "burst": 10, "reason": "upstream cap"})
     t1.call("concurrency.set", {"key": f"tenant:{T1}", "max": 2, "reason": "mirror is small"})
     t1.call("breakers.set", {"key": f"tenant:{T1}", "failures": 3, "cooldown": 60,

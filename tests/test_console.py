@@ -218,6 +218,11 @@ def test_every_page_renders_the_ledger_data_under_the_policy_without_errors(cons
     for route, expect in PAGES.items():
         console.open(route, expect)
         console.shot(route.strip("#/"))
+    assert "quota max_active of tenant acme-corp" in console.open("#/overview", "Throttled jobs")  # what holds it
+    console.page.emulate_media(media="print")  # printed for an incident record: data only
+    assert not console.page.locator("header.top").is_visible()
+    assert console.page.locator("#page table").first.is_visible()
+    console.page.emulate_media(media="screen")
     text = console.open(f"#/jobs/{site.seeded.running_t1}", "layer 3 of 7")
     assert "scanner-7" in text and "registry/app:1.2" in text and "job.created" in text
     console.shot("job")
