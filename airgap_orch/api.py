@@ -74,6 +74,8 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
+    Route("auth.whoami", "GET", "/v1/whoami", READ,
+          "Who the token speaks for: subject, tenants and scopes, and whether the server checks tokens at all"),
     Route("jobs.enqueue", "POST", "/v1/jobs", OPERATE, "Enqueue one job", "job-spec", True),
     Route("jobs.enqueue_batch", "POST", "/v1/jobs/batch", OPERATE, "Enqueue many jobs in one transaction",
           "enqueue-batch-request", True),
@@ -90,8 +92,8 @@ ROUTES: tuple[Route, ...] = (
     Route("jobs.cancel", "POST", "/v1/jobs/{job_id}/cancel", OPERATE, "Cancel or request cancellation",
           "cancel-request", True),
     Route("jobs.list", "GET", "/v1/jobs", READ, "List jobs in creation order, a page at a time",
-          query=(("state", "string"), ("tenant", "string"), ("type", "string"), ("limit", "integer"),
-                 ("cursor", "string"))),
+          query=(("state", "string"), ("tenant", "string"), ("type", "string"), ("project", "string"),
+                 ("queue", "string"), ("limit", "integer"), ("cursor", "string"))),
     Route("jobs.show", "GET", "/v1/jobs/{job_id}", READ, "One job with its history"),
     Route("jobs.logs", "GET", "/v1/jobs/{job_id}/logs", READ,
           "A job's log lines, oldest first, a page at a time; follow=1 streams them as Server-Sent Events (id: the "

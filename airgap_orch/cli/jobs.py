@@ -184,11 +184,15 @@ def cancel(job_id: str, reason: str) -> dict:
 @click.option("--state")
 @click.option("--tenant")
 @click.option("--type", "job_type")
+@click.option("--project")
+@click.option("--queue")
 @click.option("--limit", type=int, default=1000, show_default=True,
               help="Jobs to list at most (1 to 100,000), read a page at a time.")
-def list_(state: str | None, tenant: str | None, job_type: str | None, limit: int) -> dict:
+def list_(state: str | None, tenant: str | None, job_type: str | None, project: str | None, queue: str | None,
+          limit: int) -> dict:
     """Jobs, oldest first."""
-    return invoke_listing("jobs.list", {"state": state, "tenant": tenant, "type": job_type}, limit)
+    return invoke_listing("jobs.list", {"state": state, "tenant": tenant, "type": job_type, "project": project,
+                                        "queue": queue}, limit)
 
 
 @command(group, "show")

@@ -59,9 +59,11 @@ def _register() -> None:
     cli.commands.update(trust=trust.group, bundle=bundle.group, airgap=bundle.airgap_group)
     from .demo import demo
     from .serve import serve
+    from .whoami import whoami
 
     cli.add_command(demo)
     cli.add_command(serve)
+    cli.add_command(whoami)
 
 
 _register()

@@ -218,6 +218,8 @@ FROM all_jobs
 WHERE ($state IS NULL OR state = $state)
   AND ($tenant IS NULL OR tenant = $tenant)
   AND ($job_type IS NULL OR job_type = $job_type)
+  AND ($project IS NULL OR project = $project)
+  AND ($queue IS NULL OR queue = $queue)
   AND ($tenants IS NULL OR list_contains($tenants, tenant))
   -- The range test alone first: DuckDB skips the row groups before it (min/max per group); an OR would not.
   AND created_at >= coalesce($after_created_at, '-infinity'::TIMESTAMP)
@@ -576,6 +578,20 @@ SELECT queue, state, count(*) AS jobs FROM jobs
 WHERE state IN ('waiting', 'queued', 'leased', 'running')
   AND ($tenants IS NULL OR list_contains($tenants, tenant))
 GROUP BY ALL ORDER BY ALL;
+
+-- name: queue_oldest_ready
+-- The ready job that has waited longest per queue (what the console shows as a queue's oldest age).
+SELECT queue, min(run_at) AS oldest_ready_at FROM jobs
+WHERE state = 'queued' AND run_at <= $now AND ($tenants IS NULL OR list_contains($tenants, tenant))
+GROUP BY queue ORDER BY queue;
+
+-- name: queue_finished_since
+-- Jobs per queue that reached a final state since $since (a queue's throughput), in both job tables.
+SELECT queue, count(*) AS finished FROM (
+    SELECT queue, tenant FROM jobs WHERE finished_at >= $since
+    UNION ALL SELECT queue, tenant FROM jobs_finished WHERE finished_at >= $since)
+WHERE $tenants IS NULL OR list_contains($tenants, tenant)
+GROUP BY queue ORDER BY queue;
 
 -- Sources and schedules (orchestrator/sources.py) -------------------------------------------------------
 

@@ -23,14 +23,15 @@ from ..ledger import Ledger
 
 # Each operation module registers its operations (registry.operation) as it is imported: this line is the one place
 # that names them, once per module, never per operation.
-from . import airgap, audit, backfills, jobs, ledger, limits, replays, sources  # noqa: F401
-from .registry import OPERATIONS, PREPARED
+from . import airgap, audit, backfills, identity, jobs, ledger, limits, replays, sources  # noqa: F401
+from .registry import OPERATIONS, PREPARED, TAKES_SCOPES
 
 
 @dataclass(frozen=True)
 class Caller:
     actor: str = "cli"
     tenants: frozenset[str] | None = None  # None: every tenant (a local operator)
+    scopes: frozenset[str] | None = None  # the token's scopes; None: every scope (a local operator, or --no-auth)
 
 
 Prepared = jobs.Reports | jobs.ClaimRequest
@@ -59,9 +60,11 @@ def prepare(name: str, params: dict[str, Any], caller: Caller = LOCAL, *, text_c
 
 def _call(name: str, function: Callable[..., Any], params: dict[str, Any], caller: Caller,
           text_checked: bool) -> Any:
-    clean = {key: value for key, value in params.items() if key not in ("actor", "tenants")}
+    clean = {key: value for key, value in params.items() if key not in ("actor", "tenants", "scopes")}
     if not text_checked:
         validation.utf8_text(clean, "")
+    if name in TAKES_SCOPES:
+        clean["scopes"] = caller.scopes
     try:
         return function(**clean, actor=caller.actor, tenants=caller.tenants)
     except TypeError as exc:

@@ -252,15 +252,16 @@ def recover(ledger: Ledger, *, actor: str = "cli", tenants: Collection[str] | No
 
 
 def list_jobs(ledger: Ledger, *, state: str | None = None, tenant: str | None = None,
-              job_type: str | None = None, limit: int = 1000, cursor: str | None = None, actor: str = "cli",
-              tenants: Collection[str] | None = None) -> dict[str, Any]:
+              job_type: str | None = None, project: str | None = None, queue: str | None = None, limit: int = 1000,
+              cursor: str | None = None, actor: str = "cli", tenants: Collection[str] | None = None
+              ) -> dict[str, Any]:
     """One page of jobs in creation order: at most `limit` of them, and at most a page (validation.MAX_PAGE_ROWS
     jobs, payloads up to MAX_PAGE_PAYLOAD_BYTES); `next_cursor` continues after it (None: nothing follows). The
     page is one read transaction of its own (a snapshot: it neither waits for the writer nor holds it up)."""
     state = validation.state(state)
     wanted = min(validation.list_limit(limit), validation.MAX_PAGE_ROWS)
     after = _job_key(cursor)
-    filters = {"state": state, "tenant": tenant, "job_type": job_type,
+    filters = {"state": state, "tenant": tenant, "job_type": job_type, "project": project, "queue": queue,
                "tenants": sorted(tenants) if tenants is not None else None,
                "after_created_at": after[0], "after_job_id": after[1]}
     with ledger.snapshot() as read:

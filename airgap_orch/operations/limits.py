@@ -7,6 +7,7 @@ orchestrator/limits.py writes the rows (each change audited); orchestrator/flow.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import timedelta
 from typing import Any
 
 from .. import clock, validation
@@ -214,15 +215,24 @@ def queue_resume(ledger: Ledger, *, queue: Any, reason: Any = None, ticket: Any 
 
 @operation("queues.list")
 def queue_list(ledger: Ledger, *, actor: str = "cli", tenants: Tenants = None) -> dict[str, Any]:
-    """Queues with active jobs or a pause: job counts by state, and the pause if any."""
+    """Queues with active jobs or a pause: job counts by state, the pause if any, when the ready job that has waited
+    longest became ready (`oldest_ready_at`, `oldest_ready_seconds`) and how many jobs ended in the last hour
+    (`finished_last_hour`)."""
     counts: dict[str, dict[str, int]] = {}
+    now = clock.now()
+    scope = sorted(tenants) if tenants is not None else None
     with ledger.snapshot() as read:
-        for queue, state, jobs in read.fetch("queue_counts", tenants=sorted(tenants) if tenants else None):
+        for queue, state, jobs in read.fetch("queue_counts", tenants=scope):
             counts.setdefault(queue, {})[state] = jobs
+        oldest = dict(read.fetch("queue_oldest_ready", now=now, tenants=scope))
+        finished = dict(read.fetch("queue_finished_since", since=now - timedelta(hours=1), tenants=scope))
         found = flow.limits(read)
     paused = {name: row for (kind, name), row in found.paused.items() if kind == core.QUEUE}
-    return {"queues": [{"queue": name, "jobs": counts.get(name, {}), "paused": core.public(paused.get(name))}
-                       for name in sorted(set(counts) | set(paused))]}
+    return {"queues": [{"queue": name, "jobs": counts.get(name, {}), "paused": core.public(paused.get(name)),
+                        "oldest_ready_at": clock.iso(oldest.get(name)),
+                        "oldest_ready_seconds": round((now - oldest[name]).total_seconds(), 3) if name in oldest
+                        else None, "finished_last_hour": finished.get(name, 0)}
+                       for name in sorted(set(counts) | set(paused) | set(finished))]}
 
 
 # -- circuit breakers --------------------------------------------------------------------------------------

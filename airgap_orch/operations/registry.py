@@ -19,15 +19,21 @@ from typing import Any
 
 OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {}
 PREPARED: dict[str, Callable[..., Any]] = {}
+# Operations that also take the caller's `scopes` (dispatch.Caller.scopes): only those that answer about the caller.
+TAKES_SCOPES: set[str] = set()
 
 
-def operation(name: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
-    """Register the decorated function as operation `name` (a second registration of one name is a bug)."""
+def operation(name: str, *, takes_scopes: bool = False
+              ) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Register the decorated function as operation `name` (a second registration of one name is a bug);
+    `takes_scopes`: it is also called with `scopes`, the caller's (None: every scope)."""
 
     def register(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         if name in OPERATIONS:
             raise ValueError(f"operation {name!r} is registered twice")
         OPERATIONS[name] = function
+        if takes_scopes:
+            TAKES_SCOPES.add(name)
         return function
 
     return register

@@ -47,7 +47,7 @@ from ..operations.dispatch import Caller
 from ..operations.readers import LedgerReaders
 from ..operations.uploads import LedgerUploads
 from ..operations.writer import Answer, LedgerWriter, dumps
-from . import connections, openapi
+from . import connections, console, openapi
 from .events import EventHub, LogHub, envelope, matches
 from .metrics import Metrics
 
@@ -161,7 +161,10 @@ class Gate:
                 raise Refusal(421, "policy-refused", f"this server does not answer for Host {host[:100]!r}; "
                               "use the address it listens on, or start it with --allow-host NAME", 5)
         origin = request.headers.get("Origin")
-        if origin is not None and origin_text(origin, strict=False) not in self.allowed_origins:
+        # The server's own origin (the Host just allowed, on the scheme it answers): a page it served, the console.
+        own = origin_text(f"{request.scheme}://{host}", strict=False) if host is not None else None
+        if origin is not None and origin_text(origin, strict=False) not in self.allowed_origins and \
+                origin_text(origin, strict=False) != own:
             raise Refusal(403, "policy-refused", f"requests from web pages (Origin {origin[:100]!r}) are refused; "
                           "start the server with --allow-origin ORIGIN to accept that one", 5)
 
@@ -281,7 +284,8 @@ class Door:
                                 "Authorization: Bearer <token>)")
         principal = self.verifier.verify(header[7:].strip())
         scopes.require(principal, scopes.scope_for(operation))
-        return Caller(actor=f"token:{principal.subject}", tenants=scopes.tenant_reach(principal, operation))
+        return Caller(actor=f"token:{principal.subject}", tenants=scopes.tenant_reach(principal, operation),
+                      scopes=frozenset(principal.scopes))
 
     async def operation(self, request: web.Request) -> web.Response:
         route: api.Route = request.match_info.route.resource_route  # type: ignore[attr-defined]
@@ -645,4 +649,5 @@ def create_app(door: Door, *, gate: Gate | None = None, guards: connections.Guar
     app.router.add_get("/healthz", door.health)
     app.router.add_get("/metrics", door.metrics_text)
     app.router.add_get("/events", door.event_stream)
+    console.add_routes(app)
     return app
