@@ -155,22 +155,24 @@ def render_defaults() -> str:
         lines.append(f"\t// {go_name}: {what} ({source}).")
         lines.append(f"\t{go_name} = {_go_value(value)}")
     lines.append(")\n")
-    lines.append("// Names shared with the Python SDK: cancel reasons, outcomes of an attempt, and the problem type base.")
+    lines.append("// Names shared with the Python SDK: cancel reasons, outcomes of an attempt, and the problem type "
+                 "base.")
     lines.append("const (")
     for go_name, value, what in NAMES:
         lines.append(f"\t// {go_name}: {what}.")
         lines.append(f"\t{go_name} = {_go_value(value)}")
     lines.append(")\n")
-    lines.append("// leaseRefusals: the error types (as a jobs.ack_many result names them) that mean a lease is not the "
-                 "worker's any more\n// (leases.LEASE_REFUSAL_NAMES).")
+    lines.append("// leaseRefusals: the error types (as a jobs.ack_many result names them) that mean a lease is not "
+                 "the worker's any more\n// (leases.LEASE_REFUSAL_NAMES).")
     lines.append("var leaseRefusals = map[string]bool{")
     keys = [_go_value(name) + ":" for name in sorted(leases.LEASE_REFUSAL_NAMES)]
     width = max(map(len, keys))
     for key in keys:
         lines.append(f"\t{key.ljust(width)} true,")  # aligned as gofmt aligns it
     lines.append("}\n")
-    lines.append("// problemTable: every problem type the server answers (errors.HTTP_PROBLEMS), most specific first: the "
-                 "Python\n// error class, HTTP status, CLI exit code, and the problem types it belongs to (itself first).")
+    lines.append("// problemTable: every problem type the server answers (errors.HTTP_PROBLEMS), most specific first: "
+                 "the Python\n// error class, HTTP status, CLI exit code, and the problem types it belongs to "
+                 "(itself first).")
     lines.append("var problemTable = []problemRow{")
     for class_name, slug, status, exit_code, chain in problems():
         families = ", ".join(f"Kind({_go_value(item)})" for item in chain)
