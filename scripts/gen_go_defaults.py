@@ -211,9 +211,9 @@ def _readme_value(value: Any) -> str:
 
 def readme_table() -> str:
     """The defaults table of README "Go worker SDK": one row per default, with its Python and Go names."""
-    rows = ["| What | Python | Go (`orch.`) | Value |", "|---|---|---|---|"]
+    rows = ["| What | Python | Go (`orch.`) | Value (seconds where a time) |", "|---|---|---|---|"]
     for go_name, source, value, what in defaults():
-        rows.append(f"| {what} | `{source}` | `{go_name}` | {_readme_value(value)} |")
+        rows.append(f"| {what[0].upper() + what[1:]} | `{source}` | `{go_name}` | {_readme_value(value)} |")
     return "\n".join(rows) + "\n"
 
 

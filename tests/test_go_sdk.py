@@ -13,6 +13,7 @@ Without a Go toolchain these tests skip, unless CI=true (.ci/run installs golang
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -456,3 +457,41 @@ def test_a_server_restarted_while_a_go_worker_acks_answers_the_acks_retry_with_i
     assert set(runs) == set(job_ids) and max(runs.values()) == 1
     assert set(history.values()) == {1}
     assert verified["ok"] is True
+
+
+def _readme_go_worker() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Go worker SDK"):]
+    return section.split("```go\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_go_worker_is_the_example_program_and_runs_against_a_live_server(live, go, tmp_path):
+    example = GO_DIR / "examples" / "advisory-worker" / "main.go"
+    assert _readme_go_worker() == example.read_text(encoding="utf-8")
+    binary = tmp_path / "advisory-worker"
+    built = subprocess.run([go, "build", "-o", str(binary), "./examples/advisory-worker"], cwd=GO_DIR, env=go_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    operator = live["operator"]
+    jobs = [{"tenant": "acme", "project": "go-sdk", "type": "advisory.ingest", "payload": {"advisory_id": f"ADV-{n}"}}
+            for n in range(3)] + [{"tenant": "acme", "project": "go-sdk", "type": "advisory.ingest", "payload": {}}]
+    *good, bad = operator.call("jobs.enqueue_batch", {"jobs": jobs})["job_ids"]
+    env = {**{key: value for key, value in os.environ.items() if not key.startswith("AIRGAP_ORCH_")},
+           "AIRGAP_ORCH_URL": live["url"], "AIRGAP_ORCH_TOKEN": live["worker_token"]}
+    process = subprocess.Popen([str(binary)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_for(lambda: states(operator, good) == Counter({"succeeded": 3}) and
+                 states(operator, [bad]) == Counter({"failed": 1}), 30, "the README worker to run the jobs")
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "Outcomes:map[failed:1 succeeded:3]" in stdout, stdout
+    for job_id in good:
+        (artifact,) = operator.call("jobs.show", {"job_id": job_id})["artifacts"]
+        data = (tmp_path / "out" / f"{job_id}.json").read_bytes()
+        assert artifact == {"uri": f"file://{tmp_path / 'out' / job_id}.json", "mime": "application/json",
+                            "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
