@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -91,7 +92,7 @@ func main() {
 	}
 	if *ready {
 		fmt.Println("ready")
-		_, _ = fmt.Scanln()
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	}
 	summary, err := worker.Run(context.Background())
 	printJSON(os.Stdout, summary)
