@@ -40,7 +40,7 @@ from airgap_orch.sdk import OrchClient, Worker
 ROOT = Path(__file__).resolve().parent.parent
 GO_DIR = ROOT / "sdk" / "go"
 README = ROOT / "README.md"
-OPERATOR_SCOPES = ["orch:read", "orch:operate"]
+OPERATOR_SCOPES = ["orch:read", "orch:operate", "orch:backfill"]
 
 # Every Go test that needs the live server; test_every_go_test_is_run_here keeps this list whole.
 GO_LIVE_TESTS = (
@@ -51,6 +51,7 @@ GO_LIVE_TESTS = (
     "TestAnotherTenantsLeaseIsNotFoundAndItsClaimsNeverSeeTheOtherTenantsJobs",
     "TestAnAckSentAgainUnderItsIdempotencyKeyGetsItsOriginalAnswerAndANewKeyIsStale",
     "TestStopGivesBackPrefetchedJobsAndReleasesRunningOnesAfterTheGracePeriod",
+    "TestABackfillCreatedThroughTheGoClientIsWorkedByAGoWorker",
 )
 GO_UNIT_TESTS = (
     "TestAProblemAnswerBecomesAnErrorOfItsKindAndFamily",

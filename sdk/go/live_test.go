@@ -402,3 +402,55 @@ func TestStopGivesBackPrefetchedJobsAndReleasesRunningOnesAfterTheGracePeriod(t 
 		}
 	}
 }
+
+func TestABackfillCreatedThroughTheGoClientIsWorkedByAGoWorker(t *testing.T) {
+	server := liveServer(t)
+	ctx := context.Background()
+	jobType := uniqueType("go.backfill")
+	request := orch.BackfillRequest{Tenant: "acme", Project: "go-sdk", Type: jobType, From: "2026-01-01T00:00:00Z",
+		To: "2026-01-01T03:00:00Z", Step: "1h", Payload: map[string]any{"feed": "nvd"}}
+	_, err := server.operator.CreateBackfill(ctx, request, "re-ingest after the mirror outage", "")
+	if !errors.Is(err, orch.ErrInvalidInput) || !strings.Contains(err.Error(), "ticket") {
+		t.Fatalf("a backfill without a ticket: %v, want invalid input naming the ticket", err)
+	}
+	created, err := server.operator.CreateBackfill(ctx, request, "re-ingest after the mirror outage", "OPS-16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	backfillID, _ := created["backfill_id"].(string)
+	windows := make(chan string, 3)
+	worker, _ := orch.NewWorker(server.url, server.workerToken, orch.WorkerConfig{ClaimWait: time.Second,
+		NoSignals: true, Logger: quietLogger(t)})
+	_ = worker.Handle(jobType, func(ctx context.Context, job *orch.Job) ([]orch.Artifact, error) {
+		var payload struct {
+			Feed   string
+			Window struct{ Start, End string }
+		}
+		if err := job.Decode(&payload); err != nil || payload.Feed != "nvd" {
+			return nil, orch.Permanent(fmt.Errorf("payload %s: %v", job.Payload, err))
+		}
+		windows <- payload.Window.Start
+		return nil, nil
+	})
+	run := start(worker)
+	waitFor(t, "the backfill's three jobs to succeed", 30*time.Second, func() bool {
+		return countState(t, server.operator, jobType, "succeeded") == 3
+	})
+	run.stop(t)
+	shown, err := server.operator.ShowBackfill(ctx, backfillID)
+	if err != nil || shown["backfill_id"] != backfillID {
+		t.Fatalf("show backfill %s: %v %v", backfillID, shown, err)
+	}
+	close(windows)
+	starts := map[int]bool{}
+	for start := range windows {
+		at, err := time.Parse(time.RFC3339Nano, start)
+		if err != nil {
+			t.Fatalf("window start %q: %v", start, err)
+		}
+		starts[at.UTC().Hour()] = true
+	}
+	if len(starts) != 3 || !starts[0] || !starts[1] || !starts[2] {
+		t.Errorf("windows start at hours %v, want 0, 1 and 2 of 2026-01-01", starts)
+	}
+}
