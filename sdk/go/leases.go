@@ -413,8 +413,11 @@ func (t *leaseTracker) moveLocked(entry *tracked, to phase) {
 	}
 	t.handling += handlingPhase(to) - handlingPhase(from)
 	t.reporting += reportingPhase(to) - reportingPhase(from)
-	if to == done && t.jobs[entry.lease.LeaseID] == entry {
-		delete(t.jobs, entry.lease.LeaseID)
+	if to == done {
+		if t.jobs[entry.lease.LeaseID] == entry {
+			delete(t.jobs, entry.lease.LeaseID)
+		}
+		entry.job.cancel() // the attempt is over: goroutines its handler left behind see ctx done
 	}
 	t.notifyLocked()
 }
