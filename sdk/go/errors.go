@@ -158,18 +158,15 @@ func problemError(op string, status int, problem map[string]any) *Error {
 	}
 	err := &Error{Op: op, Type: typeURI, Status: status, Detail: detail}
 	slug := Kind(strings.TrimPrefix(typeURI, ProblemBase))
-	if row := problemFor(slug); row != nil {
-		err.Kind = slug
-		err.ExitCode = row.exitCode
-	} else {
-		switch {
-		case status >= 500:
-			err.Kind = KindInternal
-		case slug == "payload-too-large" || slug == "malformed-json" || slug == "unknown-route" ||
-			slug == "method-not-allowed" || slug == "unsupported-media-type" || status < 500:
-			err.Kind = KindInvalidInput
-		}
-		err.ExitCode = 1
+	switch row := problemFor(slug); {
+	case row != nil:
+		err.Kind, err.ExitCode = slug, row.exitCode
+	case status == 503: // the door's own refusals (too many connections): nothing was applied, safe to retry
+		err.Kind, err.ExitCode = KindLedgerBusy, problemFor(KindLedgerBusy).exitCode
+	case status >= 500:
+		err.Kind, err.ExitCode = KindInternal, 1
+	default: // the door's own refusals of a malformed request (payload-too-large, malformed-json, ...)
+		err.Kind, err.ExitCode = KindInvalidInput, 1
 	}
 	if code, ok := problem["exit_code"].(float64); ok {
 		err.ExitCode = int(code)

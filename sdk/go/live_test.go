@@ -178,6 +178,8 @@ func TestHandlersReportProgressArtifactsAndRetryableAndPermanentErrors(t *testin
 		Payload: map[string]any{"kind": "retry"}, MaxAttempts: 2})
 	permanentJob, _ := server.operator.Enqueue(ctx, orch.JobSpec{Tenant: "acme", Project: "go-sdk", Type: jobType,
 		Payload: map[string]any{"kind": "permanent"}})
+	badArtifactJob, _ := server.operator.Enqueue(ctx, orch.JobSpec{Tenant: "acme", Project: "go-sdk", Type: jobType,
+		Payload: map[string]any{"kind": "bad-artifact"}})
 	artifact := orch.Artifact{URI: "file:///go/ok.json", MIME: "application/json",
 		Digest: "sha256:" + strings.Repeat("ab", 32)}
 	worker, _ := orch.NewWorker(server.url, server.workerToken, orch.WorkerConfig{ClaimWait: time.Second,
@@ -190,6 +192,8 @@ func TestHandlersReportProgressArtifactsAndRetryableAndPermanentErrors(t *testin
 			return nil, orch.RetryAfter(errors.New("mirror unreachable"), 0)
 		case "permanent":
 			return nil, orch.Permanent(errors.New("payload has no advisory_id"))
+		case "bad-artifact":
+			return []orch.Artifact{{URI: "file:///go/bad.json", MIME: "application/json", Digest: "md5:nope"}}, nil
 		}
 		_ = job.Progress(0.5, "halfway")
 		select { // hold until a heartbeat carried the progress and the job shows running
@@ -208,6 +212,7 @@ func TestHandlersReportProgressArtifactsAndRetryableAndPermanentErrors(t *testin
 	waitFor(t, "the ok job to succeed", 30*time.Second, finished(okJob.JobID, "succeeded"))
 	waitFor(t, "the retried job to be dead-lettered", 30*time.Second, finished(retryJob.JobID, "dead_letter"))
 	waitFor(t, "the permanent failure to fail", 30*time.Second, finished(permanentJob.JobID, "failed"))
+	waitFor(t, "the job with a malformed artifact to fail", 30*time.Second, finished(badArtifactJob.JobID, "failed"))
 	summary := run.stop(t)
 	done, _ := server.operator.ShowJob(ctx, okJob.JobID)
 	if len(done.Artifacts) != 1 || done.Artifacts[0] != artifact {
@@ -220,8 +225,12 @@ func TestHandlersReportProgressArtifactsAndRetryableAndPermanentErrors(t *testin
 	if retried.Attempts != 2 || retried.LastError == nil || !strings.Contains(*retried.LastError, "mirror unreachable") {
 		t.Errorf("retried job: %d attempts, last error %v", retried.Attempts, retried.LastError)
 	}
+	bad, _ := server.operator.ShowJob(ctx, badArtifactJob.JobID)
+	if bad.LastError == nil || !strings.Contains(*bad.LastError, "invalid artifacts") || bad.Attempts != 1 {
+		t.Errorf("the malformed artifact's job: %d attempts, last error %v", bad.Attempts, bad.LastError)
+	}
 	want := map[string]int{orch.OutcomeSucceeded: 1, orch.OutcomeRetry: 1, orch.OutcomeDeadLetter: 1,
-		orch.OutcomeFailed: 1}
+		orch.OutcomeFailed: 2}
 	for outcome, count := range want {
 		if summary.Outcomes[outcome] != count {
 			t.Errorf("outcomes %v, want %v", summary.Outcomes, want)

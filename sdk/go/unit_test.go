@@ -26,6 +26,10 @@ func TestAProblemAnswerBecomesAnErrorOfItsKindAndFamily(t *testing.T) {
 	if !errors.Is(forbidden, ErrNotAuthorized) || forbidden.ExitCode != 7 || forbidden.Stale() {
 		t.Errorf("%+v", forbidden)
 	}
+	busy := problemError("jobs.claim", 503, map[string]any{"type": ProblemBase + "too-many-connections"})
+	if !errors.Is(busy, ErrLedgerBusy) || !isRetryable(busy) || busy.ExitCode != 6 {
+		t.Errorf("%+v: a 503 is safe to retry", busy)
+	}
 	if ExitCodeOf(forbidden) != 7 || ExitCodeOf(nil) != 0 || ExitCodeOf(errors.New("x")) != 1 {
 		t.Error("ExitCodeOf")
 	}
