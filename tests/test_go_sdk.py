@@ -52,6 +52,7 @@ GO_LIVE_TESTS = (
     "TestAnAckSentAgainUnderItsIdempotencyKeyGetsItsOriginalAnswerAndANewKeyIsStale",
     "TestStopGivesBackPrefetchedJobsAndReleasesRunningOnesAfterTheGracePeriod",
     "TestABackfillCreatedThroughTheGoClientIsWorkedByAGoWorker",
+    "TestALeaseTakenAwayCancelsTheHandlerWithLeaseLostAndIsNeverAcked",
 )
 GO_UNIT_TESTS = (
     "TestAProblemAnswerBecomesAnErrorOfItsKindAndFamily",

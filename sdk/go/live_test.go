@@ -463,3 +463,61 @@ func TestABackfillCreatedThroughTheGoClientIsWorkedByAGoWorker(t *testing.T) {
 		t.Errorf("windows start at hours %v, want 0, 1 and 2 of 2026-01-01", starts)
 	}
 }
+
+func TestALeaseTakenAwayCancelsTheHandlerWithLeaseLostAndIsNeverAcked(t *testing.T) {
+	server := liveServer(t)
+	ctx := context.Background()
+	jobType := uniqueType("go.taken")
+	ids := enqueue(t, server.operator, "acme", jobType, 1)
+	first := make(chan orch.Lease, 1)
+	var mu sync.Mutex
+	var calls []string
+	worker, _ := orch.NewWorker(server.url, server.workerToken, orch.WorkerConfig{Concurrency: 1, LeaseSeconds: 3,
+		ClaimWait: time.Second, NoSignals: true, Logger: quietLogger(t)})
+	mine := orch.Artifact{URI: "file:///go/first.json", MIME: "application/json",
+		Digest: "sha256:" + strings.Repeat("01", 32)}
+	var once sync.Once
+	_ = worker.Handle(jobType, func(ctx context.Context, job *orch.Job) ([]orch.Artifact, error) {
+		isFirst := false
+		once.Do(func() { isFirst = true })
+		if isFirst { // (a release gives the attempt back: the second run is attempt 1 again)
+			first <- job.Lease
+			select {
+			case <-ctx.Done(): // a heartbeat was refused as stale
+			case <-time.After(20 * time.Second):
+			}
+			mu.Lock()
+			calls = append(calls, "first:"+job.CancelReason())
+			mu.Unlock()
+			return []orch.Artifact{mine}, nil // must never be acked
+		}
+		mu.Lock()
+		calls = append(calls, "second:"+job.CancelReason())
+		mu.Unlock()
+		return nil, nil
+	})
+	run := start(worker)
+	lease := <-first
+	behindItsBack, _ := orch.NewClient(server.url, server.workerToken)
+	if _, err := behindItsBack.Release(ctx, lease.JobID, lease.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second attempt to succeed", 30*time.Second, func() bool {
+		job, err := server.operator.ShowJob(ctx, ids[0])
+		return err == nil && job.State == "succeeded"
+	})
+	summary := run.stop(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(calls, ",") != "first:"+orch.LeaseLost+",second:" {
+		t.Errorf("handler calls %v", calls)
+	}
+	job, _ := server.operator.ShowJob(ctx, ids[0])
+	if len(job.Artifacts) != 0 || job.LeaseID == nil || *job.LeaseID == lease.LeaseID {
+		t.Errorf("job after the lost lease: lease %v, artifacts %v; want the second lease's ack (no artifacts)",
+			job.LeaseID, job.Artifacts)
+	}
+	if summary.Outcomes[orch.OutcomeLost] != 1 || summary.Outcomes[orch.OutcomeSucceeded] != 1 {
+		t.Errorf("outcomes %v, want one lost and one succeeded", summary.Outcomes)
+	}
+}
