@@ -46,6 +46,10 @@ What is measured (issue 2, "Performance"):
 - reads beside claims (issue 14): a large ledger (1M queued jobs; 100k with --quick) behind a real server; claim
   latency (client-side, one claim+ack at a time) while a second client pages through every job and then runs
   `ledger verify`, against the same claims alone; and the WAL's size when the reads end.
+- http go fleet (issue 16): one server, the same N jobs of 1 ms for a fleet of Go SDK worker processes
+  (sdk/go/internal/testworker) and for the Python SDK fleet of http_end_to_end, with the same settings
+  (BATCHING_FLEET), one after the other (order alternating by run): jobs/s of each (go_over_python_fleet) and the
+  fleet's CPU seconds per 1,000 jobs (go_over_python_fleet_cpu). Skipped without a Go toolchain.
 - http group commit: DEFAULT_FLEET (eight workers with the SDK's default settings: many small concurrent
   requests) against a server with and without group commit; group_commit_speedup is their ratio.
 - crash restart: a child process opens the ledger, does single enqueues and is
@@ -68,6 +72,7 @@ import platform
 import pstats
 import re
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -110,6 +115,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "bundle_export_over_raw": ("<=", 2.0),
     "bundle_import_over_raw": ("<=", 3.0),
     "bundle_peak_rss_mb": ("<=", 400),
+    "go_over_python_fleet": (">=", 1.0),
+    "go_over_python_fleet_cpu": ("<=", 1.0),
 }
 
 
@@ -122,6 +129,8 @@ REQUIRED_KEYS = (
     "flow_limited_over_plain", "flow_10_tenants_jobs_per_s", "bundle_export_jobs_per_s", "bundle_export_over_raw",
     "bundle_import_jobs_per_s", "bundle_import_over_raw", "bundle_peak_rss_mb",
     "http_claim_p99_ms_under_reads", "http_claim_p99_ms_quiet", "wal_mb_after_reads",
+    "http_go_fleet_jobs_per_s", "http_python_fleet_jobs_per_s", "go_over_python_fleet",
+    "http_go_fleet_worker_cpu_s_per_1k_jobs", "http_python_fleet_worker_cpu_s_per_1k_jobs",
 )
 
 
@@ -924,6 +933,118 @@ def bench_http_group_commit(bench: Bench) -> Samples:
     return samples
 
 
+# -- the Go SDK fleet beside the Python SDK fleet (issue 16, "Performance") ------------------------------------
+
+GO_DIR = REPO / "sdk" / "go"
+GO_FLEET_JOB_TYPES = {"python": "bench.fleet.python", "go": "bench.fleet.go"}
+
+
+def _go_testworker(bench: Bench) -> Path | None:
+    """sdk/go/internal/testworker built into the work directory (standard library only, no network), or None when
+    there is no Go toolchain."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    binary = bench.workdir / "go-testworker"
+    if not binary.exists():
+        env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "", "GOWORK": "off",
+               "CGO_ENABLED": "0", "GOCACHE": str(Path(tempfile.gettempdir()) / "airgap-orch-go" / "cache")}
+        subprocess.run([go, "build", "-o", str(binary), "./internal/testworker"], cwd=GO_DIR, env=env, check=True,
+                       capture_output=True, timeout=600)
+    return binary
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fleet_run(bench: Bench, url: str, jobs: int, fleet: Fleet, kind: str, binary: Path | None, log_file: Any,
+               label: str) -> dict[str, float]:
+    """One fleet (`kind` python or go) drains `jobs` fresh jobs of its own type on a running server: jobs/s from
+    'go' until the server counts them succeeded, and the fleet's CPU seconds in that time, per 1,000 jobs."""
+    job_type = GO_FLEET_JOB_TYPES[kind]
+    before = json.loads(_http(f"{url}/v1/ledger"))["jobs"].get("succeeded", 0)
+    for start in range(0, jobs, HTTP_ENQUEUE_CHUNK):
+        specs = job_specs(min(HTTP_ENQUEUE_CHUNK, jobs - start), prefix=f"{label}-{kind}", start=start)
+        for spec in specs:
+            spec["type"] = job_type
+        _http(f"{url}/v1/jobs/batch", {"jobs": specs})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workers: list[subprocess.Popen] = []
+    try:
+        for number in range(fleet.processes):
+            if kind == "go":
+                assert binary is not None
+                command = [str(binary), "-url", url, "-type", job_type, "-ready", "-sleep", "1ms", "-claim-wait", "2s",
+                           "-grace", "5s", "-concurrency", str(fleet.concurrency), "-prefetch", str(fleet.prefetch),
+                           "-ack-batch", str(fleet.ack_batch), "-worker-id", f"{label}-go-{number}"]
+            else:
+                command = [sys.executable, "-c", WORKER_PROGRAM, url, job_type, str(fleet.concurrency),
+                           str(fleet.prefetch), str(fleet.ack_batch)]
+            workers.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
+                                            text=True, env=env, cwd=bench.workdir))
+        for worker in workers:
+            _read_line(worker, 60, f"a {kind} worker")
+        deadline = time.monotonic() + max(300.0, jobs / 20)
+        with bench.timed() as timer:
+            cpu_before = sum(_cpu_seconds(worker.pid) for worker in workers)
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+            while True:
+                done = json.loads(_http(f"{url}/v1/ledger"))["jobs"].get("succeeded", 0) - before
+                if done >= jobs:
+                    break
+                dead = [worker.returncode for worker in workers if worker.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"{label} ({kind}): stuck at {done} of {jobs} (worker exits {dead})")
+                time.sleep(_poll_pause(done, jobs, timer.elapsed()))
+            cpu = sum(_cpu_seconds(worker.pid) for worker in workers) - cpu_before
+            timer.jobs = jobs
+    finally:
+        _stop_processes(workers)
+    return {"jobs_per_s": timer.rate(), "worker_cpu_s_per_1k_jobs": cpu / jobs * 1000}
+
+
+@section("http_go_fleet", "Go SDK worker processes beside Python SDK worker processes against one server: same "
+         "1 ms jobs, same prefetch and ack batches; jobs/s and the workers' CPU per 1,000 jobs")
+def bench_http_go_fleet(bench: Bench) -> Samples:
+    binary = _go_testworker(bench)
+    if binary is None:
+        bench.note("http_go_fleet: skipped, no Go toolchain (apt-get install golang-go)")
+        return {}
+    n = bench.sizes.http_jobs
+    samples: Samples = {}
+    for run in range(bench.runs):
+        path = bench.new_path(f"go-fleet{run}", ".duckdb")
+        Ledger.open(path, create=True, site_id="bench-site", lock_timeout=1).close()
+        with open(path.with_suffix(".log"), "w", encoding="utf-8") as log_file:
+            server, url = _serve(bench, path, log_file)
+            try:
+                # Alternate which fleet goes first, so that a ledger growing under the second one costs each alike.
+                kinds = ("python", "go") if run % 2 == 0 else ("go", "python")
+                for kind in kinds:
+                    figures = _fleet_run(bench, url, n, BATCHING_FLEET, kind, binary, log_file, f"fleet{run}")
+                    for key, value in figures.items():
+                        samples.setdefault(f"http_{kind}_fleet_{key}", []).append(value)
+            finally:
+                _stop_processes([server])
+    bench.note(f"http_go_fleet: per run one `serve --no-auth` and {n:,} jobs of 1 ms for each fleet, one fleet after "
+               f"the other on the same server (order alternating by run); each fleet is {fleet_text(BATCHING_FLEET)} "
+               "(Go: sdk/go/internal/testworker, time.Sleep(1 ms); Python: the http_end_to_end worker); "
+               "worker_cpu_s_per_1k_jobs: user+system CPU of the fleet's processes from 'go' to the last success "
+               "(/proc/PID/stat), per 1,000 jobs")
+    return samples
+
+
+def fleet_text(fleet: Fleet) -> str:
+    return (f"{fleet.processes} processes x {fleet.concurrency} handlers, prefetch {fleet.prefetch:,}, ack batches "
+            f"of up to {fleet.ack_batch:,}")
+
+
 # -- the door under bad requests (issue 13, defect 7) ----------------------------------------------------
 
 DOOR_CLIENTS = 4  # good producer threads, one keep-alive connection each
@@ -1533,6 +1654,9 @@ def derive(medians: dict[str, float]) -> dict[str, float]:
                "http_default_fleet_no_group_commit_jobs_per_s"),
               ("group_commit_speedup_batching_fleet", "http_end_to_end_jobs_per_s", "http_no_group_commit_jobs_per_s"),
               ("http_over_in_process", "http_end_to_end_jobs_per_s", "in_process_jobs_per_s"),
+              ("go_over_python_fleet", "http_go_fleet_jobs_per_s", "http_python_fleet_jobs_per_s"),
+              ("go_over_python_fleet_cpu", "http_go_fleet_worker_cpu_s_per_1k_jobs",
+               "http_python_fleet_worker_cpu_s_per_1k_jobs"),
               ("flow_limited_over_plain", "flow_limited_jobs_per_s", "flow_plain_jobs_per_s"),
               ("bulk_enqueue_over_floor", "bulk_enqueue_jobs_per_s", "floor_enqueue_jobs_per_s"),
               ("claim_ack_batch100_over_floor", "claim_ack_batch100_jobs_per_s",

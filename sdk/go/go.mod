@@ -1,0 +1,3 @@
+module airgap-orch.dev/orch
+
+go 1.19
