@@ -4,7 +4,8 @@
 
 It seeds a fresh ledger the way the console tests do (tests/console_fixtures.py: two tenants, dead letters, a
 backfill, limits, a paused queue and source), serves it with a token key, signs in to /console as tenant
-acme-corp in Debian's chromium (Playwright, pinned in the [test] extra) and screenshots each page.
+acme-corp in Debian's chromium (Playwright, pinned in the [test] extra) and screenshots each page (and a job's
+log panel: job-log.png).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def main() -> int:
                 page.locator("#live.on").wait_for()
                 page.screenshot(path=str(args.out / f"{name}.png"))  # the first screen: 1280x800
                 print(args.out / f"{name}.png")
+                if name == "job":  # its log panel, below the first screen
+                    panel = page.locator("section.panel", has=page.locator("ol.log"))
+                    panel.locator("ol.log li").first.wait_for()
+                    panel.screenshot(path=str(args.out / "job-log.png"))
+                    print(args.out / "job-log.png")
         finally:
             browser.close()
     return 0

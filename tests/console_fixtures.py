@@ -26,6 +26,12 @@ HOSTILE_ERROR = "<img src=x onerror=alert('error')> upstream said </script>"
 HOSTILE_URI = "javascript:alert('artifact')"
 SAFE_URI = "https://mirror.example.org/reports/advisories.json"
 DIGEST = "sha256:" + "ab" * 32
+RUNNING_LOG = [  # the running job's log lines, sent on its heartbeat as a worker would (README "Job logs")
+    {"message": "pulling registry/app:1.2 (7 layers)"},
+    {"message": "layer 1 of 7: 12.4 MiB, no findings"},
+    {"message": "layer 2 of 7: unchanged since the last scan, skipped", "level": "debug"},
+    {"message": "layer 3 of 7: digest mismatch on the first read, read again", "level": "warning"},
+]
 
 
 @dataclass
@@ -77,7 +83,7 @@ def seed(t1: OrchClient, t2: OrchClient) -> Seeded:
     running = t1.call("jobs.enqueue", {"spec": spec(T1, "scan.image", payload={"image": "registry/app:1.2"})})
     lease = _claim_one(t1, "scan.image", worker="scanner-7")
     t1.call("jobs.heartbeat", {"job_id": running["job_id"], "lease_id": lease["lease_id"], "progress": 0.4,
-                               "message": "layer 3 of 7"})
+                               "message": "layer 3 of 7", "logs": RUNNING_LOG})
     for index in range(3):
         t1.call("jobs.enqueue", {"spec": spec(T1, "vex.ingest", payload={"doc": index})})
     t2_job = t2.call("jobs.enqueue", {"spec": spec(T2, "globex.secret", payload={"only": "globex"})})

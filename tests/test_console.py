@@ -7,13 +7,17 @@ temporary directory (scripts/console_screenshots.py regenerates the ones in docs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from console_fixtures import (
@@ -328,16 +332,156 @@ def test_the_overview_updates_live_when_a_job_is_enqueued(console, site):
     assert console.errors == []
 
 
-def test_a_jobs_log_appears_live_while_the_job_runs(console, site):
-    job_id, lease_id = site.seeded.running_t1, site.seeded.running_lease
-    probe = send(site.server.url, "GET", f"/v1/jobs/{job_id}/logs", token=site.tokens["t1"])
-    if probe.status == 404 and probe.json.get("type", "").endswith("/unknown-route"):
-        pytest.skip("this server has no GET /v1/jobs/{id}/logs (the job-logs change is not merged here)")
-    console.sign_in(site.tokens["t1"])
-    console.open(f"#/jobs/{job_id}", "layer 3 of 7")
-    console.wait_for("Live")
-    # The worker's side of the log: the job-logs change defines it (POST /v1/jobs/{id}/logs under the lease).
-    ok(site, "POST", f"/v1/jobs/{job_id}/logs", body={"lease_id": lease_id, "lines": [
-        {"level": "info", "message": "<b>pulled layer 4</b>"}]})
-    console.wait_for("<b>pulled layer 4</b>", "ol.log")
-    assert console.page.locator("ol.log b").count() == 0
+# -- a job's log, live (README "Job logs": lines ride on the worker's heartbeat, ack and fail) --------------------
+HOSTILE_LINE = "<img src=x onerror=alert(1)>"
+
+
+def running_job(site: Site, job_type: str) -> tuple[str, str]:
+    """A job of tenant T2 (t1's quota holds its new jobs back) leased by a worker through the HTTP API: its id and
+    lease id."""
+    job = ok(site, "POST", "/v1/jobs", token="t2", body={"tenant": T2, "project": "feeds", "type": job_type})
+    (lease,) = ok(site, "POST", "/v1/jobs/claim", token="t2", body={
+        "worker_id": "log-worker", "type": job_type, "limit": 1, "lease_seconds": 600})["leases"]
+    assert lease["job_id"] == job["job_id"]
+    return job["job_id"], lease["lease_id"]
+
+
+def heartbeat(site: Site, job_id: str, lease_id: str, *lines: dict[str, str]) -> None:
+    ok(site, "POST", f"/v1/jobs/{job_id}/heartbeat", token="t2", body={"lease_id": lease_id, "logs": list(lines)})
+
+
+def shown_seqs(console: Console) -> list[int]:
+    return [int(seq) for seq in console.page.locator("ol.log li .seq").all_inner_texts()]
+
+
+def wait_for_log_text(console: Console, text: str, where: str = "ol.log", timeout: float = 20) -> None:
+    """Poll the panel for `text` until a deadline (no reload in between)."""
+    wait_until(lambda: text in console.page.inner_text(where), f"{text!r} in {where}", timeout)
+
+
+def test_a_jobs_log_appears_live_while_the_job_runs_and_the_stream_ends_with_the_job(console, site):
+    job_id, lease_id = running_job(site, "log.live")
+    heartbeat(site, job_id, lease_id, {"message": "fetching the feed"})  # stored before the page opens
+    console.sign_in(site.tokens["t2"])
+    console.open(f"#/jobs/{job_id}", "fetching the feed")
+    wait_for_log_text(console, "Live", ".log-state")
+    console.page.evaluate("() => { window.notReloaded = true; }")
+    heartbeat(site, job_id, lease_id, {"message": HOSTILE_LINE, "level": "warning"},
+              {"message": "parsed 42 advisories", "level": "info", "at": "2026-03-01T10:00:00Z"})
+    wait_for_log_text(console, "parsed 42 advisories")
+    hostile = console.page.locator('ol.log li[data-seq="2"]')
+    assert hostile.locator(".message").inner_text() == HOSTILE_LINE  # the markup as text
+    assert hostile.locator(".level").inner_text() == "warning"
+    assert console.page.locator("ol.log img").count() == 0
+    worker_time = console.page.locator('ol.log li[data-seq="3"] .at').inner_text()  # the worker's `at`
+    assert worker_time.startswith("2026-03-01T10:00:00"), worker_time
+    assert "Stream ended" not in console.page.inner_text(".log-state")
+    ok(site, "POST", f"/v1/jobs/{job_id}/ack", token="t2", body={"lease_id": lease_id,
+                                                                   "logs": [{"message": "all done"}]})
+    wait_for_log_text(console, "Stream ended: the job is succeeded; its last line is 4.", ".log-state")
+    assert shown_seqs(console) == [1, 2, 3, 4]
+    assert "all done" in console.page.inner_text('ol.log li[data-seq="4"]')
+    assert console.page.evaluate("() => window.notReloaded") is True
+    assert console.dialogs == [] and console.errors == []
+
+
+class Relay:
+    """A TCP relay on loopback in front of the server: the browser talks to the server through it, and cut() closes
+    every connection it carries (the network drops, as a laptop's Wi-Fi does) while new ones still pass. `sent` is
+    every byte the browser sent (the request heads)."""
+
+    def __init__(self, target_url: str):
+        parts = urlsplit(target_url)
+        self.target = (parts.hostname, parts.port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.lock = threading.Lock()
+        self.carried: list[socket.socket] = []
+        self.sent = bytearray()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.carried += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, from_browser: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if from_browser:
+                    with self.lock:
+                        self.sent += data
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self.lock:
+            carried, self.carried = self.carried, []
+        for end in carried:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_a_jobs_log_resumes_after_a_dropped_connection_with_last_event_id_losing_and_repeating_no_line(
+        browser, site, shots):
+    job_id, lease_id = running_job(site, "log.resume")
+    heartbeat(site, job_id, lease_id, {"message": "line before the drop"})
+    relay = Relay(site.server.url)
+    console = Console(browser, relay.url, shots)
+    try:
+        console.sign_in(site.tokens["t2"])
+        console.open(f"#/jobs/{job_id}", "line before the drop")
+        wait_for_log_text(console, "Live", ".log-state")
+        heartbeat(site, job_id, lease_id, {"message": "line 2, streamed"})
+        wait_for_log_text(console, "line 2, streamed")
+        relay.cut()
+        wait_for_log_text(console, "reconnecting", ".log-state")
+        heartbeat(site, job_id, lease_id, {"message": "line 3, stored while the console was cut off"})
+        wait_for_log_text(console, "line 3, stored while the console was cut off")
+        assert b"\r\nlast-event-id: 2\r\n" in bytes(relay.sent).lower()  # resumed after the last line shown
+        heartbeat(site, job_id, lease_id, {"message": "line 4, after the reconnect"})
+        wait_for_log_text(console, "line 4, after the reconnect")
+        assert shown_seqs(console) == [1, 2, 3, 4]
+        ok(site, "POST", f"/v1/jobs/{job_id}/ack", token="t2", body={"lease_id": lease_id})
+        wait_for_log_text(console, "Stream ended: the job is succeeded", ".log-state")
+        assert console.dialogs == []
+    finally:
+        console.close()
+        relay.close()
+
+
+def test_a_jobs_log_past_its_line_cap_shows_the_dropped_lines_marker(browser, tmp_path, shots):
+    ledger = init_ledger(tmp_path / "capped.duckdb")
+    with serving(ledger, "--no-auth", "--job-log-lines", "10") as server:
+        job = send(server.url, "POST", "/v1/jobs", body={"tenant": T1, "project": "feeds", "type": "chatty"}).json
+        (lease,) = send(server.url, "POST", "/v1/jobs/claim", body={"worker_id": "w", "type": "chatty"}).json["leases"]
+        lines = [{"message": f"step {n}"} for n in range(1, 26)]
+        answer = send(server.url, "POST", f"/v1/jobs/{job['job_id']}/heartbeat",
+                      body={"lease_id": lease["lease_id"], "logs": lines})
+        assert answer.status == 200, answer
+        console = Console(browser, server.url, shots)
+        try:
+            console.page.goto(server.url + "/console")
+            console.page.wait_for_selector("#nav a")
+            console.open(f"#/jobs/{job['job_id']}", "step 25")
+            marker = console.page.locator("ol.log li.dropped")
+            assert marker.count() == 1 and marker.is_visible()
+            assert "... 16 earlier lines dropped" in marker.inner_text()
+            assert shown_seqs(console) == list(range(16, 26))
+            assert console.errors == []
+        finally:
+            console.close()

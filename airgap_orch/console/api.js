@@ -70,40 +70,59 @@ export async function post(path, body, { reason, ticket } = {}) {
 }
 
 // Read a text/event-stream at `path` until `signal` aborts or the server ends it; onEvent({id, event, data}) for
-// each message (comments skipped). Returns the last event id seen, to resume with Last-Event-ID.
-export async function stream(path, onEvent, { signal, lastEventId } = {}) {
-  const extra = { Accept: "text/event-stream" };
-  if (lastEventId) extra["Last-Event-ID"] = lastEventId;
-  const response = await fetch(path, { headers: headers(extra), signal, cache: "no-store" });
-  if (!response.ok) throw await problem(response);
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffered = "";
-  let message = { data: [] };
-  let last = lastEventId || null;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return last;
-    buffered += value;
-    let end;
-    while ((end = buffered.indexOf("\n")) >= 0) {
-      const line = buffered.slice(0, end).replace(/\r$/, "");
-      buffered = buffered.slice(end + 1);
-      if (line === "") {
-        if (message.data.length) {
-          if (message.id !== undefined) last = message.id;
-          onEvent({ id: message.id, event: message.event || "message", data: message.data.join("\n") });
+// each message (comments skipped). Returns the last event id seen, to resume with Last-Event-ID. With `idleMs`, a
+// stream that sends nothing (not even a keep-alive comment) for that long is taken as dead: it is aborted and this
+// throws, so the caller reconnects instead of waiting forever on a connection that silently went away.
+export async function stream(path, onEvent, { signal, lastEventId, idleMs } = {}) {
+  const own = new AbortController();
+  const abort = () => own.abort();
+  if (signal) signal.addEventListener("abort", abort, { once: true });
+  if (signal && signal.aborted) own.abort();
+  let idle = null;
+  const watch = () => {
+    if (!idleMs) return;
+    clearTimeout(idle);
+    idle = setTimeout(() => own.abort(), idleMs);
+  };
+  try {
+    const extra = { Accept: "text/event-stream" };
+    if (lastEventId) extra["Last-Event-ID"] = lastEventId;
+    watch();
+    const response = await fetch(path, { headers: headers(extra), signal: own.signal, cache: "no-store" });
+    if (!response.ok) throw await problem(response);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffered = "";
+    let message = { data: [] };
+    let last = lastEventId || null;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return last;
+      watch();
+      buffered += value;
+      let end;
+      while ((end = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, end).replace(/\r$/, "");
+        buffered = buffered.slice(end + 1);
+        if (line === "") {
+          if (message.data.length) {
+            if (message.id !== undefined) last = message.id;
+            onEvent({ id: message.id, event: message.event || "message", data: message.data.join("\n") });
+          }
+          message = { data: [] };
+          continue;
         }
-        message = { data: [] };
-        continue;
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let text = colon < 0 ? "" : line.slice(colon + 1);
+        if (text.startsWith(" ")) text = text.slice(1);
+        if (field === "data") message.data.push(text);
+        else if (field === "event") message.event = text;
+        else if (field === "id") message.id = text;
       }
-      if (line.startsWith(":")) continue;
-      const colon = line.indexOf(":");
-      const field = colon < 0 ? line : line.slice(0, colon);
-      let text = colon < 0 ? "" : line.slice(colon + 1);
-      if (text.startsWith(" ")) text = text.slice(1);
-      if (field === "data") message.data.push(text);
-      else if (field === "event") message.event = text;
-      else if (field === "id") message.id = text;
     }
+  } finally {
+    clearTimeout(idle);
+    if (signal) signal.removeEventListener("abort", abort);
   }
 }

@@ -230,49 +230,102 @@ function jobDetails(context, job) {
     ], job.history || [], { empty: "no history" })));
 }
 
+// -- a job's log: its first page, then followed live ----------------------------------------------------------------
+const LOG_PAGE_LINES = 1000; // the most GET /v1/jobs/{id}/logs answers in one page
+const LOG_IDLE_MS = 16000; // the server sends a keep-alive every 5 s: this long without a byte is a dead connection
+const LOG_RETRY_MS = 2000;
+
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+// One stored line ({seq, at, stored_at, level, message, attempt, dropped, ...}, README "Job logs") as a list item;
+// the marker that stands for lines cut from a long log ("... N earlier lines dropped", `dropped`: N) stands out.
+function logLine(line) {
+  const level = String(line.level || "info").replace(/[^a-z]/g, "");
+  const marker = line.dropped !== null && line.dropped !== undefined;
+  return el("li", { class: `level-${level}${marker ? " dropped" : ""}`, "data-seq": text(line.seq),
+    title: `attempt ${text(line.attempt)}, stored ${text(line.stored_at)}` },
+  el("span", { class: "seq" }, text(line.seq)), " ",
+  el("span", { class: "at" }, text(line.at)), " ",
+  el("span", { class: "level" }, text(line.level)), " ",
+  el("span", { class: "message" }, text(line.message)));
+}
+
+// The job's log: the lines stored so far (GET /v1/jobs/{id}/logs), then the new ones as they are stored
+// (?follow=1: `event: line` with id = seq; resumed after a drop with Last-Event-ID = the last seq shown), until the
+// server's `event: end` says the job is final and every line is sent.
+function jobLog(jobId) {
+  const lines = el("ol", { class: "log", "aria-label": "Job log" });
+  const state = el("p", { class: "hint log-state", role: "status" }, "Loading the job's log…");
+  const controller = new AbortController();
+  const signal = controller.signal;
+  let lastSeq = 0;
+  const add = (line) => {
+    if (typeof line.seq !== "number" || line.seq <= lastSeq) return; // shown already (a resumed stream repeats none)
+    lastSeq = line.seq;
+    lines.append(logLine(line));
+  };
+  const ended = (end) => {
+    state.textContent = `Stream ended: the job is ${text(end.state)}; `
+      + (end.last_seq ? `its last line is ${end.last_seq}.` : "it logged no lines.");
+  };
+  (async () => {
+    let loaded = false;
+    while (!signal.aborted) {
+      try {
+        if (!loaded) {
+          const page = await get(`/v1/jobs/${enc(jobId)}/logs`, { limit: LOG_PAGE_LINES });
+          page.lines.forEach(add);
+          loaded = true;
+          if (page.final && page.next_cursor === null) {
+            ended({ state: page.state, last_seq: page.last_seq });
+            return;
+          }
+        }
+        state.textContent = "Live: new lines appear as the worker sends them.";
+        let end = null;
+        await stream(`/v1/jobs/${enc(jobId)}/logs?follow=1`, (event) => {
+          let data;
+          try {
+            data = JSON.parse(event.data);
+          } catch (_) {
+            return;
+          }
+          if (event.event === "line") add(data);
+          else if (event.event === "end") end = data;
+          else if (event.event === "error") state.textContent = `The server stopped the stream: ${text(data.message)}`;
+        }, { signal, lastEventId: String(lastSeq), idleMs: LOG_IDLE_MS });
+        if (end) {
+          ended(end);
+          return;
+        }
+        if (!signal.aborted) state.textContent = "The log stream closed before the job ended; reconnecting…";
+      } catch (error) {
+        if (signal.aborted) return;
+        if (error instanceof ApiError && error.status < 500) {
+          state.textContent = `No log: ${error.message}`;
+          return;
+        }
+        state.textContent = `The log stream dropped (${error.message}); reconnecting…`;
+      }
+      await sleep(LOG_RETRY_MS, signal);
+    }
+  })();
+  return { node: section("Log", state, lines), stop: () => controller.abort() };
+}
+
 async function job(context) {
   const jobId = context.params.id;
   const first = await get(`/v1/jobs/${enc(jobId)}`);
   const details = el("div", {}, jobDetails(context, first));
-  const lines = el("ol", { class: "log", "aria-label": "Job log" });
-  const logState = el("p", { class: "hint" }, "Connecting to the job's log…");
-  const controller = new AbortController();
-  // The job's log, live: GET /v1/jobs/{id}/logs?follow=1 is an event stream whose events carry one log line each.
-  (async () => {
-    let lastEventId = null;
-    while (!controller.signal.aborted) {
-      try {
-        logState.textContent = "Live";
-        lastEventId = await stream(`/v1/jobs/${enc(jobId)}/logs?follow=1`, (event) => {
-          let line;
-          try {
-            line = JSON.parse(event.data);
-          } catch (_) {
-            return;
-          }
-          lines.append(el("li", { class: `level-${String(line.level || "info").replace(/[^a-z]/g, "")}` },
-            el("span", { class: "mono" }, text(line.time)), " ", el("span", { class: "level" }, text(line.level)),
-            " ", el("span", { class: "message" }, text(line.message))));
-        }, { signal: controller.signal, lastEventId });
-        logState.textContent = "The log ended.";
-        return;
-      } catch (error) {
-        if (controller.signal.aborted) return;
-        if (error instanceof ApiError && error.status === 404) {
-          logState.textContent = error.type.endsWith("/unknown-route")
-            ? "This server has no job logs (GET /v1/jobs/{id}/logs is not there)."
-            : `No log: ${error.message}`;
-          return;
-        }
-        if (error instanceof ApiError) {
-          logState.textContent = `No log: ${error.message}`;
-          return;
-        }
-        logState.textContent = "Log stream interrupted; reconnecting…";
-        await new Promise((resolve) => setTimeout(resolve, 2000));
-      }
-    }
-  })();
+  const log = jobLog(jobId);
   const reload = debounced(async () => {
     try {
       const fresh = await get(`/v1/jobs/${enc(jobId)}`);
@@ -281,13 +334,13 @@ async function job(context) {
       context.setStatus(`Could not refresh the job: ${error.message}`);
     }
   }, 300);
-  const node = el("div", { class: "page job" }, details, section("Log", logState, lines));
+  const node = el("div", { class: "page job" }, details, log.node);
   return {
     node,
     onEvent: (event) => {
       if (event.data && event.data.job && event.data.job.id === jobId) reload();
     },
-    stop: () => controller.abort(),
+    stop: log.stop,
   };
 }
 
