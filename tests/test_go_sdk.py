@@ -61,6 +61,10 @@ GO_UNIT_TESTS = (
     "TestHeartbeatsFollowTheLeasesRetryHintAndStartBeforeTheFirstExpiry",
     "TestAHandlersEndBecomesItsOutcome",
     "TestEveryWorkerRouteIsInTheRouteTable",
+    "TestALoggedLineMakesAHeartbeatDueWithinHalfASecondThatCarriesIt",
+    "TestTheReportTakesBackTheLinesOfABeatNotSentYetAndKeepsTheirOrder",
+    "TestAFailedHeartbeatGivesItsLinesBackAndARefusedOneDropsThem",
+    "TestAHandlerLoggingFasterThanAReportCarriesKeepsTheNewestLinesAfterAMarker",
 )
 
 
