@@ -53,6 +53,10 @@ GO_LIVE_TESTS = (
     "TestStopGivesBackPrefetchedJobsAndReleasesRunningOnesAfterTheGracePeriod",
     "TestABackfillCreatedThroughTheGoClientIsWorkedByAGoWorker",
     "TestALeaseTakenAwayCancelsTheHandlerWithLeaseLostAndIsNeverAcked",
+    "TestAHandlersLogLinesAreStoredInOrderWithTheirLevelsAndTheJobsFields",
+    "TestARunningJobsLinesReachTheServerWithinASecond",
+    "TestTheLinesOfAStaleLeaseAreNotStored",
+    "TestAHandlerLoggingPastTheWorkersBufferStoresTheNewestLinesAfterAMarker",
 )
 GO_UNIT_TESTS = (
     "TestAProblemAnswerBecomesAnErrorOfItsKindAndFamily",
