@@ -102,6 +102,15 @@ def defaults() -> list[tuple[str, str, Any, str]]:
          "longest retry_after a fail can ask for"),
         ("MaxIdempotencyKeyChars", "server.app.MAX_IDEMPOTENCY_KEY", MAX_IDEMPOTENCY_KEY,
          "longest Idempotency-Key header"),
+        ("MaxLogLines", "validation.MAX_LOG_LINES", validation.MAX_LOG_LINES,
+         "job log lines one report carries, and lines a worker keeps waiting per attempt (past that the oldest "
+         "go, and a marker line says how many)"),
+        ("MaxLogLineChars", "validation.MAX_LOG_LINE_CHARS", validation.MAX_LOG_LINE_CHARS,
+         "longest job log line (the worker cuts a longer one, ending it with \"…\")"),
+        ("LogFlushSeconds", "leases.LOG_FLUSH_SECONDS", leases.LOG_FLUSH_SECONDS,
+         "a job log line waits at most this long for the heartbeat that carries it"),
+        ("AckBatchLogChars", "sdk.worker.ACK_BATCH_LOG_CHARS", sdk_worker.ACK_BATCH_LOG_CHARS,
+         "log text one jobs.ack_many carries at most (a batch with more goes in parts)"),
     ]
 
 
@@ -121,6 +130,7 @@ NAMES: tuple[tuple[str, str, str], ...] = (
     ("CanceledMessage", leases.CANCELED_MESSAGE, "the error a fail carries for a job canceled on request"),
     ("ProblemBase", errors.PROBLEM_BASE, "problem types are this plus a slug"),
     ("APIPrefix", api.API_PREFIX, "every operation's path starts with this"),
+    *((f"Level{level.capitalize()}", level, f"job log level {level}") for level in validation.LOG_LEVELS),
 )
 
 

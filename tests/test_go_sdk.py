@@ -53,6 +53,10 @@ GO_LIVE_TESTS = (
     "TestStopGivesBackPrefetchedJobsAndReleasesRunningOnesAfterTheGracePeriod",
     "TestABackfillCreatedThroughTheGoClientIsWorkedByAGoWorker",
     "TestALeaseTakenAwayCancelsTheHandlerWithLeaseLostAndIsNeverAcked",
+    "TestAHandlersLogLinesAreStoredInOrderWithTheirLevelsAndTheJobsFields",
+    "TestARunningJobsLinesReachTheServerWithinASecond",
+    "TestTheLinesOfAStaleLeaseAreNotStored",
+    "TestAHandlerLoggingPastTheWorkersBufferStoresTheNewestLinesAfterAMarker",
 )
 GO_UNIT_TESTS = (
     "TestAProblemAnswerBecomesAnErrorOfItsKindAndFamily",
@@ -61,6 +65,10 @@ GO_UNIT_TESTS = (
     "TestHeartbeatsFollowTheLeasesRetryHintAndStartBeforeTheFirstExpiry",
     "TestAHandlersEndBecomesItsOutcome",
     "TestEveryWorkerRouteIsInTheRouteTable",
+    "TestALoggedLineMakesAHeartbeatDueWithinHalfASecondThatCarriesIt",
+    "TestTheReportTakesBackTheLinesOfABeatNotSentYetAndKeepsTheirOrder",
+    "TestAFailedHeartbeatGivesItsLinesBackAndARefusedOneDropsThem",
+    "TestAHandlerLoggingFasterThanAReportCarriesKeepsTheNewestLinesAfterAMarker",
 )
 
 
@@ -497,3 +505,5 @@ def test_the_readme_go_worker_is_the_example_program_and_runs_against_a_live_ser
         data = (tmp_path / "out" / f"{job_id}.json").read_bytes()
         assert artifact == {"uri": f"file://{tmp_path / 'out' / job_id}.json", "mime": "application/json",
                             "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+        lines = operator.call("jobs.logs", {"job_id": job_id})["lines"]
+        assert [line["message"] for line in lines] == [f"stored {tmp_path / 'out' / job_id}.json"], lines

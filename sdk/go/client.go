@@ -115,6 +115,7 @@ type callOptions struct {
 	reason  string
 	ticket  string
 	retries *int
+	logs    []LogLine
 }
 
 // WithIdempotencyKey sends a mutating call under key (default: a fresh one per call, kept across its retries).
@@ -133,6 +134,18 @@ func WithTicket(ticket string) CallOption { return func(o *callOptions) { o.tick
 
 // WithRetries overrides the client's Retries for this call.
 func WithRetries(retries int) CallOption { return func(o *callOptions) { o.retries = &retries } }
+
+// WithLogs has a Heartbeat or an Ack carry these job log lines (at most MaxLogLines); other calls ignore it
+// (FailRequest and AckItem have a Logs field of their own).
+func WithLogs(lines []LogLine) CallOption { return func(o *callOptions) { o.logs = lines } }
+
+func logsOf(opts []CallOption) []LogLine {
+	var options callOptions
+	for _, option := range opts {
+		option(&options)
+	}
+	return options.logs
+}
 
 // NewIdempotencyKey returns a fresh random key (a UUID).
 func NewIdempotencyKey() string { return newUUID() }

@@ -55,6 +55,14 @@ const (
 	MaxRetryAfterSeconds = 86400.0
 	// MaxIdempotencyKeyChars: longest Idempotency-Key header (server.app.MAX_IDEMPOTENCY_KEY).
 	MaxIdempotencyKeyChars = 128
+	// MaxLogLines: job log lines one report carries, and lines a worker keeps waiting per attempt (past that the oldest go, and a marker line says how many) (validation.MAX_LOG_LINES).
+	MaxLogLines = 200
+	// MaxLogLineChars: longest job log line (the worker cuts a longer one, ending it with "…") (validation.MAX_LOG_LINE_CHARS).
+	MaxLogLineChars = 2048
+	// LogFlushSeconds: a job log line waits at most this long for the heartbeat that carries it (leases.LOG_FLUSH_SECONDS).
+	LogFlushSeconds = 0.5
+	// AckBatchLogChars: log text one jobs.ack_many carries at most (a batch with more goes in parts) (sdk.worker.ACK_BATCH_LOG_CHARS).
+	AckBatchLogChars = 500000
 )
 
 // Names shared with the Python SDK: cancel reasons, outcomes of an attempt, and the problem type base.
@@ -87,6 +95,14 @@ const (
 	ProblemBase = "https://airgap-orch.dev/problems/"
 	// APIPrefix: every operation's path starts with this.
 	APIPrefix = "/v1"
+	// LevelDebug: job log level debug.
+	LevelDebug = "debug"
+	// LevelInfo: job log level info.
+	LevelInfo = "info"
+	// LevelWarning: job log level warning.
+	LevelWarning = "warning"
+	// LevelError: job log level error.
+	LevelError = "error"
 )
 
 // leaseRefusals: the error types (as a jobs.ack_many result names them) that mean a lease is not the worker's any more

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -25,6 +26,12 @@ import (
 //     ignores it for a lease period is beaten no more, so its lease lapses and the server ends the job canceled.
 //   - A beat refused as stale while the handler has the job means another worker may own it: the context is
 //     cancelled (reason LeaseLost) and nothing is reported for the attempt.
+//   - Job logs (Job.Log, Job.Logf): lines wait here and ride on the next heartbeat, which falls due LogFlushSeconds
+//     after the oldest waiting line at the latest, or on the ack or fail, which carries every line not sent yet
+//     (finalLogs: it takes back the lines of a beat not sent yet, and waits for one on the wire, so lines are stored
+//     in the order they were written). A beat that failed gives its lines back for the next one; a refused (stale)
+//     one drops them with the attempt. At most MaxLogLines wait per attempt: past that the oldest go, and a marker
+//     line says how many. Lines written once the attempt is over (reported, lost or given back) are not stored.
 
 type phase int
 
@@ -80,6 +87,49 @@ func (j *Job) Progress(fraction float64, message string) error {
 	}
 	j.tracker.noteProgress(j.entry, fraction, message)
 	return nil
+}
+
+// Log writes a line to the job's log at LevelInfo (README "Job logs"): it is kept in the worker and sent with the
+// next heartbeat (one goes within a second of the line) or with the job's ack or fail, never in a request of its
+// own. The orchestrator stamps it with the job, attempt, lease, tenant, project, correlation id and a sequence
+// number. A line longer than MaxLogLineChars is cut (ending in "…"); never log secrets. Lines written once the
+// attempt is over (reported, lost or given back) are not stored.
+func (j *Job) Log(message string) { j.tracker.noteLog(j.entry, logLine(LevelInfo, message)) }
+
+// Logf writes a line formatted as fmt.Sprintf does at level (LevelDebug, LevelInfo, LevelWarning or LevelError),
+// as Log does. Another level is an error, and nothing is written.
+func (j *Job) Logf(level, format string, args ...any) error {
+	if !logLevels[level] {
+		return fmt.Errorf("log level must be one of %s, %s, %s or %s, not %q", LevelDebug, LevelInfo, LevelWarning,
+			LevelError, level)
+	}
+	j.tracker.noteLog(j.entry, logLine(level, fmt.Sprintf(format, args...)))
+	return nil
+}
+
+var logLevels = map[string]bool{LevelDebug: true, LevelInfo: true, LevelWarning: true, LevelError: true}
+
+// logLine is a line as the server takes it: UTF-8 (a byte that is not becomes U+FFFD), cut to MaxLogLineChars.
+func logLine(level, message string) LogLine {
+	message = strings.ToValidUTF8(message, "\uFFFD")
+	if utf8.RuneCountInString(message) > MaxLogLineChars {
+		message = string([]rune(message)[:MaxLogLineChars-1]) + "…"
+	}
+	return LogLine{Message: message, Level: level, At: isoTime(time.Now())}
+}
+
+// isoTime is the Python side's clock.iso: UTC, microseconds, "Z".
+func isoTime(moment time.Time) string { return moment.UTC().Format("2006-01-02T15:04:05.000000Z") }
+
+// withMarker: the lines with, when the worker dropped some (it keeps at most MaxLogLines waiting), a marker line
+// first.
+func withMarker(lines []LogLine, dropped int) []LogLine {
+	if dropped == 0 {
+		return append([]LogLine(nil), lines...)
+	}
+	marker := LogLine{Message: fmt.Sprintf("... %d lines dropped by the worker: the handler logged faster than %d "+
+		"lines per report", dropped, MaxLogLines), Level: LevelWarning, At: isoTime(time.Now())}
+	return append([]LogLine{marker}, lines...)
 }
 
 // Running is closed once a heartbeat for the job was answered: the orchestrator shows it running.
@@ -167,6 +217,11 @@ type tracked struct {
 	interval     time.Duration
 	pending      *progressNote
 	cancelSeenAt time.Time
+	logs         []LogLine // log lines not sent yet, oldest first
+	logsSince    time.Time // when the oldest of them was written (zero: none wait)
+	logsDropped  int       // lines dropped from logs (it was full) since the last report took them
+	logsBeat     *beat     // the beat carrying lines, until it is answered
+	logsSending  bool      // ... and it is on the wire (its lines can no longer be taken back)
 }
 
 type progressNote struct {
@@ -179,6 +234,7 @@ type beat struct {
 	takenAt  time.Time
 	progress *float64
 	message  string
+	logs     []LogLine // may be taken back by the job's report until beatWanted is called
 }
 
 type leaseTracker struct {
@@ -191,12 +247,13 @@ type leaseTracker struct {
 	handling         int
 	reporting        int
 	logf             func(format string, args ...any)
+	now              func() time.Time // time.Now unless a test sets its own clock
 }
 
 func newLeaseTracker(leaseSeconds float64, progressInterval time.Duration, wake func(),
 	logf func(string, ...any)) *leaseTracker {
 	return &leaseTracker{leaseSeconds: leaseSeconds, progressInterval: progressInterval, wake: wake,
-		changed: make(chan struct{}), jobs: map[string]*tracked{}, logf: logf}
+		changed: make(chan struct{}), jobs: map[string]*tracked{}, logf: logf, now: time.Now}
 }
 
 // changes returns a channel closed at the next change.
@@ -242,7 +299,7 @@ func (t *leaseTracker) intervalFor(lease Lease) time.Duration {
 }
 
 func (t *leaseTracker) track(lease Lease, handler Handler, workerID string) *tracked {
-	now := time.Now()
+	now := t.now()
 	ctx, cancel := context.WithCancel(context.Background())
 	correlation := ""
 	if lease.CorrelationID != nil {
@@ -271,9 +328,61 @@ func (t *leaseTracker) noteProgress(entry *tracked, fraction float64, message st
 	t.wake()
 }
 
+func (t *leaseTracker) noteLog(entry *tracked, line LogLine) {
+	t.mu.Lock()
+	if (entry.phase != waiting && entry.phase != running) || entry.lost || entry.released {
+		t.mu.Unlock()
+		return // the attempt is over: its lines have gone with its report, or are not ours to store
+	}
+	if len(entry.logs) >= MaxLogLines-1 { // room for the marker line
+		entry.logs = entry.logs[:copy(entry.logs, entry.logs[1:])]
+		entry.logsDropped++
+	}
+	if len(entry.logs) == 0 {
+		entry.logsSince = t.now()
+	}
+	entry.logs = append(entry.logs, line)
+	t.mu.Unlock()
+	t.wake()
+}
+
+// finalLogs: the log lines the attempt's report carries: every line not stored yet, oldest first (at most
+// MaxLogLines, a marker line first when some were dropped). Lines of a beat not yet sent are taken back from it; a
+// beat on the wire is waited for (up to one heartbeat interval), so its lines are stored before the report's.
+func (t *leaseTracker) finalLogs(entry *tracked) []LogLine {
+	deadline := time.Now().Add(entry.interval)
+	t.mu.Lock()
+	for entry.logsBeat != nil && entry.logsSending {
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			break
+		}
+		changed := t.changed
+		t.mu.Unlock()
+		select {
+		case <-changed:
+		case <-time.After(minDuration(remaining, 100*time.Millisecond)):
+		}
+		t.mu.Lock()
+	}
+	lines, dropped := append([]LogLine(nil), entry.logs...), entry.logsDropped
+	if sent := entry.logsBeat; sent != nil && !entry.logsSending && len(sent.logs) > 0 {
+		lines = append(sent.logs, lines...)
+		sent.logs = nil
+		entry.logsBeat = nil
+	}
+	entry.logs, entry.logsSince, entry.logsDropped = nil, time.Time{}, 0
+	t.mu.Unlock()
+	if over := len(lines) - (MaxLogLines - 1); over > 0 {
+		dropped += over
+		lines = lines[over:]
+	}
+	return withMarker(lines, dropped)
+}
+
 // start: a handler goroutine takes the attempt; false when it was given back while it waited.
 func (t *leaseTracker) start(entry *tracked) bool {
-	now := time.Now()
+	now := t.now()
 	t.mu.Lock()
 	if entry.phase != waiting || entry.released {
 		t.mu.Unlock()
@@ -391,7 +500,7 @@ func (t *leaseTracker) finish(entry *tracked, result, errText string) (FinishedJ
 }
 
 func (t *leaseTracker) result(entry *tracked, result, errText string) FinishedJob {
-	elapsed := time.Since(entry.claimedAt).Seconds()
+	elapsed := t.now().Sub(entry.claimedAt).Seconds()
 	return FinishedJob{JobID: entry.lease.JobID, Type: entry.lease.Type, Tenant: entry.lease.Tenant,
 		Attempt: entry.lease.Attempt, Outcome: result, Seconds: float64(int64(elapsed*1000)) / 1000, Error: errText}
 }
@@ -424,10 +533,10 @@ func (t *leaseTracker) moveLocked(entry *tracked, to phase) {
 
 // dueBeats takes every heartbeat due now (an attempt has at most one in flight) and says how long until the next
 // one falls due.
-func (t *leaseTracker) dueBeats() ([]beat, time.Duration) {
-	now := time.Now()
+func (t *leaseTracker) dueBeats() ([]*beat, time.Duration) {
+	now := t.now()
 	wakeAt := now.Add(seconds(t.leaseSeconds / HeartbeatsPerLease))
-	var due []beat
+	var due []*beat
 	t.mu.Lock()
 	for _, entry := range t.jobs {
 		at, ok := t.beatDueAtLocked(entry, now)
@@ -440,13 +549,18 @@ func (t *leaseTracker) dueBeats() ([]beat, time.Duration) {
 			}
 			continue
 		}
-		next := beat{entry: entry, takenAt: now}
+		next := &beat{entry: entry, takenAt: now}
 		if entry.pending != nil && entry.phase == running {
 			fraction := entry.pending.fraction
 			next.progress, next.message = &fraction, entry.pending.message
 		}
 		entry.pending = nil
 		entry.beating = true
+		if len(entry.logs) > 0 && entry.phase == running { // once the handler returned, its report carries them
+			next.logs = withMarker(entry.logs, entry.logsDropped)
+			entry.logs, entry.logsSince, entry.logsDropped = nil, time.Time{}, 0
+			entry.logsBeat, entry.logsSending = next, false
+		}
 		due = append(due, next)
 	}
 	t.mu.Unlock()
@@ -475,6 +589,11 @@ func (t *leaseTracker) beatDueAtLocked(entry *tracked, now time.Time) (time.Time
 			at = progressAt
 		}
 	}
+	if !entry.logsSince.IsZero() && entry.phase == running {
+		if logsAt := latest(entry.logsSince.Add(seconds(LogFlushSeconds)), entry.retryAt); logsAt.Before(at) {
+			at = logsAt
+		}
+	}
 	return at, true
 }
 
@@ -489,27 +608,32 @@ func latest(times ...time.Time) time.Time {
 }
 
 // beatWanted: whether a beat that waited to be sent is still wanted (else it is dropped).
-func (t *leaseTracker) beatWanted(b beat) bool {
+func (t *leaseTracker) beatWanted(b *beat) bool {
 	t.mu.Lock()
 	if b.entry.phase != done && !b.entry.released {
+		if len(b.logs) > 0 && b.entry.logsBeat == b {
+			b.entry.logsSending = true // from now on the report waits for this beat's answer
+		}
 		t.mu.Unlock()
 		return true
 	}
 	b.entry.beating = false
+	t.linesAnsweredLocked(b)
 	t.mu.Unlock()
 	t.wake()
 	return false
 }
 
 // beatSent takes a heartbeat's answer or error.
-func (t *leaseTracker) beatSent(b beat, answer HeartbeatAnswer, err error) {
+func (t *leaseTracker) beatSent(b *beat, answer HeartbeatAnswer, err error) {
 	entry := b.entry
 	var refusal *Error
 	switch {
 	case errors.As(err, &refusal) && refusal.Stale():
 		t.mu.Lock()
+		t.linesAnsweredLocked(b) // its lines are dropped with the attempt
 		entry.beating = false
-		entry.nextBeat = time.Now().Add(entry.interval)
+		entry.nextBeat = t.now().Add(entry.interval)
 		lose := (entry.phase == waiting || entry.phase == running) && !entry.released
 		if lose {
 			entry.lost = true
@@ -523,20 +647,32 @@ func (t *leaseTracker) beatSent(b beat, answer HeartbeatAnswer, err error) {
 		t.logf("heartbeat for job %s failed: %v", entry.lease.JobID, err)
 		t.mu.Lock()
 		entry.beating = false
-		entry.retryAt = time.Now().Add(minDuration(entry.interval, seconds(RetryBeatSeconds)))
+		entry.retryAt = t.now().Add(minDuration(entry.interval, seconds(RetryBeatSeconds)))
 		entry.nextBeat = entry.retryAt
 		if entry.pending == nil && b.progress != nil {
 			entry.pending = &progressNote{*b.progress, b.message}
 		}
+		if len(b.logs) > 0 && entry.logsBeat == b && entry.phase != done { // the next beat (or report) takes them
+			entry.logs = append(append([]LogLine(nil), b.logs...), entry.logs...)
+			if over := len(entry.logs) - (MaxLogLines - 1); over > 0 {
+				entry.logs = entry.logs[over:]
+				entry.logsDropped += over
+			}
+			if entry.logsSince.IsZero() {
+				entry.logsSince = t.now()
+			}
+		}
+		t.linesAnsweredLocked(b)
 		t.mu.Unlock()
 	default:
 		t.mu.Lock()
+		t.linesAnsweredLocked(b)
 		entry.beating = false
 		entry.lastBeat = b.takenAt
 		entry.nextBeat = b.takenAt.Add(entry.interval)
 		cancel := answer.CancelRequested && entry.ctx.Err() == nil
 		if cancel {
-			entry.cancelSeenAt = time.Now()
+			entry.cancelSeenAt = t.now()
 		}
 		t.mu.Unlock()
 		entry.job.runningOnce.Do(func() { close(entry.job.running) })
@@ -545,4 +681,12 @@ func (t *leaseTracker) beatSent(b beat, answer HeartbeatAnswer, err error) {
 		}
 	}
 	t.wake()
+}
+
+// linesAnsweredLocked: the beat's lines are stored, refused or given back; a report waiting for them goes on.
+func (t *leaseTracker) linesAnsweredLocked(b *beat) {
+	if b.entry.logsBeat == b {
+		b.entry.logsBeat, b.entry.logsSending = nil, false
+		t.notifyLocked()
+	}
 }

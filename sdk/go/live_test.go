@@ -521,3 +521,217 @@ func TestALeaseTakenAwayCancelsTheHandlerWithLeaseLostAndIsNeverAcked(t *testing
 		t.Errorf("outcomes %v, want one lost and one succeeded", summary.Outcomes)
 	}
 }
+
+// jobLogs reads a job's stored log lines (GET /v1/jobs/{id}/logs) and its state.
+func jobLogs(t *testing.T, client *orch.Client, jobID string) ([]map[string]any, string) {
+	t.Helper()
+	page, err := client.Call(context.Background(), "jobs.logs", map[string]any{"job_id": jobID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := page["lines"].([]any)
+	lines := make([]map[string]any, len(raw))
+	for index, line := range raw {
+		lines[index], _ = line.(map[string]any)
+	}
+	state, _ := page["state"].(string)
+	return lines, state
+}
+
+func storedMessages(lines []map[string]any) []string {
+	texts := make([]string, len(lines))
+	for index, line := range lines {
+		texts[index], _ = line["message"].(string)
+	}
+	return texts
+}
+
+func TestAHandlersLogLinesAreStoredInOrderWithTheirLevelsAndTheJobsFields(t *testing.T) {
+	server := liveServer(t)
+	ctx := context.Background()
+	jobType := uniqueType("go.logs")
+	queued, err := server.operator.Enqueue(ctx, orch.JobSpec{Tenant: "acme", Project: "go-sdk", Type: jobType,
+		CorrelationID: "corr-go-16"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaseIDs := make(chan string, 1)
+	worker, _ := orch.NewWorker(server.url, server.workerToken, orch.WorkerConfig{Concurrency: 1,
+		ClaimWait: time.Second, NoSignals: true, Logger: quietLogger(t)})
+	_ = worker.Handle(jobType, func(ctx context.Context, job *orch.Job) ([]orch.Artifact, error) {
+		leaseIDs <- job.LeaseID
+		job.Log("fetching feed")
+		if err := job.Logf(orch.LevelDebug, "parsed %d advisories", 3); err != nil {
+			return nil, err
+		}
+		_ = job.Logf(orch.LevelWarning, "one advisory had no CVE id")
+		return nil, nil
+	})
+	run := start(worker)
+	var lines []map[string]any
+	waitFor(t, "the job to succeed with its lines", 30*time.Second, func() bool {
+		var state string
+		lines, state = jobLogs(t, server.operator, queued.JobID)
+		return state == "succeeded"
+	})
+	run.stop(t)
+	leaseID := <-leaseIDs
+	if got := strings.Join(storedMessages(lines), "|"); got != "fetching feed|parsed 3 advisories|one advisory had no CVE id" {
+		t.Fatalf("stored %q", got)
+	}
+	for index, line := range lines {
+		want := map[string]any{"seq": float64(index + 1), "level": []string{"info", "debug", "warning"}[index],
+			"job_id": queued.JobID, "attempt": 1.0, "lease_id": leaseID, "tenant": "acme", "project": "go-sdk",
+			"correlation_id": "corr-go-16", "dropped": nil}
+		for field, value := range want {
+			if line[field] != value {
+				t.Errorf("line %d: %s is %v, want %v", index+1, field, line[field], value)
+			}
+		}
+		if at, _ := line["at"].(string); at == "" || line["stored_at"] == nil {
+			t.Errorf("line %d: at %v, stored_at %v", index+1, line["at"], line["stored_at"])
+		}
+	}
+}
+
+func TestARunningJobsLinesReachTheServerWithinASecond(t *testing.T) {
+	server := liveServer(t)
+	jobType := uniqueType("go.logs.live")
+	ids := enqueue(t, server.operator, "acme", jobType, 1)
+	loggedAt := make(chan time.Time, 1)
+	release := make(chan struct{})
+	worker, _ := orch.NewWorker(server.url, server.workerToken, orch.WorkerConfig{Concurrency: 1, LeaseSeconds: 30,
+		ClaimWait: time.Second, NoSignals: true, Logger: quietLogger(t)})
+	_ = worker.Handle(jobType, func(ctx context.Context, job *orch.Job) ([]orch.Artifact, error) {
+		time.Sleep(300 * time.Millisecond) // past the first heartbeat: the line needs a beat of its own
+		loggedAt <- time.Now()
+		job.Log("still working")
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil, nil
+	})
+	run := start(worker)
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+		run.stop(t)
+	}()
+	logged := <-loggedAt
+	var state string
+	waitFor(t, "the line to be stored", 20*time.Second, func() bool {
+		var lines []map[string]any
+		lines, state = jobLogs(t, server.operator, ids[0])
+		return len(lines) == 1
+	})
+	if took := time.Since(logged); took > 1500*time.Millisecond || state != "running" {
+		t.Errorf("the line was stored %s after it was written, with the job %s; want within about a second while "+
+			"it runs", took, state)
+	}
+	close(release)
+	waitFor(t, "the job to succeed", 20*time.Second, func() bool {
+		_, state := jobLogs(t, server.operator, ids[0])
+		return state == "succeeded"
+	})
+}
+
+func TestTheLinesOfAStaleLeaseAreNotStored(t *testing.T) {
+	server := liveServer(t)
+	ctx := context.Background()
+	jobType := uniqueType("go.logs.stale")
+	ids := enqueue(t, server.operator, "acme", jobType, 1)
+	first := make(chan orch.Lease, 1)
+	released := make(chan struct{})
+	reasons := make(chan string, 2)
+	var once sync.Once
+	// A 30 s lease beats every 10 s: the beat that finds the lease gone is the one carrying the line.
+	worker, _ := orch.NewWorker(server.url, server.workerToken, orch.WorkerConfig{Concurrency: 1, LeaseSeconds: 30,
+		ClaimWait: time.Second, NoSignals: true, Logger: quietLogger(t)})
+	_ = worker.Handle(jobType, func(ctx context.Context, job *orch.Job) ([]orch.Artifact, error) {
+		isFirst := false
+		once.Do(func() { isFirst = true })
+		if !isFirst {
+			job.Log("second attempt")
+			reasons <- "second:" + job.CancelReason()
+			return nil, nil
+		}
+		job.Log("first attempt")
+		first <- job.Lease
+		<-released
+		job.Log("written after the lease was taken away")
+		select {
+		case <-ctx.Done(): // the heartbeat carrying that line was refused as stale
+		case <-time.After(20 * time.Second):
+		}
+		job.Log("written after the lease was lost")
+		reasons <- "first:" + job.CancelReason()
+		return nil, nil // never acked
+	})
+	run := start(worker)
+	lease := <-first
+	waitFor(t, "the first attempt's line to be stored", 20*time.Second, func() bool {
+		lines, _ := jobLogs(t, server.operator, ids[0])
+		return len(lines) == 1
+	})
+	behindItsBack, _ := orch.NewClient(server.url, server.workerToken)
+	if _, err := behindItsBack.Release(ctx, lease.JobID, lease.LeaseID); err != nil {
+		t.Fatal(err)
+	}
+	close(released)
+	waitFor(t, "the second attempt to succeed", 30*time.Second, func() bool {
+		job, err := server.operator.ShowJob(ctx, ids[0])
+		return err == nil && job.State == "succeeded"
+	})
+	summary := run.stop(t)
+	if got := <-reasons + "," + <-reasons; got != "first:"+orch.LeaseLost+",second:" {
+		t.Errorf("handler ends %s", got)
+	}
+	lines, _ := jobLogs(t, server.operator, ids[0])
+	if got := strings.Join(storedMessages(lines), "|"); got != "first attempt|second attempt" {
+		t.Errorf("stored %q; the lost lease's lines must not be", got)
+	}
+	if summary.Outcomes[orch.OutcomeLost] != 1 || summary.Outcomes[orch.OutcomeSucceeded] != 1 {
+		t.Errorf("outcomes %v, want one lost and one succeeded", summary.Outcomes)
+	}
+}
+
+func TestAHandlerLoggingPastTheWorkersBufferStoresTheNewestLinesAfterAMarker(t *testing.T) {
+	server := liveServer(t)
+	jobType := uniqueType("go.logs.cap")
+	ids := enqueue(t, server.operator, "acme", jobType, 1)
+	worker, _ := orch.NewWorker(server.url, server.workerToken, orch.WorkerConfig{Concurrency: 1,
+		ClaimWait: time.Second, NoSignals: true, Logger: quietLogger(t)})
+	_ = worker.Handle(jobType, func(ctx context.Context, job *orch.Job) ([]orch.Artifact, error) {
+		for n := 0; n < orch.MaxLogLines+50; n++ { // faster than any heartbeat: the ack carries what is kept
+			job.Log(fmt.Sprintf("line %d", n))
+		}
+		job.Log(strings.Repeat("x", orch.MaxLogLineChars+10))
+		return nil, nil
+	})
+	run := start(worker)
+	var lines []map[string]any
+	waitFor(t, "the job to succeed", 30*time.Second, func() bool {
+		var state string
+		lines, state = jobLogs(t, server.operator, ids[0])
+		return state == "succeeded"
+	})
+	run.stop(t)
+	messages := storedMessages(lines)
+	if len(lines) != orch.MaxLogLines {
+		t.Fatalf("%d lines stored, want %d", len(lines), orch.MaxLogLines)
+	}
+	if lines[0]["level"] != "warning" || !strings.Contains(messages[0], "52 lines dropped by the worker") {
+		t.Errorf("marker %v", lines[0])
+	}
+	if messages[1] != "line 52" || messages[len(messages)-2] != fmt.Sprintf("line %d", orch.MaxLogLines+49) {
+		t.Errorf("kept %q ... %q, want the newest", messages[1], messages[len(messages)-2])
+	}
+	long := messages[len(messages)-1]
+	if !strings.HasSuffix(long, "…") || len([]rune(long)) != orch.MaxLogLineChars {
+		t.Errorf("the long line has %d characters, want %d ending in …", len([]rune(long)), orch.MaxLogLineChars)
+	}
+}

@@ -73,7 +73,16 @@ type HeartbeatAnswer struct {
 	CancelRequested bool   `json:"cancel_requested"`
 }
 
-// Heartbeat extends a lease; progress (0..1, nil: none) and message ride along.
+// LogLine is one job log line a heartbeat, ack or fail carries (schemas/log-lines.schema.json): stored with that
+// report, and refused with it. Job.Log and Job.Logf write them for a handler.
+type LogLine struct {
+	Message string `json:"message"`         // at most MaxLogLineChars characters
+	Level   string `json:"level,omitempty"` // LevelDebug, LevelInfo, LevelWarning or LevelError; "": info
+	At      string `json:"at,omitempty"`    // when the line was written (RFC 3339); "": when the server stored it
+}
+
+// Heartbeat extends a lease; progress (0..1, nil: none) and message ride along, and job log lines with
+// WithLogs(lines).
 func (c *Client) Heartbeat(ctx context.Context, jobID, leaseID string, progress *float64, message string,
 	opts ...CallOption) (HeartbeatAnswer, error) {
 	route, path := routePath("jobs.heartbeat", jobID)
@@ -83,6 +92,9 @@ func (c *Client) Heartbeat(ctx context.Context, jobID, leaseID string, progress 
 	}
 	if message != "" {
 		body["message"] = message
+	}
+	if logs := logsOf(opts); len(logs) > 0 {
+		body["logs"] = logs
 	}
 	var answer HeartbeatAnswer
 	err := c.send(ctx, route, path, nil, body, &answer, opts)
@@ -96,15 +108,19 @@ type ReportAnswer struct {
 	Attempt int    `json:"attempt"`
 }
 
-// Ack completes a job under its lease, recording artifacts.
+// Ack completes a job under its lease, recording artifacts (and job log lines given WithLogs(lines)).
 func (c *Client) Ack(ctx context.Context, jobID, leaseID string, artifacts []Artifact,
 	opts ...CallOption) (ReportAnswer, error) {
 	route, path := routePath("jobs.ack", jobID)
 	if artifacts == nil {
 		artifacts = []Artifact{}
 	}
+	body := map[string]any{"lease_id": leaseID, "artifacts": artifacts}
+	if logs := logsOf(opts); len(logs) > 0 {
+		body["logs"] = logs
+	}
 	var answer ReportAnswer
-	err := c.send(ctx, route, path, nil, map[string]any{"lease_id": leaseID, "artifacts": artifacts}, &answer, opts)
+	err := c.send(ctx, route, path, nil, body, &answer, opts)
 	return answer, err
 }
 
@@ -113,6 +129,7 @@ type AckItem struct {
 	JobID     string     `json:"job_id"`
 	LeaseID   string     `json:"lease_id"`
 	Artifacts []Artifact `json:"artifacts,omitempty"`
+	Logs      []LogLine  `json:"logs,omitempty"` // job log lines stored with the ack
 }
 
 // AckResult is one ack's outcome: State, or Err (the lease was refused, or the item was invalid).
@@ -149,10 +166,11 @@ func (c *Client) AckMany(ctx context.Context, acks []AckItem, opts ...CallOption
 
 // FailRequest reports a failed attempt (schemas/fail-request.schema.json).
 type FailRequest struct {
-	LeaseID    string   `json:"lease_id"`
-	Error      string   `json:"error"`
-	RetryAfter *float64 `json:"retry_after,omitempty"` // seconds; nil: the orchestrator's backoff
-	NoRetry    bool     `json:"no_retry,omitempty"`
+	LeaseID    string    `json:"lease_id"`
+	Error      string    `json:"error"`
+	RetryAfter *float64  `json:"retry_after,omitempty"` // seconds; nil: the orchestrator's backoff
+	NoRetry    bool      `json:"no_retry,omitempty"`
+	Logs       []LogLine `json:"logs,omitempty"` // job log lines stored with the fail
 }
 
 // Fail reports a failed attempt of a job under its lease.

@@ -3,8 +3,11 @@ package orch
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestAProblemAnswerBecomesAnErrorOfItsKindAndFamily(t *testing.T) {
@@ -111,5 +114,143 @@ func TestEveryWorkerRouteIsInTheRouteTable(t *testing.T) {
 		if RouteByName(name) == nil {
 			t.Errorf("no route %s", name)
 		}
+	}
+}
+
+// A settable clock for the lease tracker's log rules; answers are handed in as the transport would.
+type settableClock struct{ at time.Time }
+
+func (c *settableClock) now() time.Time          { return c.at }
+func (c *settableClock) advance(d time.Duration) { c.at = c.at.Add(d) }
+
+func messages(lines []LogLine) []string {
+	texts := make([]string, len(lines))
+	for index, line := range lines {
+		texts[index] = line.Message
+	}
+	return texts
+}
+
+// trackedForLogs: a running attempt whose first heartbeat (sent before it logged anything) was answered.
+func trackedForLogs(t *testing.T) (*leaseTracker, *tracked, *settableClock) {
+	t.Helper()
+	clock := &settableClock{at: time.Unix(1000, 0)}
+	tracker := newLeaseTracker(30, 250*time.Millisecond, func() {}, t.Logf)
+	tracker.now = clock.now
+	entry := tracker.track(Lease{JobID: "job-1", LeaseID: "lease-1", Attempt: 1, MaxAttempts: 3, Tenant: "acme",
+		Project: "p", Type: "work", Queue: "default"}, nil, "w")
+	if !tracker.start(entry) {
+		t.Fatal("not started")
+	}
+	if beats, _ := tracker.dueBeats(); len(beats) != 0 {
+		t.Fatalf("a beat at once: %+v", beats)
+	}
+	clock.advance(250 * time.Millisecond) // the first beat (0.2 s) goes, with no line yet
+	beats, _ := tracker.dueBeats()
+	if len(beats) != 1 || !tracker.beatWanted(beats[0]) || beats[0].logs != nil {
+		t.Fatalf("first beat %+v", beats)
+	}
+	tracker.beatSent(beats[0], HeartbeatAnswer{State: "running"}, nil)
+	return tracker, entry, clock
+}
+
+func TestALoggedLineMakesAHeartbeatDueWithinHalfASecondThatCarriesIt(t *testing.T) {
+	tracker, entry, clock := trackedForLogs(t)
+	if _, wait := tracker.dueBeats(); wait < 9*time.Second {
+		t.Fatalf("nothing logged, yet the next beat is due in %s (want lease/3)", wait)
+	}
+	entry.job.Log("hello")
+	beats, wait := tracker.dueBeats()
+	if len(beats) != 0 || wait != seconds(LogFlushSeconds) {
+		t.Fatalf("beats %d, next in %s; want none yet, one in %gs", len(beats), wait, LogFlushSeconds)
+	}
+	clock.advance(seconds(LogFlushSeconds))
+	beats, _ = tracker.dueBeats()
+	if len(beats) != 1 || !tracker.beatWanted(beats[0]) {
+		t.Fatalf("beats %+v", beats)
+	}
+	if got := messages(beats[0].logs); len(got) != 1 || got[0] != "hello" || beats[0].logs[0].Level != LevelInfo ||
+		beats[0].logs[0].At == "" {
+		t.Errorf("the beat carries %+v", beats[0].logs)
+	}
+}
+
+func TestTheReportTakesBackTheLinesOfABeatNotSentYetAndKeepsTheirOrder(t *testing.T) {
+	tracker, entry, clock := trackedForLogs(t)
+	entry.job.Log("one")
+	clock.advance(500 * time.Millisecond)
+	beats, _ := tracker.dueBeats() // taken, not sent yet (queued behind other requests)
+	if len(beats) != 1 || len(beats[0].logs) != 1 {
+		t.Fatalf("beats %+v", beats)
+	}
+	entry.job.Log("two")
+	if verdict := tracker.handlerReturned(entry); verdict != "" {
+		t.Fatal(verdict)
+	}
+	if got := messages(tracker.finalLogs(entry)); strings.Join(got, ",") != "one,two" {
+		t.Errorf("the report carries %v, want one,two", got)
+	}
+	if !tracker.beatWanted(beats[0]) || beats[0].logs != nil {
+		t.Errorf("the beat still carries %+v; it should go without them", beats[0].logs)
+	}
+	entry.job.Log("after the handler returned")
+	if got := tracker.finalLogs(entry); len(got) != 0 {
+		t.Errorf("a line written after the handler returned is kept: %v", messages(got))
+	}
+}
+
+func TestAFailedHeartbeatGivesItsLinesBackAndARefusedOneDropsThem(t *testing.T) {
+	tracker, entry, clock := trackedForLogs(t)
+	entry.job.Log("kept")
+	clock.advance(500 * time.Millisecond)
+	beats, _ := tracker.dueBeats()
+	if len(beats) != 1 || !tracker.beatWanted(beats[0]) {
+		t.Fatalf("beats %+v", beats)
+	}
+	tracker.beatSent(beats[0], HeartbeatAnswer{}, &Error{Kind: KindUnavailable, Detail: "server away"})
+	clock.advance(seconds(RetryBeatSeconds))
+	again, _ := tracker.dueBeats()
+	if len(again) != 1 || !tracker.beatWanted(again[0]) || strings.Join(messages(again[0].logs), ",") != "kept" {
+		t.Fatalf("the beat after the failed one: %+v", again)
+	}
+	stale := problemError("jobs.heartbeat", 409, map[string]any{"type": ProblemBase + "stale-lease"})
+	tracker.beatSent(again[0], HeartbeatAnswer{}, stale)
+	if entry.job.CancelReason() != LeaseLost {
+		t.Fatalf("cancel reason %q, want %q", entry.job.CancelReason(), LeaseLost)
+	}
+	entry.job.Log("after the lease was lost")
+	if got := tracker.finalLogs(entry); len(got) != 0 {
+		t.Errorf("lines of a lost attempt are kept: %v", messages(got))
+	}
+}
+
+func TestAHandlerLoggingFasterThanAReportCarriesKeepsTheNewestLinesAfterAMarker(t *testing.T) {
+	tracker, entry, _ := trackedForLogs(t)
+	for n := 0; n < MaxLogLines+50; n++ {
+		entry.job.Log(fmt.Sprintf("line %d", n))
+	}
+	if err := entry.job.Logf(LevelError, "%s", strings.Repeat("é", MaxLogLineChars+10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := entry.job.Logf("loud", "not a level"); err == nil || !strings.Contains(err.Error(), "loud") {
+		t.Errorf("an unknown level: %v", err)
+	}
+	lines := tracker.finalLogs(entry)
+	if len(lines) != MaxLogLines {
+		t.Fatalf("%d lines, want %d", len(lines), MaxLogLines)
+	}
+	if lines[0].Level != LevelWarning || !strings.Contains(lines[0].Message, "52 lines dropped by the worker") {
+		t.Errorf("marker %+v", lines[0])
+	}
+	if lines[1].Message != "line 52" || lines[len(lines)-2].Message != fmt.Sprintf("line %d", MaxLogLines+49) {
+		t.Errorf("kept %q ... %q", lines[1].Message, lines[len(lines)-2].Message)
+	}
+	last := lines[len(lines)-1]
+	if last.Level != LevelError || !strings.HasSuffix(last.Message, "…") ||
+		utf8.RuneCountInString(last.Message) != MaxLogLineChars {
+		t.Errorf("the long line: level %s, %d characters", last.Level, utf8.RuneCountInString(last.Message))
+	}
+	if cut := logLine(LevelInfo, "bad \xff byte").Message; cut != "bad \uFFFD byte" {
+		t.Errorf("a byte that is not UTF-8 becomes %q", cut)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 )
 
 // WorkerConfig holds a Worker's settings; a zero field takes the default of defaults.go (the Python SDK's).
@@ -54,8 +55,8 @@ type Summary struct {
 //   - a claimer claims up to the free handler slots plus Prefetch in one request, long-polling ClaimWait when there
 //     is no work (rotating between job types when it handles several);
 //   - Concurrency handler goroutines run handlers; a prefetched job that waits is heartbeated like a running one;
-//   - heartbeats (leases.go) keep every held lease, carry progress, and deliver cancellation through the handler's
-//     context;
+//   - heartbeats (leases.go) keep every held lease, carry progress and job log lines (Job.Log: a line goes within a
+//     second, the rest with the ack or fail), and deliver cancellation through the handler's context;
 //   - acks are gathered into jobs.ack_many batches (AckBatchSize, or AckFlush after the first); fails go one each;
 //   - while the server is unreachable, claims and reports are retried with capped backoff (RetryCapSeconds), each
 //     under the Idempotency-Key it was first sent with: a report the server applied before it went away gets its
@@ -477,7 +478,7 @@ func (w *Worker) beatLoop() {
 	}
 }
 
-func (w *Worker) sendBeat(due beat) {
+func (w *Worker) sendBeat(due *beat) {
 	select {
 	case <-w.beatsDone:
 		return
@@ -487,7 +488,7 @@ func (w *Worker) sendBeat(due beat) {
 		return
 	}
 	answer, err := w.beatClient.Heartbeat(context.Background(), due.entry.lease.JobID, due.entry.lease.LeaseID,
-		due.progress, due.message)
+		due.progress, due.message, WithLogs(due.logs))
 	w.tracker.beatSent(due, answer, err)
 }
 
@@ -545,7 +546,7 @@ func (w *Worker) reportLoop() {
 			w.sends <- struct{}{}
 			go func() {
 				defer func() { <-w.sends }()
-				w.sendOne(other.entry, other.outcome)
+				w.sendOne(other.entry, other.outcome, w.tracker.finalLogs(other.entry))
 			}()
 		}
 	}
@@ -555,8 +556,25 @@ func (w *Worker) sendAcks(acks []reportItem) {
 	items := make([]AckItem, len(acks))
 	for index, item := range acks {
 		items[index] = AckItem{JobID: item.entry.lease.JobID, LeaseID: item.entry.lease.LeaseID,
-			Artifacts: item.outcome.artifacts}
+			Artifacts: item.outcome.artifacts, Logs: w.tracker.finalLogs(item.entry)}
 	}
+	// Log lines can make a batch large: send it in parts of at most AckBatchLogChars of log text each.
+	start, chars := 0, 0
+	for index, item := range items {
+		size := 0
+		for _, line := range item.Logs {
+			size += utf8.RuneCountInString(line.Message)
+		}
+		if index > start && chars+size > AckBatchLogChars {
+			w.sendAckBatch(acks[start:index], items[start:index])
+			start, chars = index, 0
+		}
+		chars += size
+	}
+	w.sendAckBatch(acks[start:], items[start:])
+}
+
+func (w *Worker) sendAckBatch(acks []reportItem, items []AckItem) {
 	var results []AckResult
 	err := w.deliver(func(opts ...CallOption) (callErr error) {
 		results, callErr = w.reportClient.AckMany(context.Background(), items, opts...)
@@ -564,8 +582,8 @@ func (w *Worker) sendAcks(acks []reportItem) {
 	})
 	if err != nil {
 		if errors.Is(err, ErrInvalidInput) { // one handler's artifacts were refused: ack one by one to single it out
-			for _, item := range acks {
-				w.sendOne(item.entry, item.outcome)
+			for index, item := range acks {
+				w.sendOne(item.entry, item.outcome, items[index].Logs)
 			}
 			return
 		}
@@ -589,20 +607,23 @@ func (w *Worker) sendAcks(acks []reportItem) {
 	}
 }
 
-// sendOne reports one attempt on its own: an ack with its artifacts, or a fail with its error.
-func (w *Worker) sendOne(entry *tracked, result outcome) {
+// sendOne reports one attempt on its own: an ack with its artifacts, or a fail with its error; either with the
+// attempt's log lines not sent yet (leaseTracker.finalLogs).
+func (w *Worker) sendOne(entry *tracked, result outcome, logs []LogLine) {
 	jobID, leaseID := entry.lease.JobID, entry.lease.LeaseID
 	var answer ReportAnswer
 	var err error
 	if result.kind == "ack" {
 		err = w.deliver(func(opts ...CallOption) (callErr error) {
-			answer, callErr = w.reportClient.Ack(context.Background(), jobID, leaseID, result.artifacts, opts...)
+			answer, callErr = w.reportClient.Ack(context.Background(), jobID, leaseID, result.artifacts,
+				append(opts, WithLogs(logs))...)
 			return callErr
 		})
 		if err != nil && errors.Is(err, ErrInvalidInput) && !errors.Is(err, ErrNotFound) {
 			// refused for the handler's artifacts: a fail, since retrying cannot help
+			// (with the ack's log lines, which the refused ack did not store)
 			refusal := FailRequest{LeaseID: leaseID, Error: clipError("invalid artifacts: " + err.Error()),
-				NoRetry: true}
+				NoRetry: true, Logs: logs}
 			err = w.deliver(func(opts ...CallOption) (callErr error) {
 				answer, callErr = w.reportClient.Fail(context.Background(), jobID, refusal, opts...)
 				return callErr
@@ -610,10 +631,10 @@ func (w *Worker) sendOne(entry *tracked, result outcome) {
 		}
 	} else {
 		request := FailRequest{LeaseID: leaseID, Error: clipError(result.err), RetryAfter: result.retryAfter,
-			NoRetry: result.noRetry}
+			NoRetry: result.noRetry, Logs: logs}
 		if result.kind == "stopped" && entry.job.CancelReason() == CancelRequested {
 			// a fail on a job whose cancellation was requested ends it canceled
-			request = FailRequest{LeaseID: leaseID, Error: CanceledMessage, NoRetry: true}
+			request = FailRequest{LeaseID: leaseID, Error: CanceledMessage, NoRetry: true, Logs: logs}
 		}
 		err = w.deliver(func(opts ...CallOption) (callErr error) {
 			answer, callErr = w.reportClient.Fail(context.Background(), jobID, request, opts...)

@@ -43,6 +43,7 @@ func ingest(ctx context.Context, job *orch.Job) ([]orch.Artifact, error) {
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		return nil, err // any other error: retried with the orchestrator's backoff
 	}
+	job.Log("stored " + path) // a job log line: sent with the next heartbeat or the ack
 	return []orch.Artifact{{URI: "file://" + path, Digest: fmt.Sprintf("sha256:%x", sha256.Sum256(data)),
 		MIME: "application/json"}}, nil // recorded with the ack
 }
