@@ -80,6 +80,9 @@ class Ledger:
         self.cache: dict[str, Any] = {}
         # Called after each commit with the history entries it appended: [(seq, job_id, entry, hash)].
         self.commit_listeners: list = []
+        # Called after each commit with those entries and {job_id: queue} of their jobs (history entries carry no
+        # queue; the metrics label counts by it).
+        self.commit_observers: list = []
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -191,6 +194,8 @@ class Ledger:
             if tx.appended:
                 for listener in self.commit_listeners:
                     listener(tx.appended)
+                for observer in self.commit_observers:
+                    observer(tx.appended, tx.queue_of)
 
     def read(self) -> Transaction:
         """Queries on the writer's connection outside an explicit transaction, each statement on its own (for the
@@ -270,6 +275,7 @@ class Transaction:
         self.head_hash = ledger.head_hash
         self.unarchived = ledger.unarchived
         self.appended: list[tuple[int, str, str, str]] = []  # (seq, job_id, entry, entry_hash), chained
+        self.queue_of: dict[str, str] = {}  # job_id -> queue, for the appended entries whose job row named one
         self._written = 0  # how many of them are in the history table
         self._memory_capped = False  # cap_memory holds
 
