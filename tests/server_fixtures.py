@@ -392,8 +392,19 @@ def metric(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def total(samples: dict, name: str, **labels: str) -> float:
+    """The sum of a family's samples whose labels include `labels` (e.g. claims over every tenant, queue and type)."""
+    wanted = set(labels.items())
+    return sum(value for (sample, found), value in samples.items() if sample == name and wanted <= set(found))
+
+
+def _bound(le: str) -> str:
+    """A bucket bound as written here: "1" for prometheus_client's "1.0", "2.5", "+Inf"."""
+    return le if le == "+Inf" else f"{float(le):g}"
+
+
 def histogram(samples: dict, name: str) -> dict[str, float]:
-    """{le: cumulative count} plus "count" and "sum"."""
-    buckets = {dict(labels)["le"]: value for (sample, labels), value in samples.items()
+    """{le: cumulative count} plus "count" and "sum" (bounds as "1", "2.5", "+Inf")."""
+    buckets = {_bound(dict(labels)["le"]): value for (sample, labels), value in samples.items()
                if sample == f"{name}_bucket"}
     return {**buckets, "count": samples[(f"{name}_count", ())], "sum": samples[(f"{name}_sum", ())]}

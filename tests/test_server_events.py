@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft7Validator, FormatChecker
 from referencing import Registry, Resource
-from server_fixtures import ALL_SCOPES, SCHEMAS, Keys, SseStream, histogram, init_ledger, metric, serving
+from server_fixtures import ALL_SCOPES, SCHEMAS, Keys, SseStream, histogram, init_ledger, serving, total
 
 ARTIFACT = {"uri": "file:///out/report.json", "digest": "sha256:" + "0f" * 32, "mime": "application/json"}
 
@@ -151,8 +151,10 @@ def test_metrics_are_prometheus_text_and_move_with_work(served):
     response = server.request("GET", "/metrics", token=api.token)
     assert response.status == 200 and response.content_type == "text/plain", response.headers
     before = server.metrics(api.token)
-    for family in ("airgap_orch_claims_total", "airgap_orch_acks_total", "airgap_orch_lease_expirations_total",
-                   "airgap_orch_claim_latency_ms_count", "airgap_orch_group_commit_requests_count"):
+    typed = {line.split()[2] for line in response.body.decode().splitlines() if line.startswith("# TYPE ")}
+    for family in ("airgap_orch_claims_total", "airgap_orch_acks_total", "airgap_orch_lease_expirations_total"):
+        assert family in typed, family  # labelled by tenant, queue and job_type: no sample before the first event
+    for family in ("airgap_orch_claim_latency_ms_count", "airgap_orch_group_commit_requests_count"):
         assert (family, ()) in before, family
     assert ("airgap_orch_claim_latency_ms_bucket", (("le", "+Inf"),)) in before
 
@@ -165,13 +167,13 @@ def test_metrics_are_prometheus_text_and_move_with_work(served):
     deadline = time.monotonic() + 30
     while True:  # the server sweeps expired leases about once a second
         after = server.metrics(api.token)
-        if metric(after, "airgap_orch_lease_expirations_total") > metric(before, "airgap_orch_lease_expirations_total"):
+        if total(after, "airgap_orch_lease_expirations_total") > total(before, "airgap_orch_lease_expirations_total"):
             break
         assert time.monotonic() < deadline, "no lease expiration was counted"
         time.sleep(0.3)
 
-    def moved(name: str, **labels: str) -> float:
-        return metric(after, name, **labels) - metric(before, name, **labels)
+    def moved(name: str, **labels: str) -> float:  # over every label not named (tenant, queue, job_type)
+        return total(after, name, **labels) - total(before, name, **labels)
 
     assert moved("airgap_orch_claims_total") == 4
     assert moved("airgap_orch_acks_total") == 2

@@ -134,7 +134,7 @@ CASE WHEN cancel_requested THEN 'canceled' ELSE 'succeeded' END
 CASE WHEN cancel_requested THEN progress ELSE 1.0 END
 
 -- fragment: ack_returning
-jobs.job_id, state, attempts, jobs.lease_id, worker_id, tenant, project, job_type, correlation_id, payload_digest,
+jobs.job_id, state, attempts, jobs.lease_id, worker_id, tenant, project, job_type, correlation_id, payload_digest, queue,
 started_at
 
 -- name: ack
@@ -1102,3 +1102,19 @@ SELECT * FROM mine WHERE seq > $after_seq ORDER BY seq LIMIT $limit;
 -- name: job_log_prune
 -- Lines stored before the retention window.
 DELETE FROM job_logs WHERE stored_at < $cutoff;
+
+-- name: telemetry_states
+-- Jobs by tenant and state (GET /metrics; the door keeps the caller's tenants).
+SELECT tenant, state, count(*) AS jobs FROM all_jobs GROUP BY tenant, state;
+
+-- name: telemetry_backlog
+-- The hot table's unfinished jobs by tenant, queue and type: queued (ready or not), leased or running, and the
+-- run_at of the oldest ready one (GET /metrics: queue depth and oldest queued age).
+SELECT tenant, queue, job_type,
+       count(*) FILTER (WHERE state = 'queued') AS queued,
+       count(*) FILTER (WHERE state IN ('leased', 'running')) AS active,
+       count(*) FILTER (WHERE state = 'waiting') AS waiting,
+       min(run_at) FILTER (WHERE state = 'queued' AND run_at <= $now) AS oldest_ready_at
+FROM jobs
+WHERE state IN ('waiting', 'queued', 'leased', 'running')
+GROUP BY tenant, queue, job_type;

@@ -85,6 +85,9 @@ class Ledger:
         # The job log bounds of the process that opened the ledger (serve, worker run flags; orchestrator/joblogs.py
         # Limits), None: the defaults.
         self.job_log_limits: Any = None
+        # Called after each commit with those entries and {job_id: queue} of their jobs (history entries carry no
+        # queue; the metrics label counts by it).
+        self.commit_observers: list = []
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -198,6 +201,8 @@ class Ledger:
             if tx.appended:
                 for listener in self.commit_listeners:
                     listener(tx.appended)
+                for observer in self.commit_observers:
+                    observer(tx.appended, tx.queue_of)
             if tx.logged:
                 for listener in self.log_listeners:
                     listener(tx.logged)
@@ -280,6 +285,7 @@ class Transaction:
         self.head_hash = ledger.head_hash
         self.unarchived = ledger.unarchived
         self.appended: list[tuple[int, str, str, str]] = []  # (seq, job_id, entry, entry_hash), chained
+        self.queue_of: dict[str, str] = {}  # job_id -> queue, for the appended entries whose job row named one
         self._written = 0  # how many of them are in the history table
         # Work staged by orchestrator modules for the end of the transaction: `before_commit` hooks run (in order)
         # just before the history is written and COMMIT; `staged` holds what they write, by module.

@@ -13,7 +13,8 @@ import contextlib
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .. import api
@@ -73,6 +74,13 @@ class LedgerReaders:
                 raise RuntimeError(f"the ledger readers have stopped; {name} was not run")
             self._pool.submit(run)
         return answer
+
+    def run(self, work: Callable[[], Any]) -> Future:
+        """Run `work` (a read of its own snapshots, not an operation: GET /metrics) on a reader thread."""
+        with self._accepting:
+            if self._stopped:
+                raise RuntimeError("the ledger readers have stopped; the read was not run")
+            return self._pool.submit(work)
 
     def call(self, name: str, params: dict[str, Any], caller: dispatch.Caller | None = None) -> Any:
         """Blocking form of submit (for threads that are not the event loop)."""

@@ -294,6 +294,22 @@ class Walk:
                                   "updated_at": self.now})
 
 
+# What held a job back, as a small fixed set (the metrics' `reason` label), from the Throttle reasons above: the
+# reason text names the limit and may name a tenant or key, the kind does not.
+THROTTLE_KINDS = (("circuit breaker ", "circuit_breaker"), ("concurrency limit ", "concurrency"),
+                  ("quota max_active ", "quota_active"), ("quota max_per_hour ", "quota_rate"),
+                  ("rate limit ", "rate_limit"))
+
+
+def throttle_kind(reason: str) -> str:
+    """The kind of a Throttle reason (or of a job.throttled history reason, "throttled: <reason>; ...")."""
+    reason = reason.removeprefix("throttled: ")
+    for prefix, kind in THROTTLE_KINDS:
+        if reason.startswith(prefix):
+            return kind
+    return "paused" if reason.rsplit("; eligible ", 1)[0].endswith(" paused") else "other"
+
+
 def explain(tx: Transaction, job: dict[str, Any]) -> dict[str, Any] | None:
     """For a queued job: what holds it back now and until when (None if nothing does)."""
     found = limits(tx)

@@ -79,6 +79,7 @@ def append(tx: Transaction, entries: Iterable[dict[str, Any]]) -> int:
     rows = []
     encoded, attempts = _Encoded(), _Encoded()  # texts and None; attempt numbers
     moment, occurred_at = None, ""
+    queue_of = tx.queue_of
     for entry in entries:
         seq += 1
         if entry["occurred_at"] is not moment:  # a batch shares one time: render it once
@@ -87,6 +88,9 @@ def append(tx: Transaction, entries: Iterable[dict[str, Any]]) -> int:
         text = _text(seq, entry, encoded, attempts, occurred_at)
         prev = chain(prev, text)
         rows.append((seq, entry["job_id"], text, prev))
+        queue = entry.get("queue")  # not part of the entry text: the metrics' queue label (Ledger.commit_observers)
+        if queue is not None:
+            queue_of[entry["job_id"]] = queue
     tx.head_seq, tx.head_hash = seq, prev
     tx.appended.extend(rows)
     return len(rows)

@@ -46,7 +46,7 @@ def entry(job: dict[str, Any], event: str, from_state: str | None, to_state: str
         "worker_id": job.get("worker_id"), "actor": actor, "reason": reason, "tenant": job["tenant"],
         "project": job["project"], "job_type": job["job_type"], "correlation_id": job.get("correlation_id"),
         "payload_digest": job["payload_digest"], "artifacts": _artifact_list(job.get("artifacts")),
-        "occurred_at": at,
+        "occurred_at": at, "queue": job.get("queue"),  # queue: not hashed (history.ENTRY_FIELDS), for the metrics
     }
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..errors import InvalidInput, PolicyRefused
 from ..ledger import Ledger
+from ..operations import telemetry
 from ..operations.dispatch import Caller
 from ..operations.readers import LedgerReaders
 from ..operations.uploads import LedgerUploads
@@ -117,11 +118,13 @@ class Server:
         self.log_hub = LogHub(loop)
         # Counting parses every entry: done on the event loop, off the writer thread (it runs before the loop
         # resumes the requests of that commit, so an answered request is already counted).
-        self.ledger.commit_listeners += [
-            self.hub.publish, lambda appended: loop.call_soon_threadsafe(self.metrics.count_entries, appended),
-            self.log_hub.history_appended]
+        self.ledger.commit_listeners += [self.hub.publish, self.log_hub.history_appended]
+        self.ledger.commit_observers.append(
+            lambda appended, queue_of: loop.call_soon_threadsafe(self.metrics.count_entries, appended, queue_of))
         self.ledger.log_listeners.append(self.log_hub.logs_stored)
         self.writer.start()
+        # Name the top tenants before the first scrape, so the first events count under their names.
+        self.readers.run(lambda: self.metrics.rank_tenants(telemetry.snapshot(self.ledger)))
         limits = self.config.limits
         door = Door(self.writer, self.readers, verifier=self._verifier, hub=self.hub, metrics=self.metrics,
                     limits=limits, uploads=self.uploads, log_hub=self.log_hub)
