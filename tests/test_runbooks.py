@@ -160,19 +160,21 @@ def test_the_refused_import_runbook_reads_the_quarantine_and_the_audit_entry(tmp
     assert len(quarantined) == 1 and quarantined[0].read_text().strip() in done.stdout
 
 
-def test_the_job_log_runbook_runs_once_the_server_has_its_job_log_flags(tmp_path):
+def test_the_job_log_runbook_shows_the_serve_flags_and_a_jobs_lines(tmp_path):
     mode = mode_of(RUNBOOKS / "job-logs.md")
     assert mode["flags"], "job-logs.md names the serve flags it needs"
     help_text = run_cli("serve", "--help").stdout
-    missing = [flag for flag in mode["flags"].split() if flag not in help_text]
-    if missing:
-        pytest.skip(f"job-logs.md needs `serve {' '.join(missing)}`, which this server does not have yet (job logs "
-                    "land separately); the test runs it once they exist")
+    assert all(flag in help_text for flag in mode["flags"].split()), help_text
     ledger = init_ledger(tmp_path / "ledger.duckdb")
     with Ledger.open(ledger, lock_timeout=5) as opened:
         job_id = job_ops.enqueue(opened, {"tenant": "acme", "project": "p", "type": "t"})["job_id"]
+        lease_id = job_ops.claim(opened, worker_id="w1")["leases"][0]["lease_id"]
+        job_ops.heartbeat(opened, job_id, lease_id, logs=[{"message": "fetched the feed"},
+                                                          {"message": "no CVE id in one advisory", "level": "warning"}])
     with serving(ledger, "--no-auth"):
-        run_runbook("job-logs.md", ledger, {"JOB_ID": job_id}, tmp_path)
+        done = run_runbook("job-logs.md", ledger, {"JOB_ID": job_id}, tmp_path)
+    assert "--job-log-lines" in done.stdout and "fetched the feed" in done.stdout
+    assert "no CVE id in one advisory" in done.stdout
 
 
 def test_a_runbook_command_that_fails_fails_the_test(tmp_path):
