@@ -45,6 +45,8 @@ QUOTA = "orch:quota"
 BACKFILL = "orch:backfill"
 WORKER = "orch:worker"
 AIRGAP = "orch:airgap"
+# A route any valid token may call, whatever its scopes: it tells the token only its own claims (whoami).
+ANY_TOKEN = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Route:
     name: str  # operation name, e.g. "jobs.claim"
     method: str
     path: str
-    scope: str  # the scope a token needs for it: one of the constants above
+    scope: str | None  # the scope a token needs for it: one of the constants above (ANY_TOKEN: none, a valid token)
     summary: str
     request_schema: str | None = None  # schemas/<name>.schema.json
     mutating: bool = False  # accepts Idempotency-Key; goes through the writer (else: a reader, on snapshots)
@@ -74,7 +76,7 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("auth.whoami", "GET", "/v1/whoami", READ,
+    Route("auth.whoami", "GET", "/v1/whoami", ANY_TOKEN,
           "Who the token speaks for: subject, tenants and scopes, and whether the server checks tokens at all"),
     Route("jobs.enqueue", "POST", "/v1/jobs", OPERATE, "Enqueue one job", "job-spec", True),
     Route("jobs.enqueue_batch", "POST", "/v1/jobs/batch", OPERATE, "Enqueue many jobs in one transaction",

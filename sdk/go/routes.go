@@ -5,6 +5,7 @@ package orch
 
 // routeTable: every operation of the HTTP API (airgap_orch/api.py ROUTES).
 var routeTable = []Route{
+	{Name: "auth.whoami", Method: "GET", Path: "/v1/whoami", Scope: ""},
 	{Name: "jobs.enqueue", Method: "POST", Path: "/v1/jobs", Scope: "orch:operate", Mutating: true},
 	{Name: "jobs.enqueue_batch", Method: "POST", Path: "/v1/jobs/batch", Scope: "orch:operate", Mutating: true},
 	{Name: "jobs.claim", Method: "POST", Path: "/v1/jobs/claim", Scope: "orch:worker", Mutating: true},
@@ -14,8 +15,9 @@ var routeTable = []Route{
 	{Name: "jobs.fail", Method: "POST", Path: "/v1/jobs/{job_id}/fail", Scope: "orch:worker", Mutating: true},
 	{Name: "jobs.release", Method: "POST", Path: "/v1/jobs/{job_id}/release", Scope: "orch:worker", Mutating: true},
 	{Name: "jobs.cancel", Method: "POST", Path: "/v1/jobs/{job_id}/cancel", Scope: "orch:operate", Mutating: true},
-	{Name: "jobs.list", Method: "GET", Path: "/v1/jobs", Scope: "orch:read", Query: []string{"state", "tenant", "type", "limit", "cursor"}},
+	{Name: "jobs.list", Method: "GET", Path: "/v1/jobs", Scope: "orch:read", Query: []string{"state", "tenant", "type", "project", "queue", "limit", "cursor"}},
 	{Name: "jobs.show", Method: "GET", Path: "/v1/jobs/{job_id}", Scope: "orch:read"},
+	{Name: "jobs.logs", Method: "GET", Path: "/v1/jobs/{job_id}/logs", Scope: "orch:read", Query: []string{"after_seq", "limit", "cursor", "follow"}},
 	{Name: "jobs.recover", Method: "POST", Path: "/v1/jobs/recover", Scope: "orch:operate", Mutating: true},
 	{Name: "deadletter.list", Method: "GET", Path: "/v1/deadletter", Scope: "orch:read", Query: []string{"tenant", "type", "limit", "cursor"}},
 	{Name: "deadletter.replay", Method: "POST", Path: "/v1/deadletter/replay", Scope: "orch:operate", Mutating: true},
@@ -55,9 +57,9 @@ var routeTable = []Route{
 	{Name: "trust.root", Method: "GET", Path: "/v1/trust/root", Scope: "orch:airgap"},
 	{Name: "trust.pin", Method: "POST", Path: "/v1/trust/pin", Scope: "orch:airgap", Mutating: true, TakesReason: true},
 	{Name: "bundles.list", Method: "GET", Path: "/v1/bundles", Scope: "orch:airgap"},
-	{Name: "bundles.mirrors", Method: "GET", Path: "/v1/bundles/mirrors", Scope: "orch:airgap", Query: []string{"source", "kind", "limit"}},
-	{Name: "bundles.plan", Method: "POST", Path: "/v1/bundles/plan", Scope: "orch:airgap", TakesReason: true, Upload: true, Query: []string{"staleness", "force"}},
-	{Name: "bundles.import", Method: "POST", Path: "/v1/bundles/import", Scope: "orch:airgap", TakesReason: true, Upload: true, Query: []string{"plan_digest", "staleness", "force"}},
+	{Name: "bundles.mirrors", Method: "GET", Path: "/v1/bundles/mirrors", Scope: "orch:airgap", Query: []string{"source", "kind", "limit", "cursor"}},
+	{Name: "bundles.plan", Method: "POST", Path: "/v1/bundles/plan", Scope: "orch:airgap", TakesReason: true, Upload: true, Query: []string{"staleness", "force", "trust_bytes"}},
+	{Name: "bundles.import", Method: "POST", Path: "/v1/bundles/import", Scope: "orch:airgap", TakesReason: true, Upload: true, Query: []string{"plan_digest", "staleness", "force", "trust_bytes"}},
 	{Name: "bundles.export", Method: "POST", Path: "/v1/bundles/export", Scope: "orch:airgap", TakesReason: true, Download: true},
 	{Name: "airgap.status", Method: "GET", Path: "/v1/airgap/status", Scope: "orch:airgap", Query: []string{"staleness"}},
 	{Name: "airgap.staleness", Method: "POST", Path: "/v1/airgap/staleness", Scope: "orch:airgap", Mutating: true, TakesReason: true},
