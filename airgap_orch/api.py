@@ -45,6 +45,8 @@ QUOTA = "orch:quota"
 BACKFILL = "orch:backfill"
 WORKER = "orch:worker"
 AIRGAP = "orch:airgap"
+# A route any valid token may call, whatever its scopes: it tells the token only its own claims (whoami).
+ANY_TOKEN = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Route:
     name: str  # operation name, e.g. "jobs.claim"
     method: str
     path: str
-    scope: str  # the scope a token needs for it: one of the constants above
+    scope: str | None  # the scope a token needs for it: one of the constants above (ANY_TOKEN: none, a valid token)
     summary: str
     request_schema: str | None = None  # schemas/<name>.schema.json
     mutating: bool = False  # accepts Idempotency-Key; goes through the writer (else: a reader, on snapshots)
@@ -74,7 +76,7 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("auth.whoami", "GET", "/v1/whoami", READ,
+    Route("auth.whoami", "GET", "/v1/whoami", ANY_TOKEN,
           "Who the token speaks for: subject, tenants and scopes, and whether the server checks tokens at all"),
     Route("jobs.enqueue", "POST", "/v1/jobs", OPERATE, "Enqueue one job", "job-spec", True),
     Route("jobs.enqueue_batch", "POST", "/v1/jobs/batch", OPERATE, "Enqueue many jobs in one transaction",
@@ -95,6 +97,9 @@ ROUTES: tuple[Route, ...] = (
           query=(("state", "string"), ("tenant", "string"), ("type", "string"), ("project", "string"),
                  ("queue", "string"), ("limit", "integer"), ("cursor", "string"))),
     Route("jobs.show", "GET", "/v1/jobs/{job_id}", READ, "One job with its history"),
+    Route("jobs.throttled", "GET", "/v1/throttled", READ,
+          "Queued jobs a limit holds back now, with what holds each back, a page at a time",
+          query=(("limit", "integer"), ("cursor", "string"))),
     Route("jobs.logs", "GET", "/v1/jobs/{job_id}/logs", READ,
           "A job's log lines, oldest first, a page at a time; follow=1 streams them as Server-Sent Events (id: the "
           "line's seq, resumable with Last-Event-ID) until the job ends",
@@ -110,7 +115,8 @@ ROUTES: tuple[Route, ...] = (
           "Transitions as orch.event.v1 envelopes, a page at a time",
           query=(("after_seq", "integer"), ("limit", "integer"), ("cursor", "string"))),
     Route("audit.list", "GET", "/v1/audit", READ, "Audit log entries, oldest first, a page at a time",
-          query=(("since", "string"), ("after_seq", "integer"), ("limit", "integer"), ("cursor", "string"))),
+          query=(("since", "string"), ("action", "string"), ("by", "string"), ("after_seq", "integer"),
+                 ("limit", "integer"), ("cursor", "string"))),
     Route("audit.verify", "POST", "/v1/audit/verify", READ, "Verify the audit log's hash chain"),
     Route("jobs.replay", "POST", "/v1/jobs/{job_id}/replay", OPERATE,
           "Replay a dead-lettered, failed or timed-out job as a new high-priority job", "job-replay-request", True),
@@ -236,7 +242,8 @@ def path_for(route: Route, params: dict) -> tuple[str, dict]:
 
 
 # What each paged listing answers its rows under (a page also carries `next_cursor`).
-PAGED_ITEMS = {"jobs.list": "jobs", "deadletter.list": "jobs", "ledger.events": "events", "audit.list": "entries",
+PAGED_ITEMS = {"jobs.list": "jobs", "jobs.throttled": "jobs", "deadletter.list": "jobs", "ledger.events": "events",
+               "audit.list": "entries",
                "bundles.mirrors": "rows", "jobs.logs": "lines"}
 
 

@@ -198,7 +198,7 @@ def render_routes() -> str:
     for route in api.ROUTES:
         query = ", ".join(_go_value(name) for name, _kind in route.query)
         fields = [f"Name: {_go_value(route.name)}", f"Method: {_go_value(route.method)}",
-                  f"Path: {_go_value(route.path)}", f"Scope: {_go_value(route.scope)}"]
+                  f"Path: {_go_value(route.path)}", f"Scope: {_go_value(route.scope or '')}"]
         for flag, value in (("Mutating", route.mutating), ("NeedsReason", route.needs_reason),
                             ("NeedsTicket", route.needs_ticket), ("TakesReason", route.takes_reason),
                             ("Upload", route.upload), ("Download", route.download)):

@@ -125,7 +125,9 @@ def browser_missing() -> str | None:
 FULL_SCOPES = ("orch:read", "orch:operate", "orch:quota", "orch:backfill", "orch:worker", "orch:airgap")
 TOKENS = {"t1": {"subject": "alice", "tenants": [T1], "scopes": FULL_SCOPES},
           "t2": {"subject": "bob", "tenants": [T2], "scopes": FULL_SCOPES},
-          "reader": {"subject": "auditor", "tenants": [T1], "scopes": ("orch:read", "orch:airgap")}}
+          "reader": {"subject": "auditor", "tenants": [T1], "scopes": ("orch:read", "orch:airgap")},
+          "worker": {"subject": "runner", "tenants": [T1], "scopes": ("orch:worker",)},
+          "airgap": {"subject": "courier", "tenants": [T1], "scopes": ("orch:airgap",)}}
 
 
 @dataclass
@@ -141,7 +143,7 @@ class Site:
 @contextlib.contextmanager
 def console_site(directory: Path) -> Iterator[Site]:
     """A seeded ledger owned by a real server that checks tokens; tokens t1 and t2 (every scope, one tenant each)
-    and reader (orch:read and orch:airgap on t1)."""
+    reader (orch:read and orch:airgap on t1), worker (orch:worker alone) and airgap (orch:airgap alone)."""
     from server_fixtures import Keys, init_ledger, serving
 
     keys = Keys(directory / "keys")

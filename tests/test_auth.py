@@ -491,7 +491,9 @@ def test_worker_scope_allows_only_lease_operations():
 
 def test_every_operation_has_one_known_scope():
     assert set(OPERATION_SCOPES) == {route.name for route in api.ROUTES} | {"events", "metrics"}
-    assert set(OPERATION_SCOPES.values()) <= set(SCOPES)
+    # None: a valid token and no scope (api.ANY_TOKEN), for whoami alone: it tells a token only its own claims
+    assert set(OPERATION_SCOPES.values()) <= set(SCOPES) | {None}
+    assert [name for name, scope in OPERATION_SCOPES.items() if scope is None] == ["auth.whoami"]
     assert scope_for("jobs.list") == "orch:read"
     assert scope_for("jobs.enqueue") == "orch:operate"
     with pytest.raises(ValueError):
@@ -522,7 +524,8 @@ def test_readme_scope_table_matches_the_code():
     # orch:admin has no operation of its own: it names the ones whose totals it widens to the whole site
     assert set(re.findall(r"`([a-z_.]+)`", SCOPES["orch:admin"])) == SITE_WIDE_OPERATIONS
     # every other scope is needed by some operation (each route names its own: api.py, the OpenAPI document)
-    assert set(OPERATION_SCOPES.values()) == set(SCOPES) - {"orch:admin"}
+    # (whoami names none: any valid token may ask it, README "Keys and tokens")
+    assert set(OPERATION_SCOPES.values()) - {None} == set(SCOPES) - {"orch:admin"}
 
 
 def test_key_id_is_the_sha256_of_the_raw_public_key(pair):

@@ -109,6 +109,13 @@ class Console:
         self.page.click("#sign-in-form button[type=submit]")
         self.page.wait_for_selector("#nav a")
 
+    def sign_in_bare(self, token: str) -> None:
+        """Sign in with a token that may open no page (the navigation stays empty)."""
+        self.page.goto(self.url + "/console")
+        self.page.fill("#token", token)
+        self.page.click("#sign-in-form button[type=submit]")
+        self.page.wait_for_selector("#sign-in[hidden]", state="attached")
+
     def open(self, route: str, expect: str | None = None) -> str:
         """Show the page at hash `route` and wait for `expect` in it (or for it to load); its text."""
         self.page.evaluate("route => { location.hash = route; }", route)
@@ -182,6 +189,18 @@ def test_whoami_answers_the_tokens_subject_tenants_and_scopes(site):
     through_cli = run_cli("--server", site.server.url, "--token", site.tokens["t2"], "whoami", "--json")
     assert through_cli.code == 0, through_cli
     assert through_cli.json["subject"] == "bob" and through_cli.json["tenants"] == [T2]
+
+
+def test_whoami_needs_a_valid_token_and_no_scope(site):
+    """A worker-only token (and an air-gap-only one) asks whoami too: it tells a token only its own claims."""
+    assert ok(site, "GET", "/v1/whoami", token="worker") == {
+        "subject": "runner", "actor": "token:runner", "authenticated": True, "tenants": [T1],
+        "scopes": ["orch:worker"]}
+    assert ok(site, "GET", "/v1/whoami", token="airgap")["scopes"] == ["orch:airgap"]
+    through_cli = run_cli("--server", site.server.url, "--token", site.tokens["worker"], "whoami", "--json")
+    assert through_cli.code == 0 and through_cli.json["scopes"] == ["orch:worker"], through_cli
+    assert_problem(send(site.server.url, "GET", "/v1/whoami", token=site.tokens["t1"] + "x"), 401, exit_code=7)
+    assert_problem(send(site.server.url, "GET", "/v1/jobs", token=site.tokens["worker"]), 403, exit_code=7)
 
 
 def test_whoami_on_an_open_server_says_no_token_is_checked(tmp_path):
@@ -318,6 +337,29 @@ def test_a_read_only_token_sees_no_action_buttons(console, site):
         labels = [label.strip() for label in console.page.locator("#page button").all_inner_texts()]
         assert [label for label in labels if ACTION_BUTTONS.match(label)] == [], (route, labels)
         assert console.page.locator("#page input[type=checkbox]").count() == 0, route
+    assert console.errors == []
+
+
+def test_a_worker_only_token_signs_in_and_is_told_which_scope_the_pages_need(console, site):
+    console.sign_in_bare(site.tokens["worker"])
+    console.wait_for("needs scope orch:read")
+    assert console.page.locator("#nav a").count() == 0  # no page it could open
+    assert "runner" in console.page.inner_text("#who")
+    text = console.page.inner_text("#page")
+    assert "this token carries: orch:worker" in text and "It may open no page" in text
+    assert console.page.locator("#page button").count() == 0
+    assert "needs orch:read" in console.page.inner_text("#live")  # no /events stream that would 403
+    text = console.open("#/deadletters", "needs scope orch:read")
+    assert "upstream said" not in text
+    assert console.errors == []
+
+
+def test_an_airgap_only_token_opens_the_air_gap_page_and_no_page_that_would_fail(console, site):
+    console.sign_in(site.tokens["airgap"])
+    assert console.page.locator("#nav a").all_inner_texts() == ["Air gap"]
+    console.wait_for("Pinned trust root")  # no page named: the first one it may open
+    text = console.open("#/overview", "needs scope orch:read")
+    assert "disk full" not in text and "Air gap" in text  # a link to the page it may open
     assert console.errors == []
 
 

@@ -1,5 +1,6 @@
 """Scopes: what a token may do. SCOPES below is the documentation and the code at once; each operation's scope is
-named by its route (api.py), and OPERATION_SCOPES collects them.
+named by its route (api.py), and OPERATION_SCOPES collects them. A route naming no scope (api.ANY_TOKEN: whoami,
+which only tells a token its own claims) needs a valid token and nothing more.
 
 Scopes do not imply one another: an operator who also lists jobs carries `orch:operate` and `orch:read`.
 A request is allowed when the token carries the operation's scope (`require`) and names the job's tenant
@@ -42,8 +43,8 @@ SCOPES = MappingProxyType({
 # The server's endpoints that are not operations, and the scope each needs.
 ENDPOINT_SCOPES = {"events": READ, "metrics": READ}  # GET /events (the SSE stream), GET /metrics
 
-# operation (api.Route.name, or an endpoint above) -> the scope it needs: read from the routes, which name their
-# scope, so a new operation needs no line here.
+# operation (api.Route.name, or an endpoint above) -> the scope it needs (None: any valid token): read from the
+# routes, which name their scope, so a new operation needs no line here.
 OPERATION_SCOPES = MappingProxyType({**{route.name: route.scope for route in ROUTES}, **ENDPOINT_SCOPES})
 
 # Operations whose totals an orch:admin token reads for the whole site; any other token reads its tenants' only
@@ -55,17 +56,19 @@ class ScopeMissing(Forbidden):
     """The token is valid but lacks the scope an operation needs (a NotAuthorized: exit 7, HTTP 403)."""
 
 
-def scope_for(operation: str) -> str:
-    """The scope `operation` (a route's name, or an ENDPOINT_SCOPES endpoint) needs; ValueError for one the table
-    does not name (a server bug)."""
+def scope_for(operation: str) -> str | None:
+    """The scope `operation` (a route's name, or an ENDPOINT_SCOPES endpoint) needs, None when any valid token may
+    call it; ValueError for one the table does not name (a server bug)."""
     try:
         return OPERATION_SCOPES[operation]
     except KeyError:
         raise ValueError(f"no scope is defined for operation {operation!r}") from None
 
 
-def require(principal: Principal, scope: str) -> None:
-    """Raise ScopeMissing unless the principal's token carries `scope`."""
+def require(principal: Principal, scope: str | None) -> None:
+    """Raise ScopeMissing unless the principal's token carries `scope` (None: no scope needed)."""
+    if scope is None:
+        return
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
     if scope not in principal.scopes:

@@ -15,11 +15,14 @@ def group() -> None:
 
 @command(group, "list")
 @click.option("--since", help="Only entries at or after this ISO 8601 time.")
+@click.option("--action", help="Only entries of this action (e.g. quota.set).")
+@click.option("--actor", help="Only entries by this actor (e.g. token:alice, cli).")
 @click.option("--limit", type=int, default=1000, show_default=True)
 @click.option("--after-seq", type=int, default=0, show_default=True, help="Only entries after this seq (paging).")
-def list_(since: str | None, limit: int, after_seq: int) -> dict | None:
+def list_(since: str | None, action: str | None, actor: str | None, limit: int, after_seq: int) -> dict | None:
     """Audit entries, oldest first."""
-    result = invoke_listing("audit.list", {"since": since, "after_seq": after_seq}, limit)
+    result = invoke_listing("audit.list", {"since": since, "action": action, "by": actor, "after_seq": after_seq},
+                            limit)
     if settings().json:
         return result
     if not result["entries"]:

@@ -345,8 +345,9 @@ def list_() -> dict | None:
         return result
     click.echo(f"imports: {len(result['imports'])}")
     for row in result["imports"]:
+        passed = sum(1 for check in row.get("checks", []) if check.get("ok"))
         click.echo(f"  {row['source_site']} #{row['sequence']} {row['kind']} {row['bundle_id']} {row['outcome']} "
-                   f"at {row['imported_at']}")
+                   f"at {row['imported_at']}, {passed} of {len(row.get('checks', []))} checks passed")
     click.echo(f"exports: {len(result['exports'])}")
     for row in result["exports"]:
         base = f" (base {row['base_sequence']})" if row.get("base_sequence") else ""

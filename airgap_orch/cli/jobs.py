@@ -195,6 +195,14 @@ def list_(state: str | None, tenant: str | None, job_type: str | None, project: 
                                         "queue": queue}, limit)
 
 
+@command(group, "throttled")
+@click.option("--limit", type=int, default=1000, show_default=True,
+              help="Queued jobs to look at most (1 to 100,000), read a page at a time.")
+def throttled(limit: int) -> dict:
+    """Queued jobs a limit holds back now, oldest first, each with what holds it back and until when."""
+    return invoke_listing("jobs.throttled", {}, limit)
+
+
 @command(group, "show")
 @click.argument("job_id")
 def show(job_id: str) -> dict:

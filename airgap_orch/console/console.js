@@ -65,11 +65,29 @@ function ask(title, { text = "", needsReason = false, needsTicket = false } = {}
   });
 }
 
+// The pages this token may open (whoami needs no scope, so a worker-only token signs in and may open none).
+function allowedPages() {
+  return Object.entries(PAGES).filter(([, page]) => !page.scope || can(page.scope));
+}
+
+// What a page the token may not open shows instead: the scope it needs, and what the token may open.
+function needsScope(page) {
+  const allowed = allowedPages();
+  const scopes = state.who.scopes.join(" ") || "none";
+  return el("div", { class: "page needs-scope" },
+    el("h1", {}, page.title),
+    el("p", { class: "note" }, `This page needs scope ${page.scope}; this token carries: ${scopes}.`),
+    allowed.length
+      ? el("p", {}, "It may open: ", allowed.flatMap(([path, shown], index) => [index ? ", " : "",
+        el("a", { href: `#/${path}` }, shown.title)]))
+      : el("p", {}, "It may open no page of the console: they need orch:read (the Air gap page orch:airgap). "
+        + "It may still call the routes its scopes allow."));
+}
+
 function renderNav() {
   const nav = $("nav");
   nav.replaceChildren();
-  for (const [path, page] of Object.entries(PAGES)) {
-    if (page.scope && !can(page.scope)) continue;
+  for (const [path, page] of allowedPages()) {
     nav.append(el("a", { href: `#/${path}`, "data-page": path }, page.title));
   }
   const who = state.who;
@@ -85,7 +103,12 @@ async function show() {
   if (state.page && state.page.stop) state.page.stop();
   state.page = null;
   setStatus("");
-  const { path, page, params } = route(location.hash);
+  let { path, page, params } = route(location.hash);
+  // No page asked for (the overview by default) and the overview is not allowed: the first page that is.
+  const first = allowedPages()[0];
+  if (!location.hash.replace(/^#\/?/, "") && page.scope && !can(page.scope) && first) {
+    [path, page, params] = [first[0], first[1], {}];
+  }
   for (const link of $("nav").querySelectorAll("a")) {
     link.classList.toggle("current", link.dataset.page === path.split("/")[0]);
   }
@@ -95,8 +118,11 @@ async function show() {
     current: () => generation === state.render,
     refresh: () => { if (generation === state.render) show(); },
   };
+  if (page.scope && !can(page.scope)) {
+    target.replaceChildren(needsScope(page));
+    return;
+  }
   try {
-    if (page.scope && !can(page.scope)) throw new ApiError(403, `this token lacks scope ${page.scope}`);
     const shown = await page.render(context);
     if (generation !== state.render) {
       if (shown && shown.stop) shown.stop();
@@ -153,7 +179,11 @@ async function signIn(value) {
   state.who = who;
   $("sign-in").hidden = true;
   renderNav();
-  follow();
+  if (can("orch:read")) follow(); // GET /events needs orch:read
+  else {
+    $("live").textContent = "not live: the event stream needs orch:read";
+    $("live").className = "live off";
+  }
   await show();
 }
 

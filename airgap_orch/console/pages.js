@@ -67,14 +67,12 @@ function pauseText(paused) {
 
 // -- overview --------------------------------------------------------------------------------------------------
 async function overview(context) {
-  const [queues, info, leased, running, dead, sources, breakers, queued] = await Promise.all([
+  // GET /v1/throttled: the queued jobs a limit holds back now, each with what holds it (one request, a page).
+  const [queues, info, leased, running, dead, sources, breakers, throttled] = await Promise.all([
     get("/v1/queues"), get("/v1/ledger"), get("/v1/jobs", { state: "leased", limit: 200 }),
     get("/v1/jobs", { state: "running", limit: 200 }), get("/v1/deadletter", { limit: 10 }),
-    get("/v1/sources"), get("/v1/breakers"), get("/v1/jobs", { state: "queued", limit: 20 }),
+    get("/v1/sources"), get("/v1/breakers"), get("/v1/throttled", { limit: 50 }),
   ]);
-  // A queued job's throttle reason is in its own page (jobs show): the 20 oldest queued jobs are asked.
-  const shown = await Promise.all(queued.jobs.map((job) => get(`/v1/jobs/${enc(job.job_id)}`).catch(() => null)));
-  const throttled = shown.filter((job) => job && job.throttled);
   const workers = new Map();
   for (const job of [...leased.jobs, ...running.jobs]) {
     const worker = workers.get(job.worker_id) || { worker: job.worker_id, jobs: [], expires: null };
@@ -115,9 +113,13 @@ async function overview(context) {
       { title: "job", value: (job) => jobLink(job.job_id) },
       { title: "tenant", value: (job) => job.tenant },
       { title: "type", value: (job) => job.type },
+      { title: "queue", value: (job) => job.queue },
       { title: "held back by", value: (job) => job.throttled.throttled_by },
-      { title: "eligible at", value: (job) => job.throttled.eligible_at },
-    ], throttled, { empty: "none of the oldest queued jobs is held back" })),
+      { title: "eligible", value: (job) => job.throttled.eligible_at
+        ? `at ${job.throttled.eligible_at}` : `once ${job.throttled.waits_for}` },
+    ], throttled.jobs, { empty: "no queued job is held back" }),
+    throttled.next_cursor ? el("p", { class: "hint" }, "The 50 oldest held-back jobs; `airgap-orch jobs throttled` "
+      + "lists them all.") : null),
     section("Paused queues and sources", table([
       { title: "kind", value: (row) => row.kind },
       { title: "name", value: (row) => row.name },
@@ -557,44 +559,104 @@ async function sources(context) {
 }
 
 // -- air gap -------------------------------------------------------------------------------------------------------
+// The answers of GET /v1/trust (trust.show), GET /v1/airgap/status and GET /v1/bundles (bundles.list).
+const keyCount = (role) => `${role.threshold} of ${role.keyids.length} key(s)`;
+
+function checkList(checks) {
+  if (!checks || !checks.length) return el("span", { class: "empty" }, "no checks recorded");
+  return el("ul", { class: "checks" }, checks.map((check) => el("li", { class: check.ok ? "ok" : "error",
+    "data-check": check.name }, `${check.ok ? "passed" : "FAILED"} ${check.name}: ${check.detail}`)));
+}
+
+function staleness(status) {
+  const found = status.staleness;
+  if (!found) return el("p", { class: "empty" }, "no time anchor yet: no bundle imported, so no staleness");
+  return keyValues({
+    "latest time anchor": status.latest_anchor,
+    state: found.state + (status.refused ? " (imports refused)" : ""),
+    mode: found.mode,
+    "bundle age": age(found.age_seconds),
+    "budget left": found.budget_left_seconds === null || found.budget_left_seconds === undefined ? "—"
+      : `${age(found.budget_left_seconds)} (${Math.round(found.budget_left_seconds)} s)`,
+    "clock drift": found.drift_seconds === null || found.drift_seconds === undefined ? "—" : `${found.drift_seconds} s`,
+    message: found.message,
+  });
+}
+
 async function airgap() {
   const [status, bundles, trust] = await Promise.all([
     get("/v1/airgap/status"), get("/v1/bundles"),
     get("/v1/trust").catch((error) => ({ missing: error.message })),
   ]);
-  const floors = status.floors || [];
-  const node = el("div", { class: "page" }, el("h1", {}, "Air gap"),
-    section("Pinned trust root", trust.missing ? el("p", { class: "empty" }, trust.missing)
-      : keyValues(trust, { skip: ["roles", "sites"] })),
-    section("Time anchor, staleness and budget left", keyValues({
-      site_id: status.site_id, latest_anchor: status.latest_anchor, staleness: status.staleness,
-      refused: status.refused, policy_authority: status.policy_authority,
-    })),
-    section("Sequence floors per source site", objectTable(floors, "no bundle imported yet: no floors")),
-    section("Imports", objectTable(bundles.imports || [], "no imports")),
-    section("Exports", objectTable(bundles.exports || [], "no exports")),
+  const roles = trust.missing ? [] : [
+    ...Object.entries(trust.roles || {}).map(([name, role]) => ({ kind: "role", name, role })),
+    ...Object.entries(trust.sites || {}).map(([name, role]) => ({ kind: "site", name, role })),
+  ];
+  const node = el("div", { class: "page airgap" }, el("h1", {}, "Air gap"),
+    el("p", { class: "summary" }, `This site: ${status.site_id}`
+      + (status.policy_authority ? `; policy authority ${text(status.policy_authority)}` : "")),
+    section("Pinned trust root", trust.missing ? el("p", { class: "empty" }, trust.missing) : [
+      keyValues({ version: trust.version, expires: trust.expires + (trust.expired ? " (EXPIRED)" : ""),
+        fingerprint: trust.fingerprint, "pinned at": trust.pinned_at, "pinned by": trust.pinned_by }),
+      table([
+        { title: "role or site", value: (row) => `${row.kind} ${row.name}` },
+        { title: "threshold", value: (row) => keyCount(row.role) },
+      ], roles, { empty: "no roles" })]),
+    section("Time anchor, staleness and budget left", staleness(status)),
+    section("Sequence floors per source site", table([
+      { title: "source site", value: (floor) => floor.source_site },
+      { title: "floor (last sequence imported)", value: (floor) => floor.sequence },
+      { title: "its bundle created", value: (floor) => floor.created_at },
+      { title: "imports", value: (floor) => floor.imports },
+    ], status.floors || [], { empty: "no bundle imported yet: no floors" })),
+    section("Imports", table([
+      { title: "from", value: (row) => `${row.source_site} #${row.sequence}` },
+      { title: "kind", value: (row) => row.kind },
+      { title: "bundle", value: (row) => el("span", { class: "mono" }, row.bundle_id) },
+      { title: "created", value: (row) => row.created_at },
+      { title: "imported", value: (row) => `${row.imported_at} by ${row.imported_by}` },
+      { title: "outcome", value: (row) => row.outcome },
+      { title: "checks", value: (row) => checkList(row.checks) },
+    ], bundles.imports || [], { empty: "no imports" })),
+    section("Exports", table([
+      { title: "to", value: (row) => `${row.target_site} #${row.sequence}` },
+      { title: "kind", value: (row) => row.kind + (row.base_sequence ? ` (base ${row.base_sequence})` : "") },
+      { title: "tenant", value: (row) => row.tenant || "every tenant" },
+      { title: "bundle", value: (row) => el("span", { class: "mono" }, row.bundle_id) },
+      { title: "size", value: (row) => `${row.size_bytes} bytes` },
+      { title: "exported", value: (row) => `${row.exported_at} by ${row.exported_by}` },
+      { title: "jobs handed off", value: (row) => row.handed_off },
+    ], bundles.exports || [], { empty: "no exports" })),
+    section("Mirrors per source site", table([
+      { title: "source site", value: (row) => row[0] },
+      { title: "rows mirrored", value: (row) => Object.entries(row[1]).map(([name, count]) => `${name} ${count}`)
+        .join(", ") },
+    ], Object.entries(bundles.mirrors || {}), { empty: "no mirrors" })),
     section("Superseded imports", objectTable(bundles.superseded_imports || [], "none")));
   return { node };
 }
 
 // -- audit log -----------------------------------------------------------------------------------------------------
 async function audit(context) {
-  const wanted = { action: context.params.action || "", actor: context.params.actor || "" };
+  const wanted = { action: context.params.action || "", actor: context.params.actor || "",
+    since: context.params.since || "" };
+  // The ledger filters (GET /v1/audit ?action= &by=): a page holds up to 200 matching entries, oldest first, and
+  // "Next page" follows the answer's cursor however many other entries lie between.
   const [page, verified] = await Promise.all([
-    get("/v1/audit", { since: context.params.since, limit: 1000 }),
+    get("/v1/audit", { since: wanted.since, action: wanted.action, by: wanted.actor, cursor: context.params.cursor,
+      limit: 200 }),
     post("/v1/audit/verify").catch((error) => ({ ok: false, error: error.message })),
   ]);
-  const entries = page.entries.filter((entry) => (!wanted.action || entry.action.includes(wanted.action))
-    && (!wanted.actor || entry.actor.includes(wanted.actor))).reverse();
-  const filter = form("Filter the audit log", [
-    { name: "action", label: "action", value: wanted.action, placeholder: "quota.set" },
-    { name: "actor", label: "actor", value: wanted.actor },
-    { name: "since", label: "since (UTC)", value: context.params.since, placeholder: "2026-01-01T00:00:00Z" },
-  ], "Filter", (values) => {
+  const go = (values) => {
     const query = new URLSearchParams();
     for (const [name, value] of Object.entries(values)) if (value) query.set(name, value);
     location.hash = "#/audit" + (query.toString() ? "?" + query : "");
-  });
+  };
+  const filter = form("Filter the audit log", [
+    { name: "action", label: "action (exact)", value: wanted.action, placeholder: "quota.set" },
+    { name: "actor", label: "actor (exact)", value: wanted.actor, placeholder: "token:alice" },
+    { name: "since", label: "since (UTC)", value: wanted.since, placeholder: "2026-01-01T00:00:00Z" },
+  ], "Filter", go);
   const chain = verified.ok
     ? el("p", { class: "ok" }, `Hash chain verified: ${verified.audit_entries} entries checked at ${verified.checked_at}.`)
     : el("p", { class: "error" }, `Hash chain NOT verified: ${verified.error || JSON.stringify(verified)}`);
@@ -607,8 +669,10 @@ async function audit(context) {
     { title: "reason", value: (entry) => entry.reason },
     { title: "ticket", value: (entry) => entry.ticket },
     { title: "details", value: (entry) => el("details", {}, el("summary", {}, "details"), pre(entry.details)) },
-  ], entries, { empty: "no audit entries match" }),
-  page.next_cursor ? el("p", { class: "hint" }, "Showing the first 1,000 entries; narrow with since.") : null);
+  ], page.entries, { empty: "no audit entries match" }),
+  el("div", { class: "actions" },
+    context.params.cursor ? button("First page", () => go(wanted)) : null,
+    page.next_cursor ? button("Next page", () => go({ ...wanted, cursor: page.next_cursor })) : null));
   return { node };
 }
 

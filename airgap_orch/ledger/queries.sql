@@ -340,8 +340,10 @@ ORDER BY seq;
 INSERT INTO audit_log VALUES ($seq, $action, $entry, $entry_hash);
 
 -- name: audit_page
+-- $action, $by: only entries of that action / by that actor (NULL: any).
 SELECT seq, action, entry, entry_hash FROM audit_log
 WHERE seq > $after_seq AND ($since IS NULL OR (entry ->> 'at') >= $since)
+  AND ($action IS NULL OR action = $action) AND ($by IS NULL OR (entry ->> 'actor') = $by)
 ORDER BY seq LIMIT $limit;
 
 -- name: audit_scan
@@ -433,6 +435,7 @@ WHERE backfill_id = $backfill_id AND state = 'active';
 -- audit_page for a caller limited to some tenants: only entries that name one of them in details.tenant.
 SELECT seq, action, entry, entry_hash FROM audit_log
 WHERE seq > $after_seq AND ($since IS NULL OR (entry ->> 'at') >= $since)
+  AND ($action IS NULL OR action = $action) AND ($by IS NULL OR (entry ->> 'actor') = $by)
   AND list_contains($tenants, entry ->> '$.details.tenant')
 ORDER BY seq LIMIT $limit;
 
@@ -454,6 +457,18 @@ SELECT rowid AS row_id, job_id, tenant, project, job_type, queue, limit_keys, at
 FROM jobs
 WHERE {{ready}} AND {{in_blocked_group}}
 ORDER BY {{claim_order}}
+LIMIT $limit;
+
+-- name: throttled_page
+-- Ready jobs inside the groups flow control blocks as a whole (Walk.blocked(): every limit that holds a job back
+-- blocks its group), in (created_at, job_id) order after the previous page's last job (jobs_listed's key);
+-- jobs.throttled asks flow.py what holds each back.
+SELECT job_id, tenant, project, job_type, queue, priority, limit_keys, attempts, created_at, run_at, state
+FROM jobs
+WHERE {{ready}} AND {{in_blocked_group}}
+  AND created_at >= coalesce($after_created_at, '-infinity'::TIMESTAMP)
+  AND ($after_created_at IS NULL OR created_at > $after_created_at OR job_id > $after_job_id)
+ORDER BY created_at, job_id
 LIMIT $limit;
 
 -- name: leases_assign
@@ -908,6 +923,15 @@ INSERT INTO bundle_imports VALUES ($source_site, $sequence, $kind, $bundle_id, $
 -- name: bundle_import_list
 SELECT source_site, sequence, kind, bundle_id, payload_digest, created_at, imported_at, imported_by, outcome
 FROM bundle_imports ORDER BY imported_at, source_site, sequence;
+
+-- name: bundle_import_checks
+-- The verification checks (name, ok, detail) the audit entry of each import recorded, by payload digest: the entry
+-- of the import that wrote the row (outcome imported or forced; a no-op re-import or a refusal wrote none).
+SELECT entry ->> '$.details.payload_sha256' AS payload_digest, entry -> '$.details.checks' AS checks
+FROM audit_log
+WHERE action = 'bundle.import' AND entry ->> '$.details.outcome' IN ('imported', 'forced')
+  AND list_contains($payload_digests, entry ->> '$.details.payload_sha256')
+ORDER BY seq;
 
 -- name: bundle_export_list
 SELECT target_site, sequence, kind, base_sequence, tenant, bundle_id, payload_sha256, created_at, size_bytes,

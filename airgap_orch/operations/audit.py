@@ -12,6 +12,7 @@ from ..orchestrator import audit, history
 from .registry import operation
 
 MAX_LIST = 100_000
+MAX_FILTER_CHARS = 256  # an action or actor named in a filter (actions are short; actors are token:<subject>)
 
 
 def _whole(value: Any, low: int, high: int, what: str) -> int:
@@ -22,13 +23,17 @@ def _whole(value: Any, low: int, high: int, what: str) -> int:
 
 @operation("audit.list")
 def list_entries(ledger: Ledger, *, since: str | None = None, limit: int = 1000, after_seq: int = 0,
-                 cursor: str | None = None, actor: str = "cli", tenants: Collection[str] | None = None
-                 ) -> dict[str, Any]:
+                 cursor: str | None = None, action: str | None = None, by: str | None = None,
+                 actor: str = "cli", tenants: Collection[str] | None = None) -> dict[str, Any]:
     """One page of audit entries in order (oldest first), from `since` (ISO 8601) and after `after_seq` (or after
     where `cursor` says): at most `limit`, and at most validation.MAX_PAGE_ROWS; `next_cursor` continues after it
-    (None: nothing follows yet). A caller limited to some tenants sees the entries whose details name one of them.
-    One snapshot per page."""
+    (None: nothing follows yet). `action` keeps the entries of that action (e.g. quota.set), `by` those of that
+    actor (e.g. token:alice; `actor` is the caller's own name): the filter runs in the ledger, so a page holds up to
+    `limit` matching entries however many others lie between them. A caller limited to some tenants sees the
+    entries whose details name one of them. One snapshot per page."""
     wanted = min(_whole(limit, 1, MAX_LIST, "limit"), validation.MAX_PAGE_ROWS)
+    action = validation.text(action, MAX_FILTER_CHARS, "action")
+    by = validation.text(by, MAX_FILTER_CHARS, "by (the actor)")
     after_seq = _whole(after_seq, 0, 2**62, "after_seq")
     if cursor is not None:
         if after_seq:
@@ -37,10 +42,11 @@ def list_entries(ledger: Ledger, *, since: str | None = None, limit: int = 1000,
     since_text = clock.iso(validation.timestamp(since, "--since")) if since is not None else None
     with ledger.snapshot() as read:
         if tenants is None:
-            rows = read.rows("audit_page", after_seq=after_seq, since=since_text, limit=wanted + 1)
+            rows = read.rows("audit_page", after_seq=after_seq, since=since_text, action=action, by=by,
+                             limit=wanted + 1)
         else:  # a token sees the actions on its tenants only (entries that name no tenant stay hidden)
-            rows = read.rows("audit_page_for_tenants", after_seq=after_seq, since=since_text, limit=wanted + 1,
-                             tenants=sorted(tenants))
+            rows = read.rows("audit_page_for_tenants", after_seq=after_seq, since=since_text, action=action, by=by,
+                             limit=wanted + 1, tenants=sorted(tenants))
     more = len(rows) > wanted
     entries = [audit.parse(row["seq"], row["entry"], row["entry_hash"]) for row in rows[:wanted]]
     last_seq = entries[-1]["seq"] if entries else after_seq

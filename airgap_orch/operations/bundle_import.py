@@ -904,6 +904,13 @@ def list_bundles(ledger: Ledger) -> dict[str, Any]:
     read = ledger.read()
     imports = [{**row, "created_at": clock.iso(row["created_at"]), "imported_at": clock.iso(row["imported_at"])}
                for row in read.rows("bundle_import_list")]
+    # Each import's checks, from its audit entry (the import row keeps none): [] if the entry holds none.
+    checks: dict[str, Any] = {}
+    for digest, found in read.fetch("bundle_import_checks",
+                                    payload_digests=[row["payload_digest"] for row in imports]):
+        checks.setdefault(digest, json.loads(found) if found else [])
+    for row in imports:
+        row["checks"] = checks.get(row["payload_digest"], [])
     exports = [{**row, "created_at": clock.iso(row["created_at"]), "exported_at": clock.iso(row["exported_at"])}
                for row in read.rows("bundle_export_list")]
     mirrors = {}

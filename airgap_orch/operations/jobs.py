@@ -11,7 +11,7 @@ from typing import Any
 from .. import clock, schemas, validation
 from ..errors import Forbidden, OrchError, exit_code_for
 from ..ledger import Ledger, Transaction
-from ..orchestrator import claims, joblogs, operator, recovery, render, reports
+from ..orchestrator import claims, flow, joblogs, operator, recovery, render, reports
 from ..orchestrator.enqueue import enqueue as enqueue_records
 from ..orchestrator.states import DEAD_LETTER, FINAL_STATES
 from .registry import operation, prepared
@@ -323,6 +323,29 @@ def show(ledger: Ledger, job_id: str, *, actor: str = "cli", tenants: Collection
          ) -> dict[str, Any]:
     with ledger.snapshot() as read:
         return render.show(read, validation.job_id(job_id), tenants)
+
+
+@operation("jobs.throttled")
+def throttled(ledger: Ledger, *, limit: int = 100, cursor: str | None = None, actor: str = "cli",
+              tenants: Collection[str] | None = None) -> dict[str, Any]:
+    """One page of the queued, due jobs that a limit (a pause, a breaker, a concurrency limit, a quota, a rate limit)
+    holds back now, in creation order, each with `throttled` as jobs.show says it (throttled_by, eligible_at,
+    waits_for): at most `limit` jobs and validation.MAX_PAGE_ROWS are read per page (one read only of the ledger,
+    the jobs in the groups flow control blocks), `next_cursor` continues after them. A caller limited to some tenants
+    sees its tenants' jobs only. No payloads: jobs.show has them."""
+    wanted = min(validation.list_limit(limit), validation.MAX_PAGE_ROWS)
+    after = _job_key(cursor)
+    with ledger.snapshot() as read:
+        held, last = flow.throttled(read, tenants=tenants, after=after, limit=wanted)
+    jobs = []
+    for row, throttle in held:
+        job = {key: clock.iso(value) if isinstance(value, datetime) else value for key, value in row.items()}
+        job["type"] = job.pop("job_type")
+        job["keys"] = job.pop("limit_keys", None) or []
+        job["throttled"] = throttle.render()
+        jobs.append(job)
+    return {"jobs": jobs, "next_cursor": validation.page_cursor("jobs", [last["created_at"], last["job_id"]])
+            if last is not None else None}
 
 
 def deadletter_list(ledger: Ledger, *, tenant: str | None = None, job_type: str | None = None, limit: int = 1000,

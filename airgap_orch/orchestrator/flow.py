@@ -19,6 +19,7 @@ then settles: bucket levels and breaker probes are written back in the same tran
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -317,6 +318,28 @@ def explain(tx: Transaction, job: dict[str, Any]) -> dict[str, Any] | None:
         return None
     throttle = Walk.start(tx, found, clock.now()).admit(job, dry=True)
     return throttle.render() if throttle is not None else None
+
+
+def throttled(tx: Transaction, *, tenants: Collection[str] | None, after: tuple[datetime | None, str | None],
+              limit: int) -> tuple[list[tuple[dict[str, Any], Throttle]], dict[str, Any] | None]:
+    """Queued, due jobs a limit holds back now, in (created_at, job_id) order after `after`, with what holds each:
+    at most `limit` rows are read (the groups Walk.blocked() names; a row flow control admits after all is left
+    out). Also returns the last row read (where the next page starts), or None when no more rows followed."""
+    found = limits(tx)
+    if found.empty:
+        return [], None
+    now = clock.now()
+    walk = Walk.start(tx, found, now)
+    blocked = walk.blocked()
+    if not any(blocked.values()):
+        return [], None
+    rows = tx.rows("throttled_page", **blocked, site_id=tx.site_id, queue=None, job_type=None, now=now,
+                   tenants=sorted(tenants) if tenants is not None else None, after_created_at=after[0],
+                   after_job_id=after[1], limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    held = [(row, throttle) for row in rows if (throttle := walk.admit(row, dry=True)) is not None]
+    return held, (rows[-1] if more and rows else None)
 
 
 def noted(tx: Transaction, job_id: str, throttle: Throttle) -> bool:

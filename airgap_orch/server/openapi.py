@@ -166,7 +166,8 @@ def document() -> dict[str, Any]:
         operation: dict[str, Any] = {
             "operationId": _operation_id(route.name),
             "summary": route.summary,
-            "security": [{"bearer": [route.scope]}],  # OpenAPI 3.1: the role (scope) a token needs
+            # OpenAPI 3.1: the role (scope) a token needs; an empty list: a valid token, no role (api.ANY_TOKEN)
+            "security": [{"bearer": [route.scope] if route.scope else []}],
             "parameters": _parameters(route),
             "responses": {"200": answer, **_problem_responses()},
         }

@@ -24,7 +24,7 @@ type Route struct {
 	Name        string
 	Method      string
 	Path        string // {name} marks a path parameter
-	Scope       string // the scope a token needs for it
+	Scope       string // the scope a token needs for it ("": any valid token)
 	Mutating    bool   // takes an Idempotency-Key
 	NeedsReason bool   // X-Orch-Reason required
 	NeedsTicket bool   // X-Orch-Ticket required

@@ -5,7 +5,7 @@ package orch
 
 // routeTable: every operation of the HTTP API (airgap_orch/api.py ROUTES).
 var routeTable = []Route{
-	{Name: "auth.whoami", Method: "GET", Path: "/v1/whoami", Scope: "orch:read"},
+	{Name: "auth.whoami", Method: "GET", Path: "/v1/whoami", Scope: ""},
 	{Name: "jobs.enqueue", Method: "POST", Path: "/v1/jobs", Scope: "orch:operate", Mutating: true},
 	{Name: "jobs.enqueue_batch", Method: "POST", Path: "/v1/jobs/batch", Scope: "orch:operate", Mutating: true},
 	{Name: "jobs.claim", Method: "POST", Path: "/v1/jobs/claim", Scope: "orch:worker", Mutating: true},
@@ -17,6 +17,7 @@ var routeTable = []Route{
 	{Name: "jobs.cancel", Method: "POST", Path: "/v1/jobs/{job_id}/cancel", Scope: "orch:operate", Mutating: true},
 	{Name: "jobs.list", Method: "GET", Path: "/v1/jobs", Scope: "orch:read", Query: []string{"state", "tenant", "type", "project", "queue", "limit", "cursor"}},
 	{Name: "jobs.show", Method: "GET", Path: "/v1/jobs/{job_id}", Scope: "orch:read"},
+	{Name: "jobs.throttled", Method: "GET", Path: "/v1/throttled", Scope: "orch:read", Query: []string{"limit", "cursor"}},
 	{Name: "jobs.logs", Method: "GET", Path: "/v1/jobs/{job_id}/logs", Scope: "orch:read", Query: []string{"after_seq", "limit", "cursor", "follow"}},
 	{Name: "jobs.recover", Method: "POST", Path: "/v1/jobs/recover", Scope: "orch:operate", Mutating: true},
 	{Name: "deadletter.list", Method: "GET", Path: "/v1/deadletter", Scope: "orch:read", Query: []string{"tenant", "type", "limit", "cursor"}},
@@ -24,7 +25,7 @@ var routeTable = []Route{
 	{Name: "ledger.info", Method: "GET", Path: "/v1/ledger", Scope: "orch:read"},
 	{Name: "ledger.verify", Method: "POST", Path: "/v1/ledger/verify", Scope: "orch:read"},
 	{Name: "ledger.events", Method: "GET", Path: "/v1/ledger/events", Scope: "orch:read", Query: []string{"after_seq", "limit", "cursor"}},
-	{Name: "audit.list", Method: "GET", Path: "/v1/audit", Scope: "orch:read", Query: []string{"since", "after_seq", "limit", "cursor"}},
+	{Name: "audit.list", Method: "GET", Path: "/v1/audit", Scope: "orch:read", Query: []string{"since", "action", "by", "after_seq", "limit", "cursor"}},
 	{Name: "audit.verify", Method: "POST", Path: "/v1/audit/verify", Scope: "orch:read"},
 	{Name: "jobs.replay", Method: "POST", Path: "/v1/jobs/{job_id}/replay", Scope: "orch:operate", Mutating: true},
 	{Name: "deadletter.replay_bulk", Method: "POST", Path: "/v1/deadletter/replay-bulk", Scope: "orch:operate", Mutating: true},
