@@ -936,13 +936,9 @@ class _ChainChecks:
             except queue.Full:
                 continue
 
-    def next(self, *, wait: bool) -> Any:
-        """The next checked (spec, batch), or _CHECKS_DONE once the checks ended (result() says how); None when
-        nothing is ready and not `wait`."""
-        try:
-            return self._queue.get(block=wait)
-        except queue.Empty:
-            return None
+    def next(self) -> Any:
+        """The next checked (spec, batch), or _CHECKS_DONE once the checks ended (result() says how)."""
+        return self._queue.get()
 
     def result(self) -> dict[str, _Chained]:
         """What the checks found (after _CHECKS_DONE); their refusal (ChainError, PayloadError) raised here."""
@@ -969,27 +965,20 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, pl
     replaces the source's rows; an incremental one replaces the rows of the jobs it carries and appends the history
     entries after the held head (its chain is checked against it). Policies travel whole either way.
 
-    A chain's entries are written a batch at a time once checked; the other mirrors go in while the check has no
-    batch ready. A broken chain raises its ChainError here (the caller's transaction rolls back: nothing stays
-    written), and comes first when writing fails too, as in the dry run's order."""
+    The chains' entries are written a batch at a time as they are checked, then the other mirrors. A broken chain
+    raises its ChainError here (the caller's transaction rolls back: nothing stays written), and comes first when
+    writing fails too, as in the dry run's order."""
     site = verified.source_site
     incremental = planned.incremental
     for name in ("mirror_jobs", "mirror_history", "mirror_audit_log", "mirror_policies"):
         if not incremental or name == "mirror_policies":
             tx.execute(f"{name}_delete", source_site=site)
     held = {spec.chain: _held_seq(tx, site, spec.chain) if incremental else 0 for spec in CHAIN_TABLES}
-    others = _other_mirrors(tx, copy, verified, incremental)
     checks = _ChainChecks(copy, verified, before, planned)
     try:
         pending: list[pa.RecordBatch] = []
-        pending_spec, pending_rows, others_left = HISTORY_CHAIN, 0, True
-        while True:
-            item = checks.next(wait=not others_left)
-            if item is None:  # no checked batch ready: one INSERT of the other mirrors meanwhile
-                others_left = next(others, None) is not None
-                continue
-            if item is _CHECKS_DONE:
-                break
+        pending_spec, pending_rows = HISTORY_CHAIN, 0
+        while (item := checks.next()) is not _CHECKS_DONE:
             spec, batch = item
             if pending and spec is not pending_spec:
                 _insert_chain(tx, site, pending_spec, pending, held[pending_spec.chain])
@@ -1002,15 +991,12 @@ def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, pl
         chains = checks.result()
         if pending:
             _insert_chain(tx, site, pending_spec, pending, held[pending_spec.chain])
-        for _ in others:
-            pass
     except BaseException as error:
         refusal = checks.stop(check_on=isinstance(error, Exception))
         if refusal is not None and refusal is not error:
             raise refusal from None
         raise
-    finally:
-        others.close()
+    _write_other_mirrors(tx, copy, verified, incremental)
     return chains
 
 
@@ -1032,9 +1018,8 @@ def _insert_chain(tx: Transaction, site: str, spec: _ChainTable, batches: list[p
     _ARROW_POOL.release_unused()
 
 
-def _other_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, incremental: bool
-                   ) -> Iterator[str]:
-    """Write the jobs, ROW_TABLES and policy mirrors, one INSERT per step (each yields the mirror it wrote)."""
+def _write_other_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, incremental: bool) -> None:
+    """Write the jobs, ROW_TABLES and policy mirrors (bounded batches)."""
     site = verified.source_site
     for group in _grouped(_rows(copy, verified, "jobs")):
         table = pa.Table.from_batches([pa.RecordBatch.from_arrays(
@@ -1045,8 +1030,7 @@ def _other_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, in
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
         del table
         _ARROW_POOL.release_unused()
-        yield "mirror_jobs"
-    yield from _write_row_mirrors(tx, copy, verified, incremental)
+    _write_row_mirrors(tx, copy, verified, incremental)
     for name in POLICY_TABLES:
         order = BY_NAME[name].order
         for batch in _rows(copy, verified, name):
@@ -1056,7 +1040,6 @@ def _other_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, in
                               "row_json": _json_rows(batch)}, schema=pa.schema(
                                   [("kind", pa.string()), ("key", pa.string()), ("row_json", pa.string())]))
             tx.execute_with("mirror_policies_insert", "rows", table, source_site=site)
-            yield "mirror_policies"
 
 
 def _row_keys(batch: pa.RecordBatch, name: str) -> pa.Array:
@@ -1068,8 +1051,7 @@ def _row_keys(batch: pa.RecordBatch, name: str) -> pa.Array:
     return pc.binary_join_element_wise(*columns, _text("/"))
 
 
-def _write_row_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, incremental: bool
-                       ) -> Iterator[str]:
+def _write_row_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, incremental: bool) -> None:
     """Write ROW_TABLES into mirror_rows: a full bundle replaces the source's rows; an incremental one replaces the
     tables that travel whole and merges the incremental ones (idempotency keys, job dependencies) by key. Bounded
     batches, as the jobs."""
@@ -1090,7 +1072,6 @@ def _write_row_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle
             tx.execute_with("mirror_rows_insert", "rows", table, source_site=site, kind=name)
             del table
             _ARROW_POOL.release_unused()
-            yield "mirror_rows"
 
 
 def _record_heads(tx: Transaction, site: str, found: dict[str, Any]) -> None:
