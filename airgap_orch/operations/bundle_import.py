@@ -11,7 +11,9 @@
  5. checks the source's history: from genesis for a full bundle, as an extension of the chain held here for an
     incremental one (chain:*, exit 4); counts what each table gives and what a hand-off makes local;
  6. writes everything in ONE transaction (DuckDB's memory capped while the mirror rows go in: import_memory_cap;
-    members read a row group at a time): the source's mirror rows replaced (full) or merged (incremental), the
+    members read a row group at a time; step 5 runs in it, on a thread of its own, while the chains' entries are
+    written as they are checked: _write_mirrors; a broken chain or a changed plan rolls it all back): the
+    source's mirror rows replaced (full) or merged (incremental), the
     handed-over jobs made local (orchestrator/handoff.py), when the source is this site's policy authority its
     policies applied (operations/bundle_policies.py), the bundle's newer trust roots (and a `--trust` root when
     nothing was pinned), the floor row, the audit entry.
