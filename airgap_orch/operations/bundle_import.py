@@ -271,7 +271,7 @@ def _check_history(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable =
     return _Chained(check.entries, check.entries, check.hash_only, (check.entries, check.head_hash))
 
 
-def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Any, spec: _ChainTable,
+def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Transaction | Snapshot, spec: _ChainTable,
                         checked: _Chained) -> None:
     """A full bundle's chain (checked from genesis) must extend the head this site holds for its source: the held
     chain is a prefix of it, i.e. its entry at the held head's seq has the held hash (hashes chain, so that entry
@@ -297,8 +297,8 @@ def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Any, spe
                          "the source's chain forked")
 
 
-def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Any, spec: _ChainTable = HISTORY_CHAIN,
-                     sink: _Sink | None = None) -> _Chained:
+def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Transaction | Snapshot,
+                     spec: _ChainTable = HISTORY_CHAIN, sink: _Sink | None = None) -> _Chained:
     """An incremental bundle's chain member must extend the chain this site holds for its source (the head the
     import that brought it recorded): its first entry chains onto the held entry before it, entries this site
     holds already must be the same (by hash: either may be hashes only), the rest follow on. A chain this site
@@ -410,7 +410,7 @@ def _has(verified: VerifiedBundle, table: str) -> bool:
 @dataclass
 class _Planned:
     """The plan up to its chain checks (_plan_front, then _plan_reads): what it read from the ledger, before anything
-    is written; `complete` turns it into the plan once the chains are checked."""
+    is written; _plan_complete turns it into the plan once the chains are checked."""
 
     read: Transaction
     floor: int
@@ -447,11 +447,11 @@ def _plan_front(ledger: Ledger, verified: VerifiedBundle, start: trust.TrustedRo
     return _Planned(read, floor, resets, incremental)
 
 
-def _check_chains(copy: BinaryIO, verified: VerifiedBundle, read: Any, planned: _Planned,
+def _check_chains(copy: BinaryIO, verified: VerifiedBundle, read: Transaction | Snapshot, planned: _Planned,
                   sink: _Sink | None = None) -> dict[str, _Chained]:
     """The plan's chain checks, history then audit log: from genesis for a full bundle (then, with an import of
     the site standing, as an extension of the chain held here), as an extension of the held chain for an
-    incremental one. `read`: the ledger as it was before the import (anything with fetch); `sink`: hears each
+    incremental one. `read`: the ledger as it was before the import; `sink`: hears each
     batch of entries once every entry of it is checked (the import writes them meanwhile)."""
     if planned.incremental:
         return {spec.chain: _check_increment(copy, verified, read, spec, sink) for spec in CHAIN_TABLES}
