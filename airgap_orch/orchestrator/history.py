@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.decoder
+import json.scanner
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ ENTRY_FIELDS = (
     "reason", "tenant", "project", "job_type", "correlation_id", "payload_digest", "artifacts", "occurred_at",
 )
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# json.loads's own value scanner (the C one), called without json.loads's wrapping: see _parse.
+_scan = json.scanner.make_scanner(json.decoder.JSONDecoder())
 # The entry text, field by field: exactly what _encode() of the entry dict in ENTRY_FIELDS order gives, at a
 # fraction of its cost (values repeated across a batch, e.g. tenant or actor, are encoded once per append).
 _ENTRY_TEMPLATE = "{" + ",".join(f'"{field}":%s' for field in ENTRY_FIELDS) + "}"
@@ -104,6 +108,25 @@ def parse(seq: int, entry_text: str, entry_hash: str) -> dict[str, Any]:
     return entry
 
 
+def _parse(text: Any) -> Any:
+    """json.loads(text), or None when it is not valid JSON: the same verdict and value, faster for the usual text.
+
+    json.loads(s) is the decoder's scanner run from the first non-whitespace character, then a refusal of anything
+    but whitespace after the value. Text that starts with a value and ends with it (what an entry is) gets exactly
+    that from the scanner run at 0; any other text (leading or trailing whitespace, a BOM, extra data, an error, not
+    a str) goes to json.loads itself for its verdict."""
+    try:
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError, TypeError):
+        pass
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
 class Broken(VerificationFailed):
     """A verification failure, with what a caller limited to other tenants may be told: `tenant` is whose record
     is at fault (None: no one tenant's), `redacted` the message without that record's details or site totals.
@@ -151,7 +174,7 @@ def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, what: str = "hist
     hidden = 0 if start is None else start.hash_only
     # The loop runs once per entry (2M for an import of 1M jobs): names bound locally, the owner looked up only
     # when it is needed (tenants to count, or a broken entry to name).
-    sha256, loads, invalid = hashlib.sha256, json.loads, json.JSONDecodeError
+    sha256, parse = hashlib.sha256, _parse
     for seq, key_value, text, stored_hash in rows:
         count += 1
         if seq != count:
@@ -165,10 +188,7 @@ def verify_chain(rows: Iterable[tuple[int, str, str, str]], *, what: str = "hist
             hidden += 1
             continue
         expected = sha256(f"{prev}{text}".encode()).hexdigest()  # chain(prev, text)
-        try:
-            inner = loads(text)
-        except invalid:
-            inner = None
+        inner = parse(text)  # json.loads(text), None when not valid JSON
         if stored_hash != expected:
             owner = tenant_of(inner) if isinstance(inner, dict) else None
             problem = f"hash does not match its content or its predecessor; the {whole} was altered"
