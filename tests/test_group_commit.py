@@ -238,8 +238,9 @@ def test_acks_and_a_claim_in_one_statement_give_what_ack_then_claim_gives(ledger
             ran = [name for name in statements if name in ("ack", "claim", "ack_and_claim")]
             assert ran == (["ack_and_claim"] if joined else ["ack", "claim"])
             history = ledger.read().fetch("history_page", after_seq=start, limit=100, tenants=None)
-            rows = sorted(ledger.read().rows("jobs_list", state=None, tenant=None, job_type=None, tenants=None,
-                                             after_created_at=None, after_job_id=None, limit=100),
+            rows = sorted(ledger.read().rows("jobs_list", state=None, tenant=None, job_type=None, project=None,
+                                             queue=None, tenants=None, after_created_at=None, after_job_id=None,
+                                             limit=100),
                           key=lambda row: row["job_id"])
             found[joined] = {
                 "outcomes": [_plain(outcome) for outcome in outcomes],
