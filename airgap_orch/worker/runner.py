@@ -241,17 +241,9 @@ class Runner:
         """True when no job of a handled type (in our queue) is queued, leased or running."""
         for job_type in self.config.handlers:
             for state in ACTIVE_STATES:
-                # Only a --queue filter needs more than one row (jobs_list cannot filter by queue): page until one
-                # of our queue turns up.
-                cursor = None
-                while True:
-                    page = ops.list_jobs(self.ledger, state=state, job_type=job_type, cursor=cursor,
-                                         limit=1 if self.config.queue is None else validation.MAX_PAGE_ROWS)
-                    if any(self.config.queue in (None, row["queue"]) for row in page["jobs"]):
-                        return False
-                    cursor = page["next_cursor"]
-                    if cursor is None or self.config.queue is None:
-                        break
+                page = ops.list_jobs(self.ledger, state=state, job_type=job_type, queue=self.config.queue, limit=1)
+                if page["jobs"]:
+                    return False
         return True
 
     def _reap(self) -> None:
