@@ -11,9 +11,7 @@
  5. checks the source's history: from genesis for a full bundle, as an extension of the chain held here for an
     incremental one (chain:*, exit 4); counts what each table gives and what a hand-off makes local;
  6. writes everything in ONE transaction (DuckDB's memory capped while the mirror rows go in: import_memory_cap;
-    members read a row group at a time; step 5 runs in it, on a thread of its own, while the chains' entries are
-    written as they are checked: _write_mirrors; a broken chain or a changed plan rolls it all back): the
-    source's mirror rows replaced (full) or merged (incremental), the
+    members read a row group at a time): the source's mirror rows replaced (full) or merged (incremental), the
     handed-over jobs made local (orchestrator/handoff.py), when the source is this site's policy authority its
     policies applied (operations/bundle_policies.py), the bundle's newer trust roots (and a `--trust` root when
     nothing was pinned), the floor row, the audit entry.
@@ -26,13 +24,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import itertools
 import json
 import os
-import queue
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,7 +49,7 @@ from ..bundle.tables import BY_NAME, INCREMENTAL_TABLES, TABLE_SCHEMAS
 from ..bundle.tarfmt import open_member
 from ..bundle.verify import VerifiedBundle, verify_bundle
 from ..errors import Conflict, InvalidInput, NotFound, PolicyRefused
-from ..ledger import Ledger, Snapshot, Transaction
+from ..ledger import Ledger, Transaction
 from ..orchestrator import audit, history
 from ..orchestrator import handoff as handoff_ops
 from . import bundle_policies, files
@@ -228,20 +223,10 @@ def _chain_batches(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable) 
         yield batch
 
 
-# Hears each batch of a chain member once the chain check has checked every entry of it (the import writes it).
-_Sink = Callable[["_ChainTable", pa.RecordBatch], None]
-
-
-def _chain_rows(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable, sink: _Sink | None = None
-                ) -> Iterator[tuple[int, str, str, str]]:
-    """(seq, key, entry, entry_hash) of each entry, in the member's order; a batch goes to `sink` when the check
-    asks for the entry after its last one (every entry of it checked), so a check that breaks hands on none of its
-    batch."""
+def _chain_rows(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable) -> Iterator[tuple[int, str, str, str]]:
     for batch in _chain_batches(copy, verified, spec):
         columns = [batch.column(name).to_pylist() for name in ("seq", spec.key, "entry", "entry_hash")]
         yield from zip(*columns, strict=True)
-        if sink is not None:
-            sink(spec, batch)
 
 
 @dataclass(frozen=True)
@@ -260,19 +245,18 @@ class _Chained:
                 "head_hash": None if self.head is None else self.head[1]}
 
 
-def _check_history(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable = HISTORY_CHAIN,
-                   sink: _Sink | None = None) -> _Chained:
+def _check_history(copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable = HISTORY_CHAIN) -> _Chained:
     """Recompute a chain member (history or audit log) from genesis over the bundle's rows; ChainError
     chain:<chain> when it breaks."""
     try:
-        check = spec.verify(_chain_rows(copy, verified, spec, sink), hash_only=True)
+        check = spec.verify(_chain_rows(copy, verified, spec), hash_only=True)
     except history.Broken as broken:
         raise ChainError(spec.chain, f"the bundle's {spec.table} from {verified.source_site} is broken: "
                          f"{broken}") from None
     return _Chained(check.entries, check.entries, check.hash_only, (check.entries, check.head_hash))
 
 
-def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Transaction | Snapshot, spec: _ChainTable,
+def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Transaction, spec: _ChainTable,
                         checked: _Chained) -> None:
     """A full bundle's chain (checked from genesis) must extend the head this site holds for its source: the held
     chain is a prefix of it, i.e. its entry at the held head's seq has the held hash (hashes chain, so that entry
@@ -298,8 +282,8 @@ def _check_extends_held(copy: BinaryIO, verified: VerifiedBundle, read: Transact
                          "the source's chain forked")
 
 
-def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Transaction | Snapshot,
-                     spec: _ChainTable = HISTORY_CHAIN, sink: _Sink | None = None) -> _Chained:
+def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Transaction,
+                     spec: _ChainTable = HISTORY_CHAIN) -> _Chained:
     """An incremental bundle's chain member must extend the chain this site holds for its source (the head the
     import that brought it recorded): its first entry chains onto the held entry before it, entries this site
     holds already must be the same (by hash: either may be hashes only), the rest follow on. A chain this site
@@ -310,7 +294,7 @@ def _check_increment(copy: BinaryIO, verified: VerifiedBundle, read: Transaction
     if not recorded:
         return _Chained(verified.manifest.row_counts.get(spec.table, 0), 0, 0, None)
     held_seq, held_hash = int(recorded[0][0]), recorded[0][1]
-    rows = _chain_rows(copy, verified, spec, sink)
+    rows = _chain_rows(copy, verified, spec)
     first = next(rows, None)
     if first is None:
         return _Chained(0, 0, 0, (held_seq, held_hash))
@@ -408,22 +392,9 @@ def _has(verified: VerifiedBundle, table: str) -> bool:
     return any(member.path == BY_NAME[table].path for member in verified.members)
 
 
-@dataclass
-class _Planned:
-    """The plan up to its chain checks (_plan_front, then _plan_reads): what it read from the ledger, before anything
-    is written; _plan_complete turns it into the plan once the chains are checked."""
-
-    read: Transaction
-    floor: int
-    resets: list[dict[str, Any]]
-    incremental: bool
-    tables: list[dict[str, Any]] | None = None
-    policies: dict[str, Any] | None = None
-    handoff: dict[str, Any] | None = None
-
-
-def _plan_front(ledger: Ledger, verified: VerifiedBundle, start: trust.TrustedRoot) -> _Planned:
-    """The plan's first refusals: the bundle's own site, the floor, an incremental bundle's base."""
+def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, start: trust.TrustedRoot,
+          to_pin: trust.TrustedRoot | None, force: bool) -> dict[str, Any]:
+    """The canonical plan (no time-dependent field: its digest only changes when the outcome would)."""
     manifest = verified.manifest
     if verified.source_site == ledger.site_id:
         raise TargetError("own-site", f"the bundle comes from this site ({ledger.site_id}); a site never imports "
@@ -445,27 +416,13 @@ def _plan_front(ledger: Ledger, verified: VerifiedBundle, start: trust.TrustedRo
                                 f"{verified.source_site} applies on sequence {base}, which this site has not "
                                 f"imported: import bundle {base} first, or ask {verified.source_site} for a full "
                                 "bundle or one cut with --base from a sequence imported here")
-    return _Planned(read, floor, resets, incremental)
-
-
-def _check_chains(copy: BinaryIO, verified: VerifiedBundle, read: Transaction | Snapshot, planned: _Planned,
-                  sink: _Sink | None = None) -> dict[str, _Chained]:
-    """The plan's chain checks, history then audit log: from genesis for a full bundle (then, with an import of
-    the site standing, as an extension of the chain held here), as an extension of the held chain for an
-    incremental one. `read`: the ledger as it was before the import; `sink`: hears each
-    batch of entries once every entry of it is checked (the import writes them meanwhile)."""
-    if planned.incremental:
-        return {spec.chain: _check_increment(copy, verified, read, spec, sink) for spec in CHAIN_TABLES}
-    chains = {spec.chain: _check_history(copy, verified, spec, sink) for spec in CHAIN_TABLES}
-    for spec in CHAIN_TABLES:
-        if planned.floor:  # with no import of the site standing (none yet, or reset by a key rotation): afresh
-            _check_extends_held(copy, verified, read, spec, chains[spec.chain])
-    return chains
-
-
-def _plan_reads(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, planned: _Planned) -> _Planned:
-    """The rest of the plan that reads the ledger or the bundle (counts replaced, merged, policies, hand-off)."""
-    manifest, read, incremental = verified.manifest, planned.read, planned.incremental
+        chains = {spec.chain: _check_increment(copy, verified, read, spec) for spec in CHAIN_TABLES}
+    else:
+        chains = {spec.chain: _check_history(copy, verified, spec) for spec in CHAIN_TABLES}
+        for spec in CHAIN_TABLES:
+            if floor:  # with no import of the site standing (none yet, or reset by a key rotation), chains start afresh
+                _check_extends_held(copy, verified, read, spec, chains[spec.chain])
+    chained = chains["history"].entries
     jobs, entries, policies, audit_entries = read.fetch("mirror_counts", source_site=verified.source_site)[0]
     policy_counts = dict(read.fetch("mirror_policy_counts", source_site=verified.source_site))
     row_counts = dict(read.fetch("mirror_rows_counts", source_site=verified.source_site))
@@ -484,66 +441,31 @@ def _plan_reads(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, planne
                  else 0}
         if name in known:
             entry.update(action="merged", adds=rows - known[name], updates=known[name])
+        if incremental and name in ("history", "audit_log"):
+            found = chains["history" if name == "history" else "audit"]
+            if found.head is None:
+                entry.update(action="not imported: this site holds no audit chain of the source yet (mirrored "
+                             "before migration 0014); its next full bundle brings it", mirror=None)
+            else:
+                entry.update(action="appended", adds=found.new, already_held=rows - found.new)
         tables.append(entry)
     policies = bundle_policies.plan(read, ledger.site_id, verified.source_site, _policy_rows(copy, verified))
     for table in tables:  # applied when the source is this site's policy authority (operations/bundle_policies.py)
         if table["table"] in policies["tables"]:
             table.update(policies["tables"][table["table"]])
     handed = _handoff(copy, verified)
-    planned.tables, planned.policies = tables, policies
-    planned.handoff = None if handed is None else _handoff_plan(_receive(read, verified, handed, "plan", False))
-    return planned
-
-
-def _plan_complete(planned: _Planned, verified: VerifiedBundle, chains: dict[str, _Chained],
-                   to_pin: trust.TrustedRoot | None, force: bool) -> dict[str, Any]:
-    """The canonical plan (no time-dependent field: its digest only changes when the outcome would)."""
-    assert planned.tables is not None and planned.policies is not None
-    manifest = verified.manifest
-    tables = [dict(table) for table in planned.tables]
-    for entry in tables:
-        name = entry["table"]
-        if planned.incremental and name in ("history", "audit_log"):
-            found = chains["history" if name == "history" else "audit"]
-            if found.head is None:
-                entry.update(action="not imported: this site holds no audit chain of the source yet (mirrored "
-                             "before migration 0014); its next full bundle brings it", mirror=None)
-            else:
-                entry.update(action="appended", adds=found.new, already_held=entry["rows"] - found.new)
     pin = to_pin.version if to_pin is not None else None
     new_versions = [trust.root_version(data) for data in verified.new_roots]
     return {
         "bundle_id": verified.bundle_id, "payload_sha256": verified.payload_sha256, "kind": manifest.kind,
         "base_sequence": manifest.base_sequence, "source_site": verified.source_site,
         "target_site": manifest.target_site, "sequence": manifest.sequence,
-        "floor": planned.floor, "created_at": format_time(manifest.created_at),
-        "history_entries": chains["history"].entries,
+        "floor": floor, "created_at": format_time(manifest.created_at), "history_entries": chained,
         "tenant": manifest.tenant, "chains": {name: found.plan() for name, found in chains.items()},
         "trust_root_version": verified.root.version, "pin_trust_root": pin, "store_trust_roots": new_versions,
-        "forced": force, "tables": tables, "policy_authority": planned.policies["authority"],
-        "floors_reset": planned.resets, "handoff": planned.handoff,
+        "forced": force, "tables": tables, "policy_authority": policies["authority"], "floors_reset": resets,
+        "handoff": None if handed is None else _handoff_plan(_receive(read, verified, handed, "plan", False)),
     }
-
-
-def _plan(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, start: trust.TrustedRoot,
-          to_pin: trust.TrustedRoot | None, force: bool) -> dict[str, Any]:
-    """The dry run's plan, step by step: first refusals, chain checks, the rest."""
-    planned = _plan_front(ledger, verified, start)
-    chains = _check_chains(copy, verified, planned.read, planned)
-    _plan_reads(ledger, copy, verified, planned)
-    return _plan_complete(planned, verified, chains, to_pin, force)
-
-
-def _plan_before_writing(ledger: Ledger, copy: BinaryIO, verified: VerifiedBundle, start: trust.TrustedRoot
-                         ) -> _Planned:
-    """The import's plan up to its chain checks, which run while it writes (_write_mirrors). Its refusals are the
-    dry run's: when a later step refuses, the chains are checked first, and a broken chain is the refusal."""
-    planned = _plan_front(ledger, verified, start)
-    try:
-        return _plan_reads(ledger, copy, verified, planned)
-    except Exception:
-        _check_chains(copy, verified, planned.read, planned)
-        raise
 
 
 def _policy_rows(copy: BinaryIO, verified: VerifiedBundle) -> bundle_policies.RowsOf:
@@ -701,25 +623,20 @@ def import_bundle(ledger: Ledger, path: Path, *, trust_root: bytes | None = None
                         "payload_sha256": verified.payload_sha256,
                         "message": f"bundle {verified.bundle_id} from {done['source_site']} sequence "
                                    f"{done['sequence']} is already imported; nothing to do"}
-            planned = _plan_before_writing(ledger, copy, verified, run.start)
+            found = _plan(ledger, copy, verified, run.start, to_pin, force)
         except BundleError as error:
             run.refuse(error, copy, file_sha256)
             raise
-        details = run.evidence("forced" if force else "imported", None, file_sha256)
+        digest = plan_digest(found)
+        if plan_digest_expected is not None and plan_digest_expected != digest:
+            raise Conflict(f"the plan changed since digest {plan_digest_expected[:16]}... (now {digest[:16]}...); "
+                           "run `bundle plan` again and review it")
+        _pause("verified")
+        details = {**run.evidence("forced" if force else "imported", None, file_sha256), "plan_digest": digest}
         try:  # a member that does not decode is refused like any other verification failure
             with ledger.transaction() as tx:
                 tx.cap_memory(import_memory_cap(verified))
-                # The chains are checked while the mirrors are written; the plan is whole once they are. A refusal
-                # or a changed plan rolls everything back.
-                with ledger.snapshot() as before:
-                    chains = _write_mirrors(tx, copy, verified, planned, before)
-                found = _plan_complete(planned, verified, chains, to_pin, force)
-                digest = plan_digest(found)
-                if plan_digest_expected is not None and plan_digest_expected != digest:
-                    raise Conflict(f"the plan changed since digest {plan_digest_expected[:16]}... (now "
-                                   f"{digest[:16]}...); run `bundle plan` again and review it")
-                details["plan_digest"] = digest
-                _pause("verified")
+                _write_mirrors(tx, copy, verified)
                 _record_heads(tx, verified.source_site, found)
                 applied = bundle_policies.apply(tx, verified.source_site, verified.manifest.sequence,
                                                 _policy_rows(copy, verified), actor=actor)
@@ -863,167 +780,15 @@ def _grouped(batches: Iterator[pa.RecordBatch]) -> Iterator[list[pa.RecordBatch]
         yield group
 
 
-class _PrivateReader(io.RawIOBase):
-    """The private copy read with a position of its own (positional reads): the chain checks' thread reads the copy
-    through one while the writing thread reads it through the copy's file object."""
-
-    def __init__(self, copy: BinaryIO):
-        self._fd, self._position = copy.fileno(), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: os.fstat(self._fd).st_size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._position = base + offset
-        return self._position
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        count = os.preadv(self._fd, [buffer], self._position)
-        self._position += count
-        return count
-
-
-class _Stopped(Exception):
-    """The writing thread gave up (not a refusal): the chain checks stop at their next batch."""
-
-
-_CHECKS_DONE = object()
-CHECKED_BATCHES_AHEAD = 2  # checked batches waiting for the writer (READ_ROWS entries each): bounds the memory
-
-
-class _ChainChecks:
-    """The import's chain checks (_check_chains) on a thread of their own, handing each checked batch of entries to
-    the writing thread (next) through a small queue. The check is Python and holds the GIL; DuckDB's INSERTs and
-    Arrow's compute release it, so on two cores the check of the next batches runs while the previous ones go in.
-    It reads the copy through its own reader and the ledger through `before`, a snapshot taken before the import's
-    transaction (what the dry run reads)."""
-
-    def __init__(self, copy: BinaryIO, verified: VerifiedBundle, before: Snapshot, planned: _Planned):
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=CHECKED_BATCHES_AHEAD)
-        self._stopped = threading.Event()  # the writer reads no more: hand on nothing
-        self._cancelled = threading.Event()  # ...and the checks need not end either
-        self._chains: dict[str, _Chained] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(_PrivateReader(copy), verified, before, planned),
-                                        name="bundle-import-chain-checks", daemon=True)
-        self._thread.start()
-
-    def _run(self, copy: BinaryIO, verified: VerifiedBundle, before: Snapshot, planned: _Planned) -> None:
-        try:
-            self._chains = _check_chains(copy, verified, before, planned, self._forward)
-        except BaseException as error:  # handed to the writing thread (result, stop)
-            self._error = error
-        finally:
-            self._put(_CHECKS_DONE)
-
-    def _forward(self, spec: _ChainTable, batch: pa.RecordBatch) -> None:
-        if self._cancelled.is_set():
-            raise _Stopped
-        if batch.num_rows:
-            self._put((spec, batch))
-
-    def _put(self, item: Any) -> None:
-        while not self._stopped.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    def next(self) -> Any:
-        """The next checked (spec, batch), or _CHECKS_DONE once the checks ended (result() says how)."""
-        return self._queue.get()
-
-    def result(self) -> dict[str, _Chained]:
-        """What the checks found (after _CHECKS_DONE); their refusal (ChainError, PayloadError) raised here."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._chains is not None
-        return self._chains
-
-    def stop(self, *, check_on: bool) -> BaseException | None:
-        """The writer gave up: hand on nothing more. With `check_on` the checks run to their end first, so their
-        refusal, the dry run's first, is the one returned (None: they passed); otherwise they stop at once."""
-        if not check_on:
-            self._cancelled.set()
-        self._stopped.set()
-        self._thread.join()
-        return None if isinstance(self._error, _Stopped) else self._error
-
-
-def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, planned: _Planned,
-                   before: Snapshot) -> dict[str, _Chained]:
-    """Write the bundle into the source site's mirror rows (inside the caller's transaction) while its chains are
-    checked (_check_chains, on a thread of its own: _ChainChecks), and return what the checks found. A full bundle
-    replaces the source's rows; an incremental one replaces the rows of the jobs it carries and appends the history
-    entries after the held head (its chain is checked against it). Policies travel whole either way.
-
-    The chains' entries are written a batch at a time as they are checked, then the other mirrors. A broken chain
-    raises its ChainError here (the caller's transaction rolls back: nothing stays written), and comes first when
-    writing fails too, as in the dry run's order."""
+def _write_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle) -> None:
+    """Write the bundle into the source site's mirror rows (inside the caller's transaction): a full bundle
+    replaces them all; an incremental one replaces the rows of the jobs it carries and appends the history
+    entries after the held head (its chain was checked against it). Policies travel whole either way."""
     site = verified.source_site
-    incremental = planned.incremental
+    incremental = verified.manifest.kind == "incremental"
     for name in ("mirror_jobs", "mirror_history", "mirror_audit_log", "mirror_policies"):
         if not incremental or name == "mirror_policies":
             tx.execute(f"{name}_delete", source_site=site)
-    held = {spec.chain: _held_seq(tx, site, spec.chain) if incremental else 0 for spec in CHAIN_TABLES}
-    checks = _ChainChecks(copy, verified, before, planned)
-    try:
-        pending: list[pa.RecordBatch] = []
-        pending_spec, pending_rows = HISTORY_CHAIN, 0
-        while (item := checks.next()) is not _CHECKS_DONE:
-            spec, batch = item
-            if pending and spec is not pending_spec:
-                _insert_chain(tx, site, pending_spec, pending, held[pending_spec.chain])
-                pending, pending_rows = [], 0
-            pending.append(batch)
-            pending_spec, pending_rows = spec, pending_rows + batch.num_rows
-            if pending_rows >= INSERT_ROWS:
-                _insert_chain(tx, site, spec, pending, held[spec.chain])
-                pending, pending_rows = [], 0
-        chains = checks.result()
-        if pending:
-            _insert_chain(tx, site, pending_spec, pending, held[pending_spec.chain])
-    except BaseException as error:
-        refusal = checks.stop(check_on=isinstance(error, Exception))
-        if refusal is not None and refusal is not error:
-            raise refusal from None
-        raise
-    _write_other_mirrors(tx, copy, verified, incremental)
-    return chains
-
-
-def _held_seq(tx: Transaction, site: str, chain: str) -> int:
-    """The seq of the head this site holds for `site`'s chain (0: none)."""
-    recorded = tx.fetch("mirror_chain_head", source_site=site, chain=chain)
-    return int(recorded[0][0]) if recorded else 0
-
-
-def _insert_chain(tx: Transaction, site: str, spec: _ChainTable, batches: list[pa.RecordBatch], held_seq: int
-                  ) -> None:
-    """Append checked entries of a chain member to its mirror: those past the held head (an incremental bundle's
-    entries up to it were checked equal to the held ones; a full bundle's mirror was emptied)."""
-    table = pa.Table.from_batches(batches)
-    if held_seq:
-        table = table.filter(pc.greater(table.column("seq"), held_seq))
-    tx.execute_with(f"{spec.mirror}_insert", "rows", table, source_site=site)
-    del table
-    _ARROW_POOL.release_unused()
-
-
-def _write_other_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, incremental: bool) -> None:
-    """Write the jobs, ROW_TABLES and policy mirrors (bounded batches)."""
-    site = verified.source_site
     for group in _grouped(_rows(copy, verified, "jobs")):
         table = pa.Table.from_batches([pa.RecordBatch.from_arrays(
             [batch.column("job_id"), batch.column("tenant"), batch.column("state"), _json_rows(batch)],
@@ -1033,6 +798,8 @@ def _write_other_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBund
         tx.execute_with("mirror_jobs_insert", "rows", table, source_site=site)
         del table
         _ARROW_POOL.release_unused()
+    for spec in CHAIN_TABLES:
+        _write_chain_mirror(tx, copy, verified, spec, incremental)
     _write_row_mirrors(tx, copy, verified, incremental)
     for name in POLICY_TABLES:
         order = BY_NAME[name].order
@@ -1075,6 +842,27 @@ def _write_row_mirrors(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle
             tx.execute_with("mirror_rows_insert", "rows", table, source_site=site, kind=name)
             del table
             _ARROW_POOL.release_unused()
+
+
+def _write_chain_mirror(tx: Transaction, copy: BinaryIO, verified: VerifiedBundle, spec: _ChainTable,
+                        incremental: bool) -> None:
+    """Append a chain member's entries past the held head to its mirror (a full bundle's mirror was emptied; an
+    incremental bundle's entries up to the held head were checked equal to the held ones). An incremental bundle
+    of a chain this site holds no head for writes nothing (_check_increment)."""
+    site = verified.source_site
+    held_seq = 0
+    if incremental:
+        recorded = tx.fetch("mirror_chain_head", source_site=site, chain=spec.chain)
+        if not recorded:
+            return
+        held_seq = int(recorded[0][0])
+    for group in _grouped(_chain_batches(copy, verified, spec)):
+        table = pa.Table.from_batches(group)
+        if held_seq:
+            table = table.filter(pc.greater(table.column("seq"), held_seq))
+        tx.execute_with(f"{spec.mirror}_insert", "rows", table, source_site=site)
+        del table
+        _ARROW_POOL.release_unused()
 
 
 def _record_heads(tx: Transaction, site: str, found: dict[str, Any]) -> None:
