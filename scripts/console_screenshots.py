@@ -3,9 +3,10 @@
     PYTHONPATH=. python scripts/console_screenshots.py [--out docs/console]
 
 It seeds a fresh ledger the way the console tests do (tests/console_fixtures.py: two tenants, dead letters, a
-backfill, limits, a paused queue and source), serves it with a token key, signs in to /console as tenant
+backfill, limits, a paused queue and source; and seed_airgap: a pinned trust root, a bundle imported from site-a
+and a tampered copy of it refused), serves it with a token key, signs in to /console as tenant
 acme-corp in Debian's chromium (Playwright, pinned in the [test] extra) and screenshots each page (and a job's
-log panel: job-log.png).
+log panel: job-log.png; the air gap page's refused imports: airgap-refused.png).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PAGES = {  # file name -> (hash route, a text to wait for)
     "backfills": ("#/backfills", "missed feed window"),
     "flow": ("#/flow", "upstream cap"),
     "sources": ("#/sources", "nvd-feed"),
-    "airgap": ("#/airgap", "no trust root is pinned"),
+    "airgap": ("#/airgap", "merkle:hash-mismatch"),
     "audit": ("#/audit", "Hash chain verified"),
 }
 
@@ -44,7 +45,8 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as work, console_site(Path(work)) as site, sync_playwright() as playwright:
+    with (tempfile.TemporaryDirectory() as work, console_site(Path(work), airgap=True) as site,
+          sync_playwright() as playwright):
         browser = launch_browser(playwright)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -63,6 +65,10 @@ def main() -> int:
                     panel.locator("ol.log li").first.wait_for()
                     panel.screenshot(path=str(args.out / "job-log.png"))
                     print(args.out / "job-log.png")
+                if name == "airgap":  # the refused import, below the first screen
+                    page.locator("section.panel", has=page.locator("h2", has_text="Refused imports")).screenshot(
+                        path=str(args.out / "airgap-refused.png"))
+                    print(args.out / "airgap-refused.png")
         finally:
             browser.close()
     return 0

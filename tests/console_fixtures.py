@@ -140,15 +140,55 @@ class Site:
         return OrchClient(self.server.url, self.tokens[name])
 
 
+# -- an air gap: a pinned root, an imported bundle and a refused one ------------------------------------------------
+AIRGAP_SOURCE = "site-a"
+
+
+def seed_airgap(ledger: Path, work: Path) -> dict[str, Any]:
+    """Run before a server owns `ledger`, with the CLI as operators would (the helpers of test_bundle_cli.py):
+    keys and a trust root for AIRGAP_SOURCE, a filled source ledger that pins it and exports a full bundle to
+    `ledger`'s site, imported with `--trust` (which pins the root here), then a tampered copy of it, refused
+    (merkle:hash-mismatch, quarantined). Returns the files and the refused copy's sha256."""
+    import hashlib
+
+    from export_fixtures import populate, tampered_copy
+    from test_bundle_cli import Holders, cli, export, new_ledger, ok
+
+    with Ledger.open(ledger) as opened:
+        site_id = opened.site_id
+    work.mkdir(parents=True, exist_ok=True)
+    holders = Holders(work / "keys")
+    for name in ("r1", "ts", "a1"):
+        ok(cli("keys", "generate", "--out", str(holders.folder(name)), "--name", name, "--json"))
+    root = work / "root.json"
+    ok(cli("trust", "init", "--out", str(root), "--root-key", holders.public("r1"), "--timestamp-key",
+           holders.public("ts"), "--site", f"{AIRGAP_SOURCE}={holders.public('a1')}", "--expires", "365d", "--json"))
+    holders.sign_root(root, "r1")
+    source = new_ledger(work / f"{AIRGAP_SOURCE}.duckdb", AIRGAP_SOURCE)
+    populate(source)
+    ok(cli("trust", "pin", str(root), ledger=source))
+    bundle = work / "0001-full.bundle"
+    ok(export(source, bundle, holders, "--json", target=site_id))
+    ok(cli("bundle", "import", str(bundle), "--trust", str(root), "--json", ledger=ledger))
+    tampered = tampered_copy(bundle, work / "0001-full-tampered.bundle")
+    refused = cli("bundle", "import", str(tampered), "--json", ledger=ledger)
+    assert refused.code == 4, refused
+    return {"root": root, "bundle": bundle, "tampered": tampered,
+            "tampered_sha256": hashlib.sha256(tampered.read_bytes()).hexdigest()}
+
+
 @contextlib.contextmanager
-def console_site(directory: Path) -> Iterator[Site]:
+def console_site(directory: Path, *, airgap: bool = False) -> Iterator[Site]:
     """A seeded ledger owned by a real server that checks tokens; tokens t1 and t2 (every scope, one tenant each)
-    reader (orch:read and orch:airgap on t1), worker (orch:worker alone) and airgap (orch:airgap alone)."""
+    reader (orch:read and orch:airgap on t1), worker (orch:worker alone) and airgap (orch:airgap alone). With
+    `airgap`, the ledger also pinned a root, imported a bundle and refused a tampered one (seed_airgap)."""
     from server_fixtures import Keys, init_ledger, serving
 
     keys = Keys(directory / "keys")
     ledger = init_ledger(directory / "console.duckdb", site_id="console-site")
     seed_site(ledger)
+    if airgap:
+        seed_airgap(ledger, directory / "airgap")
     tokens = keys.issue_many(TOKENS)
     with serving(ledger, "--token-key", str(keys.public_key)) as server:
         seeded = seed(OrchClient(server.url, tokens["t1"]), OrchClient(server.url, tokens["t2"]))

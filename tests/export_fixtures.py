@@ -59,3 +59,14 @@ def read_table(bundle: Path, table: str) -> pa.Table:
     with bundle.open("rb") as source:
         member = read_index(source).member(BY_NAME[table].path)
         return pq.read_table(open_member(source, member))
+
+
+def tampered_copy(bundle: Path, out: Path, member: str = "data/jobs.parquet") -> Path:
+    """`bundle` with one bit flipped in the middle of `member`'s data, written to `out`: still signed, its members'
+    hashes no longer match (an import refuses it with merkle:hash-mismatch)."""
+    with bundle.open("rb") as file:
+        found = read_index(file).member(member)
+    data = bytearray(bundle.read_bytes())
+    data[found.data_offset + found.size // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    return out

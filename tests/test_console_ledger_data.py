@@ -5,6 +5,7 @@ backfill cancel done by clicking. Real server, real browser (test_console.py's f
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from console_fixtures import T1, T2, Site, console_site
+from export_fixtures import tampered_copy
 from server_fixtures import Keys, assert_problem, run_cli, send, serving
 from test_bundle_cli import cli, holders, ok, root_v1  # noqa: F401 (fixtures)
 from test_bundle_import import bundle, source, target  # noqa: F401 (fixtures)
@@ -232,6 +234,52 @@ def test_the_air_gap_page_shows_the_pinned_root_an_import_with_its_checks_stalen
             exports = panel(console, "Exports")
             assert "every tenant" in exports and "bytes" in exports
             assert "no bundle imported yet: no floors" in text and "no time anchor yet" in text
+            assert console.errors == []
+        finally:
+            console.close()
+
+
+def test_the_air_gap_page_lists_a_refused_import_with_its_reason_code_failed_check_and_quarantine_copy(
+        browser, shots, holders, source, target, root_v1, tmp_path):  # noqa: F811
+    first = bundle(source, holders, tmp_path / "a.bundle")
+    second = bundle(source, holders, tmp_path / "b.bundle")
+    ok(cli("bundle", "import", str(second), "--trust", str(root_v1), "--json", ledger=target))
+    assert cli("bundle", "import", str(first), "--json", ledger=target).code == 5  # #1 below the floor: a replay
+    tampered = tampered_copy(second, tmp_path / "tampered.bundle")
+    assert cli("bundle", "import", str(tampered), "--json", ledger=target).code == 4
+    digest = hashlib.sha256(tampered.read_bytes()).hexdigest()
+    assert (Path(f"{target}.quarantine") / f"{digest}.bundle").exists()
+    listed = ok(cli("bundle", "list", "--json", ledger=target))
+    assert listed["refused_imports_total"] == 2
+    newest, replay = listed["refused_imports"]  # newest first
+    assert (newest["reason_code"], newest["source_site"], newest["sequence"]) == ("merkle:hash-mismatch", "site-a", 2)
+    assert newest["quarantine_file"] == f"{digest}.bundle"
+    assert [check["name"] for check in newest["checks"] if not check["ok"]] == ["members"]
+    assert (replay["reason_code"], replay["source_site"], replay["sequence"]) == ("rollback:sequence", "site-a", 1)
+    shown = ok(cli("bundle", "list", ledger=target))
+    assert "refused imports: 2" in shown and f"merkle:hash-mismatch site-a #2, failed check members, quarantined as " \
+        f"{digest}.bundle" in shown, shown
+    keys = Keys(tmp_path / "token-keys")
+    tokens = keys.issue_many(AIRGAP_TOKEN)
+    with serving(target, "--token-key", str(keys.public_key)) as server:
+        console = Console(browser, server.url, shots)
+        try:
+            console.sign_in(tokens["courier"])
+            console.open("#/airgap", "merkle:hash-mismatch")
+            console.shot("airgap-refused")
+            rows = console.page.locator(f"{PANEL}:has(> h2:text-is('Refused imports')) tbody tr")
+            assert rows.count() == 2
+            cells = rows.first.locator("td")
+            assert cells.nth(1).inner_text() == "merkle:hash-mismatch" and cells.nth(2).inner_text() == "site-a #2"
+            assert cells.nth(5).inner_text() == f"{digest}.bundle"
+            failed = rows.first.locator("ul.checks li.error")
+            assert failed.count() == 1 and failed.inner_text().startswith("FAILED members: member 'data/jobs.parquet'")
+            assert rows.first.locator("ul.checks li.ok").count() == len(newest["checks"]) - 1
+            assert rows.nth(1).locator("td").nth(1).inner_text() == "rollback:sequence"
+            assert rows.nth(1).locator("td").nth(2).inner_text() == "site-a #1"
+            assert "2 refused import(s), newest first" in panel(console, "Refused imports")
+            imports = console.page.locator(f"{PANEL}:has(> h2:text-is('Imports')) tbody tr")
+            assert imports.count() == 1 and "site-a #2" in imports.first.inner_text()
             assert console.errors == []
         finally:
             console.close()

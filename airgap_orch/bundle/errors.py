@@ -40,6 +40,9 @@ class BundleError(OrchError):
 
     family: ClassVar[str] = "bundle"
     checks: tuple[Any, ...] = ()  # verify.Check records up to and including the failed step
+    # A step after "source-site" failed: the manifest its source site's keys signed names the bundle (source_site,
+    # sequence, bundle_id, payload_sha256), so a refusal's evidence can say which bundle it was. None before.
+    signed_manifest: dict[str, Any] | None = None
 
     def __init__(self, detail: str, message: str):
         if not _DETAIL.fullmatch(detail):

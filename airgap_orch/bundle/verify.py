@@ -168,6 +168,7 @@ class _Verification:
     def __init__(self, source: bytes | BinaryIO, limits: TarLimits, require_threshold: bool = True):
         self.source, self.limits, self.require_threshold = source, limits, require_threshold
         self.checks: list[Check] = []
+        self.signed_manifest: dict[str, Any] | None = None  # once the source-site step passed (BundleError)
 
     def step(self, name: str, action: Callable[[], tuple[T, str]]) -> T:
         try:
@@ -175,6 +176,7 @@ class _Verification:
         except BundleError as exc:
             self.checks.append(Check(name, False, str(exc)))
             exc.checks = tuple(self.checks)
+            exc.signed_manifest = self.signed_manifest
             raise
         self.checks.append(Check(name, True, detail))
         return result
@@ -189,6 +191,8 @@ class _Verification:
         by_site = self.step("signature", lambda: self._signature(index.members[0], root))
         manifest = self.step("manifest", lambda: _manifest(next(iter(by_site.values())).payload))
         site, signed = self.step("source-site", lambda: _source_site(manifest, by_site))
+        self.signed_manifest = {"source_site": site, "sequence": manifest.sequence, "bundle_id": manifest.bundle_id,
+                                "payload_sha256": manifest.payload_sha256}
         members = self.step("members", lambda: self._members(index, manifest))
         anchor = self.step("time-anchor", lambda: self._anchor(index, root, manifest))
         verdict = self.step("staleness", lambda: _staleness(anchor, root, now, latest_anchor, staleness))

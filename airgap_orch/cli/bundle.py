@@ -339,7 +339,8 @@ def import_(bundle_path: Path, plan_digest: str | None, root_path: Path | None, 
 
 @command(group, "list")
 def list_() -> dict | None:
-    """The bundles this ledger imported and exported, and the mirrors per source site."""
+    """The bundles this ledger imported and exported, the latest refused imports, and the mirrors per source
+    site."""
     result = invoke("bundles.list", {})
     if settings().json:
         return result
@@ -354,6 +355,16 @@ def list_() -> dict | None:
         handed = f", hands over {row['handed_off']} jobs" if row.get("handed_off") else ""
         click.echo(f"  {row['target_site']} #{row['sequence']} {row['kind']}{base} {row['bundle_id']} at "
                    f"{row['exported_at']}{handed}")
+    refused = result.get("refused_imports", [])
+    total = result.get("refused_imports_total", len(refused))
+    click.echo(f"refused imports: {total}" + (f" (the latest {len(refused)} shown)" if total > len(refused) else ""))
+    for row in refused:
+        failed = [check["name"] for check in row.get("checks", []) if not check.get("ok")]
+        source = (f"{row['source_site']} #{row['sequence']}" if row.get("source_site")
+                  else f"file {str(row.get('file_sha256'))[:16]}")
+        click.echo(f"  {row['at']} {row['reason_code']} {source}"
+                   + (f", failed check {', '.join(failed)}" if failed else "")
+                   + f", quarantined as {row['quarantine_file']}")
     for site, counts in result["mirrors"].items():
         click.echo(f"mirror of {site}: {counts['jobs']} jobs, {counts['history']} history entries, "
                    f"{counts.get('audit_log', 0)} audit entries, {counts['policies']} policies, "

@@ -583,6 +583,13 @@ function staleness(status) {
   });
 }
 
+function refusedSummary(bundles) {
+  const shown = (bundles.refused_imports || []).length;
+  const total = bundles.refused_imports_total || 0;
+  return `${total} refused import(s), newest first` + (total > shown ? `; the latest ${shown} shown` : "")
+    + "; each left its copy in <ledger>.quarantine/ and an audit entry (bundle.import)";
+}
+
 async function airgap() {
   const [status, bundles, trust] = await Promise.all([
     get("/v1/airgap/status"), get("/v1/bundles"),
@@ -609,6 +616,17 @@ async function airgap() {
       { title: "its bundle created", value: (floor) => floor.created_at },
       { title: "imports", value: (floor) => floor.imports },
     ], status.floors || [], { empty: "no bundle imported yet: no floors" })),
+    section("Refused imports", [
+      bundles.refused_imports_total ? el("p", { class: "summary" }, refusedSummary(bundles)) : null,
+      table([
+        { title: "at", value: (row) => `${row.at} by ${row.actor}` },
+        { title: "reason", value: (row) => el("span", { class: "mono error" }, row.reason_code) },
+        { title: "from", value: (row) => row.source_site ? `${row.source_site} #${row.sequence}`
+          : "not known (the manifest did not verify)" },
+        { title: "message", value: (row) => row.message },
+        { title: "checks", value: (row) => checkList(row.checks) },
+        { title: "quarantine copy", value: (row) => el("span", { class: "mono" }, row.quarantine_file) },
+      ], bundles.refused_imports || [], { empty: "no refused imports" })]),
     section("Imports", table([
       { title: "from", value: (row) => `${row.source_site} #${row.sequence}` },
       { title: "kind", value: (row) => row.kind },

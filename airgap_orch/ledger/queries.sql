@@ -933,6 +933,17 @@ WHERE action = 'bundle.import' AND entry ->> '$.details.outcome' IN ('imported',
   AND list_contains($payload_digests, entry ->> '$.details.payload_sha256')
 ORDER BY seq;
 
+-- name: bundle_import_refusals
+-- The latest $limit refused imports, newest first, and how many there are in all: the audit entry each refusal
+-- wrote (operations/bundle_import.py _Run.refuse: reason code, file digest, the checks up to the failed one, and
+-- the source and sequence once the manifest verified).
+SELECT seq, entry ->> '$.at' AS at, entry ->> '$.actor' AS actor, entry -> '$.details' AS details,
+       count(*) OVER () AS total
+FROM audit_log
+WHERE action = 'bundle.import' AND entry ->> '$.details.outcome' = 'refused'
+ORDER BY seq DESC
+LIMIT $limit;
+
 -- name: bundle_export_list
 SELECT target_site, sequence, kind, base_sequence, tenant, bundle_id, payload_sha256, created_at, size_bytes,
        exported_at, exported_by, handed_off

@@ -72,6 +72,7 @@ def import_memory_cap(verified: VerifiedBundle) -> int:
     counts = verified.manifest.row_counts
     return IMPORT_MEMORY_BASE + IMPORT_MEMORY_PER_ROW * sum(counts.get(name, 0) for name in INDEXED_TABLES)
 QUARANTINE_CAP = 64 * 1024 * 1024  # bytes of a refused file kept as evidence
+REFUSALS_LISTED = 20  # refused imports `bundle list` answers (the latest; the audit log keeps them all)
 POLICY_TABLES = ("quotas", "rate_limits", "concurrency_limits", "circuit_breakers", "pauses")
 # The other tables mirrored row by row into mirror_rows (migration 0016): kind = the table, key = its order columns.
 ROW_TABLES = ("idempotency_keys", "job_dependencies", "sources", "backfills", "backfill_windows")
@@ -542,6 +543,8 @@ class _Run:
             details.update(payload_sha256=verified.payload_sha256, bundle_id=verified.bundle_id,
                            source_site=verified.source_site, sequence=verified.manifest.sequence,
                            checks=check_list(verified.checks))
+        elif error is not None and error.signed_manifest is not None:  # refused after its signed manifest verified
+            details.update(error.signed_manifest)
         if error is not None:
             details.update(reason_code=getattr(error, "reason_code", type(error).__name__),
                            message=str(error)[:300])
@@ -921,7 +924,28 @@ def list_bundles(ledger: Ledger) -> dict[str, Any]:
                            **{name: rows.get(name, 0) for name in ROW_TABLES}}
     superseded = [{**row, "superseded_at": clock.iso(row["superseded_at"])}
                   for row in read.rows("bundle_import_superseded_list")]
-    return {"imports": imports, "exports": exports, "mirrors": mirrors, "superseded_imports": superseded}
+    refused, refused_total = _refused_imports(read)
+    return {"imports": imports, "exports": exports, "mirrors": mirrors, "superseded_imports": superseded,
+            "refused_imports": refused, "refused_imports_total": refused_total}
+
+
+def _refused_imports(read: Transaction) -> tuple[list[dict[str, Any]], int]:
+    """The latest REFUSALS_LISTED refused imports, newest first, from their audit entries, and how many there are:
+    when, by whom, the reason code and message, the source and sequence when the manifest verified (else None),
+    each check up to the failed one, and the quarantine copy's file name (beside the ledger, in
+    `<ledger>.quarantine/`)."""
+    refused, total = [], 0
+    for row in read.rows("bundle_import_refusals", limit=REFUSALS_LISTED):
+        details = json.loads(row["details"]) if row["details"] else {}
+        file_sha256 = details.get("file_sha256")
+        refused.append({"audit_seq": row["seq"], "at": row["at"], "actor": row["actor"],
+                        "reason_code": details.get("reason_code"), "message": details.get("message"),
+                        "source_site": details.get("source_site"), "sequence": details.get("sequence"),
+                        "bundle_id": details.get("bundle_id"), "bundle": details.get("bundle"),
+                        "file_sha256": file_sha256, "checks": details.get("checks", []),
+                        "quarantine_file": f"{file_sha256}.bundle" if file_sha256 else None})
+        total = row["total"]
+    return refused, total
 
 
 def list_mirrors(ledger: Ledger, *, source_site: str | None = None, kind: str | None = None,
