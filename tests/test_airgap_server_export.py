@@ -292,6 +292,7 @@ def test_a_handoff_export_failing_after_its_commit_through_the_server_says_reiss
         assert "committed as sequence 1" in line, line
         assert line.endswith("write its bundle with `bundle export --reissue 1 --target site-b --out FILE`"), line
         assert "--key" not in line and "--timestamp-key" not in line
+        assert ".export-" not in line and str(folder) not in line and "the server's output file" in line, line
         written = tmp_path / "written.bundle"
         made = ok(run(source, token, "bundle", "export", "--reissue", "1", "--target", "site-b", "--out",
                       str(written), "--json"))

@@ -218,15 +218,18 @@ def _export(ledger: Ledger, *, out: Path, target_site: str, signing_keys: Sequen
                       threshold=threshold, actor=actor, progress=progress, base=base, reserved=reserved)
     except BaseException as error:
         if handed and reserved is not None and not isinstance(error, KeyboardInterrupt):
-            raise _unfinished(error, target_site, reserved, len(handed), server_keys) from error
+            raise _unfinished(error, target_site, reserved, len(handed), server_keys, out) from error
         raise
 
 
-def _unfinished(error: BaseException, target_site: str, sequence: int, jobs: int, server_keys: bool) -> Exception:
+def _unfinished(error: BaseException, target_site: str, sequence: int, jobs: int, server_keys: bool,
+                out: Path) -> Exception:
     """The error of an export whose hand-off committed: it says how to write the bundle that carries them (with
-    the keys again locally; through a server, which signs with its own, with none)."""
+    the keys again locally; through a server, which signs with its own, with none, and whose private output file
+    the caller is not told the path of)."""
     keys = "" if server_keys else " --key ... --timestamp-key ..."
-    message = (f"{error}; the hand-off of {jobs} jobs to {target_site} committed as sequence {sequence}: write its "
+    cause = str(error).replace(str(out), "the server's output file") if server_keys else str(error)
+    message = (f"{cause}; the hand-off of {jobs} jobs to {target_site} committed as sequence {sequence}: write its "
                f"bundle with `bundle export --reissue {sequence} --target {target_site} --out FILE{keys}`")
     if isinstance(error, OrchError):
         made = type(error).__new__(type(error))
