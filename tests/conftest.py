@@ -8,8 +8,9 @@ import pty
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,19 @@ def list_all(ledger: Ledger, name: str = "jobs.list", limit: int = 100_000, **pa
     from airgap_orch.operations import dispatch
 
     return api.read_pages(lambda operation, given: dispatch.run(ledger, operation, given), name, params, limit)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """The first true value of condition(), asked every `every` seconds for up to `timeout` seconds; past that an
+    AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
 
 
 def wait_for_marker(process: subprocess.Popen, marker: Path, what: str, timeout: float = 120) -> None:

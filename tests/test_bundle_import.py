@@ -27,7 +27,9 @@ STATE_QUERIES = {
     "floors": "SELECT list((source_site, sequence) ORDER BY source_site, sequence) FROM bundle_imports",
     "mirror_jobs": "SELECT count(*) FROM mirror_jobs",
     "mirror_history": "SELECT count(*) FROM mirror_history",
+    "mirror_audit_log": "SELECT count(*) FROM mirror_audit_log",
     "mirror_policies": "SELECT count(*) FROM mirror_policies",
+    "mirror_chain_heads": "SELECT list((source_site, chain, seq) ORDER BY source_site, chain) FROM mirror_chain_heads",
     "mirror_rows": "SELECT list((source_site, kind, key) ORDER BY source_site, kind, key) FROM mirror_rows",
 }
 

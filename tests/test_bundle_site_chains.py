@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from export_fixtures import read_table
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
-from test_bundle_import import audit_entries, bundle, source, target  # noqa: F401 (fixtures)
+from test_bundle_import import audit_entries, bundle, source, state, target  # noqa: F401 (fixtures)
 
 from airgap_orch.auth import load_private_key
 from airgap_orch.bundle import dsse
@@ -24,23 +24,6 @@ from airgap_orch.bundle.tarfmt import open_member, read_index
 from airgap_orch.bundle.writer import DataMember, write_bundle
 from airgap_orch.ledger import Ledger
 from airgap_orch.orchestrator.history import chain, event_id
-
-STATE_QUERIES = {
-    "jobs": "SELECT count(*) FROM all_jobs",
-    "history": "SELECT count(*) FROM history",
-    "floors": "SELECT list((source_site, sequence) ORDER BY source_site, sequence) FROM bundle_imports",
-    "mirror_jobs": "SELECT count(*) FROM mirror_jobs",
-    "mirror_history": "SELECT count(*) FROM mirror_history",
-    "mirror_audit_log": "SELECT count(*) FROM mirror_audit_log",
-    "mirror_policies": "SELECT count(*) FROM mirror_policies",
-    "mirror_chain_heads": "SELECT list((source_site, chain, seq) ORDER BY source_site, chain) FROM mirror_chain_heads",
-}
-
-
-def state(ledger: Path) -> dict:
-    """What an import may change, besides the audit log."""
-    with Ledger.open(ledger, lock_timeout=5) as opened:
-        return {name: opened._con.execute(query).fetchone()[0] for name, query in STATE_QUERIES.items()}
 
 
 def query(ledger: Path, text: str, *params) -> list[tuple]:

@@ -13,13 +13,13 @@ import os
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import wait_for
 from console_fixtures import (
     HOSTILE_ERROR,
     HOSTILE_PAYLOAD,
@@ -151,17 +151,6 @@ def ok(site: Site, method: str, path: str, token: str = "t1", **kwargs: Any) -> 
     return response.json
 
 
-def wait_until(condition: Any, what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 # -- the server side: files, headers, whoami, the gate -----------------------------------------------------------
 def test_the_console_is_served_with_a_strict_content_security_policy_and_no_inline_code(site):
     for path in ("/console", "/console/", "/console/console.js", "/console/console.css", "/console/pages.js"):
@@ -291,8 +280,8 @@ def test_a_replay_by_clicking_lands_in_the_ledger_with_its_audit_entry(console, 
     console.page.click("text=Replay selected")
     console.page.fill("#ask-reason", "feed is back (clicked)")
     console.page.click("#ask-confirm")
-    replay = wait_until(lambda: [job for job in ok(site, "GET", "/v1/jobs", query={"type": "export.mirror"})["jobs"]
-                                 if job["replay_of"] == dead], "the replay job")
+    replay = wait_for(lambda: [job for job in ok(site, "GET", "/v1/jobs", query={"type": "export.mirror"})["jobs"]
+                               if job["replay_of"] == dead], 30, "the replay job")
     assert replay[0]["tenant"] == T1
     entries = ok(site, "GET", "/v1/audit")["entries"]
     assert any(entry["reason"] == "feed is back (clicked)" and entry["actor"] == "token:alice"
@@ -310,8 +299,8 @@ def test_a_quota_change_by_clicking_lands_in_the_ledger_with_its_audit_entry_and
     console.page.fill("#ask-reason", "incident 42: slow down")
     console.page.fill("#ask-ticket", "INC-42")
     console.page.click("#ask-confirm")
-    wait_until(lambda: ok(site, "GET", "/v1/quotas", query={"tenant": T1})["quotas"][0]["max_active"] == 7,
-               "the quota change")
+    wait_for(lambda: ok(site, "GET", "/v1/quotas", query={"tenant": T1})["quotas"][0]["max_active"] == 7, 30,
+             "the quota change")
     entries = ok(site, "GET", "/v1/audit")["entries"]
     (entry,) = [entry for entry in entries if entry["reason"] == "incident 42: slow down"]
     assert entry["action"] == "quota.set" and entry["ticket"] == "INC-42" and entry["actor"] == "token:alice"
@@ -398,7 +387,7 @@ def shown_seqs(console: Console) -> list[int]:
 
 def wait_for_log_text(console: Console, text: str, where: str = "ol.log", timeout: float = 20) -> None:
     """Poll the panel for `text` until a deadline (no reload in between)."""
-    wait_until(lambda: text in console.page.inner_text(where), f"{text!r} in {where}", timeout)
+    wait_for(lambda: text in console.page.inner_text(where), timeout, f"{text!r} in {where}")
 
 
 def test_a_jobs_log_appears_live_while_the_job_runs_and_the_stream_ends_with_the_job(console, site):

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from console_fixtures import T1, T2, Site, console_site
 from export_fixtures import tampered_copy
 from server_fixtures import Keys, assert_problem, run_cli, send, serving
 from test_bundle_cli import cli, holders, ok, root_v1  # noqa: F401 (fixtures)
 from test_bundle_import import bundle, source, target  # noqa: F401 (fixtures)
-from test_console import Console, browser, shots, wait_until  # noqa: F401 (fixtures)
+from test_console import Console, browser, shots  # noqa: F401 (fixtures)
 
 from airgap_orch.sdk.client import OrchClient
 
@@ -124,7 +125,7 @@ def test_filtering_the_audit_log_by_action_shows_matching_entries_past_the_first
     assert "OPS-1005" in console.page.inner_text("#page")
     # No filter: a page of 200 oldest first, and "Next page" follows the server's cursor
     console.open("#/audit", "Hash chain verified")
-    wait_until(lambda: console.page.locator("#page tbody tr").count() == 200, "a page of 200 entries")
+    wait_for(lambda: console.page.locator("#page tbody tr").count() == 200, 30, "a page of 200 entries")
     first_seqs = console.page.locator("#page tbody tr td:nth-child(1)").all_inner_texts()
     console.page.click("text=Next page")
     console.page.locator("#page tbody tr td:nth-child(1)", has_text=str(int(first_seqs[-1]) + 1)).first.wait_for()
@@ -148,7 +149,7 @@ def test_a_source_resumed_and_paused_by_clicking_lands_in_the_ledger_with_its_au
     console.page.click("button[data-source='nvd-feed']:has-text('Resume source')")
     console.page.fill("#ask-reason", "upstream is back (clicked)")
     console.page.click("#ask-confirm")
-    wait_until(lambda: answer(site, "GET", "/v1/sources/nvd-feed")["paused"] is None, "the resume")
+    wait_for(lambda: answer(site, "GET", "/v1/sources/nvd-feed")["paused"] is None, 30, "the resume")
     resumed = audit_of(site, "key.resume", "upstream is back (clicked)")
     assert resumed["actor"] == "token:alice" and "nvd-feed" in resumed["target"]
     console.page.click("button[data-source='nvd-feed']:has-text('Pause source')")
@@ -158,8 +159,8 @@ def test_a_source_resumed_and_paused_by_clicking_lands_in_the_ledger_with_its_au
     console.page.fill("#ask-reason", "mirror migration (clicked)")
     console.page.fill("#ask-ticket", "OPS-77")
     console.page.click("#ask-confirm")
-    wait_until(lambda: (answer(site, "GET", "/v1/sources/nvd-feed")["paused"] or {}).get("reason")
-               == "mirror migration (clicked)", "the pause")
+    wait_for(lambda: (answer(site, "GET", "/v1/sources/nvd-feed")["paused"] or {}).get("reason")
+             == "mirror migration (clicked)", 30, "the pause")
     paused = audit_of(site, "key.pause", "mirror migration (clicked)")
     assert paused["actor"] == "token:alice" and paused["ticket"] == "OPS-77"
     console.wait_for("mirror migration (clicked)")
@@ -175,7 +176,7 @@ def test_a_backfill_canceled_by_clicking_lands_in_the_ledger_with_reason_and_tic
     console.page.fill("#ask-reason", "wrong window (clicked)")
     console.page.fill("#ask-ticket", "OPS-102")
     console.page.click("#ask-confirm")
-    wait_until(lambda: answer(site, "GET", f"/v1/backfills/{backfill}")["state"] == "canceled", "the cancel")
+    wait_for(lambda: answer(site, "GET", f"/v1/backfills/{backfill}")["state"] == "canceled", 30, "the cancel")
     entry = audit_of(site, "backfill.cancel", "wrong window (clicked)")
     assert entry["actor"] == "token:alice" and entry["ticket"] == "OPS-102" and backfill in entry["target"]
     console.wait_for("canceled: wrong window (clicked)")

@@ -25,12 +25,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from server_fixtures import Server, init_ledger
 
 from airgap_orch.auth.keys import generate_key_pair, load_private_key
@@ -211,17 +212,6 @@ def test_every_go_test_is_run_here(go_test_results):
 
 
 # -- helpers for worker processes ---------------------------------------------------------------------------
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
 
 class GoWorker:
     """sdk/go/internal/testworker in a subprocess; stdout (its summary) and stderr go to files."""

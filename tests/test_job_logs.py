@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from server_fixtures import (
     Keys,
     SseStream,
@@ -86,17 +87,6 @@ class RunningWorker:
         self.thread.join(30)
 
 
-def _wait_for(predicate, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 # -- the SDK over HTTP ----------------------------------------------------------------------------------------
 
 def test_handler_log_lines_are_stored_in_order_with_job_attempt_lease_tenant_project_and_correlation_id(server):
@@ -112,7 +102,7 @@ def test_handler_log_lines_are_stored_in_order_with_job_attempt_lease_tenant_pro
 
     running = RunningWorker(Worker(server.url, None, concurrency=1, claim_wait=1), "logs.demo", handler)
     try:
-        page = _wait_for(lambda: (p := _logs(server.url, job_id))["final"] and p, 20, "the job to end")
+        page = wait_for(lambda: (p := _logs(server.url, job_id))["final"] and p, 20, "the job to end")
     finally:
         running.stop()
     assert page["state"] == "succeeded"
@@ -141,12 +131,12 @@ def test_a_running_jobs_lines_reach_the_server_within_a_second(server):
     running = RunningWorker(Worker(server.url, None, concurrency=1, claim_wait=1, lease_seconds=30), "logs.demo",
                             handler)
     try:
-        page = _wait_for(lambda: (p := _logs(server.url, job_id))["lines"] and p, 20, "the line")
+        page = wait_for(lambda: (p := _logs(server.url, job_id))["lines"] and p, 20, "the line", every=0.02)
         arrived = time.monotonic()
         assert page["state"] == "running"  # stored while the job runs, not with its ack
         assert arrived - logged_at[0] < FLUSH_DEADLINE + 0.5, arrived - logged_at[0]
         release.set()
-        _wait_for(lambda: _logs(server.url, job_id)["final"], 20, "the job to end")
+        wait_for(lambda: _logs(server.url, job_id)["final"], 20, "the job to end")
     finally:
         release.set()
         running.stop()
@@ -312,8 +302,8 @@ def test_worker_run_handlers_log_through_heartbeats_and_the_ack(tmp_path):
                                              job_log_limits=joblogs.Limits(lines=50)))
         thread = threading.Thread(target=runner.run, kwargs={"handle_signals": False}, daemon=True)
         thread.start()
-        page = _wait_for(lambda: (p := dispatch.run(ledger, "jobs.logs", {"job_id": job_id}))["lines"] and p, 10,
-                         "the first line")
+        page = wait_for(lambda: (p := dispatch.run(ledger, "jobs.logs", {"job_id": job_id}))["lines"] and p, 10,
+                        "the first line")
         assert page["state"] == "running" and page["lines"][0]["message"] == "begun"
         release.set()
         thread.join(30)

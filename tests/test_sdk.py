@@ -17,12 +17,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from airgap_orch import clock
 from airgap_orch.auth.keys import generate_key_pair, load_private_key
@@ -113,17 +114,6 @@ def enqueue(client: OrchClient, job_type: str, payloads: list[dict], *, tenant: 
     jobs = [{"tenant": tenant, "project": "sdk", "type": job_type, "payload": payload, **spec}
             for payload in payloads]
     return client.call("jobs.enqueue_batch", {"jobs": jobs})["job_ids"]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def states(client: OrchClient, job_ids: list[str]) -> dict[str, str]:
