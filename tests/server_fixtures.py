@@ -281,6 +281,20 @@ class Server:
         self.stop()
 
 
+def claim_and_ack(server: Server, token: str, count: int, **claim: Any) -> list[str]:
+    """A worker's loop over HTTP, `count` times: claim one job (`claim`: more claim fields, e.g. queue), ack it;
+    every answer must be 200 and the job end succeeded. Returns the job ids in order."""
+    done = []
+    for _ in range(count):
+        answer = server.request("POST", "/v1/jobs/claim", {"worker_id": "w1", "limit": 1, **claim}, token=token)
+        assert answer.status == 200, answer
+        (lease,) = answer.json["leases"]
+        ack = server.request("POST", f"/v1/jobs/{lease['job_id']}/ack", {"lease_id": lease["lease_id"]}, token=token)
+        assert ack.status == 200 and ack.json["state"] == "succeeded", ack
+        done.append(lease["job_id"])
+    return done
+
+
 @contextlib.contextmanager
 def serving(ledger: Path, *options: str) -> Iterator[Server]:
     """A started server, stopped however the block ends; a clean block also needs a clean exit (0)."""

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import wait_for_marker
 from export_fixtures import populate
-from server_fixtures import ALL_SCOPES, Keys, Server, assert_problem, cli_env, serving
+from server_fixtures import ALL_SCOPES, Keys, Server, assert_problem, claim_and_ack, cli_env, serving
 from test_bundle_cli import cli, export, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
 from test_bundle_import import audit_entries, state
 
@@ -180,15 +180,7 @@ def test_workers_claim_and_ack_while_an_import_is_verified_and_planned_off_the_w
         stderr=subprocess.PIPE, env=cli_env({"AIRGAP_ORCH_TEST_IMPORT_PAUSE": ""}))
     try:
         wait_for_marker(importing, marker, "the import never reached its verified point")
-        done = []
-        for _ in range(10):  # a worker's loop: claim one, ack it
-            claim = server.request("POST", "/v1/jobs/claim", {"worker_id": "w1", "limit": 1}, token=token)
-            assert claim.status == 200, claim
-            (lease,) = claim.json["leases"]
-            ack = server.request("POST", f"/v1/jobs/{lease['job_id']}/ack", {"lease_id": lease["lease_id"]},
-                                 token=token)
-            assert ack.status == 200 and ack.json["state"] == "succeeded", ack
-            done.append(lease["job_id"])
+        done = claim_and_ack(server, token, 10)
         assert importing.poll() is None  # all ten ran while the import was still under way
         assert len(set(done)) == 10
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_marker
 from export_fixtures import populate
-from server_fixtures import ALL_SCOPES, Keys, Server, cli_env, serving
+from server_fixtures import ALL_SCOPES, Keys, Server, claim_and_ack, cli_env, serving
 from test_bundle_cli import cli, exports_recorded, holders, new_ledger, ok, refused, root_v1  # noqa: F401 (fixtures)
 from test_bundle_import import audit_entries
 
@@ -178,16 +178,7 @@ def test_workers_claim_and_ack_while_an_export_runs_off_the_writer(holders, sour
         stderr=subprocess.PIPE, text=True, env=cli_env({"AIRGAP_ORCH_TEST_EXPORT_PAUSE": ""}))
     try:
         wait_for_marker(exporting, marker, "the export never reached its hand-off")
-        done = []
-        for _ in range(5):  # a worker's loop: claim one of queue fast, ack it
-            claim = server.request("POST", "/v1/jobs/claim", {"worker_id": "w1", "limit": 1, "queue": "fast"},
-                                   token=token)
-            assert claim.status == 200, claim
-            (lease,) = claim.json["leases"]
-            ack = server.request("POST", f"/v1/jobs/{lease['job_id']}/ack", {"lease_id": lease["lease_id"]},
-                                 token=token)
-            assert ack.status == 200 and ack.json["state"] == "succeeded", ack
-            done.append(lease["job_id"])
+        done = claim_and_ack(server, token, 5, queue="fast")
         assert exporting.poll() is None  # all five ran while the export was still under way
         marker.unlink()  # let the export go on
         stdout, stderr = exporting.communicate(timeout=120)

@@ -29,6 +29,7 @@ from server_fixtures import (
     send,
     serving,
 )
+from test_lease_tracker import SettableClock
 
 from airgap_orch import clock
 from airgap_orch.ledger import Ledger
@@ -332,17 +333,6 @@ def test_stored_log_lines_use_the_servers_time_for_retention_and_the_workers_for
 
 
 # -- the lease tracker's rules (settable clock; answers handed in as a transport would) ---------------------------
-
-class SettableClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 def _tracked(clock_: SettableClock) -> tuple[Any, Any]:
     from airgap_orch.worker.leases import LeaseTracker
