@@ -157,6 +157,23 @@ def test_a_refused_export_records_nothing_and_writes_no_file(ledger_path, tmp_pa
     assert list((tmp_path / "out").iterdir()) == []  # no bundle, no partial file, no table files
 
 
+def test_an_export_carrying_a_root_that_is_not_utf8_text_is_refused_naming_it_and_records_nothing(ledger_path,
+                                                                                                 tmp_path):
+    """The roots an export carries are checked like those `trust pin` takes: a lone surrogate (not UTF-8 text) is
+    a one-line InvalidInput naming the root, not an encoding error; nothing is recorded, no file written."""
+    from airgap_orch.operations import airgap as airgap_ops
+
+    (tmp_path / "out").mkdir()
+    with Ledger.open(ledger_path, lock_timeout=5) as ledger:
+        audit_before = ledger.read().fetch("audit_count")
+        with pytest.raises(InvalidInput, match="trust root 2 is not UTF-8 text"):
+            airgap_ops.bundles_export(ledger, out=str(tmp_path / "out" / "b.bundle"), target="site-b",
+                                      roots=["{}", "\ud800"])
+        assert ledger.read().fetch("audit_count") == audit_before
+        assert ledger._con.execute("SELECT count(*) FROM bundle_exports").fetchone() == (0,)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_each_export_to_a_target_takes_the_next_sequence_and_is_audited(ledger_path, tmp_path):
     populate(ledger_path, jobs_per_tenant=2)
     keys, root = _keys_and_root("site-test")

@@ -54,18 +54,9 @@ def trust_pin(ledger: Ledger, *, roots: Any, reason: Any = None, ticket: Any = N
     """`roots`: root.json documents as text (the CLI reads them from files; HTTP carries them in the body)."""
     from . import trust
 
-    if not isinstance(roots, list) or not roots or not all(isinstance(root, str) for root in roots):
+    if not isinstance(roots, list) or not roots:
         raise InvalidInput("roots must be a list of root.json documents as text")
-    documents = []
-    for index, text in enumerate(roots):
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput(f"trust root {index + 1} is not UTF-8 text").at(index) from None
-        if len(data) > MAX_ROOT_BYTES:
-            raise InvalidInput(f"trust root {index + 1} is larger than {MAX_ROOT_BYTES} bytes").at(index)
-        documents.append(data)
-    return trust.pin(ledger, documents, reason=reason, actor=actor)
+    return trust.pin(ledger, _root_documents(roots), reason=reason, actor=actor)
 
 
 @operation("bundles.list")
@@ -99,17 +90,13 @@ def bundles_export(ledger: Ledger, *, out: str, target: Any, signing_keys: Any =
                             "tenants with --tenant")
         if tenant not in tenants:
             raise NotFound(f"no tenant {str(tenant)[:128]!r} among the token's tenants")
-    if not isinstance(roots, list | tuple) or not all(isinstance(root, str) for root in roots):
-        raise InvalidInput("roots must be a list of root.json documents as text")
-    for index, text in enumerate(roots):
-        if len(text.encode("utf-8")) > MAX_ROOT_BYTES:
-            raise InvalidInput(f"trust root {index + 1} is larger than {MAX_ROOT_BYTES} bytes").at(index)
+    carried = _root_documents(roots)
     return bundles.export(ledger, out=Path(out), target_site=target, signing_keys=list(signing_keys),
                           timestamp_keys=list(timestamp_keys), tenant=tenant, created_at=created_at,
                           progress=progress, incremental=_flag(incremental, "incremental"), base_sequence=base,
                           handoff=_flag(handoff, "handoff"), handoff_backfills=list(backfills),
                           handoff_queues=list(queues), reissue=reissue,
-                          roots=[root.encode("utf-8") for root in roots], reason=reason, actor=actor,
+                          roots=carried, reason=reason, actor=actor,
                           server_keys=server_keys is True)
 
 
@@ -155,6 +142,23 @@ def _mode(value: Any) -> str | None:
     if value is not None and value not in ("strict", "warn", "disabled"):
         raise InvalidInput(f"staleness mode {str(value)[:40]!r} must be strict, warn or disabled")
     return value
+
+
+def _root_documents(roots: Any) -> list[bytes]:
+    """Root.json documents sent as text (`trust pin`, the roots a bundle export carries): each as UTF-8 bytes within
+    the root cap; a list of anything else is InvalidInput naming the item."""
+    if not isinstance(roots, list | tuple) or not all(isinstance(root, str) for root in roots):
+        raise InvalidInput("roots must be a list of root.json documents as text")
+    documents = []
+    for index, text in enumerate(roots):
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"trust root {index + 1} is not UTF-8 text").at(index) from None
+        if len(data) > MAX_ROOT_BYTES:
+            raise InvalidInput(f"trust root {index + 1} is larger than {MAX_ROOT_BYTES} bytes").at(index)
+        documents.append(data)
+    return documents
 
 
 def _root_bytes(value: Any) -> bytes | None:
